@@ -1,0 +1,30 @@
+# `make demo`: set up .venv from nothing and run the end-to-end demo.
+# `make test`: set up .venv from nothing and run the whole test suite (ruff + pytest).
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench toymodel
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$$(grep '^torch==' constraints.txt)"
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/scalpel demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+# Retrain the committed toy model from scratch (deterministic, a few minutes on 2 cores).
+toymodel: $(STAMP)
+	$(BIN)/scalpel toyworld train

@@ -1,0 +1,143 @@
+"""Architecture adapters: where each site lives in a ``transformers`` model.
+
+An adapter names, per architecture family, the decoder blocks and the few modules inside a
+block that the hook dispatcher needs. The dispatcher then realises every site with hooks on
+those modules:
+
+- ``hook_resid_pre``: forward pre-hook on the block (its hidden-states input);
+- ``hook_resid_post``: forward hook on the block (its output);
+- ``hook_resid_mid``: forward pre-hook on the MLP's input norm, whose input *is* the residual
+  after attention; a change ``δ`` made there is also added to the MLP's output so that the
+  residual carried on equals ``resid_mid + δ + mlp(...)`` exactly;
+- ``attn.hook_z``: forward pre-hook on the attention output projection, viewed per head;
+- ``mlp.hook_post``: forward pre-hook on the MLP output projection;
+- weight sites: forward hook on the linear module itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from editors.errors import UnsupportedArchitectureError
+from editors.sites import RESIDUAL_POINTS, Site
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shape facts that edits are validated against."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    parallel_residual: bool = False
+
+    def residual_points(self) -> tuple[str, ...]:
+        """Residual sites this model has (a parallel-attention block has no ``resid_mid``)."""
+        if self.parallel_residual:
+            return tuple(p for p in RESIDUAL_POINTS if p != "hook_resid_mid")
+        return RESIDUAL_POINTS
+
+
+def _get(root: nn.Module, dotted: str) -> nn.Module:
+    module = root
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """``(d_in, d_out)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    weight = module.weight  # GPT-2 Conv1D stores [d_in, d_out]
+    return int(weight.shape[0]), int(weight.shape[1])
+
+
+def weight_delta_as_stored(module: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+    """``delta`` given as ``[d_out, d_in]`` (torch Linear convention) in the module's own layout."""
+    return delta if isinstance(module, nn.Linear) else delta.T
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Attribute paths of one architecture family (relative to the model / to a block)."""
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str
+    attn_out: str
+    mlp_in: str
+    mlp_out: str
+    mid_norm: str
+    mlp: str
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return _get(model, self.layers)
+
+    def module(self, model: nn.Module, layer: int, role: str) -> nn.Module:
+        """The block's module playing ``role`` (``attn_out``, ``mlp_in``, ``mlp_out``, ``mid_norm``, ``mlp``)."""
+        return _get(self.blocks(model)[layer], getattr(self, role))
+
+    def weight_module(self, model: nn.Module, site: Site) -> nn.Module:
+        role = {"attn.W_O": "attn_out", "mlp.W_in": "mlp_in", "mlp.W_out": "mlp_out"}[site.point]
+        return self.module(model, site.layer, role)
+
+    def dims(self, model: nn.Module) -> ModelDims:
+        config = model.config
+        d_model = int(config.hidden_size)
+        n_heads = int(config.num_attention_heads)
+        d_head = int(getattr(config, "head_dim", None) or d_model // n_heads)
+        d_mlp, _ = linear_shape(self.module(model, 0, "mlp_out"))
+        return ModelDims(
+            n_layers=len(self.blocks(model)),
+            d_model=d_model,
+            n_heads=n_heads,
+            d_head=d_head,
+            d_mlp=d_mlp,
+            parallel_residual=bool(getattr(config, "use_parallel_residual", False)),
+        )
+
+
+ADAPTERS: tuple[ArchitectureAdapter, ...] = (
+    ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "ln_2", "mlp"),
+    ArchitectureAdapter(
+        "gpt_neox",
+        ("gpt_neox",),
+        "gpt_neox.layers",
+        "attention.dense",
+        "mlp.dense_h_to_4h",
+        "mlp.dense_4h_to_h",
+        "post_attention_layernorm",
+        "mlp",
+    ),
+    ArchitectureAdapter(
+        "llama",
+        ("llama", "mistral", "qwen2"),
+        "model.layers",
+        "self_attn.o_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+        "post_attention_layernorm",
+        "mlp",
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for adapter in ADAPTERS for t in adapter.model_types)
+
+
+def adapter_for(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter for ``model`` (a ``transformers`` causal LM), by ``config.model_type``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise UnsupportedArchitectureError(
+        f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+    )

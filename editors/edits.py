@@ -1,0 +1,497 @@
+"""The edit kinds: typed, validated, immutable intervention values.
+
+An edit is a frozen dataclass. Construction checks everything that does not depend on a model
+(types, ranges, finiteness, tensor ranks); :meth:`Edit.validate_for` checks the rest against a
+model's :class:`ModelDims`. Both raise :class:`InvalidEditError` naming the field.
+
+Tensors are private CPU copies. An edit's identity is :attr:`Edit.id`, the SHA-256 of its
+canonical JSON spec, in which every tensor appears as the SHA-256 of its safetensors blob
+(see :mod:`editors.serialization`).
+
+:meth:`Edit.compile` turns an edit into :class:`Op` s bound to sites; the :class:`Surgeon`
+runs them from its hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from editors.adapters import ModelDims
+from editors.errors import InvalidEditError
+from editors.sites import RESIDUAL_POINTS, WEIGHT_POINTS, Site
+from editors.validation import (
+    check_choice,
+    check_indices,
+    check_int,
+    check_scale,
+    check_tensor,
+    freeze_json,
+    thaw_json,
+)
+
+ABLATION_MODES = ("zero", "mean", "resample")
+STEERING_MODES = ("add", "ablate_then_add")
+#: Odd stride that decorrelates resample draws of different batch rows at the same position.
+_RESAMPLE_ROW_STRIDE = 7919
+
+
+@dataclass(frozen=True)
+class Op:
+    """One compiled action at a site.
+
+    For activation sites ``fn(x, positions) -> x`` where ``x`` is the activation in site layout
+    and ``positions`` the model's position ids ``[batch|1, seq]`` (only computed when
+    ``needs_positions``). For weight sites ``fn(module_input, module_output) -> module_output``.
+    """
+
+    fn: Callable[..., torch.Tensor]
+    needs_positions: bool = False
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class Edit:
+    """Base class of the edit kinds (subclasses are frozen dataclasses)."""
+
+    kind: ClassVar[str]
+    tensor_fields: ClassVar[tuple[str, ...]]
+    json_fields: ClassVar[tuple[str, ...]] = ()
+    registry: ClassVar[dict[str, type[Edit]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Edit.registry[cls.kind] = cls
+
+    # -- identity and serialised form -------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The non-tensor fields as plain JSON values."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name in self.tensor_fields:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = (
+                thaw_json(value) if f.name in self.json_fields else (list(value) if isinstance(value, tuple) else value)
+            )
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: t for name in self.tensor_fields if (t := getattr(self, name)) is not None}
+
+    @cached_property
+    def artifact_blobs(self) -> dict[str, bytes]:
+        """Artifact name → safetensors blob of that one tensor."""
+        from editors.serialization import tensor_to_blob
+
+        return {name: tensor_to_blob(t) for name, t in self.tensors().items()}
+
+    def spec(self) -> dict[str, Any]:
+        """Canonical description: kind, parameters, and artifacts by SHA-256, dtype and shape."""
+        tensors = self.tensors()
+        return {
+            "kind": self.kind,
+            "params": self.params(),
+            "artifacts": {
+                name: {
+                    "sha256": hashlib.sha256(blob).hexdigest(),
+                    "dtype": str(tensors[name].dtype).removeprefix("torch."),
+                    "shape": list(tensors[name].shape),
+                }
+                for name, blob in self.artifact_blobs.items()
+            },
+        }
+
+    def to_json(self) -> str:
+        """The canonical spec as JSON (sorted keys, no whitespace)."""
+        return canonical_json(self.spec())
+
+    @cached_property
+    def id(self) -> str:
+        """SHA-256 (hex) of the canonical JSON spec: the edit's identity."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Edit) and self.id == other.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- model-dependent behaviour ----------------------------------------------------------
+    def validate_for(self, dims: ModelDims) -> None:
+        """Check this edit against a model's dimensions; raise :class:`InvalidEditError` if it does not fit."""
+        raise NotImplementedError
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        """Ops for this edit with tensors on ``device``/``dtype``; ``validate_for`` must have passed."""
+        raise NotImplementedError
+
+
+def _check_layer(field_name: str, layer: int, dims: ModelDims) -> None:
+    check_int(field_name, layer, 0, dims.n_layers - 1)
+
+
+def _check_residual_site(field_name: str, site: Site, dims: ModelDims) -> None:
+    _check_layer(field_name, site.layer, dims)
+    if site.point not in dims.residual_points():
+        raise InvalidEditError(
+            field_name, f"{site.name} does not exist in this architecture", " | ".join(dims.residual_points())
+        )
+
+
+def _position_mask(positions: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    return torch.isin(positions, wanted).unsqueeze(-1)
+
+
+def _resample_index(order: torch.Tensor, positions: torch.Tensor, batch: int) -> torch.Tensor:
+    """Deterministic pool row per (batch row, absolute position): independent of threads and calls."""
+    rows = torch.arange(batch, device=positions.device).unsqueeze(1) * _RESAMPLE_ROW_STRIDE
+    return order[(positions.expand(batch, -1) + rows) % order.numel()]
+
+
+def _ablation_fields(edit: _Ablation, unit_field: str) -> None:
+    """Validate an ablation; store its units sorted, with ``means``/``pool`` rows permuted to match."""
+    raw = getattr(edit, unit_field)
+    units = check_indices(unit_field, raw)
+    order = sorted(range(len(units)), key=lambda i: list(raw)[i])
+    object.__setattr__(edit, unit_field, units)
+    check_int("layer", edit.layer)
+    check_choice("mode", edit.mode, ABLATION_MODES)
+    check_int("seed", edit.seed)
+    k = len(units)
+    extra = () if unit_field == "neurons" else (None,)
+    needed = {"zero": (), "mean": ("means",), "resample": ("pool",)}[edit.mode]
+    for name in ("means", "pool"):
+        value = getattr(edit, name)
+        if name in needed and value is None:
+            raise InvalidEditError(
+                name,
+                f"is required for mode {edit.mode!r}",
+                f"a tensor from editors.stats.activation_stats over the same {unit_field}",
+            )
+        if name not in needed and value is not None:
+            raise InvalidEditError(name, f"must be omitted for mode {edit.mode!r}", "None")
+    if edit.means is not None:
+        means = check_tensor("means", edit.means, 1 + len(extra), (k, *extra))
+        object.__setattr__(edit, "means", means[order].contiguous())
+    if edit.pool is not None:
+        pool = check_tensor("pool", edit.pool, 2 + len(extra), (None, k, *extra))
+        object.__setattr__(edit, "pool", pool[:, order].contiguous())
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class _Ablation(Edit):
+    """Shared body of head and neuron ablation (not an edit kind of its own)."""
+
+    kind: ClassVar[str] = "_ablation"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("means", "pool")
+
+    layer: int
+    mode: str = "zero"
+    means: torch.Tensor | None = None
+    pool: torch.Tensor | None = None
+    seed: int = 0
+
+    def _units(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _replace(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None,
+        dim: int,
+        index: torch.Tensor,
+        means: torch.Tensor | None,
+        pool: torch.Tensor | None,
+        order: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.mode == "zero":
+            return x.index_fill(dim, index, 0.0)
+        lead = x.shape[:2]
+        if self.mode == "mean":
+            values = means.expand(*lead, *means.shape)
+        else:
+            values = pool[_resample_index(order, positions, lead[0])]
+        return x.index_copy(dim, index, values.to(x.dtype))
+
+    def _compile_at(self, site: Site, dim: int, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        index = torch.tensor(self._units(), device=device)
+        means = None if self.means is None else self.means.to(device, dtype)
+        pool = None if self.pool is None else self.pool.to(device, dtype)
+        order = None
+        if pool is not None:
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(pool.shape[0], generator=generator).to(device)
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            return self._replace(x, positions, dim, index, means, pool, order)
+
+        return [(site, Op(fn, needs_positions=self.mode == "resample"))]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class HeadAblation(_Ablation):
+    """Zero / mean / resample ablation of attention heads at ``blocks.{layer}.attn.hook_z``.
+
+    ``means``: ``[len(heads), d_head]``; ``pool``: ``[N, len(heads), d_head]`` (rows are
+    activations sampled from a reference corpus; a position's replacement row is a
+    deterministic function of ``seed``, batch row and absolute position).
+    """
+
+    kind: ClassVar[str] = "head_ablation"
+    heads: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _ablation_fields(self, "heads")
+
+    def _units(self) -> tuple[int, ...]:
+        return self.heads
+
+    def validate_for(self, dims: ModelDims) -> None:
+        _check_layer("layer", self.layer, dims)
+        for i, head in enumerate(self.heads):
+            check_int(f"heads[{i}]", head, 0, dims.n_heads - 1)
+        for name, tensor in (("means", self.means), ("pool", self.pool)):
+            if tensor is not None and tensor.shape[-1] != dims.d_head:
+                raise InvalidEditError(name, f"last dimension {tensor.shape[-1]} != d_head", f"d_head = {dims.d_head}")
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        return self._compile_at(Site(self.layer, "attn.hook_z"), 2, device, dtype)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class NeuronAblation(_Ablation):
+    """Zero / mean / resample ablation of MLP neurons at ``blocks.{layer}.mlp.hook_post``.
+
+    ``means``: ``[len(neurons)]``; ``pool``: ``[N, len(neurons)]``.
+    """
+
+    kind: ClassVar[str] = "neuron_ablation"
+    neurons: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _ablation_fields(self, "neurons")
+
+    def _units(self) -> tuple[int, ...]:
+        return self.neurons
+
+    def validate_for(self, dims: ModelDims) -> None:
+        _check_layer("layer", self.layer, dims)
+        for i, neuron in enumerate(self.neurons):
+            check_int(f"neurons[{i}]", neuron, 0, dims.d_mlp - 1)
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        return self._compile_at(Site(self.layer, "mlp.hook_post"), 2, device, dtype)
+
+
+def _unit(vector: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return F.normalize(vector.to(torch.float64), dim=0).to(device, dtype)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DirectionalAblation(Edit):
+    """Project ``direction`` out of the residual stream at ``layers`` (Arditi et al. 2024).
+
+    ``points`` chooses which residual sites of each layer (default: every residual site the
+    architecture has), so the stream carries no component along the direction there.
+    """
+
+    kind: ClassVar[str] = "directional_ablation"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("direction",)
+
+    direction: torch.Tensor
+    layers: tuple[int, ...]
+    points: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        direction = check_tensor("direction", self.direction, 1)
+        if direction.to(torch.float64).norm() == 0:
+            raise InvalidEditError("direction", "is the zero vector", "a non-zero vector")
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "layers", check_indices("layers", self.layers))
+        if self.points is not None:
+            if isinstance(self.points, str):
+                raise InvalidEditError("points", f"expected a list, got {self.points!r}", " | ".join(RESIDUAL_POINTS))
+            points = tuple(check_choice(f"points[{i}]", p, RESIDUAL_POINTS) for i, p in enumerate(self.points))
+            if not points or len(set(points)) != len(points):
+                raise InvalidEditError(
+                    "points", f"must be distinct and non-empty, got {list(points)}", " | ".join(RESIDUAL_POINTS)
+                )
+            object.__setattr__(self, "points", tuple(p for p in RESIDUAL_POINTS if p in points))
+
+    def _points(self, dims: ModelDims) -> tuple[str, ...]:
+        return self.points if self.points is not None else dims.residual_points()
+
+    def validate_for(self, dims: ModelDims) -> None:
+        if self.direction.shape[0] != dims.d_model:
+            raise InvalidEditError(
+                "direction", f"length {self.direction.shape[0]} != d_model", f"d_model = {dims.d_model}"
+            )
+        for i, layer in enumerate(self.layers):
+            for point in self._points(dims):
+                _check_residual_site(f"layers[{i}]", Site(layer, point), dims)
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        d = _unit(self.direction, device, dtype)
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            return x - (x @ d).unsqueeze(-1) * d
+
+        op = Op(fn)
+        return [(Site(layer, point), op) for layer in self.layers for point in self._points(dims)]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Steering(Edit):
+    """Add ``scale * vector`` to a residual site (ActAdd / CAA), at all or chosen positions.
+
+    ``mode="ablate_then_add"`` first projects the vector's direction out, then adds, so the
+    component along the vector is set to ``scale * |vector|`` whatever it was. ``positions``
+    are the model's absolute position ids (``None``: every position, including generated ones).
+    ``provenance`` records how a derived vector was computed (prompt pairs, method).
+    """
+
+    kind: ClassVar[str] = "steering"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("vector",)
+    json_fields: ClassVar[tuple[str, ...]] = ("provenance",)
+
+    site: str
+    vector: torch.Tensor
+    scale: float = 1.0
+    mode: str = "add"
+    positions: tuple[int, ...] | None = None
+    provenance: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        Site.parse(self.site, "site", RESIDUAL_POINTS)
+        object.__setattr__(self, "vector", check_tensor("vector", self.vector, 1))
+        object.__setattr__(self, "scale", check_scale("scale", self.scale))
+        check_choice("mode", self.mode, STEERING_MODES)
+        if self.mode == "ablate_then_add" and self.vector.to(torch.float64).norm() == 0:
+            raise InvalidEditError(
+                "vector", "is the zero vector, which has no direction to ablate", "a non-zero vector"
+            )
+        if self.positions is not None:
+            object.__setattr__(self, "positions", check_indices("positions", self.positions))
+        object.__setattr__(self, "provenance", freeze_json("provenance", self.provenance))
+
+    @property
+    def parsed_site(self) -> Site:
+        return Site.parse(self.site, "site", RESIDUAL_POINTS)
+
+    def validate_for(self, dims: ModelDims) -> None:
+        _check_residual_site("site", self.parsed_site, dims)
+        if self.vector.shape[0] != dims.d_model:
+            raise InvalidEditError("vector", f"length {self.vector.shape[0]} != d_model", f"d_model = {dims.d_model}")
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        delta = (self.scale * self.vector.to(torch.float64)).to(device, dtype)
+        direction = _unit(self.vector, device, dtype) if self.mode == "ablate_then_add" else None
+        wanted = None if self.positions is None else torch.tensor(self.positions, device=device)
+
+        def change(x: torch.Tensor) -> torch.Tensor:
+            if direction is not None:
+                x = x - (x @ direction).unsqueeze(-1) * direction
+            return x + delta
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            if wanted is None:
+                return change(x)
+            return torch.where(_position_mask(positions, wanted), change(x), x)
+
+        return [(self.parsed_site, Op(fn, needs_positions=wanted is not None))]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class LowRank(Edit):
+    """Weight delta ``ΔW = U Vᵀ`` on a linear module, applied as ``y += (x V) Uᵀ``.
+
+    ``site`` is a weight site (``blocks.{L}.attn.W_O|mlp.W_in|mlp.W_out``); ``U``:
+    ``[d_out, r]``, ``V``: ``[d_in, r]``. ``provenance`` records how it was computed (a ROME
+    request and its hyper-parameters, for example).
+    """
+
+    kind: ClassVar[str] = "low_rank"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("U", "V")
+    json_fields: ClassVar[tuple[str, ...]] = ("provenance",)
+
+    site: str
+    U: torch.Tensor
+    V: torch.Tensor
+    provenance: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        Site.parse(self.site, "site", WEIGHT_POINTS)
+        U = check_tensor("U", self.U, 2)
+        V = check_tensor("V", self.V, 2, (None, U.shape[1]))
+        object.__setattr__(self, "U", U)
+        object.__setattr__(self, "V", V)
+        object.__setattr__(self, "provenance", freeze_json("provenance", self.provenance))
+
+    @property
+    def parsed_site(self) -> Site:
+        return Site.parse(self.site, "site", WEIGHT_POINTS)
+
+    def shape_for(self, dims: ModelDims) -> tuple[int, int]:
+        """``(d_in, d_out)`` of the module at this site."""
+        return {
+            "attn.W_O": (dims.n_heads * dims.d_head, dims.d_model),
+            "mlp.W_in": (dims.d_model, dims.d_mlp),
+            "mlp.W_out": (dims.d_mlp, dims.d_model),
+        }[self.parsed_site.point]
+
+    def validate_for(self, dims: ModelDims) -> None:
+        _check_layer("site", self.parsed_site.layer, dims)
+        d_in, d_out = self.shape_for(dims)
+        rank_limit = min(d_in, d_out)
+        if self.U.shape[0] != d_out:
+            raise InvalidEditError("U", f"shape {list(self.U.shape)} has {self.U.shape[0]} rows", f"[{d_out}, r]")
+        if self.V.shape[0] != d_in:
+            raise InvalidEditError("V", f"shape {list(self.V.shape)} has {self.V.shape[0]} rows", f"[{d_in}, r]")
+        if self.U.shape[1] > rank_limit:
+            raise InvalidEditError("U", f"rank {self.U.shape[1]} exceeds the module's", f"r <= {rank_limit}")
+
+    def delta(self) -> torch.Tensor:
+        """The dense ``ΔW = U Vᵀ``, ``[d_out, d_in]`` (float64)."""
+        return self.U.to(torch.float64) @ self.V.to(torch.float64).T
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        U = self.U.to(device, dtype)
+        V = self.V.to(device, dtype)
+
+        def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return y + (x @ V) @ U.T
+
+        return [(self.parsed_site, Op(fn))]
+
+
+def edit_kinds() -> dict[str, type[Edit]]:
+    """Public edit kinds by name."""
+    return {k: v for k, v in Edit.registry.items() if not k.startswith("_")}
+
+
+def edit_from_parts(kind: str, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Edit:
+    """Build an edit of ``kind``; every failure is an :class:`InvalidEditError`."""
+    cls = edit_kinds().get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidEditError("kind", f"unknown edit kind {kind!r}", " | ".join(sorted(edit_kinds())))
+    if not isinstance(params, Mapping):
+        raise InvalidEditError("params", f"expected an object, got {type(params).__name__}", "a JSON object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - names) + sorted(set(tensors) - set(cls.tensor_fields))
+    if unknown:
+        raise InvalidEditError(unknown[0], f"is not a field of {kind}", ", ".join(sorted(names)))
+    try:
+        return cls(**params, **tensors)
+    except TypeError as exc:  # missing required fields
+        raise InvalidEditError("params", str(exc), ", ".join(sorted(names))) from None

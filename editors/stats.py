@@ -1,0 +1,101 @@
+"""Activation statistics from a reference corpus, for mean and resample ablation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from editors.edits import HeadAblation, NeuronAblation
+from editors.errors import InvalidEditError
+from editors.sites import Site
+from editors.surgeon import Surgeon
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Per-token statistics of one site: the mean and a random sample (pool) of token rows."""
+
+    site: str
+    mean: torch.Tensor  # site shape without batch/position, e.g. [n_heads, d_head]
+    pool: torch.Tensor  # [pool_size, *mean.shape]
+    n_tokens: int
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def activation_stats(
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Iterable[str],
+    site: str,
+    pool_size: int = 256,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> ActivationStats:
+    """Mean and a reservoir-free uniform sample of ``site``'s activations over every non-pad token of ``texts``."""
+    Site.parse(site, "site")
+    rows: list[torch.Tensor] = []
+    with surgeon.trace([site]) as cache:
+        for batch in _batches(texts, batch_size):
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            surgeon.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+            rows.append(cache[site][encoded["attention_mask"].bool()].float().cpu())
+    if not rows:
+        raise InvalidEditError("texts", "is empty", "at least one text")
+    values = torch.cat(rows)
+    generator = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(values.shape[0], generator=generator)[:pool_size]
+    return ActivationStats(site, values.mean(dim=0), values[picked].clone(), int(values.shape[0]))
+
+
+def head_ablation(
+    layer: int, heads: Sequence[int], mode: str = "zero", stats: ActivationStats | None = None, seed: int = 0
+) -> HeadAblation:
+    """A :class:`HeadAblation` with ``means``/``pool`` for ``heads`` from ``stats`` of ``blocks.{layer}.attn.hook_z``."""
+    return HeadAblation(
+        layer=layer,
+        heads=tuple(heads),
+        mode=mode,
+        seed=seed,
+        **_from_stats(stats, f"blocks.{layer}.attn.hook_z", heads, mode),
+    )
+
+
+def neuron_ablation(
+    layer: int, neurons: Sequence[int], mode: str = "zero", stats: ActivationStats | None = None, seed: int = 0
+) -> NeuronAblation:
+    """A :class:`NeuronAblation`, with statistics of ``blocks.{layer}.mlp.hook_post`` from ``stats``."""
+    return NeuronAblation(
+        layer=layer,
+        neurons=tuple(neurons),
+        mode=mode,
+        seed=seed,
+        **_from_stats(stats, f"blocks.{layer}.mlp.hook_post", neurons, mode),
+    )
+
+
+def _from_stats(stats: ActivationStats | None, site: str, units: Sequence[int], mode: str) -> dict[str, torch.Tensor]:
+    if mode == "zero":
+        return {}
+    if stats is None or stats.site != site:
+        raise InvalidEditError(
+            "stats", f"mode {mode!r} needs statistics of {site}", f"activation_stats(..., site={site!r})"
+        )
+    index = torch.tensor(list(units))
+    if mode == "mean":
+        return {"means": stats.mean[index]}
+    return {"pool": stats.pool[:, index]}

@@ -1,0 +1,313 @@
+"""The Surgeon: one shared copy of the base weights, any edit stack per call.
+
+A :class:`Surgeon` owns the dispatcher hooks of one model. The stack of edits to run under is
+held in a :class:`contextvars.ContextVar`, so each thread (or asyncio task) sees its own stack
+and concurrent calls under different stacks never mix. Weights are never modified.
+
+Hooks are installed on demand, once per (layer, hook point), when a compiled
+:class:`EditStack` first needs them, and removed when no live stack needs them any more. A
+forward pass under an empty stack therefore runs hooks only at points some live stack uses,
+and each of those returns after one context-variable read.
+
+Example::
+
+    surgeon = Surgeon(model)
+    with surgeon.apply([Steering(site="blocks.2.hook_resid_pre", vector=v, scale=4.0)]):
+        logits = model(ids).logits
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import torch
+from torch import nn
+
+from editors.adapters import ArchitectureAdapter, ModelDims, adapter_for
+from editors.edits import Edit, Op
+from editors.errors import InvalidEditError
+from editors.sites import ACTIVATION_POINTS, WEIGHT_POINTS, Site
+
+#: A place hooks are installed: (layer, unit) with unit one of the keys of ``_UNITS_BY_POINT``'s values.
+Unit = tuple[int, str]
+
+_UNITS_BY_POINT: dict[str, tuple[str, ...]] = {
+    "hook_resid_pre": ("block_pre",),
+    "hook_resid_mid": ("mid_pre", "mlp_post"),
+    "hook_resid_post": ("block_post",),
+    "attn.hook_z": ("z_pre",),
+    "mlp.hook_post": ("neurons_pre",),
+    "attn.W_O": ("attn.W_O",),
+    "mlp.W_in": ("mlp.W_in",),
+    "mlp.W_out": ("mlp.W_out",),
+}
+_surgeon_ids = count()
+
+
+@dataclass(frozen=True, eq=False)
+class EditStack:
+    """A validated, compiled, ordered list of edits for one Surgeon. Build with :meth:`Surgeon.compile`."""
+
+    edits: tuple[Edit, ...]
+    ops: dict[Site, tuple[Op, ...]]
+    position_layers: frozenset[int]
+    units: frozenset[Unit]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(edit.id for edit in self.edits)
+
+
+class Surgeon:
+    """Hook dispatcher for one ``transformers`` causal LM (GPT-2, GPT-NeoX or Llama family)."""
+
+    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter | None = None) -> None:
+        self.model = model
+        self.adapter = adapter or adapter_for(model)
+        self.dims: ModelDims = self.adapter.dims(model)
+        self._active: ContextVar[EditStack | None] = ContextVar(f"scalpel_stack_{next(_surgeon_ids)}", default=None)
+        self._scratch = threading.local()
+        self._lock = threading.Lock()
+        self._installed: dict[Unit, tuple[Any, int]] = {}
+
+    # -- compiling --------------------------------------------------------------------------
+    @property
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.model.parameters())
+        return parameter.device, parameter.dtype
+
+    def validate(self, edits: Sequence[Edit]) -> None:
+        """Raise :class:`InvalidEditError` (field prefixed with ``edits[i].``) if any edit does not fit."""
+        for i, edit in enumerate(edits):
+            if not isinstance(edit, Edit):
+                raise InvalidEditError(f"edits[{i}]", f"expected an Edit, got {type(edit).__name__}", "Edit values")
+            try:
+                edit.validate_for(self.dims)
+            except InvalidEditError as exc:
+                raise InvalidEditError(f"edits[{i}].{exc.field}", exc.problem, exc.allowed) from None
+
+    def compile(self, edits: Sequence[Edit], capture: dict[str, torch.Tensor] | None = None) -> EditStack:
+        """Validate and compile ``edits`` (in order) into an :class:`EditStack`.
+
+        With ``capture``, the activation at every site named by its keys is stored into it
+        (detached, after this stack's edits at that site) on each forward pass.
+        """
+        edits = tuple(edits)
+        self.validate(edits)
+        device, dtype = self._device_dtype
+        ops: dict[Site, list[Op]] = {}
+        for edit in edits:
+            for site, op in edit.compile(self.dims, device, dtype):
+                ops.setdefault(site, []).append(op)
+        for name in capture or {}:
+            site = Site.parse(name, "capture", ACTIVATION_POINTS)
+            if site.layer >= self.dims.n_layers or (site.is_residual and site.point not in self.dims.residual_points()):
+                raise InvalidEditError(
+                    "capture", f"{name} does not exist in this model", f"layers 0..{self.dims.n_layers - 1}"
+                )
+            ops.setdefault(site, []).append(Op(_recorder(capture, name)))
+        position_layers = frozenset(s.layer for s, site_ops in ops.items() if any(o.needs_positions for o in site_ops))
+        units = {(s.layer, unit) for s in ops for unit in _UNITS_BY_POINT[s.point]}
+        units |= {(layer, "block_pre") for layer in position_layers}
+        stack = EditStack(edits, {s: tuple(o) for s, o in ops.items()}, position_layers, frozenset(units))
+        self._acquire(stack.units)
+        weakref.finalize(stack, self._release, stack.units)
+        return stack
+
+    # -- running ----------------------------------------------------------------------------
+    @contextmanager
+    def apply(self, edits: EditStack | Sequence[Edit]) -> Iterator[EditStack]:
+        """Run the body under ``edits`` (an inner ``apply`` replaces, not extends, an outer one)."""
+        stack = edits if isinstance(edits, EditStack) else self.compile(edits)
+        token = self._active.set(stack)
+        try:
+            yield stack
+        finally:
+            self._active.reset(token)
+
+    @contextmanager
+    def trace(self, sites: Sequence[str], edits: EditStack | Sequence[Edit] = ()) -> Iterator[dict[str, torch.Tensor]]:
+        """Record the activations at ``sites`` (under ``edits``) into the yielded dict, per forward pass."""
+        cache: dict[str, torch.Tensor] = dict.fromkeys(sites)  # type: ignore[arg-type]
+        base = edits.edits if isinstance(edits, EditStack) else tuple(edits)
+        with self.apply(self.compile(base, capture=cache)):
+            yield cache
+
+    @property
+    def active(self) -> EditStack | None:
+        """The stack the current context runs under."""
+        return self._active.get()
+
+    def detach(self) -> None:
+        """Remove every hook (stacks compiled earlier must not be used afterwards)."""
+        with self._lock:
+            for handle, _ in self._installed.values():
+                handle.remove()
+            self._installed.clear()
+
+    # -- hook bookkeeping -------------------------------------------------------------------
+    def _acquire(self, units: frozenset[Unit]) -> None:
+        with self._lock:
+            for unit in units:
+                handle, refs = self._installed.get(unit) or (self._install(unit), 0)
+                self._installed[unit] = (handle, refs + 1)
+
+    def _release(self, units: frozenset[Unit]) -> None:
+        with self._lock:
+            for unit in units:
+                if unit not in self._installed:
+                    continue
+                handle, refs = self._installed[unit]
+                if refs > 1:
+                    self._installed[unit] = (handle, refs - 1)
+                    continue
+                handle.remove()
+                del self._installed[unit]
+
+    def _install(self, unit: Unit) -> Any:
+        layer, name = unit
+        if name in WEIGHT_POINTS:
+            site = Site(layer, name)
+            return self.adapter.weight_module(self.model, site).register_forward_hook(self._hook_weight(site))
+        role, factory = {
+            "block_pre": (None, self._hook_block_pre),
+            "block_post": (None, self._hook_block_post),
+            "mid_pre": ("mid_norm", self._hook_mid_pre),
+            "mlp_post": ("mlp", self._hook_mlp_post),
+            "z_pre": ("attn_out", self._hook_z_pre),
+            "neurons_pre": ("mlp_out", self._hook_neurons_pre),
+        }[name]
+        module = (
+            self.adapter.blocks(self.model)[layer] if role is None else self.adapter.module(self.model, layer, role)
+        )
+        if name == "block_pre":
+            return module.register_forward_pre_hook(factory(layer), with_kwargs=True)
+        if name.endswith("_pre"):
+            return module.register_forward_pre_hook(factory(layer))
+        return module.register_forward_hook(factory(layer))
+
+    def _positions(self, x: torch.Tensor) -> torch.Tensor:
+        positions = getattr(self._scratch, "positions", None)
+        if positions is None or positions.shape[-1] != x.shape[1]:
+            return torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        return positions
+
+    def _run(self, ops: tuple[Op, ...], x: torch.Tensor) -> torch.Tensor:
+        positions = self._positions(x) if any(op.needs_positions for op in ops) else None
+        for op in ops:
+            x = op.fn(x, positions)
+        return x
+
+    # -- hook factories (one per unit kind) ---------------------------------------------------
+    def _hook_block_pre(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "hook_resid_pre")
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            stack = self._active.get()
+            if stack is None:
+                return None
+            if layer in stack.position_layers:
+                self._scratch.positions = kwargs.get("position_ids")
+            ops = stack.ops.get(site)
+            if not ops:
+                return None
+            if args:
+                return (self._run(ops, args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": self._run(ops, kwargs["hidden_states"])}
+
+        return hook
+
+    def _hook_block_post(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "hook_resid_post")
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            stack = self._active.get()
+            ops = stack.ops.get(site) if stack is not None else None
+            if not ops:
+                return None
+            if isinstance(output, tuple):
+                return (self._run(ops, output[0]), *output[1:])
+            return self._run(ops, output)
+
+        return hook
+
+    def _hook_mid_pre(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "hook_resid_mid")
+
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
+            stack = self._active.get()
+            ops = stack.ops.get(site) if stack is not None else None
+            if not ops:
+                return None
+            edited = self._run(ops, args[0])
+            # the residual carried past the MLP is the unedited input; the MLP hook adds the change
+            self._scratch.__dict__[f"mid{layer}"] = edited - args[0]
+            return (edited, *args[1:])
+
+        return hook
+
+    def _hook_mlp_post(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "hook_resid_mid")
+        key = f"mid{layer}"
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+            stack = self._active.get()
+            if stack is None or site not in stack.ops:
+                return None
+            return output + self._scratch.__dict__.pop(key)
+
+        return hook
+
+    def _hook_z_pre(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "attn.hook_z")
+        n_heads, d_head = self.dims.n_heads, self.dims.d_head
+
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
+            stack = self._active.get()
+            ops = stack.ops.get(site) if stack is not None else None
+            if not ops:
+                return None
+            z = args[0]
+            heads = self._run(ops, z.reshape(*z.shape[:-1], n_heads, d_head))
+            return (heads.reshape(z.shape), *args[1:])
+
+        return hook
+
+    def _hook_neurons_pre(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "mlp.hook_post")
+
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
+            stack = self._active.get()
+            ops = stack.ops.get(site) if stack is not None else None
+            if not ops:
+                return None
+            return (self._run(ops, args[0]), *args[1:])
+
+        return hook
+
+    def _hook_weight(self, site: Site) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+            stack = self._active.get()
+            ops = stack.ops.get(site) if stack is not None else None
+            if not ops:
+                return None
+            for op in ops:
+                output = op.fn(args[0], output)
+            return output
+
+        return hook
+
+
+def _recorder(cache: dict[str, torch.Tensor], name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def record(x: torch.Tensor, positions: Any) -> torch.Tensor:
+        cache[name] = x.detach()
+        return x
+
+    return record

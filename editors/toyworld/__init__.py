@@ -1,0 +1,29 @@
+"""The toy world and its small GPT-2 model, shipped with the package (DESIGN §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from editors.toyworld.world import Fact, World, generate_world
+
+TOY_MODEL_DIR = Path(__file__).parent / "model"
+WORLD_FILE = "world.json"
+CORPUS_FILE = "reference_corpus.txt"
+
+
+def load_toy_model(directory: Path = TOY_MODEL_DIR) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, World]:
+    """The committed toy model (eval mode), its tokenizer and its world."""
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return model, tokenizer, World.load(Path(directory) / WORLD_FILE)
+
+
+def reference_corpus(directory: Path = TOY_MODEL_DIR) -> list[str]:
+    """The committed reference corpus (documents drawn like the training data)."""
+    return (Path(directory) / CORPUS_FILE).read_text().splitlines()
+
+
+__all__ = ["TOY_MODEL_DIR", "Fact", "World", "generate_world", "load_toy_model", "reference_corpus"]

@@ -1,0 +1,143 @@
+"""Deterministic trainer for the toy-world GPT-2 model.
+
+``train_toy_model(out_dir)`` generates the world, builds a word-level ``tokenizers`` tokenizer,
+trains a small GPT-2-shaped model on freshly sampled documents and writes everything with
+``save_pretrained`` (loadable by ``AutoModelForCausalLM`` / ``AutoTokenizer``), plus the world,
+a reference corpus and a manifest of SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from editors.toyworld import CORPUS_FILE, WORLD_FILE
+from editors.toyworld.manifest import write_manifest
+from editors.toyworld.world import World, generate_world
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; the defaults are the committed model's."""
+
+    world_seed: int = 0
+    train_seed: int = 0
+    steps: int = 3000
+    batch_rows: int = 28
+    row_length: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 128
+    reference_documents: int = 2000
+    threads: int = 2
+
+
+def build_tokenizer(world: World) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the world's vocabulary that prepends ``<bos>``."""
+    vocab = {token: i for i, token in enumerate(world.vocabulary())}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    bos = vocab["<bos>"]
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=128,
+    )
+
+
+class _PackedStream:
+    """Documents as ``<bos> doc <eos>`` units, packed back to back into fixed-length rows."""
+
+    def __init__(self, world: World, tokenizer: PreTrainedTokenizerFast, rng: random.Random) -> None:
+        self.world, self.tokenizer, self.rng = world, tokenizer, rng
+        self.buffer: list[int] = []
+
+    def batch(self, rows: int, length: int) -> torch.Tensor:
+        needed = rows * length
+        while len(self.buffer) < needed:
+            docs = [self.world.document(self.rng) + " <eos>" for _ in range(64)]
+            for ids in self.tokenizer(docs)["input_ids"]:
+                self.buffer.extend(ids)
+        chunk, self.buffer = self.buffer[:needed], self.buffer[needed:]
+        return torch.tensor(chunk).view(rows, length)
+
+
+def train_toy_model(
+    out_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, float]:
+    """Train and save the toy model into ``out_dir``; returns timing and final loss."""
+    started = time.perf_counter()
+    torch.manual_seed(config.train_seed)
+    torch.set_num_threads(config.threads)
+    world = generate_world(config.world_seed)
+    tokenizer = build_tokenizer(world)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=config.n_positions,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress_frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_frac))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    stream = _PackedStream(world, tokenizer, random.Random(config.train_seed))
+    model.train()
+    loss_value = float("nan")
+    for step in range(config.steps):
+        input_ids = stream.batch(config.batch_rows, config.row_length)
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+        if progress is not None:
+            progress(step + 1, config.steps, loss_value)
+    model.eval()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / WORLD_FILE).write_text(world.to_json() + "\n")
+    corpus = world.corpus(config.reference_documents, seed=config.train_seed + 1)
+    (out_dir / CORPUS_FILE).write_text("\n".join(corpus) + "\n")
+    write_manifest(out_dir)
+    return {"seconds": time.perf_counter() - started, "final_loss": loss_value}

@@ -1,0 +1,93 @@
+"""The ``scalpel`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from editors.toyworld import TOY_MODEL_DIR
+
+
+def _cmd_toyworld_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from editors.toyworld.train import TrainConfig, train_toy_model
+
+    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    result = train_toy_model(Path(args.out), TrainConfig(steps=args.steps), progress)
+    bar.close()
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_toyworld_eval(args: argparse.Namespace) -> int:
+    from editors.toyworld import load_toy_model
+    from editors.toyworld.evaluate import evaluate_world
+
+    model, tokenizer, world = load_toy_model(Path(args.model))
+    metrics = evaluate_world(model, tokenizer, world)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for name, value in metrics.items():
+            print(f"{name:<20} {value:.3f}")
+    return 0
+
+
+def _cmd_toyworld_verify(args: argparse.Namespace) -> int:
+    from editors.toyworld.manifest import verify_manifest
+
+    problems = verify_manifest(Path(args.model))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    run_demo()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalpel", description="Circuit surgery for language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="walk through the surgery kit on the toy model")
+    demo.set_defaults(func=_cmd_demo)
+
+    toyworld = commands.add_parser("toyworld", help="the embedded toy-world model").add_subparsers(
+        dest="toyworld_command", required=True
+    )
+    train = toyworld.add_parser("train", help="train the toy model from scratch (deterministic)")
+    train.add_argument("--out", default=str(TOY_MODEL_DIR), help="output directory (default: the packaged model)")
+    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_toyworld_train)
+    evaluate = toyworld.add_parser("eval", help="fact recall, paraphrase recall and induction accuracy")
+    evaluate.add_argument("--model", default=str(TOY_MODEL_DIR))
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=_cmd_toyworld_eval)
+    verify = toyworld.add_parser("verify", help="check the model files against their SHA-256 manifest")
+    verify.add_argument("--model", default=str(TOY_MODEL_DIR))
+    verify.set_defaults(func=_cmd_toyworld_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

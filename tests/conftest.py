@@ -1,0 +1,72 @@
+"""Shared fixtures: the committed toy model and small random models of each supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from editors import Surgeon
+from editors.toyworld import load_toy_model
+
+VOCAB = 64
+
+
+def tiny_model(family: str) -> torch.nn.Module:
+    """A small randomly initialised causal LM of ``family`` (seeded, eval mode)."""
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4))
+    elif family.startswith("gpt_neox"):
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                use_parallel_residual=family.endswith("parallel"),
+            )
+        )
+    elif family == "llama":
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+            )
+        )
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+FAMILIES = ("gpt2", "gpt_neox", "gpt_neox_parallel", "llama")
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, Surgeon]:
+    model = tiny_model(request.param)
+    return model, Surgeon(model)
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """(model, tokenizer, world) of the committed toy model."""
+    return load_toy_model()
+
+
+@pytest.fixture(scope="session")
+def toy_surgeon(toy) -> Surgeon:
+    return Surgeon(toy[0])
+
+
+@pytest.fixture
+def token_ids() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, VOCAB, (2, 12), generator=generator)

@@ -1,0 +1,82 @@
+"""The committed toy-world model: integrity, loadability, determinism and quality floors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editors import weights_sha256
+from editors.toyworld import TOY_MODEL_DIR, World, generate_world, reference_corpus
+from editors.toyworld.manifest import verify_manifest
+from editors.toyworld.train import TrainConfig, train_toy_model
+from editors.toyworld.world import TEMPLATES
+
+
+def test_committed_files_match_their_manifest() -> None:
+    assert verify_manifest(TOY_MODEL_DIR) == []
+
+
+def test_manifest_detects_a_changed_file(tmp_path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(TOY_MODEL_DIR, copy)
+    (copy / "world.json").write_text((copy / "world.json").read_text().replace("capital", "kapital", 1))
+    problems = verify_manifest(copy)
+    assert len(problems) == 1 and problems[0].startswith("world.json: sha256")
+
+
+def test_model_loads_with_the_auto_classes_and_tokenizes_one_token_per_entity(toy) -> None:
+    model = AutoModelForCausalLM.from_pretrained(TOY_MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
+    world = toy[2]
+    assert model.config.model_type == "gpt2" and model.config.n_layer == 4
+    fact = world.facts[0]
+    ids = tokenizer(f"{fact.canonical_prompt} {fact.object}")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.unk_token_id not in ids
+    assert len(ids) == 1 + len(fact.canonical_prompt.split()) + 1
+
+
+def test_committed_world_is_the_generator_output() -> None:
+    committed = World.load(TOY_MODEL_DIR / "world.json")
+    assert committed.to_json() == generate_world(committed.seed).to_json()
+    assert len(committed.subjects) == 60
+    for fact in committed.facts:
+        assert fact.trained_templates[0] == TEMPLATES[fact.relation][0]
+        assert fact.heldout_templates and not set(fact.heldout_templates) & set(fact.trained_templates)
+
+
+def test_held_out_phrasings_never_appear_in_the_corpus_for_their_subject(toy) -> None:
+    world = toy[2]
+    corpus = "\n".join(reference_corpus())
+    for fact in world.facts:
+        for prompt in fact.prompts(fact.heldout_templates):
+            assert f"{prompt} {fact.object}" not in corpus
+    # the same check is not vacuous: trained phrasings do occur
+    assert sum(f"{f.canonical_prompt} {f.object}" in corpus for f in world.facts) > 100
+
+
+def test_training_is_deterministic(tmp_path) -> None:
+    config = TrainConfig(steps=15, reference_documents=10)
+    train_toy_model(tmp_path / "a", config)
+    train_toy_model(tmp_path / "b", config)
+    hashes = {weights_sha256(AutoModelForCausalLM.from_pretrained(tmp_path / run)) for run in ("a", "b")}
+    assert len(hashes) == 1
+    assert verify_manifest(tmp_path / "a") == []
+
+
+def test_quality_floors_via_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "toyworld", "eval", "--json"], capture_output=True, text=True, check=True
+    )
+    metrics = json.loads(result.stdout)
+    assert metrics["fact_recall"] >= 0.95
+    assert metrics["paraphrase_recall"] >= 0.85
+    assert metrics["induction_accuracy"] >= 0.90
+
+
+def test_cli_verify_passes() -> None:
+    result = subprocess.run([sys.executable, "-m", "service.cli", "toyworld", "verify"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok"
