@@ -65,7 +65,7 @@ def activation_stats(
 def head_ablation(
     layer: int, heads: Sequence[int], mode: str = "zero", stats: ActivationStats | None = None, seed: int = 0
 ) -> HeadAblation:
-    """A :class:`HeadAblation` with ``means``/``pool`` for ``heads`` from ``stats`` of ``blocks.{layer}.attn.hook_z``."""
+    """A :class:`HeadAblation`; ``means``/``pool`` come from ``stats`` of ``blocks.{layer}.attn.hook_z``."""
     return HeadAblation(
         layer=layer,
         heads=tuple(heads),

@@ -66,7 +66,8 @@ def check_tensor(field: str, value: object, ndim: int, shape: tuple[int | None, 
         raise InvalidEditError(
             field, f"dtype {value.dtype} is not a floating type", ", ".join(str(d) for d in FLOAT_DTYPES)
         )
-    if value.ndim != ndim or (shape is not None and any(s is not None and s != n for s, n in zip(shape, value.shape, strict=True))):
+    mismatched = shape is not None and any(s is not None and s != n for s, n in zip(shape, value.shape, strict=False))
+    if value.ndim != ndim or mismatched:
         raise InvalidEditError(field, f"shape {list(value.shape)} does not match", f"shape {wanted}")
     if value.numel() == 0:
         raise InvalidEditError(field, "is empty", f"non-empty shape {wanted}")
