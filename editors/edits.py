@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from editors.adapters import ModelDims
+from editors.blobs import tensor_to_blob
 from editors.errors import InvalidEditError
 from editors.sites import RESIDUAL_POINTS, WEIGHT_POINTS, Site
 from editors.validation import (
@@ -81,9 +82,11 @@ class Edit:
             if f.name in self.tensor_fields:
                 continue
             value = getattr(self, f.name)
-            out[f.name] = (
-                thaw_json(value) if f.name in self.json_fields else (list(value) if isinstance(value, tuple) else value)
-            )
+            if f.name in self.json_fields:
+                value = thaw_json(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
         return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -92,8 +95,6 @@ class Edit:
     @cached_property
     def artifact_blobs(self) -> dict[str, bytes]:
         """Artifact name → safetensors blob of that one tensor."""
-        from editors.serialization import tensor_to_blob
-
         return {name: tensor_to_blob(t) for name, t in self.tensors().items()}
 
     def spec(self) -> dict[str, Any]:

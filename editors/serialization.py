@@ -19,30 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
+from editors.blobs import blob_to_tensor, tensor_to_blob
 from editors.edits import Edit, edit_from_parts
 from editors.errors import InvalidEditError
 
-_BLOB_KEY = "tensor"
 _METADATA_KEY = "scalpel.edit"
-
-
-def tensor_to_blob(tensor: torch.Tensor) -> bytes:
-    """The safetensors serialisation of one tensor (deterministic for equal tensors)."""
-    return save({_BLOB_KEY: tensor.detach().cpu().contiguous()})
-
-
-def blob_to_tensor(field: str, blob: bytes) -> torch.Tensor:
-    try:
-        tensors = load_bytes(bytes(blob))
-    except (SafetensorError, ValueError, TypeError) as exc:
-        raise InvalidEditError(field, f"is not a valid safetensors blob: {exc}", "a blob from tensor_to_blob") from None
-    if set(tensors) != {_BLOB_KEY}:
-        raise InvalidEditError(field, f"blob holds {sorted(tensors)}", f"exactly one tensor named {_BLOB_KEY!r}")
-    return tensors[_BLOB_KEY]
 
 
 def artifact_blobs_by_hash(edit: Edit) -> dict[str, bytes]:
@@ -86,8 +70,6 @@ def save_edit(edit: Edit, path: str | Path) -> None:
 
 def load_edit(path: str | Path) -> Edit:
     """Read a file written by :func:`save_edit`."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -12,6 +12,7 @@ from editors.edits import HeadAblation, NeuronAblation
 from editors.errors import InvalidEditError
 from editors.sites import Site
 from editors.surgeon import Surgeon
+from editors.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,32 @@ def activation_stats(
     batch_size: int = 32,
     max_length: int = 128,
 ) -> ActivationStats:
-    """Mean and a reservoir-free uniform sample of ``site``'s activations over every non-pad token of ``texts``."""
+    """Mean of ``site``'s activations over every non-pad token of ``texts``, and a uniform sample of them.
+
+    Streams: memory stays at one batch plus the pool (the sample keeps the ``pool_size`` tokens
+    with the smallest random priorities seen so far).
+    """
     Site.parse(site, "site")
-    rows: list[torch.Tensor] = []
+    check_int("pool_size", pool_size, 1)
+    generator = torch.Generator().manual_seed(seed)
+    total: torch.Tensor | None = None
+    n_tokens = 0
+    pool = priorities = None
     with surgeon.trace([site]) as cache:
         for batch in _batches(texts, batch_size):
             encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             surgeon.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-            rows.append(cache[site][encoded["attention_mask"].bool()].float().cpu())
-    if not rows:
+            rows = cache[site][encoded["attention_mask"].bool()].double().cpu()
+            total = rows.sum(dim=0) if total is None else total + rows.sum(dim=0)
+            n_tokens += rows.shape[0]
+            keys = torch.rand(rows.shape[0], generator=generator, dtype=torch.float64)
+            if pool is not None:
+                rows, keys = torch.cat([pool, rows]), torch.cat([priorities, keys])
+            keep = keys.argsort()[:pool_size]
+            pool, priorities = rows[keep], keys[keep]
+    if total is None or pool is None:
         raise InvalidEditError("texts", "is empty", "at least one text")
-    values = torch.cat(rows)
-    generator = torch.Generator().manual_seed(seed)
-    picked = torch.randperm(values.shape[0], generator=generator)[:pool_size]
-    return ActivationStats(site, values.mean(dim=0), values[picked].clone(), int(values.shape[0]))
+    return ActivationStats(site, (total / n_tokens).float(), pool.float(), n_tokens)
 
 
 def head_ablation(

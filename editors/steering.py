@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from editors.batching import last_token_index
 from editors.edits import Steering
 from editors.errors import InvalidEditError
 from editors.sites import RESIDUAL_POINTS
@@ -39,7 +40,7 @@ def last_token_activations(
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
     with surgeon.trace([site]) as cache:
         surgeon.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-    last = encoded["attention_mask"].sum(dim=1) - 1
+    last = last_token_index(encoded["attention_mask"])
     return cache[site][torch.arange(len(prompts)), last].float()
 
 

@@ -76,6 +76,7 @@ class Surgeon:
         self._scratch = threading.local()
         self._lock = threading.Lock()
         self._installed: dict[Unit, tuple[Any, int]] = {}
+        self._released: list[frozenset[Unit]] = []  # from finalizers; drained under the lock
 
     # -- compiling --------------------------------------------------------------------------
     @property
@@ -118,7 +119,7 @@ class Surgeon:
         units |= {(layer, "block_pre") for layer in position_layers}
         stack = EditStack(edits, {s: tuple(o) for s, o in ops.items()}, position_layers, frozenset(units))
         self._acquire(stack.units)
-        weakref.finalize(stack, self._release, stack.units)
+        weakref.finalize(stack, self._release_later, stack.units)
         return stack
 
     # -- running ----------------------------------------------------------------------------
@@ -155,21 +156,32 @@ class Surgeon:
     # -- hook bookkeeping -------------------------------------------------------------------
     def _acquire(self, units: frozenset[Unit]) -> None:
         with self._lock:
+            self._drain_released()
             for unit in units:
                 handle, refs = self._installed.get(unit) or (self._install(unit), 0)
                 self._installed[unit] = (handle, refs + 1)
 
-    def _release(self, units: frozenset[Unit]) -> None:
-        with self._lock:
-            for unit in units:
+    def _release_later(self, units: frozenset[Unit]) -> None:
+        """Finalizer of a stack. It may run inside garbage collection while this thread holds the
+        lock, so it never blocks: if the lock is busy, the next compile drains the release."""
+        self._released.append(units)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drain_released()
+            finally:
+                self._lock.release()
+
+    def _drain_released(self) -> None:
+        while self._released:
+            for unit in self._released.pop():
                 if unit not in self._installed:
                     continue
                 handle, refs = self._installed[unit]
                 if refs > 1:
                     self._installed[unit] = (handle, refs - 1)
-                    continue
-                handle.remove()
-                del self._installed[unit]
+                else:
+                    handle.remove()
+                    del self._installed[unit]
 
     def _install(self, unit: Unit) -> Any:
         layer, name = unit

@@ -9,12 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from editors.toyworld import TOY_MODEL_DIR
+from editors.toyworld.train import TrainConfig
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _cmd_toyworld_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from editors.toyworld.train import TrainConfig, train_toy_model
+    from editors.toyworld.train import train_toy_model
 
     bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
 
@@ -71,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train = toyworld.add_parser("train", help="train the toy model from scratch (deterministic)")
     train.add_argument("--out", default=str(TOY_MODEL_DIR), help="output directory (default: the packaged model)")
-    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--steps", type=_positive_int, default=TrainConfig().steps)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toyworld_train)
     evaluate = toyworld.add_parser("eval", help="fact recall, paraphrase recall and induction accuracy")

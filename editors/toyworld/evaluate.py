@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editors.batching import last_token_index
 from editors.toyworld.world import Fact, World
 
 
@@ -29,7 +30,7 @@ def next_token_logits(
         chunk = list(prompts[start : start + batch_size])
         encoded = tokenizer(chunk, return_tensors="pt", padding=True)
         logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-        last = encoded["attention_mask"].sum(dim=1) - 1
+        last = last_token_index(encoded["attention_mask"])
         rows.append(logits[torch.arange(len(chunk)), last].float())
     return torch.cat(rows)
 
