@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,69 +47,89 @@ PEER_VENV = ROOT / "bench" / ".peers" / "venv"
 LAYER = 1
 CACHE_ARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
-Case = tuple[Callable[[], object], Callable[[], None] | None]
+
+@dataclass
+class Case:
+    """A timed call; ``setup``/``teardown`` (untimed) bracket a block of calls, ``after`` (untimed) each call."""
+
+    run: Callable[[], object]
+    after: Callable[[], None]
+    setup: Callable[[], None] = lambda: None
+    teardown: Callable[[], None] = lambda: None
 
 
-def measure(cases: dict[str, Case], rounds: int, warmup: int = 20) -> dict[str, float]:
-    """Median seconds per call of each case; one call of every case per round, order rotated."""
+def measure(cases: dict[str, Case], blocks: int, calls: int = 10) -> dict[str, float]:
+    """Median seconds per call of each case.
+
+    Cases run in blocks of ``calls`` consecutive calls (after one untimed warm-up call), one block
+    of every case per round with the order rotated, so drift of the machine cancels and every
+    timed call is in the same situation: preceded by a call of its own case.
+    """
     names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(warmup + rounds):
+    for r in range(blocks):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            fn, after = cases[name]
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if after is not None:
-                after()
-            if r >= warmup:
-                times[name].append(elapsed)
+            case = cases[name]
+            case.setup()
+            for i in range(calls + 1):
+                start = time.perf_counter()
+                case.run()
+                elapsed = time.perf_counter() - start
+                case.after()
+                if i:
+                    times[name].append(elapsed)
+            case.teardown()
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 class Regime:
-    """A model, an input and one call of it (state reset between calls); each case runs on its own copy."""
+    """A model, an input and one call of it, with the KV cache reset after every call.
+
+    Our cases and the plain case share one model: hooks a case needs are installed in its
+    untimed set-up and removed in its tear-down, so no case pays for another's hooks. Peers
+    that rewrite the model (nnsight patches every module) get a copy; ``plain_copy`` measures
+    what running on a copy alone does to the ratio (the noise floor of those comparisons).
+    """
 
     def __init__(self, name: str) -> None:
         torch.manual_seed(0)
         self.name = name
         if name == "prefill":
-            self.base = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+            self.model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
             self.ids = torch.randint(0, 50257, (1, 64))
             self.cache = None
         else:
-            self.base = transformers.AutoModelForCausalLM.from_pretrained(TOY_MODEL_DIR).eval()
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(TOY_MODEL_DIR).eval()
             prompt = torch.randint(4, 300, (1, 32))
             with torch.inference_mode():
-                self.cache = getattr(self.base(input_ids=prompt, use_cache=True), CACHE_ARG)
+                self.cache = getattr(self.model(input_ids=prompt, use_cache=True), CACHE_ARG)
             self.ids = torch.randint(4, 300, (1, 1))
         self.prompt_len = 32
-        d = self.base.config.n_embd
+        d = self.model.config.n_embd
         generator = torch.Generator().manual_seed(1)
         self.vector = torch.randn(d, generator=generator)
         self.U = torch.randn(d, 1, generator=generator) * 0.1
         self.V = torch.randn(4 * d, 1, generator=generator) * 0.1
-        self.d_head = d // self.base.config.n_head
-
-    def copy(self) -> torch.nn.Module:
-        """A private copy, so hooks one case installs never run in another case's calls."""
-        return copy.deepcopy(self.base)
+        self.d_head = d // self.model.config.n_head
 
     def kwargs(self) -> dict[str, object]:
         if self.cache is None:
             return {"input_ids": self.ids}
         return {"input_ids": self.ids, "use_cache": True, CACHE_ARG: self.cache}
 
-    def caller(self, model: torch.nn.Module) -> Callable[[], object]:
-        def call() -> object:
-            with torch.inference_mode():
-                return model(**self.kwargs())
+    def call(self, model: torch.nn.Module | None = None) -> object:
+        with torch.inference_mode():
+            return (model or self.model)(**self.kwargs())
 
-        return call
+    def reset(self) -> None:
+        """Drop the token a decode call appended (a negative crop means "remove" in transformers 4 and 5)."""
+        extra = self.cache.get_seq_length() - self.prompt_len if self.cache is not None else 0
+        if extra:
+            self.cache.crop(-extra)
 
-    def case(self, fn: Callable[[], object]) -> Case:
-        return fn, (lambda: self.cache.crop(self.prompt_len)) if self.cache is not None else None
+    def plain(self, model: torch.nn.Module | None = None) -> Case:
+        return Case(lambda: self.call(model), self.reset)
 
     def edits(self) -> dict[str, list]:
         return {
@@ -117,58 +138,36 @@ class Regime:
             "low_rank": [LowRank(site=f"blocks.{LAYER}.mlp.W_out", U=self.U, V=self.V)],
         }
 
+    def under(self, surgeon: Surgeon, edits: list, live: list | None = None) -> Case:
+        """A call under ``edits``; ``live`` is another stack kept alive meanwhile (its hooks stay installed)."""
+        state: dict[str, object] = {}
 
-def ours(regime: Regime, names: tuple[str, ...]) -> tuple[dict[str, Case], list[object]]:
-    """Our cases, and the live objects (stacks) that must outlive the measurement."""
-    edits = regime.edits()
-    keep: list[object] = []
-
-    def under(edit_list: list) -> Case:
-        model = regime.copy()
-        surgeon = Surgeon(model)
-        stack = surgeon.compile(edit_list)
-        keep.append(stack)
-        call = regime.caller(model)
+        def setup() -> None:
+            state["stack"] = surgeon.compile(edits)
+            if live:
+                state["live"] = surgeon.compile(live)
 
         def run() -> None:
-            with surgeon.apply(stack):
-                call()
+            with surgeon.apply(state["stack"]):
+                self.call()
 
-        return regime.case(run)
-
-    return {name: under(edits[name]) for name in names}, keep
+        return Case(run, self.reset, setup, state.clear)
 
 
-def our_cases(regime: Regime) -> tuple[dict[str, Case], list[object]]:
+def our_cases(regime: Regime, names: tuple[str, ...]) -> dict[str, Case]:
+    surgeon = Surgeon(regime.model)
     edits = regime.edits()
-    cases, keep = ours(regime, ("steering", "head_ablation", "low_rank"))
-    empty, keep_empty = ours_empty(regime, [e for stack in edits.values() for e in stack])
-    return {**empty, **cases}, keep + keep_empty
-
-
-def ours_empty(regime: Regime, live: list) -> tuple[dict[str, Case], list[object]]:
-    """Empty stack on a model without other hooks, and on one where ``live`` keeps hooks installed."""
-    cases: dict[str, Case] = {}
-    keep: list[object] = []
-    for name, live_edits in (("empty_stack", []), ("empty_stack_hooks_live", live)):
-        model = regime.copy()
-        surgeon = Surgeon(model)
-        stack = surgeon.compile([])
-        keep += [stack, surgeon.compile(live_edits)]
-        call = regime.caller(model)
-
-        def run(surgeon: Surgeon = surgeon, stack=stack, call=call) -> None:
-            with surgeon.apply(stack):
-                call()
-
-        cases[name] = regime.case(run)
-    return cases, keep
+    cases = {name: regime.under(surgeon, edits[name]) for name in names}
+    if "steering" in names and len(names) > 1:
+        cases["empty_stack"] = regime.under(surgeon, [])
+        cases["empty_stack_hooks_live"] = regime.under(surgeon, [], live=[e for s in edits.values() for e in s])
+    return cases
 
 
 def nnsight_cases(regime: Regime) -> dict[str, Case]:
     from nnsight import NNsight
 
-    wrapped = NNsight(regime.copy())
+    wrapped = NNsight(copy.deepcopy(regime.model))
     block = wrapped.transformer.h[LAYER]
     vector, U, V, d_head = regime.vector, regime.U, regime.V, regime.d_head
 
@@ -186,37 +185,39 @@ def nnsight_cases(regime: Regime) -> dict[str, Case]:
             block.mlp.c_proj.output = block.mlp.c_proj.output + (x @ V) @ U.T
 
     return {
-        f"peer_nnsight_{name}": regime.case(fn)
+        f"peer_nnsight_{name}": Case(fn, regime.reset)
         for name, fn in (("steering", steering), ("head_ablation", head_ablation), ("low_rank", low_rank))
     }
 
 
-def steering_vectors_cases(regime: Regime) -> tuple[dict[str, Case], object]:
-    """steering-vectors' steering, patched once outside the timed calls (its most favourable use)."""
+def steering_vectors_case(regime: Regime) -> Case:
+    """steering-vectors' steering, patched in the untimed set-up (its most favourable use)."""
     from steering_vectors import SteeringVector
 
-    model = regime.copy()
-    handle = SteeringVector(layer_activations={LAYER: regime.vector}, layer_type="decoder_block").patch_activations(
-        model
-    )
-    return {"peer_steering_vectors_steering": regime.case(regime.caller(model))}, handle
+    vector = SteeringVector(layer_activations={LAYER: regime.vector}, layer_type="decoder_block")
+    state: dict[str, object] = {}
+
+    def setup() -> None:
+        state["handle"] = vector.patch_activations(regime.model)
+
+    def teardown() -> None:
+        state.pop("handle").remove()
+
+    return Case(regime.call, regime.reset, setup, teardown)
 
 
 def run_regime(name: str, rounds: int, with_peers: bool, worker: bool) -> dict[str, float]:
     regime = Regime(name)
-    cases: dict[str, Case] = {"plain": regime.case(regime.caller(regime.copy()))}
+    cases: dict[str, Case] = {"plain": regime.plain()}
     if worker:  # inside the transformers<5 environment: steering-vectors next to our steering
-        ours_steering, keep = ours(regime, ("steering",))
-        peer, keep_handle = steering_vectors_cases(regime)
-        cases |= {"ours_tf4_steering": ours_steering["steering"], **peer}
-        keep.append(keep_handle)
+        cases["ours_tf4_steering"] = our_cases(regime, ("steering",))["steering"]
+        cases["peer_steering_vectors_steering"] = steering_vectors_case(regime)
     else:
-        our, keep = our_cases(regime)
-        cases |= our
+        cases |= our_cases(regime, ("steering", "head_ablation", "low_rank"))
         if with_peers:
+            cases["plain_copy"] = regime.plain(copy.deepcopy(regime.model))
             cases |= nnsight_cases(regime)
     medians = measure(cases, rounds)
-    del keep
     results = {f"{name}_{case}": seconds / medians["plain"] for case, seconds in medians.items() if case != "plain"}
     results[f"{name}_plain_ms"] = medians["plain"] * 1000
     return results
@@ -240,8 +241,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-peers", action="store_true", help="skip nnsight and steering-vectors")
-    parser.add_argument("--decode-rounds", type=int, default=1500)
-    parser.add_argument("--prefill-rounds", type=int, default=60)
+    parser.add_argument("--decode-rounds", type=int, default=200, help="blocks of 10 calls per case")
+    parser.add_argument("--prefill-rounds", type=int, default=8, help="blocks of 10 calls per case")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("SCALPEL_BENCH_THREADS", "2")))

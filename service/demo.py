@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def run_demo() -> None:
         with surgeon.apply([Steering(site=steering.site, vector=steering.vector, scale=scale)]):
             print(f"  steering scale {scale:+.0f}:{'':<22}{positive_probability(model, tokenizer, world):.3f}")
 
-    print("\n4. a rank-one weight edit, next to a production-like stack on the same weights")
+    print("\n4. a random rank-one weight delta (the shape a ROME fact edit takes)")
     generator = torch.Generator().manual_seed(0)
     low_rank = LowRank(
         site="blocks.1.mlp.W_out",
@@ -66,7 +67,23 @@ def run_demo() -> None:
     with surgeon.apply([low_rank]):
         _metrics("random rank-one delta", evaluate_world(model, tokenizer, world))
 
-    print("\n5. edits are values: saved, reloaded, same identity")
+    print("\n5. two versions served at once from one copy of the weights (one thread each)")
+    results: dict[str, float] = {}
+
+    def serve(name: str, scale: float) -> None:
+        with surgeon.apply([Steering(site=steering.site, vector=steering.vector, scale=scale)]):
+            results[name] = positive_probability(model, tokenizer, world)
+
+    threads = [
+        threading.Thread(target=serve, args=(name, scale)) for name, scale in (("cheerful", 2.0), ("gloomy", -2.0))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print("  " + ", ".join(f"{name}: P(positive)={value:.3f}" for name, value in sorted(results.items())))
+
+    print("\n6. edits are values: saved, reloaded, same identity")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "steering.safetensors"
         save_edit(steering, path)
