@@ -23,6 +23,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/overhead.py
 
 # Retrain the committed toy model from scratch (deterministic, a few minutes on 2 cores).
