@@ -203,8 +203,30 @@ class _Ablation(Edit):
     pool: torch.Tensor | None = None
     seed: int = 0
 
+    unit_field: ClassVar[str]
+    point: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        _ablation_fields(self, self.unit_field)
+
     def _units(self) -> tuple[int, ...]:
+        return getattr(self, self.unit_field)
+
+    def _limits(self, dims: ModelDims) -> tuple[int, int | None]:
+        """How many units the site has, and the width of one unit's statistics (None: scalar)."""
         raise NotImplementedError
+
+    def validate_for(self, dims: ModelDims) -> None:
+        _check_layer("layer", self.layer, dims)
+        count, width = self._limits(dims)
+        for i, unit in enumerate(self._units()):
+            check_int(f"{self.unit_field}[{i}]", unit, 0, count - 1)
+        for name, tensor in (("means", self.means), ("pool", self.pool)):
+            if width is not None and tensor is not None and tensor.shape[-1] != width:
+                raise InvalidEditError(name, f"last dimension {tensor.shape[-1]} != d_head", f"d_head = {width}")
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        return self._compile_at(Site(self.layer, self.point), 2, device, dtype)
 
     def _replace(
         self,
@@ -250,24 +272,12 @@ class HeadAblation(_Ablation):
     """
 
     kind: ClassVar[str] = "head_ablation"
+    unit_field: ClassVar[str] = "heads"
+    point: ClassVar[str] = "attn.hook_z"
     heads: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        _ablation_fields(self, "heads")
-
-    def _units(self) -> tuple[int, ...]:
-        return self.heads
-
-    def validate_for(self, dims: ModelDims) -> None:
-        _check_layer("layer", self.layer, dims)
-        for i, head in enumerate(self.heads):
-            check_int(f"heads[{i}]", head, 0, dims.n_heads - 1)
-        for name, tensor in (("means", self.means), ("pool", self.pool)):
-            if tensor is not None and tensor.shape[-1] != dims.d_head:
-                raise InvalidEditError(name, f"last dimension {tensor.shape[-1]} != d_head", f"d_head = {dims.d_head}")
-
-    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
-        return self._compile_at(Site(self.layer, "attn.hook_z"), 2, device, dtype)
+    def _limits(self, dims: ModelDims) -> tuple[int, int | None]:
+        return dims.n_heads, dims.d_head
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -278,21 +288,12 @@ class NeuronAblation(_Ablation):
     """
 
     kind: ClassVar[str] = "neuron_ablation"
+    unit_field: ClassVar[str] = "neurons"
+    point: ClassVar[str] = "mlp.hook_post"
     neurons: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        _ablation_fields(self, "neurons")
-
-    def _units(self) -> tuple[int, ...]:
-        return self.neurons
-
-    def validate_for(self, dims: ModelDims) -> None:
-        _check_layer("layer", self.layer, dims)
-        for i, neuron in enumerate(self.neurons):
-            check_int(f"neurons[{i}]", neuron, 0, dims.d_mlp - 1)
-
-    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
-        return self._compile_at(Site(self.layer, "mlp.hook_post"), 2, device, dtype)
+    def _limits(self, dims: ModelDims) -> tuple[int, int | None]:
+        return dims.d_mlp, None
 
 
 def _unit(vector: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

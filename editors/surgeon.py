@@ -278,29 +278,24 @@ class Surgeon:
         return hook
 
     def _hook_z_pre(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "attn.hook_z")
-        n_heads, d_head = self.dims.n_heads, self.dims.d_head
-
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
-            stack = self._active.get()
-            ops = stack.ops.get(site) if stack is not None else None
-            if not ops:
-                return None
-            z = args[0]
-            heads = self._run(ops, z.reshape(*z.shape[:-1], n_heads, d_head))
-            return (heads.reshape(z.shape), *args[1:])
-
-        return hook
+        return self._activation_pre_hook(Site(layer, "attn.hook_z"), (self.dims.n_heads, self.dims.d_head))
 
     def _hook_neurons_pre(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "mlp.hook_post")
+        return self._activation_pre_hook(Site(layer, "mlp.hook_post"))
+
+    def _activation_pre_hook(self, site: Site, split_last: tuple[int, int] | None = None) -> Callable[..., Any]:
+        """Edits a module's input; ``split_last`` views its last dimension as ``(heads, d_head)``."""
 
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
             stack = self._active.get()
             ops = stack.ops.get(site) if stack is not None else None
             if not ops:
                 return None
-            return (self._run(ops, args[0]), *args[1:])
+            x = args[0]
+            if split_last is None:
+                return (self._run(ops, x), *args[1:])
+            edited = self._run(ops, x.reshape(*x.shape[:-1], *split_last))
+            return (edited.reshape(x.shape), *args[1:])
 
         return hook
 
