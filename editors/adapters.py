@@ -9,6 +9,7 @@ those modules:
 - ``hook_resid_mid``: forward pre-hook on the MLP's input norm, whose input *is* the residual
   after attention; a change ``δ`` made there is also added to the MLP's output so that the
   residual carried on equals ``resid_mid + δ + mlp(...)`` exactly;
+- ``hook_attn_out`` / ``hook_mlp_out``: forward hook on the attention module / the MLP;
 - ``attn.hook_z``: forward pre-hook on the attention output projection, viewed per head;
 - ``mlp.hook_post``: forward pre-hook on the MLP output projection;
 - weight sites: forward hook on the linear module itself.
@@ -75,12 +76,13 @@ class ArchitectureAdapter:
     mlp_out: str
     mid_norm: str
     mlp: str
+    attn: str
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
 
     def module(self, model: nn.Module, layer: int, role: str) -> nn.Module:
-        """The block's module playing ``role`` (``attn_out``, ``mlp_in``, ``mlp_out``, ``mid_norm``, ``mlp``)."""
+        """The block's module in ``role``: ``attn``, ``attn_out``, ``mlp``, ``mlp_in``, ``mlp_out`` or ``mid_norm``."""
         return _get(self.blocks(model)[layer], getattr(self, role))
 
     def weight_module(self, model: nn.Module, site: Site) -> nn.Module:
@@ -104,7 +106,9 @@ class ArchitectureAdapter:
 
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (
-    ArchitectureAdapter("gpt2", ("gpt2",), "transformer.h", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "ln_2", "mlp"),
+    ArchitectureAdapter(
+        "gpt2", ("gpt2",), "transformer.h", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "ln_2", "mlp", "attn"
+    ),
     ArchitectureAdapter(
         "gpt_neox",
         ("gpt_neox",),
@@ -114,6 +118,7 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         "mlp.dense_4h_to_h",
         "post_attention_layernorm",
         "mlp",
+        "attention",
     ),
     ArchitectureAdapter(
         "llama",
@@ -124,6 +129,7 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         "mlp.down_proj",
         "post_attention_layernorm",
         "mlp",
+        "self_attn",
     ),
 )
 

@@ -4,6 +4,8 @@ Activation sites (where activation edits act and what ``Surgeon.trace`` can reco
 
 - ``blocks.{L}.hook_resid_pre`` / ``hook_resid_mid`` / ``hook_resid_post``: the residual
   stream before the block, between attention and MLP, and after the block;
+- ``blocks.{L}.hook_attn_out`` / ``hook_mlp_out``: what the attention block and the MLP add to
+  the residual stream;
 - ``blocks.{L}.attn.hook_z``: per-head attention outputs before the output projection,
   shape ``[batch, pos, n_heads, d_head]``;
 - ``blocks.{L}.mlp.hook_post``: MLP neuron activations (input of the MLP output projection).
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from editors.errors import InvalidEditError
 
 RESIDUAL_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
-ACTIVATION_POINTS = (*RESIDUAL_POINTS, "attn.hook_z", "mlp.hook_post")
+OUTPUT_POINTS = ("hook_attn_out", "hook_mlp_out")
+ACTIVATION_POINTS = (*RESIDUAL_POINTS, *OUTPUT_POINTS, "attn.hook_z", "mlp.hook_post")
 WEIGHT_POINTS = ("attn.W_O", "mlp.W_in", "mlp.W_out")
 
 _SITE = re.compile(r"blocks\.(\d+)\.(.+)")

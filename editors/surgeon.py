@@ -42,6 +42,8 @@ _UNITS_BY_POINT: dict[str, tuple[str, ...]] = {
     "hook_resid_pre": ("block_pre",),
     "hook_resid_mid": ("mid_pre", "mlp_post"),
     "hook_resid_post": ("block_post",),
+    "hook_attn_out": ("attn_post",),
+    "hook_mlp_out": ("mlp_post",),
     "attn.hook_z": ("z_pre",),
     "mlp.hook_post": ("neurons_pre",),
     "attn.W_O": ("attn.W_O",),
@@ -94,11 +96,18 @@ class Surgeon:
             except InvalidEditError as exc:
                 raise InvalidEditError(f"edits[{i}].{exc.field}", exc.problem, exc.allowed) from None
 
-    def compile(self, edits: Sequence[Edit], capture: dict[str, torch.Tensor] | None = None) -> EditStack:
+    def compile(
+        self,
+        edits: Sequence[Edit],
+        capture: dict[str, torch.Tensor] | None = None,
+        extra_ops: Sequence[tuple[str, Op]] = (),
+    ) -> EditStack:
         """Validate and compile ``edits`` (in order) into an :class:`EditStack`.
 
         With ``capture``, the activation at every site named by its keys is stored into it
-        (detached, after this stack's edits at that site) on each forward pass.
+        (detached, after this stack's edits at that site) on each forward pass. ``extra_ops``
+        are raw ``(site name, Op)`` pairs run after the edits (activation patching and ROME's
+        value optimisation use them; they are not edits and are never stored).
         """
         edits = tuple(edits)
         self.validate(edits)
@@ -107,13 +116,10 @@ class Surgeon:
         for edit in edits:
             for site, op in edit.compile(self.dims, device, dtype):
                 ops.setdefault(site, []).append(op)
+        for name, op in extra_ops:
+            ops.setdefault(self.site(name, "extra_ops"), []).append(op)
         for name in capture or {}:
-            site = Site.parse(name, "capture", ACTIVATION_POINTS)
-            if site.layer >= self.dims.n_layers or (site.is_residual and site.point not in self.dims.residual_points()):
-                raise InvalidEditError(
-                    "capture", f"{name} does not exist in this model", f"layers 0..{self.dims.n_layers - 1}"
-                )
-            ops.setdefault(site, []).append(Op(_recorder(capture, name)))
+            ops.setdefault(self.site(name, "capture"), []).append(Op(_recorder(capture, name)))
         position_layers = frozenset(s.layer for s, site_ops in ops.items() if any(o.needs_positions for o in site_ops))
         units = {(s.layer, unit) for s in ops for unit in _UNITS_BY_POINT[s.point]}
         units |= {(layer, "block_pre") for layer in position_layers}
@@ -121,6 +127,13 @@ class Surgeon:
         self._acquire(stack.units)
         weakref.finalize(stack, self._release_later, stack.units)
         return stack
+
+    def site(self, name: str, field: str = "site") -> Site:
+        """Parse an activation site name and check that this model has it."""
+        site = Site.parse(name, field, ACTIVATION_POINTS)
+        if site.layer >= self.dims.n_layers or (site.is_residual and site.point not in self.dims.residual_points()):
+            raise InvalidEditError(field, f"{name} does not exist in this model", f"layers 0..{self.dims.n_layers - 1}")
+        return site
 
     # -- running ----------------------------------------------------------------------------
     @contextmanager
@@ -193,6 +206,7 @@ class Surgeon:
             "block_post": (None, self._hook_block_post),
             "mid_pre": ("mid_norm", self._hook_mid_pre),
             "mlp_post": ("mlp", self._hook_mlp_post),
+            "attn_post": ("attn", self._hook_attn_post),
             "z_pre": ("attn_out", self._hook_z_pre),
             "neurons_pre": ("mlp_out", self._hook_neurons_pre),
         }[name]
@@ -266,14 +280,34 @@ class Surgeon:
         return hook
 
     def _hook_mlp_post(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "hook_resid_mid")
+        mid = Site(layer, "hook_resid_mid")
+        out = Site(layer, "hook_mlp_out")
         key = f"mid{layer}"
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
             stack = self._active.get()
-            if stack is None or site not in stack.ops:
+            if stack is None:
                 return None
-            return output + self._scratch.__dict__.pop(key)
+            ops = stack.ops.get(out)
+            if ops:
+                output = self._run(ops, output)
+            if mid in stack.ops:
+                output = output + self._scratch.__dict__.pop(key)
+            return output
+
+        return hook
+
+    def _hook_attn_post(self, layer: int) -> Callable[..., Any]:
+        site = Site(layer, "hook_attn_out")
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            stack = self._active.get()
+            ops = stack.ops.get(site) if stack is not None else None
+            if not ops:
+                return None
+            if isinstance(output, tuple):
+                return (self._run(ops, output[0]), *output[1:])
+            return self._run(ops, output)
 
         return hook
 

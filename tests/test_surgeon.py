@@ -350,3 +350,16 @@ def test_unknown_architecture_error_lists_the_supported_ones() -> None:
     )
     with pytest.raises(UnsupportedArchitectureError, match=r"'bert'.*gpt2.*gpt_neox.*llama.*mistral.*qwen2"):
         Surgeon(model)
+
+
+def test_component_outputs_add_up_to_the_residual_stream(tiny, token_ids) -> None:
+    model, surgeon = tiny
+    names = [f"blocks.1.{p}" for p in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")]
+    with surgeon.trace(names) as cache:
+        _logits(model, token_ids)
+    pre, attn, mlp, post = (cache[name] for name in names)
+    torch.testing.assert_close(pre + attn + mlp, post, atol=1e-5, rtol=1e-5)
+    if not surgeon.dims.parallel_residual:
+        with surgeon.trace(["blocks.1.hook_resid_mid"]) as mid:
+            _logits(model, token_ids)
+        torch.testing.assert_close(pre + attn, mid["blocks.1.hook_resid_mid"], atol=1e-5, rtol=1e-5)
