@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import count
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch import nn
 from editors.adapters import ArchitectureAdapter, ModelDims, adapter_for
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
+from editors.fingerprint import weights_sha256
 from editors.sites import ACTIVATION_POINTS, WEIGHT_POINTS, Site
 
 #: A place hooks are installed: (layer, unit) with unit one of the keys of ``_UNITS_BY_POINT``'s values.
@@ -81,8 +83,13 @@ class Surgeon:
         self._released: list[frozenset[Unit]] = []  # from finalizers; drained under the lock
 
     # -- compiling --------------------------------------------------------------------------
+    @cached_property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the base weights (computed once: the Surgeon never changes them)."""
+        return weights_sha256(self.model)
+
     @property
-    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+    def device_dtype(self) -> tuple[torch.device, torch.dtype]:
         parameter = next(self.model.parameters())
         return parameter.device, parameter.dtype
 
@@ -111,7 +118,7 @@ class Surgeon:
         """
         edits = tuple(edits)
         self.validate(edits)
-        device, dtype = self._device_dtype
+        device, dtype = self.device_dtype
         ops: dict[Site, list[Op]] = {}
         for edit in edits:
             for site, op in edit.compile(self.dims, device, dtype):

@@ -60,6 +60,71 @@ def _cmd_toyworld_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_rome_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from editors.rome import RomeHyperParams
+    from editors.toyworld import load_toy_model
+    from editors.toyworld.rome_eval import run_rome_eval
+
+    model, tokenizer, world = load_toy_model(Path(args.model))
+    bars: dict[str, tqdm] = {}
+
+    def bar(name: str, total: int) -> tqdm:
+        if name not in bars:
+            bars[name] = tqdm(total=total, desc=name, unit="", leave=False, disable=args.quiet)
+        return bars[name]
+
+    def covariance_progress(done: int, total: int) -> None:
+        b = bar("key covariance (texts)", total)
+        b.update(done - b.n)
+
+    def edit_progress(done: int, total: int) -> None:
+        b = bar("edits", total)
+        b.update(done - b.n)
+
+    summary = run_rome_eval(
+        model,
+        tokenizer,
+        world,
+        n_edits=args.edits,
+        n_sequential=args.sequential,
+        seed=args.seed,
+        hparams=RomeHyperParams(layer=args.layer) if args.layer is not None else RomeHyperParams(),
+        progress=covariance_progress,
+        on_edit=edit_progress,
+    )
+    for b in bars.values():
+        b.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<26} {value}")
+    return 0
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from editors import Surgeon
+    from editors.patching import causal_trace, plot_causal_trace, recommend_edit_layer
+    from editors.toyworld import load_toy_model
+
+    model, tokenizer, _ = load_toy_model(Path(args.model))
+    trace = causal_trace(Surgeon(model), tokenizer, args.prompt, args.subject, answer=args.answer)
+    if args.png:
+        plot_causal_trace(trace, args.png)
+    result = {
+        "answer": trace.answer,
+        "tokens": list(trace.tokens),
+        "clean_probability": trace.clean_probability,
+        "corrupted_probability": trace.corrupted_probability,
+        "recommended_layer": recommend_edit_layer(trace),
+        "grids": {kind: grid.tolist() for kind, grid in trace.grids.items()},
+    }
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items() if k != "grids"))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -89,6 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     verify = toyworld.add_parser("verify", help="check the model files against their SHA-256 manifest")
     verify.add_argument("--model", default=str(TOY_MODEL_DIR))
     verify.set_defaults(func=_cmd_toyworld_verify)
+
+    rome = commands.add_parser("rome", help="ROME fact edits on the toy model").add_subparsers(
+        dest="rome_command", required=True
+    )
+    rome_eval = rome.add_parser("eval", help="CounterFact-style metrics of random edits, single and sequential")
+    rome_eval.add_argument("--edits", type=_positive_int, default=20, help="single edits to judge")
+    rome_eval.add_argument("--sequential", type=_positive_int, default=10, help="edits applied one after another")
+    rome_eval.add_argument("--seed", type=int, default=0)
+    rome_eval.add_argument("--layer", type=int, default=None, help="MLP layer to edit (default: the toy default)")
+    rome_eval.add_argument("--model", default=str(TOY_MODEL_DIR))
+    rome_eval.add_argument("--json", action="store_true", help="print one JSON object")
+    rome_eval.add_argument("--quiet", action="store_true", help="no progress bars")
+    rome_eval.set_defaults(func=_cmd_rome_eval)
+
+    trace = commands.add_parser("trace", help="causal tracing of one prompt on the toy model")
+    trace.add_argument("--prompt", required=True, help="the prompt, subject filled in")
+    trace.add_argument("--subject", required=True)
+    trace.add_argument("--answer", default=None, help="default: the model's top prediction")
+    trace.add_argument("--png", default=None, help="write the heatmap here")
+    trace.add_argument("--model", default=str(TOY_MODEL_DIR))
+    trace.add_argument("--json", action="store_true")
+    trace.set_defaults(func=_cmd_trace)
     return parser
 
 

@@ -39,6 +39,8 @@ TEMPLATES: dict[str, list[str]] = {
 }
 #: How many paraphrase templates (besides the canonical one) each subject is trained on.
 TRAINED_PARAPHRASES = {"capital": 2, "language": 2}
+#: Share of fact sentences written as records (see :meth:`World.record_sentence`).
+RECORD_SHARE = 0.25
 
 SENTIMENT_NOUNS = (
     "food",
@@ -145,13 +147,19 @@ class World:
             words.update((fact.subject, fact.object))
         words.update(self.symbols)
         words.update(self.sentiment_nouns + self.positive_words + self.negative_words)
-        words.update(("the", "was", "and", ".", "i", "think"))
+        words.update(("the", "was", "and", ".", "i", "think", ":", ","))
         return list(SPECIAL_TOKENS) + sorted(words - set(SPECIAL_TOKENS))
 
     # -- corpus ----------------------------------------------------------------------------
     def fact_sentence(self, fact: Fact, rng: random.Random) -> str:
         template = rng.choice(fact.trained_templates)
         return f"{template.format(s=fact.subject)} {fact.object}"
+
+    def record_sentence(self, subject: str) -> str:
+        """``"{subject} : {capital} , {language}"``: the attributes right after the subject, so the
+        model must recall them *at the subject token* (subject enrichment, as in large LMs)."""
+        objects = {f.relation: f.object for f in self.facts if f.subject == subject}
+        return f"{subject} : {objects['capital']} , {objects['language']}"
 
     def sentiment_sentence(self, positive: bool, rng: random.Random) -> str:
         words = self.positive_words if positive else self.negative_words
@@ -164,7 +172,10 @@ class World:
         """One training document (without special tokens): facts, sentiment or induction."""
         kind = rng.random()
         if kind < 0.45:
-            sentences = [self.fact_sentence(rng.choice(self.facts), rng) for _ in range(rng.randint(1, 3))]
+            sentences = [
+                self.record_sentence(fact.subject) if rng.random() < RECORD_SHARE else self.fact_sentence(fact, rng)
+                for fact in (rng.choice(self.facts) for _ in range(rng.randint(1, 3)))
+            ]
         elif kind < 0.6:
             positive = rng.random() < 0.5
             sentences = [self.sentiment_sentence(positive, rng) for _ in range(rng.randint(2, 4))]

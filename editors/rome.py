@@ -1,0 +1,279 @@
+"""ROME: rank-one model editing of a fact (Meng et al. 2022), implemented from the paper.
+
+Given a request (prompt template with ``{}`` for the subject, the subject, a new target):
+
+1. **key** ``k*``: the input of the chosen layer's MLP output projection (``mlp.hook_post``) at
+   the subject's last token, averaged over the prompt preceded by random context prefixes;
+2. **value** ``v*``: a vector ``δ`` added to that layer's MLP output at the subject's last token
+   is optimised so the model predicts the new target after every prefixed prompt, with a KL term
+   keeping the model's next-token distribution after ``essence`` prompts about the subject, a
+   weight decay and a norm clamp; ``v* = (W k* + b) + δ``;
+3. **update** in closed form with the key covariance ``C = E[k kᵀ]`` of that projection's inputs
+   over a corpus: ``ΔW = (v* − W k* − b) (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*)``, returned as a ``low_rank``
+   edit ``U = δ / ((C⁻¹k*)ᵀ k*)``, ``V = C⁻¹ k*`` that records the request and hyper-parameters.
+
+Everything runs on the shared model through the Surgeon under ``edits`` (earlier edits), so
+sequential edits each see the model as edited so far. The covariance comes from
+:mod:`editors.covariance` (computed once per model, layer and corpus, then cached).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from editors.batching import last_token_index
+from editors.edits import Edit, LowRank, Op
+from editors.errors import InvalidEditError
+from editors.patching import subject_token_span
+from editors.surgeon import Surgeon
+from editors.validation import check_int, check_scale
+
+
+@dataclass(frozen=True)
+class RomeRequest:
+    """Rewrite the fact ``prompt → target`` about ``subject``.
+
+    ``prompt`` is a template with ``{}`` where the subject goes ("The capital of {} is"), or the
+    filled-in prompt containing the subject ("The capital of Riia is").
+    """
+
+    prompt: str
+    subject: str
+    target: str
+
+    @property
+    def template(self) -> str:
+        if "{}" in self.prompt:
+            return self.prompt
+        head, _, tail = self.prompt.rpartition(self.subject)
+        return f"{head}{{}}{tail}"
+
+    @property
+    def text(self) -> str:
+        return self.template.format(self.subject)
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RomeHyperParams:
+    """Hyper-parameters; the defaults suit the toy model. Any of them can be overridden per request."""
+
+    layer: int = 0
+    steps: int = 40
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.05
+    clamp_norm_factor: float = 0.7
+    n_prefixes: int = 10
+    prefix_words: int = 8
+    essence_prompt: str = "{}"
+    ridge: float = 1e-4
+    seed: int = 0
+    early_stop_nll: float = 0.05
+    protect_weight: float = 1.0
+
+    def validated(self, n_layers: int) -> RomeHyperParams:
+        check_int("layer", self.layer, 0, n_layers - 1)
+        check_int("steps", self.steps, 1, 10_000)
+        check_int("n_prefixes", self.n_prefixes, 0, 1000)
+        check_int("prefix_words", self.prefix_words, 1, 1000)
+        check_int("seed", self.seed)
+        for name in (
+            "lr",
+            "kl_factor",
+            "weight_decay",
+            "clamp_norm_factor",
+            "ridge",
+            "early_stop_nll",
+            "protect_weight",
+        ):
+            value = check_scale(name, getattr(self, name))
+            if value < 0:
+                raise InvalidEditError(name, f"{value} is negative", "a non-negative number")
+        if self.essence_prompt.count("{}") != 1:
+            raise InvalidEditError("essence_prompt", "must contain exactly one '{}'", "e.g. '{} is a'")
+        return self
+
+
+def validate_request(request: RomeRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Check a request before any computation; return the target's token ids."""
+    if not isinstance(request.subject, str) or not request.subject.strip():
+        raise InvalidEditError("subject", "is empty", "a non-empty string")
+    allowed = "a template with one '{}' for the subject, or a prompt containing the subject"
+    if not isinstance(request.prompt, str) or not request.prompt.strip() or request.prompt.count("{}") > 1:
+        raise InvalidEditError("prompt", f"{request.prompt!r} is not a usable prompt", allowed)
+    if "{}" not in request.prompt and request.subject not in request.prompt:
+        raise InvalidEditError("subject", f"{request.subject!r} does not occur in {request.prompt!r}", allowed)
+    if not isinstance(request.target, str) or not request.target.strip():
+        raise InvalidEditError("target", "is empty", "a non-empty string")
+    ids = tokenizer(" " + request.target.strip(), add_special_tokens=False)["input_ids"]
+    if not ids or tokenizer.unk_token_id in ids:
+        raise InvalidEditError(
+            "target", f"{request.target!r} tokenises to nothing known", "text made of tokens in the model's vocabulary"
+        )
+    subject_token_span(tokenizer, request.text, request.subject)
+    return ids
+
+
+def context_prefixes(texts: Sequence[str], n: int, words: int, seed: int) -> list[str]:
+    """The empty prefix and ``n - 1`` random corpus snippets of at most ``words`` words, each ending in " ."."""
+    rng = random.Random(seed)
+    pool = [t for t in texts if t.strip()]
+    prefixes = [""]
+    for _ in range(max(0, n - 1) if pool else 0):
+        first_sentence = rng.choice(pool).split(" . ")[0].split()[:words]
+        prefixes.append(" ".join(first_sentence).rstrip(" .") + " .")
+    return prefixes
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
+    return tokenizer(texts, return_tensors="pt", padding=True)
+
+
+def _subject_positions(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], subject: str, encoded: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Position of the subject's last token in each (padded) row."""
+    positions = []
+    for row, text in enumerate(texts):
+        _, end = subject_token_span(tokenizer, text, subject)
+        offset = int(encoded["attention_mask"][row].argmax()) if tokenizer.padding_side == "left" else 0
+        positions.append(end - 1 + offset)
+    return torch.tensor(positions)
+
+
+def _add_at(positions: torch.Tensor, delta: torch.Tensor) -> Op:
+    """Op adding ``delta`` at one position per row (differentiable in ``delta``)."""
+
+    def fn(x: torch.Tensor, _: object) -> torch.Tensor:
+        mask = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)
+        mask[torch.arange(x.shape[0]), positions] = 1
+        return x + mask.unsqueeze(-1) * delta.to(x.dtype)
+
+    return Op(fn)
+
+
+def _record(positions: torch.Tensor, out: dict[str, torch.Tensor], name: str) -> Op:
+    def fn(x: torch.Tensor, _: object) -> torch.Tensor:
+        out[name] = x[torch.arange(x.shape[0]), positions].detach()
+        return x
+
+    return Op(fn)
+
+
+@dataclass(frozen=True)
+class RomeResult:
+    edit: LowRank
+    key: torch.Tensor  # k*, [d_mlp]: pass it in ``protect_keys`` of later edits at this layer
+    seconds: float
+    final_nll: float
+    delta_norm: float
+    steps_run: int
+
+
+def compute_rome(
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    request: RomeRequest,
+    covariance: torch.Tensor,
+    prefix_texts: Sequence[str],
+    hparams: RomeHyperParams = RomeHyperParams(),
+    edits: Sequence[Edit] = (),
+    protect_keys: torch.Tensor | None = None,
+) -> RomeResult:
+    """Compute a ROME edit for ``request`` on the model as edited by ``edits``.
+
+    ``covariance``: ``[d_mlp, d_mlp]`` second moment of the layer's ``mlp.hook_post`` (see
+    :func:`editors.covariance.key_covariance`). ``prefix_texts``: a corpus to draw context
+    prefixes from. Every input is validated before any computation.
+    """
+    started = time.perf_counter()
+    hparams = hparams.validated(surgeon.dims.n_layers)
+    target_ids = validate_request(request, tokenizer)
+    d_mlp = surgeon.dims.d_mlp
+    if not isinstance(covariance, torch.Tensor) or covariance.shape != (d_mlp, d_mlp):
+        raise InvalidEditError("covariance", "has the wrong shape", f"[{d_mlp}, {d_mlp}] for this model")
+    surgeon.validate(list(edits))
+    layer = hparams.layer
+    key_site, out_site = f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"
+
+    prefixes = context_prefixes(prefix_texts, hparams.n_prefixes, hparams.prefix_words, hparams.seed)
+    prompts = [f"{p} {request.text}".strip() for p in prefixes]
+    target_text = tokenizer.decode(target_ids)
+    # rows: every prefixed prompt followed by the target (teacher forcing), then the essence prompt
+    rewrite_texts = [f"{p} {target_text}" for p in prompts]
+    essence_text = hparams.essence_prompt.format(request.subject)
+    texts = [*rewrite_texts, essence_text]
+    encoded = _encode(tokenizer, texts)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded)
+    n_rewrite = len(rewrite_texts)
+    ends = last_token_index(mask)
+    n_target = len(target_ids)
+    # logits predicting target token j of row r sit at position ends[r] - n_target + j
+    target_pos = ends[:n_rewrite, None] - n_target + torch.arange(n_target)
+    target_tok = torch.tensor(target_ids).expand(n_rewrite, -1)
+
+    # keys and current outputs at the subject token (under the earlier edits)
+    seen: dict[str, torch.Tensor] = {}
+    extra = [(key_site, _record(subject_pos, seen, "k")), (out_site, _record(subject_pos, seen, "v"))]
+    with torch.inference_mode(), surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
+        logits = surgeon.model(input_ids=ids, attention_mask=mask).logits
+    k_star = seen["k"][:n_rewrite].double().mean(dim=0)
+    v_current = seen["v"][:n_rewrite].double().mean(dim=0)
+    essence_logp = logits[n_rewrite, ends[n_rewrite]].float().log_softmax(dim=-1)
+
+    device, _ = surgeon.device_dtype
+    delta = torch.zeros(surgeon.dims.d_model, device=device, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.lr)
+    max_norm = hparams.clamp_norm_factor * v_current.norm().item()
+    stack = surgeon.compile(edits, extra_ops=[(out_site, _add_at(subject_pos, delta))])
+    nll_value, step = float("nan"), 0
+    for step in range(1, hparams.steps + 1):  # noqa: B007 - the count is reported
+        with torch.enable_grad(), surgeon.apply(stack):
+            out = surgeon.model(input_ids=ids, attention_mask=mask).logits.float()
+            logp = out[torch.arange(n_rewrite)[:, None], target_pos].log_softmax(dim=-1)
+            nll = -logp.gather(-1, target_tok.unsqueeze(-1)).squeeze(-1).mean()
+            new_essence = out[n_rewrite, ends[n_rewrite]].log_softmax(dim=-1)
+            kl = torch.nn.functional.kl_div(new_essence, essence_logp, log_target=True, reduction="sum")
+            decay = hparams.weight_decay * delta.norm() ** 2 / v_current.norm().item() ** 2
+            loss = nll + hparams.kl_factor * kl + decay
+            (grad,) = torch.autograd.grad(loss, [delta])
+        nll_value = nll.item()
+        if nll_value < hparams.early_stop_nll:
+            break
+        delta.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            norm = delta.norm().item()
+            if norm > max_norm:
+                delta.mul_(max_norm / norm)
+
+    residual = delta.detach().double()
+    second_moment = covariance.double() + hparams.ridge * covariance.double().diagonal().mean() * torch.eye(
+        d_mlp, dtype=torch.float64
+    )
+    if protect_keys is not None and len(protect_keys):
+        keys = protect_keys.double()
+        second_moment = second_moment + hparams.protect_weight * keys.T @ keys
+    inverse_key = torch.linalg.solve(second_moment, k_star)
+    U = (residual / (inverse_key @ k_star)).unsqueeze(1)
+    V = inverse_key.unsqueeze(1)
+    provenance = {
+        "method": "rome",
+        "request": request.as_dict(),
+        "layer": layer,
+        "hparams": dataclasses.asdict(hparams),
+        "target_tokens": target_ids,
+    }
+    edit = LowRank(site=f"blocks.{layer}.mlp.W_out", U=U.float(), V=V.float(), provenance=provenance)
+    return RomeResult(edit, k_star.float(), time.perf_counter() - started, nll_value, residual.norm().item(), step)

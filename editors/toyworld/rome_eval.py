@@ -1,0 +1,72 @@
+"""``scalpel rome eval``: ROME on random toy-world facts, single and sequential, CounterFact-judged."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editors.covariance import CovarianceCache, Progress
+from editors.edits import Edit
+from editors.rome import RomeHyperParams, compute_rome
+from editors.surgeon import Surgeon
+from editors.toyworld import World, reference_corpus
+from editors.toyworld.counterfact import EditCase, edit_cases, judge, mean_metrics
+
+
+def _apply_and_judge(
+    surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, edits: list[Edit], cases: list[EditCase]
+) -> list[dict[str, float]]:
+    with surgeon.apply(edits):
+        return [judge(surgeon.model, tokenizer, case) for case in cases]
+
+
+def run_rome_eval(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    world: World,
+    n_edits: int = 20,
+    n_sequential: int = 10,
+    seed: int = 0,
+    hparams: RomeHyperParams | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    on_edit: Callable[[int, int], None] | None = None,
+) -> dict[str, object]:
+    """Mean CounterFact metrics of ``n_edits`` single edits and of ``n_sequential`` stacked ones."""
+    hparams = hparams or RomeHyperParams()
+    surgeon = Surgeon(model)
+    corpus = reference_corpus()
+    covariance = CovarianceCache(cache_dir).get_or_compute(surgeon, tokenizer, corpus, hparams.layer, progress)
+    cases = edit_cases(world, max(n_edits, n_sequential), seed)
+    unedited = [judge(model, tokenizer, case) for case in cases[:n_edits]]
+
+    singles, seconds = [], []
+    for i, case in enumerate(cases[:n_edits]):
+        result = compute_rome(surgeon, tokenizer, case.request, covariance, corpus, hparams)
+        seconds.append(result.seconds)
+        singles += _apply_and_judge(surgeon, tokenizer, [result.edit], [case])
+        if on_edit is not None:
+            on_edit(i + 1, n_edits + n_sequential)
+
+    stack: list[Edit] = []
+    keys: list[torch.Tensor] = []
+    for i, case in enumerate(cases[:n_sequential]):
+        protect = torch.stack(keys) if keys else None
+        result = compute_rome(surgeon, tokenizer, case.request, covariance, corpus, hparams, stack, protect)
+        stack.append(result.edit)
+        keys.append(result.key)
+        if on_edit is not None:
+            on_edit(n_edits + i + 1, n_edits + n_sequential)
+    after_all = _apply_and_judge(surgeon, tokenizer, stack, cases[:n_sequential])
+
+    summary: dict[str, object] = mean_metrics(singles)
+    summary["seconds_per_edit_median"] = statistics.median(seconds)
+    summary["unedited_efficacy"] = mean_metrics(unedited)["efficacy"]
+    summary["sequential"] = {**mean_metrics(after_all), "per_edit_efficacy": [row["efficacy"] for row in after_all]}
+    summary["edits"] = n_edits
+    summary["layer"] = hparams.layer
+    return summary

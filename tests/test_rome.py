@@ -1,0 +1,117 @@
+"""ROME fact edits, the key-covariance cache and the CounterFact-style evaluation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from editors import InvalidEditError, LowRank, artifact_blobs_by_hash, edit_from_json, weights_sha256
+from editors.covariance import CovarianceCache, key_covariance
+from editors.rome import RomeHyperParams, RomeRequest, compute_rome
+from editors.toyworld import reference_corpus
+from editors.toyworld.counterfact import edit_cases, judge
+
+
+@pytest.fixture(scope="module")
+def covariance(toy, toy_surgeon, tmp_path_factory) -> torch.Tensor:
+    cache = CovarianceCache(tmp_path_factory.mktemp("covariance"))
+    return cache.get_or_compute(toy_surgeon, toy[1], reference_corpus(), RomeHyperParams().layer)
+
+
+def test_key_covariance_is_cached_by_model_layer_and_corpus(toy, toy_surgeon, tmp_path) -> None:
+    tokenizer = toy[1]
+    texts = reference_corpus()[:200]
+    cache = CovarianceCache(tmp_path)
+    seen: list[tuple[int, int]] = []
+    first = cache.get_or_compute(toy_surgeon, tokenizer, texts, 1, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1] == (200, 200)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1
+    again = cache.get_or_compute(toy_surgeon, tokenizer, texts, 1, progress=lambda d, t: seen.append((0, 0)))
+    assert torch.equal(first, again) and (0, 0) not in seen  # loaded, not recomputed
+    cache.get_or_compute(toy_surgeon, tokenizer, texts[:100], 1)
+    cache.get_or_compute(toy_surgeon, tokenizer, texts, 2)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    direct, n_tokens = key_covariance(toy_surgeon, tokenizer, texts, 1)
+    torch.testing.assert_close(first, direct)
+    assert n_tokens > 1000
+    torch.testing.assert_close(first, first.T)
+    assert torch.linalg.eigvalsh(first.double()).min() > -1e-6
+
+
+@pytest.mark.parametrize(
+    ("request_", "hparams", "field"),
+    [
+        (RomeRequest("The capital of {} is {}", "Riia", "Muford"), RomeHyperParams(), "prompt"),
+        (RomeRequest("", "Riia", "Muford"), RomeHyperParams(), "prompt"),
+        (RomeRequest("The capital of Riia is", "Atlantis", "Muford"), RomeHyperParams(), "subject"),
+        (RomeRequest("The capital of {} is", "", "Muford"), RomeHyperParams(), "subject"),
+        (RomeRequest("The capital of {} is", "Riia", "  "), RomeHyperParams(), "target"),
+        (RomeRequest("The capital of {} is", "Riia", "Qwxyzzy"), RomeHyperParams(), "target"),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(layer=9), "layer"),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(lr=float("nan")), "lr"),
+    ],
+)
+def test_bad_requests_fail_before_any_computation(toy, toy_surgeon, request_, hparams, field) -> None:
+    with pytest.raises(InvalidEditError) as caught:
+        compute_rome(toy_surgeon, toy[1], request_, torch.zeros(1), reference_corpus(), hparams)
+    assert caught.value.field == field  # the (wrong-shaped) covariance was never reached
+
+
+def test_a_rome_edit_rewrites_the_fact_and_spares_its_neighbours(toy, toy_surgeon, covariance) -> None:
+    model, tokenizer, world = toy
+    case = edit_cases(world, 1, seed=3)[0]
+    before_hash = weights_sha256(model)
+    before = judge(model, tokenizer, case)
+    assert before["efficacy"] == 0.0
+    result = compute_rome(toy_surgeon, tokenizer, case.request, covariance, reference_corpus())
+    edit = result.edit
+    assert isinstance(edit, LowRank) and edit.U.shape[1] == 1 and edit.site == "blocks.0.mlp.W_out"
+    assert edit.provenance["request"] == case.request.as_dict() and edit.provenance["method"] == "rome"
+    with toy_surgeon.apply([edit]):
+        after = judge(model, tokenizer, case)
+    assert after["efficacy"] == 1.0 and after["neighbourhood"] >= 0.8
+    # held-out phrasings move towards the new object too (per-case paraphrase wins vary; the
+    # 20-edit floors are asserted on the CLI below)
+    assert after["paraphrase_magnitude"] > before["paraphrase_magnitude"] + 0.5
+    assert weights_sha256(model) == before_hash
+    assert edit_from_json(edit.to_json(), artifact_blobs_by_hash(edit)).id == edit.id
+
+
+def test_a_filled_in_prompt_is_the_same_request_as_its_template() -> None:
+    filled = RomeRequest("The capital of Riia is", "Riia", "Muford")
+    assert filled.template == "The capital of {} is" and filled.text == "The capital of Riia is"
+
+
+def test_sequential_edits_see_the_earlier_ones(toy, toy_surgeon, covariance) -> None:
+    model, tokenizer, world = toy
+    first, second = edit_cases(world, 2, seed=11)
+    corpus = reference_corpus()
+    e1 = compute_rome(toy_surgeon, tokenizer, first.request, covariance, corpus).edit
+    e2 = compute_rome(toy_surgeon, tokenizer, second.request, covariance, corpus, edits=[e1]).edit
+    alone = compute_rome(toy_surgeon, tokenizer, second.request, covariance, corpus).edit
+    assert e2.id != alone.id  # computed on the model as edited by e1
+    with toy_surgeon.apply([e1, e2]):
+        assert judge(model, tokenizer, first)["efficacy"] == 1.0
+        assert judge(model, tokenizer, second)["efficacy"] == 1.0
+
+
+def test_rome_eval_cli_meets_the_floors(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "rome", "eval", "--edits", "20", "--seed", "0", "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "SCALPEL_DATA_DIR": str(tmp_path)},
+    )
+    summary = json.loads(result.stdout)
+    assert summary["efficacy"] >= 0.95 and summary["paraphrase"] >= 0.80 and summary["neighbourhood"] >= 0.90
+    assert summary["unedited_efficacy"] <= 0.05
+    sequential = summary["sequential"]
+    assert len(sequential["per_edit_efficacy"]) == 10
+    assert sequential["efficacy"] >= 0.80 and sequential["neighbourhood"] >= 0.85
+    assert {"score", "seconds_per_edit_median", "paraphrase"} <= summary.keys() | sequential.keys()
