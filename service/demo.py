@@ -6,10 +6,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch
-
 from editors import (
-    LowRank,
     Steering,
     Surgeon,
     activation_stats,
@@ -19,8 +16,12 @@ from editors import (
     save_edit,
     weights_sha256,
 )
+from editors.covariance import CovarianceCache
 from editors.induction import induction_head_scores, repeated_token_batch, top_heads
+from editors.patching import causal_trace, recommend_edit_layer
+from editors.rome import RomeHyperParams, compute_rome
 from editors.toyworld import load_toy_model, reference_corpus
+from editors.toyworld.counterfact import edit_cases, judge
 from editors.toyworld.evaluate import evaluate_world, positive_probability, sentiment_pairs
 
 
@@ -57,15 +58,20 @@ def run_demo() -> None:
         with surgeon.apply([Steering(site=steering.site, vector=steering.vector, scale=scale)]):
             print(f"  steering scale {scale:+.0f}:{'':<22}{positive_probability(model, tokenizer, world):.3f}")
 
-    print("\n4. a random rank-one weight delta (the shape a ROME fact edit takes)")
-    generator = torch.Generator().manual_seed(0)
-    low_rank = LowRank(
-        site="blocks.1.mlp.W_out",
-        U=torch.randn(128, 1, generator=generator) * 0.5,
-        V=torch.randn(512, 1, generator=generator) * 0.5,
-    )
-    with surgeon.apply([low_rank]):
-        _metrics("random rank-one delta", evaluate_world(model, tokenizer, world))
+    print("\n4. locate a fact by causal tracing, rewrite it with ROME, judge it")
+    case = edit_cases(world, 1, seed=0)[0]
+    request = case.request
+    trace = causal_trace(surgeon, tokenizer, request.text, request.subject)
+    layer = recommend_edit_layer(trace)
+    print(f"  {request.text!r} → {trace.answer!r}; MLP effect peaks at layer {layer} on the subject token")
+    covariance = CovarianceCache().get_or_compute(surgeon, tokenizer, reference_corpus(), layer)
+    rome = compute_rome(surgeon, tokenizer, request, covariance, reference_corpus(), RomeHyperParams(layer=layer))
+    before = judge(model, tokenizer, case)
+    with surgeon.apply([rome.edit]):
+        after = judge(model, tokenizer, case)
+    print(f"  ROME {case.old} → {request.target} in {rome.seconds:.2f} s, a rank-one low_rank edit on {rome.edit.site}")
+    for name in ("efficacy", "paraphrase", "neighbourhood"):
+        print(f"  {name:<14} before {before[name]:.2f}  after {after[name]:.2f}")
 
     print("\n5. two versions served at once from one copy of the weights (one thread each)")
     results: dict[str, float] = {}
