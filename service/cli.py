@@ -125,6 +125,16 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    from service.db.migrate import downgrade, upgrade
+
+    if args.db_command == "upgrade":
+        upgrade(args.revision, args.url)
+    else:
+        downgrade(args.revision, args.url)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -154,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify = toyworld.add_parser("verify", help="check the model files against their SHA-256 manifest")
     verify.add_argument("--model", default=str(TOY_MODEL_DIR))
     verify.set_defaults(func=_cmd_toyworld_verify)
+
+    db = commands.add_parser("db", help="database migrations (Alembic)").add_subparsers(
+        dest="db_command", required=True
+    )
+    db_upgrade = db.add_parser("upgrade", help="migrate to REV (default: head)")
+    db_upgrade.add_argument("revision", nargs="?", default="head")
+    db_downgrade = db.add_parser("downgrade", help="migrate down to REV ('base' removes everything)")
+    db_downgrade.add_argument("revision")
+    for sub in (db_upgrade, db_downgrade):
+        sub.add_argument("--url", default=None, help="database URL (default: $SCALPEL_DATABASE_URL or SQLite)")
+        sub.set_defaults(func=_cmd_db)
 
     rome = commands.add_parser("rome", help="ROME fact edits on the toy model").add_subparsers(
         dest="rome_command", required=True

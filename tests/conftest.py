@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -70,3 +72,22 @@ def toy_surgeon(toy) -> Surgeon:
 def token_ids() -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.randint(0, VOCAB, (2, 12), generator=generator)
+
+
+DATABASES = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A freshly migrated database: a SQLite file, or the PostgreSQL test database reset to empty."""
+    from service.db.migrate import downgrade, upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        url = os.environ.get("SCALPEL_TEST_POSTGRES_URL")
+        if not url:
+            pytest.skip("SCALPEL_TEST_POSTGRES_URL is not set: PostgreSQL cases skipped (.ci/run sets it)")
+        downgrade("base", url)
+    upgrade("head", url)
+    return url

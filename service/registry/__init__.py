@@ -1,0 +1,25 @@
+"""The registry: domain operations over the database (no gRPC here)."""
+
+from service.registry.errors import (
+    AlreadyExists,
+    ArtifactIntegrityError,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+)
+from service.registry.registry import Registry
+
+__all__ = [
+    "AlreadyExists",
+    "ArtifactIntegrityError",
+    "Conflict",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Registry",
+    "RegistryError",
+]

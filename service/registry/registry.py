@@ -1,0 +1,801 @@
+"""Registry operations. Each is one transaction that also appends its audit event: a failure
+anywhere leaves no rows behind. Create operations accept a ``request_id``; repeating it returns
+the first result.
+
+Rollback semantics: an alias's moves form an undo stack. ``rollback`` with no target undoes the
+most recent move not already undone (so two rollbacks in a row go back two moves); with a
+target (``rollback_to`` in the history) it moves the alias there, a move that can itself be undone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from editors import Edit, InvalidEditError, artifact_blobs_by_hash, edit_from_json
+from service.db.engine import make_engine
+from service.db.models import (
+    AliasMove,
+    AliasRow,
+    ApiKey,
+    Artifact,
+    CheckRun,
+    CheckSuite,
+    CurrentSuite,
+    EditArtifact,
+    EditRow,
+    IdempotencyRecord,
+    ModelRow,
+    VersionEdit,
+    VersionRow,
+)
+from service.registry import audit
+from service.registry.errors import (
+    AlreadyExists,
+    ArtifactIntegrityError,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+
+ROLES = ("reader", "editor", "approver", "admin")
+RUN_STATES = ("running", "passed", "failed", "interrupted")
+DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_etag() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_page_token: str  # "" when there is no next page
+
+
+def _encode_token(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != "after":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"page_token {token!r} is not a token this API returned") from exc
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    weights_sha256: str
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EditInfo:
+    id: int
+    model: str
+    kind: str
+    spec_sha256: str
+    spec_json: str
+    artifacts: dict[str, str]  # name → sha256
+    author: str
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    number: int
+    parent: int | None
+    edit_ids: list[int]
+    status: str  # base | unchecked | running | passed | failed | interrupted
+    author: str
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasInfo:
+    model: str
+    name: str
+    version: int
+    etag: str
+    updated_by: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasMoveInfo:
+    action: str
+    from_version: int | None
+    to_version: int
+    actor: str
+    reason: str
+    forced: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    prefix: str
+    role: str
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    model: str
+    version: int
+    suite_sha256: str
+    state: str
+    results: list[dict[str, Any]]
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class Registry:
+    """Domain operations over one database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine | str | None = None, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
+        self.engine = engine if isinstance(engine, Engine) else make_engine(engine)
+        self.max_artifact_bytes = max_artifact_bytes
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction; the audit head is locked first, serialising writers."""
+        with self._sessions.begin() as session:
+            audit.lock_head(session)
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def _idempotent(
+        self,
+        request_id: str | None,
+        operation: str,
+        create: Callable[[Session], int],
+        load: Callable[[Session, int], T],
+    ) -> T:
+        """Run ``create`` once per ``request_id``; a repeat returns ``load`` of the first result."""
+        if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 200):
+            raise InvalidArgument("request_id must be a non-empty string of at most 200 characters")
+        with self._write() as session:
+            if request_id:
+                record = session.get(IdempotencyRecord, request_id)
+                if record is not None:
+                    if record.operation != operation:
+                        raise AlreadyExists(f"request_id {request_id!r} was already used for {record.operation}")
+                    return load(session, record.result_id)
+            result_id = create(session)
+            if request_id:
+                session.add(
+                    IdempotencyRecord(
+                        request_id=request_id, operation=operation, result_id=result_id, created_at=_now()
+                    )
+                )
+            session.flush()
+            return load(session, result_id)
+
+    # -- models ---------------------------------------------------------------------------------
+    def _model(self, session: Session, name: str) -> ModelRow:
+        row = session.execute(select(ModelRow).where(ModelRow.name == name)).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"model {name!r} is not registered")
+        return row
+
+    @staticmethod
+    def _model_info(row: ModelRow) -> ModelInfo:
+        return ModelInfo(row.name, row.source, row.weights_sha256, row.created_by, row.created_at)
+
+    def register_model(
+        self, name: str, source: str, weights_sha256: str, actor: str, request_id: str | None = None
+    ) -> ModelInfo:
+        """Register a base model; creates its version 0 (the base) and the ``production`` alias on it."""
+        if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
+            raise InvalidArgument("model name must be 1-200 characters without '/'")
+        if not isinstance(weights_sha256, str) or len(weights_sha256) != 64:
+            raise InvalidArgument("weights_sha256 must be a 64-character hex SHA-256")
+
+        def create(session: Session) -> int:
+            if session.execute(select(ModelRow.id).where(ModelRow.name == name)).first():
+                raise AlreadyExists(f"model {name!r} is already registered")
+            now = _now()
+            model = ModelRow(name=name, source=source, weights_sha256=weights_sha256, created_by=actor, created_at=now)
+            session.add(model)
+            session.flush()
+            base = VersionRow(
+                model_id=model.id, number=0, parent_id=None, author=actor, description="base model", created_at=now
+            )
+            session.add(base)
+            session.flush()
+            session.add(
+                AliasRow(
+                    model_id=model.id,
+                    name="production",
+                    version_id=base.id,
+                    etag=_new_etag(),
+                    updated_by=actor,
+                    updated_at=now,
+                )
+            )
+            audit.append(
+                session,
+                actor,
+                "model.registered",
+                f"models/{name}",
+                {"source": source, "weights_sha256": weights_sha256},
+            )
+            return model.id
+
+        return self._idempotent(request_id, "register_model", create, lambda s, i: self._model_info(s.get(ModelRow, i)))
+
+    def get_model(self, name: str) -> ModelInfo:
+        with self._read() as session:
+            return self._model_info(self._model(session, name))
+
+    def list_models(self, page_size: int = 50, page_token: str = "") -> Page:
+        return self._page(select(ModelRow), ModelRow.id, page_size, page_token, lambda _, r: self._model_info(r))
+
+    def _page(
+        self, query: Any, id_column: Any, page_size: int, page_token: str, convert: Callable[[Session, Any], Any]
+    ) -> Page:
+        """Newest first; the token is opaque to callers (it encodes the last id returned)."""
+        if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise InvalidArgument("page_size must be between 1 and 1000")
+        after = _decode_token(page_token)
+        if after is not None:
+            query = query.where(id_column < after)
+        with self._read() as session:
+            rows = session.execute(query.order_by(id_column.desc()).limit(page_size + 1)).scalars().all()
+            items = [convert(session, row) for row in rows[:page_size]]
+            last_id = getattr(rows[page_size - 1], id_column.key) if len(rows) > page_size else None
+        return Page(items, _encode_token(last_id) if last_id is not None else "")
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def _store_artifact(self, session: Session, blob: bytes) -> str:
+        if len(blob) > self.max_artifact_bytes:
+            raise InvalidArgument(f"artifact of {len(blob)} bytes exceeds the limit of {self.max_artifact_bytes}")
+        digest = hashlib.sha256(blob).hexdigest()
+        if session.get(Artifact, digest) is None:
+            session.add(Artifact(sha256=digest, size=len(blob), data=blob, created_at=_now()))
+        return digest
+
+    def read_artifact(self, sha256: str) -> bytes:
+        """The artifact's bytes, verified against its SHA-256."""
+        with self._read() as session:
+            row = session.get(Artifact, sha256)
+            if row is None:
+                raise NotFound(f"artifact {sha256} does not exist")
+            data = bytes(row.data)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ArtifactIntegrityError(f"artifact {sha256} is corrupted: its bytes no longer match its SHA-256")
+        return data
+
+    # -- edits ----------------------------------------------------------------------------------
+    @staticmethod
+    def _edit_info(session: Session, row: EditRow) -> EditInfo:
+        model = session.get(ModelRow, row.model_id)
+        links = session.execute(select(EditArtifact).where(EditArtifact.edit_id == row.id)).scalars().all()
+        return EditInfo(
+            row.id,
+            model.name,
+            row.kind,
+            row.spec_sha256,
+            row.spec_json,
+            {link.name: link.artifact_sha256 for link in links},
+            row.author,
+            row.description,
+            row.created_at,
+        )
+
+    def create_edit(
+        self, model: str, edit: Edit, actor: str, description: str = "", request_id: str | None = None
+    ) -> EditInfo:
+        """Store an edit (same content → the same edit, no second row) with its artifacts."""
+        if not isinstance(edit, Edit):
+            raise InvalidArgument("edit must be an editors.Edit value")
+        spec_json = edit.to_json()
+        names = {name: ref["sha256"] for name, ref in edit.spec()["artifacts"].items()}
+        blobs = artifact_blobs_by_hash(edit)
+
+        def create(session: Session) -> int:
+            model_row = self._model(session, model)
+            existing = session.execute(
+                select(EditRow.id).where(EditRow.model_id == model_row.id, EditRow.spec_sha256 == edit.id)
+            ).scalar_one_or_none()
+            if existing is not None:
+                return existing
+            for blob in blobs.values():
+                self._store_artifact(session, blob)
+            row = EditRow(
+                model_id=model_row.id,
+                kind=edit.kind,
+                spec_json=spec_json,
+                spec_sha256=edit.id,
+                author=actor,
+                description=description,
+                created_at=_now(),
+            )
+            session.add(row)
+            session.flush()
+            session.add_all(EditArtifact(edit_id=row.id, name=n, artifact_sha256=d) for n, d in names.items())
+            audit.append(
+                session,
+                actor,
+                "edit.created",
+                f"models/{model}/edits/{row.id}",
+                {"kind": edit.kind, "spec_sha256": edit.id, "artifacts": names},
+            )
+            return row.id
+
+        return self._idempotent(request_id, "create_edit", create, lambda s, i: self._edit_info(s, s.get(EditRow, i)))
+
+    def get_edit(self, model: str, edit_id: int) -> EditInfo:
+        with self._read() as session:
+            row = session.get(EditRow, edit_id)
+            if row is None or row.model_id != self._model(session, model).id:
+                raise NotFound(f"edit {edit_id} of model {model!r} does not exist")
+            return self._edit_info(session, row)
+
+    def load_edit(self, model: str, edit_id: int) -> Edit:
+        """The stored edit as an ``editors.Edit`` (artifacts verified on read)."""
+        info = self.get_edit(model, edit_id)
+        blobs = {digest: self.read_artifact(digest) for digest in info.artifacts.values()}
+        try:
+            return edit_from_json(info.spec_json, blobs)
+        except InvalidEditError as exc:
+            raise ArtifactIntegrityError(f"edit {edit_id} no longer loads: {exc}") from exc
+
+    # -- versions -------------------------------------------------------------------------------
+    def _version_row(self, session: Session, model_id: int, number: int) -> VersionRow:
+        row = session.execute(
+            select(VersionRow).where(VersionRow.model_id == model_id, VersionRow.number == number)
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"version {number} does not exist")
+        return row
+
+    def _edit_ids(self, session: Session, version_id: int) -> list[int]:
+        return list(
+            session.execute(
+                select(VersionEdit.edit_id).where(VersionEdit.version_id == version_id).order_by(VersionEdit.position)
+            ).scalars()
+        )
+
+    def _status(self, session: Session, version: VersionRow) -> str:
+        if version.number == 0:
+            return "base"
+        current = session.get(CurrentSuite, version.model_id)
+        if current is None:
+            return "unchecked"
+        state = session.execute(
+            select(CheckRun.state)
+            .where(CheckRun.version_id == version.id, CheckRun.suite_id == current.suite_id)
+            .order_by(CheckRun.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return state or "unchecked"
+
+    def _version_info(self, session: Session, row: VersionRow) -> VersionInfo:
+        model = session.get(ModelRow, row.model_id)
+        parent = session.get(VersionRow, row.parent_id).number if row.parent_id else None
+        return VersionInfo(
+            model.name,
+            row.number,
+            parent,
+            self._edit_ids(session, row.id),
+            self._status(session, row),
+            row.author,
+            row.description,
+            row.created_at,
+        )
+
+    def create_version(
+        self,
+        model: str,
+        parent: int,
+        actor: str,
+        append: Sequence[int] = (),
+        remove: int | None = None,
+        description: str = "",
+        request_id: str | None = None,
+    ) -> VersionInfo:
+        """A new version from ``parent``: its edits with ``remove`` taken out, then ``append`` added."""
+        if not append and remove is None:
+            raise InvalidArgument("a new version must append edits or remove one")
+
+        def create(session: Session) -> int:
+            model_row = self._model(session, model)
+            parent_row = self._version_row(session, model_row.id, parent)
+            edits = self._edit_ids(session, parent_row.id)
+            if remove is not None:
+                if remove not in edits:
+                    raise InvalidArgument(f"edit {remove} is not in version {parent}")
+                edits.remove(remove)
+            for edit_id in append:
+                row = session.get(EditRow, edit_id)
+                if row is None or row.model_id != model_row.id:
+                    raise NotFound(f"edit {edit_id} of model {model!r} does not exist")
+                if edit_id in edits:
+                    raise InvalidArgument(f"edit {edit_id} is already in the version")
+                edits.append(edit_id)
+            number = (
+                session.execute(
+                    select(func.max(VersionRow.number)).where(VersionRow.model_id == model_row.id)
+                ).scalar_one()
+                + 1
+            )
+            row = VersionRow(
+                model_id=model_row.id,
+                number=number,
+                parent_id=parent_row.id,
+                author=actor,
+                description=description,
+                created_at=_now(),
+            )
+            session.add(row)
+            session.flush()
+            session.add_all(VersionEdit(version_id=row.id, position=i, edit_id=e) for i, e in enumerate(edits))
+            audit.append(
+                session,
+                actor,
+                "version.created",
+                f"models/{model}/versions/{number}",
+                {"parent": parent, "edits": edits, "appended": list(append), "removed": remove},
+            )
+            return row.id
+
+        return self._idempotent(
+            request_id, "create_version", create, lambda s, i: self._version_info(s, s.get(VersionRow, i))
+        )
+
+    def get_version(self, model: str, number: int) -> VersionInfo:
+        with self._read() as session:
+            return self._version_info(session, self._version_row(session, self._model(session, model).id, number))
+
+    def list_versions(self, model: str, page_size: int = 50, page_token: str = "") -> Page:
+        with self._read() as session:
+            model_id = self._model(session, model).id
+        return self._page(
+            select(VersionRow).where(VersionRow.model_id == model_id),
+            VersionRow.id,
+            page_size,
+            page_token,
+            self._version_info,
+        )
+
+    # -- checks ---------------------------------------------------------------------------------
+    def set_suite(self, model: str, spec: dict[str, Any], actor: str) -> str:
+        """Make ``spec`` the model's current check suite; returns its SHA-256."""
+        try:
+            spec_json = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"suite is not JSON: {exc}") from exc
+        digest = hashlib.sha256(spec_json.encode()).hexdigest()
+        with self._write() as session:
+            model_row = self._model(session, model)
+            suite = session.execute(
+                select(CheckSuite).where(CheckSuite.model_id == model_row.id, CheckSuite.suite_sha256 == digest)
+            ).scalar_one_or_none()
+            if suite is None:
+                suite = CheckSuite(
+                    model_id=model_row.id, suite_sha256=digest, spec_json=spec_json, author=actor, created_at=_now()
+                )
+                session.add(suite)
+                session.flush()
+            current = session.get(CurrentSuite, model_row.id)
+            if current is None:
+                session.add(CurrentSuite(model_id=model_row.id, suite_id=suite.id))
+            else:
+                current.suite_id = suite.id
+            audit.append(session, actor, "suite.set", f"models/{model}", {"suite_sha256": digest})
+        return digest
+
+    def record_check_run(
+        self,
+        model: str,
+        version: int,
+        state: str,
+        results: list[dict[str, Any]],
+        actor: str,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+    ) -> RunInfo:
+        """Record a run of the current suite on ``version`` (its status then follows this run)."""
+        if state not in RUN_STATES:
+            raise InvalidArgument(f"state must be one of {', '.join(RUN_STATES)}")
+        with self._write() as session:
+            model_row = self._model(session, model)
+            version_row = self._version_row(session, model_row.id, version)
+            current = session.get(CurrentSuite, model_row.id)
+            if current is None:
+                raise FailedPrecondition(f"model {model!r} has no check suite")
+            run = CheckRun(
+                version_id=version_row.id,
+                suite_id=current.suite_id,
+                state=state,
+                results_json=json.dumps(results, sort_keys=True),
+                started_at=started_at or _now(),
+                finished_at=finished_at or (None if state == "running" else _now()),
+            )
+            session.add(run)
+            session.flush()
+            suite = session.get(CheckSuite, current.suite_id)
+            audit.append(
+                session,
+                actor,
+                "checks.run",
+                f"models/{model}/versions/{version}",
+                {"run": run.id, "state": state, "suite_sha256": suite.suite_sha256},
+            )
+            return RunInfo(run.id, model, version, suite.suite_sha256, state, results, run.started_at, run.finished_at)
+
+    # -- aliases --------------------------------------------------------------------------------
+    def _alias_row(self, session: Session, model_id: int, name: str) -> AliasRow | None:
+        return session.execute(
+            select(AliasRow).where(AliasRow.model_id == model_id, AliasRow.name == name)
+        ).scalar_one_or_none()
+
+    def _alias_info(self, session: Session, model: str, row: AliasRow) -> AliasInfo:
+        version = session.get(VersionRow, row.version_id)
+        return AliasInfo(model, row.name, version.number, row.etag, row.updated_by, row.updated_at)
+
+    def get_alias(self, model: str, name: str) -> AliasInfo:
+        with self._read() as session:
+            row = self._alias_row(session, self._model(session, model).id, name)
+            if row is None:
+                raise NotFound(f"alias {name!r} of model {model!r} does not exist")
+            return self._alias_info(session, model, row)
+
+    def _move(
+        self,
+        session: Session,
+        model: str,
+        model_row: ModelRow,
+        name: str,
+        target: VersionRow,
+        expected_etag: str | None,
+        actor: str,
+        reason: str,
+        action: str,
+        forced: bool,
+    ) -> AliasInfo:
+        row = self._alias_row(session, model_row.id, name)
+        now, etag = _now(), _new_etag()
+        if row is None:
+            if expected_etag:
+                raise Conflict(f"alias {name!r} does not exist, but etag {expected_etag!r} was expected")
+            row = AliasRow(
+                model_id=model_row.id, name=name, version_id=target.id, etag=etag, updated_by=actor, updated_at=now
+            )
+            session.add(row)
+            session.flush()
+            from_id = None
+        else:
+            if expected_etag is None:
+                raise InvalidArgument(f"moving alias {name!r} needs its current etag")
+            from_id = row.version_id
+            moved = session.execute(
+                update(AliasRow)
+                .where(AliasRow.id == row.id, AliasRow.etag == expected_etag)
+                .values(version_id=target.id, etag=etag, updated_by=actor, updated_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if moved != 1:
+                raise Conflict(f"alias {name!r} was moved by someone else (etag {expected_etag!r} is stale)")
+            session.refresh(row)
+        session.add(
+            AliasMove(
+                alias_id=row.id,
+                action=action,
+                from_version_id=from_id,
+                to_version_id=target.id,
+                actor=actor,
+                reason=reason,
+                forced=forced,
+                created_at=now,
+            )
+        )
+        from_number = session.get(VersionRow, from_id).number if from_id else None
+        audit.append(
+            session,
+            actor,
+            f"alias.{action}",
+            f"models/{model}/aliases/{name}",
+            {"from": from_number, "to": target.number, "forced": forced, "reason": reason},
+        )
+        return self._alias_info(session, model, row)
+
+    def promote(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        actor: str,
+        expected_etag: str | None,
+        reason: str = "",
+        force: bool = False,
+        actor_role: str = "approver",
+    ) -> AliasInfo:
+        """Point ``alias`` at ``version``; refused unless its checks passed, or forced by an admin with a reason."""
+        if force and actor_role != "admin":
+            raise PermissionDenied("only an admin may force a promotion")
+        if force and not reason.strip():
+            raise InvalidArgument("a forced promotion needs a reason")
+        with self._write() as session:
+            model_row = self._model(session, model)
+            target = self._version_row(session, model_row.id, version)
+            status = self._status(session, target)
+            if status not in ("base", "passed") and not force:
+                raise FailedPrecondition(
+                    f"version {version} has status {status!r}; only a version whose checks "
+                    "passed can be promoted (an admin may force it with a reason)"
+                )
+            return self._move(
+                session,
+                model,
+                model_row,
+                alias,
+                target,
+                expected_etag,
+                actor,
+                reason,
+                "promote",
+                force and status not in ("base", "passed"),
+            )
+
+    def rollback(
+        self, model: str, alias: str, actor: str, expected_etag: str, reason: str = "", to_version: int | None = None
+    ) -> AliasInfo:
+        """Undo the alias's latest move not already undone, or move it to ``to_version``."""
+        with self._write() as session:
+            model_row = self._model(session, model)
+            row = self._alias_row(session, model_row.id, alias)
+            if row is None:
+                raise NotFound(f"alias {alias!r} of model {model!r} does not exist")
+            if to_version is not None:
+                target = self._version_row(session, model_row.id, to_version)
+            else:
+                target_id = self._undo_target(session, row.id)
+                if target_id is None:
+                    raise FailedPrecondition(f"alias {alias!r} has no earlier move to roll back")
+                target = session.get(VersionRow, target_id)
+            action = "rollback" if to_version is None else "rollback_to"
+            return self._move(session, model, model_row, alias, target, expected_etag, actor, reason, action, False)
+
+    @staticmethod
+    def _undo_target(session: Session, alias_id: int) -> int | None:
+        pending_undos = 0
+        moves = session.execute(
+            select(AliasMove).where(AliasMove.alias_id == alias_id).order_by(AliasMove.id.desc())
+        ).scalars()
+        for move in moves:
+            if move.action == "rollback":
+                pending_undos += 1
+            elif pending_undos:
+                pending_undos -= 1
+            else:
+                return move.from_version_id
+        return None
+
+    def alias_history(self, model: str, alias: str, page_size: int = 50, page_token: str = "") -> Page:
+        with self._read() as session:
+            row = self._alias_row(session, self._model(session, model).id, alias)
+            if row is None:
+                raise NotFound(f"alias {alias!r} of model {model!r} does not exist")
+            alias_id = row.id
+
+        def convert(session: Session, move: AliasMove) -> AliasMoveInfo:
+            from_number = session.get(VersionRow, move.from_version_id).number if move.from_version_id else None
+            return AliasMoveInfo(
+                move.action,
+                from_number,
+                session.get(VersionRow, move.to_version_id).number,
+                move.actor,
+                move.reason,
+                move.forced,
+                move.created_at,
+            )
+
+        return self._page(
+            select(AliasMove).where(AliasMove.alias_id == alias_id), AliasMove.id, page_size, page_token, convert
+        )
+
+    # -- API keys -------------------------------------------------------------------------------
+    @staticmethod
+    def _key_info(row: ApiKey) -> KeyInfo:
+        return KeyInfo(row.name, row.prefix, row.role, row.created_by, row.created_at, row.revoked_at)
+
+    @staticmethod
+    def _secret_hash(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    def create_key(self, name: str, role: str, actor: str) -> tuple[KeyInfo, str]:
+        """A new API key; the secret is returned once and stored only as a hash."""
+        if role not in ROLES:
+            raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
+        if not isinstance(name, str) or not 0 < len(name) <= 200:
+            raise InvalidArgument("key name must be 1-200 characters")
+        prefix = secrets.token_hex(4)
+        secret = f"sk_{prefix}_{secrets.token_urlsafe(32)}"
+        with self._write() as session:
+            if session.execute(select(ApiKey.id).where(ApiKey.name == name)).first():
+                raise AlreadyExists(f"key {name!r} already exists")
+            row = ApiKey(
+                name=name,
+                prefix=prefix,
+                secret_hash=self._secret_hash(secret),
+                role=role,
+                created_by=actor,
+                created_at=_now(),
+            )
+            session.add(row)
+            audit.append(session, actor, "key.created", f"keys/{name}", {"role": role, "prefix": prefix})
+            session.flush()
+            return self._key_info(row), secret
+
+    def verify_key(self, secret: str) -> KeyInfo | None:
+        """The key's info if ``secret`` is a live key, else None."""
+        if not isinstance(secret, str) or not secret.startswith("sk_"):
+            return None
+        prefix = secret[3:].partition("_")[0]
+        with self._read() as session:
+            row = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
+            if row is None or row.revoked_at is not None:
+                return None
+            if not secrets.compare_digest(row.secret_hash, self._secret_hash(secret)):
+                return None
+            return self._key_info(row)
+
+    def revoke_key(self, name: str, actor: str) -> KeyInfo:
+        with self._write() as session:
+            row = session.execute(select(ApiKey).where(ApiKey.name == name)).scalar_one_or_none()
+            if row is None:
+                raise NotFound(f"key {name!r} does not exist")
+            if row.revoked_at is None:
+                row.revoked_at = _now()
+                audit.append(session, actor, "key.revoked", f"keys/{name}", {"prefix": row.prefix})
+            return self._key_info(row)
+
+    def list_keys(self, page_size: int = 50, page_token: str = "") -> Page:
+        return self._page(select(ApiKey), ApiKey.id, page_size, page_token, lambda _, r: self._key_info(r))
+
+    # -- audit ----------------------------------------------------------------------------------
+    def verify_audit(self) -> audit.VerifyResult:
+        with self.engine.connect() as connection:
+            return audit.verify(connection)
