@@ -258,7 +258,10 @@ class Surgeon:
         return hook
 
     def _hook_block_post(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "hook_resid_post")
+        return self._output_hook(Site(layer, "hook_resid_post"))
+
+    def _output_hook(self, site: Site) -> Callable[..., Any]:
+        """Edits a module's output (the first element when it returns a tuple)."""
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             stack = self._active.get()
@@ -305,18 +308,7 @@ class Surgeon:
         return hook
 
     def _hook_attn_post(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "hook_attn_out")
-
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-            stack = self._active.get()
-            ops = stack.ops.get(site) if stack is not None else None
-            if not ops:
-                return None
-            if isinstance(output, tuple):
-                return (self._run(ops, output[0]), *output[1:])
-            return self._run(ops, output)
-
-        return hook
+        return self._output_hook(Site(layer, "hook_attn_out"))
 
     def _hook_z_pre(self, layer: int) -> Callable[..., Any]:
         return self._activation_pre_hook(Site(layer, "attn.hook_z"), (self.dims.n_heads, self.dims.d_head))
