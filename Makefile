@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench toymodel
+.PHONY: demo test lint bench toymodel protos
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -29,3 +29,7 @@ bench: $(STAMP)
 # Retrain the committed toy model from scratch (deterministic, a few minutes on 2 cores).
 toymodel: $(STAMP)
 	$(BIN)/scalpel toyworld train
+
+# Regenerate the committed gRPC stubs (service/api/scalpel/v1) from protos/.
+protos: $(STAMP)
+	$(BIN)/python service/api/generate.py
