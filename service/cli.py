@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,39 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import ServerConfig, serve
+
+    config = ServerConfig()
+    if args.config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        config = ServerConfig(**{k: v for k, v in loaded.items() if k in ServerConfig.__dataclass_fields__})
+    if args.model:
+        config.models = dict(item.split("=", 1) for item in args.model)
+    config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
+    config.database_url = args.database_url or config.database_url
+    config.insecure = args.insecure or config.insecure
+    if args.tls_cert and args.tls_key:
+        config.tls_cert, config.tls_key = Path(args.tls_cert), Path(args.tls_key)
+    serve(config)
+    return 0
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.registry import Registry
+
+    registry = Registry(args.database_url)
+    info, secret = registry.create_key(args.name, args.role, os.environ.get("USER", "cli"))
+    registry.engine.dispose()
+    if args.json:
+        print(json.dumps({"name": info.name, "role": info.role, "prefix": info.prefix, "secret": secret}))
+    else:
+        print(f"key {info.name!r} ({info.role}) created; its secret is shown only now:\n{secret}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -175,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (db_upgrade, db_downgrade):
         sub.add_argument("--url", default=None, help="database URL (default: $SCALPEL_DATABASE_URL or SQLite)")
         sub.set_defaults(func=_cmd_db)
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--config", help="YAML file with ServerConfig fields (models, address, database_url, …)")
+    serve.add_argument("--address", help="host:port (default 127.0.0.1:50051, or $SCALPEL_ADDRESS)")
+    serve.add_argument("--model", action="append", help="NAME=PATH_OR_HUB_ID (repeatable; default: the toy model)")
+    serve.add_argument("--database-url", help="default: $SCALPEL_DATABASE_URL or SQLite under $SCALPEL_DATA_DIR")
+    serve.add_argument("--insecure", action="store_true", help="no authentication (local use only)")
+    serve.add_argument("--tls-cert")
+    serve.add_argument("--tls-key")
+    serve.set_defaults(func=_cmd_serve)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    keys_create = keys.add_parser("create", help="create a key directly in the database (bootstrap)")
+    keys_create.add_argument("name")
+    keys_create.add_argument("--role", default="admin", choices=["reader", "editor", "approver", "admin"])
+    keys_create.add_argument("--database-url", default=None)
+    keys_create.add_argument("--json", action="store_true")
+    keys_create.set_defaults(func=_cmd_keys_create)
 
     rome = commands.add_parser("rome", help="ROME fact edits on the toy model").add_subparsers(
         dest="rome_command", required=True

@@ -20,8 +20,17 @@ def generate(out_dir: Path) -> list[Path]:
     """Run protoc for every .proto under protos/ into ``out_dir``; return the files written."""
     include = Path(protoc.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-    status = protoc.main(["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out_dir}",
-                          f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *sources])
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{PROTOS}",
+            f"-I{include}",
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            *sources,
+        ]
+    )
     if status != 0:
         raise SystemExit(f"protoc failed with status {status}")
     written = sorted(p for p in out_dir.rglob("*") if p.name.endswith(GENERATED))

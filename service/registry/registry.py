@@ -29,6 +29,7 @@ from service.db.models import (
     AliasRow,
     ApiKey,
     Artifact,
+    AuditEvent,
     CheckRun,
     CheckSuite,
     CurrentSuite,
@@ -796,6 +797,24 @@ class Registry:
         return self._page(select(ApiKey), ApiKey.id, page_size, page_token, lambda _, r: self._key_info(r))
 
     # -- audit ----------------------------------------------------------------------------------
+    def list_audit(
+        self,
+        page_size: int = 50,
+        page_token: str = "",
+        action: str | None = None,
+        subject_prefix: str | None = None,
+        actor: str | None = None,
+    ) -> Page:
+        """Audit events newest first, optionally filtered by exact action, subject prefix and actor."""
+        query = select(AuditEvent)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        if subject_prefix:
+            query = query.where(AuditEvent.subject.startswith(subject_prefix, autoescape=True))
+        if actor:
+            query = query.where(AuditEvent.actor == actor)
+        return self._page(query, AuditEvent.seq, page_size, page_token, lambda _, event: event)
+
     def verify_audit(self) -> audit.VerifyResult:
         with self.engine.connect() as connection:
             return audit.verify(connection)

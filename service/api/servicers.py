@@ -1,0 +1,388 @@
+"""gRPC servicers: translate requests to registry / host calls and errors to status codes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from editors import InvalidEditError, edit_from_json
+from service.api.auth import current_principal
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+from service.registry import InvalidArgument, NotFound, Registry, RegistryError
+from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, VersionInfo
+from service.serving import Finished, ModelHost
+
+F = TypeVar("F", bound=Callable[..., Any])
+_CODES = {
+    name: getattr(grpc.StatusCode, name)
+    for name in (
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "ABORTED",
+        "FAILED_PRECONDITION",
+        "PERMISSION_DENIED",
+        "DATA_LOSS",
+        "UNAVAILABLE",
+        "RESOURCE_EXHAUSTED",
+    )
+}
+
+
+def _abort_on_errors(method: F) -> F:
+    """Registry and edit errors become their status codes with the message; nothing leaks a stack trace."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except RegistryError as exc:
+            context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        except InvalidEditError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _abort_on_errors_stream(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except RegistryError as exc:
+            context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        except InvalidEditError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+_NAME = {
+    "model": re.compile(r"models/([^/]+)"),
+    "version": re.compile(r"models/([^/]+)/versions/(\d+)"),
+    "alias": re.compile(r"models/([^/]+)/aliases/([^/]+)"),
+    "edit": re.compile(r"models/([^/]+)/edits/(\d+)"),
+}
+
+
+def parse(kind: str, name: str) -> tuple[str, ...]:
+    match = _NAME[kind].fullmatch(name or "")
+    if match is None:
+        raise InvalidArgument(f"{name!r} is not a {kind} name ({_NAME[kind].pattern.replace('([^/]+)', '{id}')})")
+    return match.groups()
+
+
+def model_pb(info: ModelInfo) -> pb.Model:
+    return pb.Model(
+        name=f"models/{info.name}",
+        source=info.source,
+        weights_sha256=info.weights_sha256,
+        created_by=info.created_by,
+        create_time=_ts(info.created_at),
+    )
+
+
+def edit_pb(info: EditInfo) -> pb.Edit:
+    return pb.Edit(
+        name=f"models/{info.model}/edits/{info.id}",
+        id=info.id,
+        kind=info.kind,
+        spec_json=info.spec_json,
+        spec_sha256=info.spec_sha256,
+        artifacts=info.artifacts,
+        author=info.author,
+        description=info.description,
+        create_time=_ts(info.created_at),
+    )
+
+
+def version_pb(info: VersionInfo) -> pb.Version:
+    return pb.Version(
+        name=f"models/{info.model}/versions/{info.number}",
+        number=info.number,
+        parent=info.parent,
+        edit_ids=info.edit_ids,
+        status=info.status,
+        author=info.author,
+        description=info.description,
+        create_time=_ts(info.created_at),
+    )
+
+
+def alias_pb(info: AliasInfo) -> pb.Alias:
+    return pb.Alias(
+        name=f"models/{info.model}/aliases/{info.name}",
+        version=info.version,
+        etag=info.etag,
+        updated_by=info.updated_by,
+        update_time=_ts(info.updated_at),
+    )
+
+
+def move_pb(info: AliasMoveInfo) -> pb.AliasMove:
+    return pb.AliasMove(
+        action=info.action,
+        from_version=info.from_version,
+        to_version=info.to_version,
+        actor=info.actor,
+        reason=info.reason,
+        forced=info.forced,
+        create_time=_ts(info.created_at),
+    )
+
+
+def key_pb(info: KeyInfo) -> pb.ApiKey:
+    return pb.ApiKey(
+        name=info.name,
+        prefix=info.prefix,
+        role=info.role,
+        created_by=info.created_by,
+        create_time=_ts(info.created_at),
+        revoke_time=_ts(info.revoked_at),
+    )
+
+
+class Servicers(
+    rpc.ModelServiceServicer,
+    rpc.EditServiceServicer,
+    rpc.VersionServiceServicer,
+    rpc.AliasServiceServicer,
+    rpc.InferenceServiceServicer,
+    rpc.AuditServiceServicer,
+    rpc.KeyServiceServicer,
+):
+    """All services over one registry and the hosted models."""
+
+    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], max_message_bytes: int) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.max_message_bytes = max_message_bytes
+
+    def _host(self, model: str) -> ModelHost:
+        host = self.hosts.get(model)
+        if host is None:
+            raise NotFound(f"model {model!r} is not hosted by this server")
+        return host
+
+    # -- models ---------------------------------------------------------------------------------
+    @_abort_on_errors
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        page = self.registry.list_models(request.page_size or 50, request.page_token)
+        return pb.ListModelsResponse(models=[model_pb(m) for m in page.items], next_page_token=page.next_page_token)
+
+    @_abort_on_errors
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
+        (model,) = parse("model", request.name)
+        return model_pb(self.registry.get_model(model))
+
+    # -- edits ----------------------------------------------------------------------------------
+    @_abort_on_errors
+    def CreateEdit(self, request: pb.CreateEditRequest, context: grpc.ServicerContext) -> pb.Edit:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        blobs = {hashlib.sha256(blob).hexdigest(): blob for blob in request.artifacts}
+        edit = edit_from_json(request.spec_json, blobs)
+        host.surgeon.validate([edit])
+        info = self.registry.create_edit(
+            model, edit, current_principal().name, request.description, request.request_id or None
+        )
+        return edit_pb(info)
+
+    @_abort_on_errors
+    def GetEdit(self, request: pb.GetEditRequest, context: grpc.ServicerContext) -> pb.Edit:
+        model, edit_id = parse("edit", request.name)
+        return edit_pb(self.registry.get_edit(model, int(edit_id)))
+
+    # -- versions -------------------------------------------------------------------------------
+    @_abort_on_errors
+    def CreateVersion(self, request: pb.CreateVersionRequest, context: grpc.ServicerContext) -> pb.Version:
+        model, parent = parse("version", request.parent)
+        remove = request.remove_edit_id if request.HasField("remove_edit_id") else None
+        info = self.registry.create_version(
+            model,
+            int(parent),
+            current_principal().name,
+            list(request.append_edit_ids),
+            remove,
+            request.description,
+            request.request_id or None,
+        )
+        return version_pb(info)
+
+    @_abort_on_errors
+    def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.Version:
+        model, number = parse("version", request.name)
+        return version_pb(self.registry.get_version(model, int(number)))
+
+    @_abort_on_errors
+    def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
+        (model,) = parse("model", request.parent)
+        page = self.registry.list_versions(model, request.page_size or 50, request.page_token)
+        return pb.ListVersionsResponse(
+            versions=[version_pb(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    # -- aliases --------------------------------------------------------------------------------
+    @_abort_on_errors
+    def GetAlias(self, request: pb.GetAliasRequest, context: grpc.ServicerContext) -> pb.Alias:
+        model, alias = parse("alias", request.name)
+        return alias_pb(self.registry.get_alias(model, alias))
+
+    @_abort_on_errors
+    def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.Alias:
+        model, alias = parse("alias", request.name)
+        principal = current_principal()
+        return alias_pb(
+            self.registry.promote(
+                model,
+                alias,
+                request.version,
+                principal.name,
+                request.etag or None,
+                request.reason,
+                request.force,
+                principal.role,
+            )
+        )
+
+    @_abort_on_errors
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.Alias:
+        model, alias = parse("alias", request.name)
+        target = request.version if request.HasField("version") else None
+        return alias_pb(
+            self.registry.rollback(model, alias, current_principal().name, request.etag, request.reason, target)
+        )
+
+    @_abort_on_errors
+    def ListAliasHistory(
+        self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
+    ) -> pb.ListAliasHistoryResponse:
+        model, alias = parse("alias", request.name)
+        page = self.registry.alias_history(model, alias, request.page_size or 50, request.page_token)
+        return pb.ListAliasHistoryResponse(moves=[move_pb(m) for m in page.items], next_page_token=page.next_page_token)
+
+    # -- inference ------------------------------------------------------------------------------
+    def _version(self, host: ModelHost, selector: pb.VersionSelector) -> int:
+        which = selector.WhichOneof("selector")
+        return host.resolve(
+            selector.alias if which == "alias" else None, selector.version if which == "version" else None
+        )
+
+    @_abort_on_errors_stream
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
+        (model,) = parse("model", request.model)
+        host = self._host(model)
+        version = self._version(host, request.selector)
+        stream = host.generate(
+            version,
+            request.prompt,
+            request.max_tokens or 16,
+            request.temperature,
+            request.top_p or 1.0,
+            request.seed if request.HasField("seed") else None,
+            tuple(request.stop),
+            context.is_active,
+        )
+        for event in stream:
+            if isinstance(event, Finished):
+                yield pb.GenerateResponse(
+                    done=pb.GenerateDone(
+                        version=f"models/{model}/versions/{version}",
+                        finish_reason=event.finish_reason,
+                        tokens=event.tokens,
+                    )
+                )
+            else:
+                yield pb.GenerateResponse(token=pb.TokenChunk(token_id=event.token_id, text=event.text))
+
+    @_abort_on_errors
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        (model,) = parse("model", request.model)
+        host = self._host(model)
+        version = self._version(host, request.selector)
+        return pb.ScoreResponse(
+            logprobs=host.score(version, request.prompt, list(request.continuations)),
+            version=f"models/{model}/versions/{version}",
+        )
+
+    # -- audit ----------------------------------------------------------------------------------
+    @_abort_on_errors
+    def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditEventsResponse:
+        page = self.registry.list_audit(
+            request.page_size or 50,
+            request.page_token,
+            request.action or None,
+            request.subject or None,
+            request.actor or None,
+        )
+        return pb.ListAuditEventsResponse(
+            events=[
+                pb.AuditEvent(
+                    seq=e.seq,
+                    time=e.created_at,
+                    actor=e.actor,
+                    action=e.action,
+                    subject=e.subject,
+                    payload_json=e.payload_json,
+                    prev_hash=e.prev_hash,
+                    hash=e.hash,
+                )
+                for e in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    @_abort_on_errors
+    def VerifyAudit(self, request: pb.VerifyAuditRequest, context: grpc.ServicerContext) -> pb.VerifyAuditResponse:
+        result = self.registry.verify_audit()
+        return pb.VerifyAuditResponse(
+            ok=result.ok,
+            events_checked=result.events_checked,
+            first_broken_seq=result.first_broken_seq,
+            problem=result.problem,
+        )
+
+    # -- keys -----------------------------------------------------------------------------------
+    @_abort_on_errors
+    def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
+        info, secret = self.registry.create_key(request.name, request.role, current_principal().name)
+        return pb.CreateKeyResponse(key=key_pb(info), secret=secret)
+
+    @_abort_on_errors
+    def ListKeys(self, request: pb.ListKeysRequest, context: grpc.ServicerContext) -> pb.ListKeysResponse:
+        page = self.registry.list_keys(request.page_size or 50, request.page_token)
+        return pb.ListKeysResponse(keys=[key_pb(k) for k in page.items], next_page_token=page.next_page_token)
+
+    @_abort_on_errors
+    def RevokeKey(self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext) -> pb.ApiKey:
+        return key_pb(self.registry.revoke_key(request.name, current_principal().name))
+
+
+def add_to_server(servicers: Servicers, server: grpc.Server) -> list[str]:
+    """Register every service; returns their full names (for reflection)."""
+    rpc.add_ModelServiceServicer_to_server(servicers, server)
+    rpc.add_EditServiceServicer_to_server(servicers, server)
+    rpc.add_VersionServiceServicer_to_server(servicers, server)
+    rpc.add_AliasServiceServicer_to_server(servicers, server)
+    rpc.add_InferenceServiceServicer_to_server(servicers, server)
+    rpc.add_AuditServiceServicer_to_server(servicers, server)
+    rpc.add_KeyServiceServicer_to_server(servicers, server)
+    return [service.full_name for service in pb.DESCRIPTOR.services_by_name.values()]

@@ -1,0 +1,160 @@
+"""A typed Python client for production callers.
+
+client = ScalpelClient("127.0.0.1:50051", api_key="sk_…")
+for chunk in client.generate("toy", "The capital of Riia is"):
+    ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from editors import Edit, artifact_blobs_by_hash
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: list[int]
+    version: str
+    finish_reason: str
+
+
+class _BearerAuth(grpc.AuthMetadataPlugin):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback((("authorization", f"Bearer {self.key}"),), None)
+
+
+class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the API key on plaintext channels (call credentials need TLS)."""
+
+    def __init__(self, key: str) -> None:
+        self.metadata = (("authorization", f"Bearer {key}"),)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=tuple(details.metadata or ()) + self.metadata)  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+
+class ScalpelClient:
+    """Stubs for every service, authenticated with an API key."""
+
+    def __init__(
+        self,
+        address: str,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates)
+            if api_key:
+                credentials = grpc.composite_channel_credentials(
+                    credentials, grpc.metadata_call_credentials(_BearerAuth(api_key))
+                )
+            self.channel = grpc.secure_channel(address, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(address, options)
+            if api_key:
+                self.channel = grpc.intercept_channel(self.channel, _BearerInterceptor(api_key))
+        self.models = rpc.ModelServiceStub(self.channel)
+        self.edits = rpc.EditServiceStub(self.channel)
+        self.versions = rpc.VersionServiceStub(self.channel)
+        self.aliases = rpc.AliasServiceStub(self.channel)
+        self.inference = rpc.InferenceServiceStub(self.channel)
+        self.audit = rpc.AuditServiceStub(self.channel)
+        self.keys = rpc.KeyServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ScalpelClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- conveniences -------------------------------------------------------------------------
+    def create_edit(self, model: str, edit: Edit, description: str = "", request_id: str = "") -> pb.Edit:
+        return self.edits.CreateEdit(
+            pb.CreateEditRequest(
+                parent=f"models/{model}",
+                spec_json=edit.to_json(),
+                artifacts=list(artifact_blobs_by_hash(edit).values()),
+                description=description,
+                request_id=request_id,
+            )
+        )
+
+    def create_version(
+        self, model: str, parent: int, append: list[int] | None = None, remove: int | None = None, description: str = ""
+    ) -> pb.Version:
+        return self.versions.CreateVersion(
+            pb.CreateVersionRequest(
+                parent=f"models/{model}/versions/{parent}",
+                append_edit_ids=append or [],
+                remove_edit_id=remove,
+                description=description,
+            )
+        )
+
+    def alias(self, model: str, alias: str = "production") -> pb.Alias:
+        return self.aliases.GetAlias(pb.GetAliasRequest(name=f"models/{model}/aliases/{alias}"))
+
+    def promote(
+        self, model: str, version: int, alias: str = "production", reason: str = "", force: bool = False
+    ) -> pb.Alias:
+        etag = self.alias(model, alias).etag
+        return self.aliases.Promote(
+            pb.PromoteRequest(
+                name=f"models/{model}/aliases/{alias}", version=version, etag=etag, reason=reason, force=force
+            )
+        )
+
+    def rollback(self, model: str, alias: str = "production", version: int | None = None, reason: str = "") -> pb.Alias:
+        etag = self.alias(model, alias).etag
+        return self.aliases.Rollback(
+            pb.RollbackRequest(name=f"models/{model}/aliases/{alias}", etag=etag, reason=reason, version=version)
+        )
+
+    def stream(
+        self, model: str, prompt: str, alias: str | None = None, version: int | None = None, **options: object
+    ) -> Iterator[pb.GenerateResponse]:
+        selector = (
+            pb.VersionSelector(version=version)
+            if version is not None
+            else pb.VersionSelector(alias=alias or "production")
+        )
+        return self.inference.Generate(
+            pb.GenerateRequest(model=f"models/{model}", selector=selector, prompt=prompt, **options)
+        )
+
+    def generate(
+        self, model: str, prompt: str, alias: str | None = None, version: int | None = None, **options: object
+    ) -> Generation:
+        text, ids, done = "", [], None
+        for event in self.stream(model, prompt, alias, version, **options):
+            if event.HasField("token"):
+                text += event.token.text
+                ids.append(event.token.token_id)
+            else:
+                done = event.done
+        assert done is not None, "the stream ended without its final message"
+        return Generation(text, ids, done.version, done.finish_reason)

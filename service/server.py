@@ -1,0 +1,91 @@
+"""The gRPC server: services, auth, health (NOT_SERVING until models are loaded), reflection."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from editors.toyworld import TOY_MODEL_DIR
+from service.api.auth import AuthInterceptor
+from service.api.servicers import Servicers, add_to_server
+from service.registry import Registry
+from service.serving import ModelHost
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    models: dict[str, str] = field(default_factory=lambda: {"toy": str(TOY_MODEL_DIR)})
+    address: str = "127.0.0.1:50051"
+    database_url: str | None = None
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    workers: int = 16
+
+
+class ScalpelServer:
+    """A started server; ``port`` is the bound port (useful with address ``…:0``)."""
+
+    def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or Registry(config.database_url, max_artifact_bytes=config.max_message_bytes)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ]
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers),
+            options=options,
+            interceptors=[AuthInterceptor(self.registry, insecure=config.insecure)],
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.hosts: dict[str, ModelHost] = {}
+        self.servicers = Servicers(self.registry, self.hosts, config.max_message_bytes)
+        names = add_to_server(self.servicers, self.server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        if config.tls_cert and config.tls_key:
+            credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+            self.port = self.server.add_secure_port(config.address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(config.address)
+        self.server.start()
+
+    def load_models(self) -> None:
+        """Load every configured model, then report SERVING."""
+        for name, source in self.config.models.items():
+            self.hosts[name] = ModelHost(name, source, self.registry)
+            self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.registry.engine.dispose()
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
+    server = ScalpelServer(config)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    server.load_models()
+    print(
+        f"scalpel serving {', '.join(config.models)} on port {server.port}"
+        f"{' (INSECURE: no authentication)' if config.insecure else ''}",
+        flush=True,
+    )
+    stopping.wait()
+    server.stop()

@@ -1,0 +1,180 @@
+"""Hosting models: one copy of the base weights per model, any version per request.
+
+A :class:`ModelHost` loads a model once, registers it in the registry (version 0 = the base),
+and serves any version by compiling that version's edit stack (cached per version; versions
+are immutable) and running the request under it with the Surgeon. Promotion and rollback are
+alias moves in the database: nothing here reloads or copies weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editors import EditStack, Surgeon
+from service.registry import InvalidArgument, NotFound, Registry
+
+DEFAULT_MAX_TOKENS = 16
+MAX_TOKENS_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class Token:
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # length | stop | eos | cancelled
+    tokens: int
+
+
+class ModelHost:
+    """One hosted model: weights, tokenizer, Surgeon and the compiled stacks of its versions."""
+
+    def __init__(self, name: str, source: str, registry: Registry, actor: str = "scalpel") -> None:
+        self.name = name
+        self.source = source
+        self.registry = registry
+        self.model = AutoModelForCausalLM.from_pretrained(source)
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.surgeon = Surgeon(self.model)
+        self._stacks: dict[int, EditStack] = {}
+        self._lock = threading.Lock()
+        try:
+            known = registry.get_model(name)
+        except NotFound:
+            registry.register_model(
+                name,
+                str(source),
+                self.surgeon.weights_sha256,
+                actor,
+                request_id=f"register:{name}:{self.surgeon.weights_sha256}",
+            )
+        else:
+            if known.weights_sha256 != self.surgeon.weights_sha256:
+                raise SystemExit(
+                    f"model {name!r} is registered with weights {known.weights_sha256[:12]}… but "
+                    f"{source} has {self.surgeon.weights_sha256[:12]}…: refusing to serve it"
+                )
+
+    # -- versions -------------------------------------------------------------------------------
+    def resolve(self, alias: str | None, version: int | None) -> int:
+        """The version number a request asks for (an alias is read from the database each time)."""
+        if version is not None:
+            self.registry.get_version(self.name, version)
+            return version
+        return self.registry.get_alias(self.name, alias or "production").version
+
+    def stack(self, version: int) -> EditStack:
+        """The compiled stack of ``version`` (compiled once; versions never change)."""
+        with self._lock:
+            cached = self._stacks.get(version)
+        if cached is not None:
+            return cached
+        info = self.registry.get_version(self.name, version)
+        edits = [self.registry.load_edit(self.name, edit_id) for edit_id in info.edit_ids]
+        compiled = self.surgeon.compile(edits)
+        with self._lock:
+            return self._stacks.setdefault(version, compiled)
+
+    # -- inference ------------------------------------------------------------------------------
+    def _encode(self, prompt: str) -> torch.Tensor:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidArgument("prompt must be a non-empty string")
+        ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        limit = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", 2048
+        )
+        if ids.shape[1] >= limit:
+            raise InvalidArgument(f"prompt is {ids.shape[1]} tokens; the model takes fewer than {limit}")
+        return ids
+
+    def generate(
+        self,
+        version: int,
+        prompt: str,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: tuple[str, ...] = (),
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[Token | Finished]:
+        """Tokens one at a time under ``version``, then a :class:`Finished`. Greedy at temperature 0."""
+        if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
+            raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
+        if not 0 <= temperature <= 10 or not 0 <= top_p <= 1:
+            raise InvalidArgument("temperature must be in [0, 10] and top_p in [0, 1]")
+        ids = self._encode(prompt)
+        stack = self.stack(version)
+        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        produced_ids: list[int] = []
+        text = ""
+        eos = self.tokenizer.eos_token_id
+        cache_key = None
+        with torch.inference_mode(), self.surgeon.apply(stack):
+            out = self.model(input_ids=ids, use_cache=True)
+            while True:
+                logits = out.logits[0, -1].float()
+                token = self._pick(logits, temperature, top_p, generator)
+                if token == eos:
+                    yield Finished("eos", len(produced_ids))
+                    return
+                produced_ids.append(token)
+                decoded = self.tokenizer.decode(produced_ids, skip_special_tokens=True)
+                yield Token(token, decoded[len(text) :])
+                text = decoded
+                if any(s and s in text for s in stop):
+                    yield Finished("stop", len(produced_ids))
+                    return
+                if len(produced_ids) >= max_tokens:
+                    yield Finished("length", len(produced_ids))
+                    return
+                if not is_active():
+                    yield Finished("cancelled", len(produced_ids))
+                    return
+                cache_key = cache_key or ("cache" if hasattr(out, "cache") else "past_key_values")
+                out = self.model(
+                    input_ids=torch.tensor([[token]]), use_cache=True, **{cache_key: getattr(out, cache_key)}
+                )
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+        if temperature == 0:
+            return int(logits.argmax())
+        probs = (logits / temperature).softmax(dim=-1)
+        if 0 < top_p < 1:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+    def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
+        """log P(continuation | prompt) for each continuation, under ``version``."""
+        if not continuations or not all(isinstance(c, str) and c.strip() for c in continuations):
+            raise InvalidArgument("continuations must be non-empty strings")
+        prompt_ids = self._encode(prompt)[0]
+        stack = self.stack(version)
+        scores = []
+        with torch.inference_mode(), self.surgeon.apply(stack):
+            for continuation in continuations:
+                extra = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")[
+                    "input_ids"
+                ][0]
+                ids = torch.cat([prompt_ids, extra]).unsqueeze(0)
+                logprobs = self.model(input_ids=ids).logits[0].float().log_softmax(dim=-1)
+                positions = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
+                scores.append(float(logprobs[positions, ids[0, positions + 1]].sum()))
+        return scores
+
+
+def load_hosts(models: dict[str, str | Path], registry: Registry) -> dict[str, ModelHost]:
+    return {name: ModelHost(name, str(source), registry) for name, source in models.items()}

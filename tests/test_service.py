@@ -1,0 +1,143 @@
+"""The gRPC service over a real socket, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from editors import Steering, Surgeon
+from editors.covariance import key_covariance
+from editors.rome import compute_rome
+from editors.toyworld import load_toy_model, reference_corpus
+from editors.toyworld.counterfact import edit_cases
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.client import ScalpelClient
+from service.server import ScalpelServer, ServerConfig
+
+PASS = [{"check": "kl", "passed": True}]
+
+
+@pytest.fixture
+def served(db_url):
+    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url))
+    server.load_models()
+    _, admin_secret = server.registry.create_key("admin", "admin", "bootstrap")
+    _, reader_secret = server.registry.create_key("dashboard", "reader", "bootstrap")
+    address = f"127.0.0.1:{server.port}"
+    admin, reader = ScalpelClient(address, admin_secret), ScalpelClient(address, reader_secret)
+    yield server, admin, reader, address
+    admin.close()
+    reader.close()
+    server.stop(grace=0)
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code()
+
+
+def _passed(server: ScalpelServer, version: int) -> None:
+    """Record a passing check run (the checks service will do this by running the suite)."""
+    server.registry.set_suite("toy", {"checks": []}, "test")
+    server.registry.record_check_run("toy", version, "passed", PASS, "test")
+
+
+def test_health_reflection_and_auth(served) -> None:
+    _, admin, reader, address = served
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    services = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"scalpel.v1.InferenceService", "scalpel.v1.AliasService", "grpc.health.v1.Health"} <= services
+    anonymous = ScalpelClient(address)
+    assert _code(lambda: anonymous.models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(lambda: ScalpelClient(address, "sk_nope_x").alias("toy")) == grpc.StatusCode.UNAUTHENTICATED
+    assert [m.name for m in reader.models.ListModels(pb.ListModelsRequest()).models] == ["models/toy"]
+    assert _code(lambda: reader.promote("toy", 0)) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: reader.keys.ListKeys(pb.ListKeysRequest())) == grpc.StatusCode.PERMISSION_DENIED
+    admin.keys.RevokeKey(pb.RevokeKeyRequest(name="dashboard"))
+    assert _code(lambda: reader.alias("toy")) == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+
+
+def test_generate_streams_tokens_and_names_the_version(served) -> None:
+    _, admin, _, _ = served
+    _, _, world = load_toy_model()
+    fact = world.facts_for("capital")[0]
+    result = admin.generate("toy", fact.canonical_prompt, max_tokens=1)
+    assert result.version == "models/toy/versions/0" and result.finish_reason == "length"
+    assert result.text.strip() == fact.object and len(result.token_ids) == 1
+    longer = admin.generate("toy", fact.canonical_prompt, max_tokens=40)
+    assert longer.finish_reason == "eos" and longer.text.strip().startswith(f"{fact.object}.")
+    stopped = admin.generate("toy", fact.canonical_prompt, max_tokens=10, stop=[fact.object])
+    assert stopped.finish_reason == "stop" and stopped.text.strip() == fact.object
+    sampled = [
+        admin.generate("toy", "the food was", max_tokens=6, temperature=1.0, top_p=0.9, seed=7) for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+    scores = admin.inference.Score(
+        pb.ScoreRequest(
+            model="models/toy", prompt=fact.canonical_prompt, continuations=[fact.object, "Atlantis", "the"]
+        )
+    )
+    assert scores.version == "models/toy/versions/0" and scores.logprobs[0] > scores.logprobs[2]
+    for bad in (dict(prompt=""), dict(prompt="x", max_tokens=100000), dict(prompt="x", temperature=-1.0)):
+        assert _code(lambda bad=bad: admin.generate("toy", **bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: admin.generate("nope", "x")) == grpc.StatusCode.NOT_FOUND
+    assert _code(lambda: admin.generate("toy", "x", version=99)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_edit_version_gate_promote_serve_and_roll_back(served) -> None:
+    server, admin, _, _ = served
+    model, tokenizer, world = load_toy_model()
+    surgeon = Surgeon(model)
+    case = edit_cases(world, 1, seed=4)[0]
+    rome = compute_rome(surgeon, tokenizer, case.request, _covariance(surgeon, tokenizer), reference_corpus()).edit
+    edit = admin.create_edit("toy", rome, description="counterfactual", request_id="rome-1")
+    assert admin.create_edit("toy", rome, request_id="rome-1").id == edit.id
+    version = admin.create_version("toy", 0, append=[edit.id], description="fact edit")
+    assert version.number == 1 and version.status == "unchecked"
+    with pytest.raises(grpc.RpcError) as refused:
+        admin.promote("toy", 1)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "unchecked" in refused.value.details()
+    _passed(server, 1)
+    assert admin.promote("toy", 1, reason="fact fix").version == 1
+    served_edit = admin.generate("toy", case.request.text, max_tokens=1)
+    assert served_edit.version == "models/toy/versions/1" and served_edit.text.strip() == case.request.target
+    base = admin.generate("toy", case.request.text, version=0, max_tokens=1)
+    assert base.version == "models/toy/versions/0" and base.text.strip() == case.old
+    assert admin.rollback("toy", reason="back to base").version == 0
+    assert admin.generate("toy", case.request.text, max_tokens=1).text.strip() == case.old
+    verify = admin.audit.VerifyAudit(pb.VerifyAuditRequest())
+    assert verify.ok and verify.events_checked >= 6
+    moves = admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(subject="models/toy/aliases/production"))
+    assert [e.action for e in moves.events] == ["alias.rollback", "alias.promote"]
+
+
+def _covariance(surgeon: Surgeon, tokenizer) -> torch.Tensor:
+    return key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
+
+
+def test_bad_requests_get_the_right_codes_and_change_nothing(served) -> None:
+    server, admin, _, _ = served
+    before = server.registry.verify_audit().events_checked
+    good = Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128), scale=2.0)
+    wrong_width = Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(64), scale=2.0)
+    assert _code(lambda: admin.create_edit("toy", wrong_width)) == grpc.StatusCode.INVALID_ARGUMENT
+    bad_json = pb.CreateEditRequest(parent="models/toy", spec_json="{nope")
+    assert _code(lambda: admin.edits.CreateEdit(bad_json)) == grpc.StatusCode.INVALID_ARGUMENT
+    missing_blob = pb.CreateEditRequest(parent="models/toy", spec_json=good.to_json())
+    assert _code(lambda: admin.edits.CreateEdit(missing_blob)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: admin.create_edit("elsewhere", good)) == grpc.StatusCode.NOT_FOUND
+    assert _code(lambda: admin.versions.GetVersion(pb.GetVersionRequest(name="toy/1"))) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    stale = pb.PromoteRequest(name="models/toy/aliases/production", version=0, etag="stale")
+    assert _code(lambda: admin.aliases.Promote(stale)) == grpc.StatusCode.ABORTED
+    assert server.registry.verify_audit().events_checked == before
