@@ -81,6 +81,7 @@ class ScalpelClient:
         self.inference = rpc.InferenceServiceStub(self.channel)
         self.audit = rpc.AuditServiceStub(self.channel)
         self.keys = rpc.KeyServiceStub(self.channel)
+        self.checks = rpc.CheckServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

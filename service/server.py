@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from editors.toyworld import TOY_MODEL_DIR
 from service.api.auth import AuthInterceptor
 from service.api.servicers import Servicers, add_to_server
-from service.registry import Registry
+from service.check_runs import CheckScheduler
+from service.checks import default_toy_suite
+from service.registry import NotFound, Registry
 from service.serving import ModelHost
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -52,7 +54,8 @@ class ScalpelServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.hosts: dict[str, ModelHost] = {}
-        self.servicers = Servicers(self.registry, self.hosts, config.max_message_bytes)
+        self.checks = CheckScheduler(self.registry, self.hosts)
+        self.servicers = Servicers(self.registry, self.hosts, self.checks)
         names = add_to_server(self.servicers, self.server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         if config.tls_cert and config.tls_key:
@@ -63,15 +66,23 @@ class ScalpelServer:
         self.server.start()
 
     def load_models(self) -> None:
-        """Load every configured model, then report SERVING."""
+        """Mark runs left running by a stopped server interrupted, load every model (giving the toy
+        model its default check suite if it has none), then report SERVING."""
+        self.registry.interrupt_running_runs("scalpel")
         for name, source in self.config.models.items():
             self.hosts[name] = ModelHost(name, source, self.registry)
+            if Path(source).resolve() == TOY_MODEL_DIR.resolve():
+                try:
+                    self.registry.get_suite(name)
+                except NotFound:
+                    self.registry.set_suite(name, default_toy_suite(), "scalpel")
             self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.checks.shutdown()
         self.registry.engine.dispose()
 
 

@@ -18,11 +18,21 @@ from service.client import ScalpelClient
 def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
     env = {**os.environ, "SCALPEL_DATA_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
-    created = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "ops", "--json"], env=env,
-                             check=True, capture_output=True, text=True)
+    created = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "ops", "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     secret = json.loads(created.stdout)["secret"]
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         port = int(re.search(r"on port (\d+)", line).group(1))

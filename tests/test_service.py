@@ -8,16 +8,16 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from editors import Steering, Surgeon
+from editors import HeadAblation, Steering, Surgeon
 from editors.covariance import key_covariance
 from editors.rome import compute_rome
+from editors.steering import derive_steering
 from editors.toyworld import load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases
+from editors.toyworld.evaluate import sentiment_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.server import ScalpelServer, ServerConfig
-
-PASS = [{"check": "kl", "passed": True}]
 
 
 @pytest.fixture
@@ -40,10 +40,12 @@ def _code(call) -> grpc.StatusCode:
     return caught.value.code()
 
 
-def _passed(server: ScalpelServer, version: int) -> None:
-    """Record a passing check run (the checks service will do this by running the suite)."""
-    server.registry.set_suite("toy", {"checks": []}, "test")
-    server.registry.record_check_run("toy", version, "passed", PASS, "test")
+def run_checks(client: ScalpelClient, version: int) -> pb.CheckRun:
+    """Start the suite on ``version`` and follow its progress stream to the end."""
+    run = client.checks.StartRun(pb.StartRunRequest(version=f"models/toy/versions/{version}"))
+    updates = list(client.checks.WatchRun(pb.GetRunRequest(id=run.id)))
+    assert updates[-1].HasField("run") and updates[-1].state in ("passed", "failed")
+    return updates[-1].run
 
 
 def test_health_reflection_and_auth(served) -> None:
@@ -94,7 +96,7 @@ def test_generate_streams_tokens_and_names_the_version(served) -> None:
 
 
 def test_edit_version_gate_promote_serve_and_roll_back(served) -> None:
-    server, admin, _, _ = served
+    _, admin, _, _ = served
     model, tokenizer, world = load_toy_model()
     surgeon = Surgeon(model)
     case = edit_cases(world, 1, seed=4)[0]
@@ -106,7 +108,8 @@ def test_edit_version_gate_promote_serve_and_roll_back(served) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         admin.promote("toy", 1)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "unchecked" in refused.value.details()
-    _passed(server, 1)
+    checked = run_checks(admin, 1)
+    assert checked.state == "passed", [(r.name, r.metric, r.threshold) for r in checked.results if not r.passed]
     assert admin.promote("toy", 1, reason="fact fix").version == 1
     served_edit = admin.generate("toy", case.request.text, max_tokens=1)
     assert served_edit.version == "models/toy/versions/1" and served_edit.text.strip() == case.request.target
@@ -141,3 +144,48 @@ def test_bad_requests_get_the_right_codes_and_change_nothing(served) -> None:
     stale = pb.PromoteRequest(name="models/toy/aliases/production", version=0, etag="stale")
     assert _code(lambda: admin.aliases.Promote(stale)) == grpc.StatusCode.ABORTED
     assert server.registry.verify_audit().events_checked == before
+
+
+def test_the_default_suite_gates_ablations_and_huge_steering(served) -> None:
+    _, admin, _, _ = served
+    model, tokenizer, world = load_toy_model()
+    steering = derive_steering(Surgeon(model), tokenizer, sentiment_pairs(world), layer=2)
+    failing = {
+        "induction": (HeadAblation(layer=1, heads=(0,)), {"task:induction_accuracy"}),
+        "huge steering": (
+            Steering(site=steering.site, vector=steering.vector, scale=1000.0),
+            {"kl_vs_base_mean", "perplexity_ratio"},
+        ),
+    }
+    for label, (edit, expected) in failing.items():
+        version = admin.create_version("toy", 0, append=[admin.create_edit("toy", edit).id])
+        run = run_checks(admin, version.number)
+        failed = {r.name for r in run.results if not r.passed}
+        assert run.state == "failed" and expected <= failed, (label, failed)
+        assert all(r.worst_json for r in run.results)
+        with pytest.raises(grpc.RpcError) as refused:
+            admin.promote("toy", version.number)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert all(name in refused.value.details() for name in expected), refused.value.details()
+    forced = admin.promote("toy", 1, reason="drill: forced on purpose", force=True)
+    assert forced.version == 1
+    assert (
+        admin.aliases.ListAliasHistory(pb.ListAliasHistoryRequest(name="models/toy/aliases/production")).moves[0].forced
+    )
+
+
+def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_url) -> None:
+    server, admin, _, _ = served
+    version = admin.create_version("toy", 0, append=[admin.create_edit("toy", HeadAblation(layer=0, heads=(3,))).id])
+    orphan = server.registry.start_check_run("toy", version.number, "crashed-server")
+    restarted = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url))
+    try:
+        restarted.load_models()
+        assert restarted.registry.get_check_run(orphan.id).state == "interrupted"
+        assert (
+            admin.versions.GetVersion(pb.GetVersionRequest(name=f"models/toy/versions/{version.number}")).status
+            == "interrupted"
+        )
+        assert run_checks(admin, version.number).state in ("passed", "failed")
+    finally:
+        restarted.stop(grace=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -16,8 +17,10 @@ from editors import InvalidEditError, edit_from_json
 from service.api.auth import current_principal
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+from service.check_runs import CheckScheduler
+from service.checks import Suite
 from service.registry import InvalidArgument, NotFound, Registry, RegistryError
-from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, VersionInfo
+from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
 from service.serving import Finished, ModelHost
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,6 +161,29 @@ def key_pb(info: KeyInfo) -> pb.ApiKey:
     )
 
 
+def run_pb(info: RunInfo) -> pb.CheckRun:
+    results = [
+        pb.CheckResult(
+            name=r.get("name", ""),
+            metric=r.get("metric", 0.0),
+            threshold=r.get("threshold", 0.0),
+            comparison=r.get("comparison", ""),
+            passed=bool(r.get("passed")),
+            worst_json=json.dumps(r.get("worst", r.get("error", []))),
+        )
+        for r in info.results
+    ]
+    return pb.CheckRun(
+        id=info.id,
+        version=f"models/{info.model}/versions/{info.version}",
+        suite_sha256=info.suite_sha256,
+        state=info.state,
+        results=results,
+        start_time=_ts(info.started_at),
+        finish_time=_ts(info.finished_at),
+    )
+
+
 class Servicers(
     rpc.ModelServiceServicer,
     rpc.EditServiceServicer,
@@ -169,10 +195,10 @@ class Servicers(
 ):
     """All services over one registry and the hosted models."""
 
-    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], max_message_bytes: int) -> None:
+    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], checks: CheckScheduler) -> None:
         self.registry = registry
         self.hosts = hosts
-        self.max_message_bytes = max_message_bytes
+        self.checks = checks
 
     def _host(self, model: str) -> ModelHost:
         host = self.hosts.get(model)
@@ -360,6 +386,53 @@ class Servicers(
             problem=result.problem,
         )
 
+    # -- checks ---------------------------------------------------------------------------------
+    @_abort_on_errors
+    def GetSuite(self, request: pb.GetSuiteRequest, context: grpc.ServicerContext) -> pb.Suite:
+        (model,) = parse("model", request.model)
+        digest, spec = self.registry.get_suite(model)
+        return pb.Suite(model=request.model, suite_sha256=digest, spec_json=json.dumps(spec, sort_keys=True))
+
+    @_abort_on_errors
+    def SetSuite(self, request: pb.SetSuiteRequest, context: grpc.ServicerContext) -> pb.Suite:
+        (model,) = parse("model", request.model)
+        self._host(model)
+        try:
+            spec = json.loads(request.spec_json)
+        except ValueError as exc:
+            raise InvalidArgument(f"spec_json is not JSON: {exc}") from exc
+        Suite.from_spec(spec)
+        digest = self.registry.set_suite(model, spec, current_principal().name)
+        return pb.Suite(model=request.model, suite_sha256=digest, spec_json=json.dumps(spec, sort_keys=True))
+
+    @_abort_on_errors
+    def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.CheckRun:
+        model, number = parse("version", request.version)
+        self._host(model)
+        return run_pb(self.checks.start(model, int(number), current_principal().name))
+
+    @_abort_on_errors
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.CheckRun:
+        return run_pb(self.registry.get_check_run(request.id))
+
+    @_abort_on_errors_stream
+    def WatchRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunProgress]:
+        info = self.registry.get_check_run(request.id)
+        last = None
+        while info.state == "running" and context.is_active():
+            progress = self.checks.wait_for_change(request.id, last)
+            if progress is not None and progress != last:
+                last = progress
+                yield pb.RunProgress(
+                    run_id=request.id,
+                    done=progress.done,
+                    total=progress.total,
+                    current=progress.current,
+                    state=progress.state,
+                )
+            info = self.registry.get_check_run(request.id)
+        yield pb.RunProgress(run_id=request.id, done=1, total=1, current="done", state=info.state, run=run_pb(info))
+
     # -- keys -----------------------------------------------------------------------------------
     @_abort_on_errors
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
@@ -385,4 +458,5 @@ def add_to_server(servicers: Servicers, server: grpc.Server) -> list[str]:
     rpc.add_InferenceServiceServicer_to_server(servicers, server)
     rpc.add_AuditServiceServicer_to_server(servicers, server)
     rpc.add_KeyServiceServicer_to_server(servicers, server)
+    rpc.add_CheckServiceServicer_to_server(servicers, server)
     return [service.full_name for service in pb.DESCRIPTOR.services_by_name.values()]

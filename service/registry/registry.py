@@ -412,6 +412,18 @@ class Registry:
         ).scalar_one_or_none()
         return state or "unchecked"
 
+    def _failing_checks(self, session: Session, version: VersionRow) -> list[str]:
+        current = session.get(CurrentSuite, version.model_id)
+        if current is None:
+            return []
+        results = session.execute(
+            select(CheckRun.results_json)
+            .where(CheckRun.version_id == version.id, CheckRun.suite_id == current.suite_id)
+            .order_by(CheckRun.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return [str(r.get("name")) for r in json.loads(results or "[]") if not r.get("passed", True)]
+
     def _version_info(self, session: Session, row: VersionRow) -> VersionInfo:
         model = session.get(ModelRow, row.model_id)
         parent = session.get(VersionRow, row.parent_id).number if row.parent_id else None
@@ -566,6 +578,88 @@ class Registry:
             )
             return RunInfo(run.id, model, version, suite.suite_sha256, state, results, run.started_at, run.finished_at)
 
+    def get_suite(self, model: str) -> tuple[str, dict[str, Any]]:
+        """The model's current suite: (SHA-256, spec)."""
+        with self._read() as session:
+            model_row = self._model(session, model)
+            current = session.get(CurrentSuite, model_row.id)
+            if current is None:
+                raise NotFound(f"model {model!r} has no check suite")
+            suite = session.get(CheckSuite, current.suite_id)
+            return suite.suite_sha256, json.loads(suite.spec_json)
+
+    def _run_info(self, session: Session, run: CheckRun) -> RunInfo:
+        version = session.get(VersionRow, run.version_id)
+        model = session.get(ModelRow, version.model_id)
+        suite = session.get(CheckSuite, run.suite_id)
+        return RunInfo(
+            run.id,
+            model.name,
+            version.number,
+            suite.suite_sha256,
+            run.state,
+            json.loads(run.results_json),
+            run.started_at,
+            run.finished_at,
+        )
+
+    def start_check_run(self, model: str, version: int, actor: str) -> RunInfo:
+        """A ``running`` run of the current suite on ``version``; finish it with :meth:`finish_check_run`."""
+        with self._write() as session:
+            model_row = self._model(session, model)
+            version_row = self._version_row(session, model_row.id, version)
+            current = session.get(CurrentSuite, model_row.id)
+            if current is None:
+                raise FailedPrecondition(f"model {model!r} has no check suite")
+            run = CheckRun(
+                version_id=version_row.id,
+                suite_id=current.suite_id,
+                state="running",
+                results_json="[]",
+                started_at=_now(),
+                finished_at=None,
+            )
+            session.add(run)
+            session.flush()
+            audit.append(session, actor, "checks.started", f"models/{model}/versions/{version}", {"run": run.id})
+            return self._run_info(session, run)
+
+    def finish_check_run(self, run_id: int, state: str, results: list[dict[str, Any]], actor: str) -> RunInfo:
+        if state not in ("passed", "failed", "interrupted"):
+            raise InvalidArgument("a run finishes as passed, failed or interrupted")
+        with self._write() as session:
+            run = session.get(CheckRun, run_id)
+            if run is None:
+                raise NotFound(f"check run {run_id} does not exist")
+            if run.state != "running":
+                raise FailedPrecondition(f"check run {run_id} already finished as {run.state!r}")
+            run.state, run.results_json, run.finished_at = state, json.dumps(results, sort_keys=True), _now()
+            info = self._run_info(session, run)
+            audit.append(
+                session,
+                actor,
+                "checks.finished",
+                f"models/{info.model}/versions/{info.version}",
+                {"run": run_id, "state": state},
+            )
+            return info
+
+    def get_check_run(self, run_id: int) -> RunInfo:
+        with self._read() as session:
+            run = session.get(CheckRun, run_id)
+            if run is None:
+                raise NotFound(f"check run {run_id} does not exist")
+            return self._run_info(session, run)
+
+    def interrupt_running_runs(self, actor: str) -> list[int]:
+        """Mark every ``running`` run interrupted (at start-up: their process is gone)."""
+        with self._write() as session:
+            runs = session.execute(select(CheckRun).where(CheckRun.state == "running")).scalars().all()
+            for run in runs:
+                run.state, run.finished_at = "interrupted", _now()
+                audit.append(session, actor, "checks.interrupted", f"runs/{run.id}", {"run": run.id})
+            return [run.id for run in runs]
+
     # -- aliases --------------------------------------------------------------------------------
     def _alias_row(self, session: Session, model_id: int, name: str) -> AliasRow | None:
         return session.execute(
@@ -663,8 +757,10 @@ class Registry:
             target = self._version_row(session, model_row.id, version)
             status = self._status(session, target)
             if status not in ("base", "passed") and not force:
+                failing = self._failing_checks(session, target)
+                detail = f" (failing: {', '.join(failing)})" if failing else ""
                 raise FailedPrecondition(
-                    f"version {version} has status {status!r}; only a version whose checks "
+                    f"version {version} has status {status!r}{detail}; only a version whose checks "
                     "passed can be promoted (an admin may force it with a reason)"
                 )
             return self._move(

@@ -419,3 +419,89 @@ class RevokeKeyRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Suite(_message.Message):
+    __slots__ = ("model", "suite_sha256", "spec_json")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SUITE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    suite_sha256: str
+    spec_json: str
+    def __init__(self, model: _Optional[str] = ..., suite_sha256: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class GetSuiteRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class SetSuiteRequest(_message.Message):
+    __slots__ = ("model", "spec_json")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    spec_json: str
+    def __init__(self, model: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class CheckResult(_message.Message):
+    __slots__ = ("name", "metric", "threshold", "comparison", "passed", "worst_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    WORST_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    metric: float
+    threshold: float
+    comparison: str
+    passed: bool
+    worst_json: str
+    def __init__(self, name: _Optional[str] = ..., metric: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ..., worst_json: _Optional[str] = ...) -> None: ...
+
+class CheckRun(_message.Message):
+    __slots__ = ("id", "version", "suite_sha256", "state", "results", "start_time", "finish_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUITE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    version: str
+    suite_sha256: str
+    state: str
+    results: _containers.RepeatedCompositeFieldContainer[CheckResult]
+    start_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., version: _Optional[str] = ..., suite_sha256: _Optional[str] = ..., state: _Optional[str] = ..., results: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StartRunRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class RunProgress(_message.Message):
+    __slots__ = ("run_id", "done", "total", "current", "state", "run")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    done: int
+    total: int
+    current: str
+    state: str
+    run: CheckRun
+    def __init__(self, run_id: _Optional[int] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., current: _Optional[str] = ..., state: _Optional[str] = ..., run: _Optional[_Union[CheckRun, _Mapping]] = ...) -> None: ...

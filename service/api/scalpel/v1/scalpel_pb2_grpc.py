@@ -1000,3 +1000,247 @@ class KeyService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CheckServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetSuite = channel.unary_unary(
+                '/scalpel.v1.CheckService/GetSuite',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetSuiteRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Suite.FromString,
+                _registered_method=True)
+        self.SetSuite = channel.unary_unary(
+                '/scalpel.v1.CheckService/SetSuite',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.SetSuiteRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Suite.FromString,
+                _registered_method=True)
+        self.StartRun = channel.unary_unary(
+                '/scalpel.v1.CheckService/StartRun',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.StartRunRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CheckRun.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/scalpel.v1.CheckService/GetRun',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CheckRun.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/scalpel.v1.CheckService/WatchRun',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.RunProgress.FromString,
+                _registered_method=True)
+
+
+class CheckServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetSuite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSuite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CheckServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetSuite': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSuite,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetSuiteRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Suite.SerializeToString,
+            ),
+            'SetSuite': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSuite,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.SetSuiteRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Suite.SerializeToString,
+            ),
+            'StartRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRun,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.StartRunRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CheckRun.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CheckRun.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.RunProgress.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'scalpel.v1.CheckService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('scalpel.v1.CheckService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CheckService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetSuite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.CheckService/GetSuite',
+            scalpel_dot_v1_dot_scalpel__pb2.GetSuiteRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Suite.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSuite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.CheckService/SetSuite',
+            scalpel_dot_v1_dot_scalpel__pb2.SetSuiteRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Suite.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.CheckService/StartRun',
+            scalpel_dot_v1_dot_scalpel__pb2.StartRunRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.CheckRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.CheckService/GetRun',
+            scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.CheckRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scalpel.v1.CheckService/WatchRun',
+            scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.RunProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,70 @@
+"""Check runs in the background while traffic is served, with progress that callers can watch."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from service.checks import CheckRunner, Suite
+from service.registry import Registry
+from service.registry.registry import RunInfo
+from service.serving import ModelHost
+
+
+@dataclass(frozen=True)
+class Progress:
+    run_id: int
+    done: int
+    total: int
+    current: str
+    state: str
+
+
+class CheckScheduler:
+    """Starts runs on a small worker pool; keeps each run's latest progress for watchers."""
+
+    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], workers: int = 1) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checks")
+        self.changed = threading.Condition()
+        self.progress: dict[int, Progress] = {}
+
+    def start(self, model: str, version: int, actor: str) -> RunInfo:
+        host = self.hosts[model]
+        _, spec = self.registry.get_suite(model)
+        suite = Suite.from_spec(spec)
+        host.stack(version)  # fails now (NOT_FOUND / integrity) rather than in the background
+        run = self.registry.start_check_run(model, version, actor)
+        self._publish(Progress(run.id, 0, 0, "queued", "running"))
+        self.pool.submit(self._execute, host, suite, run, actor)
+        return run
+
+    def _execute(self, host: ModelHost, suite: Suite, run: RunInfo, actor: str) -> None:
+        def report(done: int, total: int, name: str) -> None:
+            self._publish(Progress(run.id, done, total, name, "running"))
+
+        try:
+            production = self.registry.get_alias(host.name, "production").version
+            results = CheckRunner(host).run(suite, run.version, production, report)
+            state = "passed" if all(r.passed for r in results) else "failed"
+            payload = [asdict(r) for r in results]
+        except Exception as exc:  # the run fails, with the reason, instead of vanishing
+            state, payload = "failed", [{"name": "error", "passed": False, "error": f"{type(exc).__name__}: {exc}"}]
+        finished = self.registry.finish_check_run(run.id, state, payload, actor)
+        self._publish(Progress(run.id, 1, 1, "done", finished.state))
+
+    def _publish(self, progress: Progress) -> None:
+        with self.changed:
+            self.progress[progress.run_id] = progress
+            self.changed.notify_all()
+
+    def wait_for_change(self, run_id: int, last: Progress | None, timeout: float = 1.0) -> Progress | None:
+        """The run's progress once it differs from ``last`` (or after ``timeout``)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.progress.get(run_id) != last, timeout=timeout)
+            return self.progress.get(run_id)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
