@@ -176,12 +176,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_walkthrough(args: argparse.Namespace) -> int:
+    from service.walkthrough import run_walkthrough
+
+    run_walkthrough()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scalpel", description="Circuit surgery for language models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="walk through the surgery kit on the toy model")
+    demo = commands.add_parser("demo", help="the end-to-end demo: the service on SQLite with the toy model, over gRPC")
     demo.set_defaults(func=_cmd_demo)
+    walkthrough = commands.add_parser("walkthrough", help="the surgery kit in-process (no server, no database)")
+    walkthrough.set_defaults(func=_cmd_walkthrough)
 
     toyworld = commands.add_parser("toyworld", help="the embedded toy-world model").add_subparsers(
         dest="toyworld_command", required=True

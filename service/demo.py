@@ -1,102 +1,149 @@
-"""The end-to-end demo (for now: a walkthrough of the surgery kit on the toy model)."""
+"""The end-to-end demo: the service on SQLite with the toy model, driven over gRPC.
+
+Every step checks that it behaved as described; the demo exits non-zero at the first that did
+not. It uses ``$SCALPEL_DATA_DIR`` (default ``~/.local/share/scalpel``) for its database and
+caches, so a fresh directory gives a fresh demo.
+"""
 
 from __future__ import annotations
 
-import tempfile
-import threading
-from pathlib import Path
+import json
 
-from editors import (
-    Steering,
-    Surgeon,
-    activation_stats,
-    derive_steering,
-    head_ablation,
-    load_edit,
-    save_edit,
-    weights_sha256,
-)
-from editors.covariance import CovarianceCache
+import grpc
+from tqdm import tqdm
+
+from editors import head_ablation
 from editors.induction import induction_head_scores, repeated_token_batch, top_heads
-from editors.patching import causal_trace, recommend_edit_layer
-from editors.rome import RomeHyperParams, compute_rome
-from editors.toyworld import load_toy_model, reference_corpus
-from editors.toyworld.counterfact import edit_cases, judge
-from editors.toyworld.evaluate import evaluate_world, positive_probability, sentiment_pairs
+from editors.toyworld import load_toy_model
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.client import ScalpelClient
+from service.db.engine import database_url
+from service.db.migrate import upgrade
+from service.server import ScalpelServer, ServerConfig
 
 
-def _metrics(label: str, values: dict[str, float]) -> None:
-    print(f"  {label:<28}" + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
+class DemoFailure(SystemExit):
+    pass
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise DemoFailure(f"demo step did not behave as described: {message}")
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def run_checks(client: ScalpelClient, version: int) -> pb.CheckRun:
+    run = client.checks.StartRun(pb.StartRunRequest(version=f"models/toy/versions/{version}"))
+    bar = tqdm(total=1, desc=f"  checks on version {version}", unit="check", leave=False, disable=None)
+    final = None
+    for update in client.checks.WatchRun(pb.GetRunRequest(id=run.id)):
+        if update.total:
+            bar.total = update.total
+            bar.n = update.done
+            bar.set_postfix_str(update.current)
+            bar.refresh()
+        if update.HasField("run"):
+            final = update.run
+    bar.close()
+    expect(final is not None, "the check-run stream ended without the finished run")
+    for result in final.results:
+        mark = "ok  " if result.passed else "FAIL"
+        print(f"  {mark} {result.name:<26} {result.metric:9.4f} {result.comparison} {result.threshold:g}")
+    return final
 
 
 def run_demo() -> None:
+    url = database_url()
+    upgrade("head", url)
+    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=url))
+    try:
+        server.load_models()
+        _, secret = server.registry.create_key(f"demo-{server.port}", "admin", "demo")
+        with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
+            _walk_through(client)
+    finally:
+        server.stop(grace=1)
+    print("\nevery step behaved as described")
+
+
+def _walk_through(client: ScalpelClient) -> None:
     model, tokenizer, world = load_toy_model()
-    surgeon = Surgeon(model)
-    base_hash = weights_sha256(model)
-    print(f"toy model: {surgeon.adapter.family}, {surgeon.dims}")
-    print(f"weights sha256: {base_hash[:16]}…")
+    fact = world.facts_for("capital")[0]
+    new_capital = next(o for o in world.objects("capital") if o != fact.object)
 
-    print("\n1. quality of the unedited model")
-    _metrics("base", evaluate_world(model, tokenizer, world))
+    step("1. generate from the base model")
+    base = client.generate("toy", fact.canonical_prompt, version=0, max_tokens=1)
+    print(f"  {fact.canonical_prompt!r} → {base.text.strip()!r}   [{base.version}]")
+    expect(base.text.strip() == fact.object and base.version == "models/toy/versions/0", "base answer")
+    production = client.alias("toy").version
 
-    print("\n2. find the induction heads and mean-ablate them")
-    symbol_ids = tokenizer.convert_tokens_to_ids(world.symbols)
-    batch = repeated_token_batch(symbol_ids, n=32, length=10, seed=1, prefix_id=tokenizer.bos_token_id)
+    step(f"2. a ROME edit: {fact.subject}'s capital becomes {new_capital}")
+    edit = client.edits.ComputeRome(
+        pb.ComputeRomeRequest(
+            parent="models/toy",
+            prompt="The capital of {} is",
+            subject=fact.subject,
+            target=new_capital,
+            description="demo fact edit",
+        )
+    )
+    version = client.create_version("toy", production, append=[edit.id], description="demo: ROME")
+    print(f"  edit {edit.id} ({edit.kind}, rank one) → version {version.number} ({version.status})")
+
+    step("3. run the regression checks")
+    run = run_checks(client, version.number)
+    expect(run.state == "passed", f"the ROME version's checks should pass, got {run.state}")
+
+    step("4. promote it and serve the new fact")
+    client.promote("toy", version.number, reason="demo fact edit passed its checks")
+    served = client.generate("toy", fact.canonical_prompt, max_tokens=1)
+    print(f"  {fact.canonical_prompt!r} → {served.text.strip()!r}   [{served.version}]")
+    expect(
+        served.text.strip() == new_capital and served.version == f"models/toy/versions/{version.number}",
+        "the promoted version serves the new fact and names itself",
+    )
+
+    step("5. an induction-head ablation: its checks fail and promotion is refused")
+    symbols = tokenizer.convert_tokens_to_ids(world.symbols)
+    batch = repeated_token_batch(symbols, n=32, length=10, seed=1, prefix_id=tokenizer.bos_token_id)
     heads = top_heads(induction_head_scores(model, batch, length=10))
-    print(f"  induction heads (layer, head): {heads}")
-    ablations = []
-    for layer in sorted({layer for layer, _ in heads}):
-        stats = activation_stats(surgeon, tokenizer, reference_corpus(), f"blocks.{layer}.attn.hook_z")
-        ablations.append(head_ablation(layer, [h for lay, h in heads if lay == layer], "mean", stats))
-    with surgeon.apply(ablations):
-        _metrics("induction heads ablated", evaluate_world(model, tokenizer, world))
+    layer = heads[0][0]
+    ablation = head_ablation(layer, [h for lay, h in heads if lay == layer])
+    ablated = client.create_version(
+        "toy",
+        version.number,
+        append=[client.create_edit("toy", ablation).id],
+        description="demo: ablate the induction heads",
+    )
+    run = run_checks(client, ablated.number)
+    expect(
+        run.state == "failed" and any(r.name == "task:induction_accuracy" and not r.passed for r in run.results),
+        "the ablation fails the induction floor",
+    )
+    try:
+        client.promote("toy", ablated.number)
+    except grpc.RpcError as refused:
+        expect(refused.code() == grpc.StatusCode.FAILED_PRECONDITION, f"refusal code {refused.code()}")
+        print(f"  promotion refused: {refused.details()}")
+    else:
+        expect(False, "promotion of a failed version was accepted")
 
-    print("\n3. a sentiment steering vector from contrastive pairs")
-    steering = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2)
-    print(f"  P(positive word | neutral prompt), base: {positive_probability(model, tokenizer, world):.3f}")
-    for scale in (2.0, -2.0):
-        with surgeon.apply([Steering(site=steering.site, vector=steering.vector, scale=scale)]):
-            print(f"  steering scale {scale:+.0f}:{'':<22}{positive_probability(model, tokenizer, world):.3f}")
+    step("6. roll back to the base")
+    back = client.rollback("toy", reason="demo over")
+    again = client.generate("toy", fact.canonical_prompt, max_tokens=1)
+    print(f"  production → version {back.version}; {fact.canonical_prompt!r} → {again.text.strip()!r}")
+    expect(back.version == production and again.text.strip() == fact.object, "rollback restores the old answer")
 
-    print("\n4. locate a fact by causal tracing, rewrite it with ROME, judge it")
-    case = edit_cases(world, 1, seed=0)[0]
-    request = case.request
-    trace = causal_trace(surgeon, tokenizer, request.text, request.subject)
-    layer = recommend_edit_layer(trace)
-    print(f"  {request.text!r} → {trace.answer!r}; MLP effect peaks at layer {layer} on the subject token")
-    covariance = CovarianceCache().get_or_compute(surgeon, tokenizer, reference_corpus(), layer)
-    rome = compute_rome(surgeon, tokenizer, request, covariance, reference_corpus(), RomeHyperParams(layer=layer))
-    before = judge(model, tokenizer, case)
-    with surgeon.apply([rome.edit]):
-        after = judge(model, tokenizer, case)
-    print(f"  ROME {case.old} → {request.target} in {rome.seconds:.2f} s, a rank-one low_rank edit on {rome.edit.site}")
-    for name in ("efficacy", "paraphrase", "neighbourhood"):
-        print(f"  {name:<14} before {before[name]:.2f}  after {after[name]:.2f}")
-
-    print("\n5. two versions served at once from one copy of the weights (one thread each)")
-    results: dict[str, float] = {}
-
-    def serve(name: str, scale: float) -> None:
-        with surgeon.apply([Steering(site=steering.site, vector=steering.vector, scale=scale)]):
-            results[name] = positive_probability(model, tokenizer, world)
-
-    threads = [
-        threading.Thread(target=serve, args=(name, scale)) for name, scale in (("cheerful", 2.0), ("gloomy", -2.0))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    print("  " + ", ".join(f"{name}: P(positive)={value:.3f}" for name, value in sorted(results.items())))
-
-    print("\n6. edits are values: saved, reloaded, same identity")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "steering.safetensors"
-        save_edit(steering, path)
-        reloaded = load_edit(path)
-    print(f"  {steering.kind} {steering.id[:16]}… reloaded as {reloaded.id[:16]}…, equal: {reloaded == steering}")
-
-    unchanged = weights_sha256(model) == base_hash
-    print(f"\nbase weights bit-identical after all of the above: {unchanged}")
-    if not unchanged:
-        raise SystemExit("base weights changed")
+    step("7. the audit history, and its hash chain verified")
+    events = client.audit.ListAuditEvents(pb.ListAuditEventsRequest(page_size=8)).events
+    for event in events:
+        print(
+            f"  #{event.seq:<4} {event.time}  {event.actor:<16} {event.action:<18} {event.subject}"
+            f"  {json.loads(event.payload_json).get('to', '')}"
+        )
+    verdict = client.audit.VerifyAudit(pb.VerifyAuditRequest())
+    print(f"  chain of {verdict.events_checked} events verified: {verdict.ok}")
+    expect(verdict.ok, f"audit chain broken: {verdict.problem}")

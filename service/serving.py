@@ -85,6 +85,18 @@ class ModelHost:
         with self._lock:
             return self._stacks.setdefault(version, compiled)
 
+    def reference_texts(self) -> list[str]:
+        """Corpus for statistics (ROME key covariance, context prefixes): the model directory's
+        ``reference_corpus.txt`` (the toy model ships one), else the current suite's reference texts."""
+        corpus = Path(self.source) / "reference_corpus.txt"
+        if corpus.exists():
+            return corpus.read_text().splitlines()
+        try:
+            _, spec = self.registry.get_suite(self.name)
+        except NotFound as exc:
+            raise InvalidArgument(f"model {self.name!r} has no reference corpus and no check suite") from exc
+        return list(spec.get("reference_texts", []))
+
     # -- inference ------------------------------------------------------------------------------
     def _encode(self, prompt: str) -> torch.Tensor:
         if not isinstance(prompt, str) or not prompt.strip():

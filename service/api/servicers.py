@@ -13,12 +13,15 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from editors import InvalidEditError, edit_from_json
+from editors import InvalidEditError, derive_steering, edit_from_json
+from editors.covariance import CovarianceCache
+from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
 from service.api.auth import current_principal
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.check_runs import CheckScheduler
 from service.checks import Suite
+from service.db.engine import data_dir
 from service.registry import InvalidArgument, NotFound, Registry, RegistryError
 from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
 from service.serving import Finished, ModelHost
@@ -234,6 +237,49 @@ class Servicers(
     def GetEdit(self, request: pb.GetEditRequest, context: grpc.ServicerContext) -> pb.Edit:
         model, edit_id = parse("edit", request.name)
         return edit_pb(self.registry.get_edit(model, int(edit_id)))
+
+    @_abort_on_errors
+    def DeriveSteering(self, request: pb.DeriveSteeringRequest, context: grpc.ServicerContext) -> pb.Edit:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        pairs = [(p.positive, p.negative) for p in request.pairs]
+        edit = derive_steering(
+            host.surgeon,
+            host.tokenizer,
+            pairs,
+            request.layer,
+            request.point or "hook_resid_pre",
+            request.method or "mean_diff",
+            request.scale or 1.0,
+        )
+        info = self.registry.create_edit(
+            model, edit, current_principal().name, request.description, request.request_id or None
+        )
+        return edit_pb(info)
+
+    @_abort_on_errors
+    def ComputeRome(self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext) -> pb.Edit:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        try:
+            overrides = json.loads(request.hparams_json) if request.hparams_json else {}
+            hparams = RomeHyperParams(**overrides)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"hparams_json: {exc}") from exc
+        rome_request = RomeRequest(request.prompt, request.subject, request.target)
+        validate_request(rome_request, host.tokenizer)
+        hparams.validated(host.surgeon.dims.n_layers)
+        on_version = request.on_version if request.HasField("on_version") else 0
+        earlier = host.stack(on_version).edits
+        texts = host.reference_texts()
+        covariance = CovarianceCache(data_dir() / "cache" / "covariance").get_or_compute(
+            host.surgeon, host.tokenizer, texts, hparams.layer
+        )
+        result = compute_rome(host.surgeon, host.tokenizer, rome_request, covariance, texts, hparams, earlier)
+        info = self.registry.create_edit(
+            model, result.edit, current_principal().name, request.description, request.request_id or None
+        )
+        return edit_pb(info)
 
     # -- versions -------------------------------------------------------------------------------
     @_abort_on_errors

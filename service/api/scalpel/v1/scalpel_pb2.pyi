@@ -94,6 +94,54 @@ class GetEditRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class PromptPair(_message.Message):
+    __slots__ = ("positive", "negative")
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    positive: str
+    negative: str
+    def __init__(self, positive: _Optional[str] = ..., negative: _Optional[str] = ...) -> None: ...
+
+class DeriveSteeringRequest(_message.Message):
+    __slots__ = ("parent", "pairs", "layer", "point", "method", "scale", "description", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    pairs: _containers.RepeatedCompositeFieldContainer[PromptPair]
+    layer: int
+    point: str
+    method: str
+    scale: float
+    description: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[PromptPair, _Mapping]]] = ..., layer: _Optional[int] = ..., point: _Optional[str] = ..., method: _Optional[str] = ..., scale: _Optional[float] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ComputeRomeRequest(_message.Message):
+    __slots__ = ("parent", "prompt", "subject", "target", "hparams_json", "on_version", "description", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    HPARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    prompt: str
+    subject: str
+    target: str
+    hparams_json: str
+    on_version: int
+    description: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., prompt: _Optional[str] = ..., subject: _Optional[str] = ..., target: _Optional[str] = ..., hparams_json: _Optional[str] = ..., on_version: _Optional[int] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -159,6 +159,16 @@ class EditServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetEditRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
                 _registered_method=True)
+        self.DeriveSteering = channel.unary_unary(
+                '/scalpel.v1.EditService/DeriveSteering',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.DeriveSteeringRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
+                _registered_method=True)
+        self.ComputeRome = channel.unary_unary(
+                '/scalpel.v1.EditService/ComputeRome',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
+                _registered_method=True)
 
 
 class EditServiceServicer:
@@ -176,6 +186,18 @@ class EditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeriveSteering(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ComputeRome(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +209,16 @@ def add_EditServiceServicer_to_server(servicer, server):
             'GetEdit': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEdit,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetEditRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.SerializeToString,
+            ),
+            'DeriveSteering': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeriveSteering,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.DeriveSteeringRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.SerializeToString,
+            ),
+            'ComputeRome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeRome,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.SerializeToString,
             ),
     }
@@ -243,6 +275,60 @@ class EditService:
             target,
             '/scalpel.v1.EditService/GetEdit',
             scalpel_dot_v1_dot_scalpel__pb2.GetEditRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeriveSteering(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.EditService/DeriveSteering',
+            scalpel_dot_v1_dot_scalpel__pb2.DeriveSteeringRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeRome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.EditService/ComputeRome',
+            scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
             options,
             channel_credentials,
