@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from service.checks import CheckRunner, Suite
+from service.metrics import Metrics
 from service.registry import Registry
 from service.registry.registry import RunInfo
 from service.serving import ModelHost
@@ -24,8 +25,9 @@ class Progress:
 class CheckScheduler:
     """Starts runs on a small worker pool; keeps each run's latest progress for watchers."""
 
-    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], workers: int = 1) -> None:
+    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], metrics: Metrics, workers: int = 1) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.hosts = hosts
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checks")
         self.changed = threading.Condition()
@@ -53,6 +55,7 @@ class CheckScheduler:
         except Exception as exc:  # the run fails, with the reason, instead of vanishing
             state, payload = "failed", [{"name": "error", "passed": False, "error": f"{type(exc).__name__}: {exc}"}]
         finished = self.registry.finish_check_run(run.id, state, payload, actor)
+        self.metrics.check_runs.labels(host.name, state).inc()
         self._publish(Progress(run.id, 1, 1, "done", finished.state))
 
     def _publish(self, progress: Progress) -> None:

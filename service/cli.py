@@ -150,6 +150,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
     config.database_url = args.database_url or config.database_url
     config.insecure = args.insecure or config.insecure
+    if args.metrics_address:
+        config.metrics_address = None if args.metrics_address == "off" else args.metrics_address
     if args.tls_cert and args.tls_key:
         config.tls_cert, config.tls_key = Path(args.tls_cert), Path(args.tls_key)
     serve(config)
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", action="append", help="NAME=PATH_OR_HUB_ID (repeatable; default: the toy model)")
     serve.add_argument("--database-url", help="default: $SCALPEL_DATABASE_URL or SQLite under $SCALPEL_DATA_DIR")
     serve.add_argument("--insecure", action="store_true", help="no authentication (local use only)")
+    serve.add_argument("--metrics-address", help="host:port of /metrics (default 127.0.0.1:9464; 'off')")
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.set_defaults(func=_cmd_serve)

@@ -58,7 +58,7 @@ def run_checks(client: ScalpelClient, version: int) -> pb.CheckRun:
 def run_demo() -> None:
     url = database_url()
     upgrade("head", url)
-    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=url))
+    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=url, metrics_address=None))
     try:
         server.load_models()
         _, secret = server.registry.create_key(f"demo-{server.port}", "admin", "demo")

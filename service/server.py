@@ -17,6 +17,7 @@ from service.api.auth import AuthInterceptor
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_toy_suite
+from service.metrics import Metrics, MetricsInterceptor
 from service.registry import NotFound, Registry
 from service.serving import ModelHost
 
@@ -33,6 +34,7 @@ class ServerConfig:
     tls_key: Path | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     workers: int = 16
+    metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
 
 
 class ScalpelServer:
@@ -45,17 +47,18 @@ class ScalpelServer:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ]
+        self.metrics = Metrics()
+        self.metrics_port = self.metrics.serve(config.metrics_address) if config.metrics_address else None
+        interceptors = [MetricsInterceptor(self.metrics), AuthInterceptor(self.registry, insecure=config.insecure)]
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers),
-            options=options,
-            interceptors=[AuthInterceptor(self.registry, insecure=config.insecure)],
+            futures.ThreadPoolExecutor(max_workers=config.workers), options=options, interceptors=interceptors
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.hosts: dict[str, ModelHost] = {}
-        self.checks = CheckScheduler(self.registry, self.hosts)
-        self.servicers = Servicers(self.registry, self.hosts, self.checks)
+        self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
+        self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         if config.tls_cert and config.tls_key:
@@ -83,6 +86,7 @@ class ScalpelServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.checks.shutdown()
+        self.metrics.stop()
         self.registry.engine.dispose()
 
 

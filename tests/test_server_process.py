@@ -27,7 +27,7 @@ def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
     )
     secret = json.loads(created.stdout)["secret"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0"],
+        [sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

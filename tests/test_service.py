@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import grpc
 import pytest
 import torch
@@ -22,7 +24,7 @@ from service.server import ScalpelServer, ServerConfig
 
 @pytest.fixture
 def served(db_url):
-    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url))
+    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0"))
     server.load_models()
     _, admin_secret = server.registry.create_key("admin", "admin", "bootstrap")
     _, reader_secret = server.registry.create_key("dashboard", "reader", "bootstrap")
@@ -178,7 +180,7 @@ def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_
     server, admin, _, _ = served
     version = admin.create_version("toy", 0, append=[admin.create_edit("toy", HeadAblation(layer=0, heads=(3,))).id])
     orphan = server.registry.start_check_run("toy", version.number, "crashed-server")
-    restarted = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url))
+    restarted = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0"))
     try:
         restarted.load_models()
         assert restarted.registry.get_check_run(orphan.id).state == "interrupted"
@@ -189,3 +191,17 @@ def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_
         assert run_checks(admin, version.number).state in ("passed", "failed")
     finally:
         restarted.stop(grace=0)
+
+
+def test_prometheus_metrics_on_their_own_port(served) -> None:
+    server, admin, _, _ = served
+    admin.generate("toy", "The capital of Riia is", max_tokens=2)
+    assert _code(lambda: admin.alias("nope")) == grpc.StatusCode.NOT_FOUND
+    admin.rollback("toy", version=0)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    labels = 'grpc_code="OK",grpc_method="Generate",grpc_service="scalpel.v1.InferenceService"'
+    assert f"grpc_server_handled_total{{{labels}}} 1.0" in body
+    assert 'grpc_code="NOT_FOUND",grpc_method="GetAlias"' in body
+    assert 'grpc_server_handling_seconds_count{grpc_method="Generate"' in body
+    assert 'scalpel_tokens_generated_total{model="toy",version="0"} 2.0' in body
+    assert 'scalpel_active_version{alias="production",model="toy"} 0.0' in body

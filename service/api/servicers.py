@@ -22,6 +22,7 @@ from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.check_runs import CheckScheduler
 from service.checks import Suite
 from service.db.engine import data_dir
+from service.metrics import Metrics
 from service.registry import InvalidArgument, NotFound, Registry, RegistryError
 from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
 from service.serving import Finished, ModelHost
@@ -198,10 +199,17 @@ class Servicers(
 ):
     """All services over one registry and the hosted models."""
 
-    def __init__(self, registry: Registry, hosts: dict[str, ModelHost], checks: CheckScheduler) -> None:
+    def __init__(
+        self, registry: Registry, hosts: dict[str, ModelHost], checks: CheckScheduler, metrics: Metrics
+    ) -> None:
         self.registry = registry
         self.hosts = hosts
         self.checks = checks
+        self.metrics = metrics
+
+    def _moved(self, info: AliasInfo) -> pb.Alias:
+        self.metrics.active_version.labels(info.model, info.name).set(info.version)
+        return alias_pb(info)
 
     def _host(self, model: str) -> ModelHost:
         host = self.hosts.get(model)
@@ -320,7 +328,7 @@ class Servicers(
     def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.Alias:
         model, alias = parse("alias", request.name)
         principal = current_principal()
-        return alias_pb(
+        return self._moved(
             self.registry.promote(
                 model,
                 alias,
@@ -337,7 +345,7 @@ class Servicers(
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.Alias:
         model, alias = parse("alias", request.name)
         target = request.version if request.HasField("version") else None
-        return alias_pb(
+        return self._moved(
             self.registry.rollback(model, alias, current_principal().name, request.etag, request.reason, target)
         )
 
@@ -373,6 +381,7 @@ class Servicers(
         )
         for event in stream:
             if isinstance(event, Finished):
+                self.metrics.tokens.labels(model, str(version)).inc(event.tokens)
                 yield pb.GenerateResponse(
                     done=pb.GenerateDone(
                         version=f"models/{model}/versions/{version}",
