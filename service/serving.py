@@ -158,6 +158,15 @@ class ModelHost:
                     input_ids=torch.tensor([[token]]), use_cache=True, **{cache_key: getattr(out, cache_key)}
                 )
 
+    def _piece(self, ids: list[int], window: int = 4) -> str:
+        """The text the last token adds, decoding only a short window (not the whole output)."""
+        before = self.tokenizer.decode(ids[-window - 1 : -1], skip_special_tokens=True)
+        after = self.tokenizer.decode(ids[-window - 1 :], skip_special_tokens=True)
+        if after.startswith(before):
+            return after[len(before) :]
+        full = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return full[len(self.tokenizer.decode(ids[:-1], skip_special_tokens=True)) :]
+
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
         if temperature == 0:

@@ -27,12 +27,21 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+READ_ONLY = "scalpel_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (same pool) for read-only transactions."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for ``url`` (default :func:`database_url`).
 
     SQLite: the file's directory is created, WAL journal, foreign keys on, a busy timeout, and
     every transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers queue instead of
-    failing on lock upgrades.
+    failing on lock upgrades — except on connections with the ``READ_ONLY`` execution option
+    (:func:`read_only`), which begin deferred and never block on writers (WAL).
     """
     url = normalise_url(url or database_url())
     parsed = make_url(url)
@@ -53,6 +62,7 @@ def make_engine(url: str | None = None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from editors import Edit, InvalidEditError, artifact_blobs_by_hash, edit_from_json
-from service.db.engine import make_engine
+from service.db.engine import make_engine, read_only
 from service.db.models import (
     AliasMove,
     AliasRow,
@@ -171,6 +171,7 @@ class Registry:
         self.engine = engine if isinstance(engine, Engine) else make_engine(engine)
         self.max_artifact_bytes = max_artifact_bytes
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(read_only(self.engine), expire_on_commit=False)
 
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
@@ -182,7 +183,7 @@ class Registry:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
+        with self._read_sessions.begin() as session:
             yield session
 
     def _idempotent(
