@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editors import EditStack, Surgeon
+from editors.batching import last_token_index
 from service.registry import InvalidArgument, NotFound, Registry
 
 DEFAULT_MAX_TOKENS = 16
@@ -177,6 +178,23 @@ class ModelHost:
             keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+    def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
+        """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token."""
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise InvalidArgument("prompts must be non-empty strings")
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        last = last_token_index(encoded["attention_mask"])
+        rows = torch.arange(len(prompts))
+        logprobs = []
+        for version in (base, candidate):
+            with torch.inference_mode(), self.surgeon.apply(self.stack(version)):
+                logits = self.model(**encoded).logits[rows, last].float()
+            logprobs.append(logits.log_softmax(dim=-1))
+        p, q = logprobs
+        kl = (p.exp() * (p - q)).sum(dim=-1)
+        tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in logprobs]
+        return [(prompts[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(prompts))]
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) for each continuation, under ``version``."""

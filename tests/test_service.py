@@ -117,6 +117,16 @@ def test_edit_version_gate_promote_serve_and_roll_back(served) -> None:
     assert served_edit.version == "models/toy/versions/1" and served_edit.text.strip() == case.request.target
     base = admin.generate("toy", case.request.text, version=0, max_tokens=1)
     assert base.version == "models/toy/versions/0" and base.text.strip() == case.old
+    comparison = admin.versions.CompareVersions(
+        pb.CompareVersionsRequest(
+            base="models/toy/versions/0",
+            candidate="models/toy/versions/1",
+            prompts=[case.request.text, *[p for p, _ in case.neighbours[:4]]],
+        )
+    )
+    assert comparison.prompts == 5 and comparison.changed_top1 == pytest.approx(0.2)
+    assert comparison.worst[0].prompt == case.request.text and comparison.worst[0].candidate_top1 == case.request.target
+    assert comparison.worst[0].kl > 1.0 > comparison.worst[-1].kl
     assert admin.rollback("toy", reason="back to base").version == 0
     assert admin.generate("toy", case.request.text, max_tokens=1).text.strip() == case.old
     verify = admin.audit.VerifyAudit(pb.VerifyAuditRequest())

@@ -318,6 +318,26 @@ class Servicers(
             versions=[version_pb(v) for v in page.items], next_page_token=page.next_page_token
         )
 
+    @_abort_on_errors
+    def CompareVersions(
+        self, request: pb.CompareVersionsRequest, context: grpc.ServicerContext
+    ) -> pb.CompareVersionsResponse:
+        model, base = parse("version", request.base)
+        other_model, candidate = parse("version", request.candidate)
+        if other_model != model:
+            raise InvalidArgument("both versions must belong to the same model")
+        host = self._host(model)
+        prompts = list(request.prompts) or list(self.registry.get_suite(model)[1].get("reference_texts", []))
+        rows = host.compare(int(base), int(candidate), prompts)
+        worst = sorted(rows, key=lambda row: -row[1])[: request.worst or 5]
+        return pb.CompareVersionsResponse(
+            kl_mean=sum(r[1] for r in rows) / len(rows),
+            kl_max=max(r[1] for r in rows),
+            changed_top1=sum(r[2] != r[3] for r in rows) / len(rows),
+            prompts=len(rows),
+            worst=[pb.PromptComparison(prompt=p, kl=k, base_top1=a, candidate_top1=b) for p, k, a, b in worst],
+        )
+
     # -- aliases --------------------------------------------------------------------------------
     @_abort_on_errors
     def GetAlias(self, request: pb.GetAliasRequest, context: grpc.ServicerContext) -> pb.Alias:

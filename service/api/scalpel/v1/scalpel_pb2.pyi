@@ -200,6 +200,44 @@ class ListVersionsResponse(_message.Message):
     next_page_token: str
     def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class CompareVersionsRequest(_message.Message):
+    __slots__ = ("base", "candidate", "prompts", "worst")
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    WORST_FIELD_NUMBER: _ClassVar[int]
+    base: str
+    candidate: str
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    worst: int
+    def __init__(self, base: _Optional[str] = ..., candidate: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., worst: _Optional[int] = ...) -> None: ...
+
+class PromptComparison(_message.Message):
+    __slots__ = ("prompt", "kl", "base_top1", "candidate_top1")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    BASE_TOP1_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_TOP1_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    kl: float
+    base_top1: str
+    candidate_top1: str
+    def __init__(self, prompt: _Optional[str] = ..., kl: _Optional[float] = ..., base_top1: _Optional[str] = ..., candidate_top1: _Optional[str] = ...) -> None: ...
+
+class CompareVersionsResponse(_message.Message):
+    __slots__ = ("kl_mean", "kl_max", "changed_top1", "prompts", "worst")
+    KL_MEAN_FIELD_NUMBER: _ClassVar[int]
+    KL_MAX_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_TOP1_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    WORST_FIELD_NUMBER: _ClassVar[int]
+    kl_mean: float
+    kl_max: float
+    changed_top1: float
+    prompts: int
+    worst: _containers.RepeatedCompositeFieldContainer[PromptComparison]
+    def __init__(self, kl_mean: _Optional[float] = ..., kl_max: _Optional[float] = ..., changed_top1: _Optional[float] = ..., prompts: _Optional[int] = ..., worst: _Optional[_Iterable[_Union[PromptComparison, _Mapping]]] = ...) -> None: ...
+
 class Alias(_message.Message):
     __slots__ = ("name", "version", "etag", "updated_by", "update_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -365,6 +365,11 @@ class VersionServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListVersionsRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
+        self.CompareVersions = channel.unary_unary(
+                '/scalpel.v1.VersionService/CompareVersions',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class VersionServiceServicer:
@@ -388,6 +393,12 @@ class VersionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VersionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -405,6 +416,11 @@ def add_VersionServiceServicer_to_server(servicer, server):
                     servicer.ListVersions,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListVersionsRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'CompareVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareVersions,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +504,33 @@ class VersionService:
             '/scalpel.v1.VersionService/ListVersions',
             scalpel_dot_v1_dot_scalpel__pb2.ListVersionsRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.VersionService/CompareVersions',
+            scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
