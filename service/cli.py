@@ -11,6 +11,7 @@ from pathlib import Path
 
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
+from service.cli_client import add_client_commands
 
 
 def _positive_int(text: str) -> int:
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create.add_argument("--database-url", default=None)
     keys_create.add_argument("--json", action="store_true")
     keys_create.set_defaults(func=_cmd_keys_create)
+
+    add_client_commands(commands)
 
     rome = commands.add_parser("rome", help="ROME fact edits on the toy model").add_subparsers(
         dest="rome_command", required=True

@@ -41,9 +41,37 @@ def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             assert client.generate("toy", "The capital of Riia is", max_tokens=1).version == "models/toy/versions/0"
             assert client.audit.VerifyAudit(pb.VerifyAuditRequest()).ok
+        _drive_the_cli(env | {"SCALPEL_ADDRESS": f"127.0.0.1:{port}", "SCALPEL_API_KEY": secret}, tmp_path)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
+    def scalpel(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    assert json.loads(scalpel("models", "list", "--json"))["models"][0]["name"] == "models/toy"
+    assert "NAME" in scalpel("models", "list")  # a table by default
+    spec = tmp_path / "edit.yaml"
+    spec.write_text("kind: head_ablation\nparams: {layer: 0, heads: [3]}\n")
+    edit = json.loads(scalpel("edits", "create", "-f", str(spec), "--json"))
+    version = json.loads(scalpel("versions", "create", "--parent", "0", "--append", edit["id"], "--json"))
+    run = json.loads(scalpel("checks", "run", str(version["number"]), "--json"))
+    assert run["state"] in ("passed", "failed") and run["results"]
+    if run["state"] == "passed":
+        scalpel("promote", str(version["number"]), "--reason", "cli")
+        assert json.loads(scalpel("history", "--json"))["moves"][0]["to_version"] == version["number"]
+        scalpel("rollback")
+    generated = json.loads(scalpel("generate", "The capital of Riia is", "--max-tokens", "1", "--json"))
+    assert generated["version"] == "models/toy/versions/0"
+    assert json.loads(scalpel("audit", "verify", "--json"))["ok"] is True
+    failing = subprocess.run(
+        [sys.executable, "-m", "service.cli", "promote", "999"], env=env, capture_output=True, text=True
+    )
+    assert failing.returncode == 2 and "NOT_FOUND" in failing.stderr

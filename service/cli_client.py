@@ -1,0 +1,257 @@
+"""Client commands of the ``scalpel`` CLI: every operation over gRPC, tables by default, ``--json``.
+
+Connection: ``--address`` (or ``$SCALPEL_ADDRESS``, default 127.0.0.1:50051) and ``--api-key``
+(or ``$SCALPEL_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+import yaml
+from google.protobuf.json_format import MessageToDict
+from tqdm import tqdm
+
+from editors import edit_from_parts, load_edit
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.client import ScalpelClient
+
+
+def _client(args: argparse.Namespace) -> ScalpelClient:
+    address = args.address or os.environ.get("SCALPEL_ADDRESS", "127.0.0.1:50051")
+    return ScalpelClient(address, args.api_key or os.environ.get("SCALPEL_API_KEY"))
+
+
+def _print(args: argparse.Namespace, message: Any, columns: Sequence[str] = (), rows_field: str | None = None) -> None:
+    """``--json``: the message as JSON; otherwise a table of ``columns`` (of each row, or of the message)."""
+    data = MessageToDict(message, preserving_proto_field_name=True)
+    if args.json:
+        print(json.dumps(data))
+        return
+    rows = data.get(rows_field, []) if rows_field else [data]
+    columns = list(columns) or sorted({key for row in rows for key in row})
+    widths = {c: max([len(c), *(len(str(row.get(c, ""))) for row in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+    if rows_field and data.get("next_page_token"):
+        print(f"(more: --page-token {data['next_page_token']})")
+
+
+def _edit_from_file(path: Path) -> Any:
+    """An edit from a ``save_edit`` safetensors file, or YAML ``{kind, params, tensors: {name: list}}``."""
+    if path.suffix == ".safetensors":
+        return load_edit(path)
+    spec = yaml.safe_load(path.read_text())
+    tensors = {name: torch.tensor(values, dtype=torch.float32) for name, values in (spec.get("tensors") or {}).items()}
+    return edit_from_parts(spec.get("kind"), spec.get("params") or {}, tensors)
+
+
+def _models_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    _print(
+        args,
+        c.models.ListModels(pb.ListModelsRequest(page_size=args.page_size, page_token=args.page_token)),
+        ("name", "source", "weights_sha256"),
+        "models",
+    )
+
+
+def _edits_create(args: argparse.Namespace, c: ScalpelClient) -> None:
+    edit = c.create_edit(args.model, _edit_from_file(Path(args.file)), args.description, args.request_id)
+    _print(args, edit, ("id", "kind", "spec_sha256", "author"))
+
+
+def _versions_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.ListVersionsRequest(
+        parent=f"models/{args.model}", page_size=args.page_size, page_token=args.page_token
+    )
+    _print(
+        args,
+        c.versions.ListVersions(request),
+        ("number", "parent", "status", "edit_ids", "author", "description"),
+        "versions",
+    )
+
+
+def _versions_create(args: argparse.Namespace, c: ScalpelClient) -> None:
+    version = c.create_version(args.model, args.parent, args.append, args.remove, args.description)
+    _print(args, version, ("number", "parent", "status", "edit_ids"))
+
+
+def _checks_run(args: argparse.Namespace, c: ScalpelClient) -> None:
+    run = c.checks.StartRun(pb.StartRunRequest(version=f"models/{args.model}/versions/{args.version}"))
+    bar = tqdm(total=1, desc=f"checks on version {args.version}", unit="check", disable=args.json or None)
+    final = run
+    for update in c.checks.WatchRun(pb.GetRunRequest(id=run.id)):
+        if update.total:
+            bar.total, bar.n = update.total, update.done
+            bar.set_postfix_str(update.current)
+        if update.HasField("run"):
+            final = update.run
+    bar.close()
+    _print(args, final, ("name", "passed", "metric", "comparison", "threshold"), "results")
+    if not args.json:
+        print(f"run {final.id}: {final.state}")
+
+
+def _promote(args: argparse.Namespace, c: ScalpelClient) -> None:
+    _print(
+        args,
+        c.promote(args.model, args.version, args.alias, args.reason, args.force),
+        ("name", "version", "etag", "updated_by"),
+    )
+
+
+def _rollback(args: argparse.Namespace, c: ScalpelClient) -> None:
+    _print(args, c.rollback(args.model, args.alias, args.to, args.reason), ("name", "version", "etag", "updated_by"))
+
+
+def _history(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.ListAliasHistoryRequest(
+        name=f"models/{args.model}/aliases/{args.alias}", page_size=args.page_size, page_token=args.page_token
+    )
+    _print(
+        args,
+        c.aliases.ListAliasHistory(request),
+        ("action", "from_version", "to_version", "actor", "forced", "reason", "create_time"),
+        "moves",
+    )
+
+
+def _audit_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.ListAuditEventsRequest(
+        page_size=args.page_size, page_token=args.page_token, action=args.action, subject=args.subject, actor=args.actor
+    )
+    _print(args, c.audit.ListAuditEvents(request), ("seq", "time", "actor", "action", "subject"), "events")
+
+
+def _audit_verify(args: argparse.Namespace, c: ScalpelClient) -> int:
+    result = c.audit.VerifyAudit(pb.VerifyAuditRequest())
+    _print(args, result, ("ok", "events_checked", "first_broken_seq", "problem"))
+    return 0 if result.ok else 1
+
+
+def _generate(args: argparse.Namespace, c: ScalpelClient) -> None:
+    done = None
+    pieces = []
+    options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    if args.seed is not None:
+        options["seed"] = args.seed
+    for event in c.stream(args.model, args.prompt, args.alias, args.version, **options):
+        if event.HasField("token"):
+            pieces.append(event.token.text)
+            if not args.json:
+                print(event.token.text, end="", flush=True)
+        else:
+            done = event.done
+    if args.json:
+        print(json.dumps({"text": "".join(pieces), "version": done.version, "finish_reason": done.finish_reason}))
+    else:
+        print(f"\n[{done.version}, {done.finish_reason}]")
+
+
+def _remote_keys(args: argparse.Namespace, c: ScalpelClient) -> None:
+    if args.keys_remote == "list":
+        _print(args, c.keys.ListKeys(pb.ListKeysRequest()), ("name", "prefix", "role", "revoke_time"), "keys")
+    else:
+        _print(args, c.keys.RevokeKey(pb.RevokeKeyRequest(name=args.name)), ("name", "role", "revoke_time"))
+
+
+def add_client_commands(commands: argparse._SubParsersAction) -> None:
+    def command(parser: argparse.ArgumentParser, handler: Callable[..., Any], paged: bool = False) -> None:
+        parser.add_argument("--address", default=None)
+        parser.add_argument("--api-key", default=None)
+        parser.add_argument("--json", action="store_true")
+        if paged:
+            parser.add_argument("--page-size", type=int, default=50)
+            parser.add_argument("--page-token", default="")
+        parser.set_defaults(func=lambda args: _run(handler, args))
+
+    models = commands.add_parser("models", help="hosted models").add_subparsers(dest="sub", required=True)
+    command(models.add_parser("list"), _models_list, paged=True)
+
+    edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
+    create = edits.add_parser("create", help="create from a file (save_edit .safetensors, or YAML)")
+    create.add_argument("-f", "--file", required=True)
+    create.add_argument("--model", default="toy")
+    create.add_argument("--description", default="")
+    create.add_argument("--request-id", default="")
+    command(create, _edits_create)
+
+    versions = commands.add_parser("versions", help="versions").add_subparsers(dest="sub", required=True)
+    listing = versions.add_parser("list")
+    listing.add_argument("--model", default="toy")
+    command(listing, _versions_list, paged=True)
+    new = versions.add_parser("create")
+    new.add_argument("--model", default="toy")
+    new.add_argument("--parent", type=int, required=True)
+    new.add_argument("--append", type=int, nargs="*", default=[])
+    new.add_argument("--remove", type=int, default=None)
+    new.add_argument("--description", default="")
+    command(new, _versions_create)
+
+    checks = commands.add_parser("checks", help="regression checks").add_subparsers(dest="sub", required=True)
+    run = checks.add_parser("run", help="run the suite on a version (progress bar)")
+    run.add_argument("version", type=int)
+    run.add_argument("--model", default="toy")
+    command(run, _checks_run)
+
+    for name, handler in (("promote", _promote), ("rollback", _rollback)):
+        parser = commands.add_parser(name, help=f"{name} an alias")
+        if name == "promote":
+            parser.add_argument("version", type=int)
+            parser.add_argument("--force", action="store_true", help="admin only, with --reason")
+        else:
+            parser.add_argument("--to", type=int, default=None, help="a named version (default: undo the last move)")
+        parser.add_argument("--model", default="toy")
+        parser.add_argument("--alias", default="production")
+        parser.add_argument("--reason", default="")
+        command(parser, handler)
+    history = commands.add_parser("history", help="an alias's moves, newest first")
+    history.add_argument("--model", default="toy")
+    history.add_argument("--alias", default="production")
+    command(history, _history, paged=True)
+
+    audit = commands.add_parser("audit", help="the audit log").add_subparsers(dest="sub", required=True)
+    events = audit.add_parser("list")
+    events.add_argument("--action", default="")
+    events.add_argument("--subject", default="")
+    events.add_argument("--actor", default="")
+    command(events, _audit_list, paged=True)
+    command(audit.add_parser("verify"), _audit_verify)
+
+    generate = commands.add_parser("generate", help="stream a generation")
+    generate.add_argument("prompt")
+    generate.add_argument("--model", default="toy")
+    generate.add_argument("--alias", default=None)
+    generate.add_argument("--version", type=int, default=None)
+    generate.add_argument("--max-tokens", type=int, default=16)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=None)
+    command(generate, _generate)
+
+    remote = commands.add_parser("remote-keys", help="API keys over gRPC (admin)").add_subparsers(
+        dest="keys_remote", required=True
+    )
+    command(remote.add_parser("list"), _remote_keys)
+    revoke = remote.add_parser("revoke")
+    revoke.add_argument("name")
+    command(revoke, _remote_keys)
+
+
+def _run(handler: Callable[..., Any], args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            return handler(args, client) or 0
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
