@@ -69,6 +69,73 @@ def _edits_create(args: argparse.Namespace, c: ScalpelClient) -> None:
     _print(args, edit, ("id", "kind", "spec_sha256", "author"))
 
 
+def _edits_rome(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.ComputeRomeRequest(
+        parent=f"models/{args.model}",
+        prompt=args.prompt,
+        subject=args.subject,
+        target=args.target,
+        hparams_json=args.hparams,
+        description=args.description,
+        on_version=args.on_version,
+    )
+    _print(args, c.edits.ComputeRome(request), ("id", "kind", "spec_sha256", "author"))
+
+
+def _edits_steer(args: argparse.Namespace, c: ScalpelClient) -> None:
+    pairs = [pb.PromptPair(positive=p, negative=n) for p, n in yaml.safe_load(Path(args.pairs).read_text())]
+    request = pb.DeriveSteeringRequest(
+        parent=f"models/{args.model}",
+        pairs=pairs,
+        layer=args.layer,
+        method=args.method,
+        scale=args.scale,
+        description=args.description,
+    )
+    _print(args, c.edits.DeriveSteering(request), ("id", "kind", "spec_sha256", "author"))
+
+
+def _compare(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.CompareVersionsRequest(
+        base=f"models/{args.model}/versions/{args.base}",
+        candidate=f"models/{args.model}/versions/{args.candidate}",
+        prompts=args.prompt or [],
+    )
+    result = c.versions.CompareVersions(request)
+    if not args.json:
+        print(
+            f"{result.prompts} prompts: KL mean {result.kl_mean:.4f}, max {result.kl_max:.4f}, "
+            f"top-1 changed on {result.changed_top1:.1%}"
+        )
+    _print(args, result, ("prompt", "kl", "base_top1", "candidate_top1"), "worst")
+
+
+def _suite(args: argparse.Namespace, c: ScalpelClient) -> None:
+    if args.sub == "get":
+        suite = c.checks.GetSuite(pb.GetSuiteRequest(model=f"models/{args.model}"))
+    else:
+        spec = yaml.safe_load(Path(args.file).read_text())
+        suite = c.checks.SetSuite(pb.SetSuiteRequest(model=f"models/{args.model}", spec_json=json.dumps(spec)))
+    _print(args, suite, ("model", "suite_sha256"))
+
+
+def _score(args: argparse.Namespace, c: ScalpelClient) -> None:
+    selector = (
+        pb.VersionSelector(version=args.version) if args.version is not None else pb.VersionSelector(alias=args.alias)
+    )
+    result = c.inference.Score(
+        pb.ScoreRequest(
+            model=f"models/{args.model}", selector=selector, prompt=args.prompt, continuations=args.continuations
+        )
+    )
+    if args.json:
+        print(json.dumps({"version": result.version, "logprobs": list(result.logprobs)}))
+        return
+    for continuation, logprob in zip(args.continuations, result.logprobs, strict=True):
+        print(f"{logprob:10.4f}  {continuation}")
+    print(f"[{result.version}]")
+
+
 def _versions_list(args: argparse.Namespace, c: ScalpelClient) -> None:
     request = pb.ListVersionsRequest(
         parent=f"models/{args.model}", page_size=args.page_size, page_token=args.page_token
@@ -185,6 +252,48 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--description", default="")
     create.add_argument("--request-id", default="")
     command(create, _edits_create)
+
+    rome = edits.add_parser("rome", help="compute a ROME fact edit on the server")
+    rome.add_argument("--prompt", required=True, help="template with {} or the prompt containing the subject")
+    rome.add_argument("--subject", required=True)
+    rome.add_argument("--target", required=True)
+    rome.add_argument("--hparams", default="", help="JSON object of hyper-parameter overrides")
+    rome.add_argument("--on-version", type=int, default=None, help="compute on this version (sequential editing)")
+    rome.add_argument("--model", default="toy")
+    rome.add_argument("--description", default="")
+    command(rome, _edits_rome)
+    steer = edits.add_parser("steer", help="derive a steering vector from prompt pairs on the server")
+    steer.add_argument("--pairs", required=True, help="YAML list of [positive, negative] prompts")
+    steer.add_argument("--layer", type=int, required=True)
+    steer.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca"])
+    steer.add_argument("--scale", type=float, default=1.0)
+    steer.add_argument("--model", default="toy")
+    steer.add_argument("--description", default="")
+    command(steer, _edits_steer)
+
+    compare = commands.add_parser("compare", help="compare two versions on prompts (KL, changed top-1)")
+    compare.add_argument("base", type=int)
+    compare.add_argument("candidate", type=int)
+    compare.add_argument("--prompt", action="append", help="repeatable (default: the suite's reference texts)")
+    compare.add_argument("--model", default="toy")
+    command(compare, _compare)
+
+    suite = commands.add_parser("suite", help="the model's check suite").add_subparsers(dest="sub", required=True)
+    get = suite.add_parser("get")
+    get.add_argument("--model", default="toy")
+    command(get, _suite)
+    put = suite.add_parser("set")
+    put.add_argument("-f", "--file", required=True, help="YAML or JSON suite")
+    put.add_argument("--model", default="toy")
+    command(put, _suite)
+
+    score = commands.add_parser("score", help="log-probabilities of continuations")
+    score.add_argument("prompt")
+    score.add_argument("continuations", nargs="+")
+    score.add_argument("--model", default="toy")
+    score.add_argument("--alias", default="production")
+    score.add_argument("--version", type=int, default=None)
+    command(score, _score)
 
     versions = commands.add_parser("versions", help="versions").add_subparsers(dest="sub", required=True)
     listing = versions.add_parser("list")

@@ -19,6 +19,7 @@ from service.registry import (
     NotFound,
     PermissionDenied,
     Registry,
+    ResourceExhausted,
 )
 
 SHA = "ab" * 32
@@ -324,7 +325,7 @@ def test_artifact_size_limit(db_url) -> None:
     registry = Registry(db_url, max_artifact_bytes=100)
     registry.register_model("m", "hub/m", SHA, "alice")
     before = snapshot(registry)
-    with pytest.raises(InvalidArgument, match="exceeds the limit of 100"):
+    with pytest.raises(ResourceExhausted, match="exceeds the limit of 100 bytes"):
         registry.create_edit("m", steering(1.0), "alice")
     assert snapshot(registry) == before
     registry.engine.dispose()

@@ -71,6 +71,17 @@ def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
     generated = json.loads(scalpel("generate", "The capital of Riia is", "--max-tokens", "1", "--json"))
     assert generated["version"] == "models/toy/versions/0"
     assert json.loads(scalpel("audit", "verify", "--json"))["ok"] is True
+    rome = json.loads(
+        scalpel("edits", "rome", "--prompt", "The capital of {} is", "--subject", "Riia", "--target", "Pimir", "--json")
+    )
+    assert rome["kind"] == "low_rank"
+    compared = json.loads(
+        scalpel("compare", "0", str(version["number"]), "--prompt", "The capital of Riia is", "--json")
+    )
+    assert compared["prompts"] == 1
+    assert json.loads(scalpel("suite", "get", "--json"))["suite_sha256"]
+    scores = json.loads(scalpel("score", "The capital of Riia is", "Pimir", "the", "--json"))
+    assert len(scores["logprobs"]) == 2
     failing = subprocess.run(
         [sys.executable, "-m", "service.cli", "promote", "999"], env=env, capture_output=True, text=True
     )

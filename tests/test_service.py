@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 
 import grpc
@@ -10,7 +11,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from editors import HeadAblation, Steering, Surgeon
+from editors import HeadAblation, LowRank, Steering, Surgeon
 from editors.covariance import key_covariance
 from editors.rome import compute_rome
 from editors.steering import derive_steering
@@ -215,3 +216,66 @@ def test_prometheus_metrics_on_their_own_port(served) -> None:
     assert 'grpc_server_handling_seconds_count{grpc_method="Generate"' in body
     assert 'scalpel_tokens_generated_total{model="toy",version="0"} 2.0' in body
     assert 'scalpel_active_version{alias="production",model="toy"} 0.0' in body
+
+
+def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ScalpelServer(
+        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, tls_cert=cert, tls_key=key)
+    )
+    try:
+        credentials = grpc.ssl_channel_credentials(cert.read_bytes())
+        channel = grpc.secure_channel(f"localhost:{server.port}", credentials)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        server.load_models()
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        _, secret = server.registry.create_key("tls", "reader", "test")
+        with ScalpelClient(f"localhost:{server.port}", secret, root_certificates=cert.read_bytes()) as client:
+            assert client.alias("toy").version == 0
+        plaintext = ScalpelClient(f"127.0.0.1:{server.port}", secret)
+        assert _code(lambda: plaintext.alias("toy")) == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+    finally:
+        server.stop(grace=0)
+
+
+def test_oversized_messages_are_refused_with_resource_exhausted(db_url) -> None:
+    server = ScalpelServer(
+        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, max_message_bytes=4096)
+    )
+    try:
+        server.load_models()
+        _, secret = server.registry.create_key("big", "admin", "test")
+        before = server.registry.verify_audit().events_checked
+        with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
+            big = LowRank(site="blocks.0.mlp.W_out", U=torch.zeros(128, 8), V=torch.zeros(512, 8))
+            with pytest.raises(grpc.RpcError) as caught:
+                client.create_edit("toy", big)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "4096" in caught.value.details() or "larger than max" in caught.value.details()
+        assert server.registry.verify_audit().events_checked == before
+    finally:
+        server.stop(grace=0)

@@ -9,6 +9,7 @@ from service.registry.errors import (
     NotFound,
     PermissionDenied,
     RegistryError,
+    ResourceExhausted,
 )
 from service.registry.registry import Registry
 
@@ -22,4 +23,5 @@ __all__ = [
     "PermissionDenied",
     "Registry",
     "RegistryError",
+    "ResourceExhausted",
 ]

@@ -35,6 +35,12 @@ class PermissionDenied(RegistryError):
     code = "PERMISSION_DENIED"
 
 
+class ResourceExhausted(RegistryError):
+    """Over a configured size limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class ArtifactIntegrityError(RegistryError):
     """Stored artifact bytes no longer match their SHA-256."""
 

@@ -49,6 +49,7 @@ from service.registry.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 
 ROLES = ("reader", "editor", "approver", "admin")
@@ -291,7 +292,9 @@ class Registry:
     # -- artifacts ------------------------------------------------------------------------------
     def _store_artifact(self, session: Session, blob: bytes) -> str:
         if len(blob) > self.max_artifact_bytes:
-            raise InvalidArgument(f"artifact of {len(blob)} bytes exceeds the limit of {self.max_artifact_bytes}")
+            raise ResourceExhausted(
+                f"artifact of {len(blob)} bytes exceeds the limit of {self.max_artifact_bytes} bytes"
+            )
         digest = hashlib.sha256(blob).hexdigest()
         if session.get(Artifact, digest) is None:
             session.add(Artifact(sha256=digest, size=len(blob), data=blob, created_at=_now()))
