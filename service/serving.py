@@ -213,7 +213,3 @@ class ModelHost:
                 positions = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
                 scores.append(float(logprobs[positions, ids[0, positions + 1]].sum()))
         return scores
-
-
-def load_hosts(models: dict[str, str | Path], registry: Registry) -> dict[str, ModelHost]:
-    return {name: ModelHost(name, str(source), registry) for name, source in models.items()}
