@@ -151,12 +151,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
     config.database_url = args.database_url or config.database_url
     config.insecure = args.insecure or config.insecure
-    if args.metrics_address:
-        config.metrics_address = None if args.metrics_address == "off" else args.metrics_address
+    metrics_address = args.metrics_address or os.environ.get("SCALPEL_METRICS_ADDRESS")
+    if metrics_address:
+        config.metrics_address = None if metrics_address == "off" else metrics_address
     if args.tls_cert and args.tls_key:
         config.tls_cert, config.tls_key = Path(args.tls_cert), Path(args.tls_key)
     serve(config)
     return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = args.address or os.environ.get("SCALPEL_ADDRESS", "127.0.0.1:50051").replace("0.0.0.0", "127.0.0.1")
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"{address}: {error.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -228,10 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", action="append", help="NAME=PATH_OR_HUB_ID (repeatable; default: the toy model)")
     serve.add_argument("--database-url", help="default: $SCALPEL_DATABASE_URL or SQLite under $SCALPEL_DATA_DIR")
     serve.add_argument("--insecure", action="store_true", help="no authentication (local use only)")
-    serve.add_argument("--metrics-address", help="host:port of /metrics (default 127.0.0.1:9464; 'off')")
+    serve.add_argument(
+        "--metrics-address", help="host:port of /metrics (default $SCALPEL_METRICS_ADDRESS or 127.0.0.1:9464; 'off')"
+    )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.set_defaults(func=_cmd_serve)
+
+    health = commands.add_parser("health", help="exit 0 if the server reports SERVING (grpc.health.v1)")
+    health.add_argument("--address", default=None, help="default: $SCALPEL_ADDRESS or 127.0.0.1:50051")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=_cmd_health)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     keys_create = keys.add_parser("create", help="create a key directly in the database (bootstrap)")

@@ -41,6 +41,13 @@ def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             assert client.generate("toy", "The capital of Riia is", max_tokens=1).version == "models/toy/versions/0"
             assert client.audit.VerifyAudit(pb.VerifyAuditRequest()).ok
+        health = subprocess.run(
+            [sys.executable, "-m", "service.cli", "health", "--address", f"127.0.0.1:{port}"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert health.returncode == 0 and "SERVING" in health.stdout
         _drive_the_cli(env | {"SCALPEL_ADDRESS": f"127.0.0.1:{port}", "SCALPEL_API_KEY": secret}, tmp_path)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -9,7 +10,10 @@ from alembic.config import Config
 
 from service.db.engine import database_url, normalise_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+#: The Alembic folder: ``$SCALPEL_MIGRATIONS_DIR`` (set in the container image), else the source tree's.
+MIGRATIONS_DIR = Path(
+    os.environ.get("SCALPEL_MIGRATIONS_DIR") or Path(__file__).resolve().parent.parent.parent / "migrations"
+)
 
 
 def alembic_config(url: str | None = None) -> Config:
