@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from editors.toyworld import TOY_MODEL_DIR
+from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
@@ -35,6 +36,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     workers: int = 16
     metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
+    unhealthy_after_seconds: float = 30.0  # NOT_SERVING once the database is unreachable this long
 
 
 class ScalpelServer:
@@ -57,6 +59,8 @@ class ScalpelServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.hosts: dict[str, ModelHost] = {}
+        self.aliases: AliasCache | None = None
+        self._stopping = threading.Event()
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
@@ -80,10 +84,30 @@ class ScalpelServer:
                 except NotFound:
                     self.registry.set_suite(name, default_toy_suite(), "scalpel")
             self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
+        self.aliases = AliasCache(self.registry, unhealthy_after=self.config.unhealthy_after_seconds)
+        self.servicers.aliases = self.aliases
+        for host in self.hosts.values():
+            host.aliases = self.aliases
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        threading.Thread(target=self._watch_database, name="health", daemon=True).start()
+
+    def _watch_database(self) -> None:
+        """NOT_SERVING while the database has been unreachable longer than configured; SERVING again after."""
+        serving = True
+        while not self._stopping.wait(1.0):
+            healthy = self.aliases is not None and self.aliases.healthy
+            if healthy != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                self.health.set("", status)
+                serving = healthy
 
     def stop(self, grace: float = 5.0) -> None:
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
+        if self.aliases is not None:
+            self.aliases.close()
         self.server.stop(grace).wait()
         self.checks.shutdown()
         self.metrics.stop()

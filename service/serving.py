@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editors import EditStack, Surgeon
 from editors.batching import last_token_index
+from service.aliases import AliasCache
 from service.registry import InvalidArgument, NotFound, Registry
 
 DEFAULT_MAX_TOKENS = 16
@@ -39,8 +40,11 @@ class Finished:
 class ModelHost:
     """One hosted model: weights, tokenizer, Surgeon and the compiled stacks of its versions."""
 
-    def __init__(self, name: str, source: str, registry: Registry, actor: str = "scalpel") -> None:
+    def __init__(
+        self, name: str, source: str, registry: Registry, aliases: AliasCache | None = None, actor: str = "scalpel"
+    ) -> None:
         self.name = name
+        self.aliases = aliases
         self.source = source
         self.registry = registry
         self.model = AutoModelForCausalLM.from_pretrained(source)
@@ -68,10 +72,15 @@ class ModelHost:
 
     # -- versions -------------------------------------------------------------------------------
     def resolve(self, alias: str | None, version: int | None) -> int:
-        """The version number a request asks for (an alias is read from the database each time)."""
+        """The version number a request asks for (aliases from the replica's alias cache, if any)."""
         if version is not None:
-            self.registry.get_version(self.name, version)
+            with self._lock:
+                known = version in self._stacks
+            if not known:
+                self.registry.get_version(self.name, version)
             return version
+        if self.aliases is not None:
+            return self.aliases.version(self.name, alias or "production")
         return self.registry.get_alias(self.name, alias or "production").version
 
     def stack(self, version: int) -> EditStack:

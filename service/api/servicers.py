@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from editors import InvalidEditError, derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
+from service.aliases import AliasCache
 from service.api.auth import current_principal
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
@@ -206,9 +207,12 @@ class Servicers(
         self.hosts = hosts
         self.checks = checks
         self.metrics = metrics
+        self.aliases: AliasCache | None = None
 
     def _moved(self, info: AliasInfo) -> pb.Alias:
         self.metrics.active_version.labels(info.model, info.name).set(info.version)
+        if self.aliases is not None:  # this replica serves the move at once; others hear the NOTIFY / poll
+            self.aliases.set(info.model, info.name, info.version)
         return alias_pb(info)
 
     def _host(self, model: str) -> ModelHost:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from editors import Edit, InvalidEditError, artifact_blobs_by_hash, edit_from_json
@@ -53,6 +53,8 @@ from service.registry.errors import (
 )
 
 ROLES = ("reader", "editor", "approver", "admin")
+#: PostgreSQL NOTIFY channel of alias moves (payload ``model/alias``): a wake-up, never the truth.
+ALIAS_CHANNEL = "scalpel_alias"
 RUN_STATES = ("running", "passed", "failed", "interrupted")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -674,6 +676,16 @@ class Registry:
         version = session.get(VersionRow, row.version_id)
         return AliasInfo(model, row.name, version.number, row.etag, row.updated_by, row.updated_at)
 
+    def all_aliases(self) -> dict[tuple[str, str], int]:
+        """Every alias's version, in one query: (model, alias) → version number."""
+        with self._read() as session:
+            rows = session.execute(
+                select(ModelRow.name, AliasRow.name, VersionRow.number)
+                .join(AliasRow, AliasRow.model_id == ModelRow.id)
+                .join(VersionRow, VersionRow.id == AliasRow.version_id)
+            ).all()
+        return {(model, alias): number for model, alias, number in rows}
+
     def get_alias(self, model: str, name: str) -> AliasInfo:
         with self._read() as session:
             row = self._alias_row(session, self._model(session, model).id, name)
@@ -731,6 +743,10 @@ class Registry:
             )
         )
         from_number = session.get(VersionRow, from_id).number if from_id else None
+        if session.get_bind().dialect.name == "postgresql":  # wake the other replicas (delivered at commit)
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"), {"channel": ALIAS_CHANNEL, "payload": f"{model}/{name}"}
+            )
         audit.append(
             session,
             actor,

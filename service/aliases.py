@@ -1,0 +1,102 @@
+"""What every alias points at, as this replica knows it.
+
+The tables are the truth. On PostgreSQL a listener thread wakes on ``NOTIFY scalpel_alias`` and
+re-reads the alias it names, re-reads everything on every (re)connect and every
+``refresh_seconds`` as a safety net; on SQLite the thread polls every ``poll_seconds``. Requests
+resolve aliases from memory, so a replica that loses the database keeps serving what it last
+knew; :attr:`AliasCache.healthy` turns false only after ``unhealthy_after`` seconds without it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from service.registry import NotFound, Registry
+from service.registry.registry import ALIAS_CHANNEL
+
+
+class AliasCache:
+    def __init__(
+        self, registry: Registry, poll_seconds: float = 0.5, refresh_seconds: float = 5.0, unhealthy_after: float = 30.0
+    ) -> None:
+        self.registry = registry
+        self.poll_seconds = poll_seconds
+        self.refresh_seconds = refresh_seconds
+        self.unhealthy_after = unhealthy_after
+        self._versions: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.last_contact = time.monotonic()
+        self.refresh()
+        target = self._listen if registry.engine.dialect.name == "postgresql" else self._poll
+        self._thread = threading.Thread(target=target, name="alias-cache", daemon=True)
+        self._thread.start()
+
+    # -- reading --------------------------------------------------------------------------------
+    def version(self, model: str, alias: str) -> int:
+        with self._lock:
+            known = self._versions.get((model, alias))
+        if known is not None:
+            return known
+        version = self.registry.get_alias(model, alias).version  # NotFound propagates
+        self.set(model, alias, version)
+        return version
+
+    def set(self, model: str, alias: str, version: int) -> None:
+        with self._lock:
+            self._versions[(model, alias)] = version
+
+    @property
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_contact < self.unhealthy_after
+
+    # -- keeping up -----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        versions = self.registry.all_aliases()
+        with self._lock:
+            self._versions = versions
+        self.last_contact = time.monotonic()
+
+    def _refresh_one(self, payload: str) -> None:
+        model, _, alias = payload.partition("/")
+        try:
+            version = self.registry.get_alias(model, alias).version
+        except NotFound:
+            with self._lock:
+                self._versions.pop((model, alias), None)
+            return
+        self.set(model, alias, version)
+        self.last_contact = time.monotonic()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # database away: keep serving what we know; health decides
+                continue
+
+    def _listen(self) -> None:
+        url = make_url(str(self.registry.engine.url.render_as_string(hide_password=False)))
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {ALIAS_CHANNEL}")
+                    self.refresh()  # catch up on everything missed while disconnected
+                    next_refresh = time.monotonic() + self.refresh_seconds
+                    while not self._stop.is_set():
+                        for notify in connection.notifies(timeout=self.poll_seconds, stop_after=1):
+                            self._refresh_one(notify.payload)
+                        if time.monotonic() >= next_refresh:
+                            self.refresh()
+                            next_refresh = time.monotonic() + self.refresh_seconds
+            except Exception:  # connection lost: retry; requests keep the last known versions
+                self._stop.wait(min(self.poll_seconds * 2, 2.0))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.poll_seconds + 5)
