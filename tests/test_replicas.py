@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import time
+
+import grpc
+import pytest
 import torch
 
 from editors import Steering
 from service.client import ScalpelClient
+from service.db.migrate import downgrade, upgrade
 from service.registry import Registry
 from tests.replicas import replicas, seconds_until_served
 
@@ -29,3 +37,52 @@ def test_a_move_through_one_replica_is_served_by_the_other_within_a_second(db_ur
         a.close()
         b.close()
         registry.engine.dispose()
+
+
+def _postgres_ctl(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SCALPEL_TEST_POSTGRES_URL") or not shutil.which("pg_ctlcluster") or os.geteuid() != 0,
+    reason="needs the local PostgreSQL cluster, pg_ctlcluster and root",
+)
+def test_replicas_serve_through_a_postgres_restart_and_catch_up(tmp_path) -> None:
+    url = os.environ["SCALPEL_TEST_POSTGRES_URL"]
+    downgrade("base", url)
+    upgrade("head", url)
+    with replicas(url, tmp_path, count=2) as started:
+        registry = Registry(url)
+        _, secret = registry.create_key("ops", "admin", "test")
+        clients = [ScalpelClient(f"127.0.0.1:{port}", secret) for _, port in started]
+        a, b = clients
+        edit = a.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128) * 0.01))
+        version = a.create_version("toy", 0, append=[edit.id]).number
+        registry.record_check_run("toy", version, "passed", [], "test")
+        registry.engine.dispose()
+        for client in clients:  # both replicas have served both versions: their stacks are compiled
+            client.generate("toy", "The capital of Riia is", version=version, max_tokens=1)
+            client.generate("toy", "The capital of Riia is", max_tokens=1)
+        try:
+            _postgres_ctl("stop")
+            for client in clients:  # answered from the last known alias while the database is down
+                assert client.generate("toy", "The capital of Riia is", max_tokens=1).version == "models/toy/versions/0"
+        finally:
+            _postgres_ctl("start")
+        deadline = time.monotonic() + 30
+        while True:  # the database accepts connections again
+            try:
+                a.promote("toy", version)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the service did not recover after PostgreSQL restarted"
+                time.sleep(0.5)
+        assert seconds_until_served(b, version, timeout=10) < 5.0  # the listener reconnected and caught up
+        for client in clients:
+            client.close()

@@ -8,15 +8,18 @@ admin role. The caller's identity is available to handlers through :func:`curren
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from sqlalchemy.exc import DBAPIError
 
 from service.registry import Registry
-from service.registry.registry import ROLES
+from service.registry.registry import ROLES, KeyInfo
 
 #: Minimum role per RPC (method name after the service); unlisted RPCs need "admin".
 REQUIRED_ROLES: dict[str, str] = {
@@ -64,9 +67,15 @@ def _rank(role: str) -> int:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, registry: Registry, insecure: bool = False) -> None:
+    """Keys are checked against the database on every call (revocation is immediate). While the
+    database is unreachable, a key verified in the last ``outage_grace_seconds`` is still accepted,
+    so a replica keeps serving through a database restart."""
+
+    def __init__(self, registry: Registry, insecure: bool = False, outage_grace_seconds: float = 300.0) -> None:
         self.registry = registry
         self.insecure = insecure
+        self.outage_grace_seconds = outage_grace_seconds
+        self._verified: dict[str, tuple[KeyInfo, float]] = {}
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -82,7 +91,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
         header = metadata.get("authorization", "")
         if not header.startswith("Bearer "):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
-        key = self.registry.verify_key(header.removeprefix("Bearer ").strip())
+        secret = header.removeprefix("Bearer ").strip()
+        try:
+            key = self.registry.verify_key(secret)
+        except DBAPIError:
+            key = self._recently_verified(secret)
+            if key is None:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
+        else:
+            fingerprint = hashlib.sha256(secret.encode()).hexdigest()
+            if key is None:
+                self._verified.pop(fingerprint, None)
+            else:
+                self._verified[fingerprint] = (key, time.monotonic())
         if key is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         if _rank(key.role) < _rank(required):
@@ -91,6 +112,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 f"this call needs role {required!r}; key {key.name!r} has {key.role!r}",
             )
         return Principal(key.name, key.role)
+
+    def _recently_verified(self, secret: str) -> KeyInfo | None:
+        known = self._verified.get(hashlib.sha256(secret.encode()).hexdigest())
+        if known is None or time.monotonic() - known[1] > self.outage_grace_seconds:
+            return None
+        return known[0]
 
 
 def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[grpc.ServicerContext], Principal]) -> Any:

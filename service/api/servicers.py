@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import DBAPIError
 
 from editors import InvalidEditError, derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
@@ -56,6 +57,8 @@ def _abort_on_errors(method: F) -> F:
             context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         except InvalidEditError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DBAPIError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
 
     return wrapper  # type: ignore[return-value]
 
@@ -69,6 +72,8 @@ def _abort_on_errors_stream(method: F) -> F:
             context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
         except InvalidEditError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DBAPIError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
 
     return wrapper  # type: ignore[return-value]
 
