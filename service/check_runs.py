@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -11,6 +13,9 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.registry.registry import RunInfo
 from service.serving import ModelHost
+
+#: How often a running check refreshes its claim (keep well under ServerConfig.stale_run_seconds).
+HEARTBEAT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -32,13 +37,14 @@ class CheckScheduler:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checks")
         self.changed = threading.Condition()
         self.progress: dict[int, Progress] = {}
+        self.replica = uuid.uuid4().hex[:12]  # this process's name on the runs it claims
 
     def start(self, model: str, version: int, actor: str) -> RunInfo:
         host = self.hosts[model]
         _, spec = self.registry.get_suite(model)
         suite = Suite.from_spec(spec)
         host.stack(version)  # fails now (NOT_FOUND / integrity) rather than in the background
-        run = self.registry.start_check_run(model, version, actor)
+        run = self.registry.start_check_run(model, version, actor, claimed_by=self.replica)
         self._publish(Progress(run.id, 0, 0, "queued", "running"))
         self.pool.submit(self._execute, host, suite, run, actor)
         return run
@@ -47,6 +53,15 @@ class CheckScheduler:
         def report(done: int, total: int, name: str) -> None:
             self._publish(Progress(run.id, done, total, name, "running"))
 
+        beating = threading.Event()
+
+        def heartbeat() -> None:  # however long one check takes, the claim stays fresh
+            while not beating.wait(HEARTBEAT_SECONDS):
+                with contextlib.suppress(Exception):
+                    self.registry.heartbeat(run.id)
+
+        threading.Thread(target=heartbeat, name=f"heartbeat-{run.id}", daemon=True).start()
+
         try:
             production = self.registry.get_alias(host.name, "production").version
             results = CheckRunner(host).run(suite, run.version, production, report)
@@ -54,6 +69,7 @@ class CheckScheduler:
             payload = [asdict(r) for r in results]
         except Exception as exc:  # the run fails, with the reason, instead of vanishing
             state, payload = "failed", [{"name": "error", "passed": False, "error": f"{type(exc).__name__}: {exc}"}]
+        beating.set()
         finished = self.registry.finish_check_run(run.id, state, payload, actor)
         self.metrics.check_runs.labels(host.name, state).inc()
         self._publish(Progress(run.id, 1, 1, "done", finished.state))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from concurrent import futures
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import DBAPIError
 
 from editors.toyworld import TOY_MODEL_DIR
 from service.aliases import AliasCache
@@ -37,6 +39,7 @@ class ServerConfig:
     workers: int = 16
     metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
     unhealthy_after_seconds: float = 30.0  # NOT_SERVING once the database is unreachable this long
+    stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
 
 
 class ScalpelServer:
@@ -75,7 +78,7 @@ class ScalpelServer:
     def load_models(self) -> None:
         """Mark runs left running by a stopped server interrupted, load every model (giving the toy
         model its default check suite if it has none), then report SERVING."""
-        self.registry.interrupt_running_runs("scalpel")
+        self.registry.interrupt_stale_runs("scalpel", self.config.stale_run_seconds)
         for name, source in self.config.models.items():
             self.hosts[name] = ModelHost(name, source, self.registry)
             if Path(source).resolve() == TOY_MODEL_DIR.resolve():
@@ -92,9 +95,15 @@ class ScalpelServer:
         threading.Thread(target=self._watch_database, name="health", daemon=True).start()
 
     def _watch_database(self) -> None:
-        """NOT_SERVING while the database has been unreachable longer than configured; SERVING again after."""
+        """NOT_SERVING while the database has been unreachable longer than configured, SERVING again
+        after; and, every few seconds, interrupt check runs whose replica stopped sending heartbeats."""
         serving = True
+        sweeps = 0
         while not self._stopping.wait(1.0):
+            sweeps += 1
+            if sweeps % 5 == 0:
+                with contextlib.suppress(DBAPIError):  # the database is away; the health below reports it
+                    self.registry.interrupt_stale_runs(f"scalpel@{self.checks.replica}", self.config.stale_run_seconds)
             healthy = self.aliases is not None and self.aliases.healthy
             if healthy != serving:
                 status = (

@@ -190,8 +190,17 @@ def test_the_default_suite_gates_ablations_and_huge_steering(served) -> None:
 def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_url) -> None:
     server, admin, _, _ = served
     version = admin.create_version("toy", 0, append=[admin.create_edit("toy", HeadAblation(layer=0, heads=(3,))).id])
-    orphan = server.registry.start_check_run("toy", version.number, "crashed-server")
-    restarted = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0"))
+    alive = server.registry.start_check_run("toy", version.number, "other-replica", claimed_by="other")
+    fresh = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None))
+    try:
+        fresh.load_models()  # another replica starting does not touch a run with a fresh heartbeat
+        assert fresh.registry.get_check_run(alive.id).state == "running"
+    finally:
+        fresh.stop(grace=0)
+    orphan = alive  # …until its heartbeat is older than stale_run_seconds (0 here: its replica is gone)
+    restarted = ScalpelServer(
+        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, stale_run_seconds=0)
+    )
     try:
         restarted.load_models()
         assert restarted.registry.get_check_run(orphan.id).state == "interrupted"

@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select, text, update
@@ -609,21 +609,25 @@ class Registry:
             run.finished_at,
         )
 
-    def start_check_run(self, model: str, version: int, actor: str) -> RunInfo:
-        """A ``running`` run of the current suite on ``version``; finish it with :meth:`finish_check_run`."""
+    def start_check_run(self, model: str, version: int, actor: str, claimed_by: str | None = None) -> RunInfo:
+        """A ``running`` run of the current suite on ``version``, claimed by replica ``claimed_by``;
+        finish it with :meth:`finish_check_run` and keep it alive with :meth:`heartbeat`."""
         with self._write() as session:
             model_row = self._model(session, model)
             version_row = self._version_row(session, model_row.id, version)
             current = session.get(CurrentSuite, model_row.id)
             if current is None:
                 raise FailedPrecondition(f"model {model!r} has no check suite")
+            now = _now()
             run = CheckRun(
                 version_id=version_row.id,
                 suite_id=current.suite_id,
                 state="running",
                 results_json="[]",
-                started_at=_now(),
+                started_at=now,
                 finished_at=None,
+                claimed_by=claimed_by,
+                heartbeat_at=now,
             )
             session.add(run)
             session.flush()
@@ -657,13 +661,39 @@ class Registry:
                 raise NotFound(f"check run {run_id} does not exist")
             return self._run_info(session, run)
 
-    def interrupt_running_runs(self, actor: str) -> list[int]:
-        """Mark every ``running`` run interrupted (at start-up: their process is gone)."""
+    def heartbeat(self, run_id: int) -> None:
+        """The executing replica is alive (operational metadata: no audit event)."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(CheckRun).where(CheckRun.id == run_id, CheckRun.state == "running").values(heartbeat_at=_now())
+            )
+
+    def interrupt_stale_runs(self, actor: str, stale_after_seconds: float) -> list[int]:
+        """Mark interrupted every running run whose executor has not sent a heartbeat for
+        ``stale_after_seconds`` (it died); runs other replicas are executing are left alone."""
+        cutoff = _now() - timedelta(seconds=stale_after_seconds)
         with self._write() as session:
-            runs = session.execute(select(CheckRun).where(CheckRun.state == "running")).scalars().all()
+            runs = (
+                session.execute(
+                    select(CheckRun)
+                    .where(
+                        CheckRun.state == "running",
+                        (CheckRun.heartbeat_at.is_(None)) | (CheckRun.heartbeat_at <= cutoff),
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
             for run in runs:
                 run.state, run.finished_at = "interrupted", _now()
-                audit.append(session, actor, "checks.interrupted", f"runs/{run.id}", {"run": run.id})
+                audit.append(
+                    session,
+                    actor,
+                    "checks.interrupted",
+                    f"runs/{run.id}",
+                    {"run": run.id, "claimed_by": run.claimed_by},
+                )
             return [run.id for run in runs]
 
     # -- aliases --------------------------------------------------------------------------------
