@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from editors import Steering  # noqa: E402
-from service.db.migrate import downgrade, upgrade  # noqa: E402
+from service.db.migrate import upgrade  # noqa: E402
 from service.db.models import AuditEvent, AuditHead  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.registry.audit import GENESIS, event_hash  # noqa: E402
+from tests.replicas import reset_postgres  # noqa: E402
 
 
 def alias_moves(url: str, moves: int) -> tuple[float, float]:
@@ -109,14 +110,14 @@ def main() -> None:
     postgres = os.environ.get("SCALPEL_TEST_POSTGRES_URL")
     if postgres:
         for purpose in ("moves", "verify"):
-            downgrade("base", postgres)
+            reset_postgres(postgres)
             upgrade("head", postgres)
             if purpose == "moves":
                 p50, p99 = alias_moves(postgres, args.moves)
                 results |= {"alias_move_p50_ms_postgres": p50, "alias_move_p99_ms_postgres": p99}
             else:
                 results["verify_events_per_s_postgres"] = verify_throughput(postgres, args.events)
-        downgrade("base", postgres)
+        reset_postgres(postgres)
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     else:

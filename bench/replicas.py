@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from editors import Steering  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
-from service.db.migrate import downgrade, upgrade  # noqa: E402
+from service.db.migrate import upgrade  # noqa: E402
 from service.registry import Registry  # noqa: E402
-from tests.replicas import replicas, seconds_until_served  # noqa: E402
+from tests.replicas import replicas, reset_postgres, seconds_until_served  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         print("SCALPEL_TEST_POSTGRES_URL is not set: no PostgreSQL to measure on", file=sys.stderr)
         print(json.dumps({}))
         return
-    downgrade("base", url)
+    reset_postgres(url)
     upgrade("head", url)
     delays = []
     with tempfile.TemporaryDirectory() as tmp, replicas(url, Path(tmp), count=2) as started:
@@ -61,7 +61,7 @@ def main() -> None:
         a.close()
         b.close()
         registry.engine.dispose()
-    downgrade("base", url)
+    reset_postgres(url)
     result = {
         "propagation_p50_ms": statistics.median(delays),
         "propagation_p99_ms": statistics.quantiles(delays, n=100)[98],

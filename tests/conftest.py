@@ -80,7 +80,8 @@ DATABASES = ("sqlite", "postgres")
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """A freshly migrated database: a SQLite file, or the PostgreSQL test database reset to empty."""
-    from service.db.migrate import downgrade, upgrade
+    from service.db.migrate import upgrade
+    from tests.replicas import reset_postgres
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'registry.db'}"
@@ -88,6 +89,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
         url = os.environ.get("SCALPEL_TEST_POSTGRES_URL")
         if not url:
             pytest.skip("SCALPEL_TEST_POSTGRES_URL is not set: PostgreSQL cases skipped (.ci/run sets it)")
-        downgrade("base", url)
+        reset_postgres(url)
     upgrade("head", url)
     return url

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.client import ScalpelClient
+from service.db.engine import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,17 @@ def replicas(database_url: str, data_dir: Path, count: int = 2) -> Iterator[list
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def reset_postgres(url: str) -> None:
+    """Empty the PostgreSQL test database whatever state (or revision) an earlier run left it in."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+            connection.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
 
 
 def seconds_until_served(client: ScalpelClient, version: int, timeout: float = 5.0) -> float:

@@ -13,9 +13,9 @@ import torch
 
 from editors import Steering
 from service.client import ScalpelClient
-from service.db.migrate import downgrade, upgrade
+from service.db.migrate import upgrade
 from service.registry import Registry
-from tests.replicas import replicas, seconds_until_served
+from tests.replicas import replicas, reset_postgres, seconds_until_served
 
 
 def test_a_move_through_one_replica_is_served_by_the_other_within_a_second(db_url, tmp_path) -> None:
@@ -55,7 +55,7 @@ def _postgres_ctl(action: str) -> None:
 )
 def test_replicas_serve_through_a_postgres_restart_and_catch_up(tmp_path) -> None:
     url = os.environ["SCALPEL_TEST_POSTGRES_URL"]
-    downgrade("base", url)
+    reset_postgres(url)
     upgrade("head", url)
     with replicas(url, tmp_path, count=2) as started:
         registry = Registry(url)
