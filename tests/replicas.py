@@ -19,14 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def replicas(database_url: str, data_dir: Path, count: int = 2) -> Iterator[list[tuple[subprocess.Popen, int]]]:
+def replicas(
+    database_url: str, data_dir: Path, count: int = 2, config: Path | None = None
+) -> Iterator[list[tuple[subprocess.Popen, int]]]:
     """``count`` server processes on ``database_url`` (already migrated); yields (process, port) pairs."""
     env = {**os.environ, "SCALPEL_DATA_DIR": str(data_dir), "SCALPEL_DATABASE_URL": database_url}
+    extra = ["--config", str(config)] if config else []
     started = []
     try:
         for _ in range(count):
             process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--address", "127.0.0.1:0", "--metrics-address", "off"],
+                [
+                    sys.executable,
+                    "-m",
+                    "service.cli",
+                    "serve",
+                    "--address",
+                    "127.0.0.1:0",
+                    "--metrics-address",
+                    "off",
+                    *extra,
+                ],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from editors import Steering
+from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.db.migrate import upgrade
 from service.registry import Registry
@@ -86,3 +88,34 @@ def test_replicas_serve_through_a_postgres_restart_and_catch_up(tmp_path) -> Non
         assert seconds_until_served(b, version, timeout=10) < 5.0  # the listener reconnected and caught up
         for client in clients:
             client.close()
+
+
+def test_a_replica_killed_mid_run_leaves_a_run_another_replica_interrupts_and_reruns(db_url, tmp_path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text("stale_run_seconds: 2\n")
+    with replicas(db_url, tmp_path, count=2, config=config) as started:
+        registry = Registry(db_url)
+        _, secret = registry.create_key("ops", "admin", "test")
+        (process_a, port_a), (_, port_b) = started
+        a = ScalpelClient(f"127.0.0.1:{port_a}", secret)
+        b = ScalpelClient(f"127.0.0.1:{port_b}", secret)
+        edit = a.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128) * 0.01))
+        version = a.create_version("toy", 0, append=[edit.id]).number
+        run = a.checks.StartRun(pb.StartRunRequest(version=f"models/toy/versions/{version}"))
+        process_a.send_signal(signal.SIGKILL)
+        process_a.wait(timeout=10)
+        state = registry.get_check_run(run.id).state
+        if state == "running":  # killed mid-run (the usual case): another replica must notice
+            deadline = time.monotonic() + 20
+            while registry.get_check_run(run.id).state == "running":
+                assert time.monotonic() < deadline, "no replica interrupted the dead replica's run"
+                time.sleep(0.2)
+            interrupted = registry.get_check_run(run.id)
+            assert interrupted.state == "interrupted" and interrupted.results == []
+        rerun = b.checks.StartRun(pb.StartRunRequest(version=f"models/toy/versions/{version}"))
+        final = list(b.checks.WatchRun(pb.GetRunRequest(id=rerun.id)))[-1].run
+        assert final.state in ("passed", "failed") and final.results
+        assert registry.verify_audit().ok
+        a.close()
+        b.close()
+        registry.engine.dispose()
