@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -52,6 +53,8 @@ class CheckScheduler:
     def _execute(self, host: ModelHost, suite: Suite, run: RunInfo, actor: str) -> None:
         def report(done: int, total: int, name: str) -> None:
             self._publish(Progress(run.id, done, total, name, "running"))
+            with contextlib.suppress(Exception):  # progress is best effort; the result is not
+                self.registry.heartbeat(run.id, (done, total, name))
 
         beating = threading.Event()
 
@@ -79,11 +82,16 @@ class CheckScheduler:
             self.progress[progress.run_id] = progress
             self.changed.notify_all()
 
-    def wait_for_change(self, run_id: int, last: Progress | None, timeout: float = 1.0) -> Progress | None:
-        """The run's progress once it differs from ``last`` (or after ``timeout``)."""
+    def wait_for_change(self, run_id: int, last: Progress | None, timeout: float = 0.25) -> Progress | None:
+        """The run's progress once it differs from ``last`` (or after ``timeout``): from memory when
+        this replica executes the run, else as the executing replica last wrote it to the database."""
         with self.changed:
-            self.changed.wait_for(lambda: self.progress.get(run_id) != last, timeout=timeout)
-            return self.progress.get(run_id)
+            if run_id in self.progress:
+                self.changed.wait_for(lambda: self.progress.get(run_id) != last, timeout=timeout)
+                return self.progress.get(run_id)
+        time.sleep(timeout)
+        state, done, total, current = self.registry.run_progress(run_id)
+        return Progress(run_id, done, total, current, state)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -29,7 +29,10 @@ def test_a_move_through_one_replica_is_served_by_the_other_within_a_second(db_ur
         b = ScalpelClient(f"127.0.0.1:{port_b}", secret)
         edit = a.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128) * 0.01))
         version = a.create_version("toy", 0, append=[edit.id])
-        registry.record_check_run("toy", version.number, "passed", [], "test")
+        run = a.checks.StartRun(pb.StartRunRequest(version=f"models/toy/versions/{version.number}"))
+        updates = list(b.checks.WatchRun(pb.GetRunRequest(id=run.id)))  # executed by A, streamed by B
+        assert updates[-1].run.state == "passed", [(r.name, r.passed) for r in updates[-1].run.results]
+        assert any(u.total > 0 and u.state == "running" for u in updates[:-1]), updates
         assert b.generate("toy", "The capital of Riia is", max_tokens=1).version == "models/toy/versions/0"
         a.promote("toy", version.number)
         assert a.generate("toy", "The capital of Riia is", max_tokens=1).version.endswith(f"/{version.number}")

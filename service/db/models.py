@@ -157,6 +157,9 @@ class CheckRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(String(100))  # the replica executing the run
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)  # so any replica can stream it
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    progress_current: Mapped[str] = mapped_column(String(100), default="")
 
 
 class ApiKey(Base):

@@ -661,12 +661,26 @@ class Registry:
                 raise NotFound(f"check run {run_id} does not exist")
             return self._run_info(session, run)
 
-    def heartbeat(self, run_id: int) -> None:
-        """The executing replica is alive (operational metadata: no audit event)."""
+    def heartbeat(self, run_id: int, progress: tuple[int, int, str] | None = None) -> None:
+        """The executing replica is alive, and (optionally) how far the run is: (done, total, current
+        check). Operational metadata, so no audit event."""
+        values: dict[str, Any] = {"heartbeat_at": _now()}
+        if progress is not None:
+            values.update(progress_done=progress[0], progress_total=progress[1], progress_current=progress[2][:100])
         with self._sessions.begin() as session:
-            session.execute(
-                update(CheckRun).where(CheckRun.id == run_id, CheckRun.state == "running").values(heartbeat_at=_now())
-            )
+            session.execute(update(CheckRun).where(CheckRun.id == run_id, CheckRun.state == "running").values(**values))
+
+    def run_progress(self, run_id: int) -> tuple[str, int, int, str]:
+        """(state, done, total, current) of a run, as its executing replica last reported."""
+        with self._read() as session:
+            row = session.execute(
+                select(
+                    CheckRun.state, CheckRun.progress_done, CheckRun.progress_total, CheckRun.progress_current
+                ).where(CheckRun.id == run_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"check run {run_id} does not exist")
+        return row[0], row[1], row[2], row[3]
 
     def interrupt_stale_runs(self, actor: str, stale_after_seconds: float) -> list[int]:
         """Mark interrupted every running run whose executor has not sent a heartbeat for
