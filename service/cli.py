@@ -151,6 +151,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
     config.database_url = args.database_url or config.database_url
     config.insecure = args.insecure or config.insecure
+    config.health_address = args.health_address or os.environ.get("SCALPEL_HEALTH_ADDRESS") or config.health_address
     metrics_address = args.metrics_address or os.environ.get("SCALPEL_METRICS_ADDRESS")
     if metrics_address:
         config.metrics_address = None if metrics_address == "off" else metrics_address
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-address", help="host:port of /metrics (default $SCALPEL_METRICS_ADDRESS or 127.0.0.1:9464; 'off')"
     )
+    serve.add_argument("--health-address", help="plaintext host:port serving only gRPC health (for probes with TLS)")
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.set_defaults(func=_cmd_serve)

@@ -40,6 +40,8 @@ class ServerConfig:
     metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
     unhealthy_after_seconds: float = 30.0  # NOT_SERVING once the database is unreachable this long
     stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
+    # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
+    health_address: str | None = None
 
 
 class ScalpelServer:
@@ -68,6 +70,12 @@ class ScalpelServer:
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.health_server = None
+        if config.health_address:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(config.health_address)
+            self.health_server.start()
         if config.tls_cert and config.tls_key:
             credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
             self.port = self.server.add_secure_port(config.address, credentials)
@@ -118,6 +126,8 @@ class ScalpelServer:
         if self.aliases is not None:
             self.aliases.close()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0)
         self.checks.shutdown()
         self.metrics.stop()
         self.registry.engine.dispose()

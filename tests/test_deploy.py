@@ -66,9 +66,18 @@ def test_ports_probes_and_entry_point_match_the_server() -> None:
     parser.parse_args(["db", "upgrade"])
     container = _yaml_documents()["k8s/deployment.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
-    assert container["readinessProbe"]["grpc"]["port"] == grpc_port == container["livenessProbe"]["grpc"]["port"]
-    parser.parse_args(container["args"])
+    configmap = _yaml_documents()["k8s/configmap.yaml"][0]["data"]
+    health_port = int(configmap["SCALPEL_HEALTH_ADDRESS"].rsplit(":", 1)[1])
+    assert ports == {"grpc": grpc_port, "health": health_port, "metrics": metrics_port}
+    assert container["readinessProbe"]["grpc"]["port"] == health_port == container["livenessProbe"]["grpc"]["port"]
+    args = parser.parse_args(container["args"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args.tls_cert.startswith(mounts["tls"]) and args.tls_key.startswith(mounts["tls"])
+    secrets = {
+        v["name"]: v.get("secret", {}).get("secretName")
+        for v in _yaml_documents()["k8s/deployment.yaml"][0]["spec"]["template"]["spec"]["volumes"]
+    }
+    assert secrets["tls"] == "scalpel-tls"
     job = _yaml_documents()["k8s/migration-job.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
     parser.parse_args(job["args"])
     compose = _yaml_documents()["docker-compose.yml"][0]["services"]

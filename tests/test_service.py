@@ -252,15 +252,25 @@ def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path)
         capture_output=True,
     )
     server = ScalpelServer(
-        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, tls_cert=cert, tls_key=key)
+        ServerConfig(
+            address="127.0.0.1:0",
+            database_url=db_url,
+            metrics_address=None,
+            tls_cert=cert,
+            tls_key=key,
+            health_address="127.0.0.1:0",
+        )
     )
     try:
         credentials = grpc.ssl_channel_credentials(cert.read_bytes())
         channel = grpc.secure_channel(f"localhost:{server.port}", credentials)
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        probe = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.health_port}"))
+        assert probe.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
         server.load_models()
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert probe.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         _, secret = server.registry.create_key("tls", "reader", "test")
         with ScalpelClient(f"localhost:{server.port}", secret, root_certificates=cert.read_bytes()) as client:
             assert client.alias("toy").version == 0
