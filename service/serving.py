@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editors import EditStack, Surgeon
+from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.registry import InvalidArgument, NotFound, Registry
@@ -52,6 +52,7 @@ class ModelHost:
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.surgeon = Surgeon(self.model)
         self._stacks: dict[int, EditStack] = {}
+        self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
         self._lock = threading.Lock()
         try:
             known = registry.get_model(name)
@@ -90,8 +91,7 @@ class ModelHost:
         if cached is not None:
             return cached
         info = self.registry.get_version(self.name, version)
-        edits = [self.registry.load_edit(self.name, edit_id) for edit_id in info.edit_ids]
-        compiled = self.surgeon.compile(edits)
+        compiled = self.surgeon.compile([self._edit(edit_id) for edit_id in info.edit_ids])
         with self._lock:
             return self._stacks.setdefault(version, compiled)
 
@@ -106,6 +106,15 @@ class ModelHost:
         except NotFound as exc:
             raise InvalidArgument(f"model {self.name!r} has no reference corpus and no check suite") from exc
         return list(spec.get("reference_texts", []))
+
+    def _edit(self, edit_id: int) -> Edit:
+        with self._lock:
+            cached = self._edits.get(edit_id)
+        if cached is None:
+            cached = self.registry.load_edit(self.name, edit_id)
+            with self._lock:
+                self._edits[edit_id] = cached
+        return cached
 
     # -- inference ------------------------------------------------------------------------------
     def _encode(self, prompt: str) -> torch.Tensor:
