@@ -91,6 +91,7 @@ class AliasCache:
                     while not self._stop.is_set():
                         for notify in connection.notifies(timeout=self.poll_seconds, stop_after=1):
                             self._refresh_one(notify.payload)
+                        self.last_contact = time.monotonic()  # the listening connection is alive
                         if time.monotonic() >= next_refresh:
                             self.refresh()
                             next_refresh = time.monotonic() + self.refresh_seconds

@@ -11,6 +11,7 @@ import time
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from editors import Steering
 from service.api.scalpel.v1 import scalpel_pb2 as pb
@@ -62,7 +63,9 @@ def test_replicas_serve_through_a_postgres_restart_and_catch_up(tmp_path) -> Non
     url = os.environ["SCALPEL_TEST_POSTGRES_URL"]
     reset_postgres(url)
     upgrade("head", url)
-    with replicas(url, tmp_path, count=2) as started:
+    config = tmp_path / "serve.yaml"
+    config.write_text("unhealthy_after_seconds: 2\n")
+    with replicas(url, tmp_path, count=2, config=config) as started:
         registry = Registry(url)
         _, secret = registry.create_key("ops", "admin", "test")
         clients = [ScalpelClient(f"127.0.0.1:{port}", secret) for _, port in started]
@@ -78,8 +81,17 @@ def test_replicas_serve_through_a_postgres_restart_and_catch_up(tmp_path) -> Non
             _postgres_ctl("stop")
             for client in clients:  # answered from the last known alias while the database is down
                 assert client.generate("toy", "The capital of Riia is", max_tokens=1).version == "models/toy/versions/0"
+            health = health_pb2_grpc.HealthStub(a.channel)
+            deadline = time.monotonic() + 15  # unreachable longer than unhealthy_after_seconds: NOT_SERVING
+            while health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "health stayed SERVING without the database"
+                time.sleep(0.2)
         finally:
             _postgres_ctl("start")
+        deadline = time.monotonic() + 30
+        while health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health did not come back after PostgreSQL restarted"
+            time.sleep(0.2)
         deadline = time.monotonic() + 30
         while True:  # the database accepts connections again
             try:
