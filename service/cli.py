@@ -178,9 +178,11 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.db.migrate import require_current_schema
     from service.registry import Registry
 
     registry = Registry(args.database_url)
+    require_current_schema(registry.engine)
     info, secret = registry.create_key(args.name, args.role, os.environ.get("USER", "cli"))
     registry.engine.dispose()
     if args.json:
@@ -294,8 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from service.db.migrate import DatabaseNotReady
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DatabaseNotReady as error:
+        print(f"scalpel: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from service.api.auth import AuthInterceptor
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_toy_suite
+from service.db.migrate import require_current_schema
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import NotFound, Registry
 from service.serving import ModelHost
@@ -50,6 +51,7 @@ class ScalpelServer:
     def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
         self.config = config
         self.registry = registry or Registry(config.database_url, max_artifact_bytes=config.max_message_bytes)
+        require_current_schema(self.registry.engine)
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

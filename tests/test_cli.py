@@ -35,3 +35,32 @@ def test_walkthrough_runs_and_reports_unchanged_weights(tmp_path) -> None:
     assert "efficacy       before 0.00  after 1.00" in result.stdout
     assert "base weights bit-identical after all of the above: True" in result.stdout
     assert list((tmp_path / "cache" / "covariance").glob("*.safetensors"))
+
+
+def test_serve_and_keys_refuse_a_database_not_at_head_with_the_fix(db_url) -> None:
+    """A database one migration behind (or unreachable): one clear line and exit 2, nothing written."""
+    from service.db.migrate import downgrade
+    from service.registry import Registry
+
+    downgrade("0002", db_url)
+    commands = (
+        ["serve", "--insecure", "--address", "127.0.0.1:0", "--metrics-address", "off", "--database-url", db_url],
+        ["keys", "create", "ops", "--role", "admin", "--database-url", db_url],
+    )
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *command], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "is at revision 0002; this Scalpel needs 0003: run `scalpel db upgrade --url" in result.stderr
+        assert "Traceback" not in result.stderr
+    registry = Registry(db_url)
+    assert registry.list_keys().items == [] and registry.verify_audit().events_checked == 0
+    registry.engine.dispose()
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "service.cli", *commands[1][:-1], "postgresql://postgres@127.0.0.1:1/none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unreachable.returncode == 2 and "cannot reach database" in unreachable.stderr
