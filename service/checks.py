@@ -140,7 +140,7 @@ class CheckRunner:
 
     def _logprobs(self, stack: EditStack, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoded = self.host.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
-        with torch.inference_mode(), self.host.surgeon.apply(stack):
+        with torch.inference_mode(), self.host.surgeon.apply(stack), self.host.forward_lock:
             logits = self.host.model(**encoded).logits.float()
         return logits.log_softmax(dim=-1), encoded["input_ids"], encoded["attention_mask"].bool()
 
@@ -212,7 +212,7 @@ class CheckRunner:
         if self.world is None:
             raise InvalidArgument(f"task {task!r} needs a toy world next to the model")
         host = self.host
-        with host.surgeon.apply(stack):
+        with host.surgeon.apply(stack), host.forward_lock:
             if task == "induction_accuracy":
                 return _result(
                     f"task:{task}", induction_accuracy(host.model, host.tokenizer, self.world), floor, ">=", []

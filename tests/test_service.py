@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -359,3 +360,36 @@ def test_role_matrix_over_the_socket(served) -> None:
             assert invoke(ROLES[ROLES.index(required) - 1]) == grpc.StatusCode.PERMISSION_DENIED, path
     channel.close()
     assert server.registry.verify_audit().events_checked == audit_before  # empty requests changed nothing
+
+
+def test_concurrent_streams_on_two_versions_take_turns_and_never_mix(served) -> None:
+    """8 concurrent Generate streams alternating between the base and a steered version: each gets
+    exactly its solo output, and the model never runs two forwards at once (the host's turn lock)."""
+    server, admin, _, _ = served
+    host = server.hosts["toy"]
+    _, _, world = load_toy_model()
+    direction = torch.randn(128, generator=torch.Generator().manual_seed(0))
+    steer = Steering(site="blocks.1.hook_resid_post", vector=direction, scale=20.0)
+    version = admin.create_version("toy", 0, append=[admin.create_edit("toy", steer).id]).number
+    prompts = [f.canonical_prompt for f in world.facts[:8]]
+    solo = {(p, v): admin.generate("toy", p, version=v, max_tokens=8) for p in prompts for v in (0, version)}
+    assert any(solo[(p, 0)].text != solo[(p, version)].text for p in prompts)  # the versions differ
+    running, most = [0], [0]
+
+    def enter(*_: object) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+
+    def leave(*_: object) -> None:
+        running[0] -= 1
+
+    hooks = [host.model.register_forward_pre_hook(enter), host.model.register_forward_hook(leave)]
+    try:
+        jobs = [(p, v) for p in prompts for v in (0, version)] * 2
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda job: admin.generate("toy", job[0], version=job[1], max_tokens=8), jobs))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert results == [solo[job] for job in jobs]
+    assert most[0] == 1
