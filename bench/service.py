@@ -6,7 +6,9 @@
 
 Generation is greedy, 32 new tokens, prompts that the model keeps continuing (repeated symbol
 sequences). The service runs as its own process (`scalpel serve`), as callers see it; the
-in-process baseline runs in this process while the server idles. Targets (issue 5): ≥ 0.95×
+in-process baseline runs in this process while the server idles. Each concurrency runs
+``--rounds`` rounds of one in-process pass and one service pass back to back (order alternating);
+the ratio reported is the median of the per-round ratios, so machine drift cancels. Targets (issue 5): ≥ 0.95×
 in-process at concurrency 1; alias move p50 ≤ 20 ms end to end.
 """
 
@@ -71,8 +73,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--moves", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5, help="(in-process, service) rounds per concurrency")
+    parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads, both sides alike")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     model, tokenizer, world = load_toy_model()
     texts = prompts(world, args.requests)
 
@@ -92,7 +99,7 @@ def main() -> None:
         )
         secret = json.loads(created.stdout)["secret"]
         server = subprocess.Popen(
-            [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off"],
+            [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *threads],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -110,12 +117,16 @@ def main() -> None:
             in_process(warm)
             via_service(warm)
         for concurrency in (1, 8):
-            # interleave: in-process, service, in-process, service; take each side's best of two
-            plain = [tokens_per_second(in_process, texts, concurrency) for _ in range(2)]
-            served = [tokens_per_second(via_service, texts, concurrency) for _ in range(2)]
-            results[f"inprocess_tokens_per_s_c{concurrency}"] = max(plain)
-            results[f"service_tokens_per_s_c{concurrency}"] = max(served)
-            results[f"throughput_ratio_c{concurrency}"] = max(served) / max(plain)
+            # rounds of (in-process, service) back to back, order alternating, so drift hits both
+            plain, served, ratios = [], [], []
+            for round_ in range(args.rounds):
+                sides = [(plain, in_process), (served, via_service)]
+                for sink, run_one in sides if round_ % 2 == 0 else sides[::-1]:
+                    sink.append(tokens_per_second(run_one, texts, concurrency))
+                ratios.append(served[-1] / plain[-1])
+            results[f"inprocess_tokens_per_s_c{concurrency}"] = statistics.median(plain)
+            results[f"service_tokens_per_s_c{concurrency}"] = statistics.median(served)
+            results[f"throughput_ratio_c{concurrency}"] = statistics.median(ratios)
 
         ttft = []
         for text in texts[:30]:

@@ -155,6 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     metrics_address = args.metrics_address or os.environ.get("SCALPEL_METRICS_ADDRESS")
     if metrics_address:
         config.metrics_address = None if metrics_address == "off" else metrics_address
+    config.torch_threads = args.torch_threads or config.torch_threads
     if args.tls_cert and args.tls_key:
         config.tls_cert, config.tls_key = Path(args.tls_cert), Path(args.tls_key)
     serve(config)
@@ -252,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-address", help="host:port of /metrics (default $SCALPEL_METRICS_ADDRESS or 127.0.0.1:9464; 'off')"
     )
     serve.add_argument("--health-address", help="plaintext host:port serving only gRPC health (for probes with TLS)")
+    serve.add_argument(
+        "--torch-threads",
+        type=_positive_int,
+        default=os.environ.get("SCALPEL_TORCH_THREADS"),  # argparse applies the type to string defaults
+        help="intra-op threads per forward (default $SCALPEL_TORCH_THREADS or torch's: one per core)",
+    )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.set_defaults(func=_cmd_serve)

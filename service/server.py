@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +44,10 @@ class ServerConfig:
     stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
     health_address: str | None = None
+    # Intra-op threads per forward (None: torch's default, one per core). Forwards of one model
+    # take turns, so this is the parallelism a forward gets; models small enough that a forward
+    # is mostly Python overhead serve faster with 1 (idle OpenMP threads spin on the other cores).
+    torch_threads: int | None = None
 
 
 class ScalpelServer:
@@ -137,6 +142,8 @@ class ScalpelServer:
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     server = ScalpelServer(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
