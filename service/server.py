@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from concurrent import futures
@@ -142,6 +143,7 @@ class ScalpelServer:
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     server = ScalpelServer(config)

@@ -52,6 +52,10 @@ class ModelHost:
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.surgeon = Surgeon(self.model)
+        #: Positions the model can attend over: prompt and generated tokens together.
+        self.context_length: int = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", 2048
+        )
         self._stacks: dict[int, EditStack] = {}
         self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
         self._lock = threading.Lock()
@@ -126,11 +130,10 @@ class ModelHost:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidArgument("prompt must be a non-empty string")
         ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        limit = getattr(self.model.config, "n_positions", None) or getattr(
-            self.model.config, "max_position_embeddings", 2048
-        )
-        if ids.shape[1] >= limit:
-            raise InvalidArgument(f"prompt is {ids.shape[1]} tokens; the model takes fewer than {limit}")
+        if ids.shape[1] >= self.context_length:
+            raise InvalidArgument(
+                f"prompt is {ids.shape[1]} tokens; the model takes fewer than {self.context_length}"
+            )
         return ids
 
     def generate(
@@ -144,12 +147,15 @@ class ModelHost:
         stop: tuple[str, ...] = (),
         is_active: Callable[[], bool] = lambda: True,
     ) -> Iterator[Token | Finished]:
-        """Tokens one at a time under ``version``, then a :class:`Finished`. Greedy at temperature 0."""
+        """Tokens one at a time under ``version``, then a :class:`Finished`. Greedy at temperature 0.
+
+        Generation ends with "length" at ``max_tokens`` or when prompt and output fill the context."""
         if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
         if not 0 <= temperature <= 10 or not 0 <= top_p <= 1:
             raise InvalidArgument("temperature must be in [0, 10] and top_p in [0, 1]")
         ids = self._encode(prompt)
+        max_tokens = min(max_tokens, self.context_length - ids.shape[1])
         stack = self.stack(version)
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
         detokenizer = Detokenizer(self.tokenizer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -393,3 +394,67 @@ def test_concurrent_streams_on_two_versions_take_turns_and_never_mix(served) -> 
             hook.remove()
     assert results == [solo[job] for job in jobs]
     assert most[0] == 1
+
+
+def test_generation_stops_at_the_context_window_with_length(served) -> None:
+    """A prompt 3 tokens short of the context: 3 tokens then "length", not an indexing error."""
+    server, admin, _, _ = served
+    host = server.hosts["toy"]
+    _, tokenizer, world = load_toy_model()
+    sequence = world.symbols[:40]
+    prompt = " ".join(sequence * 4)
+    ids = tokenizer(prompt)["input_ids"]
+    prompt = tokenizer.decode(ids[1 : host.context_length - 3], skip_special_tokens=True)
+    assert len(tokenizer(prompt)["input_ids"]) == host.context_length - 3
+    result = admin.generate("toy", prompt, max_tokens=512)
+    assert result.finish_reason == "length" and len(result.token_ids) == 3
+
+
+def test_a_cancelled_stream_stops_generating(served) -> None:
+    """The client goes away after the first token: the server stops within a token or two."""
+    server, admin, _, _ = served
+    host = server.hosts["toy"]
+    _, _, world = load_toy_model()
+    prompt = " ".join(world.symbols[:12] * 2)
+    assert len(admin.generate("toy", prompt, max_tokens=60).token_ids) > 20  # long enough to cut short
+    forwards = []
+
+    def slow(*_: object) -> None:
+        forwards.append(time.monotonic())
+        time.sleep(0.05)
+
+    hook = host.model.register_forward_pre_hook(slow)
+    try:
+        stream = admin.stream("toy", prompt, max_tokens=60)
+        next(iter(stream))
+        stream.cancel()
+        cancelled_at = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        hook.remove()
+    assert len([t for t in forwards if t > cancelled_at]) <= 2
+    assert len(forwards) <= 5  # the first token was streamed as soon as it existed
+
+
+def test_an_unexpected_failure_is_internal_with_an_incident_id_and_no_internals(served, caplog) -> None:
+    server, admin, _, _ = served
+    host = server.hosts["toy"]
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    hook = host.model.register_forward_pre_hook(broken)
+    try:
+        for call in (
+            lambda: admin.generate("toy", "the food was"),
+            lambda: admin.inference.Score(pb.ScoreRequest(model="models/toy", prompt="a", continuations=["b"])),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            incident = re.search(r"incident ([0-9a-f]{8})", caught.value.details()).group(1)
+            assert "secret" not in caught.value.details()
+            assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        hook.remove()
+    assert admin.generate("toy", "the food was", max_tokens=2).finish_reason in ("length", "eos")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -30,6 +33,7 @@ from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInf
 from service.serving import Finished, ModelHost
 
 F = TypeVar("F", bound=Callable[..., Any])
+_LOG = logging.getLogger(__name__)
 _CODES = {
     name: getattr(grpc.StatusCode, name)
     for name in (
@@ -46,19 +50,29 @@ _CODES = {
 }
 
 
-def _abort_on_errors(method: F) -> F:
-    """Registry and edit errors become their status codes with the message; nothing leaks a stack trace."""
+@contextlib.contextmanager
+def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
+    """Registry and edit errors become their status codes with their message. Anything unexpected
+    is logged with an incident id and becomes INTERNAL naming that id: no internals leak."""
+    try:
+        yield
+    except RegistryError as exc:
+        context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+    except InvalidEditError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except DBAPIError:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
+    except Exception:
+        incident = secrets.token_hex(4)
+        _LOG.exception("incident %s", incident)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error, incident {incident} (see the server log)")
 
+
+def _abort_on_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
+        with _errors_as_status(context):
             return method(self, request, context)
-        except RegistryError as exc:
-            context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
-        except InvalidEditError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except DBAPIError:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,14 +80,8 @@ def _abort_on_errors(method: F) -> F:
 def _abort_on_errors_stream(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
+        with _errors_as_status(context):
             yield from method(self, request, context)
-        except RegistryError as exc:
-            context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
-        except InvalidEditError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except DBAPIError:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
 
     return wrapper  # type: ignore[return-value]
 
