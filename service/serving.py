@@ -24,6 +24,8 @@ from service.registry import InvalidArgument, NotFound, Registry
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
+MAX_PROMPTS = 1024  # per CompareVersions or Score call
+COMPARE_BATCH = 32  # prompts per forward in CompareVersions
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class ModelHost:
         self.model = AutoModelForCausalLM.from_pretrained(source)
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
+        if self.tokenizer.pad_token is None:  # Llama-family tokenizers: batches (checks, compare) need one
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.surgeon = Surgeon(self.model)
         #: Positions the model can attend over: prompt and generated tokens together.
         self.context_length: int = getattr(self.model.config, "n_positions", None) or getattr(
@@ -208,32 +212,47 @@ class ModelHost:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token."""
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InvalidArgument("prompts must be non-empty strings")
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=128)
-        last = last_token_index(encoded["attention_mask"])
-        rows = torch.arange(len(prompts))
-        logprobs = []
-        for version in (base, candidate):
-            with torch.inference_mode(), self.surgeon.apply(self.stack(version)), self.forward_lock:
-                logits = self.model(**encoded).logits[rows, last].float()
-            logprobs.append(logits.log_softmax(dim=-1))
-        p, q = logprobs
-        kl = (p.exp() * (p - q)).sum(dim=-1)
-        tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in logprobs]
-        return [(prompts[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(prompts))]
+        if len(prompts) > MAX_PROMPTS:
+            raise InvalidArgument(f"at most {MAX_PROMPTS} prompts per comparison, got {len(prompts)}")
+        base_stack, candidate_stack = self.stack(base), self.stack(candidate)
+        rows = []
+        for start in range(0, len(prompts), COMPARE_BATCH):
+            chunk = prompts[start : start + COMPARE_BATCH]
+            encoded = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=128)
+            last = last_token_index(encoded["attention_mask"])
+            index = torch.arange(len(chunk))
+            logprobs = []
+            for stack in (base_stack, candidate_stack):
+                with torch.inference_mode(), self.surgeon.apply(stack), self.forward_lock:
+                    logits = self.model(**encoded).logits[index, last].float()
+                logprobs.append(logits.log_softmax(dim=-1))
+            p, q = logprobs
+            kl = (p.exp() * (p - q)).sum(dim=-1)
+            tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in logprobs]
+            rows += [(chunk[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(chunk))]
+        return rows
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) for each continuation, under ``version``."""
         if not continuations or not all(isinstance(c, str) and c.strip() for c in continuations):
             raise InvalidArgument("continuations must be non-empty strings")
+        if len(continuations) > MAX_PROMPTS:
+            raise InvalidArgument(f"at most {MAX_PROMPTS} continuations per call, got {len(continuations)}")
         prompt_ids = self._encode(prompt)[0]
         stack = self.stack(version)
+        sequences = []
+        for number, continuation in enumerate(continuations):
+            extra = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
+            ids = torch.cat([prompt_ids, extra["input_ids"][0]]).unsqueeze(0)
+            if ids.shape[1] > self.context_length:
+                raise InvalidArgument(
+                    f"continuations[{number}]: prompt and continuation are {ids.shape[1]} tokens; "
+                    f"the model takes at most {self.context_length}"
+                )
+            sequences.append(ids)
         scores = []
         with torch.inference_mode(), self.surgeon.apply(stack):
-            for continuation in continuations:
-                extra = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")[
-                    "input_ids"
-                ][0]
-                ids = torch.cat([prompt_ids, extra]).unsqueeze(0)
+            for ids in sequences:
                 with self.forward_lock:
                     logprobs = self.model(input_ids=ids).logits[0].float().log_softmax(dim=-1)
                 positions = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)

@@ -458,3 +458,77 @@ def test_an_unexpected_failure_is_internal_with_an_incident_id_and_no_internals(
     finally:
         hook.remove()
     assert admin.generate("toy", "the food was", max_tokens=2).finish_reason in ("length", "eos")
+
+
+def test_score_and_compare_limits_and_batching(served) -> None:
+    server, admin, _, _ = served
+    host = server.hosts["toy"]
+    _, _, world = load_toy_model()
+    long = " ".join(world.symbols[:40] * 4)
+    score = pb.ScoreRequest(model="models/toy", prompt="the food was", continuations=["good", long])
+    with pytest.raises(grpc.RpcError) as caught:
+        admin.inference.Score(score)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "continuations[1]" in caught.value.details()
+    too_many = pb.CompareVersionsRequest(
+        base="models/toy/versions/0", candidate="models/toy/versions/0", prompts=["the food was"] * 1025
+    )
+    assert _code(lambda: admin.versions.CompareVersions(too_many)) == grpc.StatusCode.INVALID_ARGUMENT
+    direction = torch.randn(128, generator=torch.Generator().manual_seed(0))
+    steer = Steering(site="blocks.1.hook_resid_post", vector=direction, scale=3.0)
+    version = admin.create_version("toy", 0, append=[admin.create_edit("toy", steer).id]).number
+    prompts = [f.canonical_prompt for f in world.facts[:40]]  # two batches of different padded widths
+    together = host.compare(0, version, prompts)
+    alone = [host.compare(0, version, [p])[0] for p in prompts]
+    assert [row[0] for row in together] == prompts
+    for joint, single in zip(together, alone, strict=True):
+        assert joint[2:] == single[2:] and joint[1] == pytest.approx(single[1], rel=1e-4, abs=1e-6)
+    assert max(row[1] for row in together) > 0.01
+
+
+def test_a_llama_model_without_a_pad_token_serves_generate_score_and_compare(db_url, tmp_path) -> None:
+    """Another architecture end to end over gRPC: a tiny random Llama with a word-level tokenizer
+    that, like Llama's, has no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import VOCAB, tiny_model
+
+    words = ["<unk>", "</s>", *(f"w{i}" for i in range(VOCAB - 2))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    assert tokenizer.pad_token is None
+    tokenizer.save_pretrained(tmp_path / "llama")
+    tiny_model("llama").save_pretrained(tmp_path / "llama")
+    config = ServerConfig(
+        models={"llama": str(tmp_path / "llama")}, address="127.0.0.1:0", database_url=db_url, metrics_address=None
+    )
+    server = ScalpelServer(config)
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    client = ScalpelClient(f"127.0.0.1:{server.port}", secret)
+    try:
+        direction = torch.randn(32, generator=torch.Generator().manual_seed(0))
+        steer = Steering(site="blocks.1.hook_resid_pre", vector=direction, scale=5.0)
+        version = client.create_version("llama", 0, append=[client.create_edit("llama", steer).id]).number
+        base = client.generate("llama", "w1 w2 w3", version=0, max_tokens=5)
+        steered = client.generate("llama", "w1 w2 w3", version=version, max_tokens=5)
+        assert base.version.endswith("/0") and steered.version.endswith(f"/{version}")
+        assert base.finish_reason in ("length", "eos") and base.text == client.generate(
+            "llama", "w1 w2 w3", version=0, max_tokens=5
+        ).text
+        scores = client.inference.Score(
+            pb.ScoreRequest(model="models/llama", prompt="w1 w2", continuations=["w3", "w4 w5"])
+        )
+        assert len(scores.logprobs) == 2 and all(lp < 0 for lp in scores.logprobs)
+        comparison = client.versions.CompareVersions(
+            pb.CompareVersionsRequest(
+                base="models/llama/versions/0",
+                candidate=f"models/llama/versions/{version}",
+                prompts=["w1 w2 w3", "w4", "w5 w6 w7 w8 w9"],  # different lengths: padded
+            )
+        )
+        assert comparison.prompts == 3 and comparison.kl_max > 0
+    finally:
+        client.close()
+        server.stop(grace=0)
