@@ -161,6 +161,8 @@ def test_bad_requests_get_the_right_codes_and_change_nothing(served) -> None:
     assert _code(lambda: admin.versions.GetVersion(pb.GetVersionRequest(name="toy/1"))) == (
         grpc.StatusCode.INVALID_ARGUMENT
     )
+    huge = pb.GetVersionRequest(name="models/toy/versions/" + "9" * 20)  # beyond any database integer
+    assert _code(lambda: admin.versions.GetVersion(huge)) == grpc.StatusCode.INVALID_ARGUMENT
     stale = pb.PromoteRequest(name="models/toy/aliases/production", version=0, etag="stale")
     assert _code(lambda: admin.aliases.Promote(stale)) == grpc.StatusCode.ABORTED
     assert server.registry.verify_audit().events_checked == before

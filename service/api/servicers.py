@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from editors import InvalidEditError, derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
@@ -60,8 +60,10 @@ def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
     except InvalidEditError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except DBAPIError:
+    except (OperationalError, InterfaceError):
         context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
+    except DataError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a value is out of range for the database: {exc.orig}")
     except Exception:
         incident = secrets.token_hex(4)
         _LOG.exception("incident %s", incident)
@@ -95,17 +97,22 @@ def _ts(value: datetime | None) -> Timestamp | None:
 
 
 _NAME = {
-    "model": re.compile(r"models/([^/]+)"),
-    "version": re.compile(r"models/([^/]+)/versions/(\d+)"),
-    "alias": re.compile(r"models/([^/]+)/aliases/([^/]+)"),
-    "edit": re.compile(r"models/([^/]+)/edits/(\d+)"),
+    "model": "models/{model}",
+    "version": "models/{model}/versions/{number}",
+    "alias": "models/{model}/aliases/{alias}",
+    "edit": "models/{model}/edits/{number}",
+}
+_PATTERN = {
+    kind: re.compile(form.replace("{number}", r"(\d{1,9})").replace("{model}", "([^/]+)").replace("{alias}", "([^/]+)"))
+    for kind, form in _NAME.items()
 }
 
 
 def parse(kind: str, name: str) -> tuple[str, ...]:
-    match = _NAME[kind].fullmatch(name or "")
+    """The parts of a resource name; numbers have at most 9 digits (database integers)."""
+    match = _PATTERN[kind].fullmatch(name or "")
     if match is None:
-        raise InvalidArgument(f"{name!r} is not a {kind} name ({_NAME[kind].pattern.replace('([^/]+)', '{id}')})")
+        raise InvalidArgument(f"{name!r} is not a {kind} name ({_NAME[kind]}, numbers of at most 9 digits)")
     return match.groups()
 
 
