@@ -8,10 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
 from service.cli_client import add_client_commands
+
+if TYPE_CHECKING:
+    from service.server import ServerConfig
 
 
 def _positive_int(text: str) -> int:
@@ -137,15 +141,31 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_server_config(path: Path) -> ServerConfig:
+    """A ``ServerConfig`` from YAML; unknown keys are an error (a typo must not pass silently)."""
+    import yaml
+
+    from service.server import ServerConfig
+
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise SystemExit(f"scalpel: {path} must hold a mapping of ServerConfig fields")
+    unknown = sorted(set(loaded) - set(ServerConfig.__dataclass_fields__))
+    if unknown:
+        known = ", ".join(ServerConfig.__dataclass_fields__)
+        raise SystemExit(f"scalpel: {path}: unknown keys {unknown}; known: {known}")
+    for field in ("tls_cert", "tls_key", "tls_client_ca"):
+        if loaded.get(field):
+            loaded[field] = Path(loaded[field])
+    return ServerConfig(**loaded)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from service.server import ServerConfig, serve
 
     config = ServerConfig()
     if args.config:
-        import yaml
-
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        config = ServerConfig(**{k: v for k, v in loaded.items() if k in ServerConfig.__dataclass_fields__})
+        config = _load_server_config(Path(args.config))
     if args.model:
         config.models = dict(item.split("=", 1) for item in args.model)
     config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
@@ -158,6 +178,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.torch_threads = args.torch_threads or config.torch_threads
     if args.tls_cert and args.tls_key:
         config.tls_cert, config.tls_key = Path(args.tls_cert), Path(args.tls_key)
+    if args.tls_client_ca:
+        config.tls_client_ca = Path(args.tls_client_ca)
     serve(config)
     return 0
 
@@ -261,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
+    serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     serve.set_defaults(func=_cmd_serve)
 
     health = commands.add_parser("health", help="exit 0 if the server reports SERVING (grpc.health.v1)")

@@ -1,7 +1,9 @@
 """Client commands of the ``scalpel`` CLI: every operation over gRPC, tables by default, ``--json``.
 
-Connection: ``--address`` (or ``$SCALPEL_ADDRESS``, default 127.0.0.1:50051) and ``--api-key``
-(or ``$SCALPEL_API_KEY``).
+Connection: ``--address`` (or ``$SCALPEL_ADDRESS``, default 127.0.0.1:50051), ``--api-key``
+(or ``$SCALPEL_API_KEY``), and for TLS ``--tls`` / ``--tls-ca`` (``$SCALPEL_TLS_CA``), with
+``--tls-cert`` and ``--tls-key`` (``$SCALPEL_TLS_CERT`` / ``$SCALPEL_TLS_KEY``) where the server
+requires client certificates.
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ from service.client import ScalpelClient
 
 def _client(args: argparse.Namespace) -> ScalpelClient:
     address = args.address or os.environ.get("SCALPEL_ADDRESS", "127.0.0.1:50051")
-    return ScalpelClient(address, args.api_key or os.environ.get("SCALPEL_API_KEY"))
+    ca, cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_ca, args.tls_cert, args.tls_key))
+    if (cert is None) != (key is None):
+        raise SystemExit("scalpel: --tls-cert and --tls-key go together")
+    return ScalpelClient(
+        address,
+        args.api_key or os.environ.get("SCALPEL_API_KEY"),
+        root_certificates=ca,
+        client_certificate=cert,
+        client_key=key,
+        tls=args.tls,
+    )
 
 
 def _print(args: argparse.Namespace, message: Any, columns: Sequence[str] = (), rows_field: str | None = None) -> None:
@@ -236,6 +248,10 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     def command(parser: argparse.ArgumentParser, handler: Callable[..., Any], paged: bool = False) -> None:
         parser.add_argument("--address", default=None)
         parser.add_argument("--api-key", default=None)
+        parser.add_argument("--tls", action="store_true", help="TLS, verifying the server with the system's roots")
+        parser.add_argument("--tls-ca", default=os.environ.get("SCALPEL_TLS_CA"), help="CA file (implies --tls)")
+        parser.add_argument("--tls-cert", default=os.environ.get("SCALPEL_TLS_CERT"), help="client certificate")
+        parser.add_argument("--tls-key", default=os.environ.get("SCALPEL_TLS_KEY"), help="client private key")
         parser.add_argument("--json", action="store_true")
         if paged:
             parser.add_argument("--page-size", type=int, default=50)

@@ -58,13 +58,19 @@ class ScalpelClient:
         api_key: str | None = None,
         root_certificates: bytes | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
+        tls: bool = False,
     ) -> None:
+        """Plaintext unless ``tls`` or any TLS material is given. ``root_certificates``: the CA that
+        signed the server's certificate (default: the system's roots); ``client_certificate`` and
+        ``client_key``: this client's identity, for servers that require client certificates."""
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates)
+        if tls or root_certificates is not None or client_certificate is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
             if api_key:
                 credentials = grpc.composite_channel_credentials(
                     credentials, grpc.metadata_call_credentials(_BearerAuth(api_key))

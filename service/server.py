@@ -38,6 +38,7 @@ class ServerConfig:
     insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: every client must present a certificate this CA signed
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     workers: int = 16
     metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
@@ -84,8 +85,14 @@ class ScalpelServer:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(config.health_address)
             self.health_server.start()
+        if config.tls_client_ca and not (config.tls_cert and config.tls_key):
+            raise ValueError("tls_client_ca needs tls_cert and tls_key: client certificates are checked over TLS")
         if config.tls_cert and config.tls_key:
-            credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+                root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
+                require_client_auth=config.tls_client_ca is not None,
+            )
             self.port = self.server.add_secure_port(config.address, credentials)
         else:
             self.port = self.server.add_insecure_port(config.address)

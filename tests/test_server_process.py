@@ -8,7 +8,11 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import grpc
+import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.scalpel.v1 import scalpel_pb2 as pb
@@ -93,3 +97,119 @@ def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
         [sys.executable, "-m", "service.cli", "promote", "999"], env=env, capture_output=True, text=True
     )
     assert failing.returncode == 2 and "NOT_FOUND" in failing.stderr
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for localhost and a client certificate, both signed by it."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=scalpel-test-ca",
+    )
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        )
+    return {name: directory / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_mutual_tls_from_a_yaml_config_with_the_cli_client(tmp_path) -> None:
+    """`scalpel serve --config` with TLS and a client CA: only clients with a certificate the CA
+    signed get in; the CLI client connects with --tls-ca/--tls-cert/--tls-key."""
+    files = _certificates(tmp_path)
+    env = {**os.environ, "SCALPEL_DATA_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
+    config = tmp_path / "scalpel.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "address": "127.0.0.1:0",
+                "insecure": True,
+                "metrics_address": None,
+                "tls_cert": str(files["server.pem"]),
+                "tls_key": str(files["server.key"]),
+                "tls_client_ca": str(files["ca.pem"]),
+            }
+        )
+    )
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("adress: 127.0.0.1:0\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(typo)], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "unknown keys ['adress']" in refused.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(re.search(r"on port (\d+)", process.stdout.readline()).group(1))
+        address = f"localhost:{port}"
+        ca, cert, key = (files[n].read_bytes() for n in ("ca.pem", "client.pem", "client.key"))
+        with ScalpelClient(address, root_certificates=ca, client_certificate=cert, client_key=key) as client:
+            assert client.alias("toy").version == 0
+        with ScalpelClient(address, root_certificates=ca) as anonymous:
+            with pytest.raises(grpc.RpcError) as caught:
+                anonymous.alias("toy")
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # the handshake itself fails
+        cli = [sys.executable, "-m", "service.cli", "models", "list", "--json", "--address", address]
+        tls = [
+            "--tls-ca",
+            str(files["ca.pem"]),
+            "--tls-cert",
+            str(files["client.pem"]),
+            "--tls-key",
+            str(files["client.key"]),
+        ]
+        listed = subprocess.run([*cli, *tls], env=env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["models"][0]["name"] == "models/toy"
+        half = subprocess.run([*cli, *tls[:4]], env=env, capture_output=True, text=True, timeout=60)
+        assert half.returncode != 0 and "--tls-cert and --tls-key go together" in half.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
