@@ -76,7 +76,7 @@ class ScalpelServer:
         self.aliases: AliasCache | None = None
         self._stopping = threading.Event()
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
-        self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
+        self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics, config.workers)
         names = add_to_server(self.servicers, self.server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self.health_server = None
@@ -141,6 +141,7 @@ class ScalpelServer:
         if self.aliases is not None:
             self.aliases.close()
         self.server.stop(grace).wait()
+        self.servicers.generation_pool.shutdown(wait=False, cancel_futures=True)
         if self.health_server is not None:
             self.health_server.stop(0)
         self.checks.shutdown()

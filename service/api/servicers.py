@@ -10,6 +10,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from service.check_runs import CheckScheduler
 from service.checks import Suite
 from service.db.engine import data_dir
 from service.metrics import Metrics
+from service.read_ahead import read_ahead
 from service.registry import InvalidArgument, NotFound, Registry, RegistryError
 from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
 from service.serving import Finished, ModelHost
@@ -221,13 +223,19 @@ class Servicers(
     """All services over one registry and the hosted models."""
 
     def __init__(
-        self, registry: Registry, hosts: dict[str, ModelHost], checks: CheckScheduler, metrics: Metrics
+        self,
+        registry: Registry,
+        hosts: dict[str, ModelHost],
+        checks: CheckScheduler,
+        metrics: Metrics,
+        generation_threads: int = 16,
     ) -> None:
         self.registry = registry
         self.hosts = hosts
         self.checks = checks
         self.metrics = metrics
         self.aliases: AliasCache | None = None
+        self.generation_pool = ThreadPoolExecutor(max_workers=generation_threads, thread_name_prefix="generate")
 
     def _moved(self, info: AliasInfo) -> pb.Alias:
         self.metrics.active_version.labels(info.model, info.name).set(info.version)
@@ -413,15 +421,18 @@ class Servicers(
         (model,) = parse("model", request.model)
         host = self._host(model)
         version = self._version(host, request.selector)
-        stream = host.generate(
-            version,
-            request.prompt,
-            request.max_tokens or 16,
-            request.temperature,
-            request.top_p or 1.0,
-            request.seed if request.HasField("seed") else None,
-            tuple(request.stop),
-            context.is_active,
+        stream = read_ahead(
+            lambda keep_going: host.generate(
+                version,
+                request.prompt,
+                request.max_tokens or 16,
+                request.temperature,
+                request.top_p or 1.0,
+                request.seed if request.HasField("seed") else None,
+                tuple(request.stop),
+                lambda: keep_going() and context.is_active(),
+            ),
+            self.generation_pool,
         )
         for event in stream:
             if isinstance(event, Finished):
