@@ -47,8 +47,7 @@ class ServerConfig:
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
     health_address: str | None = None
     # Intra-op threads per forward (None: torch's default, one per core). Forwards of one model
-    # take turns, so this is the parallelism a forward gets; models small enough that a forward
-    # is mostly Python overhead serve faster with 1 (idle OpenMP threads spin on the other cores).
+    # take turns, so this is all the parallelism a forward gets; lower it to share a machine.
     torch_threads: int | None = None
 
 
