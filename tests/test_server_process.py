@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
+from tests.certificates import make_certificates
 
 
 def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
@@ -99,65 +99,10 @@ def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
     assert failing.returncode == 2 and "NOT_FOUND" in failing.stderr
 
 
-def _certificates(directory: Path) -> dict[str, Path]:
-    """A test CA, a server certificate for localhost and a client certificate, both signed by it."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=scalpel-test-ca",
-    )
-    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        )
-    return {name: directory / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
-
-
 def test_mutual_tls_from_a_yaml_config_with_the_cli_client(tmp_path) -> None:
     """`scalpel serve --config` with TLS and a client CA: only clients with a certificate the CA
     signed get in; the CLI client connects with --tls-ca/--tls-cert/--tls-key."""
-    files = _certificates(tmp_path)
+    files = make_certificates(tmp_path)
     env = {**os.environ, "SCALPEL_DATA_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
     config = tmp_path / "scalpel.yaml"

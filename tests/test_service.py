@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.registry.registry import ROLES
 from service.server import ScalpelServer, ServerConfig
+from tests.certificates import make_certificates
 
 
 @pytest.fixture
@@ -237,29 +237,8 @@ def test_prometheus_metrics_on_their_own_port(served) -> None:
 
 
 def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    files = make_certificates(tmp_path)
+    cert, key, ca = files["server.pem"], files["server.key"], files["ca.pem"]
     server = ScalpelServer(
         ServerConfig(
             address="127.0.0.1:0",
@@ -271,7 +250,7 @@ def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path)
         )
     )
     try:
-        credentials = grpc.ssl_channel_credentials(cert.read_bytes())
+        credentials = grpc.ssl_channel_credentials(ca.read_bytes())
         channel = grpc.secure_channel(f"localhost:{server.port}", credentials)
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -281,7 +260,7 @@ def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path)
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         assert probe.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         _, secret = server.registry.create_key("tls", "reader", "test")
-        with ScalpelClient(f"localhost:{server.port}", secret, root_certificates=cert.read_bytes()) as client:
+        with ScalpelClient(f"localhost:{server.port}", secret, root_certificates=ca.read_bytes()) as client:
             assert client.alias("toy").version == 0
         plaintext = ScalpelClient(f"127.0.0.1:{server.port}", secret)
         assert _code(lambda: plaintext.alias("toy")) == grpc.StatusCode.UNAVAILABLE
