@@ -325,10 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_model_loading() -> None:
+    """No per-load "Loading weights" bars from transformers in command output (here and in the
+    server processes the demo starts); our own progress bars stay."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from service.db.migrate import DatabaseNotReady
 
     args = build_parser().parse_args(argv)
+    _quiet_model_loading()
     try:
         return args.func(args)
     except DatabaseNotReady as error:
