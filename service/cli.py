@@ -176,10 +176,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if metrics_address:
         config.metrics_address = None if metrics_address == "off" else metrics_address
     config.torch_threads = args.torch_threads or config.torch_threads
-    if args.tls_cert and args.tls_key:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("scalpel: --tls-cert and --tls-key go together")
+    if args.tls_cert:
         config.tls_cert, config.tls_key = Path(args.tls_cert), Path(args.tls_key)
     if args.tls_client_ca:
         config.tls_client_ca = Path(args.tls_client_ca)
+    if config.tls_client_ca and not (config.tls_cert and config.tls_key):
+        raise SystemExit("scalpel: --tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
     serve(config)
     return 0
 
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_model_loading()
     try:
         return args.func(args)
-    except DatabaseNotReady as error:
+    except (DatabaseNotReady, OSError) as error:  # OSError: a file named on the command line, most often
         print(f"scalpel: {error}", file=sys.stderr)
         return 2
 

@@ -51,6 +51,33 @@ class ServerConfig:
     torch_threads: int | None = None
 
 
+#: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
+#: on a taken port would silently split the traffic. Binding must fail instead.
+NO_SHARED_PORT = ("grpc.so_reuseport", 0)
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_client_ca and not (config.tls_cert and config.tls_key):
+        raise ValueError("tls_client_ca needs tls_cert and tls_key: client certificates are checked over TLS")
+    if not (config.tls_cert and config.tls_key):
+        return None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+        root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
+        require_client_auth=config.tls_client_ca is not None,
+    )
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The bound port; an OSError naming the address when it cannot be had."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise OSError(f"cannot listen on {address} (in use by another process?): {error}") from error
+
+
 class ScalpelServer:
     """A started server; ``port`` is the bound port (useful with address ``…:0``)."""
 
@@ -58,16 +85,23 @@ class ScalpelServer:
         self.config = config
         self.registry = registry or Registry(config.database_url, max_artifact_bytes=config.max_message_bytes)
         require_current_schema(self.registry.engine)
+        credentials = _server_credentials(config)  # read the TLS files before anything starts
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            NO_SHARED_PORT,
         ]
         self.metrics = Metrics()
-        self.metrics_port = self.metrics.serve(config.metrics_address) if config.metrics_address else None
         interceptors = [MetricsInterceptor(self.metrics), AuthInterceptor(self.registry, insecure=config.insecure)]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers), options=options, interceptors=interceptors
         )
+        self.port = _bind(self.server, config.address, credentials)
+        self.health_server = None
+        if config.health_address:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[NO_SHARED_PORT])
+            self.health_port = _bind(self.health_server, config.health_address, None)
+        self.metrics_port = self.metrics.serve(config.metrics_address) if config.metrics_address else None
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -78,23 +112,9 @@ class ScalpelServer:
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics, config.workers)
         names = add_to_server(self.servicers, self.server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.health_server = None
-        if config.health_address:
-            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        if self.health_server is not None:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = self.health_server.add_insecure_port(config.health_address)
             self.health_server.start()
-        if config.tls_client_ca and not (config.tls_cert and config.tls_key):
-            raise ValueError("tls_client_ca needs tls_cert and tls_key: client certificates are checked over TLS")
-        if config.tls_cert and config.tls_key:
-            credentials = grpc.ssl_server_credentials(
-                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
-                root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
-                require_client_auth=config.tls_client_ca is not None,
-            )
-            self.port = self.server.add_secure_port(config.address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(config.address)
         self.server.start()
 
     def load_models(self) -> None:
@@ -151,6 +171,7 @@ class ScalpelServer:
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the start-up schema check is not news
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     server = ScalpelServer(config)

@@ -513,3 +513,11 @@ def test_a_llama_model_without_a_pad_token_serves_generate_score_and_compare(db_
     finally:
         client.close()
         server.stop(grace=0)
+
+
+def test_a_second_server_on_a_taken_port_fails_to_start(served, db_url) -> None:
+    """gRPC would share the port (SO_REUSEPORT) and silently split traffic; we refuse instead."""
+    server, admin, _, _ = served
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+        ScalpelServer(ServerConfig(address=f"127.0.0.1:{server.port}", database_url=db_url, metrics_address=None))
+    assert admin.alias("toy").version == 0  # the first server is unaffected
