@@ -190,7 +190,7 @@ def _promote(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _rollback(args: argparse.Namespace, c: ScalpelClient) -> None:
-    _print(args, c.rollback(args.model, args.alias, args.to, args.reason), ("name", "version", "etag", "updated_by"))
+    _print(args, c.rollback(args.model, args.alias, args.to, args.reason, args.force), ("name", "version", "etag", "updated_by"))
 
 
 def _history(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -331,9 +331,11 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
 
     for name, handler in (("promote", _promote), ("rollback", _rollback)):
         parser = commands.add_parser(name, help=f"{name} an alias")
+        parser.add_argument(
+            "--force", action="store_true", help="admin only, with --reason: move to a version whose checks did not pass"
+        )
         if name == "promote":
             parser.add_argument("version", type=int)
-            parser.add_argument("--force", action="store_true", help="admin only, with --reason")
         else:
             parser.add_argument("--to", type=int, default=None, help="a named version (default: undo the last move)")
         parser.add_argument("--model", default="toy")

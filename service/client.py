@@ -135,10 +135,19 @@ class ScalpelClient:
             )
         )
 
-    def rollback(self, model: str, alias: str = "production", version: int | None = None, reason: str = "") -> pb.Alias:
+    def rollback(
+        self,
+        model: str,
+        alias: str = "production",
+        version: int | None = None,
+        reason: str = "",
+        force: bool = False,
+    ) -> pb.Alias:
         etag = self.alias(model, alias).etag
         return self.aliases.Rollback(
-            pb.RollbackRequest(name=f"models/{model}/aliases/{alias}", etag=etag, reason=reason, version=version)
+            pb.RollbackRequest(
+                name=f"models/{model}/aliases/{alias}", etag=etag, reason=reason, version=version, force=force
+            )
         )
 
     def stream(

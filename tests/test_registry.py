@@ -154,6 +154,72 @@ def test_rollback_is_an_undo_stack(registry) -> None:
         registry.rollback("m", "production", "dave", etag)  # stale etag
 
 
+def _gate_fixture(registry: Registry) -> str:
+    """v1 passed its checks, v2 failed them, v3 was never checked; production serves v1."""
+    registry.register_model("m", "hub/m", SHA, "alice")
+    registry.set_suite("m", {}, "alice")
+    for scale in (1.0, 2.0, 5000.0):
+        registry.create_version("m", 0, "alice", append=[registry.create_edit("m", steering(scale), "alice").id])
+    registry.record_check_run("m", 1, "passed", PASS, "checker")
+    registry.record_check_run("m", 2, "failed", [{"name": "kl", "passed": False}], "checker")
+    return registry.promote("m", "production", 1, "carol", registry.get_alias("m", "production").etag).etag
+
+
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("path", ["promote", "rollback_to", "promote_new_alias"])
+def test_no_alias_move_reaches_a_version_that_did_not_pass(registry, path, version) -> None:
+    etag = _gate_fixture(registry)
+    before = snapshot(registry)
+    with pytest.raises(FailedPrecondition, match=f"version {version} has status"):
+        if path == "promote":
+            registry.promote("m", "production", version, "carol", etag, actor_role="approver")
+        elif path == "rollback_to":
+            registry.rollback("m", "production", "carol", etag, "revert", to_version=version, actor_role="approver")
+        else:
+            registry.promote("m", "staging", version, "carol", None, actor_role="approver")
+    assert snapshot(registry) == before
+    assert registry.get_alias("m", "production").version == 1
+
+
+def test_forcing_any_alias_move_needs_an_admin_and_a_reason(registry) -> None:
+    etag = _gate_fixture(registry)
+    with pytest.raises(PermissionDenied):
+        registry.rollback("m", "production", "carol", etag, "x", to_version=3, force=True, actor_role="approver")
+    with pytest.raises(InvalidArgument, match="reason"):
+        registry.rollback("m", "production", "root", etag, "", to_version=3, force=True, actor_role="admin")
+    moved = registry.rollback("m", "production", "root", etag, "incident 7", to_version=3, force=True, actor_role="admin")
+    assert moved.version == 3
+    move = registry.alias_history("m", "production").items[0]
+    assert (move.action, move.forced, move.reason) == ("rollback_to", True, "incident 7")
+
+
+def test_undo_and_named_rollback_to_a_version_the_alias_served_are_admitted(registry) -> None:
+    etag = _gate_fixture(registry)
+    etag = registry.promote("m", "production", 3, "root", etag, "hotfix", force=True, actor_role="admin").etag
+    etag = registry.promote("m", "production", 1, "carol", etag).etag
+    # v3 never passed, but production served it: the plain undo and a named rollback may return to it
+    undone = registry.rollback("m", "production", "dave", etag, "undo")
+    assert undone.version == 3
+    etag = registry.rollback("m", "production", "dave", undone.etag, to_version=1).etag
+    named = registry.rollback("m", "production", "dave", etag, "back to the hotfix", to_version=3)
+    assert named.version == 3 and not registry.alias_history("m", "production").items[0].forced
+    # another alias never served v3: the same target is refused there
+    registry.promote("m", "canary", 1, "carol", None)
+    with pytest.raises(FailedPrecondition):
+        registry.rollback("m", "canary", "dave", registry.get_alias("m", "canary").etag, to_version=3)
+
+
+def test_a_stale_etag_is_a_conflict_before_anything_else_is_judged(registry) -> None:
+    etag = _gate_fixture(registry)
+    fresh = registry.rollback("m", "production", "dave", etag).etag  # undo stack now empty
+    with pytest.raises(Conflict):
+        registry.rollback("m", "production", "dave", etag)  # retried with the stale etag
+    with pytest.raises(Conflict):
+        registry.promote("m", "production", 2, "carol", etag)  # would also fail the gate
+    with pytest.raises(FailedPrecondition, match="no earlier move"):
+        registry.rollback("m", "production", "dave", fresh)
+
+
 def test_two_concurrent_moves_with_one_etag_exactly_one_wins(registry) -> None:
     registry.register_model("m", "hub/m", SHA, "alice")
     registry.set_suite("m", {}, "alice")

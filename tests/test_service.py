@@ -143,6 +143,23 @@ def test_edit_version_gate_promote_serve_and_roll_back(served) -> None:
     assert [e.action for e in moves.events] == ["alias.rollback", "alias.promote"]
 
 
+def test_rollback_to_an_unchecked_version_is_refused_over_the_socket(served) -> None:
+    server, admin, _, address = served
+    _, approver_secret = server.registry.create_key("approver", "approver", "bootstrap")
+    approver = ScalpelClient(address, approver_secret)
+    huge = Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128), scale=5000.0)
+    version = admin.create_version("toy", 0, append=[admin.create_edit("toy", huge).id])
+    refused = _code(lambda: approver.rollback("toy", version=version.number, reason="sneak"))
+    assert refused == grpc.StatusCode.FAILED_PRECONDITION
+    denied = _code(lambda: approver.rollback("toy", version=version.number, reason="sneak", force=True))
+    assert denied == grpc.StatusCode.PERMISSION_DENIED
+    assert admin.alias("toy").version == 0
+    forced = admin.rollback("toy", version=version.number, reason="incident 9", force=True)
+    assert forced.version == version.number
+    assert approver.rollback("toy", reason="undo").version == 0  # undoing is always allowed
+    approver.close()
+
+
 def _covariance(surgeon: Surgeon, tokenizer) -> torch.Tensor:
     return key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
 

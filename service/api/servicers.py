@@ -397,8 +397,18 @@ class Servicers(
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.Alias:
         model, alias = parse("alias", request.name)
         target = request.version if request.HasField("version") else None
+        principal = current_principal()
         return self._moved(
-            self.registry.rollback(model, alias, current_principal().name, request.etag, request.reason, target)
+            self.registry.rollback(
+                model,
+                alias,
+                principal.name,
+                request.etag or None,
+                request.reason,
+                target,
+                request.force,
+                principal.role,
+            )
         )
 
     @_abort_on_errors

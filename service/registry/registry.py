@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from editors import Edit, InvalidEditError, artifact_blobs_by_hash, edit_from_json
@@ -165,6 +165,18 @@ class RunInfo:
     results: list[dict[str, Any]]
     started_at: datetime
     finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _MoveRequest:
+    """Who asks to move an alias, how, and with what authority."""
+
+    action: str  # promote | rollback | rollback_to
+    actor: str
+    actor_role: str
+    expected_etag: str | None
+    reason: str
+    force: bool
 
 
 class Registry:
@@ -744,44 +756,39 @@ class Registry:
         model_row: ModelRow,
         name: str,
         target: VersionRow,
-        expected_etag: str | None,
-        actor: str,
-        reason: str,
-        action: str,
-        forced: bool,
+        move: _MoveRequest,
     ) -> AliasInfo:
+        """Every alias move goes through here: etag first, then :meth:`_admit`, then the write."""
         row = self._alias_row(session, model_row.id, name)
+        self._check_etag(name, row, move.expected_etag)
+        forced = self._admit(session, row, target, move)
         now, etag = _now(), _new_etag()
         if row is None:
-            if expected_etag:
-                raise Conflict(f"alias {name!r} does not exist, but etag {expected_etag!r} was expected")
             row = AliasRow(
-                model_id=model_row.id, name=name, version_id=target.id, etag=etag, updated_by=actor, updated_at=now
+                model_id=model_row.id, name=name, version_id=target.id, etag=etag, updated_by=move.actor, updated_at=now
             )
             session.add(row)
             session.flush()
             from_id = None
         else:
-            if expected_etag is None:
-                raise InvalidArgument(f"moving alias {name!r} needs its current etag")
             from_id = row.version_id
             moved = session.execute(
                 update(AliasRow)
-                .where(AliasRow.id == row.id, AliasRow.etag == expected_etag)
-                .values(version_id=target.id, etag=etag, updated_by=actor, updated_at=now)
+                .where(AliasRow.id == row.id, AliasRow.etag == move.expected_etag)
+                .values(version_id=target.id, etag=etag, updated_by=move.actor, updated_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount
             if moved != 1:
-                raise Conflict(f"alias {name!r} was moved by someone else (etag {expected_etag!r} is stale)")
+                raise Conflict(f"alias {name!r} was moved by someone else (etag {move.expected_etag!r} is stale)")
             session.refresh(row)
         session.add(
             AliasMove(
                 alias_id=row.id,
-                action=action,
+                action=move.action,
                 from_version_id=from_id,
                 to_version_id=target.id,
-                actor=actor,
-                reason=reason,
+                actor=move.actor,
+                reason=move.reason,
                 forced=forced,
                 created_at=now,
             )
@@ -793,12 +800,65 @@ class Registry:
             )
         audit.append(
             session,
-            actor,
-            f"alias.{action}",
+            move.actor,
+            f"alias.{move.action}",
             f"models/{model}/aliases/{name}",
-            {"from": from_number, "to": target.number, "forced": forced, "reason": reason},
+            {"from": from_number, "to": target.number, "forced": forced, "reason": move.reason},
         )
         return self._alias_info(session, model, row)
+
+    @staticmethod
+    def _check_etag(name: str, row: AliasRow | None, expected_etag: str | None) -> None:
+        """A stale etag is ABORTED before anything else is judged, so a retried move reads as a conflict."""
+        if row is None:
+            if expected_etag:
+                raise Conflict(f"alias {name!r} does not exist, but etag {expected_etag!r} was expected")
+        elif expected_etag is None or expected_etag == "":
+            raise InvalidArgument(f"moving alias {name!r} needs its current etag")
+        elif row.etag != expected_etag:
+            raise Conflict(f"alias {name!r} was moved by someone else (etag {expected_etag!r} is stale)")
+
+    def _admit(self, session: Session, row: AliasRow | None, target: VersionRow, move: _MoveRequest) -> bool:
+        """The one rule for moving an alias, whatever the call (promote, rollback, rollback_to).
+
+        The target is admitted if its latest run against the model's current suite passed (or it
+        is the base), or if the alias pointed at it before (an undo, or a named rollback to a
+        version recorded in this alias's history), or if an admin forces it with a reason.
+        Returns whether the move was forced past the checks.
+        """
+        if move.force and move.actor_role != "admin":
+            raise PermissionDenied("only an admin may force an alias move")
+        if move.force and not move.reason.strip():
+            raise InvalidArgument("a forced alias move needs a reason")
+        status = self._status(session, target)
+        if status in ("base", "passed"):
+            return False
+        if row is not None and self._served_before(session, row, target):
+            return False
+        if move.force:
+            return True
+        failing = self._failing_checks(session, target)
+        detail = f" (failing: {', '.join(failing)})" if failing else ""
+        raise FailedPrecondition(
+            f"version {target.number} has status {status!r}{detail} and alias {row.name if row else ''!r} never "
+            "pointed at it; only a version whose checks passed, or one the alias served before, can be moved to "
+            "(an admin may force it with a reason)"
+        )
+
+    @staticmethod
+    def _served_before(session: Session, row: AliasRow, target: VersionRow) -> bool:
+        """Whether the alias's recorded history shows it pointing at ``target``."""
+        return (
+            session.execute(
+                select(AliasMove.id)
+                .where(
+                    AliasMove.alias_id == row.id,
+                    or_(AliasMove.to_version_id == target.id, AliasMove.from_version_id == target.id),
+                )
+                .limit(1)
+            ).first()
+            is not None
+        )
 
     def promote(
         self,
@@ -811,44 +871,34 @@ class Registry:
         force: bool = False,
         actor_role: str = "approver",
     ) -> AliasInfo:
-        """Point ``alias`` at ``version``; refused unless its checks passed, or forced by an admin with a reason."""
-        if force and actor_role != "admin":
-            raise PermissionDenied("only an admin may force a promotion")
-        if force and not reason.strip():
-            raise InvalidArgument("a forced promotion needs a reason")
+        """Point ``alias`` at ``version``; refused unless :meth:`_admit` admits it."""
+        move = _MoveRequest("promote", actor, actor_role, expected_etag, reason, force)
         with self._write() as session:
             model_row = self._model(session, model)
             target = self._version_row(session, model_row.id, version)
-            status = self._status(session, target)
-            if status not in ("base", "passed") and not force:
-                failing = self._failing_checks(session, target)
-                detail = f" (failing: {', '.join(failing)})" if failing else ""
-                raise FailedPrecondition(
-                    f"version {version} has status {status!r}{detail}; only a version whose checks "
-                    "passed can be promoted (an admin may force it with a reason)"
-                )
-            return self._move(
-                session,
-                model,
-                model_row,
-                alias,
-                target,
-                expected_etag,
-                actor,
-                reason,
-                "promote",
-                force and status not in ("base", "passed"),
-            )
+            return self._move(session, model, model_row, alias, target, move)
 
     def rollback(
-        self, model: str, alias: str, actor: str, expected_etag: str, reason: str = "", to_version: int | None = None
+        self,
+        model: str,
+        alias: str,
+        actor: str,
+        expected_etag: str,
+        reason: str = "",
+        to_version: int | None = None,
+        force: bool = False,
+        actor_role: str = "approver",
     ) -> AliasInfo:
-        """Undo the alias's latest move not already undone, or move it to ``to_version``."""
+        """Undo the alias's latest move not already undone, or move it to ``to_version``; the same
+        rule as a promotion decides whether the target may serve (:meth:`_admit`)."""
+        action = "rollback" if to_version is None else "rollback_to"
+        move = _MoveRequest(action, actor, actor_role, expected_etag, reason, force)
         with self._write() as session:
             model_row = self._model(session, model)
             row = self._alias_row(session, model_row.id, alias)
             if row is None:
                 raise NotFound(f"alias {alias!r} of model {model!r} does not exist")
+            self._check_etag(alias, row, expected_etag)
             if to_version is not None:
                 target = self._version_row(session, model_row.id, to_version)
             else:
@@ -856,8 +906,7 @@ class Registry:
                 if target_id is None:
                     raise FailedPrecondition(f"alias {alias!r} has no earlier move to roll back")
                 target = session.get(VersionRow, target_id)
-            action = "rollback" if to_version is None else "rollback_to"
-            return self._move(session, model, model_row, alias, target, expected_etag, actor, reason, action, False)
+            return self._move(session, model, model_row, alias, target, move)
 
     @staticmethod
     def _undo_target(session: Session, alias_id: int) -> int | None:
