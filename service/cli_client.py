@@ -190,7 +190,11 @@ def _promote(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _rollback(args: argparse.Namespace, c: ScalpelClient) -> None:
-    _print(args, c.rollback(args.model, args.alias, args.to, args.reason, args.force), ("name", "version", "etag", "updated_by"))
+    _print(
+        args,
+        c.rollback(args.model, args.alias, args.to, args.reason, args.force),
+        ("name", "version", "etag", "updated_by"),
+    )
 
 
 def _history(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -332,7 +336,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     for name, handler in (("promote", _promote), ("rollback", _rollback)):
         parser = commands.add_parser(name, help=f"{name} an alias")
         parser.add_argument(
-            "--force", action="store_true", help="admin only, with --reason: move to a version whose checks did not pass"
+            "--force",
+            action="store_true",
+            help="admin only, with --reason: past the checks gate",
         )
         if name == "promote":
             parser.add_argument("version", type=int)

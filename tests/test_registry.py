@@ -187,7 +187,9 @@ def test_forcing_any_alias_move_needs_an_admin_and_a_reason(registry) -> None:
         registry.rollback("m", "production", "carol", etag, "x", to_version=3, force=True, actor_role="approver")
     with pytest.raises(InvalidArgument, match="reason"):
         registry.rollback("m", "production", "root", etag, "", to_version=3, force=True, actor_role="admin")
-    moved = registry.rollback("m", "production", "root", etag, "incident 7", to_version=3, force=True, actor_role="admin")
+    moved = registry.rollback(
+        "m", "production", "root", etag, "incident 7", to_version=3, force=True, actor_role="admin"
+    )
     assert moved.version == 3
     move = registry.alias_history("m", "production").items[0]
     assert (move.action, move.forced, move.reason) == ("rollback_to", True, "incident 7")
