@@ -25,7 +25,7 @@ from editors.serialization import artifact_blobs_by_hash, edit_from_json, load_e
 from editors.sites import Site
 from editors.stats import ActivationStats, activation_stats, head_ablation, neuron_ablation
 from editors.steering import derive_steering
-from editors.surgeon import EditStack, Surgeon
+from editors.surgeon import EditStack, RowStacks, Surgeon
 
 __all__ = [
     "ADAPTERS",
@@ -39,6 +39,7 @@ __all__ = [
     "LowRank",
     "ModelDims",
     "NeuronAblation",
+    "RowStacks",
     "Site",
     "Steering",
     "Surgeon",

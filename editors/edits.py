@@ -51,11 +51,14 @@ class Op:
 
     For activation sites ``fn(x, positions) -> x`` where ``x`` is the activation in site layout
     and ``positions`` the model's position ids ``[batch|1, seq]`` (only computed when
-    ``needs_positions``). For weight sites ``fn(module_input, module_output) -> module_output``.
+    ``needs_positions``); with ``needs_rows`` it is ``fn(x, positions, rows)`` where ``rows``
+    ``[batch]`` are the rows' sample keys (their batch row numbers, unless a batch of per-row
+    stacks says otherwise). For weight sites ``fn(module_input, module_output) -> module_output``.
     """
 
     fn: Callable[..., torch.Tensor]
     needs_positions: bool = False
+    needs_rows: bool = False
 
 
 def canonical_json(value: Any) -> str:
@@ -154,10 +157,10 @@ def _position_mask(positions: torch.Tensor, wanted: torch.Tensor) -> torch.Tenso
     return torch.isin(positions, wanted).unsqueeze(-1)
 
 
-def _resample_index(order: torch.Tensor, positions: torch.Tensor, batch: int) -> torch.Tensor:
-    """Deterministic pool row per (batch row, absolute position): independent of threads and calls."""
-    rows = torch.arange(batch, device=positions.device).unsqueeze(1) * _RESAMPLE_ROW_STRIDE
-    return order[(positions.expand(batch, -1) + rows) % order.numel()]
+def _resample_index(order: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Deterministic pool row per (row key, absolute position): independent of threads and calls."""
+    offsets = rows.to(positions.device).unsqueeze(1) * _RESAMPLE_ROW_STRIDE
+    return order[(positions.expand(rows.shape[0], -1) + offsets) % order.numel()]
 
 
 def _ablation_fields(edit: _Ablation, unit_field: str) -> None:
@@ -232,6 +235,7 @@ class _Ablation(Edit):
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None,
+        rows: torch.Tensor | None,
         dim: int,
         index: torch.Tensor,
         means: torch.Tensor | None,
@@ -244,7 +248,7 @@ class _Ablation(Edit):
         if self.mode == "mean":
             values = means.expand(*lead, *means.shape)
         else:
-            values = pool[_resample_index(order, positions, lead[0])]
+            values = pool[_resample_index(order, positions, rows)]
         return x.index_copy(dim, index, values.to(x.dtype))
 
     def _compile_at(self, site: Site, dim: int, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
@@ -256,10 +260,12 @@ class _Ablation(Edit):
             generator = torch.Generator().manual_seed(self.seed)
             order = torch.randperm(pool.shape[0], generator=generator).to(device)
 
-        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-            return self._replace(x, positions, dim, index, means, pool, order)
+        resample = self.mode == "resample"
 
-        return [(site, Op(fn, needs_positions=self.mode == "resample"))]
+        def fn(x: torch.Tensor, positions: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return self._replace(x, positions, rows, dim, index, means, pool, order)
+
+        return [(site, Op(fn, needs_positions=resample, needs_rows=resample))]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -9,6 +9,11 @@ Hooks are installed on demand, once per (layer, hook point), when a compiled
 forward pass under an empty stack therefore runs hooks only at points some live stack uses,
 and each of those returns after one context-variable read.
 
+A batch can also run each row under its own stack (:meth:`Surgeon.rows`): the serving engine
+puts requests for different versions into one forward. Each site then runs, for every distinct
+stack with ops there, those ops on that stack's rows only (gathered, edited, scattered back); a
+stack that covers the whole batch runs on the batch directly, with no gather at all.
+
 Example::
 
     surgeon = Surgeon(model)
@@ -56,6 +61,19 @@ _surgeon_ids = count()
 
 
 @dataclass(frozen=True, eq=False)
+class RowGroup:
+    """The ops one stack runs at one site, and the batch rows it runs them on.
+
+    ``rows`` is ``None`` when the stack covers every row. ``keys`` are the rows' sample keys (the
+    row number a resample ablation draws with): ``None`` means the batch row numbers.
+    """
+
+    ops: tuple[Op, ...]
+    rows: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class EditStack:
     """A validated, compiled, ordered list of edits for one Surgeon. Build with :meth:`Surgeon.compile`."""
 
@@ -68,6 +86,23 @@ class EditStack:
     def ids(self) -> tuple[str, ...]:
         return tuple(edit.id for edit in self.edits)
 
+    @cached_property
+    def groups(self) -> dict[Site, tuple[RowGroup, ...]]:
+        """Every row runs this stack: one group per site, over the whole batch."""
+        return {site: (RowGroup(ops),) for site, ops in self.ops.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class RowStacks:
+    """One stack per batch row, for one forward. Build with :meth:`Surgeon.rows`.
+
+    It keeps its stacks alive (and so their hooks installed) for as long as it lives.
+    """
+
+    stacks: tuple[EditStack, ...]
+    groups: dict[Site, tuple[RowGroup, ...]]
+    position_layers: frozenset[int]
+
 
 class Surgeon:
     """Hook dispatcher for one ``transformers`` causal LM (GPT-2, GPT-NeoX or Llama family)."""
@@ -76,7 +111,9 @@ class Surgeon:
         self.model = model
         self.adapter = adapter or adapter_for(model)
         self.dims: ModelDims = self.adapter.dims(model)
-        self._active: ContextVar[EditStack | None] = ContextVar(f"scalpel_stack_{next(_surgeon_ids)}", default=None)
+        self._active: ContextVar[EditStack | RowStacks | None] = ContextVar(
+            f"scalpel_stack_{next(_surgeon_ids)}", default=None
+        )
         self._scratch = threading.local()
         self._lock = threading.Lock()
         self._installed: dict[Unit, tuple[Any, int]] = {}
@@ -135,6 +172,32 @@ class Surgeon:
         weakref.finalize(stack, self._release_later, stack.units)
         return stack
 
+    def rows(self, stacks: Sequence[EditStack], keys: Sequence[int] | None = None) -> RowStacks:
+        """Per-row stacks for one forward over ``len(stacks)`` rows (row ``i`` runs ``stacks[i]``).
+
+        ``keys`` are the rows' sample keys for resample ablation (default: 0 for every row, so each
+        row draws exactly what it would draw as the only row of a batch).
+        """
+        stacks = tuple(stacks)
+        if not stacks:
+            raise ValueError("rows() needs at least one stack")
+        device = self.device_dtype[0]
+        key_tensor = torch.tensor(list(keys) if keys is not None else [0] * len(stacks), device=device)
+        by_stack: dict[int, list[int]] = {}
+        for row, stack in enumerate(stacks):
+            by_stack.setdefault(id(stack), []).append(row)
+        groups: dict[Site, list[RowGroup]] = {}
+        for row_list in by_stack.values():
+            stack = stacks[row_list[0]]
+            if not stack.ops:
+                continue
+            rows = None if len(row_list) == len(stacks) else torch.tensor(row_list, device=device)
+            keys_here = key_tensor if rows is None else key_tensor[rows]
+            for site, ops in stack.ops.items():
+                groups.setdefault(site, []).append(RowGroup(ops, rows, keys_here))
+        position_layers = frozenset().union(*(stack.position_layers for stack in stacks))
+        return RowStacks(stacks, {site: tuple(g) for site, g in groups.items()}, position_layers)
+
     def site(self, name: str, field: str = "site") -> Site:
         """Parse an activation site name and check that this model has it."""
         site = Site.parse(name, field, ACTIVATION_POINTS)
@@ -154,6 +217,19 @@ class Surgeon:
             self._active.reset(token)
 
     @contextmanager
+    def apply_rows(self, rows: RowStacks) -> Iterator[RowStacks]:
+        """Run the body's forwards with batch row ``i`` under ``rows.stacks[i]``.
+
+        Pass ``position_ids`` ``[batch, seq]`` to the model when rows are left-padded, so edits
+        at chosen positions see each row's own positions.
+        """
+        token = self._active.set(rows)
+        try:
+            yield rows
+        finally:
+            self._active.reset(token)
+
+    @contextmanager
     def trace(self, sites: Sequence[str], edits: EditStack | Sequence[Edit] = ()) -> Iterator[dict[str, torch.Tensor]]:
         """Record the activations at ``sites`` (under ``edits``) into the yielded dict, per forward pass."""
         cache: dict[str, torch.Tensor] = dict.fromkeys(sites)  # type: ignore[arg-type]
@@ -162,7 +238,7 @@ class Surgeon:
             yield cache
 
     @property
-    def active(self) -> EditStack | None:
+    def active(self) -> EditStack | RowStacks | None:
         """The stack the current context runs under."""
         return self._active.get()
 
@@ -232,10 +308,16 @@ class Surgeon:
             return torch.arange(x.shape[1], device=x.device).unsqueeze(0)
         return positions
 
-    def _run(self, ops: tuple[Op, ...], x: torch.Tensor) -> torch.Tensor:
-        positions = self._positions(x) if any(op.needs_positions for op in ops) else None
-        for op in ops:
-            x = op.fn(x, positions)
+    def _run(self, groups: tuple[RowGroup, ...], x: torch.Tensor) -> torch.Tensor:
+        """Each group's ops on its rows of ``x`` (activation layout ``[batch, pos, ...]``)."""
+        positions = self._positions(x) if any(op.needs_positions for g in groups for op in g.ops) else None
+        for group in groups:
+            if group.rows is None:
+                x = _run_ops(group.ops, x, positions, group.keys)
+                continue
+            part = x.index_select(0, group.rows)
+            here = positions if positions is None or positions.shape[0] == 1 else positions[group.rows]
+            x = x.index_copy(0, group.rows, _run_ops(group.ops, part, here, group.keys))
         return x
 
     # -- hook factories (one per unit kind) ---------------------------------------------------
@@ -248,7 +330,7 @@ class Surgeon:
                 return None
             if layer in stack.position_layers:
                 self._scratch.positions = kwargs.get("position_ids")
-            ops = stack.ops.get(site)
+            ops = stack.groups.get(site)
             if not ops:
                 return None
             if args:
@@ -265,7 +347,7 @@ class Surgeon:
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             stack = self._active.get()
-            ops = stack.ops.get(site) if stack is not None else None
+            ops = stack.groups.get(site) if stack is not None else None
             if not ops:
                 return None
             if isinstance(output, tuple):
@@ -279,7 +361,7 @@ class Surgeon:
 
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
             stack = self._active.get()
-            ops = stack.ops.get(site) if stack is not None else None
+            ops = stack.groups.get(site) if stack is not None else None
             if not ops:
                 return None
             edited = self._run(ops, args[0])
@@ -298,10 +380,10 @@ class Surgeon:
             stack = self._active.get()
             if stack is None:
                 return None
-            ops = stack.ops.get(out)
+            ops = stack.groups.get(out)
             if ops:
                 output = self._run(ops, output)
-            if mid in stack.ops:
+            if mid in stack.groups:
                 output = output + self._scratch.__dict__.pop(key)
             return output
 
@@ -321,7 +403,7 @@ class Surgeon:
 
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
             stack = self._active.get()
-            ops = stack.ops.get(site) if stack is not None else None
+            ops = stack.groups.get(site) if stack is not None else None
             if not ops:
                 return None
             x = args[0]
@@ -335,14 +417,33 @@ class Surgeon:
     def _hook_weight(self, site: Site) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
             stack = self._active.get()
-            ops = stack.ops.get(site) if stack is not None else None
-            if not ops:
+            groups = stack.groups.get(site) if stack is not None else None
+            if not groups:
                 return None
-            for op in ops:
-                output = op.fn(args[0], output)
+            x = args[0]
+            for group in groups:
+                if group.rows is None:
+                    for op in group.ops:
+                        output = op.fn(x, output)
+                    continue
+                part_x, part_y = x.index_select(0, group.rows), output.index_select(0, group.rows)
+                for op in group.ops:
+                    part_y = op.fn(part_x, part_y)
+                output = output.index_copy(0, group.rows, part_y)
             return output
 
         return hook
+
+
+def _run_ops(
+    ops: tuple[Op, ...], x: torch.Tensor, positions: torch.Tensor | None, keys: torch.Tensor | None
+) -> torch.Tensor:
+    for op in ops:
+        if op.needs_rows:
+            x = op.fn(x, positions, keys if keys is not None else torch.arange(x.shape[0], device=x.device))
+        else:
+            x = op.fn(x, positions)
+    return x
 
 
 def _recorder(cache: dict[str, torch.Tensor], name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:

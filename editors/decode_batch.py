@@ -1,0 +1,109 @@
+"""The rows a model decodes together: one left-padded KV cache, its attention mask and positions.
+
+Rows join (a prefill of new prompts, merged into the running batch) and leave (finished or
+cancelled) between forwards. Every row is left-padded to the batch's cache length; the attention
+mask hides the padding and each row's ``position_ids`` count only its real tokens, so a row
+computes what it would compute alone. Caches are ``transformers``' :class:`DynamicCache`; only
+their row and padding layout is managed here, attention is the model's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from editors.surgeon import EditStack, RowStacks, Surgeon
+
+
+class DecodeBatch:
+    """A batch of rows with a shared KV cache. Build with :meth:`prefill`; grow with :meth:`merge`."""
+
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        self.cache = cache
+        self.mask = mask  # [rows, cache length], 1 for real tokens
+        self.positions = positions  # [rows], the position id of each row's next token
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    @classmethod
+    def prefill(
+        cls,
+        model: nn.Module,
+        surgeon: Surgeon,
+        prompts: Sequence[torch.Tensor],
+        stacks: Sequence[EditStack],
+        pad_id: int,
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run ``prompts`` (1-D id tensors), row ``i`` under ``stacks[i]``; return the batch and the
+        last position's logits ``[rows, vocab]``."""
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = prompt
+            mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        with surgeon.apply_rows(surgeon.rows(stacks)):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True)
+        return cls(out.cache, mask, mask.sum(-1)), out.logits[:, -1]
+
+    def step(self, model: nn.Module, surgeon: Surgeon, rows: RowStacks, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed each row its next token (``[rows]``) under ``rows`` (a :class:`RowStacks`); return the
+        next logits ``[rows, vocab]``."""
+        mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
+        with surgeon.apply_rows(rows):
+            out = model(
+                input_ids=tokens.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=self.positions.unsqueeze(1),
+                cache=self.cache,
+                use_cache=True,
+            )
+        self.cache, self.mask, self.positions = out.cache, mask, self.positions + 1
+        return out.logits[:, -1]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (in that order) and drop the cache columns no kept row uses."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        first = int(self.mask.any(dim=0).int().argmax()) if len(self) else self.length
+        if first:
+            self._crop_left(first)
+
+    def merge(self, other: DecodeBatch) -> None:
+        """Append ``other``'s rows after this batch's, padding the shorter cache on the left."""
+        width = max(self.length, other.length)
+        for batch in (self, other):
+            batch._pad_left(width - batch.length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        self.mask = torch.cat([self.mask, other.mask], dim=0)
+        self.positions = torch.cat([self.positions, other.positions], dim=0)
+
+    def _pad_left(self, columns: int) -> None:
+        if columns <= 0:
+            return
+        for layer in self.cache.layers:
+            layer.keys = F.pad(layer.keys, (0, 0, columns, 0))
+            layer.values = F.pad(layer.values, (0, 0, columns, 0))
+        self.mask = F.pad(self.mask, (columns, 0))
+
+    def _crop_left(self, columns: int) -> None:
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[..., columns:, :]
+            layer.values = layer.values[..., columns:, :]
+        self.mask = self.mask[:, columns:]
