@@ -34,6 +34,8 @@ from service.serving import ModelHost, Token
 
 TASKS = ("fact_recall", "induction_accuracy")
 WORST = 5
+#: Reference texts per forward in a check run: each chunk is one background job of the scheduler.
+CHECK_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,20 @@ class CheckRunner:
         self.world = World.load(world_file) if world_file.exists() else None
 
     def _logprobs(self, stack: EditStack, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        encoded = self.host.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
-        with torch.inference_mode(), self.host.surgeon.apply(stack), self.host.forward_lock:
-            logits = self.host.model(**encoded).logits.float()
-        return logits.log_softmax(dim=-1), encoded["input_ids"], encoded["attention_mask"].bool()
+        """Log-probabilities of ``texts`` under ``stack``: background jobs of the scheduler, a chunk
+        of texts per forward, so serving goes on between them."""
+        host = self.host
+        encoded = host.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        chunks = []
+        for start in range(0, len(texts), CHECK_BATCH):
+            part = {key: value[start : start + CHECK_BATCH].to(host.device) for key, value in encoded.items()}
+
+            def run(part: dict[str, torch.Tensor] = part) -> torch.Tensor:
+                with host.surgeon.apply(stack):
+                    return host.model(**part).logits.float().log_softmax(dim=-1).cpu()
+
+            chunks.append(host.forward(run, background=True))
+        return torch.cat(chunks), encoded["input_ids"], encoded["attention_mask"].bool()
 
     def run(
         self,
@@ -212,15 +224,18 @@ class CheckRunner:
         if self.world is None:
             raise InvalidArgument(f"task {task!r} needs a toy world next to the model")
         host = self.host
-        with host.surgeon.apply(stack), host.forward_lock:
-            if task == "induction_accuracy":
-                return _result(
-                    f"task:{task}", induction_accuracy(host.model, host.tokenizer, self.world), floor, ">=", []
+        world = self.world
+        facts = [f for f in world.facts if f.subject not in skip]
+
+        def run() -> float:
+            with host.surgeon.apply(stack):
+                if task == "induction_accuracy":
+                    return induction_accuracy(host.model, host.tokenizer, world)
+                return top1_accuracy(
+                    host.model, host.tokenizer, [f.canonical_prompt for f in facts], [f.object for f in facts]
                 )
-            facts = [f for f in self.world.facts if f.subject not in skip]
-            prompts, answers = [f.canonical_prompt for f in facts], [f.object for f in facts]
-            accuracy = top1_accuracy(host.model, host.tokenizer, prompts, answers)
-        return _result(f"task:{task}", accuracy, floor, ">=", [])
+
+        return _result(f"task:{task}", host.forward(run, background=True), floor, ">=", [])
 
     def _expectations(self, cases: list[dict[str, str]], version: int) -> CheckResult:
         failures = []

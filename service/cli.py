@@ -157,7 +157,14 @@ def _load_server_config(path: Path) -> ServerConfig:
     for field in ("tls_cert", "tls_key", "tls_client_ca"):
         if loaded.get(field):
             loaded[field] = Path(loaded[field])
-    return ServerConfig(**loaded)
+    from service.server import ModelSpec
+
+    try:
+        config = ServerConfig(**loaded)
+        config.models = {name: ModelSpec.parse(name, value) for name, value in dict(config.models).items()}
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"scalpel: {path}: {exc}") from None
+    return config
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -176,6 +183,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if metrics_address:
         config.metrics_address = None if metrics_address == "off" else metrics_address
     config.torch_threads = args.torch_threads or config.torch_threads
+    config.device = args.device or config.device
+    config.dtype = args.dtype or config.dtype
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -284,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=os.environ.get("SCALPEL_TORCH_THREADS"),  # argparse applies the type to string defaults
         help="intra-op threads per forward (default $SCALPEL_TORCH_THREADS or torch's: one per core)",
+    )
+    serve.add_argument("--device", help="where models that name none run: cpu (default), cuda, cuda:1, mps, …")
+    serve.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), help="weights of models that name none (default float32)"
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")

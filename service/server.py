@@ -25,14 +25,43 @@ from service.checks import default_toy_suite
 from service.db.migrate import require_current_schema
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import NotFound, Registry
-from service.serving import ModelHost
+from service.serving import DTYPES, ModelHost
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a hosted model comes from and where it runs (``None``: the server's defaults)."""
+
+    source: str
+    device: str | None = None
+    dtype: str | None = None
+
+    @classmethod
+    def parse(cls, name: str, value: object) -> ModelSpec:
+        """``path-or-hub-id`` or ``{source, device, dtype}`` (config files); errors name the model."""
+        if isinstance(value, ModelSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"source", "device", "dtype"})
+            if unknown or not isinstance(value.get("source"), str):
+                raise ValueError(f"models.{name}: expected {{source, device, dtype}} with a source, got {value!r}")
+            dtype = value.get("dtype")
+            if dtype is not None and dtype not in DTYPES:
+                raise ValueError(f"models.{name}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+            return cls(value["source"], value.get("device"), dtype)
+        raise ValueError(f"models.{name}: expected a path, a hub id or {{source, device, dtype}}, got {value!r}")
+
+
 @dataclass
 class ServerConfig:
-    models: dict[str, str] = field(default_factory=lambda: {"toy": str(TOY_MODEL_DIR)})
+    #: name → path or hub id, or {source, device, dtype}
+    models: dict[str, str | dict[str, str] | ModelSpec] = field(default_factory=lambda: {"toy": str(TOY_MODEL_DIR)})
+    device: str = "cpu"  # for models that name none: cpu, cuda, cuda:1, mps, …
+    dtype: str = "float32"  # for models that name none: float32, bfloat16, float16
     address: str = "127.0.0.1:50051"
     database_url: str | None = None
     insecure: bool = False
@@ -40,14 +69,14 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: every client must present a certificate this CA signed
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    workers: int = 16
+    workers: int = 256  # concurrent RPCs (each stream holds a worker while it waits for its tokens)
     metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
     unhealthy_after_seconds: float = 30.0  # NOT_SERVING once the database is unreachable this long
     stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
     health_address: str | None = None
-    # Intra-op threads per forward (None: torch's default, one per core). Forwards of one model
-    # take turns, so this is all the parallelism a forward gets; lower it to share a machine.
+    # Intra-op threads per forward (None: torch's default, one per core). Each model's forwards
+    # run on its one scheduler thread, so this is all the parallelism a forward gets.
     torch_threads: int | None = None
 
 
@@ -109,7 +138,7 @@ class ScalpelServer:
         self.aliases: AliasCache | None = None
         self._stopping = threading.Event()
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
-        self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics, config.workers)
+        self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         if self.health_server is not None:
@@ -121,8 +150,16 @@ class ScalpelServer:
         """Mark runs left running by a stopped server interrupted, load every model (giving the toy
         model its default check suite if it has none), then report SERVING."""
         self.registry.interrupt_stale_runs("scalpel", self.config.stale_run_seconds)
-        for name, source in self.config.models.items():
-            self.hosts[name] = ModelHost(name, source, self.registry)
+        for name, value in self.config.models.items():
+            spec = ModelSpec.parse(name, value)
+            source = spec.source
+            self.hosts[name] = ModelHost(
+                name,
+                source,
+                self.registry,
+                device=spec.device or self.config.device,
+                dtype=spec.dtype or self.config.dtype,
+            )
             if Path(source).resolve() == TOY_MODEL_DIR.resolve():
                 try:
                     self.registry.get_suite(name)
@@ -160,7 +197,8 @@ class ScalpelServer:
         if self.aliases is not None:
             self.aliases.close()
         self.server.stop(grace).wait()
-        self.servicers.generation_pool.shutdown(wait=False, cancel_futures=True)
+        for host in self.hosts.values():
+            host.close()
         if self.health_server is not None:
             self.health_server.stop(0)
         self.checks.shutdown()

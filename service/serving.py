@@ -1,16 +1,18 @@
 """Hosting models: one copy of the base weights per model, any version per request.
 
-A :class:`ModelHost` loads a model once, registers it in the registry (version 0 = the base),
-and serves any version by compiling that version's edit stack (cached per version; versions
-are immutable) and running the request under it with the Surgeon. Promotion and rollback are
-alias moves in the database: nothing here reloads or copies weights.
+A :class:`ModelHost` loads a model once (on its device, in its dtype), registers it in the
+registry (version 0 = the base), and serves any version by compiling that version's edit stack
+(cached per version; versions are immutable). Every forward of the model runs on its
+:class:`~service.scheduler.Scheduler`: generation streams share one batched forward per decode
+step, each row under its own version, and Score, CompareVersions and check runs queue as jobs
+between steps. Promotion and rollback are alias moves in the database: nothing here reloads or
+copies weights.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,41 +21,45 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
-from service.detokenizer import Detokenizer
 from service.registry import InvalidArgument, NotFound, Registry
+from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Sampling, Scheduler, Token
+
+__all__ = ["DTYPES", "Finished", "ModelHost", "Token"]
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
 MAX_PROMPTS = 1024  # per CompareVersions or Score call
 COMPARE_BATCH = 32  # prompts per forward in CompareVersions
-
-
-@dataclass(frozen=True)
-class Token:
-    token_id: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: str  # length | stop | eos | cancelled
-    tokens: int
+#: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
+MIN_TEMPERATURE = 1e-3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelHost:
-    """One hosted model: weights, tokenizer, Surgeon and the compiled stacks of its versions."""
+    """One hosted model: weights, tokenizer, Surgeon, scheduler and the compiled stacks of its versions."""
 
     def __init__(
-        self, name: str, source: str, registry: Registry, aliases: AliasCache | None = None, actor: str = "scalpel"
+        self,
+        name: str,
+        source: str,
+        registry: Registry,
+        aliases: AliasCache | None = None,
+        actor: str = "scalpel",
+        device: str = "cpu",
+        dtype: str = "float32",
     ) -> None:
         self.name = name
         self.aliases = aliases
         self.source = source
         self.registry = registry
-        self.model = AutoModelForCausalLM.from_pretrained(source)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype).to(self.device)
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
-        if self.tokenizer.pad_token is None:  # Llama-family tokenizers: batches (checks, compare) need one
+        if self.tokenizer.pad_token is None:  # Llama-family tokenizers: batches need one
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.surgeon = Surgeon(self.model)
         #: Positions the model can attend over: prompt and generated tokens together.
@@ -63,10 +69,6 @@ class ModelHost:
         self._stacks: dict[int, EditStack] = {}
         self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
         self._lock = threading.Lock()
-        #: Held for every forward pass of this model, by serving and by check runs alike. Python
-        #: threads running forwards side by side fight over the GIL at every op: 8 concurrent
-        #: streams on the toy model produced 2.3× fewer tokens in total than taking turns.
-        self.forward_lock = threading.Lock()
         try:
             known = registry.get_model(name)
         except NotFound:
@@ -83,6 +85,11 @@ class ModelHost:
                     f"model {name!r} is registered with weights {known.weights_sha256[:12]}… but "
                     f"{source} has {self.surgeon.weights_sha256[:12]}…: refusing to serve it"
                 )
+        #: The one thread that runs this model's forwards (started last: the model is ready).
+        self.scheduler = Scheduler(self.model, self.surgeon, self.tokenizer, name)
+
+    def close(self) -> None:
+        self.scheduler.close()
 
     # -- versions -------------------------------------------------------------------------------
     def resolve(self, alias: str | None, version: int | None) -> int:
@@ -135,10 +142,12 @@ class ModelHost:
             raise InvalidArgument("prompt must be a non-empty string")
         ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
         if ids.shape[1] >= self.context_length:
-            raise InvalidArgument(
-                f"prompt is {ids.shape[1]} tokens; the model takes fewer than {self.context_length}"
-            )
+            raise InvalidArgument(f"prompt is {ids.shape[1]} tokens; the model takes fewer than {self.context_length}")
         return ids
+
+    def forward(self, run: Callable[[], torch.Tensor], background: bool = False) -> torch.Tensor:
+        """Run a function of the model on its scheduler, between decode steps (checks: ``background``)."""
+        return self.scheduler.call(run, BACKGROUND if background else INTERACTIVE)
 
     def generate(
         self,
@@ -151,65 +160,24 @@ class ModelHost:
         stop: tuple[str, ...] = (),
         is_active: Callable[[], bool] = lambda: True,
     ) -> Iterator[Token | Finished]:
-        """Tokens one at a time under ``version``, then a :class:`Finished`. Greedy at temperature 0.
+        """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished`. Greedy at
+        temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the context.
 
-        Generation ends with "length" at ``max_tokens`` or when prompt and output fill the context."""
+        Everything is validated before the request joins the batch, so a bad request fails alone."""
         if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
-        if not 0 <= temperature <= 10 or not 0 <= top_p <= 1:
-            raise InvalidArgument("temperature must be in [0, 10] and top_p in [0, 1]")
-        ids = self._encode(prompt)
-        max_tokens = min(max_tokens, self.context_length - ids.shape[1])
-        stack = self.stack(version)
-        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
-        detokenizer = Detokenizer(self.tokenizer)
-        produced = 0
-        text = ""
-        stop = tuple(s for s in stop if s)
-        longest_stop = max(map(len, stop), default=0)
-        eos = self.tokenizer.eos_token_id
-        cache_key = None
-        with torch.inference_mode(), self.surgeon.apply(stack):
-            with self.forward_lock:
-                out = self.model(input_ids=ids, use_cache=True)
-            while True:
-                logits = out.logits[0, -1].float()
-                token = self._pick(logits, temperature, top_p, generator)
-                if token == eos:
-                    yield Finished("eos", produced)
-                    return
-                produced += 1
-                piece = detokenizer.add(token)
-                yield Token(token, piece)
-                text += piece
-                if piece and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
-                    yield Finished("stop", produced)
-                    return
-                if produced >= max_tokens:
-                    yield Finished("length", produced)
-                    return
-                if not is_active():
-                    yield Finished("cancelled", produced)
-                    return
-                cache_key = cache_key or ("cache" if hasattr(out, "cache") else "past_key_values")
-                with self.forward_lock:
-                    out = self.model(
-                        input_ids=torch.tensor([[token]]), use_cache=True, **{cache_key: getattr(out, cache_key)}
-                    )
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-        if temperature == 0:
-            return int(logits.argmax())
-        probs = (logits / temperature).softmax(dim=-1)
-        if 0 < top_p < 1:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 10) or not 0 <= top_p <= 1:
+            raise InvalidArgument(f"temperature must be 0 or in [{MIN_TEMPERATURE}, 10], and top_p in [0, 1]")
+        ids = self._encode(prompt)[0]
+        sampling = Sampling(
+            min(max_tokens, self.context_length - len(ids)), temperature, top_p, seed, tuple(s for s in stop if s)
+        )
+        return self.scheduler.generate(ids.to(self.device), self.stack(version), sampling, is_active)
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
-        """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token."""
+        """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.
+
+        Each chunk is one forward: the base rows and the candidate rows side by side."""
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InvalidArgument("prompts must be non-empty strings")
         if len(prompts) > MAX_PROMPTS:
@@ -219,21 +187,23 @@ class ModelHost:
         for start in range(0, len(prompts), COMPARE_BATCH):
             chunk = prompts[start : start + COMPARE_BATCH]
             encoded = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=128)
+            encoded = {key: torch.cat([value, value]).to(self.device) for key, value in encoded.items()}
             last = last_token_index(encoded["attention_mask"])
-            index = torch.arange(len(chunk))
-            logprobs = []
-            for stack in (base_stack, candidate_stack):
-                with torch.inference_mode(), self.surgeon.apply(stack), self.forward_lock:
-                    logits = self.model(**encoded).logits[index, last].float()
-                logprobs.append(logits.log_softmax(dim=-1))
-            p, q = logprobs
+            stacks = self.surgeon.rows([base_stack] * len(chunk) + [candidate_stack] * len(chunk))
+
+            def run(encoded=encoded, stacks=stacks, last=last) -> torch.Tensor:
+                with self.surgeon.apply_rows(stacks):
+                    logits = self.model(**encoded).logits
+                return logits[torch.arange(len(last), device=self.device), last].float()
+
+            p, q = self.forward(run).log_softmax(dim=-1).split(len(chunk))
             kl = (p.exp() * (p - q)).sum(dim=-1)
-            tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in logprobs]
+            tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in (p, q)]
             rows += [(chunk[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(chunk))]
         return rows
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
-        """log P(continuation | prompt) for each continuation, under ``version``."""
+        """log P(continuation | prompt) for each continuation, under ``version``, in one forward."""
         if not continuations or not all(isinstance(c, str) and c.strip() for c in continuations):
             raise InvalidArgument("continuations must be non-empty strings")
         if len(continuations) > MAX_PROMPTS:
@@ -243,18 +213,35 @@ class ModelHost:
         sequences = []
         for number, continuation in enumerate(continuations):
             extra = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
-            ids = torch.cat([prompt_ids, extra["input_ids"][0]]).unsqueeze(0)
-            if ids.shape[1] > self.context_length:
+            ids = torch.cat([prompt_ids, extra["input_ids"][0]])
+            if len(ids) > self.context_length:
                 raise InvalidArgument(
-                    f"continuations[{number}]: prompt and continuation are {ids.shape[1]} tokens; "
+                    f"continuations[{number}]: prompt and continuation are {len(ids)} tokens; "
                     f"the model takes at most {self.context_length}"
                 )
             sequences.append(ids)
+        scores: list[float] = []
+        for start in range(0, len(sequences), COMPARE_BATCH):
+            scores += self._score_chunk(stack, len(prompt_ids), sequences[start : start + COMPARE_BATCH])
+        return scores
+
+    def _score_chunk(self, stack: EditStack, prompt_length: int, sequences: list[torch.Tensor]) -> list[float]:
+        """One forward over right-padded sequences (the shared prompt keeps its positions)."""
+        width = max(len(ids) for ids in sequences)
+        batch = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, ids in enumerate(sequences):
+            batch[row, : len(ids)], mask[row, : len(ids)] = ids, 1
+        batch, mask = batch.to(self.device), mask.to(self.device)
+
+        def run() -> torch.Tensor:
+            with self.surgeon.apply(stack):
+                logits = self.model(input_ids=batch, attention_mask=mask).logits[:, prompt_length - 1 :]
+            return logits.float().log_softmax(dim=-1).cpu()
+
+        logprobs = self.forward(run)
         scores = []
-        with torch.inference_mode(), self.surgeon.apply(stack):
-            for ids in sequences:
-                with self.forward_lock:
-                    logprobs = self.model(input_ids=ids).logits[0].float().log_softmax(dim=-1)
-                positions = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
-                scores.append(float(logprobs[positions, ids[0, positions + 1]].sum()))
+        for row, ids in enumerate(sequences):
+            steps = torch.arange(len(ids) - prompt_length)
+            scores.append(float(logprobs[row, steps, ids[prompt_length + steps]].sum()))
         return scores

@@ -10,7 +10,6 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -29,7 +28,6 @@ from service.check_runs import CheckScheduler
 from service.checks import Suite
 from service.db.engine import data_dir
 from service.metrics import Metrics
-from service.read_ahead import read_ahead
 from service.registry import InvalidArgument, NotFound, Registry, RegistryError
 from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
 from service.serving import Finished, ModelHost
@@ -228,14 +226,12 @@ class Servicers(
         hosts: dict[str, ModelHost],
         checks: CheckScheduler,
         metrics: Metrics,
-        generation_threads: int = 16,
     ) -> None:
         self.registry = registry
         self.hosts = hosts
         self.checks = checks
         self.metrics = metrics
         self.aliases: AliasCache | None = None
-        self.generation_pool = ThreadPoolExecutor(max_workers=generation_threads, thread_name_prefix="generate")
 
     def _moved(self, info: AliasInfo) -> pb.Alias:
         self.metrics.active_version.labels(info.model, info.name).set(info.version)
@@ -431,18 +427,15 @@ class Servicers(
         (model,) = parse("model", request.model)
         host = self._host(model)
         version = self._version(host, request.selector)
-        stream = read_ahead(
-            lambda keep_going: host.generate(
-                version,
-                request.prompt,
-                request.max_tokens or 16,
-                request.temperature,
-                request.top_p or 1.0,
-                request.seed if request.HasField("seed") else None,
-                tuple(request.stop),
-                lambda: keep_going() and context.is_active(),
-            ),
-            self.generation_pool,
+        stream = host.generate(
+            version,
+            request.prompt,
+            request.max_tokens or 16,
+            request.temperature,
+            request.top_p or 1.0,
+            request.seed if request.HasField("seed") else None,
+            tuple(request.stop),
+            context.is_active,
         )
         for event in stream:
             if isinstance(event, Finished):

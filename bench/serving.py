@@ -1,0 +1,224 @@
+"""The serving engine against its limit and against the previous path, side by side in one run.
+
+    python bench/serving.py --json
+    → {"c{N}_same_ratio_to_limit", "c{N}_mixed_ratio_to_limit", "c{N}_speedup_vs_turns",
+       "ttft_p50_ms_c{N}", "ttft_p99_ms_c{N}", "c{N}_same_tokens_per_s", …} for N in 1, 8, 64
+
+Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol sequences).
+
+- **limit**: `transformers`' own `generate` on the plain model, in this process, at batch =
+  concurrency (left-padded): what the hardware gives with no service and no edits at all.
+- **same**: N concurrent gRPC streams to a `scalpel serve` process, all on the base version.
+- **mixed**: the same N streams spread over 8 versions mixing steering, head ablation and ROME
+  edits (stream i asks for version i mod 8), so each decode step carries up to 8 stacks.
+- **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
+  in this process with no gRPC at all, so its figure is an upper bound for the old service.
+
+Each figure is the median of ``--rounds`` rounds, run back to back, so drift hits all sides alike.
+Targets (issue 14): c64 same ≥ 0.8× the limit, mixed ≥ 0.9× same, c64 speedup vs turns ≥ 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from editors import HeadAblation, Steering, Surgeon  # noqa: E402
+from editors.covariance import key_covariance  # noqa: E402
+from editors.rome import compute_rome  # noqa: E402
+from editors.steering import derive_steering  # noqa: E402
+from editors.toyworld import load_toy_model, reference_corpus  # noqa: E402
+from editors.toyworld.counterfact import edit_cases  # noqa: E402
+from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
+from service.client import ScalpelClient  # noqa: E402
+
+NEW_TOKENS = 32
+CONCURRENCY = (1, 8, 64)
+VERSIONS = 8
+
+
+def prompts(world, n: int) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join((seq := rng.sample(world.symbols, 12)) + seq) for _ in range(n)]
+
+
+def edits_for_versions(model, tokenizer, world) -> list[list]:
+    """Eight edit lists: the base, then steering, head ablation and ROME edits, alone and mixed."""
+    surgeon = Surgeon(model)
+    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2, scale=2.0)
+    far = Steering(site="blocks.3.hook_resid_pre", vector=torch.ones(128) * 0.05, positions=tuple(range(0, 64, 2)))
+    covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
+    romes = [
+        compute_rome(surgeon, tokenizer, case.request, covariance, reference_corpus()).edit
+        for case in edit_cases(world, 2, seed=3)
+    ]
+    heads = HeadAblation(layer=1, heads=(0, 2))
+    return [[], [steer], [heads], [romes[0]], [steer, heads], [romes[1], far], [heads, romes[0]], [far, steer]]
+
+
+def limit_tokens_per_second(model, tokenizer, texts: list[str], concurrency: int) -> float:
+    """transformers' generate on the plain model, batch = concurrency, left-padded."""
+    tokenizer.padding_side = "left"
+    produced = 0
+    started = time.perf_counter()
+    for start in range(0, len(texts), concurrency):
+        encoded = tokenizer(texts[start : start + concurrency], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = model.generate(
+                **encoded, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        produced += (out.shape[1] - encoded["input_ids"].shape[1]) * out.shape[0]
+    return produced / (time.perf_counter() - started)
+
+
+def turns_tokens_per_second(model, tokenizer, stacks: list, texts: list[str], concurrency: int) -> float:
+    """The previous engine: each stream its own forwards (batch 1, KV cache), taking turns on a lock."""
+    surgeon, lock = stacks[0][0], threading.Lock()
+
+    def one(text: str, stack) -> int:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode(), surgeon.apply(stack):
+            with lock:
+                out = model(input_ids=ids, use_cache=True)
+            for step in range(NEW_TOKENS):
+                token = out.logits[0, -1].argmax().view(1, 1)
+                if step == NEW_TOKENS - 1:
+                    break
+                with lock:
+                    out = model(input_ids=token, cache=out.cache, use_cache=True)
+        return NEW_TOKENS
+
+    return run_concurrently(lambda i, text: one(text, stacks[i % len(stacks)][1]), texts, concurrency)[0]
+
+
+def run_concurrently(
+    run_one: Callable[[int, str], int], texts: list[str], concurrency: int
+) -> tuple[float, list[float]]:
+    """Tokens/s with ``concurrency`` threads sharing ``texts`` (stream i runs texts i, i+N, …)."""
+    counts: list[int] = []
+    first_token_ms: list[float] = []
+    lock = threading.Lock()
+
+    def worker(stream: int) -> None:
+        for text in texts[stream::concurrency]:
+            produced = run_one(stream, text)
+            with lock:
+                counts.append(produced)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started), first_token_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-stream", type=int, default=2, help="requests each stream makes per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCY))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    model, tokenizer, world = load_toy_model()
+    model = model.to(args.device, getattr(torch, args.dtype))
+    version_edits = edits_for_versions(model, tokenizer, world)
+    surgeon = Surgeon(model)
+    local_stacks = [(surgeon, surgeon.compile(edits)) for edits in version_edits]
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SCALPEL_DATA_DIR": tmp}
+        cli = [sys.executable, "-m", "service.cli"]
+        subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
+        created = subprocess.run(
+            [*cli, "keys", "create", "bench", "--json"], env=env, check=True, capture_output=True, text=True, cwd=ROOT
+        )
+        secret = json.loads(created.stdout)["secret"]
+        device = ["--device", args.device, "--dtype", args.dtype]
+        server = subprocess.Popen(
+            [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *device],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
+        client = ScalpelClient(f"127.0.0.1:{port}", secret)
+        versions = [0]
+        for edits in version_edits[1:]:
+            ids = [client.create_edit("toy", edit).id for edit in edits]
+            versions.append(client.create_version("toy", 0, append=ids).number)
+        ttft: dict[int, list[float]] = {}
+
+        def via_service(spread: int, concurrency: int) -> Callable[[int, str], int]:
+            def run_one(stream: int, text: str) -> int:
+                started = time.perf_counter()
+                tokens = 0
+                for message in client.stream("toy", text, version=versions[stream % spread], max_tokens=NEW_TOKENS):
+                    if message.HasField("token"):
+                        if tokens == 0 and spread == 1:
+                            ttft.setdefault(concurrency, []).append((time.perf_counter() - started) * 1000)
+                        tokens += 1
+                return tokens
+
+            return run_one
+
+        warm = prompts(world, 16)
+        run_concurrently(via_service(VERSIONS, 8), warm, 8)
+        limit_tokens_per_second(model, tokenizer, warm, 8)
+        for concurrency in args.concurrency:
+            texts = prompts(world, concurrency * args.per_stream)
+            sides: dict[str, Callable[[], float]] = {
+                "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
+                "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c)[0],
+                "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c)[0],
+                "turns": lambda c=concurrency, t=texts: turns_tokens_per_second(model, tokenizer, local_stacks, t, c),
+            }
+            figures: dict[str, list[float]] = {name: [] for name in sides}
+            for round_ in range(args.rounds):
+                order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
+                for name in order:
+                    figures[name].append(sides[name]())
+            median = {name: statistics.median(values) for name, values in figures.items()}
+            for name, value in median.items():
+                results[f"c{concurrency}_{name}_tokens_per_s"] = value
+            results[f"c{concurrency}_same_ratio_to_limit"] = median["same"] / median["limit"]
+            results[f"c{concurrency}_mixed_ratio_to_limit"] = median["mixed"] / median["limit"]
+            results[f"c{concurrency}_mixed_ratio_to_same"] = median["mixed"] / median["same"]
+            results[f"c{concurrency}_speedup_vs_turns"] = median["same"] / median["turns"]
+            firsts = sorted(ttft.get(concurrency, [0.0]))
+            results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
+            results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
+        client.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+    else:
+        for key, value in results.items():
+            print(f"{key:<32} {value:12.3f}")
+
+
+if __name__ == "__main__":
+    main()

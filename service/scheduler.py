@@ -1,0 +1,344 @@
+"""One scheduler per hosted model: continuous batching, each row under its own version.
+
+A single thread owns the model's forwards. Between two forwards it
+
+1. runs at most one queued *job* (a Score, a CompareVersions chunk, a check-run batch: any
+   function of the model), interactive jobs before background ones, so checks never hold the
+   model for more than one batch at a time;
+2. admits waiting streams (up to ``max_rows`` rows and ``prefill_tokens`` prompt tokens per
+   prefill), prefills them in one batched forward, samples their first token, and merges them
+   into the running batch;
+3. drops rows that finished or whose caller went away, and runs **one decode forward over all
+   active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
+
+Tokens leave as they are made: each stream has its own queue that its gRPC handler drains.
+A request is validated (prompt length, version, stack) before it joins, so a bad request fails
+alone; an unexpected failure in a forward fails the rows of that forward and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editors import EditStack, Surgeon
+from editors.decode_batch import DecodeBatch
+from service.detokenizer import Detokenizer
+
+T = TypeVar("T")
+_LOG = logging.getLogger(__name__)
+
+#: Job priorities: lower runs first.
+INTERACTIVE = 0
+BACKGROUND = 10
+
+
+@dataclass(frozen=True)
+class Token:
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # length | stop | eos | cancelled
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one stream picks its tokens (greedy at temperature 0)."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One generation request in flight: its prompt, stack, sampling state and outbox."""
+
+    prompt: torch.Tensor
+    stack: EditStack
+    sampling: Sampling
+    is_active: Callable[[], bool]
+    detokenizer: Detokenizer
+    eos: int | None
+    events: queue.SimpleQueue[Token | Finished | BaseException] = field(default_factory=queue.SimpleQueue)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    produced: int = 0
+    text: str = ""
+    last: int = -1
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling.temperature > 0:
+            seed = self.sampling.seed if self.sampling.seed is not None else torch.seed()
+            self.generator = torch.Generator().manual_seed(seed)
+
+    def gone(self) -> bool:
+        return self.abandoned.is_set() or not self.is_active()
+
+    def accept(self, token: int) -> bool:
+        """Emit ``token``; return whether the stream goes on."""
+        if token == self.eos:
+            self.events.put(Finished("eos", self.produced))
+            return False
+        self.produced += 1
+        self.last = token
+        piece = self.detokenizer.add(token)
+        self.events.put(Token(token, piece))
+        self.text += piece
+        stop = self.sampling.stop
+        if piece and stop:
+            window = self.text[-(len(piece) + max(map(len, stop))) :]
+            if any(s in window for s in stop):
+                self.events.put(Finished("stop", self.produced))
+                return False
+        if self.produced >= self.sampling.max_tokens:
+            self.events.put(Finished("length", self.produced))
+            return False
+        return True
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    number: int
+    run: Callable[[], Any] = field(compare=False)
+    future: Future[Any] = field(compare=False)
+
+
+class Scheduler:
+    """Continuous batching for one model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        surgeon: Surgeon,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str = "model",
+        max_rows: int = 256,
+        prefill_tokens: int = 8192,
+    ) -> None:
+        self.model = model
+        self.surgeon = surgeon
+        self.tokenizer = tokenizer
+        self.max_rows = max_rows
+        self.prefill_tokens = prefill_tokens
+        self._device = next(model.parameters()).device
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._waiting: deque[_Stream] = deque()
+        self._jobs: list[_Job] = []
+        self._numbers = itertools.count()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._rows: list[_Stream] = []
+        self._batch: DecodeBatch | None = None
+        self._row_stacks: Any = None  # RowStacks of the current rows; rebuilt when rows change
+        #: Forwards run so far (decode steps and prefills): tests and metrics read it.
+        self.forwards = 0
+        self._thread = threading.Thread(target=self._loop, name=f"scheduler-{name}", daemon=True)
+        self._thread.start()
+
+    # -- the callers' side ------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        stack: EditStack,
+        sampling: Sampling,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[Token | Finished]:
+        """Join the batch and yield this stream's tokens as they are made, then a :class:`Finished`.
+
+        Closing the iterator early (the caller went away) drops the row at the next step."""
+        stream = _Stream(prompt, stack, sampling, is_active, Detokenizer(self.tokenizer), self.tokenizer.eos_token_id)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            self._waiting.append(stream)
+            self._wake.notify()
+        try:
+            while True:
+                event = stream.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            stream.abandoned.set()
+
+    def call(self, run: Callable[[], T], priority: int = INTERACTIVE) -> T:
+        """Run ``run()`` on the scheduler's thread between two forwards; return its result."""
+        if threading.current_thread() is self._thread:
+            return run()
+        future: Future[T] = Future()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            heapq.heappush(self._jobs, _Job(priority, next(self._numbers), run, future))
+            self._wake.notify()
+        return future.result()
+
+    @property
+    def active_rows(self) -> int:
+        return len(self._rows)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # -- the scheduler thread ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closed or self._jobs or self._waiting or self._rows):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                job = heapq.heappop(self._jobs) if self._jobs else None
+                newcomers = self._admit()
+            if job is not None:
+                self._run_job(job)
+            with torch.inference_mode():
+                if newcomers:
+                    self._prefill(newcomers)
+                self._drop_gone()
+                if self._rows:
+                    self._decode()
+        self._shutdown()
+
+    def _admit(self) -> list[_Stream]:
+        """Waiting streams that fit this step's prefill (called under the lock)."""
+        admitted: list[_Stream] = []
+        tokens = 0
+        while self._waiting and len(self._rows) + len(admitted) < self.max_rows:
+            length = len(self._waiting[0].prompt)
+            if admitted and tokens + length > self.prefill_tokens:
+                break
+            admitted.append(self._waiting.popleft())
+            tokens += length
+        return admitted
+
+    @staticmethod
+    def _run_job(job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            with torch.inference_mode():
+                job.future.set_result(job.run())
+        except BaseException as error:  # handed to the caller, who raises it in its own thread
+            job.future.set_exception(error)
+
+    def _prefill(self, newcomers: list[_Stream]) -> None:
+        newcomers = [s for s in newcomers if not s.gone()]
+        if not newcomers:
+            return
+        try:
+            joined, logits = DecodeBatch.prefill(
+                self.model, self.surgeon, [s.prompt for s in newcomers], [s.stack for s in newcomers], self._pad
+            )
+            self.forwards += 1
+            tokens = self._pick(logits, newcomers)
+        except Exception as error:
+            _LOG.exception("prefill of %d rows failed", len(newcomers))
+            for stream in newcomers:
+                stream.events.put(error)
+            return
+        keep = [row for row, (s, t) in enumerate(zip(newcomers, tokens, strict=True)) if s.accept(t)]
+        if not keep:
+            return
+        if len(keep) < len(newcomers):
+            joined.keep(keep)
+        if self._batch is None:
+            self._batch = joined
+        else:
+            self._batch.merge(joined)
+        self._rows += [newcomers[row] for row in keep]
+        self._row_stacks = None
+
+    def _drop_gone(self) -> None:
+        gone = [row for row, stream in enumerate(self._rows) if stream.gone()]
+        for row in gone:
+            self._rows[row].events.put(Finished("cancelled", self._rows[row].produced))
+        if gone:
+            self._keep([row for row in range(len(self._rows)) if row not in set(gone)])
+
+    def _keep(self, rows: list[int]) -> None:
+        self._rows = [self._rows[row] for row in rows]
+        self._row_stacks = None
+        if not self._rows:
+            self._batch = None
+        elif self._batch is not None:
+            self._batch.keep(rows)
+
+    def _decode(self) -> None:
+        assert self._batch is not None
+        try:
+            if self._row_stacks is None:
+                self._row_stacks = self.surgeon.rows([stream.stack for stream in self._rows])
+            last = torch.tensor([stream.last for stream in self._rows], device=self._device)
+            logits = self._batch.step(self.model, self.surgeon, self._row_stacks, last)
+            self.forwards += 1
+            tokens = self._pick(logits, self._rows)
+        except Exception as error:
+            _LOG.exception("decode step over %d rows failed", len(self._rows))
+            for stream in self._rows:
+                stream.events.put(error)
+            self._keep([])
+            return
+        going = [
+            row for row, (stream, token) in enumerate(zip(self._rows, tokens, strict=True)) if stream.accept(token)
+        ]
+        if len(going) < len(self._rows):
+            self._keep(going)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, streams: list[_Stream]) -> list[int]:
+        """Each row's next token: one argmax for the batch, a draw for each sampling row."""
+        logits = logits.float()
+        tokens = logits.argmax(dim=-1).tolist()
+        for row, stream in enumerate(streams):
+            if stream.generator is not None:
+                tokens[row] = sample(
+                    logits[row].cpu(), stream.sampling.temperature, stream.sampling.top_p, stream.generator
+                )
+        return tokens
+
+    def _shutdown(self) -> None:
+        closed = RuntimeError("the server is shutting down")
+        with self._wake:
+            pending = list(self._waiting) + self._rows
+            self._waiting.clear()
+            jobs, self._jobs = self._jobs, []
+        for stream in pending:
+            stream.events.put(closed)
+        for job in jobs:
+            job.future.set_exception(closed)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token from ``softmax(logits / temperature)``, restricted to the top-``top_p`` mass."""
+    probs = (logits / temperature).softmax(dim=-1)
+    if 0 < top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

@@ -1,0 +1,183 @@
+"""The serving engine: continuous batching on one scheduler thread, each row under its own version."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+import torch
+
+from editors import HeadAblation, Steering, Surgeon, weights_sha256
+from editors.covariance import key_covariance
+from editors.rome import compute_rome
+from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
+from editors.toyworld.counterfact import edit_cases
+from service.db.migrate import upgrade
+from service.registry import InvalidArgument, NotFound, Registry
+from service.scheduler import Finished, Token
+from service.serving import ModelHost
+from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
+
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory) -> ModelHost:
+    url = f"sqlite:///{tmp_path_factory.mktemp('scheduler') / 'registry.db'}"
+    upgrade("head", url)
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url))
+    yield host
+    host.close()
+
+
+def _texts(world, n: int) -> list[str]:
+    """Prompts of different lengths that the toy model keeps continuing (left padding in the batch)."""
+    generator = torch.Generator().manual_seed(5)
+    prompts = []
+    for i in range(n):
+        order = torch.randperm(len(world.symbols), generator=generator)[: 4 + i % 9].tolist()
+        sequence = [world.symbols[j] for j in order]
+        prompts.append(" ".join(sequence + sequence))
+    return prompts
+
+
+def _solo(model, tokenizer, surgeon: Surgeon, edits: list, text: str, new_tokens: int) -> list[int]:
+    """Greedy tokens of ``text`` alone under ``edits``: transformers' own generate, batch 1."""
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode(), surgeon.apply(edits):
+        out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    produced = out[0, ids.shape[1] :].tolist()
+    eos = tokenizer.eos_token_id
+    return produced[: produced.index(eos)] if eos in produced else produced
+
+
+def _collect(events) -> tuple[list[int], Finished]:
+    tokens = []
+    for event in events:
+        if isinstance(event, Token):
+            tokens.append(event.token_id)
+        else:
+            return tokens, event
+    raise AssertionError("the stream ended without a Finished event")
+
+
+def test_concurrent_streams_share_forwards_and_each_gets_its_solo_output(host, toy) -> None:
+    model, tokenizer, world = toy
+    registry = host.registry
+    vector = torch.randn(128, generator=torch.Generator().manual_seed(0))
+    steer = Steering(site="blocks.2.hook_resid_pre", vector=vector)
+    versions = [0]
+    for edits in ([steer], [HeadAblation(layer=1, heads=(0, 3))]):
+        ids = [registry.create_edit("toy", edit, "test").id for edit in edits]
+        versions.append(registry.create_version("toy", 0, "test", append=ids).number)
+    edit_lists = [[], [steer], [HeadAblation(layer=1, heads=(0, 3))]]
+    texts = _texts(world, 12)
+    before = host.scheduler.forwards
+    barrier = threading.Barrier(len(texts))
+    results: dict[int, tuple[list[int], Finished]] = {}
+
+    def stream(i: int) -> None:
+        barrier.wait()
+        results[i] = _collect(host.generate(versions[i % 3], texts[i], max_tokens=NEW_TOKENS - i % 4))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    surgeon = Surgeon(model)
+    produced = 0
+    for i, text in enumerate(texts):
+        tokens, finished = results[i]
+        assert tokens == _solo(model, tokenizer, surgeon, edit_lists[i % 3], text, NEW_TOKENS - i % 4), i
+        assert finished.tokens == len(tokens)
+        produced += len(tokens)
+    forwards = host.scheduler.forwards - before
+    # one forward per decode step over every row, not one per token: taking turns would need `produced`
+    assert forwards <= produced // 3, (forwards, produced)
+
+
+def test_a_cancelled_stream_frees_its_row_and_the_others_go_on(host, toy) -> None:
+    _, _, world = toy
+    texts = _texts(world, 3)
+    long_stream = host.generate(0, texts[0], max_tokens=200)
+    first = next(long_stream)
+    assert isinstance(first, Token)
+    other = host.generate(0, texts[1], max_tokens=NEW_TOKENS)
+    long_stream.close()  # the caller went away
+    tokens, finished = _collect(other)
+    assert finished.finish_reason in ("length", "eos") and len(tokens) == finished.tokens
+    cancelled = threading.Event()
+    stop_after_two = host.generate(0, texts[2], max_tokens=200, is_active=lambda: not cancelled.is_set())
+    for count, event in enumerate(stop_after_two, start=1):
+        if count == 2:
+            cancelled.set()
+        if isinstance(event, Finished):
+            assert event.finish_reason == "cancelled" and event.tokens < 200
+            break
+    host.forward(lambda: None)  # a job runs between steps: by then the loop has dropped the rows
+    assert host.scheduler.active_rows == 0
+
+
+def test_a_bad_request_fails_alone(host, toy) -> None:
+    model, tokenizer, world = toy
+    text = _texts(world, 1)[0]
+    good = host.generate(0, text, max_tokens=NEW_TOKENS)
+    first = next(good)
+    assert isinstance(first, Token)
+    with pytest.raises(NotFound):
+        host.generate(999, text)
+    with pytest.raises(InvalidArgument, match="tokens"):
+        host.generate(0, " ".join([world.symbols[0]] * (host.context_length + 5)))
+    with pytest.raises(InvalidArgument, match="temperature"):
+        host.generate(0, text, temperature=1e-45)
+    tokens, finished = _collect(good)
+    assert finished.finish_reason in ("length", "eos")
+    assert [first.token_id, *tokens] == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+
+
+def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
+    assert host.forward(lambda: torch.ones(2)).sum() == 2
+    with pytest.raises(ZeroDivisionError):
+        host.forward(lambda: 1 / 0)
+    ran_on = host.forward(lambda: threading.current_thread().name)
+    assert ran_on == "scheduler-toy"
+
+
+def test_sixty_four_streams_over_eight_versions_through_grpc(served) -> None:  # noqa: F811
+    server, admin, _, _ = served
+    model, tokenizer, world = load_toy_model()
+    surgeon = Surgeon(model)
+    base_hash = server.hosts["toy"].surgeon.weights_sha256
+    covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
+    rome = compute_rome(surgeon, tokenizer, edit_cases(world, 1, seed=2)[0].request, covariance, reference_corpus())
+    steer = Steering(site="blocks.1.hook_resid_mid", vector=torch.ones(128) * 0.3, positions=(2, 3, 5, 8))
+    heads = HeadAblation(layer=2, heads=(1,))
+    edit_lists = [[], [steer], [heads], [rome.edit], [steer, heads], [rome.edit, steer], [heads, rome.edit], [heads]]
+    versions = [0]
+    for edits in edit_lists[1:]:
+        ids = [admin.create_edit("toy", edit).id for edit in edits]
+        versions.append(admin.create_version("toy", 0, append=ids).number)
+    texts = _texts(world, 64)
+    barrier = threading.Barrier(len(texts))
+    results: dict[int, object] = {}
+
+    def stream(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = admin.generate("toy", texts[i], version=versions[i % 8], max_tokens=NEW_TOKENS)
+        except grpc.RpcError as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, text in enumerate(texts):
+        result = results[i]
+        assert not isinstance(result, grpc.RpcError), result
+        assert result.version == f"models/toy/versions/{versions[i % 8]}"
+        assert list(result.token_ids) == _solo(model, tokenizer, surgeon, edit_lists[i % 8], text, NEW_TOKENS), i
+    assert weights_sha256(server.hosts["toy"].model) == base_hash
