@@ -4,7 +4,10 @@ Two regimes:
 
 - ``prefill``: one forward of 64 tokens through a randomly initialised GPT-2-small-shaped model
   (124M parameters);
-- ``decode``: one new token with a KV cache on the toy model (per-call overhead dominates).
+- ``decode``: one new token with a KV cache on the toy model (per-call overhead dominates);
+- ``batched``: one decode step of 64 rows on the toy model, as the serving engine runs it
+  (per-row stacks through ``Surgeon.rows``): ``<edit>`` has every row under the edit, and
+  ``<edit>_half_rows`` half the rows under it and half on the base (the gathered path).
 
 Cases (each reported as median time / median time of the plain model, measured interleaved in
 one process so machine drift cancels): ``empty_stack`` (Surgeon attached, empty stack),
@@ -45,6 +48,7 @@ from editors.toyworld import TOY_MODEL_DIR  # noqa: E402
 
 PEER_VENV = ROOT / "bench" / ".peers" / "venv"
 LAYER = 1
+BATCHED_ROWS = 64
 CACHE_ARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
@@ -100,11 +104,12 @@ class Regime:
             self.ids = torch.randint(0, 50257, (1, 64))
             self.cache = None
         else:
+            rows = BATCHED_ROWS if name == "batched" else 1
             self.model = transformers.AutoModelForCausalLM.from_pretrained(TOY_MODEL_DIR).eval()
-            prompt = torch.randint(4, 300, (1, 32))
+            prompt = torch.randint(4, 300, (rows, 32))
             with torch.inference_mode():
                 self.cache = getattr(self.model(input_ids=prompt, use_cache=True), CACHE_ARG)
-            self.ids = torch.randint(4, 300, (1, 1))
+            self.ids = torch.randint(4, 300, (rows, 1))
         self.prompt_len = 32
         d = self.model.config.n_embd
         generator = torch.Generator().manual_seed(1)
@@ -153,10 +158,29 @@ class Regime:
 
         return Case(run, self.reset, setup, state.clear)
 
+    def under_rows(self, surgeon: Surgeon, edits: list, share: float = 1.0) -> Case:
+        """A batched call with the first ``share`` of the rows under ``edits``, the rest on the base."""
+        state: dict[str, object] = {}
+
+        def setup() -> None:
+            edited, base = surgeon.compile(edits), surgeon.compile([])
+            rows = self.ids.shape[0]
+            state["rows"] = surgeon.rows([edited if i < rows * share else base for i in range(rows)])
+
+        def run() -> None:
+            with surgeon.apply_rows(state["rows"]):
+                self.call()
+
+        return Case(run, self.reset, setup, state.clear)
+
 
 def our_cases(regime: Regime, names: tuple[str, ...]) -> dict[str, Case]:
     surgeon = Surgeon(regime.model)
     edits = regime.edits()
+    if regime.name == "batched":
+        cases = {name: regime.under_rows(surgeon, edits[name]) for name in names}
+        cases["empty_stack"] = regime.under_rows(surgeon, [])
+        return cases | {f"{name}_half_rows": regime.under_rows(surgeon, edits[name], 0.5) for name in names}
     cases = {name: regime.under(surgeon, edits[name]) for name in names}
     if "steering" in names and len(names) > 1:
         cases["empty_stack"] = regime.under(surgeon, [])
@@ -243,12 +267,15 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="skip nnsight and steering-vectors")
     parser.add_argument("--decode-rounds", type=int, default=200, help="blocks of 10 calls per case")
     parser.add_argument("--prefill-rounds", type=int, default=8, help="blocks of 10 calls per case")
+    parser.add_argument("--batched-rounds", type=int, default=60, help="blocks of 10 calls per case")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("SCALPEL_BENCH_THREADS", "2")))
 
     results: dict[str, float] = {}
     results.update(run_regime("decode", args.decode_rounds, not args.no_peers, args.worker))
+    if not args.worker:
+        results.update(run_regime("batched", args.batched_rounds, False, False))
     results.update(run_regime("prefill", args.prefill_rounds, not args.no_peers, args.worker))
     if not args.worker and not args.no_peers:
         python = ensure_peer_venv()

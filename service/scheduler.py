@@ -70,18 +70,19 @@ class Sampling:
 
 @dataclass(eq=False)
 class _Stream:
-    """One generation request in flight: its prompt, stack, sampling state and outbox."""
+    """One generation request in flight: its prompt, stack, sampling state and outbox of token ids.
+
+    Detokenising and stop strings are the consumer's work (:meth:`Scheduler.generate`, in the
+    caller's thread), so the scheduler thread spends its time between forwards on scheduling."""
 
     prompt: torch.Tensor
     stack: EditStack
     sampling: Sampling
     is_active: Callable[[], bool]
-    detokenizer: Detokenizer
     eos: int | None
-    events: queue.SimpleQueue[Token | Finished | BaseException] = field(default_factory=queue.SimpleQueue)
+    events: queue.SimpleQueue[int | Finished | BaseException] = field(default_factory=queue.SimpleQueue)
     abandoned: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
-    text: str = ""
     last: int = -1
     generator: torch.Generator | None = None
 
@@ -100,15 +101,7 @@ class _Stream:
             return False
         self.produced += 1
         self.last = token
-        piece = self.detokenizer.add(token)
-        self.events.put(Token(token, piece))
-        self.text += piece
-        stop = self.sampling.stop
-        if piece and stop:
-            window = self.text[-(len(piece) + max(map(len, stop))) :]
-            if any(s in window for s in stop):
-                self.events.put(Finished("stop", self.produced))
-                return False
+        self.events.put(token)
         if self.produced >= self.sampling.max_tokens:
             self.events.put(Finished("length", self.produced))
             return False
@@ -166,22 +159,32 @@ class Scheduler:
         """Join the batch and yield this stream's tokens as they are made, then a :class:`Finished`.
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
-        stream = _Stream(prompt, stack, sampling, is_active, Detokenizer(self.tokenizer), self.tokenizer.eos_token_id)
+        stream = _Stream(prompt, stack, sampling, is_active, self.tokenizer.eos_token_id)
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
             self._waiting.append(stream)
             self._wake.notify()
+        detokenizer = Detokenizer(self.tokenizer)
+        stop, text, produced = sampling.stop, "", 0
+        longest_stop = max(map(len, stop), default=0)
         try:
             while True:
                 event = stream.events.get()
                 if isinstance(event, BaseException):
                     raise event
-                yield event
                 if isinstance(event, Finished):
+                    yield event
+                    return
+                produced += 1
+                piece = detokenizer.add(event)
+                yield Token(event, piece)
+                text += piece
+                if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
+                    yield Finished("stop", produced)
                     return
         finally:
-            stream.abandoned.set()
+            stream.abandoned.set()  # a stop string, or the caller went away: the row leaves at the next step
 
     def call(self, run: Callable[[], T], priority: int = INTERACTIVE) -> T:
         """Run ``run()`` on the scheduler's thread between two forwards; return its result."""
