@@ -169,7 +169,7 @@ class ScalpelClient:
         for event in self.stream(model, prompt, alias, version, **options):
             if event.HasField("token"):
                 text += event.token.text
-                ids.append(event.token.token_id)
+                ids.extend(event.token.token_ids or [event.token.token_id])
             else:
                 done = event.done
         assert done is not None, "the stream ended without its final message"

@@ -47,7 +47,10 @@ BACKGROUND = 10
 
 @dataclass(frozen=True)
 class Token:
-    token_id: int
+    """One or more new tokens of a stream (several when its reader fell behind the scheduler) and
+    their text."""
+
+    token_ids: tuple[int, ...]
     text: str
 
 
@@ -170,18 +173,23 @@ class Scheduler:
         longest_stop = max(map(len, stop), default=0)
         try:
             while True:
-                event = stream.events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                if isinstance(event, Finished):
-                    yield event
-                    return
-                produced += 1
-                piece = detokenizer.add(event)
-                yield Token(event, piece)
-                text += piece
-                if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
-                    yield Finished("stop", produced)
+                ids, end = _drain(stream.events)
+                pieces = []
+                for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
+                    produced += 1
+                    piece = detokenizer.add(token)
+                    pieces.append(piece)
+                    text += piece
+                    if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
+                        yield Token(tuple(ids[: i + 1]), "".join(pieces))
+                        yield Finished("stop", produced)
+                        return
+                if ids:
+                    yield Token(tuple(ids), "".join(pieces))
+                if isinstance(end, BaseException):
+                    raise end
+                if end is not None:
+                    yield end
                     return
         finally:
             stream.abandoned.set()  # a stop string, or the caller went away: the row leaves at the next step
@@ -335,6 +343,21 @@ class Scheduler:
             stream.events.put(closed)
         for job in jobs:
             job.future.set_exception(closed)
+
+
+def _drain(events: queue.SimpleQueue[int | Finished | BaseException]) -> tuple[list[int], object]:
+    """Wait for the next event, then take every event already queued behind it: the new token
+    ids in order, and the end of the stream (a :class:`Finished` or an exception) if it came."""
+    ids: list[int] = []
+    event = events.get()
+    while True:
+        if not isinstance(event, int):
+            return ids, event
+        ids.append(event)
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return ids, None
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

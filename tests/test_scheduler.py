@@ -56,7 +56,7 @@ def _collect(events) -> tuple[list[int], Finished]:
     tokens = []
     for event in events:
         if isinstance(event, Token):
-            tokens.append(event.token_id)
+            tokens.extend(event.token_ids)
         else:
             return tokens, event
     raise AssertionError("the stream ended without a Finished event")
@@ -134,7 +134,33 @@ def test_a_bad_request_fails_alone(host, toy) -> None:
         host.generate(0, text, temperature=1e-45)
     tokens, finished = _collect(good)
     assert finished.finish_reason in ("length", "eos")
-    assert [first.token_id, *tokens] == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+    assert [*first.token_ids, *tokens] == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+
+
+def _let_steps_pass(host: ModelHost, steps: int) -> None:
+    """Jobs run one per loop iteration, each followed by a decode step: this waits ``steps`` steps."""
+    for _ in range(steps):
+        host.forward(lambda: None)
+
+
+def test_a_slow_reader_gets_its_tokens_coalesced_and_a_stop_string_still_ends_at_its_token(host, toy) -> None:
+    _, tokenizer, world = toy
+    text = _texts(world, 2)[1]
+    alone, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
+    events = host.generate(0, text, max_tokens=NEW_TOKENS)
+    first = next(events)
+    _let_steps_pass(host, NEW_TOKENS + 2)  # the stream finishes while its reader sleeps
+    rest = list(events)
+    assert len(rest) == 2 and isinstance(rest[1], Finished)  # one chunk with every token, then the end
+    assert [*first.token_ids, *rest[0].token_ids] == alone
+    assert first.text + rest[0].text == tokenizer.decode(alone)
+    stop = tokenizer.decode(alone[6:7]).strip()
+    end = next(i for i in range(len(alone)) if stop in tokenizer.decode(alone[: i + 1]))
+    events = host.generate(0, text, max_tokens=NEW_TOKENS, stop=(stop,))
+    first = next(events)
+    _let_steps_pass(host, NEW_TOKENS + 2)
+    tokens, finished = _collect(events)
+    assert [*first.token_ids, *tokens] == alone[: end + 1] and finished.finish_reason == "stop"
 
 
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:

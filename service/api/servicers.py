@@ -448,7 +448,9 @@ class Servicers(
                     )
                 )
             else:
-                yield pb.GenerateResponse(token=pb.TokenChunk(token_id=event.token_id, text=event.text))
+                yield pb.GenerateResponse(
+                    token=pb.TokenChunk(token_id=event.token_ids[0], token_ids=event.token_ids, text=event.text)
+                )
 
     @_abort_on_errors
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
