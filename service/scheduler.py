@@ -87,6 +87,7 @@ class _Stream:
     abandoned: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     last: int = -1
+    queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
@@ -128,14 +129,18 @@ class Scheduler:
         surgeon: Surgeon,
         tokenizer: PreTrainedTokenizerBase,
         name: str = "model",
+        context_length: int = 2048,
         max_rows: int = 256,
         prefill_tokens: int = 8192,
+        admit_within: int = 4,
     ) -> None:
         self.model = model
         self.surgeon = surgeon
         self.tokenizer = tokenizer
+        self.context_length = context_length
         self.max_rows = max_rows
         self.prefill_tokens = prefill_tokens
+        self.admit_within = admit_within
         self._device = next(model.parameters()).device
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._waiting: deque[_Stream] = deque()
@@ -143,11 +148,12 @@ class Scheduler:
         self._numbers = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
-        self._rows: list[_Stream] = []
+        self._rows: list[_Stream | None] = []  # None: a row whose stream ended, not yet compacted away
         self._batch: DecodeBatch | None = None
         self._row_stacks: Any = None  # RowStacks of the current rows; rebuilt when rows change
-        #: Forwards run so far (decode steps and prefills): tests and metrics read it.
+        #: Forwards run so far (decode steps and prefills), and decode steps alone.
         self.forwards = 0
+        self.steps = 0
         self._thread = threading.Thread(target=self._loop, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
 
@@ -166,6 +172,7 @@ class Scheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
+            stream.queued_at = self.steps
             self._waiting.append(stream)
             self._wake.notify()
         detokenizer = Detokenizer(self.tokenizer)
@@ -208,7 +215,7 @@ class Scheduler:
 
     @property
     def active_rows(self) -> int:
-        return len(self._rows)
+        return sum(stream is not None for stream in self._rows)
 
     def close(self) -> None:
         with self._wake:
@@ -220,7 +227,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._closed or self._jobs or self._waiting or self._rows):
+                while not (self._closed or self._jobs or self._waiting or self._batch is not None):
                     self._wake.wait()
                 if self._closed:
                     break
@@ -232,15 +239,27 @@ class Scheduler:
                 if newcomers:
                     self._prefill(newcomers)
                 self._drop_gone()
-                if self._rows:
+                if self._batch is not None:
                     self._decode()
         self._shutdown()
 
     def _admit(self) -> list[_Stream]:
-        """Waiting streams that fit this step's prefill (called under the lock)."""
+        """Waiting streams that fit this step's prefill (called under the lock).
+
+        A prefill is a forward of its own, so while rows are decoding newcomers are gathered into
+        fewer, larger prefills: they are admitted once they are an eighth of the running rows, or
+        once the oldest has waited ``admit_within`` decode steps (its extra time to first token)."""
+        active = self.active_rows
+        if (
+            active
+            and self._waiting
+            and len(self._waiting) < max(1, active // 8)
+            and self.steps - self._waiting[0].queued_at < self.admit_within
+        ):
+            return []
         admitted: list[_Stream] = []
         tokens = 0
-        while self._waiting and len(self._rows) + len(admitted) < self.max_rows:
+        while self._waiting and active + len(admitted) < self.max_rows:
             length = len(self._waiting[0].prompt)
             if admitted and tokens + length > self.prefill_tokens:
                 break
@@ -278,6 +297,7 @@ class Scheduler:
             return
         if len(keep) < len(newcomers):
             joined.keep(keep)
+        self._compact()  # the merge copies the cache anyway: leave no finished rows in it
         if self._batch is None:
             self._batch = joined
         else:
@@ -286,48 +306,62 @@ class Scheduler:
         self._row_stacks = None
 
     def _drop_gone(self) -> None:
-        gone = [row for row, stream in enumerate(self._rows) if stream.gone()]
+        gone = [row for row, stream in enumerate(self._rows) if stream is not None and stream.gone()]
         for row in gone:
             self._rows[row].events.put(Finished("cancelled", self._rows[row].produced))
-        if gone:
-            self._keep([row for row in range(len(self._rows)) if row not in set(gone)])
+        self._retire(gone)
 
-    def _keep(self, rows: list[int]) -> None:
-        self._rows = [self._rows[row] for row in rows]
+    def _retire(self, rows: list[int]) -> None:
+        """Rows whose stream ended. They stay in the batch (computed, their tokens unused) until a
+        quarter of the batch has ended or newcomers merge: compacting the KV cache copies all of it."""
+        if not rows:
+            return
+        for row in rows:
+            self._rows[row] = None
+        at_the_edge = self._batch is not None and int(self._batch.positions.max()) >= self.context_length
+        if at_the_edge or 4 * (len(self._rows) - self.active_rows) >= len(self._rows):
+            self._compact()  # (a row at the end of the context must go: one more step would overrun it)
+
+    def _compact(self) -> None:
+        alive = [row for row, stream in enumerate(self._rows) if stream is not None]
+        if len(alive) == len(self._rows):
+            return
+        self._rows = [self._rows[row] for row in alive]
         self._row_stacks = None
         if not self._rows:
             self._batch = None
         elif self._batch is not None:
-            self._batch.keep(rows)
+            self._batch.keep(alive)
 
     def _decode(self) -> None:
         assert self._batch is not None
+        rows = self._rows
         try:
-            if self._row_stacks is None:
-                self._row_stacks = self.surgeon.rows([stream.stack for stream in self._rows])
-            last = torch.tensor([stream.last for stream in self._rows], device=self._device)
+            if self._row_stacks is None:  # rows that ended keep their stack until compacted
+                self._row_stacks = self.surgeon.rows([stream.stack for stream in rows])  # type: ignore[union-attr]
+            last = torch.tensor([s.last if s is not None else self._pad for s in rows], device=self._device)
             logits = self._batch.step(self.model, self.surgeon, self._row_stacks, last)
             self.forwards += 1
-            tokens = self._pick(logits, self._rows)
+            self.steps += 1
+            tokens = self._pick(logits, rows)
         except Exception as error:
-            _LOG.exception("decode step over %d rows failed", len(self._rows))
-            for stream in self._rows:
-                stream.events.put(error)
-            self._keep([])
+            _LOG.exception("decode step over %d rows failed", self.active_rows)
+            for stream in rows:
+                if stream is not None:
+                    stream.events.put(error)
+            self._retire(list(range(len(rows))))
             return
-        going = [
-            row for row, (stream, token) in enumerate(zip(self._rows, tokens, strict=True)) if stream.accept(token)
-        ]
-        if len(going) < len(self._rows):
-            self._keep(going)
+        ended = [row for row, (s, token) in enumerate(zip(rows, tokens, strict=True)) if s and not s.accept(token)]
+        if ended:
+            self._retire(ended)
 
     @staticmethod
-    def _pick(logits: torch.Tensor, streams: list[_Stream]) -> list[int]:
+    def _pick(logits: torch.Tensor, streams: list[_Stream | None]) -> list[int]:
         """Each row's next token: one argmax for the batch, a draw for each sampling row."""
         logits = logits.float()
         tokens = logits.argmax(dim=-1).tolist()
         for row, stream in enumerate(streams):
-            if stream.generator is not None:
+            if stream is not None and stream.generator is not None:
                 tokens[row] = sample(
                     logits[row].cpu(), stream.sampling.temperature, stream.sampling.top_p, stream.generator
                 )
@@ -336,7 +370,7 @@ class Scheduler:
     def _shutdown(self) -> None:
         closed = RuntimeError("the server is shutting down")
         with self._wake:
-            pending = list(self._waiting) + self._rows
+            pending = list(self._waiting) + [stream for stream in self._rows if stream is not None]
             self._waiting.clear()
             jobs, self._jobs = self._jobs, []
         for stream in pending:

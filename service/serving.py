@@ -86,7 +86,7 @@ class ModelHost:
                     f"{source} has {self.surgeon.weights_sha256[:12]}…: refusing to serve it"
                 )
         #: The one thread that runs this model's forwards (started last: the model is ready).
-        self.scheduler = Scheduler(self.model, self.surgeon, self.tokenizer, name)
+        self.scheduler = Scheduler(self.model, self.surgeon, self.tokenizer, name, self.context_length)
 
     def close(self) -> None:
         self.scheduler.close()
