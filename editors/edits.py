@@ -167,7 +167,8 @@ def _ablation_fields(edit: _Ablation, unit_field: str) -> None:
     """Validate an ablation; store its units sorted, with ``means``/``pool`` rows permuted to match."""
     raw = getattr(edit, unit_field)
     units = check_indices(unit_field, raw)
-    order = sorted(range(len(units)), key=lambda i: list(raw)[i])
+    given = list(raw)
+    order = sorted(range(len(units)), key=given.__getitem__)
     object.__setattr__(edit, unit_field, units)
     check_int("layer", edit.layer)
     check_choice("mode", edit.mode, ABLATION_MODES)

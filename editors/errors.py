@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+#: The longest ``problem`` text kept in a message: a bad value is quoted by a short prefix, so a
+#: megabyte of input never becomes a megabyte of error (gRPC clients cannot read a status whose
+#: details exceed their metadata limit).
+MAX_PROBLEM_CHARS = 300
+
+
+def _brief(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else f"{text[:MAX_PROBLEM_CHARS]}… ({len(text)} characters)"
+
 
 class InvalidEditError(ValueError):
     """An edit (or a request to build one) is invalid.
@@ -13,10 +22,10 @@ class InvalidEditError(ValueError):
     """
 
     def __init__(self, field: str, problem: str, allowed: str | None = None) -> None:
-        self.field = field
-        self.problem = problem
+        self.field = _brief(field)
+        self.problem = _brief(problem)
         self.allowed = allowed
-        message = f"{field}: {problem}"
+        message = f"{self.field}: {self.problem}"
         if allowed:
             message += f" (allowed: {allowed})"
         super().__init__(message)

@@ -26,7 +26,9 @@ OUTPUT_POINTS = ("hook_attn_out", "hook_mlp_out")
 ACTIVATION_POINTS = (*RESIDUAL_POINTS, *OUTPUT_POINTS, "attn.hook_z", "mlp.hook_post")
 WEIGHT_POINTS = ("attn.W_O", "mlp.W_in", "mlp.W_out")
 
-_SITE = re.compile(r"blocks\.(\d+)\.(.+)")
+#: Layer numbers are ASCII digits without leading zeros, so each site has exactly one name (and an
+#: edit one identity): ``blocks.01.…`` and ``blocks.١.…`` are not ``blocks.1.…``.
+_SITE = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(.+)", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)

@@ -126,6 +126,10 @@ NAN = torch.full((32,), math.nan)
         (lambda: DirectionalAblation(direction=torch.ones(32), layers=(0,), points=("hook_z",)), "points[0]"),
         (lambda: Steering(site="blocks.0.attn.hook_z", vector=torch.ones(32)), "site"),
         (lambda: Steering(site="layer0", vector=torch.ones(32)), "site"),
+        (lambda: Steering(site="blocks.01.hook_resid_pre", vector=torch.ones(32)), "site"),  # one name per site
+        (lambda: Steering(site="blocks.\u0661.hook_resid_pre", vector=torch.ones(32)), "site"),  # Arabic-Indic 1
+        (lambda: Steering(site="blocks.0." + "x" * 1_000_000, vector=torch.ones(32)), "site"),
+        (lambda: NeuronAblation(layer=0, neurons=[*range(50_000), 7]), "neurons"),
         (lambda: Steering(site="blocks.0.hook_resid_pre", vector=torch.ones(4, 8)), "vector"),
         (lambda: Steering(site="blocks.0.hook_resid_pre", vector=torch.ones(32, dtype=torch.int32)), "vector"),
         (lambda: Steering(site="blocks.0.hook_resid_pre", vector=torch.full((32,), math.inf)), "vector"),
@@ -149,6 +153,7 @@ def test_invalid_edits_raise_one_error_type_naming_the_field(build, field) -> No
         build()
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ") and "allowed" in str(caught.value)
+    assert len(str(caught.value)) < 2000  # a bad value is quoted by a short prefix, never whole
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,19 @@ def test_a_tampered_artifact_is_refused_on_read(registry) -> None:
         registry.load_edit("m", edit.id)
 
 
+def test_an_edit_spec_changed_in_the_database_is_refused_on_load(registry) -> None:
+    registry.register_model("m", "hub/m", SHA, "alice")
+    edit = registry.create_edit("m", steering(0.5), "alice")
+    assert registry.load_edit("m", edit.id) == steering(0.5)
+    with registry.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE edits SET spec_json = :s WHERE id = :i"),
+            {"s": edit.spec_json.replace('"scale":0.5', '"scale":40.0'), "i": edit.id},
+        )
+    with pytest.raises(ArtifactIntegrityError, match="no longer matches"):
+        registry.load_edit("m", edit.id)
+
+
 def test_api_keys_are_shown_once_stored_hashed_and_revocable(registry) -> None:
     info, secret = registry.create_key("deploy-bot", "approver", "alice")
     assert info.role == "approver" and secret.startswith(f"sk_{info.prefix}_")

@@ -57,9 +57,9 @@ def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
     try:
         yield
     except RegistryError as exc:
-        context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), _brief(str(exc)))
     except InvalidEditError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
     except (OperationalError, InterfaceError):
         context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
     except DataError as exc:
@@ -68,6 +68,14 @@ def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         incident = secrets.token_hex(4)
         _LOG.exception("incident %s", incident)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error, incident {incident} (see the server log)")
+
+
+#: Status details stay far below gRPC's 8 KiB default metadata limit, whatever a message quotes.
+MAX_DETAILS_CHARS = 1000
+
+
+def _brief(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS_CHARS else message[:MAX_DETAILS_CHARS] + "…"
 
 
 def _abort_on_errors(method: F) -> F:
@@ -103,7 +111,10 @@ _NAME = {
     "edit": "models/{model}/edits/{number}",
 }
 _PATTERN = {
-    kind: re.compile(form.replace("{number}", r"(\d{1,9})").replace("{model}", "([^/]+)").replace("{alias}", "([^/]+)"))
+    kind: re.compile(
+        form.replace("{number}", "(0|[1-9][0-9]{0,8})").replace("{model}", "([^/]+)").replace("{alias}", "([^/]+)"),
+        re.ASCII,
+    )
     for kind, form in _NAME.items()
 }
 
@@ -112,7 +123,10 @@ def parse(kind: str, name: str) -> tuple[str, ...]:
     """The parts of a resource name; numbers have at most 9 digits (database integers)."""
     match = _PATTERN[kind].fullmatch(name or "")
     if match is None:
-        raise InvalidArgument(f"{name!r} is not a {kind} name ({_NAME[kind]}, numbers of at most 9 digits)")
+        raise InvalidArgument(
+            f"{name[:100]!r} is not a {kind} name ({_NAME[kind]}; numbers are ASCII digits, at most 9, "
+            "without leading zeros)"
+        )
     return match.groups()
 
 

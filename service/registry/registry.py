@@ -394,11 +394,19 @@ class Registry:
     def load_edit(self, model: str, edit_id: int) -> Edit:
         """The stored edit as an ``editors.Edit`` (artifacts verified on read)."""
         info = self.get_edit(model, edit_id)
+        if hashlib.sha256(info.spec_json.encode()).hexdigest() != info.spec_sha256:
+            raise ArtifactIntegrityError(
+                f"edit {edit_id}: its stored spec no longer matches its SHA-256 {info.spec_sha256[:12]}… "
+                "(the row was changed outside Scalpel); refusing to serve it"
+            )
         blobs = {digest: self.read_artifact(digest) for digest in info.artifacts.values()}
         try:
-            return edit_from_json(info.spec_json, blobs)
+            edit = edit_from_json(info.spec_json, blobs)
         except InvalidEditError as exc:
             raise ArtifactIntegrityError(f"edit {edit_id} no longer loads: {exc}") from exc
+        if edit.id != info.spec_sha256:
+            raise ArtifactIntegrityError(f"edit {edit_id}: its spec is not in canonical form; refusing to serve it")
+        return edit
 
     # -- versions -------------------------------------------------------------------------------
     def _version_row(self, session: Session, model_id: int, number: int) -> VersionRow:
