@@ -11,6 +11,8 @@ Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol s
 - **same**: N concurrent gRPC streams to a `scalpel serve` process, all on the base version.
 - **mixed**: the same N streams spread over 8 versions mixing steering, head ablation and ROME
   edits (stream i asks for version i mod 8), so each decode step carries up to 8 stacks.
+- **grpc ceiling**: streamed messages/s of a model-less gRPC server process at the same
+  concurrency (`bench/grpc_ceiling.py`): what one message per token can reach at best here.
 - **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
   in this process with no gRPC at all, so its figure is an upper bound for the old service.
 
@@ -40,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.grpc_ceiling import ceiling  # noqa: E402
 from editors import HeadAblation, Steering, Surgeon  # noqa: E402
 from editors.covariance import key_covariance  # noqa: E402
 from editors.rome import compute_rome  # noqa: E402
@@ -207,6 +210,10 @@ def main() -> None:
             results[f"c{concurrency}_mixed_ratio_to_limit"] = median["mixed"] / median["limit"]
             results[f"c{concurrency}_mixed_ratio_to_same"] = median["mixed"] / median["same"]
             results[f"c{concurrency}_speedup_vs_turns"] = median["same"] / median["turns"]
+            results[f"c{concurrency}_grpc_ceiling_messages_per_s"] = ceiling(concurrency)
+            results[f"c{concurrency}_grpc_ceiling_ratio_to_limit"] = (
+                results[f"c{concurrency}_grpc_ceiling_messages_per_s"] / median["limit"]
+            )
             firsts = sorted(ttft.get(concurrency, [0.0]))
             results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
             results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
