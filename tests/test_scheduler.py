@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import grpc
@@ -16,6 +17,7 @@ from editors.toyworld.counterfact import edit_cases
 from service.db.migrate import upgrade
 from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import Finished, Token
+from service.server import ModelSpec
 from service.serving import ModelHost
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
@@ -207,3 +209,36 @@ def test_sixty_four_streams_over_eight_versions_through_grpc(served) -> None:  #
         assert result.version == f"models/toy/versions/{versions[i % 8]}"
         assert list(result.token_ids) == _solo(model, tokenizer, surgeon, edit_lists[i % 8], text, NEW_TOKENS), i
     assert weights_sha256(server.hosts["toy"].model) == base_hash
+
+
+def test_model_specs_name_a_source_and_optionally_a_device_and_a_dtype() -> None:
+    assert ModelSpec.parse("m", "hub/m") == ModelSpec("hub/m")
+    assert ModelSpec.parse("m", {"source": "d", "device": "cuda:1", "dtype": "bfloat16"}) == ModelSpec(
+        "d", "cuda:1", "bfloat16"
+    )
+    for bad in ({"source": "d", "dtype": "float8"}, {"device": "cpu"}, {"source": "d", "gpu": 1}, 7):
+        with pytest.raises(ValueError, match=r"models\.m"):
+            ModelSpec.parse("m", bad)
+
+
+def test_a_bfloat16_host_batches_streams_and_scores(tmp_path, toy) -> None:
+    model, tokenizer, world = toy
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade("head", url)
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url), dtype="bfloat16")
+    try:
+        assert {p.dtype for p in host.model.parameters()} == {torch.bfloat16}
+        texts = _texts(world, 6)
+        streams = [host.generate(0, text, max_tokens=4) for text in texts]  # all queued: one batch
+        solo = copy.deepcopy(model).to(torch.bfloat16)  # the session's toy model stays float32
+        for text, stream in zip(texts, streams, strict=True):
+            tokens, finished = _collect(stream)
+            assert finished.tokens == len(tokens) > 0
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            with torch.inference_mode():
+                assert tokens[0] == int(solo(input_ids=ids).logits[0, -1].argmax())
+        fact = world.facts_for("capital")[0]
+        scores = host.score(0, fact.canonical_prompt, [fact.object, "the"])
+        assert scores[0] > scores[1]
+    finally:
+        host.close()

@@ -124,6 +124,15 @@ def test_mutual_tls_from_a_yaml_config_with_the_cli_client(tmp_path) -> None:
         [sys.executable, "-m", "service.cli", "serve", "--config", str(typo)], env=env, capture_output=True, text=True
     )
     assert refused.returncode != 0 and "unknown keys ['adress']" in refused.stderr
+    bad_dtype = tmp_path / "dtype.yaml"
+    bad_dtype.write_text(yaml.safe_dump({"models": {"toy": {"source": "x", "dtype": "float8"}}}))
+    refused = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(bad_dtype)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "models.toy.dtype: 'float8' is not one of" in refused.stderr
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
         env=env,
