@@ -13,10 +13,13 @@ Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol s
   edits (stream i asks for version i mod 8), so each decode step carries up to 8 stacks.
 - **grpc ceiling**: streamed messages/s of a model-less gRPC server process at the same
   concurrency (`bench/grpc_ceiling.py`): what one message per token can reach at best here.
+- **engine**: the same scheduler in a process of its own, streams read straight from it (no
+  gRPC): the engine's own share of the gap to the limit.
 - **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
   in this process with no gRPC at all, so its figure is an upper bound for the old service.
 
-Each figure is the median of ``--rounds`` rounds, run back to back, so drift hits all sides alike.
+Each round runs every side back to back (order alternating); a ratio is the median over rounds of
+the ratio within a round, so drift of this (shared, noisy) machine hits both sides alike.
 Targets (issue 14): c64 same ≥ 0.8× the limit, mixed ≥ 0.9× same, c64 speedup vs turns ≥ 10.
 """
 
@@ -47,10 +50,13 @@ from editors import HeadAblation, Steering, Surgeon  # noqa: E402
 from editors.covariance import key_covariance  # noqa: E402
 from editors.rome import compute_rome  # noqa: E402
 from editors.steering import derive_steering  # noqa: E402
-from editors.toyworld import load_toy_model, reference_corpus  # noqa: E402
+from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus  # noqa: E402
 from editors.toyworld.counterfact import edit_cases  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
+from service.registry import Registry  # noqa: E402
+from service.scheduler import Token  # noqa: E402
+from service.serving import ModelHost  # noqa: E402
 
 NEW_TOKENS = 32
 CONCURRENCY = (1, 8, 64)
@@ -134,6 +140,32 @@ def run_concurrently(
     return sum(counts) / (time.perf_counter() - started), first_token_ms
 
 
+def per_round_ratio(figures: dict[str, list[float]], top: str, bottom: str) -> float:
+    """Median over rounds of the ratio within each round (drift of the machine cancels)."""
+    return statistics.median(a / b for a, b in zip(figures[top], figures[bottom], strict=True))
+
+
+def engine_tokens_per_second(database: str, concurrency: int, per_stream: int) -> float:
+    """The scheduler read straight from its streams, no gRPC, in a process of its own (a second
+    model in this process would slow the in-process limit measured here)."""
+    command = [sys.executable, __file__, "--engine-run", str(concurrency), "--per-stream", str(per_stream)]
+    done = subprocess.run([*command, "--database", database], check=True, capture_output=True, text=True, cwd=ROOT)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def engine_run(database: str, concurrency: int, per_stream: int) -> None:
+    _, _, world = load_toy_model()
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(database))
+
+    def in_engine(stream: int, text: str) -> int:
+        events = host.generate(0, text, max_tokens=NEW_TOKENS)
+        return sum(len(event.token_ids) for event in events if isinstance(event, Token))
+
+    run_concurrently(in_engine, prompts(world, 16), 8)
+    print(run_concurrently(in_engine, prompts(world, concurrency * per_stream), concurrency)[0])
+    host.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-stream", type=int, default=2, help="requests each stream makes per measurement")
@@ -142,7 +174,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--engine-run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engine_run:
+        engine_run(args.database, args.engine_run, args.per_stream)
+        return
     model, tokenizer, world = load_toy_model()
     model = model.to(args.device, getattr(torch, args.dtype))
     version_edits = edits_for_versions(model, tokenizer, world)
@@ -187,6 +224,7 @@ def main() -> None:
 
             return run_one
 
+        database = f"sqlite:///{Path(tmp) / 'scalpel.db'}"
         warm = prompts(world, 16)
         run_concurrently(via_service(VERSIONS, 8), warm, 8)
         limit_tokens_per_second(model, tokenizer, warm, 8)
@@ -196,6 +234,7 @@ def main() -> None:
                 "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
                 "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c)[0],
                 "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c)[0],
+                "engine": lambda c=concurrency: engine_tokens_per_second(database, c, args.per_stream),
                 "turns": lambda c=concurrency, t=texts: turns_tokens_per_second(model, tokenizer, local_stacks, t, c),
             }
             figures: dict[str, list[float]] = {name: [] for name in sides}
@@ -206,10 +245,12 @@ def main() -> None:
             median = {name: statistics.median(values) for name, values in figures.items()}
             for name, value in median.items():
                 results[f"c{concurrency}_{name}_tokens_per_s"] = value
-            results[f"c{concurrency}_same_ratio_to_limit"] = median["same"] / median["limit"]
-            results[f"c{concurrency}_mixed_ratio_to_limit"] = median["mixed"] / median["limit"]
-            results[f"c{concurrency}_mixed_ratio_to_same"] = median["mixed"] / median["same"]
-            results[f"c{concurrency}_speedup_vs_turns"] = median["same"] / median["turns"]
+
+            results[f"c{concurrency}_same_ratio_to_limit"] = per_round_ratio(figures, "same", "limit")
+            results[f"c{concurrency}_mixed_ratio_to_limit"] = per_round_ratio(figures, "mixed", "limit")
+            results[f"c{concurrency}_mixed_ratio_to_same"] = per_round_ratio(figures, "mixed", "same")
+            results[f"c{concurrency}_engine_ratio_to_limit"] = per_round_ratio(figures, "engine", "limit")
+            results[f"c{concurrency}_speedup_vs_turns"] = per_round_ratio(figures, "same", "turns")
             results[f"c{concurrency}_grpc_ceiling_messages_per_s"] = ceiling(concurrency)
             results[f"c{concurrency}_grpc_ceiling_ratio_to_limit"] = (
                 results[f"c{concurrency}_grpc_ceiling_messages_per_s"] / median["limit"]
