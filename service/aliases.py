@@ -28,6 +28,10 @@ class AliasCache:
         self.refresh_seconds = refresh_seconds
         self.unhealthy_after = unhealthy_after
         self._versions: dict[tuple[str, str], int] = {}
+        #: When each alias was last set from a fresher source than a full re-read (a move made
+        #: through this replica, a NOTIFY), on a counter that every such write advances.
+        self._written_at: dict[tuple[str, str], int] = {}
+        self._writes = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.last_contact = time.monotonic()
@@ -47,8 +51,12 @@ class AliasCache:
         return version
 
     def set(self, model: str, alias: str, version: int) -> None:
+        """Record a version read or written after everything this cache knew (a caller reads its
+        own write at once; a re-read that started earlier never undoes it)."""
         with self._lock:
+            self._writes += 1
             self._versions[(model, alias)] = version
+            self._written_at[(model, alias)] = self._writes
 
     @property
     def healthy(self) -> bool:
@@ -56,9 +64,17 @@ class AliasCache:
 
     # -- keeping up -----------------------------------------------------------------------------
     def refresh(self) -> None:
+        """Re-read every alias. An alias set while the read was under way keeps that newer value:
+        the snapshot is older than it, and replacing the map wholesale would move it backwards."""
+        with self._lock:
+            started = self._writes
         versions = self.registry.all_aliases()
         with self._lock:
+            for key, written in self._written_at.items():
+                if written > started:
+                    versions[key] = self._versions[key]
             self._versions = versions
+            self._written_at = {key: at for key, at in self._written_at.items() if at > started}
         self.last_contact = time.monotonic()
 
     def _refresh_one(self, payload: str) -> None:
@@ -68,6 +84,7 @@ class AliasCache:
         except NotFound:
             with self._lock:
                 self._versions.pop((model, alias), None)
+                self._written_at.pop((model, alias), None)
             return
         self.set(model, alias, version)
         self.last_contact = time.monotonic()
