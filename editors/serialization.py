@@ -13,7 +13,6 @@ Two forms:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from editors.blobs import blob_to_tensor, tensor_to_blob
 from editors.edits import Edit, edit_from_parts
 from editors.errors import InvalidEditError
+from editors.validation import parse_json
 
 _METADATA_KEY = "scalpel.edit"
 
@@ -35,10 +35,7 @@ def artifact_blobs_by_hash(edit: Edit) -> dict[str, bytes]:
 
 
 def _parse_spec(text: str | bytes) -> dict[str, Any]:
-    try:
-        spec = json.loads(text)
-    except (ValueError, TypeError) as exc:
-        raise InvalidEditError("spec", f"is not valid JSON: {exc}", "a JSON object from Edit.to_json") from None
+    spec = parse_json("spec", text, "a JSON object from Edit.to_json")
     if not isinstance(spec, dict) or not isinstance(spec.get("artifacts", {}), dict):
         raise InvalidEditError(
             "spec", "must be an object with kind, params and artifacts", "a JSON object from Edit.to_json"

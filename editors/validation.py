@@ -16,6 +16,27 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: Largest accepted magnitude of a scale or of any tensor entry: beyond it an edit is a mistake.
 MAX_ABS_VALUE = 1.0e4
 MAX_INDEX = 2**31 - 1
+def parse_json(field: str, text: object, allowed: str = "a JSON object") -> Any:
+    """Parse JSON input; malformed text, nesting too deep for the parser and duplicate keys (which
+    would silently keep the last) raise :class:`InvalidEditError` naming ``field``."""
+    if not isinstance(text, (str, bytes)):
+        raise InvalidEditError(field, f"expected JSON text, got {type(text).__name__}", allowed)
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        if len(set(keys)) != len(keys):
+            duplicate = next(key for key in keys if keys.count(key) > 1)
+            raise InvalidEditError(field, f"has the key {duplicate!r} twice", allowed)
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except InvalidEditError:
+        raise
+    except RecursionError:
+        raise InvalidEditError(field, "is nested too deeply", allowed) from None
+    except ValueError as exc:
+        raise InvalidEditError(field, f"is not valid JSON: {exc}", allowed) from None
 
 
 def check_int(field: str, value: object, low: int = 0, high: int = MAX_INDEX) -> int:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from editors.toyworld import TOY_MODEL_DIR
 from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
+from service.api.malformed import MalformedRequestInterceptor
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_toy_suite
@@ -121,7 +122,11 @@ class ScalpelServer:
             NO_SHARED_PORT,
         ]
         self.metrics = Metrics()
-        interceptors = [MetricsInterceptor(self.metrics), AuthInterceptor(self.registry, insecure=config.insecure)]
+        interceptors = [
+            MetricsInterceptor(self.metrics),  # outermost: it counts every call, refused ones too
+            MalformedRequestInterceptor(),
+            AuthInterceptor(self.registry, insecure=config.insecure),
+        ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers), options=options, interceptors=interceptors
         )

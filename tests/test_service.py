@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 import urllib.request
@@ -237,6 +238,47 @@ def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_
         assert run_checks(admin, version.number).state in ("passed", "failed")
     finally:
         restarted.stop(grace=0)
+
+
+def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_nothing(served) -> None:
+    server, admin, _, address = served
+    _, secret = server.registry.create_key("raw-bytes", "admin", "test")
+    before = server.registry.verify_audit().events_checked
+    channel = grpc.insecure_channel(address)
+    metadata = (("authorization", f"Bearer {secret}"),)
+    for method in ("/scalpel.v1.EditService/CreateEdit", "/scalpel.v1.InferenceService/Score"):
+        raw = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        for payload in (b"\xff\xff\xff\xff", b"\x0a\x03\xff\xfe\xfd"):  # garbage; invalid UTF-8 in field 1
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(payload, metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, caught.value.details())
+    stream = channel.unary_stream(
+        "/scalpel.v1.InferenceService/Generate", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stream(b"\x0a\x03\xff\xfe\xfd", metadata=metadata))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    channel.close()
+    nested = pb.CreateEditRequest(parent="models/toy", spec_json="[" * 100_000 + "]" * 100_000)
+    duplicate = pb.CreateEditRequest(parent="models/toy", spec_json='{"kind": "steering", "kind": "steering"}')
+    suite = pb.SetSuiteRequest(model="models/toy", spec_json='{"a": 1, "a": 2}')
+    far_page = base64.urlsafe_b64encode(b"after:" + b"9" * 30).decode()  # beyond any database integer
+    for call in (
+        lambda: admin.edits.CreateEdit(nested),
+        lambda: admin.edits.CreateEdit(duplicate),
+        lambda: admin.checks.SetSuite(suite),
+        lambda: admin.versions.ListVersions(pb.ListVersionsRequest(parent="models/toy", page_token=far_page)),
+        lambda: admin.versions.GetVersion(pb.GetVersionRequest(name="models/toy/versions/\u0663")),
+        lambda: admin.versions.GetVersion(pb.GetVersionRequest(name="models/toy/versions/03")),
+        lambda: admin.generate("toy", "x", temperature=1e-45),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert len(caught.value.details()) < 2000
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'grpc_code="INVALID_ARGUMENT",grpc_method="CreateEdit"' in body  # refused calls are counted too
+    assert server.registry.verify_audit().events_checked == before
 
 
 def test_prometheus_metrics_on_their_own_port(served) -> None:
@@ -512,9 +554,10 @@ def test_a_llama_model_without_a_pad_token_serves_generate_score_and_compare(db_
         base = client.generate("llama", "w1 w2 w3", version=0, max_tokens=5)
         steered = client.generate("llama", "w1 w2 w3", version=version, max_tokens=5)
         assert base.version.endswith("/0") and steered.version.endswith(f"/{version}")
-        assert base.finish_reason in ("length", "eos") and base.text == client.generate(
-            "llama", "w1 w2 w3", version=0, max_tokens=5
-        ).text
+        assert (
+            base.finish_reason in ("length", "eos")
+            and base.text == client.generate("llama", "w1 w2 w3", version=0, max_tokens=5).text
+        )
         scores = client.inference.Score(
             pb.ScoreRequest(model="models/llama", prompt="w1 w2", continuations=["w3", "w4 w5"])
         )

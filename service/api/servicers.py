@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from editors import InvalidEditError, derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
+from editors.validation import parse_json
 from service.aliases import AliasCache
 from service.api.auth import current_principal
 from service.api.scalpel.v1 import scalpel_pb2 as pb
@@ -60,6 +61,8 @@ def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), _brief(str(exc)))
     except InvalidEditError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
+    except RecursionError:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply")
     except (OperationalError, InterfaceError):
         context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
     except DataError as exc:
@@ -311,8 +314,10 @@ class Servicers(
     def ComputeRome(self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext) -> pb.Edit:
         (model,) = parse("model", request.parent)
         host = self._host(model)
+        overrides = parse_json("hparams_json", request.hparams_json) if request.hparams_json else {}
+        if not isinstance(overrides, dict):
+            raise InvalidArgument("hparams_json must be a JSON object of RomeHyperParams fields")
         try:
-            overrides = json.loads(request.hparams_json) if request.hparams_json else {}
             hparams = RomeHyperParams(**overrides)
         except (ValueError, TypeError) as exc:
             raise InvalidArgument(f"hparams_json: {exc}") from exc
@@ -526,10 +531,7 @@ class Servicers(
     def SetSuite(self, request: pb.SetSuiteRequest, context: grpc.ServicerContext) -> pb.Suite:
         (model,) = parse("model", request.model)
         self._host(model)
-        try:
-            spec = json.loads(request.spec_json)
-        except ValueError as exc:
-            raise InvalidArgument(f"spec_json is not JSON: {exc}") from exc
+        spec = parse_json("spec_json", request.spec_json, "a JSON object describing the suite")
         Suite.from_spec(spec)
         digest = self.registry.set_suite(model, spec, current_principal().name)
         return pb.Suite(model=request.model, suite_sha256=digest, spec_json=json.dumps(spec, sort_keys=True))

@@ -83,11 +83,11 @@ def _decode_token(token: str) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind != "after":
+        if kind != "after" or not value.isascii() or not value.isdigit() or len(value) > 18:
             raise ValueError(kind)
         return int(value)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"page_token {token!r} is not a token this API returned") from exc
+        raise InvalidArgument(f"page_token {token[:64]!r} is not a token this API returned") from exc
 
 
 @dataclass(frozen=True)
