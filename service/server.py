@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from editors.toyworld import TOY_MODEL_DIR
 from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
+from service.api.health import Health
 from service.api.malformed import MalformedRequestInterceptor
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
@@ -136,7 +137,7 @@ class ScalpelServer:
             self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[NO_SHARED_PORT])
             self.health_port = _bind(self.health_server, config.health_address, None)
         self.metrics_port = self.metrics.serve(config.metrics_address) if config.metrics_address else None
-        self.health = health.HealthServicer()
+        self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.hosts: dict[str, ModelHost] = {}
@@ -145,6 +146,7 @@ class ScalpelServer:
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
+        self.service_names = names
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         if self.health_server is not None:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
@@ -175,7 +177,8 @@ class ScalpelServer:
         self.servicers.aliases = self.aliases
         for host in self.hosts.values():
             host.aliases = self.aliases
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", *self.service_names):  # per-service names too, as generic probes ask for them
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watch_database, name="health", daemon=True).start()
 
     def _watch_database(self) -> None:
@@ -193,7 +196,8 @@ class ScalpelServer:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                self.health.set("", status)
+                for name in ("", *self.service_names):
+                    self.health.set(name, status)
                 serving = healthy
 
     def stop(self, grace: float = 5.0) -> None:

@@ -64,6 +64,13 @@ def test_health_reflection_and_auth(served) -> None:
     channel = grpc.insecure_channel(address)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+    per_service = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="scalpel.v1.InferenceService")
+    )
+    assert per_service.status == health_pb2.HealthCheckResponse.SERVING
+    listed = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest()).statuses
+    assert listed["scalpel.v1.AliasService"].status == health_pb2.HealthCheckResponse.SERVING
+    assert listed["scalpel.v1.models/toy"].status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     services = {s.name for reply in replies for s in reply.list_services_response.service}
