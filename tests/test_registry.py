@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 
 import pytest
@@ -394,6 +395,12 @@ def test_bad_input_is_rejected_and_changes_nothing(registry) -> None:
         lambda: registry.record_check_run("m", 0, "great", [], "a"),
         lambda: registry.list_versions("m", page_size=0),
         lambda: registry.register_model("z", "x", SHA, "a", request_id=""),
+        *(
+            lambda bad=bad: registry.promote("m", bad, 0, "a", None)
+            for bad in ("with space", "tab\there", "100%", "a..b", "nul\x00", "new\nline", "-x", "é", "x" * 64)
+        ),
+        *(lambda bad=bad: registry.create_key(bad, "reader", "a") for bad in ("", "a b", "../etc", "k\x00")),
+        lambda: registry.list_versions("m", page_token=base64.urlsafe_b64encode(b"after:" + b"9" * 40).decode()),
     ):
         with pytest.raises(InvalidArgument):
             call()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +59,22 @@ ALIAS_CHANNEL = "scalpel_alias"
 RUN_STATES = ("running", "passed", "failed", "interrupted")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
+
+
+#: Alias and key names: ASCII letters, digits, '.', '_' and '-', starting and ending with a letter or
+#: digit, at most 63 characters. The same rule on SQLite and PostgreSQL, and safe in resource names.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", re.ASCII)
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it matches :data:`NAME_PATTERN` and has no '..'; else InvalidArgument."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        shown = repr(name)[:80]
+        raise InvalidArgument(
+            f"{kind} name {shown} is not allowed: use 1-63 ASCII letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
 
 
 def _now() -> datetime:
@@ -768,6 +785,8 @@ class Registry:
     ) -> AliasInfo:
         """Every alias move goes through here: etag first, then :meth:`_admit`, then the write."""
         row = self._alias_row(session, model_row.id, name)
+        if row is None:
+            check_name("alias", name)
         self._check_etag(name, row, move.expected_etag)
         forced = self._admit(session, row, target, move)
         now, etag = _now(), _new_etag()
@@ -967,8 +986,7 @@ class Registry:
         """A new API key; the secret is returned once and stored only as a hash."""
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
-        if not isinstance(name, str) or not 0 < len(name) <= 200:
-            raise InvalidArgument("key name must be 1-200 characters")
+        check_name("key", name)
         prefix = secrets.token_hex(4)
         secret = f"sk_{prefix}_{secrets.token_urlsafe(32)}"
         with self._write() as session:
