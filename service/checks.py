@@ -33,6 +33,9 @@ from service.registry import InvalidArgument
 from service.serving import ModelHost, Token
 
 TASKS = ("fact_recall", "induction_accuracy")
+#: Limits of a suite (CompareVersions reads its reference texts in one call of at most 1,024 prompts).
+MAX_REFERENCE_TEXTS = 1024
+MAX_EXPECTATIONS = 1024
 WORST = 5
 #: Reference texts per forward in a check run: each chunk is one background job of the scheduler.
 CHECK_BATCH = 16
@@ -59,6 +62,8 @@ class Suite:
         texts = spec.get("reference_texts")
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise InvalidArgument("reference_texts must be a non-empty list of non-empty strings")
+        if len(texts) > MAX_REFERENCE_TEXTS:
+            raise InvalidArgument(f"reference_texts has {len(texts)} texts; at most {MAX_REFERENCE_TEXTS}")
         numbers = {}
         for name in ("kl_mean_max", "kl_max_max", "top1_agreement_min", "perplexity_ratio_max"):
             value = spec.get(name, getattr(cls, name))
@@ -68,7 +73,12 @@ class Suite:
         tasks = spec.get("tasks", {})
         if not isinstance(tasks, dict) or set(tasks) - set(TASKS):
             raise InvalidArgument(f"tasks must map some of {', '.join(TASKS)} to floors")
+        for task, floor in tasks.items():
+            if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+                raise InvalidArgument(f"tasks.{task} is an accuracy floor: a number in [0, 1], got {floor!r:.40}")
         expectations = spec.get("expectations", [])
+        if isinstance(expectations, list) and len(expectations) > MAX_EXPECTATIONS:
+            raise InvalidArgument(f"expectations has {len(expectations)} cases; at most {MAX_EXPECTATIONS}")
         for i, case in enumerate(expectations if isinstance(expectations, list) else [None]):
             if (
                 not isinstance(case, dict)

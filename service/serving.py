@@ -186,7 +186,13 @@ class ModelHost:
         rows = []
         for start in range(0, len(prompts), COMPARE_BATCH):
             chunk = prompts[start : start + COMPARE_BATCH]
-            encoded = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=128)
+            encoded = self.tokenizer(chunk, return_tensors="pt", padding=True)
+            lengths = encoded["attention_mask"].sum(dim=1)
+            if int(lengths.max()) > self.context_length:
+                number = start + int(lengths.argmax())
+                raise InvalidArgument(
+                    f"prompts[{number}] is {int(lengths.max())} tokens; the model takes at most {self.context_length}"
+                )
             encoded = {key: torch.cat([value, value]).to(self.device) for key, value in encoded.items()}
             last = last_token_index(encoded["attention_mask"])
             stacks = self.surgeon.rows([base_stack] * len(chunk) + [candidate_stack] * len(chunk))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 import urllib.request
@@ -278,6 +279,27 @@ def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_noth
         lambda: admin.versions.GetVersion(pb.GetVersionRequest(name="models/toy/versions/\u0663")),
         lambda: admin.versions.GetVersion(pb.GetVersionRequest(name="models/toy/versions/03")),
         lambda: admin.generate("toy", "x", temperature=1e-45),
+        *(
+            lambda floor=floor: admin.checks.SetSuite(
+                pb.SetSuiteRequest(
+                    model="models/toy",
+                    spec_json=f'{{"reference_texts": ["a b"], "tasks": {{"fact_recall": {floor}}}}}',
+                )
+            )
+            for floor in ("NaN", "Infinity", "-5", "1e308")
+        ),
+        lambda: admin.checks.SetSuite(
+            pb.SetSuiteRequest(model="models/toy", spec_json=json.dumps({"reference_texts": ["a b"] * 2000}))
+        ),
+        lambda: admin.versions.CompareVersions(
+            pb.CompareVersionsRequest(base="models/toy/versions/0", candidate="models/toy/versions/0", worst=-1)
+        ),
+        lambda: admin.versions.CompareVersions(
+            pb.CompareVersionsRequest(
+                base="models/toy/versions/0", candidate="models/toy/versions/0", prompts=["the " * 5000]
+            )
+        ),
+        lambda: admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(subject="x" * 50_000)),
     ):
         with pytest.raises(grpc.RpcError) as caught:
             call()

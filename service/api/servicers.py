@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
@@ -63,14 +64,35 @@ def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
     except RecursionError:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply")
-    except (OperationalError, InterfaceError):
+    except (OperationalError, InterfaceError) as exc:
+        if not _is_connection_loss(exc):
+            _abort_internal(context)
         context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
     except DataError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a value is out of range for the database: {exc.orig}")
     except Exception:
-        incident = secrets.token_hex(4)
-        _LOG.exception("incident %s", incident)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error, incident {incident} (see the server log)")
+        _abort_internal(context)
+
+
+def _abort_internal(context: grpc.ServicerContext) -> None:
+    """INTERNAL naming an incident id; the traceback of the exception being handled goes to the log."""
+    incident = secrets.token_hex(4)
+    _LOG.exception("incident %s", incident)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error, incident {incident} (see the server log)")
+
+
+def _is_connection_loss(exc: OperationalError | InterfaceError) -> bool:
+    """Whether a database error means the database is away (worth a retry), not a bad statement."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if isinstance(exc.orig, psycopg.OperationalError):
+        return True
+    message = str(exc.orig).lower()
+    return any(sign in message for sign in ("database is locked", "unable to open", "disk i/o error"))
+
+
+#: Most worst-affected prompts a CompareVersions reply lists.
+MAX_WORST = 100
 
 
 #: Status details stay far below gRPC's 8 KiB default metadata limit, whatever a message quotes.
@@ -375,6 +397,8 @@ class Servicers(
             raise InvalidArgument("both versions must belong to the same model")
         host = self._host(model)
         prompts = list(request.prompts) or list(self.registry.get_suite(model)[1].get("reference_texts", []))
+        if not 0 <= request.worst <= MAX_WORST:
+            raise InvalidArgument(f"worst must be 0..{MAX_WORST} (0: the default, 5), got {request.worst}")
         rows = host.compare(int(base), int(candidate), prompts)
         worst = sorted(rows, key=lambda row: -row[1])[: request.worst or 5]
         return pb.CompareVersionsResponse(

@@ -61,6 +61,8 @@ DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
 
 
+#: Longest audit filter value (SQLite refuses LIKE patterns beyond 50,000 bytes; none is that long).
+MAX_FILTER_CHARS = 1000
 #: Alias and key names: ASCII letters, digits, '.', '_' and '-', starting and ending with a letter or
 #: digit, at most 63 characters. The same rule on SQLite and PostgreSQL, and safe in resource names.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", re.ASCII)
@@ -1041,6 +1043,9 @@ class Registry:
         actor: str | None = None,
     ) -> Page:
         """Audit events newest first, optionally filtered by exact action, subject prefix and actor."""
+        for field, value in (("action", action), ("subject", subject_prefix), ("actor", actor)):
+            if value and len(value) > MAX_FILTER_CHARS:
+                raise InvalidArgument(f"the {field} filter is {len(value)} characters; at most {MAX_FILTER_CHARS}")
         query = select(AuditEvent)
         if action:
             query = query.where(AuditEvent.action == action)
