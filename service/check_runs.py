@@ -40,12 +40,16 @@ class CheckScheduler:
         self.progress: dict[int, Progress] = {}
         self.replica = uuid.uuid4().hex[:12]  # this process's name on the runs it claims
 
-    def start(self, model: str, version: int, actor: str) -> RunInfo:
+    def start(self, model: str, version: int, actor: str, request_id: str | None = None) -> RunInfo:
         host = self.hosts[model]
         _, spec = self.registry.get_suite(model)
         suite = Suite.from_spec(spec)
         host.stack(version)  # fails now (NOT_FOUND / integrity) rather than in the background
-        run = self.registry.start_check_run(model, version, actor, claimed_by=self.replica)
+        run = self.registry.start_check_run(model, version, actor, claimed_by=self.replica, request_id=request_id)
+        with self.changed:
+            repeated = run.id in self.progress or run.state != "running" or run.claimed_by != self.replica
+        if repeated:  # a retried request_id: the first call started (or finished) this run already
+            return run
         self._publish(Progress(run.id, 0, 0, "queued", "running"))
         self.pool.submit(self._execute, host, suite, run, actor)
         return run

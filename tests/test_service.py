@@ -248,6 +248,18 @@ def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_
         restarted.stop(grace=0)
 
 
+def test_a_retried_start_run_returns_the_run_it_started(served) -> None:
+    _, admin, _, _ = served
+    request = pb.StartRunRequest(version="models/toy/versions/0", request_id="nightly-42")
+    first = admin.checks.StartRun(request)
+    again = admin.checks.StartRun(request)
+    assert again.id == first.id
+    final = list(admin.checks.WatchRun(pb.GetRunRequest(id=first.id)))[-1].run
+    assert admin.checks.StartRun(request).id == first.id and final.state in ("passed", "failed")
+    runs = admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(action="checks.started")).events
+    assert len(runs) == 1
+
+
 def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_nothing(served) -> None:
     server, admin, _, address = served
     _, secret = server.registry.create_key("raw-bytes", "admin", "test")

@@ -564,7 +564,7 @@ class Servicers(
     def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.CheckRun:
         model, number = parse("version", request.version)
         self._host(model)
-        return run_pb(self.checks.start(model, int(number), current_principal().name))
+        return run_pb(self.checks.start(model, int(number), current_principal().name, request.request_id or None))
 
     @_abort_on_errors
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.CheckRun:

@@ -184,6 +184,7 @@ class RunInfo:
     results: list[dict[str, Any]]
     started_at: datetime
     finished_at: datetime | None
+    claimed_by: str | None = None  # the replica executing it
 
 
 @dataclass(frozen=True)
@@ -646,12 +647,22 @@ class Registry:
             json.loads(run.results_json),
             run.started_at,
             run.finished_at,
+            run.claimed_by,
         )
 
-    def start_check_run(self, model: str, version: int, actor: str, claimed_by: str | None = None) -> RunInfo:
+    def start_check_run(
+        self,
+        model: str,
+        version: int,
+        actor: str,
+        claimed_by: str | None = None,
+        request_id: str | None = None,
+    ) -> RunInfo:
         """A ``running`` run of the current suite on ``version``, claimed by replica ``claimed_by``;
-        finish it with :meth:`finish_check_run` and keep it alive with :meth:`heartbeat`."""
-        with self._write() as session:
+        finish it with :meth:`finish_check_run` and keep it alive with :meth:`heartbeat`. A repeated
+        ``request_id`` returns the run it started (in whatever state it is now)."""
+
+        def create(session: Session) -> int:
             model_row = self._model(session, model)
             version_row = self._version_row(session, model_row.id, version)
             current = session.get(CurrentSuite, model_row.id)
@@ -671,7 +682,11 @@ class Registry:
             session.add(run)
             session.flush()
             audit.append(session, actor, "checks.started", f"models/{model}/versions/{version}", {"run": run.id})
-            return self._run_info(session, run)
+            return run.id
+
+        return self._idempotent(
+            request_id, "start_check_run", create, lambda s, i: self._run_info(s, s.get(CheckRun, i))
+        )
 
     def finish_check_run(self, run_id: int, state: str, results: list[dict[str, Any]], actor: str) -> RunInfo:
         if state not in ("passed", "failed", "interrupted"):

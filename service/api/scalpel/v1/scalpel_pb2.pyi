@@ -569,10 +569,12 @@ class CheckRun(_message.Message):
     def __init__(self, id: _Optional[int] = ..., version: _Optional[str] = ..., suite_sha256: _Optional[str] = ..., state: _Optional[str] = ..., results: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "request_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     version: str
-    def __init__(self, version: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("id",)
