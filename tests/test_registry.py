@@ -80,6 +80,15 @@ def test_request_ids_make_creates_idempotent(registry) -> None:
     assert snapshot(registry) == before
     with pytest.raises(AlreadyExists, match="already used for create_version"):
         registry.create_edit("m", steering(3.0), "alice", request_id="r3")
+    # the same key with a different request is refused, naming the key, and writes nothing
+    e2 = registry.create_edit("m", steering(4.0), "alice")
+    before = snapshot(registry)
+    with pytest.raises(InvalidArgument, match="'r3' was already used for a different create_version"):
+        registry.create_version("m", 0, "alice", append=[e2.id], request_id="r3")
+    assert snapshot(registry) == before
+    # keys are the caller's own: bob's "r3" is a new request, not alice's version
+    bobs = registry.create_version("m", 0, "bob", append=[e2.id], request_id="r3")
+    assert bobs.number == v1.number + 1 and bobs.edit_ids == [e2.id]
 
 
 def test_versions_append_revert_and_load_edits(registry) -> None:

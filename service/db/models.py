@@ -175,11 +175,14 @@ class ApiKey(Base):
 
 
 class IdempotencyRecord(Base):
-    """A create request's id and what it produced: repeating the id returns the same result."""
+    """A caller's create request id, a hash of the request, and what it produced: the same caller
+    repeating the id with the same request gets the same result (AIP-155)."""
 
-    __tablename__ = "idempotency"
+    __tablename__ = "idempotency_keys"
+    actor: Mapped[str] = mapped_column(NAME, primary_key=True)
     request_id: Mapped[str] = mapped_column(NAME, primary_key=True)
     operation: Mapped[str] = mapped_column(String(64))
+    request_sha256: Mapped[str | None] = mapped_column(SHA, nullable=True)
     result_id: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -227,22 +227,37 @@ class Registry:
         operation: str,
         create: Callable[[Session], int],
         load: Callable[[Session, int], T],
+        actor: str = "",
+        request: object = None,
     ) -> T:
-        """Run ``create`` once per ``request_id``; a repeat returns ``load`` of the first result."""
+        """Run ``create`` once per (``actor``, ``request_id``); a repeat of the same ``request`` (any
+        JSON value describing it) returns ``load`` of the first result; a repeat with a different
+        request is refused, naming the key, rather than silently dropped."""
         if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 200):
             raise InvalidArgument("request_id must be a non-empty string of at most 200 characters")
+        fingerprint = hashlib.sha256(json.dumps([operation, request], sort_keys=True, default=str).encode()).hexdigest()
         with self._write() as session:
             if request_id:
-                record = session.get(IdempotencyRecord, request_id)
+                record = session.get(IdempotencyRecord, (actor, request_id))
                 if record is not None:
                     if record.operation != operation:
                         raise AlreadyExists(f"request_id {request_id!r} was already used for {record.operation}")
+                    if record.request_sha256 not in (None, fingerprint):
+                        raise InvalidArgument(
+                            f"request_id {request_id!r} was already used for a different {operation} request; "
+                            "use a new request_id for a new request"
+                        )
                     return load(session, record.result_id)
             result_id = create(session)
             if request_id:
                 session.add(
                     IdempotencyRecord(
-                        request_id=request_id, operation=operation, result_id=result_id, created_at=_now()
+                        actor=actor,
+                        request_id=request_id,
+                        operation=operation,
+                        request_sha256=fingerprint,
+                        result_id=result_id,
+                        created_at=_now(),
                     )
                 )
             session.flush()
@@ -299,7 +314,14 @@ class Registry:
             )
             return model.id
 
-        return self._idempotent(request_id, "register_model", create, lambda s, i: self._model_info(s.get(ModelRow, i)))
+        return self._idempotent(
+            request_id,
+            "register_model",
+            create,
+            lambda s, i: self._model_info(s.get(ModelRow, i)),
+            actor,
+            [name, source, weights_sha256],
+        )
 
     def get_model(self, name: str) -> ModelInfo:
         with self._read() as session:
@@ -402,7 +424,14 @@ class Registry:
             )
             return row.id
 
-        return self._idempotent(request_id, "create_edit", create, lambda s, i: self._edit_info(s, s.get(EditRow, i)))
+        return self._idempotent(
+            request_id,
+            "create_edit",
+            create,
+            lambda s, i: self._edit_info(s, s.get(EditRow, i)),
+            actor,
+            [model, edit.id, description],
+        )
 
     def get_edit(self, model: str, edit_id: int) -> EditInfo:
         with self._read() as session:
@@ -540,7 +569,12 @@ class Registry:
             return row.id
 
         return self._idempotent(
-            request_id, "create_version", create, lambda s, i: self._version_info(s, s.get(VersionRow, i))
+            request_id,
+            "create_version",
+            create,
+            lambda s, i: self._version_info(s, s.get(VersionRow, i)),
+            actor,
+            [model, parent, list(append), remove, description],
         )
 
     def get_version(self, model: str, number: int) -> VersionInfo:
@@ -685,7 +719,12 @@ class Registry:
             return run.id
 
         return self._idempotent(
-            request_id, "start_check_run", create, lambda s, i: self._run_info(s, s.get(CheckRun, i))
+            request_id,
+            "start_check_run",
+            create,
+            lambda s, i: self._run_info(s, s.get(CheckRun, i)),
+            actor,
+            [model, version],
         )
 
     def finish_check_run(self, run_id: int, state: str, results: list[dict[str, Any]], actor: str) -> RunInfo:
