@@ -217,8 +217,8 @@ def _audit_list(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _audit_verify(args: argparse.Namespace, c: ScalpelClient) -> int:
-    result = c.audit.VerifyAudit(pb.VerifyAuditRequest())
-    _print(args, result, ("ok", "events_checked", "first_broken_seq", "problem"))
+    result = c.audit.VerifyAudit(pb.VerifyAuditRequest(expect_head=args.expect_head or ""))
+    _print(args, result, ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash"))
     return 0 if result.ok else 1
 
 
@@ -359,7 +359,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     events.add_argument("--subject", default="")
     events.add_argument("--actor", default="")
     command(events, _audit_list, paged=True)
-    command(audit.add_parser("verify"), _audit_verify)
+    verify = audit.add_parser("verify", help="recompute the hash chain; prints the head to pin outside the database")
+    verify.add_argument("--expect-head", help="SEQ:HASH printed by an earlier verify: it must still be in the log")
+    command(verify, _audit_verify)
 
     generate = commands.add_parser("generate", help="stream a generation")
     generate.add_argument("prompt")

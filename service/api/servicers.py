@@ -536,12 +536,14 @@ class Servicers(
 
     @_abort_on_errors
     def VerifyAudit(self, request: pb.VerifyAuditRequest, context: grpc.ServicerContext) -> pb.VerifyAuditResponse:
-        result = self.registry.verify_audit()
+        result = self.registry.verify_audit(request.expect_head)
         return pb.VerifyAuditResponse(
             ok=result.ok,
             events_checked=result.events_checked,
             first_broken_seq=result.first_broken_seq,
             problem=result.problem,
+            head_seq=result.head_seq,
+            head_hash=result.head_hash,
         )
 
     # -- checks ---------------------------------------------------------------------------------

@@ -58,12 +58,49 @@ class VerifyResult:
     events_checked: int
     first_broken_seq: int | None = None
     problem: str = ""
+    head_seq: int = 0  # the last event verified, and its hash: an operator pins these outside the database
+    head_hash: str = ""
 
 
-def verify(connection: Connection, batch: int = 5000) -> VerifyResult:
-    """Recompute every event's hash and link; report the first broken one (and a head mismatch)."""
+def parse_head(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` → (seq, hash); ValueError with the expected form otherwise."""
+    seq, _, digest = text.partition(":")
+    if not seq.isascii() or not seq.isdigit() or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        raise ValueError(f"expected SEQ:HASH (a sequence number and a 64-character hex SHA-256), got {text[:80]!r}")
+    return int(seq), digest
+
+
+def verify(connection: Connection, batch: int = 5000, expect_head: tuple[int, str] | None = None) -> VerifyResult:
+    """Recompute every event's hash and link; report the first broken one (and a head mismatch).
+
+    With ``expect_head`` (a head pinned earlier), the log must still hold that event with that hash."""
+    result = _verify_chain(connection, batch, expect_head[0] if expect_head else None)
+    if not result.ok or expect_head is None:
+        return result
+    seq, digest = expect_head
+    if result.pinned_hash != digest:
+        found = "is missing" if result.pinned_hash is None else f"has hash {result.pinned_hash[:12]}…"
+        return VerifyResult(
+            False,
+            result.events_checked,
+            seq,
+            f"the pinned head {seq}:{digest[:12]}… is not in the log (event {seq} {found}): "
+            "the log was truncated or rewritten",
+            result.head_seq,
+            result.head_hash,
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class _ChainResult(VerifyResult):
+    pinned_hash: str | None = None
+
+
+def _verify_chain(connection: Connection, batch: int, pinned_seq: int | None) -> _ChainResult:
     table = AuditEvent.__table__
     prev_hash, expected_seq, checked, last = GENESIS, 1, 0, 0
+    pinned_hash = None
     while True:
         rows = connection.execute(
             select(
@@ -84,9 +121,9 @@ def verify(connection: Connection, batch: int = 5000) -> VerifyResult:
             break
         for seq, created_at, actor, action, subject, payload_json, stored_prev, stored_hash in rows:
             if seq != expected_seq:
-                return VerifyResult(False, checked, expected_seq, f"event {expected_seq} is missing (next is {seq})")
+                return _ChainResult(False, checked, expected_seq, f"event {expected_seq} is missing (next is {seq})")
             if stored_prev != prev_hash:
-                return VerifyResult(
+                return _ChainResult(
                     False,
                     checked,
                     seq,
@@ -94,19 +131,21 @@ def verify(connection: Connection, batch: int = 5000) -> VerifyResult:
                 )
             recomputed = event_hash(seq, created_at, actor, action, subject, payload_json, stored_prev)
             if recomputed != stored_hash:
-                return VerifyResult(
+                return _ChainResult(
                     False,
                     checked,
                     seq,
                     f"content changed: hash recomputes to {recomputed[:12]}…, stored {stored_hash[:12]}…",
                 )
             prev_hash, expected_seq, checked, last = stored_hash, seq + 1, checked + 1, seq
+            if seq == pinned_seq:
+                pinned_hash = stored_hash
     head_seq, head_hash = connection.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
     if head_seq != checked or head_hash != prev_hash:
-        return VerifyResult(
+        return _ChainResult(
             False,
             checked,
             checked + 1 if head_seq > checked else head_seq,
             f"chain head says seq {head_seq}, log ends at {checked} (events removed at the end?)",
         )
-    return VerifyResult(True, checked)
+    return _ChainResult(True, checked, head_seq=checked, head_hash=prev_hash, pinned_hash=pinned_hash)

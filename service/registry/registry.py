@@ -1109,6 +1109,11 @@ class Registry:
             query = query.where(AuditEvent.actor == actor)
         return self._page(query, AuditEvent.seq, page_size, page_token, lambda _, event: event)
 
-    def verify_audit(self) -> audit.VerifyResult:
+    def verify_audit(self, expect_head: str = "") -> audit.VerifyResult:
+        """Verify the chain; ``expect_head`` ("SEQ:HASH", pinned earlier) must still be in it."""
+        try:
+            pinned = audit.parse_head(expect_head) if expect_head else None
+        except ValueError as exc:
+            raise InvalidArgument(f"expect_head: {exc}") from None
         with self.engine.connect() as connection:
-            return audit.verify(connection)
+            return audit.verify(connection, expect_head=pinned)
