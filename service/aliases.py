@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -21,9 +22,16 @@ from service.registry.registry import ALIAS_CHANNEL
 
 class AliasCache:
     def __init__(
-        self, registry: Registry, poll_seconds: float = 0.5, refresh_seconds: float = 5.0, unhealthy_after: float = 30.0
+        self,
+        registry: Registry,
+        poll_seconds: float = 0.5,
+        refresh_seconds: float = 5.0,
+        unhealthy_after: float = 30.0,
+        observe: Callable[[str, str, int], None] = lambda model, alias, version: None,
     ) -> None:
         self.registry = registry
+        #: Told every (model, alias, version) this cache learns: the ``scalpel_active_version`` gauge.
+        self.observe = observe
         self.poll_seconds = poll_seconds
         self.refresh_seconds = refresh_seconds
         self.unhealthy_after = unhealthy_after
@@ -57,6 +65,7 @@ class AliasCache:
             self._writes += 1
             self._versions[(model, alias)] = version
             self._written_at[(model, alias)] = self._writes
+        self.observe(model, alias, version)
 
     @property
     def healthy(self) -> bool:
@@ -75,6 +84,8 @@ class AliasCache:
                     versions[key] = self._versions[key]
             self._versions = versions
             self._written_at = {key: at for key, at in self._written_at.items() if at > started}
+        for (model, alias), version in versions.items():
+            self.observe(model, alias, version)
         self.last_contact = time.monotonic()
 
     def _refresh_one(self, payload: str) -> None:

@@ -1,8 +1,10 @@
 """Prometheus metrics, served on their own HTTP port.
 
-The usual gRPC server family (``grpc_server_handled_total``, ``grpc_server_handling_seconds``)
-by service, method and code, plus domain metrics labelled by model: tokens generated (by
-version), the version each alias points at, and check runs by result.
+The usual gRPC server family of go-grpc-prometheus (``grpc_server_started_total``,
+``grpc_server_handled_total``, ``grpc_server_msg_received_total``, ``grpc_server_msg_sent_total``,
+``grpc_server_handling_seconds``) by service and method (and code, where it applies), plus domain
+metrics labelled by model: tokens generated (by version), the version each alias points at (as
+every replica's alias cache knows it), and check runs by result.
 """
 
 from __future__ import annotations
@@ -29,8 +31,17 @@ class Metrics:
             "RPC handling time on the server",
             ["grpc_service", "grpc_method"],
             registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            # up to 10 minutes: ROME, derivations and whole generations take well over 10 s
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
         )
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server", labels, registry=self.registry
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total", "Messages received from clients", labels, registry=self.registry
+        )
+        self.sent = Counter("grpc_server_msg_sent_total", "Messages sent to clients", labels, registry=self.registry)
         self.tokens = Counter(
             "scalpel_tokens_generated_total", "Tokens generated", ["model", "version"], registry=self.registry
         )
@@ -74,22 +85,33 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
         if handler.unary_unary:
             inner = handler.unary_unary
+            kind = ("unary", service, method)
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 started = time.perf_counter()
+                metrics.started.labels(*kind).inc()
+                metrics.received.labels(*kind).inc()
                 try:
-                    return inner(request, context)
+                    reply = inner(request, context)
+                    metrics.sent.labels(*kind).inc()
+                    return reply
                 finally:
                     observe(context, started)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
+            kind = ("server_stream", service, method)
 
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
                 started = time.perf_counter()
+                metrics.started.labels(*kind).inc()
+                metrics.received.labels(*kind).inc()
+                sent = metrics.sent.labels(*kind)
                 try:
-                    yield from inner_stream(request, context)
+                    for reply in inner_stream(request, context):
+                        sent.inc()
+                        yield reply
                 finally:
                     observe(context, started)
 

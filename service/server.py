@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError
 
 from editors.toyworld import TOY_MODEL_DIR
@@ -21,6 +20,7 @@ from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
 from service.api.health import Health
 from service.api.malformed import MalformedRequestInterceptor
+from service.api.reflection_v1 import enable_reflection
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_toy_suite
@@ -147,7 +147,7 @@ class ScalpelServer:
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
         self.service_names = names
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        enable_reflection([*names, health.SERVICE_NAME], self.server)
         if self.health_server is not None:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_server.start()
@@ -173,7 +173,12 @@ class ScalpelServer:
                 except NotFound:
                     self.registry.set_suite(name, default_toy_suite(), "scalpel")
             self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
-        self.aliases = AliasCache(self.registry, unhealthy_after=self.config.unhealthy_after_seconds)
+        gauge = self.metrics.active_version
+        self.aliases = AliasCache(
+            self.registry,
+            unhealthy_after=self.config.unhealthy_after_seconds,
+            observe=lambda model, alias, version: gauge.labels(model, alias).set(version),
+        )
         self.servicers.aliases = self.aliases
         for host in self.hosts.values():
             host.aliases = self.aliases

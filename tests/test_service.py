@@ -76,6 +76,16 @@ def test_health_reflection_and_auth(served) -> None:
     replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     services = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"scalpel.v1.InferenceService", "scalpel.v1.AliasService", "grpc.health.v1.Health"} <= services
+    v1 = channel.stream_stream(  # grpc.reflection.v1 (what current grpcurl asks first): same messages
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    replies = v1(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="scalpel.v1.AliasService")]))
+    described = [reply.file_descriptor_response.file_descriptor_proto for reply in replies]
+    assert described and described[0][0]
+    replies = v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    assert "grpc.reflection.v1.ServerReflection" in {s.name for r in replies for s in r.list_services_response.service}
     anonymous = ScalpelClient(address)
     assert _code(lambda: anonymous.models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
     assert _code(lambda: ScalpelClient(address, "sk_nope_x").alias("toy")) == grpc.StatusCode.UNAUTHENTICATED
@@ -332,6 +342,10 @@ def test_prometheus_metrics_on_their_own_port(served) -> None:
     assert f"grpc_server_handled_total{{{labels}}} 1.0" in body
     assert 'grpc_code="NOT_FOUND",grpc_method="GetAlias"' in body
     assert 'grpc_server_handling_seconds_count{grpc_method="Generate"' in body
+    stream_labels = 'grpc_method="Generate",grpc_service="scalpel.v1.InferenceService",grpc_type="server_stream"'
+    assert f"grpc_server_msg_sent_total{{{stream_labels}}}" in body
+    assert 'grpc_server_started_total{grpc_method="GetAlias"' in body
+    assert 'scalpel_active_version{alias="production",model="toy"} 0.0' in body
     assert 'scalpel_tokens_generated_total{model="toy",version="0"} 2.0' in body
     assert 'scalpel_active_version{alias="production",model="toy"} 0.0' in body
 

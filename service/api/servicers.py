@@ -273,9 +273,8 @@ class Servicers(
         self.aliases: AliasCache | None = None
 
     def _moved(self, info: AliasInfo) -> pb.Alias:
-        self.metrics.active_version.labels(info.model, info.name).set(info.version)
         if self.aliases is not None:  # this replica serves the move at once; others hear the NOTIFY / poll
-            self.aliases.set(info.model, info.name, info.version)
+            self.aliases.set(info.model, info.name, info.version)  # (and the cache sets the gauge)
         return alias_pb(info)
 
     def _host(self, model: str) -> ModelHost:
