@@ -110,7 +110,7 @@ class ModelHost:
             cached = self._stacks.get(version)
         if cached is not None:
             return cached
-        info = self.registry.get_version(self.name, version)
+        info = self.registry.verified_version(self.name, version)  # DATA_LOSS if its rows were rewritten
         compiled = self.surgeon.compile([self._edit(edit_id) for edit_id in info.edit_ids])
         with self._lock:
             return self._stacks.setdefault(version, compiled)

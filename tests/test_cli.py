@@ -39,9 +39,12 @@ def test_walkthrough_runs_and_reports_unchanged_weights(tmp_path) -> None:
 
 def test_serve_and_keys_refuse_a_database_not_at_head_with_the_fix(db_url) -> None:
     """A database one migration behind (or unreachable): one clear line and exit 2, nothing written."""
-    from service.db.migrate import downgrade
+    from alembic.script import ScriptDirectory
+
+    from service.db.migrate import alembic_config, downgrade
     from service.registry import Registry
 
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     downgrade("0002", db_url)
     commands = (
         ["serve", "--insecure", "--address", "127.0.0.1:0", "--metrics-address", "off", "--database-url", db_url],
@@ -52,7 +55,7 @@ def test_serve_and_keys_refuse_a_database_not_at_head_with_the_fix(db_url) -> No
             [sys.executable, "-m", "service.cli", *command], capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 2, result.stderr[-2000:]
-        assert "is at revision 0002; this Scalpel needs 0003: run `scalpel db upgrade --url" in result.stderr
+        assert f"is at revision 0002; this Scalpel needs {head}: run `scalpel db upgrade --url" in result.stderr
         assert "Traceback" not in result.stderr
     registry = Registry(db_url)
     assert registry.list_keys().items == [] and registry.verify_audit().events_checked == 0

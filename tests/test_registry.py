@@ -383,9 +383,52 @@ def test_a_pinned_head_catches_a_truncated_tail_and_truncate_is_refused(registry
         connection.execute(text("DELETE FROM audit_events WHERE seq >= :s"), {"s": pinned.head_seq})
         seq, digest = connection.execute(text("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")).one()
         connection.execute(text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": seq, "h": digest})
-    assert registry.verify_audit().ok  # the shortened chain is self-consistent ...
+    # the shortened chain links up again; replaying it finds the edits no event accounts for ...
+    assert any("has no audit event" in line for line in registry.verify_audit().mismatches)
     caught = registry.verify_audit(pin)
-    assert not caught.ok and "pinned head" in caught.problem  # ... but the pin exposes it
+    assert not caught.ok and "pinned head" in caught.problem  # ... and the pin names the cut itself
+
+
+TAMPERS = {
+    "version edit list": (
+        "UPDATE version_edits SET edit_id = (SELECT MIN(id) FROM edits) WHERE version_id = "
+        "(SELECT id FROM versions WHERE number = 2)",
+        "models/m/versions/2",
+    ),
+    "alias target": (
+        "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE number = 2) WHERE name = 'production'",
+        "models/m/aliases/production",
+    ),
+    "edit spec": ("UPDATE edits SET spec_json = replace(spec_json, '\"scale\":2.0', '\"scale\":40.0')", "edits/"),
+    "check run flipped": ("UPDATE check_runs SET state = 'passed' WHERE state = 'failed'", "runs/"),
+    "key role": ("UPDATE api_keys SET role = 'admin' WHERE name = 'viewer'", "keys/viewer"),
+    "inserted version": (
+        "INSERT INTO versions (model_id, number, parent_id, author, description, created_at) "
+        "SELECT model_id, 9, NULL, 'mallory', '', created_at FROM versions WHERE number = 0",
+        "models/m/versions/9",
+    ),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERS))
+def test_verify_replays_the_log_against_every_state_table(registry, tamper) -> None:
+    registry.register_model("m", "hub/m", SHA, "alice")
+    registry.set_suite("m", {}, "alice")
+    edits = [registry.create_edit("m", steering(s), "alice").id for s in (1.0, 2.0)]
+    for edit in edits:
+        registry.create_version("m", 0, "alice", append=[edit])
+    registry.record_check_run("m", 1, "passed", PASS, "checker")
+    registry.record_check_run("m", 2, "failed", [{"name": "kl", "passed": False}], "checker")
+    registry.promote("m", "production", 1, "carol", registry.get_alias("m", "production").etag)
+    registry.create_key("viewer", "reader", "alice")
+    clean = registry.verify_audit()
+    assert clean.ok and clean.mismatches == ()
+    statement, named = TAMPERS[tamper]
+    with registry.engine.begin() as connection:
+        connection.exec_driver_sql(statement)
+    result = registry.verify_audit()
+    assert not result.ok and result.mismatches, tamper
+    assert any(named in line for line in result.mismatches), result.mismatches
 
 
 def test_an_edit_spec_changed_in_the_database_is_refused_on_load(registry) -> None:

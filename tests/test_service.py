@@ -16,6 +16,7 @@ import torch
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import text
 
 from editors import HeadAblation, LowRank, Steering, Surgeon
 from editors.covariance import key_covariance
@@ -268,6 +269,29 @@ def test_a_retried_start_run_returns_the_run_it_started(served) -> None:
     assert admin.checks.StartRun(request).id == first.id and final.state in ("passed", "failed")
     runs = admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(action="checks.started")).events
     assert len(runs) == 1
+
+
+def test_a_replica_refuses_rows_changed_outside_scalpel(served) -> None:
+    server, admin, _, _ = served
+    small = admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128), scale=0.5))
+    direction = torch.randn(128, generator=torch.Generator().manual_seed(3))  # (a constant vector: LayerNorm drops it)
+    huge = admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=direction, scale=50.0))
+    version = admin.create_version("toy", 0, append=[small.id])
+    failed = admin.create_version("toy", 0, append=[huge.id])
+    assert run_checks(admin, failed.number).state == "failed"
+    with server.registry.engine.begin() as connection:  # swap the served edit, flip the failed run
+        connection.execute(
+            text(
+                "UPDATE version_edits SET edit_id = :e WHERE version_id = (SELECT id FROM versions WHERE number = :n)"
+            ),
+            {"e": huge.id, "n": version.number},
+        )
+        connection.execute(text("UPDATE check_runs SET state = 'passed' WHERE state = 'failed'"))
+    assert _code(lambda: admin.generate("toy", "the food was", version=version.number)) == grpc.StatusCode.DATA_LOSS
+    assert _code(lambda: admin.promote("toy", failed.number)) == grpc.StatusCode.DATA_LOSS
+    assert admin.alias("toy").version == 0
+    verify = admin.audit.VerifyAudit(pb.VerifyAuditRequest())
+    assert not verify.ok and any(f"versions/{version.number}" in line for line in verify.mismatches)
 
 
 def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_nothing(served) -> None:

@@ -543,6 +543,7 @@ class Servicers(
             problem=result.problem,
             head_seq=result.head_seq,
             head_hash=result.head_hash,
+            mismatches=list(result.mismatches),
         )
 
     # -- checks ---------------------------------------------------------------------------------

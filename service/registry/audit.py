@@ -60,6 +60,7 @@ class VerifyResult:
     problem: str = ""
     head_seq: int = 0  # the last event verified, and its hash: an operator pins these outside the database
     head_hash: str = ""
+    mismatches: tuple[str, ...] = ()  # state rows that disagree with the log (see replay.py)
 
 
 def parse_head(text: str) -> tuple[int, str]:

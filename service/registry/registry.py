@@ -10,6 +10,7 @@ target (``rollback_to`` in the history) it moves the alias there, a move that ca
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -52,6 +53,7 @@ from service.registry.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from service.registry.replay import replay
 
 ROLES = ("reader", "editor", "approver", "admin")
 #: PostgreSQL NOTIFY channel of alias moves (payload ``model/alias``): a wake-up, never the truth.
@@ -443,6 +445,12 @@ class Registry:
     def load_edit(self, model: str, edit_id: int) -> Edit:
         """The stored edit as an ``editors.Edit`` (artifacts verified on read)."""
         info = self.get_edit(model, edit_id)
+        logged = self._logged_payload("edit.created", f"models/{model}/edits/{edit_id}") or {}
+        if logged.get("spec_sha256") != info.spec_sha256:
+            raise ArtifactIntegrityError(
+                f"edit {edit_id}: its spec hash {info.spec_sha256[:12]}… is not the one the audit log recorded; "
+                "refusing to serve it"
+            )
         if hashlib.sha256(info.spec_json.encode()).hexdigest() != info.spec_sha256:
             raise ArtifactIntegrityError(
                 f"edit {edit_id}: its stored spec no longer matches its SHA-256 {info.spec_sha256[:12]}… "
@@ -479,13 +487,51 @@ class Registry:
         current = session.get(CurrentSuite, version.model_id)
         if current is None:
             return "unchecked"
-        state = session.execute(
-            select(CheckRun.state)
+        latest = session.execute(
+            select(CheckRun.id, CheckRun.state)
             .where(CheckRun.version_id == version.id, CheckRun.suite_id == current.suite_id)
             .order_by(CheckRun.id.desc())
             .limit(1)
-        ).scalar_one_or_none()
-        return state or "unchecked"
+        ).first()
+        return latest.state if latest else "unchecked"
+
+    def _verified_status(self, session: Session, model: str, version: VersionRow) -> str:
+        """:meth:`_status`, after checking that the deciding run's state is the one the audit log
+        recorded for it (a run flipped to "passed" in the database must not open the gate)."""
+        status = self._status(session, version)
+        if status in ("base", "unchecked"):
+            return status
+        current = session.get(CurrentSuite, version.model_id)
+        run_id = session.execute(
+            select(CheckRun.id)
+            .where(CheckRun.version_id == version.id, CheckRun.suite_id == current.suite_id)
+            .order_by(CheckRun.id.desc())
+            .limit(1)
+        ).scalar_one()
+        logged = self._logged_run_state(session, model, version.number, run_id)
+        if logged != status:
+            raise ArtifactIntegrityError(
+                f"check run {run_id} of models/{model}/versions/{version.number} says {status!r} but the "
+                f"audit log recorded {logged!r}: the row was changed outside Scalpel; refusing to use it"
+            )
+        return status
+
+    @staticmethod
+    def _logged_run_state(session: Session, model: str, number: int, run_id: int) -> str | None:
+        events = session.execute(
+            select(AuditEvent.action, AuditEvent.payload_json)
+            .where(AuditEvent.subject.in_([f"models/{model}/versions/{number}", f"runs/{run_id}"]))
+            .order_by(AuditEvent.seq)
+        )
+        state = None
+        for action, payload_json in events:
+            payload = json.loads(payload_json)
+            if payload.get("run") != run_id:
+                continue
+            state = {"checks.started": "running", "checks.interrupted": "interrupted"}.get(
+                action, payload.get("state", state)
+            )
+        return state
 
     def _failing_checks(self, session: Session, version: VersionRow) -> list[str]:
         current = session.get(CurrentSuite, version.model_id)
@@ -580,6 +626,31 @@ class Registry:
     def get_version(self, model: str, number: int) -> VersionInfo:
         with self._read() as session:
             return self._version_info(session, self._version_row(session, self._model(session, model).id, number))
+
+    def verified_version(self, model: str, number: int) -> VersionInfo:
+        """:meth:`get_version`, refused (DATA_LOSS) unless its ordered edit ids are the ones the
+        audit log recorded when it was created: what a replica serves."""
+        info = self.get_version(model, number)
+        logged = [] if number == 0 else self._logged_payload("version.created", f"models/{model}/versions/{number}")
+        expected = [] if number == 0 else (logged or {}).get("edits")
+        if info.edit_ids != expected:
+            raise ArtifactIntegrityError(
+                f"models/{model}/versions/{number} lists edits {info.edit_ids[:20]} but the audit log recorded "
+                f"{expected if expected is None else expected[:20]}: the rows were changed outside Scalpel; "
+                "refusing to serve it"
+            )
+        return info
+
+    def _logged_payload(self, action: str, subject: str) -> dict[str, Any] | None:
+        """The payload of the latest ``action`` event on ``subject`` (None: there is none)."""
+        with self._read() as session:
+            payload_json = session.execute(
+                select(AuditEvent.payload_json)
+                .where(AuditEvent.action == action, AuditEvent.subject == subject)
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        return None if payload_json is None else json.loads(payload_json)
 
     def list_versions(self, model: str, page_size: int = 50, page_token: str = "") -> Page:
         with self._read() as session:
@@ -840,11 +911,10 @@ class Registry:
         move: _MoveRequest,
     ) -> AliasInfo:
         """Every alias move goes through here: etag first, then :meth:`_admit`, then the write."""
+        check_name("alias", name)  # before any query: PostgreSQL cannot even compare a NUL byte
         row = self._alias_row(session, model_row.id, name)
-        if row is None:
-            check_name("alias", name)
         self._check_etag(name, row, move.expected_etag)
-        forced = self._admit(session, row, target, move)
+        forced = self._admit(session, model, row, target, move)
         now, etag = _now(), _new_etag()
         if row is None:
             row = AliasRow(
@@ -901,7 +971,9 @@ class Registry:
         elif row.etag != expected_etag:
             raise Conflict(f"alias {name!r} was moved by someone else (etag {expected_etag!r} is stale)")
 
-    def _admit(self, session: Session, row: AliasRow | None, target: VersionRow, move: _MoveRequest) -> bool:
+    def _admit(
+        self, session: Session, model: str, row: AliasRow | None, target: VersionRow, move: _MoveRequest
+    ) -> bool:
         """The one rule for moving an alias, whatever the call (promote, rollback, rollback_to).
 
         The target is admitted if its latest run against the model's current suite passed (or it
@@ -913,7 +985,7 @@ class Registry:
             raise PermissionDenied("only an admin may force an alias move")
         if move.force and not move.reason.strip():
             raise InvalidArgument("a forced alias move needs a reason")
-        status = self._status(session, target)
+        status = self._verified_status(session, model, target)
         if status in ("base", "passed"):
             return False
         if row is not None and self._served_before(session, row, target):
@@ -1116,4 +1188,15 @@ class Registry:
         except ValueError as exc:
             raise InvalidArgument(f"expect_head: {exc}") from None
         with self.engine.connect() as connection:
-            return audit.verify(connection, expect_head=pinned)
+            result = audit.verify(connection, expect_head=pinned)
+            if not result.ok:  # a broken chain is the finding: replaying it would prove nothing
+                return result
+            mismatches = tuple(replay(connection))
+        if not mismatches:
+            return result
+        return dataclasses.replace(
+            result,
+            ok=False,
+            mismatches=mismatches,
+            problem=result.problem or f"{len(mismatches)} rows disagree with the audit log; first: {mismatches[0]}",
+        )

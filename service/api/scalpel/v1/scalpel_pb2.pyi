@@ -447,20 +447,22 @@ class VerifyAuditRequest(_message.Message):
     def __init__(self, expect_head: _Optional[str] = ...) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
-    __slots__ = ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash")
+    __slots__ = ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash", "mismatches")
     OK_FIELD_NUMBER: _ClassVar[int]
     EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BROKEN_SEQ_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    MISMATCHES_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     events_checked: int
     first_broken_seq: int
     problem: str
     head_seq: int
     head_hash: str
-    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_broken_seq: _Optional[int] = ..., problem: _Optional[str] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ...) -> None: ...
+    mismatches: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_broken_seq: _Optional[int] = ..., problem: _Optional[str] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., mismatches: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
     __slots__ = ("name", "prefix", "role", "created_by", "create_time", "revoke_time")
