@@ -484,16 +484,21 @@ class Registry:
     def _status(self, session: Session, version: VersionRow) -> str:
         if version.number == 0:
             return "base"
+        latest = self._latest_run(session, version)
+        return latest.state if latest else "unchecked"
+
+    @staticmethod
+    def _latest_run(session: Session, version: VersionRow) -> Any:
+        """(id, state) of the version's latest run against the model's current suite, or None."""
         current = session.get(CurrentSuite, version.model_id)
         if current is None:
-            return "unchecked"
-        latest = session.execute(
+            return None
+        return session.execute(
             select(CheckRun.id, CheckRun.state)
             .where(CheckRun.version_id == version.id, CheckRun.suite_id == current.suite_id)
             .order_by(CheckRun.id.desc())
             .limit(1)
         ).first()
-        return latest.state if latest else "unchecked"
 
     def _verified_status(self, session: Session, model: str, version: VersionRow) -> str:
         """:meth:`_status`, after checking that the deciding run's state is the one the audit log
@@ -501,13 +506,7 @@ class Registry:
         status = self._status(session, version)
         if status in ("base", "unchecked"):
             return status
-        current = session.get(CurrentSuite, version.model_id)
-        run_id = session.execute(
-            select(CheckRun.id)
-            .where(CheckRun.version_id == version.id, CheckRun.suite_id == current.suite_id)
-            .order_by(CheckRun.id.desc())
-            .limit(1)
-        ).scalar_one()
+        run_id = self._latest_run(session, version).id
         logged = self._logged_run_state(session, model, version.number, run_id)
         if logged != status:
             raise ArtifactIntegrityError(
