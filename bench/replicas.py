@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +27,18 @@ from editors import Steering  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
 from service.db.migrate import upgrade  # noqa: E402
 from service.registry import Registry  # noqa: E402
-from tests.replicas import replicas, reset_postgres, seconds_until_served  # noqa: E402
+from tests.replicas import replicas, reset_postgres  # noqa: E402
+
+
+def seconds_until_served(client: ScalpelClient, version: int, timeout: float = 5.0) -> float:
+    """How long until ``client``'s replica serves ``version`` for the production alias."""
+    started = time.perf_counter()
+    while True:
+        served = client.generate("toy", "The capital of Riia is", max_tokens=1).version
+        elapsed = time.perf_counter() - started
+        if served == f"models/toy/versions/{version}" or elapsed > timeout:
+            return elapsed
+        time.sleep(0.005)
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ MAX_PROMPTS = 1024  # per CompareVersions or Score call
 COMPARE_BATCH = 32  # prompts per forward in CompareVersions
 #: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
 MIN_TEMPERATURE = 1e-3
+#: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
+CHARS_PER_TOKEN = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -137,9 +139,18 @@ class ModelHost:
         return cached
 
     # -- inference ------------------------------------------------------------------------------
+    def _check_length(self, field: str, text: str) -> None:
+        """Refuse text far past the context before tokenising it (a 30 MB prompt would hold a worker
+        for seconds only to be refused): no tokenizer packs more than ``CHARS_PER_TOKEN`` per token."""
+        if len(text) > CHARS_PER_TOKEN * self.context_length:
+            raise InvalidArgument(
+                f"{field} is {len(text)} characters: far more than the model's {self.context_length} tokens"
+            )
+
     def _encode(self, prompt: str) -> torch.Tensor:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidArgument("prompt must be a non-empty string")
+        self._check_length("prompt", prompt)
         ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
         if ids.shape[1] >= self.context_length:
             raise InvalidArgument(f"prompt is {ids.shape[1]} tokens; the model takes fewer than {self.context_length}")
@@ -182,6 +193,8 @@ class ModelHost:
             raise InvalidArgument("prompts must be non-empty strings")
         if len(prompts) > MAX_PROMPTS:
             raise InvalidArgument(f"at most {MAX_PROMPTS} prompts per comparison, got {len(prompts)}")
+        for number, prompt in enumerate(prompts):
+            self._check_length(f"prompts[{number}]", prompt)
         base_stack, candidate_stack = self.stack(base), self.stack(candidate)
         rows = []
         for start in range(0, len(prompts), COMPARE_BATCH):
@@ -218,6 +231,7 @@ class ModelHost:
         stack = self.stack(version)
         sequences = []
         for number, continuation in enumerate(continuations):
+            self._check_length(f"continuations[{number}]", continuation)
             extra = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
             ids = torch.cat([prompt_ids, extra["input_ids"][0]])
             if len(ids) > self.context_length:

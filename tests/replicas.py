@@ -71,12 +71,12 @@ def reset_postgres(url: str) -> None:
         engine.dispose()
 
 
-def seconds_until_served(client: ScalpelClient, version: int, timeout: float = 5.0) -> float:
-    """How long until ``client``'s replica serves ``version`` for the production alias."""
-    started = time.perf_counter()
-    while True:
-        served = client.generate("toy", "The capital of Riia is", max_tokens=1).version
-        elapsed = time.perf_counter() - started
-        if served == f"models/toy/versions/{version}" or elapsed > timeout:
-            return elapsed
-        time.sleep(0.005)
+def served_eventually(client: ScalpelClient, version: int, timeout: float = 60.0) -> bool:
+    """Whether ``client``'s replica comes to serve ``version`` for the production alias. The timeout
+    only bounds a hang: how fast replicas converge is measured by ``bench/replicas.py``, not here."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.generate("toy", "The capital of Riia is", max_tokens=1).version == f"models/toy/versions/{version}":
+            return True
+        time.sleep(0.02)
+    return False

@@ -250,13 +250,14 @@ def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_
     try:
         restarted.load_models()
         assert restarted.registry.get_check_run(orphan.id).state == "interrupted"
-        assert (
-            admin.versions.GetVersion(pb.GetVersionRequest(name=f"models/toy/versions/{version.number}")).status
-            == "interrupted"
-        )
-        assert run_checks(admin, version.number).state in ("passed", "failed")
     finally:
+        # stopped before the rerun: with stale_run_seconds=0 its sweep would interrupt any live run
         restarted.stop(grace=0)
+    assert (
+        admin.versions.GetVersion(pb.GetVersionRequest(name=f"models/toy/versions/{version.number}")).status
+        == "interrupted"
+    )
+    assert run_checks(admin, version.number).state in ("passed", "failed")
 
 
 def test_a_retried_start_run_returns_the_run_it_started(served) -> None:
@@ -346,6 +347,7 @@ def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_noth
             )
         ),
         lambda: admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(subject="x" * 50_000)),
+        lambda: admin.generate("toy", "the " * 3_000_000),  # 12 MB: refused before tokenising
     ):
         with pytest.raises(grpc.RpcError) as caught:
             call()
