@@ -7,6 +7,8 @@ for chunk in client.generate("toy", "The capital of Riia is"):
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,6 +51,28 @@ class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClien
         return continuation(self._details(details), request)
 
 
+#: gRPC's own retries, for UNAVAILABLE only (the server restarting, a replica going away). A retry
+#: resends the same message, so it is safe: creates carry a request_id (the conveniences below
+#: always set one) and alias moves an etag (a repeated move after a lost reply is ABORTED, never a
+#: second move).
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": f"scalpel.v1.{service}"} for service in pb.DESCRIPTOR.services_by_name],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
 class ScalpelClient:
     """Stubs for every service, authenticated with an API key."""
 
@@ -68,6 +92,8 @@ class ScalpelClient:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", RETRY_SERVICE_CONFIG),
         ]
         if tls or root_certificates is not None or client_certificate is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
@@ -100,6 +126,8 @@ class ScalpelClient:
 
     # -- conveniences -------------------------------------------------------------------------
     def create_edit(self, model: str, edit: Edit, description: str = "", request_id: str = "") -> pb.Edit:
+        """``request_id`` defaults to a fresh one, so gRPC's retries of this call never create twice."""
+        request_id = request_id or uuid.uuid4().hex
         return self.edits.CreateEdit(
             pb.CreateEditRequest(
                 parent=f"models/{model}",
@@ -111,14 +139,22 @@ class ScalpelClient:
         )
 
     def create_version(
-        self, model: str, parent: int, append: list[int] | None = None, remove: int | None = None, description: str = ""
+        self,
+        model: str,
+        parent: int,
+        append: list[int] | None = None,
+        remove: int | None = None,
+        description: str = "",
+        request_id: str = "",
     ) -> pb.Version:
+        """``request_id`` defaults to a fresh one, so gRPC's retries of this call never create twice."""
         return self.versions.CreateVersion(
             pb.CreateVersionRequest(
                 parent=f"models/{model}/versions/{parent}",
                 append_edit_ids=append or [],
                 remove_edit_id=remove,
                 description=description,
+                request_id=request_id or uuid.uuid4().hex,
             )
         )
 
@@ -126,9 +162,18 @@ class ScalpelClient:
         return self.aliases.GetAlias(pb.GetAliasRequest(name=f"models/{model}/aliases/{alias}"))
 
     def promote(
-        self, model: str, version: int, alias: str = "production", reason: str = "", force: bool = False
+        self,
+        model: str,
+        version: int,
+        alias: str = "production",
+        reason: str = "",
+        force: bool = False,
+        etag: str | None = None,
     ) -> pb.Alias:
-        etag = self.alias(model, alias).etag
+        """Move ``alias`` to ``version``. Without ``etag`` the alias's current one is read first (a
+        new alias needs none); gRPC's retries resend that same etag, so a move is never made twice."""
+        if etag is None:
+            etag = self._current_etag(model, alias)
         return self.aliases.Promote(
             pb.PromoteRequest(
                 name=f"models/{model}/aliases/{alias}", version=version, etag=etag, reason=reason, force=force
@@ -142,13 +187,24 @@ class ScalpelClient:
         version: int | None = None,
         reason: str = "",
         force: bool = False,
+        etag: str | None = None,
     ) -> pb.Alias:
-        etag = self.alias(model, alias).etag
+        """Undo the alias's last move, or move it to ``version``; ``etag`` as for :meth:`promote`."""
+        if etag is None:
+            etag = self.alias(model, alias).etag
         return self.aliases.Rollback(
             pb.RollbackRequest(
                 name=f"models/{model}/aliases/{alias}", etag=etag, reason=reason, version=version, force=force
             )
         )
+
+    def _current_etag(self, model: str, alias: str) -> str:
+        try:
+            return self.alias(model, alias).etag
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:  # a new alias: created by this move
+                return ""
+            raise
 
     def stream(
         self, model: str, prompt: str, alias: str | None = None, version: int | None = None, **options: object

@@ -147,6 +147,20 @@ class ModelHost:
                 f"{field} is {len(text)} characters: far more than the model's {self.context_length} tokens"
             )
 
+    def check_texts(self, field: str, pairs: list[tuple[str, str]], limit: int) -> None:
+        """Contrastive pairs (DeriveSteering): at most ``limit``, each text non-empty and within the context."""
+        if not pairs or len(pairs) > limit:
+            raise InvalidArgument(f"{field} must hold 1..{limit} pairs, got {len(pairs)}")
+        for number, pair in enumerate(pairs):
+            for side, text in zip(("positive", "negative"), pair, strict=True):
+                name = f"{field}[{number}].{side}"
+                if not text.strip():
+                    raise InvalidArgument(f"{name} is empty")
+                self._check_length(name, text)
+                tokens = len(self.tokenizer(text)["input_ids"])
+                if tokens > self.context_length:
+                    raise InvalidArgument(f"{name} is {tokens} tokens; the model takes at most {self.context_length}")
+
     def _encode(self, prompt: str) -> torch.Tensor:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidArgument("prompt must be a non-empty string")

@@ -260,6 +260,18 @@ def test_runs_left_running_are_interrupted_at_start_and_can_be_rerun(served, db_
     assert run_checks(admin, version.number).state in ("passed", "failed")
 
 
+def test_client_conveniences_are_safe_to_retry(served) -> None:
+    _, admin, _, _ = served
+    edit = admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128)), request_id="e1")
+    first = admin.create_version("toy", 0, append=[edit.id], request_id="v1")
+    assert admin.create_version("toy", 0, append=[edit.id], request_id="v1").number == first.number  # a retry
+    assert admin.create_version("toy", 0, append=[edit.id]).number == first.number + 1  # a new request
+    staging = admin.promote("toy", 0, alias="staging")  # a new alias: no etag to read, none needed
+    moved = admin.promote("toy", 0, alias="staging", etag=staging.etag, reason="same target, new move")
+    stale = _code(lambda: admin.promote("toy", 0, alias="staging", etag=staging.etag))  # the retry of a done move
+    assert stale == grpc.StatusCode.ABORTED and admin.alias("toy", "staging").etag == moved.etag
+
+
 def test_a_retried_start_run_returns_the_run_it_started(served) -> None:
     _, admin, _, _ = served
     request = pb.StartRunRequest(version="models/toy/versions/0", request_id="nightly-42")
@@ -348,6 +360,12 @@ def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_noth
         ),
         lambda: admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(subject="x" * 50_000)),
         lambda: admin.generate("toy", "the " * 3_000_000),  # 12 MB: refused before tokenising
+        lambda: admin.edits.DeriveSteering(
+            pb.DeriveSteeringRequest(
+                parent="models/toy", layer=1, pairs=[pb.PromptPair(positive="the " * 2000, negative="the food")]
+            )
+        ),
+        lambda: admin.edits.DeriveSteering(pb.DeriveSteeringRequest(parent="models/toy", layer=1)),
     ):
         with pytest.raises(grpc.RpcError) as caught:
             call()

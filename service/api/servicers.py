@@ -91,6 +91,8 @@ def _is_connection_loss(exc: OperationalError | InterfaceError) -> bool:
     return any(sign in message for sign in ("database is locked", "unable to open", "disk i/o error"))
 
 
+#: Most contrastive pairs one DeriveSteering call takes.
+MAX_PAIRS = 1024
 #: Most worst-affected prompts a CompareVersions reply lists.
 MAX_WORST = 100
 
@@ -317,6 +319,7 @@ class Servicers(
         (model,) = parse("model", request.parent)
         host = self._host(model)
         pairs = [(p.positive, p.negative) for p in request.pairs]
+        host.check_texts("pairs", pairs, MAX_PAIRS)
         edit = derive_steering(
             host.surgeon,
             host.tokenizer,
