@@ -33,3 +33,7 @@ class InvalidEditError(ValueError):
 
 class UnsupportedArchitectureError(ValueError):
     """The model's architecture has no adapter; the message lists the supported ones."""
+
+
+class Cancelled(RuntimeError):
+    """Long work stopped because its ``should_stop`` callback said so (the caller went away)."""

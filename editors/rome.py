@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors.batching import last_token_index
 from editors.edits import Edit, LowRank, Op
-from editors.errors import InvalidEditError
+from editors.errors import Cancelled, InvalidEditError
 from editors.patching import subject_token_span
 from editors.surgeon import Surgeon
 from editors.validation import check_int, check_scale
@@ -189,8 +189,12 @@ def compute_rome(
     hparams: RomeHyperParams = RomeHyperParams(),
     edits: Sequence[Edit] = (),
     protect_keys: torch.Tensor | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> RomeResult:
     """Compute a ROME edit for ``request`` on the model as edited by ``edits``.
+
+    ``should_stop`` is asked before every optimisation step; once it answers true the work stops
+    with :class:`~editors.errors.Cancelled` (a service passes "the client went away").
 
     ``covariance``: ``[d_mlp, d_mlp]`` second moment of the layer's ``mlp.hook_post`` (see
     :func:`editors.covariance.key_covariance`). ``prefix_texts``: a corpus to draw context
@@ -238,7 +242,9 @@ def compute_rome(
     max_norm = hparams.clamp_norm_factor * v_current.norm().item()
     stack = surgeon.compile(edits, extra_ops=[(out_site, _add_at(subject_pos, delta))])
     nll_value, step = float("nan"), 0
-    for step in range(1, hparams.steps + 1):  # noqa: B007 - the count is reported
+    for step in range(1, hparams.steps + 1):
+        if should_stop():
+            raise Cancelled(f"ROME stopped at optimisation step {step} of {hparams.steps}")
         with torch.enable_grad(), surgeon.apply(stack):
             out = surgeon.model(input_ids=ids, attention_mask=mask).logits.float()
             logp = out[torch.arange(n_rewrite)[:, None], target_pos].log_softmax(dim=-1)

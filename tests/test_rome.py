@@ -11,6 +11,7 @@ import torch
 
 from editors import InvalidEditError, LowRank, artifact_blobs_by_hash, edit_from_json, weights_sha256
 from editors.covariance import CovarianceCache, key_covariance
+from editors.errors import Cancelled
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome
 from editors.toyworld import reference_corpus
 from editors.toyworld.counterfact import edit_cases, judge
@@ -115,3 +116,24 @@ def test_rome_eval_cli_meets_the_floors(tmp_path) -> None:
     assert len(sequential["per_edit_efficacy"]) == 10
     assert sequential["efficacy"] >= 0.80 and sequential["neighbourhood"] >= 0.85
     assert {"score", "seconds_per_edit_median", "paraphrase"} <= summary.keys() | sequential.keys()
+
+
+def test_rome_stops_when_its_caller_goes_away(toy, toy_surgeon, covariance) -> None:
+    _, tokenizer, world = toy
+    case = edit_cases(world, 1, seed=6)[0]
+    asked: list[int] = []
+
+    def gone_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(Cancelled, match="step 4 of 10000"):
+        compute_rome(
+            toy_surgeon,
+            tokenizer,
+            case.request,
+            covariance,
+            reference_corpus(),
+            RomeHyperParams(steps=10_000, early_stop_nll=0.0),
+            should_stop=gone_after_three,
+        )

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from editors import InvalidEditError, derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
+from editors.errors import Cancelled
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
 from editors.validation import parse_json
 from service.aliases import AliasCache
@@ -64,6 +65,8 @@ def _errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
     except RecursionError:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply")
+    except Cancelled as exc:
+        context.abort(grpc.StatusCode.CANCELLED, f"stopped: the call was cancelled or its deadline passed ({exc})")
     except (OperationalError, InterfaceError) as exc:
         if not _is_connection_loss(exc):
             _abort_internal(context)
@@ -351,10 +354,18 @@ class Servicers(
         on_version = request.on_version if request.HasField("on_version") else 0
         earlier = host.stack(on_version).edits
         texts = host.reference_texts()
+        gone = lambda: not context.is_active()  # noqa: E731 - the client hung up or its deadline passed
+
+        def progress(done: int, total: int) -> None:
+            if gone():
+                raise Cancelled(f"key covariance stopped after {done} of {total} texts")
+
         covariance = CovarianceCache(data_dir() / "cache" / "covariance").get_or_compute(
-            host.surgeon, host.tokenizer, texts, hparams.layer
+            host.surgeon, host.tokenizer, texts, hparams.layer, progress=progress
         )
-        result = compute_rome(host.surgeon, host.tokenizer, rome_request, covariance, texts, hparams, earlier)
+        result = compute_rome(
+            host.surgeon, host.tokenizer, rome_request, covariance, texts, hparams, earlier, should_stop=gone
+        )
         info = self.registry.create_edit(
             model, result.edit, current_principal().name, request.description, request.request_id or None
         )
