@@ -22,12 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def replicas(
     database_url: str, data_dir: Path, count: int = 2, config: Path | None = None
 ) -> Iterator[list[tuple[subprocess.Popen, int]]]:
-    """``count`` server processes on ``database_url`` (already migrated); yields (process, port) pairs."""
+    """``count`` server processes on ``database_url`` (already migrated); yields (process, port) pairs.
+    Each server's log is appended to ``data_dir/serve-N.log``."""
     env = {**os.environ, "SCALPEL_DATA_DIR": str(data_dir), "SCALPEL_DATABASE_URL": database_url}
     extra = ["--config", str(config)] if config else []
     started = []
+    logs = []
     try:
-        for _ in range(count):
+        for number in range(count):
+            logs.append(open(data_dir / f"serve-{number}.log", "ab"))  # noqa: SIM115 - closed below
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -42,7 +45,7 @@ def replicas(
                 ],
                 env=env,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=logs[-1],  # the server's log, for a failing test to be read
                 text=True,
                 cwd=ROOT,
             )
@@ -58,6 +61,8 @@ def replicas(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for log in logs:
+            log.close()
 
 
 def reset_postgres(url: str) -> None:

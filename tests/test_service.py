@@ -132,7 +132,7 @@ def test_edit_version_gate_promote_serve_and_roll_back(served) -> None:
     case = edit_cases(world, 1, seed=4)[0]
     rome = compute_rome(surgeon, tokenizer, case.request, _covariance(surgeon, tokenizer), reference_corpus()).edit
     edit = admin.create_edit("toy", rome, description="counterfactual", request_id="rome-1")
-    assert admin.create_edit("toy", rome, request_id="rome-1").id == edit.id
+    assert admin.create_edit("toy", rome, description="counterfactual", request_id="rome-1").id == edit.id  # a retry
     version = admin.create_version("toy", 0, append=[edit.id], description="fact edit")
     assert version.number == 1 and version.status == "unchecked"
     with pytest.raises(grpc.RpcError) as refused:
