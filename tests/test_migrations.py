@@ -5,13 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+import torch
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, make_url
+from sqlalchemy.exc import ProgrammingError
 
+from editors import Steering
 from service.db.engine import make_engine
 from service.db.migrate import downgrade, upgrade
 from service.db.models import Base
+from service.registry import Registry
 
 
 def _tables(url: str) -> set[str]:
@@ -50,3 +55,37 @@ def test_db_cli_wraps_alembic(tmp_path) -> None:
     assert "audit_events" in _tables(url)
     subprocess.run([*env_run, "downgrade", "base", "--url", url], check=True, capture_output=True)
     assert _tables(url) == set()
+
+
+def test_the_service_role_can_do_its_work_and_nothing_more(db_url) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite has no roles")
+    owner = make_engine(db_url)
+    with owner.begin() as connection:
+        connection.exec_driver_sql(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'scalpel_app_test') THEN "
+            "CREATE ROLE scalpel_app_test LOGIN; END IF; END $$"
+        )
+        connection.exec_driver_sql("GRANT scalpel_service TO scalpel_app_test")
+    owner.dispose()
+    app_url = make_url(db_url).set(username="scalpel_app_test").render_as_string(hide_password=False)
+    registry = Registry(app_url)  # everything the service does, as the service's role
+    registry.register_model("m", "hub/m", "ab" * 32, "alice")
+    registry.set_suite("m", {"reference_texts": ["a b"]}, "alice")
+    edit = registry.create_edit("m", Steering(site="blocks.0.hook_resid_pre", vector=torch.ones(8)), "alice")
+    version = registry.create_version("m", 0, "alice", append=[edit.id], request_id="r1")
+    registry.record_check_run("m", version.number, "passed", [{"name": "kl", "passed": True}], "checker")
+    registry.promote("m", "production", version.number, "carol", registry.get_alias("m", "production").etag)
+    registry.create_key("viewer", "reader", "alice")
+    registry.revoke_key("viewer", "alice")
+    assert registry.verify_audit().ok
+    for forbidden in (
+        "DELETE FROM aliases",
+        "UPDATE alias_history SET reason = 'x'",
+        "TRUNCATE check_runs",
+        "UPDATE audit_events SET actor = 'x'",
+        "DROP TABLE api_keys",
+    ):
+        with pytest.raises(ProgrammingError, match=r"permission denied|must be owner"), registry.engine.begin() as c:
+            c.exec_driver_sql(forbidden)
+    registry.engine.dispose()
