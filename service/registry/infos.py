@@ -1,0 +1,85 @@
+"""What registry reads return: plain frozen values, no database session attached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    weights_sha256: str
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EditInfo:
+    id: int
+    model: str
+    kind: str
+    spec_sha256: str
+    spec_json: str
+    artifacts: dict[str, str]  # name → sha256
+    author: str
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    number: int
+    parent: int | None
+    edit_ids: list[int]
+    status: str  # base | unchecked | running | passed | failed | interrupted
+    author: str
+    description: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasInfo:
+    model: str
+    name: str
+    version: int
+    etag: str
+    updated_by: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasMoveInfo:
+    action: str
+    from_version: int | None
+    to_version: int
+    actor: str
+    reason: str
+    forced: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    prefix: str
+    role: str
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    model: str
+    version: int
+    suite_sha256: str
+    state: str
+    results: list[dict[str, Any]]
+    started_at: datetime
+    finished_at: datetime | None
+    claimed_by: str | None = None  # the replica executing it

@@ -1,0 +1,90 @@
+"""Registering and reading hosted base models."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.models import (
+    AliasRow,
+    ModelRow,
+    VersionRow,
+)
+from service.registry import audit
+from service.registry.errors import (
+    AlreadyExists,
+    InvalidArgument,
+)
+from service.registry.infos import (
+    ModelInfo,
+)
+from service.registry.unit_of_work import (
+    Page,
+    UnitOfWork,
+    new_etag,
+    utc_now,
+)
+
+
+class ModelCatalog(UnitOfWork):
+    """Registering and reading hosted base models."""
+
+    @staticmethod
+    def _model_info(row: ModelRow) -> ModelInfo:
+        return ModelInfo(row.name, row.source, row.weights_sha256, row.created_by, row.created_at)
+
+    def register_model(
+        self, name: str, source: str, weights_sha256: str, actor: str, request_id: str | None = None
+    ) -> ModelInfo:
+        """Register a base model; creates its version 0 (the base) and the ``production`` alias on it."""
+        if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
+            raise InvalidArgument("model name must be 1-200 characters without '/'")
+        if not isinstance(weights_sha256, str) or len(weights_sha256) != 64:
+            raise InvalidArgument("weights_sha256 must be a 64-character hex SHA-256")
+
+        def create(session: Session) -> int:
+            if session.execute(select(ModelRow.id).where(ModelRow.name == name)).first():
+                raise AlreadyExists(f"model {name!r} is already registered")
+            now = utc_now()
+            model = ModelRow(name=name, source=source, weights_sha256=weights_sha256, created_by=actor, created_at=now)
+            session.add(model)
+            session.flush()
+            base = VersionRow(
+                model_id=model.id, number=0, parent_id=None, author=actor, description="base model", created_at=now
+            )
+            session.add(base)
+            session.flush()
+            session.add(
+                AliasRow(
+                    model_id=model.id,
+                    name="production",
+                    version_id=base.id,
+                    etag=new_etag(),
+                    updated_by=actor,
+                    updated_at=now,
+                )
+            )
+            audit.append(
+                session,
+                actor,
+                "model.registered",
+                f"models/{name}",
+                {"source": source, "weights_sha256": weights_sha256},
+            )
+            return model.id
+
+        return self._idempotent(
+            request_id,
+            "register_model",
+            create,
+            lambda s, i: self._model_info(s.get(ModelRow, i)),
+            actor,
+            [name, source, weights_sha256],
+        )
+
+    def get_model(self, name: str) -> ModelInfo:
+        with self._read() as session:
+            return self._model_info(self._model(session, name))
+
+    def list_models(self, page_size: int = 50, page_token: str = "") -> Page:
+        return self._page(select(ModelRow), ModelRow.id, page_size, page_token, lambda _, r: self._model_info(r))

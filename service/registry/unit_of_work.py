@@ -1,0 +1,189 @@
+"""The unit of work every registry operation shares: one transaction that locks the audit head,
+checks the idempotency key and appends its audit event; plus the helpers all resources use.
+
+Each operation is one transaction that also appends its audit event: a failure anywhere leaves
+no rows behind. Create operations accept a ``request_id`` (the caller's own key, bound to a hash
+of the request).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.engine import make_engine, read_only
+from service.db.models import (
+    AuditEvent,
+    IdempotencyRecord,
+    ModelRow,
+)
+from service.registry import audit
+from service.registry.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+)
+
+ROLES = ("reader", "editor", "approver", "admin")
+
+
+RUN_STATES = ("running", "passed", "failed", "interrupted")
+
+
+DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
+
+
+T = TypeVar("T")
+
+
+#: Alias and key names: ASCII letters, digits, '.', '_' and '-', starting and ending with a letter or
+#: digit, at most 63 characters. The same rule on SQLite and PostgreSQL, and safe in resource names.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", re.ASCII)
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it matches :data:`NAME_PATTERN` and has no '..'; else InvalidArgument."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        shown = repr(name)[:80]
+        raise InvalidArgument(
+            f"{kind} name {shown} is not allowed: use 1-63 ASCII letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_etag() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_page_token: str  # "" when there is no next page
+
+
+def encode_page_token(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != "after" or not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"page_token {token[:64]!r} is not a token this API returned") from exc
+
+
+class UnitOfWork:
+    """Sessions, transactions, idempotency and paging over one database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine | str | None = None, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
+        self.engine = engine if isinstance(engine, Engine) else make_engine(engine)
+        self.max_artifact_bytes = max_artifact_bytes
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(read_only(self.engine), expire_on_commit=False)
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction; the audit head is locked first, serialising writers."""
+        with self._sessions.begin() as session:
+            audit.lock_head(session)
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._read_sessions.begin() as session:
+            yield session
+
+    def _idempotent(
+        self,
+        request_id: str | None,
+        operation: str,
+        create: Callable[[Session], int],
+        load: Callable[[Session, int], T],
+        actor: str = "",
+        request: object = None,
+    ) -> T:
+        """Run ``create`` once per (``actor``, ``request_id``); a repeat of the same ``request`` (any
+        JSON value describing it) returns ``load`` of the first result; a repeat with a different
+        request is refused, naming the key, rather than silently dropped."""
+        if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 200):
+            raise InvalidArgument("request_id must be a non-empty string of at most 200 characters")
+        fingerprint = hashlib.sha256(json.dumps([operation, request], sort_keys=True, default=str).encode()).hexdigest()
+        with self._write() as session:
+            if request_id:
+                record = session.get(IdempotencyRecord, (actor, request_id))
+                if record is not None:
+                    if record.operation != operation:
+                        raise AlreadyExists(f"request_id {request_id!r} was already used for {record.operation}")
+                    if record.request_sha256 not in (None, fingerprint):
+                        raise InvalidArgument(
+                            f"request_id {request_id!r} was already used for a different {operation} request; "
+                            "use a new request_id for a new request"
+                        )
+                    return load(session, record.result_id)
+            result_id = create(session)
+            if request_id:
+                session.add(
+                    IdempotencyRecord(
+                        actor=actor,
+                        request_id=request_id,
+                        operation=operation,
+                        request_sha256=fingerprint,
+                        result_id=result_id,
+                        created_at=utc_now(),
+                    )
+                )
+            session.flush()
+            return load(session, result_id)
+
+    def _model(self, session: Session, name: str) -> ModelRow:
+        row = session.execute(select(ModelRow).where(ModelRow.name == name)).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"model {name!r} is not registered")
+        return row
+
+    def _page(
+        self, query: Any, id_column: Any, page_size: int, page_token: str, convert: Callable[[Session, Any], Any]
+    ) -> Page:
+        """Newest first; the token is opaque to callers (it encodes the last id returned)."""
+        if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise InvalidArgument("page_size must be between 1 and 1000")
+        after = decode_page_token(page_token)
+        if after is not None:
+            query = query.where(id_column < after)
+        with self._read() as session:
+            rows = session.execute(query.order_by(id_column.desc()).limit(page_size + 1)).scalars().all()
+            items = [convert(session, row) for row in rows[:page_size]]
+            last_id = getattr(rows[page_size - 1], id_column.key) if len(rows) > page_size else None
+        return Page(items, encode_page_token(last_id) if last_id is not None else "")
+
+    def _logged_payload(self, action: str, subject: str) -> dict[str, Any] | None:
+        """The payload of the latest ``action`` event on ``subject`` (None: there is none)."""
+        with self._read() as session:
+            payload_json = session.execute(
+                select(AuditEvent.payload_json)
+                .where(AuditEvent.action == action, AuditEvent.subject == subject)
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        return None if payload_json is None else json.loads(payload_json)
