@@ -1,0 +1,99 @@
+"""EditService: create edits, derive steering vectors, compute ROME edits."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+
+from editors import derive_steering, edit_from_json
+from editors.covariance import CovarianceCache
+from editors.errors import Cancelled
+from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
+from editors.validation import parse_json
+from service.api.auth import current_principal
+from service.api.errors import abort_on_errors
+from service.api.resources import edit_pb, parse
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+from service.api.service_base import ServicerBase
+from service.db.engine import data_dir
+from service.registry import InvalidArgument
+
+#: Most contrastive pairs one DeriveSteering call takes.
+MAX_PAIRS = 1024
+
+
+class EditService(rpc.EditServiceServicer, ServicerBase):
+    """EditService: create edits, derive steering vectors, compute ROME edits."""
+
+    @abort_on_errors
+    def CreateEdit(self, request: pb.CreateEditRequest, context: grpc.ServicerContext) -> pb.Edit:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        blobs = {hashlib.sha256(blob).hexdigest(): blob for blob in request.artifacts}
+        edit = edit_from_json(request.spec_json, blobs)
+        host.surgeon.validate([edit])
+        info = self.registry.create_edit(
+            model, edit, current_principal().name, request.description, request.request_id or None
+        )
+        return edit_pb(info)
+
+    @abort_on_errors
+    def GetEdit(self, request: pb.GetEditRequest, context: grpc.ServicerContext) -> pb.Edit:
+        model, edit_id = parse("edit", request.name)
+        return edit_pb(self.registry.get_edit(model, int(edit_id)))
+
+    @abort_on_errors
+    def DeriveSteering(self, request: pb.DeriveSteeringRequest, context: grpc.ServicerContext) -> pb.Edit:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        pairs = [(p.positive, p.negative) for p in request.pairs]
+        host.check_texts("pairs", pairs, MAX_PAIRS)
+        edit = derive_steering(
+            host.surgeon,
+            host.tokenizer,
+            pairs,
+            request.layer,
+            request.point or "hook_resid_pre",
+            request.method or "mean_diff",
+            request.scale or 1.0,
+        )
+        info = self.registry.create_edit(
+            model, edit, current_principal().name, request.description, request.request_id or None
+        )
+        return edit_pb(info)
+
+    @abort_on_errors
+    def ComputeRome(self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext) -> pb.Edit:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        overrides = parse_json("hparams_json", request.hparams_json) if request.hparams_json else {}
+        if not isinstance(overrides, dict):
+            raise InvalidArgument("hparams_json must be a JSON object of RomeHyperParams fields")
+        try:
+            hparams = RomeHyperParams(**overrides)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"hparams_json: {exc}") from exc
+        rome_request = RomeRequest(request.prompt, request.subject, request.target)
+        validate_request(rome_request, host.tokenizer)
+        hparams.validated(host.surgeon.dims.n_layers)
+        on_version = request.on_version if request.HasField("on_version") else 0
+        earlier = host.stack(on_version).edits
+        texts = host.reference_texts()
+        gone = lambda: not context.is_active()  # noqa: E731 - the client hung up or its deadline passed
+
+        def progress(done: int, total: int) -> None:
+            if gone():
+                raise Cancelled(f"key covariance stopped after {done} of {total} texts")
+
+        covariance = CovarianceCache(data_dir() / "cache" / "covariance").get_or_compute(
+            host.surgeon, host.tokenizer, texts, hparams.layer, progress=progress
+        )
+        result = compute_rome(
+            host.surgeon, host.tokenizer, rome_request, covariance, texts, hparams, earlier, should_stop=gone
+        )
+        info = self.registry.create_edit(
+            model, result.edit, current_principal().name, request.description, request.request_id or None
+        )
+        return edit_pb(info)

@@ -1,0 +1,64 @@
+"""InferenceService: Generate (a stream) and Score, under any version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from service.api.errors import abort_on_errors, abort_on_errors_stream
+from service.api.resources import parse
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+from service.api.service_base import ServicerBase
+from service.serving import Finished, ModelHost
+
+
+class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
+    """InferenceService: Generate (a stream) and Score, under any version."""
+
+    def _version(self, host: ModelHost, selector: pb.VersionSelector) -> int:
+        which = selector.WhichOneof("selector")
+        return host.resolve(
+            selector.alias if which == "alias" else None, selector.version if which == "version" else None
+        )
+
+    @abort_on_errors_stream
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
+        (model,) = parse("model", request.model)
+        host = self._host(model)
+        version = self._version(host, request.selector)
+        stream = host.generate(
+            version,
+            request.prompt,
+            request.max_tokens or 16,
+            request.temperature,
+            request.top_p or 1.0,
+            request.seed if request.HasField("seed") else None,
+            tuple(request.stop),
+            context.is_active,
+        )
+        for event in stream:
+            if isinstance(event, Finished):
+                self.metrics.tokens.labels(model, str(version)).inc(event.tokens)
+                yield pb.GenerateResponse(
+                    done=pb.GenerateDone(
+                        version=f"models/{model}/versions/{version}",
+                        finish_reason=event.finish_reason,
+                        tokens=event.tokens,
+                    )
+                )
+            else:
+                yield pb.GenerateResponse(
+                    token=pb.TokenChunk(token_id=event.token_ids[0], token_ids=event.token_ids, text=event.text)
+                )
+
+    @abort_on_errors
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        (model,) = parse("model", request.model)
+        host = self._host(model)
+        version = self._version(host, request.selector)
+        return pb.ScoreResponse(
+            logprobs=host.score(version, request.prompt, list(request.continuations)),
+            version=f"models/{model}/versions/{version}",
+        )

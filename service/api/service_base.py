@@ -1,0 +1,33 @@
+"""What every service shares: the registry, the hosted models, the check scheduler, metrics and the
+replica's alias cache."""
+
+from __future__ import annotations
+
+from service.aliases import AliasCache
+from service.check_runs import CheckScheduler
+from service.metrics import Metrics
+from service.registry import NotFound, Registry
+from service.serving import ModelHost
+
+
+class ServicerBase:
+    """State shared by the services of one server."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        hosts: dict[str, ModelHost],
+        checks: CheckScheduler,
+        metrics: Metrics,
+    ) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.checks = checks
+        self.metrics = metrics
+        self.aliases: AliasCache | None = None
+
+    def _host(self, model: str) -> ModelHost:
+        host = self.hosts.get(model)
+        if host is None:
+            raise NotFound(f"model {model!r} is not hosted by this server")
+        return host
