@@ -45,6 +45,10 @@ INTERACTIVE = 0
 BACKGROUND = 10
 
 
+class SchedulerClosed(RuntimeError):
+    """The scheduler stopped (the server is shutting down): the request may be retried elsewhere."""
+
+
 @dataclass(frozen=True)
 class Token:
     """One or more new tokens of a stream (several when its reader fell behind the scheduler) and
@@ -171,7 +175,7 @@ class Scheduler:
         stream = _Stream(prompt, stack, sampling, is_active, self.tokenizer.eos_token_id)
         with self._wake:
             if self._closed:
-                raise RuntimeError("the scheduler is closed")
+                raise SchedulerClosed("the model is shutting down; retry on another replica")
             stream.queued_at = self.steps
             self._waiting.append(stream)
             self._wake.notify()
@@ -208,7 +212,7 @@ class Scheduler:
         future: Future[T] = Future()
         with self._wake:
             if self._closed:
-                raise RuntimeError("the scheduler is closed")
+                raise SchedulerClosed("the model is shutting down; retry on another replica")
             heapq.heappush(self._jobs, _Job(priority, next(self._numbers), run, future))
             self._wake.notify()
         return future.result()
@@ -368,7 +372,7 @@ class Scheduler:
         return tokens
 
     def _shutdown(self) -> None:
-        closed = RuntimeError("the server is shutting down")
+        closed = SchedulerClosed("the model is shutting down; retry on another replica")
         with self._wake:
             pending = list(self._waiting) + [stream for stream in self._rows if stream is not None]
             self._waiting.clear()

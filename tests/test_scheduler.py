@@ -16,7 +16,7 @@ from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from service.db.migrate import upgrade
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import Finished, Token
+from service.scheduler import Finished, Sampling, Scheduler, SchedulerClosed, Token
 from service.server import ModelSpec
 from service.serving import ModelHost
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
@@ -242,3 +242,13 @@ def test_a_bfloat16_host_batches_streams_and_scores(tmp_path, toy) -> None:
         assert scores[0] > scores[1]
     finally:
         host.close()
+
+
+def test_a_closed_scheduler_answers_that_it_is_shutting_down(toy) -> None:
+    model, tokenizer, _ = toy
+    scheduler = Scheduler(model, Surgeon(model), tokenizer, "closing")
+    scheduler.close()
+    with pytest.raises(SchedulerClosed, match="shutting down"):
+        scheduler.call(lambda: None)
+    with pytest.raises(SchedulerClosed):
+        next(scheduler.generate(torch.tensor([1, 2]), Surgeon(model).compile([]), Sampling(max_tokens=2)))

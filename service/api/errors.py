@@ -18,6 +18,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from editors import InvalidEditError
 from editors.errors import Cancelled
 from service.registry import RegistryError
+from service.scheduler import SchedulerClosed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +54,8 @@ def errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
     except RecursionError:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply")
+    except SchedulerClosed as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except Cancelled as exc:
         context.abort(grpc.StatusCode.CANCELLED, f"stopped: the call was cancelled or its deadline passed ({exc})")
     except (OperationalError, InterfaceError) as exc:
