@@ -114,15 +114,12 @@ def turns_tokens_per_second(model, tokenizer, stacks: list, texts: list[str], co
                     out = model(input_ids=token, cache=out.cache, use_cache=True)
         return NEW_TOKENS
 
-    return run_concurrently(lambda i, text: one(text, stacks[i % len(stacks)][1]), texts, concurrency)[0]
+    return run_concurrently(lambda i, text: one(text, stacks[i % len(stacks)][1]), texts, concurrency)
 
 
-def run_concurrently(
-    run_one: Callable[[int, str], int], texts: list[str], concurrency: int
-) -> tuple[float, list[float]]:
+def run_concurrently(run_one: Callable[[int, str], int], texts: list[str], concurrency: int) -> float:
     """Tokens/s with ``concurrency`` threads sharing ``texts`` (stream i runs texts i, i+N, …)."""
     counts: list[int] = []
-    first_token_ms: list[float] = []
     lock = threading.Lock()
 
     def worker(stream: int) -> None:
@@ -137,7 +134,7 @@ def run_concurrently(
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - started), first_token_ms
+    return sum(counts) / (time.perf_counter() - started)
 
 
 def per_round_ratio(figures: dict[str, list[float]], top: str, bottom: str) -> float:
@@ -162,7 +159,7 @@ def engine_run(database: str, concurrency: int, per_stream: int) -> None:
         return sum(len(event.token_ids) for event in events if isinstance(event, Token))
 
     run_concurrently(in_engine, prompts(world, 16), 8)
-    print(run_concurrently(in_engine, prompts(world, concurrency * per_stream), concurrency)[0])
+    print(run_concurrently(in_engine, prompts(world, concurrency * per_stream), concurrency))
     host.close()
 
 
@@ -232,8 +229,8 @@ def main() -> None:
             texts = prompts(world, concurrency * args.per_stream)
             sides: dict[str, Callable[[], float]] = {
                 "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
-                "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c)[0],
-                "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c)[0],
+                "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c),
+                "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c),
                 "engine": lambda c=concurrency: engine_tokens_per_second(database, c, args.per_stream),
                 "turns": lambda c=concurrency, t=texts: turns_tokens_per_second(model, tokenizer, local_stacks, t, c),
             }

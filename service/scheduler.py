@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editors import EditStack, Surgeon
+from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch
 from service.detokenizer import Detokenizer
 
@@ -154,7 +154,7 @@ class Scheduler:
         self._closed = False
         self._rows: list[_Stream | None] = []  # None: a row whose stream ended, not yet compacted away
         self._batch: DecodeBatch | None = None
-        self._row_stacks: Any = None  # RowStacks of the current rows; rebuilt when rows change
+        self._row_stacks: RowStacks | None = None  # the current rows' stacks; rebuilt when rows change
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
         self.forwards = 0
         self.steps = 0
@@ -342,6 +342,7 @@ class Scheduler:
         rows = self._rows
         try:
             if self._row_stacks is None:  # rows that ended keep their stack until compacted
+                # rebuilt only after a compaction or a merge, when every row is live
                 self._row_stacks = self.surgeon.rows([stream.stack for stream in rows])  # type: ignore[union-attr]
             last = torch.tensor([s.last if s is not None else self._pad for s in rows], device=self._device)
             logits = self._batch.step(self.model, self.surgeon, self._row_stacks, last)

@@ -147,7 +147,7 @@ class AliasMoves(UnitOfWork):
         if row is None:
             if expected_etag:
                 raise Conflict(f"alias {name!r} does not exist, but etag {expected_etag!r} was expected")
-        elif expected_etag is None or expected_etag == "":
+        elif not expected_etag:
             raise InvalidArgument(f"moving alias {name!r} needs its current etag")
         elif row.etag != expected_etag:
             raise Conflict(f"alias {name!r} was moved by someone else (etag {expected_etag!r} is stale)")

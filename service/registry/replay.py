@@ -74,18 +74,20 @@ def actual_state(connection: Connection) -> dict[str, Any]:
     ):
         stored = hashlib.sha256(spec_json.encode()).hexdigest()
         state[f"models/{models[model_id]}/edits/{edit_id}"] = spec_sha256 if stored == spec_sha256 else stored
-    numbers: dict[int, str] = {}
+    numbers: dict[int, int] = {}  # version id → number
+    names: dict[int, str] = {}  # version id → resource name
     for version_id, model_id, number in connection.execute(
         select(VersionRow.id, VersionRow.model_id, VersionRow.number)
     ):
-        numbers[version_id] = f"models/{models[model_id]}/versions/{number}"
-        state[numbers[version_id]] = []
+        numbers[version_id] = number
+        names[version_id] = f"models/{models[model_id]}/versions/{number}"
+        state[names[version_id]] = []
     for version_id, edit_id in connection.execute(
         select(VersionEdit.version_id, VersionEdit.edit_id).order_by(VersionEdit.version_id, VersionEdit.position)
     ):
-        state[numbers[version_id]].append(edit_id)
+        state[names[version_id]].append(edit_id)
     for model_id, name, version_id in connection.execute(select(AliasRow.model_id, AliasRow.name, AliasRow.version_id)):
-        state[f"models/{models[model_id]}/aliases/{name}"] = int(numbers[version_id].rsplit("/", 1)[1])
+        state[f"models/{models[model_id]}/aliases/{name}"] = numbers[version_id]
     for model_id, digest in connection.execute(
         select(CurrentSuite.model_id, CheckSuite.suite_sha256).join(CheckSuite, CheckSuite.id == CurrentSuite.suite_id)
     ):

@@ -74,10 +74,10 @@ class VersionStore(UnitOfWork):
     def _verified_status(self, session: Session, model: str, version: VersionRow) -> str:
         """:meth:`_status`, after checking that the deciding run's state is the one the audit log
         recorded for it (a run flipped to "passed" in the database must not open the gate)."""
-        status = self._status(session, version)
-        if status in ("base", "unchecked"):
-            return status
-        run_id = self._latest_run(session, version).id
+        latest = None if version.number == 0 else self._latest_run(session, version)
+        if latest is None:
+            return self._status(session, version)  # base or unchecked: no run decides
+        status, run_id = latest.state, latest.id
         logged = self._logged_run_state(session, model, version.number, run_id)
         if logged != status:
             raise ArtifactIntegrityError(
