@@ -19,7 +19,7 @@ from editors.toyworld import TOY_MODEL_DIR
 from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
 from service.api.health import Health
-from service.api.malformed import MalformedRequestInterceptor
+from service.api.malformed import TRANSPORT_HEADROOM, MalformedRequestInterceptor
 from service.api.reflection_v1 import enable_reflection
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
@@ -118,14 +118,14 @@ class ScalpelServer:
         require_current_schema(self.registry.engine)
         credentials = _server_credentials(config)  # read the TLS files before anything starts
         options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes * TRANSPORT_HEADROOM),
             ("grpc.max_send_message_length", config.max_message_bytes),
             NO_SHARED_PORT,
         ]
         self.metrics = Metrics()
         interceptors = [
             MetricsInterceptor(self.metrics),  # outermost: it counts every call, refused ones too
-            MalformedRequestInterceptor(),
+            MalformedRequestInterceptor(config.max_message_bytes),
             AuthInterceptor(self.registry, insecure=config.insecure),
         ]
         self.server = grpc.server(
@@ -233,6 +233,7 @@ def serve(config: ServerConfig) -> None:
     server.load_models()
     print(
         f"scalpel serving {', '.join(config.models)} on port {server.port}"
+        f"{f'; metrics on port {server.metrics_port}' if server.metrics_port else ''}"
         f"{' (INSECURE: no authentication)' if config.insecure else ''}",
         flush=True,
     )

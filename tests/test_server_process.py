@@ -8,6 +8,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 
 import grpc
 import pytest
@@ -53,12 +55,36 @@ def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
         )
         assert health.returncode == 0 and "SERVING" in health.stdout
         _drive_the_cli(env | {"SCALPEL_ADDRESS": f"127.0.0.1:{port}", "SCALPEL_API_KEY": secret}, tmp_path)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        metrics_port = int(re.search(r"metrics on port (\d+)", line).group(1))
+        with ScalpelClient(f"127.0.0.1:{port}", secret) as client:
+            runaway = client.edits.ComputeRome.future(  # ~15 min of work here: it must stop, not finish
+                pb.ComputeRomeRequest(
+                    parent="models/toy",
+                    prompt="The capital of {} is",
+                    subject="Riia",
+                    target="Muford",
+                    hparams_json=json.dumps({"steps": 10_000, "n_prefixes": 100, "early_stop_nll": 0}),
+                )
+            )
+            _wait_until_started(metrics_port, "ComputeRome")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=120) == 0  # the stop reached the optimisation loop
+            with pytest.raises(grpc.RpcError) as caught:
+                runaway.result()
+            assert caught.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _wait_until_started(metrics_port: int, method: str) -> None:
+    """Until the server's own metrics count a started call to ``method`` (the call is in its handler)."""
+    while True:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        if f'grpc_server_started_total{{grpc_method="{method}"' in body:
+            return
+        time.sleep(0.05)
 
 
 def _drive_the_cli(env: dict[str, str], tmp_path) -> None:

@@ -429,19 +429,21 @@ def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path)
 
 def test_oversized_messages_are_refused_with_resource_exhausted(db_url) -> None:
     server = ScalpelServer(
-        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, max_message_bytes=4096)
+        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0", max_message_bytes=4096)
     )
     try:
         server.load_models()
         _, secret = server.registry.create_key("big", "admin", "test")
         before = server.registry.verify_audit().events_checked
         with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
-            big = LowRank(site="blocks.0.mlp.W_out", U=torch.zeros(128, 8), V=torch.zeros(512, 8))
+            big = LowRank(site="blocks.0.mlp.W_out", U=torch.zeros(128, 4), V=torch.zeros(512, 4))  # ~10 kB
             with pytest.raises(grpc.RpcError) as caught:
                 client.create_edit("toy", big)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "4096" in caught.value.details() or "larger than max" in caught.value.details()
+            assert "limit of 4096" in caught.value.details()
         assert server.registry.verify_audit().events_checked == before
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        assert 'grpc_code="RESOURCE_EXHAUSTED",grpc_method="CreateEdit"' in body  # counted like any refusal
     finally:
         server.stop(grace=0)
 

@@ -1,9 +1,13 @@
-"""Requests whose bytes do not parse are INVALID_ARGUMENT, not INTERNAL.
+"""Requests that do not parse, or are too large, are refused by the handler, so they are counted.
 
-gRPC deserialises a request before any handler runs, and answers a parse failure (corrupt wire
-bytes, invalid UTF-8 in a string field) with INTERNAL. This interceptor swaps in a deserialiser
-that hands the failure to the handler instead, which then aborts with INVALID_ARGUMENT naming the
-message type, so the metrics interceptor around it counts the call like any other.
+gRPC deserialises a request before any handler runs. It answers a parse failure (corrupt wire
+bytes, invalid UTF-8 in a string field) with INTERNAL, and a message over the transport's size
+limit with RESOURCE_EXHAUSTED before any interceptor sees the call, so neither reached
+``grpc_server_handled_total``. This interceptor swaps in a deserialiser that hands either failure
+to the handler instead, which aborts with INVALID_ARGUMENT (naming the message type) or
+RESOURCE_EXHAUSTED (naming the limit), and the metrics interceptor around it counts the call like
+any other. The transport's own limit is set to ``TRANSPORT_HEADROOM`` times ours, so only a
+request beyond that is still refused (uncounted) by gRPC itself.
 """
 
 from __future__ import annotations
@@ -13,45 +17,52 @@ from typing import Any
 
 import grpc
 
-
-class _Malformed:
-    """Stands in for a request that did not parse."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+TRANSPORT_HEADROOM = 4
 
 
-def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+class _Refused:
+    """Stands in for a request that did not parse or was over the size limit."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+def _guarded(deserializer: Callable[[bytes], Any], method: str, max_bytes: int) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
+        if len(data) > max_bytes:
+            return _Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request to {method} is {len(data)} bytes, larger than the server's limit of {max_bytes} "
+                "(server option max_message_bytes); send less per call",
+            )
         try:
             return deserializer(data)
         except Exception as error:  # DecodeError, UnicodeDecodeError, …: the bytes are the client's fault
-            return _Malformed(error)
+            return _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request to {method} does not parse as its protobuf message ({type(error).__name__}); "
+                "send a well-formed message (strings must be valid UTF-8)",
+            )
 
     return parse
 
 
-def _refuse(context: grpc.ServicerContext, request: _Malformed, method: str) -> None:
-    context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"the request to {method} does not parse as its protobuf message ({type(request.error).__name__}); "
-        "send a well-formed message (strings must be valid UTF-8)",
-    )
-
-
 class MalformedRequestInterceptor(grpc.ServerInterceptor):
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        method = details.method
-        parse = _tolerant(handler.request_deserializer)
+        parse = _guarded(handler.request_deserializer, details.method, self.max_bytes)
         if handler.unary_unary:
             inner = handler.unary_unary
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Malformed):
-                    _refuse(context, request, method)
+                if isinstance(request, _Refused):
+                    context.abort(request.code, request.message)
                 return inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
@@ -59,8 +70,8 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Malformed):
-                    _refuse(context, request, method)
+                if isinstance(request, _Refused):
+                    context.abort(request.code, request.message)
                 yield from inner_stream(request, context)
 
             return grpc.unary_stream_rpc_method_handler(stream, parse, handler.response_serializer)
