@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCY))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--stream-interval", type=int, default=0, help="the server's --stream-interval")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--engine-run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
@@ -191,7 +192,7 @@ def main() -> None:
             [*cli, "keys", "create", "bench", "--json"], env=env, check=True, capture_output=True, text=True, cwd=ROOT
         )
         secret = json.loads(created.stdout)["secret"]
-        device = ["--device", args.device, "--dtype", args.dtype]
+        device = ["--device", args.device, "--dtype", args.dtype, "--stream-interval", str(args.stream_interval)]
         server = subprocess.Popen(
             [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *device],
             env=env,
@@ -216,7 +217,7 @@ def main() -> None:
                     if message.HasField("token"):
                         if tokens == 0 and spread == 1:
                             ttft.setdefault(concurrency, []).append((time.perf_counter() - started) * 1000)
-                        tokens += 1
+                        tokens += len(message.token.token_ids)  # several when the stream coalesced them
                 return tokens
 
             return run_one

@@ -56,7 +56,14 @@ class DecodeBatch:
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         with surgeon.apply_rows(surgeon.rows(stacks)):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True)
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,  # only the last position's logits: [rows, vocab] instead of [rows, width, vocab]
+            )
         return cls(out.cache, mask, mask.sum(-1)), out.logits[:, -1]
 
     def step(self, model: nn.Module, surgeon: Surgeon, rows: RowStacks, tokens: torch.Tensor) -> torch.Tensor:

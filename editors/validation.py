@@ -16,6 +16,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: Largest accepted magnitude of a scale or of any tensor entry: beyond it an edit is a mistake.
 MAX_ABS_VALUE = 1.0e4
 MAX_INDEX = 2**31 - 1
+
+
 def parse_json(field: str, text: object, allowed: str = "a JSON object") -> Any:
     """Parse JSON input; malformed text, nesting too deep for the parser and duplicate keys (which
     would silently keep the last) raise :class:`InvalidEditError` naming ``field``."""

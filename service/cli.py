@@ -25,6 +25,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
+    return value
+
+
 def _cmd_toyworld_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -185,6 +192,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.torch_threads = args.torch_threads or config.torch_threads
     config.device = args.device or config.device
     config.dtype = args.dtype or config.dtype
+    if args.stream_interval is not None:
+        config.stream_interval = args.stream_interval
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -297,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="where models that name none run: cpu (default), cuda, cuda:1, mps, …")
     serve.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), help="weights of models that name none (default float32)"
+    )
+    serve.add_argument(
+        "--stream-interval",
+        type=_non_negative_int,
+        help="tokens per streamed message under load (default 0: automatic, 1 per 16 rows in the batch, up to 8; "
+        "1: every token its own message). A stream's first token and its end are never held back",
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")

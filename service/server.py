@@ -80,6 +80,9 @@ class ServerConfig:
     # Intra-op threads per forward (None: torch's default, one per core). Each model's forwards
     # run on its one scheduler thread, so this is all the parallelism a forward gets.
     torch_threads: int | None = None
+    # Tokens a stream gathers into one message while the batch is busy (0: automatic, see
+    # service.scheduler; 1: one message per token). Fewer messages leave more CPU for forwards.
+    stream_interval: int = 0
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -166,6 +169,7 @@ class ScalpelServer:
                 self.registry,
                 device=spec.device or self.config.device,
                 dtype=spec.dtype or self.config.dtype,
+                stream_interval=self.config.stream_interval,
             )
             if Path(source).resolve() == TOY_MODEL_DIR.resolve():
                 try:

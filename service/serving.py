@@ -49,6 +49,7 @@ class ModelHost:
         actor: str = "scalpel",
         device: str = "cpu",
         dtype: str = "float32",
+        stream_interval: int = 0,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -88,7 +89,9 @@ class ModelHost:
                     f"{source} has {self.surgeon.weights_sha256[:12]}…: refusing to serve it"
                 )
         #: The one thread that runs this model's forwards (started last: the model is ready).
-        self.scheduler = Scheduler(self.model, self.surgeon, self.tokenizer, name, self.context_length)
+        self.scheduler = Scheduler(
+            self.model, self.surgeon, self.tokenizer, name, self.context_length, stream_interval=stream_interval
+        )
 
     def close(self) -> None:
         self.scheduler.close()

@@ -165,6 +165,27 @@ def test_a_slow_reader_gets_its_tokens_coalesced_and_a_stop_string_still_ends_at
     assert [*first.token_ids, *tokens] == alone[: end + 1] and finished.finish_reason == "stop"
 
 
+def test_under_a_stream_interval_tokens_leave_in_chunks_but_the_first_at_once(toy) -> None:
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "chunks", stream_interval=3, max_hold_s=3600)
+    try:
+        text = _texts(world, 3)[2]
+        prompt = tokenizer(text, return_tensors="pt")["input_ids"][0]
+        events = list(scheduler.generate(prompt, surgeon.compile([]), Sampling(max_tokens=NEW_TOKENS)))
+    finally:
+        scheduler.close()
+    chunks = [event.token_ids for event in events if isinstance(event, Token)]
+    assert len(chunks[0]) == 1  # the first token is never held back
+    assert all(len(chunk) % 3 == 0 for chunk in chunks[1:-1])  # a slow reader may take two chunks at once
+    assert len(chunks) < NEW_TOKENS  # some tokens travelled together
+    assert [t for chunk in chunks for t in chunk] == _solo(model, tokenizer, surgeon, [], text, NEW_TOKENS)
+    assert events[-1] == Finished("length", NEW_TOKENS)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="stream_interval"):
+            Scheduler(model, surgeon, tokenizer, "bad", stream_interval=bad)
+
+
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
     assert host.forward(lambda: torch.ones(2)).sum() == 2
     with pytest.raises(ZeroDivisionError):
