@@ -104,9 +104,10 @@ def check_tensor(field: str, value: object, ndim: int, shape: tuple[int | None, 
 
 
 def freeze_json(field: str, value: object) -> Any:
-    """A deep read-only copy of a JSON-able value (mappings become read-only, lists tuples)."""
+    """A deep read-only copy of a JSON-able value (mappings become read-only, lists tuples); an
+    already frozen value (another edit's provenance) is accepted as it is."""
     try:
-        plain = json.loads(json.dumps(value, allow_nan=False))
+        plain = json.loads(json.dumps(thaw_json(value), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidEditError(
             field, f"is not JSON-serialisable: {exc}", "JSON objects, lists, strings, finite numbers"

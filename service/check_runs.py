@@ -9,7 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from service.checks import CheckRunner, Suite
+from service.checks import CheckResult, CheckRunner, Suite
 from service.metrics import Metrics
 from service.registry import Registry
 from service.registry.registry import RunInfo
@@ -43,7 +43,7 @@ class CheckScheduler:
     def start(self, model: str, version: int, actor: str, request_id: str | None = None) -> RunInfo:
         host = self.hosts[model]
         _, spec = self.registry.get_suite(model)
-        suite = Suite.from_spec(spec)
+        suite = Suite.from_spec(spec, host.model_dir)
         host.stack(version)  # fails now (NOT_FOUND / integrity) rather than in the background
         run = self.registry.start_check_run(model, version, actor, claimed_by=self.replica, request_id=request_id)
         with self.changed:
@@ -70,12 +70,14 @@ class CheckScheduler:
         threading.Thread(target=heartbeat, name=f"heartbeat-{run.id}", daemon=True).start()
 
         try:
-            production = self.registry.get_alias(host.name, "production").version
-            results = CheckRunner(host).run(suite, run.version, production, report)
+            results = CheckRunner(host, self.registry).run(suite, run.version, report)
             state = "passed" if all(r.passed for r in results) else "failed"
             payload = [asdict(r) for r in results]
         except Exception as exc:  # the run fails, with the reason, instead of vanishing
-            state, payload = "failed", [{"name": "error", "passed": False, "error": f"{type(exc).__name__}: {exc}"}]
+            error = CheckResult(
+                "error", "error", 0.0, 0.0, 0.0, 0, 0.0, "", "error", False, f"{type(exc).__name__}: {exc}"
+            )
+            state, payload = "failed", [asdict(error)]
         beating.set()
         finished = self.registry.finish_check_run(run.id, state, payload, actor)
         self.metrics.check_runs.labels(host.name, state).inc()

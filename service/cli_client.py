@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from editors import edit_from_parts, load_edit
 from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.cli_checks import format_run, inline_item_files, run_dict
 from service.client import ScalpelClient
 
 
@@ -44,7 +45,7 @@ def _client(args: argparse.Namespace) -> ScalpelClient:
 
 def _print(args: argparse.Namespace, message: Any, columns: Sequence[str] = (), rows_field: str | None = None) -> None:
     """``--json``: the message as JSON; otherwise a table of ``columns`` (of each row, or of the message)."""
-    data = MessageToDict(message, preserving_proto_field_name=True)
+    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     if args.json:
         print(json.dumps(data))
         return
@@ -126,7 +127,7 @@ def _suite(args: argparse.Namespace, c: ScalpelClient) -> None:
     if args.sub == "get":
         suite = c.checks.GetSuite(pb.GetSuiteRequest(model=f"models/{args.model}"))
     else:
-        spec = yaml.safe_load(Path(args.file).read_text())
+        spec = inline_item_files(yaml.safe_load(Path(args.file).read_text()), Path(args.file).parent)
         suite = c.checks.SetSuite(pb.SetSuiteRequest(model=f"models/{args.model}", spec_json=json.dumps(spec)))
     _print(args, suite, ("model", "suite_sha256"))
 
@@ -165,7 +166,7 @@ def _versions_create(args: argparse.Namespace, c: ScalpelClient) -> None:
     _print(args, version, ("number", "parent", "status", "edit_ids"))
 
 
-def _checks_run(args: argparse.Namespace, c: ScalpelClient) -> None:
+def _checks_run(args: argparse.Namespace, c: ScalpelClient) -> int:
     run = c.checks.StartRun(pb.StartRunRequest(version=f"models/{args.model}/versions/{args.version}"))
     bar = tqdm(total=1, desc=f"checks on version {args.version}", unit="check", disable=args.json or None)
     final = run
@@ -176,9 +177,30 @@ def _checks_run(args: argparse.Namespace, c: ScalpelClient) -> None:
         if update.HasField("run"):
             final = update.run
     bar.close()
-    _print(args, final, ("name", "passed", "metric", "comparison", "threshold"), "results")
-    if not args.json:
-        print(f"run {final.id}: {final.state}")
+    return _show_run(args, final)
+
+
+def _show_run(args: argparse.Namespace, run: pb.CheckRun) -> int:
+    print(json.dumps(run_dict(run)) if args.json else format_run(run))
+    return 0 if run.state == "passed" else 1
+
+
+def _checks_get(args: argparse.Namespace, c: ScalpelClient) -> int:
+    return _show_run(args, c.checks.GetRun(pb.GetRunRequest(id=args.run)))
+
+
+def _checks_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    parent = f"models/{args.model}" + (f"/versions/{args.version}" if args.version is not None else "")
+    page = c.checks.ListRuns(pb.ListRunsRequest(parent=parent, page_size=args.page_size, page_token=args.page_token))
+    if args.json:
+        print(json.dumps({"runs": [run_dict(run) for run in page.runs], "next_page_token": page.next_page_token}))
+        return
+    print(f"{'ID':>6}  {'VERSION':<26}  {'STATE':<11}  {'SUITE':<12}  {'FAILED'}")
+    for run in page.runs:
+        failed = ", ".join(r.name for r in run.results if not r.passed)
+        print(f"{run.id:>6}  {run.version:<26}  {run.state:<11}  {run.suite_sha256[:12]:<12}  {failed}")
+    if page.next_page_token:
+        print(f"(more: --page-token {page.next_page_token})")
 
 
 def _promote(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -328,10 +350,17 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     command(new, _versions_create)
 
     checks = commands.add_parser("checks", help="regression checks").add_subparsers(dest="sub", required=True)
-    run = checks.add_parser("run", help="run the suite on a version (progress bar)")
+    run = checks.add_parser("run", help="run the suite on a version (progress bar; exit status 1 unless it passed)")
     run.add_argument("version", type=int)
     run.add_argument("--model", default="toy")
     command(run, _checks_run)
+    got = checks.add_parser("get", help="a run's results (exit status 1 unless it passed)")
+    got.add_argument("run", type=int)
+    command(got, _checks_get)
+    listed = checks.add_parser("list", help="a model's runs, newest first (of one version, if given)")
+    listed.add_argument("version", type=int, nargs="?", default=None)
+    listed.add_argument("--model", default="toy")
+    command(listed, _checks_list, paged=True)
 
     for name, handler in (("promote", _promote), ("rollback", _rollback)):
         parser = commands.add_parser(name, help=f"{name} an alias")

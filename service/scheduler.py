@@ -237,6 +237,32 @@ class Scheduler:
         finally:
             stream.abandoned.set()  # a stop string, or the caller went away: the row leaves at the next step
 
+    def complete(self, prompts: list[torch.Tensor], stack: EditStack, samplings: list[Sampling]) -> list[list[int]]:
+        """The token ids each prompt produces under ``stack``: every prompt joins at once (one
+        prefill when the batch has room), as rows beside the streams being served."""
+        streams = [
+            _Stream(p, stack, s, lambda: True, self.tokenizer.eos_token_id)
+            for p, s in zip(prompts, samplings, strict=True)
+        ]
+        with self._wake:
+            if self._closed:
+                raise SchedulerClosed("the model is shutting down; retry on another replica")
+            for stream in streams:
+                stream.queued_at = self.steps
+            self._waiting.extend(streams)
+            self._wake.notify()
+        produced = []
+        for stream in streams:
+            ids: list[int] = []
+            end: object = None
+            while end is None:
+                more, end = _drain(stream.events)
+                ids += more
+            if isinstance(end, BaseException):
+                raise end
+            produced.append(ids)
+        return produced
+
     def call(self, run: Callable[[], T], priority: int = INTERACTIVE) -> T:
         """Run ``run()`` on the scheduler's thread between two forwards; return its result."""
         if threading.current_thread() is self._thread:

@@ -9,13 +9,14 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
-from editors.toyworld import TOY_MODEL_DIR
+from editors.toyworld import TOY_MODEL_DIR, WORLD_FILE, World, reference_corpus
 from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
 from service.api.health import Health
@@ -23,7 +24,7 @@ from service.api.malformed import TRANSPORT_HEADROOM, MalformedRequestIntercepto
 from service.api.reflection_v1 import enable_reflection
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
-from service.checks import default_toy_suite
+from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import NotFound, Registry
@@ -171,11 +172,10 @@ class ScalpelServer:
                 dtype=spec.dtype or self.config.dtype,
                 stream_interval=self.config.stream_interval,
             )
-            if Path(source).resolve() == TOY_MODEL_DIR.resolve():
-                try:
-                    self.registry.get_suite(name)
-                except NotFound:
-                    self.registry.set_suite(name, default_toy_suite(), "scalpel")
+            try:
+                self.registry.get_suite(name)
+            except NotFound:
+                self.registry.set_suite(name, self._default_suite(self.hosts[name]), "scalpel")
             self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
         gauge = self.metrics.active_version
         self.aliases = AliasCache(
@@ -208,6 +208,15 @@ class ScalpelServer:
                 for name in ("", *self.service_names):
                     self.health.set(name, status)
                 serving = healthy
+
+    @staticmethod
+    def _default_suite(host: ModelHost) -> dict[str, Any]:
+        """A model's first suite: the toy model's own, else the generic one over the model's
+        ``reference_corpus.txt`` (a built-in English corpus when it ships none)."""
+        if host.model_dir.resolve() == TOY_MODEL_DIR.resolve():
+            return default_toy_suite(World.load(TOY_MODEL_DIR / WORLD_FILE), reference_corpus())
+        corpus = host.model_dir / "reference_corpus.txt"
+        return default_suite(corpus.read_text().splitlines() if corpus.is_file() else None)
 
     def stop(self, grace: float = 5.0) -> None:
         self._stopping.set()

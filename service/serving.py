@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
+from service.checks.suite import Suite
 from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Sampling, Scheduler, Token
 
@@ -29,7 +30,8 @@ __all__ = ["DTYPES", "Finished", "ModelHost", "Token"]
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
 MAX_PROMPTS = 1024  # per CompareVersions or Score call
-COMPARE_BATCH = 32  # prompts per forward in CompareVersions
+COMPARE_BATCH = 32  # rows per forward in CompareVersions and scoring
+COMPLETE_CHUNK = 16  # greedy completions (checks) joining the running batch at a time
 #: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
 MIN_TEMPERATURE = 1e-3
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
@@ -93,6 +95,11 @@ class ModelHost:
             self.model, self.surgeon, self.tokenizer, name, self.context_length, stream_interval=stream_interval
         )
 
+    @property
+    def model_dir(self) -> Path:
+        """The model's directory (for a hub id, a path that does not exist): its shipped files."""
+        return Path(self.source)
+
     def close(self) -> None:
         self.scheduler.close()
 
@@ -123,14 +130,14 @@ class ModelHost:
     def reference_texts(self) -> list[str]:
         """Corpus for statistics (ROME key covariance, context prefixes): the model directory's
         ``reference_corpus.txt`` (the toy model ships one), else the current suite's reference texts."""
-        corpus = Path(self.source) / "reference_corpus.txt"
+        corpus = self.model_dir / "reference_corpus.txt"
         if corpus.exists():
             return corpus.read_text().splitlines()
         try:
             _, spec = self.registry.get_suite(self.name)
         except NotFound as exc:
             raise InvalidArgument(f"model {self.name!r} has no reference corpus and no check suite") from exc
-        return list(spec.get("reference_texts", []))
+        return Suite.from_spec(spec, self.model_dir).reference_texts()
 
     def _edit(self, edit_id: int) -> Edit:
         with self._lock:
@@ -239,15 +246,21 @@ class ModelHost:
         return rows
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
-        """log P(continuation | prompt) for each continuation, under ``version``, in one forward."""
+        """log P(continuation | prompt) for each continuation, under ``version``."""
         if not continuations or not all(isinstance(c, str) and c.strip() for c in continuations):
             raise InvalidArgument("continuations must be non-empty strings")
         if len(continuations) > MAX_PROMPTS:
             raise InvalidArgument(f"at most {MAX_PROMPTS} continuations per call, got {len(continuations)}")
-        prompt_ids = self._encode(prompt)[0]
-        stack = self.stack(version)
+        return self.logprob_sums([version], [(prompt, c) for c in continuations])[0].tolist()
+
+    def logprob_sums(self, versions: list[int], pairs: list[tuple[str, str]], background: bool = False) -> torch.Tensor:
+        """``[len(versions), len(pairs)]``: log P(continuation | prompt) of each (prompt, continuation)
+        pair under each version. A continuation is its stripped text after one space. Each chunk of
+        pairs is one forward holding every version's rows (per-row stacks), so the versions are
+        compared on exactly the same inputs."""
         sequences = []
-        for number, continuation in enumerate(continuations):
+        for number, (prompt, continuation) in enumerate(pairs):
+            prompt_ids = self._encode(prompt)[0]
             self._check_length(f"continuations[{number}]", continuation)
             extra = self.tokenizer(" " + continuation.strip(), add_special_tokens=False, return_tensors="pt")
             ids = torch.cat([prompt_ids, extra["input_ids"][0]])
@@ -256,29 +269,50 @@ class ModelHost:
                     f"continuations[{number}]: prompt and continuation are {len(ids)} tokens; "
                     f"the model takes at most {self.context_length}"
                 )
-            sequences.append(ids)
-        scores: list[float] = []
-        for start in range(0, len(sequences), COMPARE_BATCH):
-            scores += self._score_chunk(stack, len(prompt_ids), sequences[start : start + COMPARE_BATCH])
-        return scores
+            sequences.append((ids, len(prompt_ids)))
+        stacks = [self.stack(version) for version in versions]
+        chunk_size = max(1, COMPARE_BATCH // len(versions))
+        sums = []
+        for start in range(0, len(sequences), chunk_size):
+            sums.append(self._logprob_chunk(stacks, sequences[start : start + chunk_size], background))
+        return torch.cat(sums, dim=1)
 
-    def _score_chunk(self, stack: EditStack, prompt_length: int, sequences: list[torch.Tensor]) -> list[float]:
-        """One forward over right-padded sequences (the shared prompt keeps its positions)."""
-        width = max(len(ids) for ids in sequences)
+    def _logprob_chunk(
+        self, stacks: list[EditStack], sequences: list[tuple[torch.Tensor, int]], background: bool
+    ) -> torch.Tensor:
+        """One forward over right-padded sequences, repeated once per stack."""
+        width = max(len(ids) for ids, _ in sequences)
         batch = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(batch)
-        for row, ids in enumerate(sequences):
+        for row, (ids, _) in enumerate(sequences):
             batch[row, : len(ids)], mask[row, : len(ids)] = ids, 1
-        batch, mask = batch.to(self.device), mask.to(self.device)
+        batch, mask = batch.repeat(len(stacks), 1).to(self.device), mask.repeat(len(stacks), 1).to(self.device)
+        rows = self.surgeon.rows([stack for stack in stacks for _ in sequences])
+        starts = [prompt_length for _, prompt_length in sequences] * len(stacks)
+        targets = [ids for ids, _ in sequences] * len(stacks)
 
         def run() -> torch.Tensor:
-            with self.surgeon.apply(stack):
-                logits = self.model(input_ids=batch, attention_mask=mask).logits[:, prompt_length - 1 :]
-            return logits.float().log_softmax(dim=-1).cpu()
+            with self.surgeon.apply_rows(rows):
+                logits = self.model(input_ids=batch, attention_mask=mask).logits
+            sums = []
+            for row, (ids, start) in enumerate(zip(targets, starts, strict=True)):
+                steps = torch.arange(start - 1, len(ids) - 1, device=logits.device)
+                picked = logits[row, steps].float().log_softmax(dim=-1)
+                sums.append(picked.gather(-1, ids[start:].to(logits.device).unsqueeze(-1)).sum())
+            return torch.stack(sums).cpu()
 
-        logprobs = self.forward(run)
-        scores = []
-        for row, ids in enumerate(sequences):
-            steps = torch.arange(len(ids) - prompt_length)
-            scores.append(float(logprobs[row, steps, ids[prompt_length + steps]].sum()))
-        return scores
+        return self.forward(run, background=background).view(len(stacks), len(sequences))
+
+    def complete(self, version: int, prompts: list[str], max_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts`` under ``version``: they join the running batch as
+        rows, like any stream, ``COMPLETE_CHUNK`` at a time so that serving rows keep their pace."""
+        if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
+            raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
+        stack = self.stack(version)
+        encoded = [self._encode(prompt)[0] for prompt in prompts]
+        produced: list[list[int]] = []
+        for start in range(0, len(encoded), COMPLETE_CHUNK):
+            chunk = encoded[start : start + COMPLETE_CHUNK]
+            samplings = [Sampling(min(max_tokens, self.context_length - len(ids))) for ids in chunk]
+            produced += self.scheduler.complete([ids.to(self.device) for ids in chunk], stack, samplings)
+        return [self.tokenizer.decode(ids) for ids in produced]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,21 @@ def tiny_model(family: str) -> torch.nn.Module:
     else:
         raise ValueError(family)
     return model.eval()
+
+
+def save_tiny_llama(directory: Path) -> Path:
+    """A tiny random Llama saved with a word-level tokenizer (``w0`` … ``w61``) that, like Llama's,
+    has no pad token: a model directory ``ModelHost`` and ``scalpel serve`` can load."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "</s>", *(f"w{i}" for i in range(VOCAB - 2))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    tokenizer.save_pretrained(directory)
+    tiny_model("llama").save_pretrained(directory)
+    return directory
 
 
 FAMILIES = ("gpt2", "gpt_neox", "gpt_neox_parallel", "llama")

@@ -88,9 +88,9 @@ def _wait_until_started(metrics_port: int, method: str) -> None:
 
 
 def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
-    def scalpel(*args: str) -> str:
+    def scalpel(*args: str, status: int | None = 0) -> str:
         result = subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        assert status is None or result.returncode == status, (args, result.stdout, result.stderr)
         return result.stdout
 
     assert json.loads(scalpel("models", "list", "--json"))["models"][0]["name"] == "models/toy"
@@ -99,7 +99,31 @@ def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
     spec.write_text("kind: head_ablation\nparams: {layer: 0, heads: [3]}\n")
     edit = json.loads(scalpel("edits", "create", "-f", str(spec), "--json"))
     version = json.loads(scalpel("versions", "create", "--parent", "0", "--append", edit["id"], "--json"))
-    run = json.loads(scalpel("checks", "run", str(version["number"]), "--json"))
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(
+        "kind: steering\nparams: {site: blocks.1.hook_resid_pre, scale: 1000}\ntensors: {vector: ["
+        + ", ".join(["0.5", "-0.5"] * 64)
+        + "]}\n"
+    )
+    bad = json.loads(
+        scalpel(
+            "versions",
+            "create",
+            "--parent",
+            "0",
+            "--append",
+            json.loads(scalpel("edits", "create", "-f", str(huge), "--json"))["id"],
+            "--json",
+        )
+    )
+    failed = json.loads(scalpel("checks", "run", str(bad["number"]), "--json", status=1))  # a CI job can gate on it
+    assert failed["state"] == "failed" and {"passed": False}.items() <= failed["results"][0].items()
+    assert isinstance(failed["results"][0]["worst"], list) and failed["results"][0]["worst"]
+    shown = scalpel("checks", "get", str(failed["id"]), status=1)
+    assert "FAIL kl_vs_base" in shown and "why: " in shown and "max_token_kl: " in shown
+    assert str(failed["id"]) in scalpel("checks", "list", str(bad["number"]))
+    assert json.loads(scalpel("checks", "run", "0", "--json"))["state"] == "passed"  # exit status 0
+    run = json.loads(scalpel("checks", "run", str(version["number"]), "--json", status=None))
     assert run["state"] in ("passed", "failed") and run["results"]
     if run["state"] == "passed":
         scalpel("promote", str(version["number"]), "--reason", "cli")

@@ -21,6 +21,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from editors.toyworld import CORPUS_FILE, WORLD_FILE
 from editors.toyworld.manifest import write_manifest
+from editors.toyworld.tasks import write_task_files
 from editors.toyworld.world import World, generate_world
 
 
@@ -139,5 +140,6 @@ def train_toy_model(
     (out_dir / WORLD_FILE).write_text(world.to_json() + "\n")
     corpus = world.corpus(config.reference_documents, seed=config.train_seed + 1)
     (out_dir / CORPUS_FILE).write_text("\n".join(corpus) + "\n")
+    write_task_files(world, out_dir)
     write_manifest(out_dir)
     return {"seconds": time.perf_counter() - started, "final_loss": loss_value}

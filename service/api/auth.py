@@ -41,6 +41,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "Score": "reader",
     "GetSuite": "reader",
     "GetRun": "reader",
+    "ListRuns": "reader",
     "WatchRun": "reader",
     "StartRun": "editor",
     "SetSuite": "approver",

@@ -29,9 +29,9 @@ class CheckService(rpc.CheckServiceServicer, ServicerBase):
     @abort_on_errors
     def SetSuite(self, request: pb.SetSuiteRequest, context: grpc.ServicerContext) -> pb.Suite:
         (model,) = parse("model", request.model)
-        self._host(model)
+        host = self._host(model)
         spec = parse_json("spec_json", request.spec_json, "a JSON object describing the suite")
-        Suite.from_spec(spec)
+        Suite.from_spec(spec, host.model_dir)
         digest = self.registry.set_suite(model, spec, current_principal().name)
         return pb.Suite(model=request.model, suite_sha256=digest, spec_json=json.dumps(spec, sort_keys=True))
 
@@ -44,6 +44,16 @@ class CheckService(rpc.CheckServiceServicer, ServicerBase):
     @abort_on_errors
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.CheckRun:
         return run_pb(self.registry.get_check_run(request.id))
+
+    @abort_on_errors
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
+        if "/versions/" in request.parent:
+            model, number = parse("version", request.parent)
+            version: int | None = int(number)
+        else:
+            (model,), version = parse("model", request.parent), None
+        page = self.registry.list_check_runs(model, version, request.page_size or 50, request.page_token)
+        return pb.ListRunsResponse(runs=[run_pb(run) for run in page.items], next_page_token=page.next_page_token)
 
     @abort_on_errors_stream
     def WatchRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunProgress]:

@@ -123,11 +123,18 @@ def run_pb(info: RunInfo) -> pb.CheckRun:
     results = [
         pb.CheckResult(
             name=r.get("name", ""),
+            kind=r.get("kind", ""),
             metric=r.get("metric", 0.0),
+            ci_low=r.get("ci_low", r.get("metric", 0.0)),
+            ci_high=r.get("ci_high", r.get("metric", 0.0)),
+            n=r.get("n", 0),
             threshold=r.get("threshold", 0.0),
             comparison=r.get("comparison", ""),
+            rule=r.get("rule", ""),
             passed=bool(r.get("passed")),
-            worst_json=json.dumps(r.get("worst", r.get("error", []))),
+            reason=r.get("reason", r.get("error", "")),
+            reference=r.get("reference", ""),
+            worst_json=json.dumps(r.get("worst", [])),
         )
         for r in info.results
     ]

@@ -10,6 +10,7 @@ from service.api.resources import parse, version_pb
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
+from service.checks import Suite
 from service.registry import InvalidArgument
 
 #: Most worst-affected prompts a CompareVersions reply lists.
@@ -56,7 +57,10 @@ class VersionService(rpc.VersionServiceServicer, ServicerBase):
         if other_model != model:
             raise InvalidArgument("both versions must belong to the same model")
         host = self._host(model)
-        prompts = list(request.prompts) or list(self.registry.get_suite(model)[1].get("reference_texts", []))
+        prompts = (
+            list(request.prompts)
+            or Suite.from_spec(self.registry.get_suite(model)[1], host.model_dir).reference_texts()
+        )
         if not 0 <= request.worst <= MAX_WORST:
             raise InvalidArgument(f"worst must be 0..{MAX_WORST} (0: the default, 5), got {request.worst}")
         rows = host.compare(int(base), int(candidate), prompts)

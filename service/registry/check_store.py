@@ -28,6 +28,7 @@ from service.registry.infos import (
 )
 from service.registry.unit_of_work import (
     RUN_STATES,
+    Page,
     UnitOfWork,
     utc_now,
 )
@@ -196,6 +197,27 @@ class CheckStore(UnitOfWork):
             if run is None:
                 raise NotFound(f"check run {run_id} does not exist")
             return self._run_info(session, run)
+
+    def list_check_runs(
+        self, model: str, version: int | None = None, page_size: int = 50, page_token: str = ""
+    ) -> Page:
+        """A model's check runs (of one version, if given), newest first."""
+        with self._read() as session:
+            model_id = self._model(session, model).id
+            query = select(CheckRun).join(VersionRow, CheckRun.version_id == VersionRow.id)
+            query = query.where(VersionRow.model_id == model_id)
+            if version is not None:
+                query = query.where(CheckRun.version_id == self._version_row(session, model_id, version).id)
+        return self._page(query, CheckRun.id, page_size, page_token, self._run_info)
+
+    def ever_passed(self, model: str, version: int) -> bool:
+        """Whether any run, under any suite, passed ``version`` (the base always counts as passed)."""
+        if version == 0:
+            return True
+        with self._read() as session:
+            row = self._version_row(session, self._model(session, model).id, version)
+            passed = select(CheckRun.id).where(CheckRun.version_id == row.id, CheckRun.state == "passed")
+            return session.execute(passed.limit(1)).first() is not None
 
     def heartbeat(self, run_id: int, progress: tuple[int, int, str] | None = None) -> None:
         """The executing replica is alive, and (optionally) how far the run is: (done, total, current

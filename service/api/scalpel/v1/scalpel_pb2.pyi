@@ -543,20 +543,34 @@ class SetSuiteRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
 
 class CheckResult(_message.Message):
-    __slots__ = ("name", "metric", "threshold", "comparison", "passed", "worst_json")
+    __slots__ = ("name", "metric", "threshold", "comparison", "passed", "worst_json", "kind", "ci_low", "ci_high", "n", "rule", "reason", "reference")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     WORST_JSON_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     metric: float
     threshold: float
     comparison: str
     passed: bool
     worst_json: str
-    def __init__(self, name: _Optional[str] = ..., metric: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ..., worst_json: _Optional[str] = ...) -> None: ...
+    kind: str
+    ci_low: float
+    ci_high: float
+    n: int
+    rule: str
+    reason: str
+    reference: str
+    def __init__(self, name: _Optional[str] = ..., metric: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ..., worst_json: _Optional[str] = ..., kind: _Optional[str] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., n: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class CheckRun(_message.Message):
     __slots__ = ("id", "version", "suite_sha256", "state", "results", "start_time", "finish_time")
@@ -589,6 +603,24 @@ class GetRunRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs", "next_page_token")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[CheckRun]
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[CheckRun, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RunProgress(_message.Message):
     __slots__ = ("run_id", "done", "total", "current", "state", "run")

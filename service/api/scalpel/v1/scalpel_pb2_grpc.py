@@ -1160,6 +1160,11 @@ class CheckServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CheckRun.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/scalpel.v1.CheckService/ListRuns',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/scalpel.v1.CheckService/WatchRun',
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
@@ -1194,6 +1199,12 @@ class CheckServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -1222,6 +1233,11 @@ def add_CheckServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CheckRun.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListRunsRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListRunsResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -1337,6 +1353,33 @@ class CheckService:
             '/scalpel.v1.CheckService/GetRun',
             scalpel_dot_v1_dot_scalpel__pb2.GetRunRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.CheckRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.CheckService/ListRuns',
+            scalpel_dot_v1_dot_scalpel__pb2.ListRunsRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,135 @@
+"""``edit_intent``: the version's own edits do what they claim.
+
+- A fact edit (ROME/MEMIT) produces its target on its prompt (efficacy) and on the other templates
+  of its relation in the suite's ``relations`` (generalisation);
+- an edit's stated intent (``provenance.intent``: ``[{prompt, must | must_not}]``, e.g. what an
+  ablation must remove and what it must keep) holds;
+- a steering edit moves its declared property: on its derivation pairs, or on the held-out
+  ``steering_pairs`` given here, log P(positive) − log P(negative) moves (against the base) in
+  the direction of its scale by at least ``steering_margin`` (default 0) per pair.
+
+Params: ``include`` (which of ``efficacy``, ``generalisation``, ``stated``, ``steering`` to count;
+default all: list the kind twice to hold generalisation to a lower bar), ``steering_pairs``,
+``steering_margin``, ``max_tokens`` (default 4), ``min_pass_rate`` (default 1.0, rule
+``estimate``). A version whose edits claim nothing of what is included passes with n = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from service.checks.context import CheckContext
+from service.checks.expect import meets
+from service.checks.kinds.edit_facts import fact_edits, relation_of
+from service.checks.params import Params
+from service.checks.result import CheckResult, judge
+from service.checks.stats import Estimate, mean
+from service.checks.suite_basics import SuiteBasics
+from service.registry import InvalidArgument
+
+KIND = "edit_intent"
+
+
+CASES = ("efficacy", "generalisation", "stated", "steering")
+
+
+@dataclass(frozen=True)
+class Config:
+    include: frozenset[str]
+    relations: tuple[tuple[str, ...], ...]
+    steering_pairs: tuple[tuple[str, str], ...]
+    steering_margin: float
+    max_tokens: int
+    min_pass_rate: float
+    rule: str
+
+
+def parse(params: Params, suite: SuiteBasics) -> Config:
+    raw = params.value("steering_pairs") or []
+    if not isinstance(raw, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x.strip() for x in p) for p in raw
+    ):
+        raise InvalidArgument(f"{params.where}.steering_pairs must be a list of [positive, negative] texts")
+    include = params.value("include") or list(CASES)
+    if not isinstance(include, list) or not include or not set(include) <= set(CASES):
+        raise InvalidArgument(f"{params.where}.include must list some of {', '.join(CASES)}")
+    config = Config(
+        frozenset(include),
+        suite.relations,
+        tuple((p[0], p[1]) for p in raw),
+        float(params.number("steering_margin", 0.0) or 0.0),
+        params.integer("max_tokens", 4, 1, 64),
+        float(params.number("min_pass_rate", 1.0, 0.0, 1.0) or 0.0),
+        params.rule("estimate"),
+    )
+    params.done()
+    return config
+
+
+def split_pair(positive: str, negative: str) -> tuple[str, str, str] | None:
+    """(shared prompt, positive ending, negative ending) at the first differing word; None when
+    the texts share no leading words (nothing to condition on)."""
+    a, b = positive.split(), negative.split()
+    shared = 0
+    while shared < min(len(a), len(b)) and a[shared] == b[shared]:
+        shared += 1
+    if shared == 0 or shared == len(a) or shared == len(b):
+        return None
+    return " ".join(a[:shared]), " ".join(a[shared:]), " ".join(b[shared:])
+
+
+def run(context: CheckContext, name: str, config: Config) -> CheckResult:
+    cases: list[tuple[str, str, dict[str, str]]] = []  # (label, prompt, expectation)
+    for fact in fact_edits(context.edits):
+        for template in relation_of(fact.template, config.relations):
+            label = "efficacy" if template == fact.template else "generalisation"
+            cases.append((label, template.format(fact.subject), {"starts_with": fact.target}))
+    for edit in context.edits:
+        for case in (getattr(edit, "provenance", None) or {}).get("intent", ()):
+            expectation = {"starts_with": case["must"]} if "must" in case else {"not_contains": case["must_not"]}
+            cases.append(("stated", case["prompt"], expectation))
+    cases = [case for case in cases if case[0] in config.include]
+    outcomes: list[bool] = []
+    worst: list[dict[str, Any]] = []
+    if cases:
+        produced = context.complete(context.version, [prompt for _, prompt, _ in cases], config.max_tokens)
+        for (label, prompt, expectation), text in zip(cases, produced, strict=True):
+            outcomes.append(meets(text, expectation))
+            if not outcomes[-1]:
+                worst.append({"case": label, "prompt": prompt, **expectation, "produced": text.strip()})
+    steering = _steering_cases(context, config) if "steering" in config.include else []
+    if steering:
+        pairs = [(prompt, ending) for prompt, good, bad, _ in steering for ending in (good, bad)]
+        candidate, base = context.logprob_sums([context.version, 0], pairs)
+        shift = (candidate[::2] - candidate[1::2]) - (base[::2] - base[1::2])
+        for (prompt, good, bad, sign), moved in zip(steering, shift.tolist(), strict=True):
+            outcomes.append(sign * moved >= config.steering_margin)
+            if not outcomes[-1]:
+                worst.append(
+                    {"case": "steering", "prompt": prompt, "toward": good, "away_from": bad, "shift": round(moved, 4)}
+                )
+    if not outcomes:
+        nothing = judge(name, KIND, Estimate(1.0, 1.0, 1.0, 0), 0.0, ">=", "estimate", "intent pass rate")
+        return replace(
+            nothing, reason="the version's edits claim nothing to check (no fact edit, stated intent or steering)"
+        )
+    estimate = mean(torch.tensor(outcomes, dtype=torch.float64), context.resamples, context.seed)
+    return judge(name, KIND, estimate, config.min_pass_rate, ">=", config.rule, "intent pass rate", "base", worst)
+
+
+def _steering_cases(context: CheckContext, config: Config) -> list[tuple[str, str, str, float]]:
+    """(prompt, toward, away from, +1/−1) for each steering edit's pairs."""
+    found = []
+    for edit in context.edits:
+        provenance = getattr(edit, "provenance", None) or {}
+        if edit.kind != "steering" or not (config.steering_pairs or provenance.get("pairs")):
+            continue
+        sign = 1.0 if edit.scale >= 0 else -1.0
+        for positive, negative in config.steering_pairs or [tuple(p) for p in provenance["pairs"]]:
+            split = split_pair(positive, negative)
+            if split is not None:
+                found.append((*split, sign))
+    return found
