@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from editors import edit_from_parts, load_edit
 from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.check_report import find_browser, render_html, screenshot
 from service.cli_checks import format_run, inline_item_files, run_dict
 from service.client import ScalpelClient
 
@@ -187,6 +188,23 @@ def _show_run(args: argparse.Namespace, run: pb.CheckRun) -> int:
 
 def _checks_get(args: argparse.Namespace, c: ScalpelClient) -> int:
     return _show_run(args, c.checks.GetRun(pb.GetRunRequest(id=args.run)))
+
+
+def _checks_report(args: argparse.Namespace, c: ScalpelClient) -> int:
+    """One self-contained HTML page (and, with Chromium installed, a PNG of it) for a run."""
+    run = c.checks.GetRun(pb.GetRunRequest(id=args.run))
+    model = run.version.split("/")[1]
+    version = c.versions.GetVersion(pb.GetVersionRequest(name=run.version))
+    edits = [c.edits.GetEdit(pb.GetEditRequest(name=f"models/{model}/edits/{i}")) for i in version.edit_ids]
+    html = render_html(run, edits)
+    Path(args.html).write_text(html)
+    if args.png:
+        browser = find_browser()
+        if browser is None:
+            raise SystemExit("scalpel: --png needs Chromium (apt-get install chromium); the HTML was written")
+        screenshot(html, Path(args.png), browser)
+    print(json.dumps({"html": args.html, "png": args.png, "state": run.state}) if args.json else f"wrote {args.html}")
+    return 0
 
 
 def _checks_list(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -357,6 +375,11 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     got = checks.add_parser("get", help="a run's results (exit status 1 unless it passed)")
     got.add_argument("run", type=int)
     command(got, _checks_get)
+    report = checks.add_parser("report", help="a run as one self-contained HTML page (and --png)")
+    report.add_argument("run", type=int)
+    report.add_argument("--html", required=True, help="where to write the page")
+    report.add_argument("--png", help="also a screenshot of it (needs Chromium)")
+    command(report, _checks_report)
     listed = checks.add_parser("list", help="a model's runs, newest first (of one version, if given)")
     listed.add_argument("version", type=int, nargs="?", default=None)
     listed.add_argument("--model", default="toy")

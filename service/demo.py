@@ -51,7 +51,8 @@ def run_checks(client: ScalpelClient, version: int) -> pb.CheckRun:
     expect(final is not None, "the check-run stream ended without the finished run")
     for result in final.results:
         mark = "ok  " if result.passed else "FAIL"
-        print(f"  {mark} {result.name:<26} {result.metric:9.4f} {result.comparison} {result.threshold:g}")
+        interval = f"{result.metric:.4f} [{result.ci_low:.4f}, {result.ci_high:.4f}]"
+        print(f"  {mark} {result.name:<20} {interval:<26} {result.comparison} {result.threshold:<5g} ({result.rule})")
     return final
 
 
@@ -120,7 +121,7 @@ def _walk_through(client: ScalpelClient) -> None:
     )
     run = run_checks(client, ablated.number)
     expect(
-        run.state == "failed" and any(r.name == "task:induction_accuracy" and not r.passed for r in run.results),
+        run.state == "failed" and any(r.name == "induction" and not r.passed for r in run.results),
         "the ablation fails the induction floor",
     )
     try:

@@ -4,7 +4,11 @@ at their nominal rate; suites are validated naming the field; the same suites ru
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -17,12 +21,14 @@ from editors.toyworld import TOY_MODEL_DIR, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from editors.toyworld.evaluate import induction_sequences, sentiment_pairs
 from editors.toyworld.world import TEMPLATES
+from service.check_report import find_browser
 from service.checks import KINDS, CheckRunner, Suite, default_toy_suite
 from service.checks.stats import mean, ratio_of_sums
 from service.cli_checks import inline_item_files
 from service.db.migrate import upgrade
 from service.registry import InvalidArgument, Registry
 from service.serving import ModelHost
+from tests.test_service import run_checks, served  # noqa: F401  (the gRPC server fixture)
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +365,53 @@ def test_the_same_kinds_run_on_a_random_llama_with_task_files_made_here(tmp_path
         assert moved["behaviour"].passed  # an identity perturbation is invariant under any version
     finally:
         llama.close()
+
+
+class _Cells(HTMLParser):
+    """Each check row's name and the estimate it shows (``data-check`` / ``data-estimate``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.estimates: dict[str, float] = {}
+        self.row: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if "data-check" in found:
+            self.row = found["data-check"]
+        if "data-estimate" in found and self.row is not None:
+            self.estimates[self.row] = float(found["data-estimate"] or "nan")
+
+
+def test_a_run_report_is_one_page_whose_numbers_are_the_runs(served, tmp_path) -> None:  # noqa: F811
+    server, admin, _, address = served
+    direction = torch.randn(128, generator=torch.Generator().manual_seed(3))
+    huge = admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=direction, scale=50.0))
+    version = admin.create_version("toy", 0, append=[huge.id])
+    run = run_checks(admin, version.number)
+    _, secret = server.registry.create_key("reporter", "reader", "test")
+    env = {**os.environ, "SCALPEL_ADDRESS": address, "SCALPEL_API_KEY": secret}
+    page, png = tmp_path / "report.html", tmp_path / "report.png"
+    browser = find_browser()
+    command = [sys.executable, "-m", "service.cli", "checks", "report", str(run.id), "--html", str(page)]
+    done = subprocess.run(
+        [*command, *(["--png", str(png)] if browser else [])], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    html = page.read_text()
+    assert "<script" not in html and "http" not in html.split("<body>")[1]  # self-contained
+    cells = _Cells()
+    cells.feed(html)
+    assert cells.estimates == {r.name: r.metric for r in run.results if r.rule != "error"}
+    assert html.count('class="fail"') == sum(not r.passed for r in run.results) and "<svg" in html
+    assert f"<code>{huge.kind}</code>" in html and huge.spec_sha256[:16] in html  # the version's edits
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): the page was checked by parsing only")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    rendered = _Cells()
+    rendered.feed(dom)
+    assert rendered.estimates == cells.estimates and 'id="verdict">FAILED<' in dom
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
