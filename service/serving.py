@@ -31,7 +31,8 @@ DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
 MAX_PROMPTS = 1024  # per CompareVersions or Score call
 COMPARE_BATCH = 32  # rows per forward in CompareVersions and scoring
-COMPLETE_CHUNK = 16  # greedy completions (checks) joining the running batch at a time
+COMPLETE_CHUNK = 8  # greedy completions (checks) joining the running batch at a time
+BACKGROUND_ROWS = 8  # rows per background scoring job: it holds the model between two decode steps
 #: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
 MIN_TEMPERATURE = 1e-3
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
@@ -271,7 +272,7 @@ class ModelHost:
                 )
             sequences.append((ids, len(prompt_ids)))
         stacks = [self.stack(version) for version in versions]
-        chunk_size = max(1, COMPARE_BATCH // len(versions))
+        chunk_size = max(1, (BACKGROUND_ROWS if background else COMPARE_BATCH) // len(versions))
         sums = []
         for start in range(0, len(sequences), chunk_size):
             sums.append(self._logprob_chunk(stacks, sequences[start : start + chunk_size], background))

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 #: Floats of logits one corpus job may hold (rows × positions × vocabulary): ~256 MB.
 LOGIT_BUDGET = 1 << 26
 MAX_TEXT_TOKENS = 256
+#: Texts per background job: each job holds the model between two decode steps of the served
+#: streams, so it must stay short (bench/checks.py measures the streams' p99 gap during a run).
+TEXTS_PER_JOB = 4
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class CheckContext:
             max_length=min(MAX_TEXT_TOKENS, host.context_length),
         )
         width, vocab = encoded["input_ids"].shape[1], host.model.config.vocab_size
-        chunk = max(1, min(16, LOGIT_BUDGET // (2 * width * vocab)))
+        chunk = max(1, min(TEXTS_PER_JOB, LOGIT_BUDGET // (2 * width * vocab)))
         stacks = (host.stack(self.version), host.stack(reference))
         parts: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, len(texts), chunk):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ def prompted_items(params: Params, suite_model_dir: Path | None) -> tuple[list[d
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         if not 0 < len(lines) <= MAX_ITEMS:
             raise InvalidArgument(f"{path.name} must hold 1..{MAX_ITEMS} items")
-        items, source = [json.loads(line) for line in lines], path.name
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        items, source = [json.loads(line) for line in lines], f"{path.name} sha256 {digest}…"
     checked = []
     for i, item in enumerate(items):
         where = f"{params.where}.items[{i}]"
