@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serve_process import serve_process  # noqa: E402
 from service.api.scalpel.v1 import scalpel_pb2 as pb  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
 
@@ -65,41 +64,25 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SCALPEL_DATA_DIR": tmp}
-        cli = [sys.executable, "-m", "service.cli"]
-        subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
-        created = subprocess.run(
-            [*cli, "keys", "create", "bench", "--json"], env=env, check=True, capture_output=True, text=True, cwd=ROOT
-        )
-        secret = json.loads(created.stdout)["secret"]
-        server = subprocess.Popen(
-            [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve_process(Path(tmp)) as served,
+        ScalpelClient(f"127.0.0.1:{served.port}", served.secret) as client,
+    ):
+        server = served.process
         try:
-            port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
-            with ScalpelClient(f"127.0.0.1:{port}", secret) as client:
-                try:
-                    client.edits.ComputeRome(RUNAWAY, timeout=args.deadline)
-                    raise SystemExit("the runaway ComputeRome finished before its deadline: raise --deadline")
-                except grpc.RpcError as error:
-                    if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                        raise
-                results["rome_cpu_idle_after_deadline_s"] = seconds_until_idle(server.pid, time.perf_counter())
-                client.edits.ComputeRome.future(RUNAWAY)
-                time.sleep(args.deadline)  # well into the optimisation
-                sent = time.perf_counter()
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=120)
-                results["rome_exit_after_sigterm_s"] = time.perf_counter() - sent
-        finally:
-            if server.poll() is None:
-                server.kill()
+            client.edits.ComputeRome(RUNAWAY, timeout=args.deadline)
+            raise SystemExit("the runaway ComputeRome finished before its deadline: raise --deadline")
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        results["rome_cpu_idle_after_deadline_s"] = seconds_until_idle(server.pid, time.perf_counter())
+        client.edits.ComputeRome.future(RUNAWAY)
+        time.sleep(args.deadline)  # well into the optimisation
+        sent = time.perf_counter()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+        results["rome_exit_after_sigterm_s"] = time.perf_counter() - sent
     if args.json:
         print(json.dumps(results))
     else:

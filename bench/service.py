@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serve_process import serve_process  # noqa: E402
 from editors import Steering  # noqa: E402
 from editors.toyworld import load_toy_model  # noqa: E402
 from service.api.scalpel.v1 import scalpel_pb2 as pb  # noqa: E402
@@ -90,25 +88,9 @@ def main() -> None:
         return out.shape[1] - ids.shape[1]
 
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SCALPEL_DATA_DIR": tmp}
-        cli = [sys.executable, "-m", "service.cli"]
-        subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
-        created = subprocess.run(
-            [*cli, "keys", "create", "bench", "--json"], env=env, check=True, capture_output=True, text=True, cwd=ROOT
-        )
-        secret = json.loads(created.stdout)["secret"]
-        server = subprocess.Popen(
-            [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *threads],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
-        client = ScalpelClient(f"127.0.0.1:{port}", secret)
-        registry = Registry(f"sqlite:///{Path(tmp) / 'scalpel.db'}")
+    with tempfile.TemporaryDirectory() as tmp, serve_process(Path(tmp), *threads) as server:
+        client = ScalpelClient(f"127.0.0.1:{server.port}", server.secret)
+        registry = Registry(server.database_url)
 
         def via_service(text: str) -> int:
             return len(client.generate("toy", text, max_tokens=NEW_TOKENS).token_ids)
@@ -154,8 +136,8 @@ def main() -> None:
         results["alias_move_p99_ms"] = statistics.quantiles(moves, n=100)[98]
         client.close()
         registry.engine.dispose()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     else:

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -46,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.grpc_ceiling import ceiling  # noqa: E402
+from bench.serve_process import serve_process  # noqa: E402
 from editors import HeadAblation, Steering, Surgeon  # noqa: E402
 from editors.covariance import key_covariance  # noqa: E402
 from editors.rome import compute_rome  # noqa: E402
@@ -184,25 +183,9 @@ def main() -> None:
     surgeon = Surgeon(model)
     local_stacks = [(surgeon, surgeon.compile(edits)) for edits in version_edits]
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SCALPEL_DATA_DIR": tmp}
-        cli = [sys.executable, "-m", "service.cli"]
-        subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
-        created = subprocess.run(
-            [*cli, "keys", "create", "bench", "--json"], env=env, check=True, capture_output=True, text=True, cwd=ROOT
-        )
-        secret = json.loads(created.stdout)["secret"]
-        device = ["--device", args.device, "--dtype", args.dtype, "--stream-interval", str(args.stream_interval)]
-        server = subprocess.Popen(
-            [*cli, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *device],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        port = int(re.search(r"on port (\d+)", server.stdout.readline()).group(1))
-        client = ScalpelClient(f"127.0.0.1:{port}", secret)
+    device = ["--device", args.device, "--dtype", args.dtype, "--stream-interval", str(args.stream_interval)]
+    with tempfile.TemporaryDirectory() as tmp, serve_process(Path(tmp), *device) as served:
+        client = ScalpelClient(f"127.0.0.1:{served.port}", served.secret)
         versions = [0]
         for edits in version_edits[1:]:
             ids = [client.create_edit("toy", edit).id for edit in edits]
@@ -222,7 +205,7 @@ def main() -> None:
 
             return run_one
 
-        database = f"sqlite:///{Path(tmp) / 'scalpel.db'}"
+        database = served.database_url
         warm = prompts(world, 16)
         run_concurrently(via_service(VERSIONS, 8), warm, 8)
         limit_tokens_per_second(model, tokenizer, warm, 8)
@@ -257,8 +240,8 @@ def main() -> None:
             results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
             results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
         client.close()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=30)
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     else:

@@ -1,0 +1,60 @@
+"""A ``scalpel serve`` process on a fresh data directory, as callers see the service: the
+database migrated, a bench key created, the port read from the server's first line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "service.cli"]
+
+
+@dataclass(frozen=True)
+class Served:
+    process: subprocess.Popen[str]
+    port: int
+    secret: str
+    data_dir: Path
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'scalpel.db'}"
+
+
+@contextmanager
+def serve_process(data_dir: Path, *options: str) -> Iterator[Served]:
+    """Start the server with ``options`` (after ``--address 127.0.0.1:0 --metrics-address off``);
+    kill it on exit if it is still running."""
+    env = {**os.environ, "SCALPEL_DATA_DIR": str(data_dir)}
+    subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
+    created = subprocess.run(
+        [*CLI, "keys", "create", "bench", "--role", "admin", "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    process = subprocess.Popen(
+        [*CLI, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *options],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        port = int(re.search(r"on port (\d+)", process.stdout.readline()).group(1))
+        yield Served(process, port, json.loads(created.stdout)["secret"], Path(data_dir))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
