@@ -189,7 +189,7 @@ def test_behaviour_minimum_functionality_invariance_and_direction(host, toy, edi
     assert not broken.passed and broken.worst[0]["output"] != broken.worst[0]["perturbed_output"]
 
 
-def test_edit_intent_and_locality_are_derived_from_the_versions_own_edits(host, toy, versions) -> None:
+def test_edit_intent_and_locality_are_derived_from_the_versions_own_edits(host, toy, edits, versions) -> None:
     suite = default_toy_suite(toy[2], reference_corpus())
     spec = {**suite, "checks": [{"kind": "edit_intent"}, {"kind": "edit_locality", "params": {"max_neighbours": 30}}]}
     rome = _run(host, spec, versions["rome"])
@@ -206,6 +206,15 @@ def test_edit_intent_and_locality_are_derived_from_the_versions_own_edits(host, 
     ]}}]}  # fmt: skip
     against = _run(host, flipped, versions["steering"])["edit_intent"]
     assert not against.passed and against.metric == 0.0 and against.worst[0]["case"] == "steering"
+    subject, target = (edits["rome"][0].provenance["request"][k] for k in ("subject", "target"))
+    follow_on = [{"subject": subject, "prompt": f"{subject} :", "starts_with": target}, {"subject": "elsewhere",
+                 "prompt": "x", "contains": "y"}]  # fmt: skip
+    ported = {
+        **spec,
+        "checks": [{"kind": "edit_intent", "params": {"include": ["portability"], "portability": follow_on}}],
+    }
+    portability = _run(host, ported, versions["rome"])["edit_intent"]  # the record "X : capital , language"
+    assert portability.n == 1 and not portability.passed and portability.worst[0]["case"] == "portability"
     nothing = _run(host, spec, versions["induction ablation"])
     assert (
         nothing["edit_intent"].passed

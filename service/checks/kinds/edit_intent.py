@@ -2,13 +2,17 @@
 
 - A fact edit (ROME/MEMIT) produces its target on its prompt (efficacy) and on the other templates
   of its relation in the suite's ``relations`` (generalisation);
+- portability, where the suite gives follow-on facts (``portability: [{subject, prompt,
+  starts_with | contains | not_contains}]``): for a fact edit of that subject, a prompt whose
+  answer follows from the new fact;
 - an edit's stated intent (``provenance.intent``: ``[{prompt, must | must_not}]``, e.g. what an
   ablation must remove and what it must keep) holds;
 - a steering edit moves its declared property: on its derivation pairs, or on the held-out
   ``steering_pairs`` given here, log P(positive) − log P(negative) moves (against the base) in
   the direction of its scale by at least ``steering_margin`` (default 0) per pair.
 
-Params: ``include`` (which of ``efficacy``, ``generalisation``, ``stated``, ``steering`` to count;
+Params: ``include`` (which of ``efficacy``, ``generalisation``, ``portability``, ``stated``,
+``steering`` to count;
 default all: list the kind twice to hold generalisation to a lower bar), ``steering_pairs``,
 ``steering_margin``, ``max_tokens`` (default 4), ``min_pass_rate`` (default 1.0, rule
 ``estimate``). A version whose edits claim nothing of what is included passes with n = 0.
@@ -22,9 +26,9 @@ from typing import Any
 import torch
 
 from service.checks.context import CheckContext
-from service.checks.expect import meets
+from service.checks.expect import EXPECTATIONS, meets, parse_expectation
 from service.checks.kinds.edit_facts import fact_edits, relation_of
-from service.checks.params import Params
+from service.checks.params import Params, item_text
 from service.checks.result import CheckResult, judge
 from service.checks.stats import Estimate, mean
 from service.checks.suite_basics import SuiteBasics
@@ -33,13 +37,14 @@ from service.registry import InvalidArgument
 KIND = "edit_intent"
 
 
-CASES = ("efficacy", "generalisation", "stated", "steering")
+CASES = ("efficacy", "generalisation", "portability", "stated", "steering")
 
 
 @dataclass(frozen=True)
 class Config:
     include: frozenset[str]
     relations: tuple[tuple[str, ...], ...]
+    portability: tuple[tuple[str, str, dict[str, str]], ...]  # (subject, prompt, expectation)
     steering_pairs: tuple[tuple[str, str], ...]
     steering_margin: float
     max_tokens: int
@@ -56,9 +61,17 @@ def parse(params: Params, suite: SuiteBasics) -> Config:
     include = params.value("include") or list(CASES)
     if not isinstance(include, list) or not include or not set(include) <= set(CASES):
         raise InvalidArgument(f"{params.where}.include must list some of {', '.join(CASES)}")
+    portability = []
+    for i, item in enumerate(params.value("portability") or []):
+        where = f"{params.where}.portability[{i}]"
+        if not isinstance(item, dict) or set(item) - {"subject", "prompt", *EXPECTATIONS}:
+            raise InvalidArgument(f"{where} must be {{subject, prompt, starts_with | contains | not_contains}}")
+        expectation = parse_expectation(where, item)
+        portability.append((item_text(where, item, "subject"), item_text(where, item, "prompt"), expectation))
     config = Config(
         frozenset(include),
         suite.relations,
+        tuple(portability),
         tuple((p[0], p[1]) for p in raw),
         float(params.number("steering_margin", 0.0) or 0.0),
         params.integer("max_tokens", 4, 1, 64),
@@ -87,6 +100,9 @@ def run(context: CheckContext, name: str, config: Config) -> CheckResult:
         for template in relation_of(fact.template, config.relations):
             label = "efficacy" if template == fact.template else "generalisation"
             cases.append((label, template.format(fact.subject), {"starts_with": fact.target}))
+        for subject, prompt, expectation in config.portability:
+            if subject == fact.subject:
+                cases.append(("portability", prompt, expectation))
     for edit in context.edits:
         for case in (getattr(edit, "provenance", None) or {}).get("intent", ()):
             expectation = {"starts_with": case["must"]} if "must" in case else {"not_contains": case["must_not"]}
