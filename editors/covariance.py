@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
+from editors.batching import encode_batch
 from editors.errors import InvalidEditError
 from editors.surgeon import Surgeon
 from editors.validation import check_int
@@ -52,8 +53,8 @@ def key_covariance(
     with surgeon.trace([site]) as cache:
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            surgeon.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+            encoded = encode_batch(tokenizer, batch, surgeon.device_dtype[0], max_length)
+            surgeon.model(**encoded)
             keys = cache[site][encoded["attention_mask"].bool()].double().cpu()
             total += keys.T @ keys
             n_tokens += keys.shape[0]

@@ -95,6 +95,21 @@ class Edit:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: t for name in self.tensor_fields if (t := getattr(self, name)) is not None}
 
+    def __repr__(self) -> str:
+        """Fields as values, tensors as shape, dtype and SHA-256 (a vector's numbers help nobody)."""
+        parts = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name in self.tensor_fields and value is not None:
+                digest = hashlib.sha256(self.artifact_blobs[f.name]).hexdigest()[:12]
+                dtype = str(value.dtype).removeprefix("torch.")
+                shown = f"<tensor {list(value.shape)} {dtype} sha256 {digest}…>"
+            else:
+                shown = canonical_json(thaw_json(value)) if f.name in self.json_fields else repr(value)
+                shown = shown if len(shown) <= 80 else shown[:77] + "…"
+            parts.append(f"{f.name}={shown}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     @cached_property
     def artifact_blobs(self) -> dict[str, bytes]:
         """Artifact name → safetensors blob of that one tensor."""
@@ -194,7 +209,7 @@ def _ablation_fields(edit: _Ablation, unit_field: str) -> None:
         object.__setattr__(edit, "pool", pool[:, order].contiguous())
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class _Ablation(Edit):
     """Shared body of head and neuron ablation (not an edit kind of its own)."""
 
@@ -269,7 +284,7 @@ class _Ablation(Edit):
         return [(site, Op(fn, needs_positions=resample, needs_rows=resample))]
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class HeadAblation(_Ablation):
     """Zero / mean / resample ablation of attention heads at ``blocks.{layer}.attn.hook_z``.
 
@@ -287,7 +302,7 @@ class HeadAblation(_Ablation):
         return dims.n_heads, dims.d_head
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class NeuronAblation(_Ablation):
     """Zero / mean / resample ablation of MLP neurons at ``blocks.{layer}.mlp.hook_post``.
 
@@ -307,7 +322,7 @@ def _unit(vector: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tor
     return F.normalize(vector.to(torch.float64), dim=0).to(device, dtype)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class DirectionalAblation(Edit):
     """Project ``direction`` out of the residual stream at ``layers`` (Arditi et al. 2024).
 
@@ -360,7 +375,7 @@ class DirectionalAblation(Edit):
         return [(Site(layer, point), op) for layer in self.layers for point in self._points(dims)]
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class Steering(Edit):
     """Add ``scale * vector`` to a residual site (ActAdd / CAA), at all or chosen positions.
 
@@ -421,7 +436,7 @@ class Steering(Edit):
         return [(self.parsed_site, Op(fn, needs_positions=wanted is not None))]
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class LowRank(Edit):
     """Weight delta ``ΔW = U Vᵀ`` on a linear module, applied as ``y += (x V) Uᵀ``.
 

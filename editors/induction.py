@@ -33,13 +33,14 @@ def induction_head_scores(model: nn.Module, batch: torch.Tensor, length: int) ->
     if previous != "eager":
         model.set_attn_implementation("eager")
     try:
-        attentions = model(input_ids=batch, output_attentions=True).attentions
+        device = next(model.parameters()).device
+        attentions = model(input_ids=batch.to(device), output_attentions=True).attentions
     finally:
         if previous != "eager":
             model.set_attn_implementation(previous)
     queries = torch.arange(batch.shape[1] - length, batch.shape[1])
     keys = queries - length + 1
-    return torch.stack([a[:, :, queries, keys].float().mean(dim=(0, 2)) for a in attentions])
+    return torch.stack([a[:, :, queries, keys].float().mean(dim=(0, 2)).cpu() for a in attentions])
 
 
 def top_heads(scores: torch.Tensor, threshold: float = 0.4) -> list[tuple[int, int]]:

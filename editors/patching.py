@@ -84,6 +84,8 @@ def patch_grid(
     if clean_ids.ndim != 2 or clean_ids.shape[0] != 1 or corrupted.shape[1] != clean_ids.shape[1]:
         raise InvalidEditError("corrupted", "clean must be [1, P] and corrupted [S, P, ...]", "matching lengths")
     length, samples = clean_ids.shape[1], corrupted.shape[0]
+    device = surgeon.device_dtype[0]
+    clean_ids, corrupted = clean_ids.to(device), corrupted.to(device)
     names = [f"blocks.{layer}.{PATCH_KINDS[kind]}" for kind in kinds for layer in range(n_layers)]
     with surgeon.trace(names, edits) as cache:
         clean_score = metric(surgeon.model(input_ids=clean_ids).logits[:, -1]).item()
@@ -104,9 +106,10 @@ def patch_grid(
                 hit = [i for i, (lay, _) in enumerate(chunk) if 0 <= layer - lay + (window - 1) // 2 < window]
                 if not hit:
                     continue
-                rows = torch.tensor([i * samples + s for i in hit for s in range(samples)])
-                positions = torch.tensor([chunk[i][1] for i in hit for _ in range(samples)])
                 name = f"blocks.{layer}.{PATCH_KINDS[kind]}"
+                device = clean[name].device
+                rows = torch.tensor([i * samples + s for i in hit for s in range(samples)], device=device)
+                positions = torch.tensor([chunk[i][1] for i in hit for _ in range(samples)], device=device)
                 extra.append((name, _restore_op(clean[name], rows, positions)))
             batch = corrupted.repeat(len(chunk), *([1] * (corrupted.ndim - 1)))
             with surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
@@ -177,8 +180,7 @@ def causal_trace(
     """
     check_int("samples", samples, 1, 1000)
     start, end = subject_token_span(tokenizer, prompt, subject)
-    encoded = tokenizer(prompt, return_tensors="pt")
-    ids = encoded["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(surgeon.device_dtype[0])
     embed = surgeon.model.get_input_embeddings()
     with torch.inference_mode(), surgeon.apply(edits):
         if answer is None:
@@ -192,7 +194,7 @@ def causal_trace(
         clean_embeds = embed(ids)
         noise = torch.randn(samples, end - start, clean_embeds.shape[-1], generator=generator) * scale
         corrupted = clean_embeds.repeat(samples, 1, 1)
-        corrupted[:, start:end] += noise.to(corrupted.dtype)
+        corrupted[:, start:end] += noise.to(corrupted.device, corrupted.dtype)
     grids, clean_p, corrupted_p = patch_grid(
         surgeon, ids, corrupted, answer_probability(answer_id), kinds, window, edits
     )

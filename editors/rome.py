@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editors.batching import last_token_index
+from editors.batching import encode_batch, last_token_index
 from editors.edits import Edit, LowRank, Op
 from editors.errors import Cancelled, InvalidEditError
 from editors.patching import subject_token_span
@@ -135,10 +135,6 @@ def context_prefixes(texts: Sequence[str], n: int, words: int, seed: int) -> lis
     return prefixes
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
-    return tokenizer(texts, return_tensors="pt", padding=True)
-
-
 def _subject_positions(
     tokenizer: PreTrainedTokenizerBase, texts: list[str], subject: str, encoded: dict[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -156,7 +152,7 @@ def _add_at(positions: torch.Tensor, delta: torch.Tensor) -> Op:
 
     def fn(x: torch.Tensor, _: object) -> torch.Tensor:
         mask = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)
-        mask[torch.arange(x.shape[0]), positions] = 1
+        mask[torch.arange(x.shape[0], device=x.device), positions.to(x.device)] = 1
         return x + mask.unsqueeze(-1) * delta.to(x.dtype)
 
     return Op(fn)
@@ -164,7 +160,7 @@ def _add_at(positions: torch.Tensor, delta: torch.Tensor) -> Op:
 
 def _record(positions: torch.Tensor, out: dict[str, torch.Tensor], name: str) -> Op:
     def fn(x: torch.Tensor, _: object) -> torch.Tensor:
-        out[name] = x[torch.arange(x.shape[0]), positions].detach()
+        out[name] = x[torch.arange(x.shape[0], device=x.device), positions.to(x.device)].detach()
         return x
 
     return Op(fn)
@@ -217,26 +213,26 @@ def compute_rome(
     rewrite_texts = [f"{p} {target_text}" for p in prompts]
     essence_text = hparams.essence_prompt.format(request.subject)
     texts = [*rewrite_texts, essence_text]
-    encoded = _encode(tokenizer, texts)
-    ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded)
+    device, _ = surgeon.device_dtype
+    encoded = encode_batch(tokenizer, texts)
+    subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded).to(device)
+    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
     n_rewrite = len(rewrite_texts)
     ends = last_token_index(mask)
     n_target = len(target_ids)
     # logits predicting target token j of row r sit at position ends[r] - n_target + j
-    target_pos = ends[:n_rewrite, None] - n_target + torch.arange(n_target)
-    target_tok = torch.tensor(target_ids).expand(n_rewrite, -1)
+    target_pos = ends[:n_rewrite, None] - n_target + torch.arange(n_target, device=device)
+    target_tok = torch.tensor(target_ids, device=device).expand(n_rewrite, -1)
 
     # keys and current outputs at the subject token (under the earlier edits)
     seen: dict[str, torch.Tensor] = {}
     extra = [(key_site, _record(subject_pos, seen, "k")), (out_site, _record(subject_pos, seen, "v"))]
     with torch.inference_mode(), surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
         logits = surgeon.model(input_ids=ids, attention_mask=mask).logits
-    k_star = seen["k"][:n_rewrite].double().mean(dim=0)
+    k_star = seen["k"][:n_rewrite].double().mean(dim=0).cpu()  # the closed-form update runs on the CPU in float64
     v_current = seen["v"][:n_rewrite].double().mean(dim=0)
     essence_logp = logits[n_rewrite, ends[n_rewrite]].float().log_softmax(dim=-1)
 
-    device, _ = surgeon.device_dtype
     delta = torch.zeros(surgeon.dims.d_model, device=device, dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.lr)
     max_norm = hparams.clamp_norm_factor * v_current.norm().item()
@@ -247,7 +243,7 @@ def compute_rome(
             raise Cancelled(f"ROME stopped at optimisation step {step} of {hparams.steps}")
         with torch.enable_grad(), surgeon.apply(stack):
             out = surgeon.model(input_ids=ids, attention_mask=mask).logits.float()
-            logp = out[torch.arange(n_rewrite)[:, None], target_pos].log_softmax(dim=-1)
+            logp = out[torch.arange(n_rewrite, device=device)[:, None], target_pos].log_softmax(dim=-1)
             nll = -logp.gather(-1, target_tok.unsqueeze(-1)).squeeze(-1).mean()
             new_essence = out[n_rewrite, ends[n_rewrite]].log_softmax(dim=-1)
             kl = torch.nn.functional.kl_div(new_essence, essence_logp, log_target=True, reduction="sum")
@@ -264,7 +260,7 @@ def compute_rome(
             if norm > max_norm:
                 delta.mul_(max_norm / norm)
 
-    residual = delta.detach().double()
+    residual = delta.detach().double().cpu()
     second_moment = covariance.double() + hparams.ridge * covariance.double().diagonal().mean() * torch.eye(
         d_mlp, dtype=torch.float64
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from editors.batching import encode_batch
 from editors.edits import HeadAblation, NeuronAblation
 from editors.errors import InvalidEditError
 from editors.sites import Site
@@ -60,8 +61,8 @@ def activation_stats(
     pool = priorities = None
     with surgeon.trace([site]) as cache:
         for batch in _batches(texts, batch_size):
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            surgeon.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+            encoded = encode_batch(tokenizer, batch, surgeon.device_dtype[0], max_length)
+            surgeon.model(**encoded)
             rows = cache[site][encoded["attention_mask"].bool()].double().cpu()
             total = rows.sum(dim=0) if total is None else total + rows.sum(dim=0)
             n_tokens += rows.shape[0]

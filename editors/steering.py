@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editors.batching import last_token_index
+from editors.batching import encode_batch, last_token_index
 from editors.edits import Steering
 from editors.errors import InvalidEditError
 from editors.sites import RESIDUAL_POINTS
@@ -37,11 +37,11 @@ def last_token_activations(
     surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], site: str
 ) -> torch.Tensor:
     """``[len(prompts), ...]``: the activation at ``site`` on each prompt's last token (float32)."""
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    encoded = encode_batch(tokenizer, prompts, surgeon.device_dtype[0])
     with surgeon.trace([site]) as cache:
-        surgeon.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+        surgeon.model(**encoded)
     last = last_token_index(encoded["attention_mask"])
-    return cache[site][torch.arange(len(prompts)), last].float()
+    return cache[site][torch.arange(len(prompts), device=last.device), last].float().cpu()
 
 
 def derive_steering(

@@ -15,15 +15,15 @@ from editors.toyworld import load_toy_model
 VOCAB = 64
 
 
-def tiny_model(family: str) -> torch.nn.Module:
+def tiny_model(family: str, vocab: int = VOCAB) -> torch.nn.Module:
     """A small randomly initialised causal LM of ``family`` (seeded, eval mode)."""
     torch.manual_seed(0)
     if family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4))
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=3, n_head=4))
     elif family.startswith("gpt_neox"):
         model = GPTNeoXForCausalLM(
             GPTNeoXConfig(
-                vocab_size=VOCAB,
+                vocab_size=vocab,
                 hidden_size=32,
                 num_hidden_layers=3,
                 num_attention_heads=4,
@@ -35,7 +35,7 @@ def tiny_model(family: str) -> torch.nn.Module:
     elif family == "llama":
         model = LlamaForCausalLM(
             LlamaConfig(
-                vocab_size=VOCAB,
+                vocab_size=vocab,
                 hidden_size=32,
                 num_hidden_layers=3,
                 num_attention_heads=4,

@@ -1,0 +1,106 @@
+"""The library's helpers on what real checkpoints ship: random GPT-2, GPT-NeoX and Llama models
+with a byte-level BPE tokenizer that has no pad token (Llama's and Pythia's), in float32 and
+bfloat16. Nothing here needs the toy world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from editors import Steering, Surgeon
+from editors.covariance import CovarianceCache, key_covariance
+from editors.induction import induction_head_scores, repeated_token_batch
+from editors.patching import causal_trace
+from editors.rome import RomeHyperParams, RomeRequest, compute_rome
+from editors.stats import activation_stats
+from editors.steering import derive_steering
+from tests.conftest import tiny_model
+
+CORPUS = [
+    "The capital of France is Paris and the capital of Spain is Madrid.",
+    "The river runs through the old town before it reaches the sea.",
+    "A good day starts with coffee, a walk and a short list of tasks.",
+    "The film was wonderful and the music was lovely.",
+    "The film was terrible and the music was awful.",
+    "Engineers tested the bridge after the storm and found it safe.",
+] * 4
+VOCAB = 320
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained here on a few sentences, with an end-of-text token and no pad token."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    assert tokenizer.pad_token is None
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return bpe_tokenizer()
+
+
+@pytest.fixture(params=[(f, d) for f in ("gpt2", "gpt_neox", "llama") for d in ("float32", "bfloat16")], ids=str)
+def surgeon(request, tokenizer) -> Surgeon:
+    family, dtype = request.param
+    model = tiny_model(family, vocab=len(tokenizer)).to(getattr(torch, dtype))
+    return Surgeon(model)
+
+
+def test_batched_helpers_work_without_a_pad_token_and_leave_the_tokenizer_alone(surgeon, tokenizer, tmp_path) -> None:
+    pairs = [("The film was wonderful", "The film was terrible"), ("the music was lovely", "the music was awful")]
+    steering = derive_steering(surgeon, tokenizer, pairs, layer=1)
+    assert steering.vector.shape == (surgeon.dims.d_model,) and steering.vector.dtype == torch.float32
+    assert torch.isfinite(steering.vector).all() and steering.vector.abs().sum() > 0
+    stats = activation_stats(surgeon, tokenizer, CORPUS[:6], "blocks.1.hook_resid_pre")
+    assert stats.n_tokens == sum(len(tokenizer(t)["input_ids"]) for t in CORPUS[:6])  # padding left out
+    covariance, n_tokens = key_covariance(surgeon, tokenizer, CORPUS[:6], 1)
+    assert covariance.shape == (surgeon.dims.d_mlp,) * 2 and n_tokens == stats.n_tokens
+    cached = CovarianceCache(tmp_path).get_or_compute(surgeon, tokenizer, CORPUS[:6], 1)
+    assert torch.allclose(cached, covariance)
+    assert tokenizer.pad_token is None  # the helpers padded on their own
+
+
+def test_padding_does_not_change_what_a_row_computes(surgeon, tokenizer) -> None:
+    """A short prompt's last-token activation is the same alone and in a batch with a long one."""
+    if next(surgeon.model.parameters()).dtype != torch.float32:
+        pytest.skip("bfloat16 batches accumulate in another order: compared in float32 only")
+    from editors.steering import last_token_activations
+
+    short, long = "The film was", "The river runs through the old town before it reaches"
+    alone = last_token_activations(surgeon, tokenizer, [short], "blocks.2.hook_resid_pre")
+    together = last_token_activations(surgeon, tokenizer, [short, long], "blocks.2.hook_resid_pre")
+    assert torch.allclose(alone[0], together[0], atol=1e-5)
+
+
+def test_tracing_rome_and_induction_scores_run_in_the_models_dtype(surgeon, tokenizer) -> None:
+    trace = causal_trace(surgeon, tokenizer, "The capital of France is", "France", samples=2, kinds=("resid",))
+    assert trace.grids["resid"].shape[0] == surgeon.dims.n_layers and torch.isfinite(trace.grids["resid"]).all()
+    covariance, _ = key_covariance(surgeon, tokenizer, CORPUS, 1)
+    hparams = RomeHyperParams(layer=1, steps=5, n_prefixes=2)
+    result = compute_rome(surgeon, tokenizer, RomeRequest("The capital of {} is", "France", "Madrid"), covariance,
+                          CORPUS, hparams)  # fmt: skip
+    assert result.edit.U.dtype == torch.float32 and torch.isfinite(result.edit.U).all()
+    batch = repeated_token_batch(range(10, 200), n=4, length=6)
+    scores = induction_head_scores(surgeon.model, batch, length=6)
+    assert scores.shape == (surgeon.dims.n_layers, surgeon.dims.n_heads) and torch.isfinite(scores).all()
+
+
+def test_an_edit_is_a_value_replace_works_and_its_repr_is_short() -> None:
+    import dataclasses
+
+    steering = Steering(site="blocks.1.hook_resid_pre", vector=torch.randn(4096), provenance={"pairs": [["a", "b"]]})
+    louder = dataclasses.replace(steering, scale=4.0)
+    assert (
+        louder.scale == 4.0 and louder.provenance == steering.provenance and torch.equal(louder.vector, steering.vector)
+    )
+    text = repr(louder)
+    assert len(text) < 400 and "4096" in text and "sha256" in text
