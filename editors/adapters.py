@@ -145,5 +145,7 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
         if model_type in adapter.model_types:
             return adapter
     raise UnsupportedArchitectureError(
-        f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+        f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}. "
+        "Another decoder-only family works with an adapter of your own: Surgeon(model, adapter=MyAdapter()), "
+        "an ArchitectureAdapter naming its blocks, attention and MLP modules (README: Other architectures)"
     )

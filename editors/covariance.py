@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -70,6 +72,18 @@ def default_cache_dir() -> Path:
     return root / "covariance"
 
 
+@dataclass(frozen=True)
+class KeyCovariance:
+    """A key covariance and what it was computed from: :func:`editors.rome.compute_rome` refuses
+    one made for other weights or another layer."""
+
+    matrix: torch.Tensor
+    n_tokens: int
+    model_sha256: str
+    layer: int
+    corpus_sha256: str
+
+
 class CovarianceCache:
     """Key covariances on disk, named by SHA-256 of (model weights hash, layer, corpus hash)."""
 
@@ -87,15 +101,18 @@ class CovarianceCache:
         texts: Sequence[str],
         layer: int,
         progress: Progress | None = None,
-    ) -> torch.Tensor:
+    ) -> KeyCovariance:
         texts = list(texts)
-        key = self.key(surgeon.weights_sha256, layer, corpus_sha256(texts))
+        corpus = corpus_sha256(texts)
+        key = self.key(surgeon.weights_sha256, layer, corpus)
         path = self.directory / f"{key}.safetensors"
         if path.exists():
-            return load_file(str(path))["covariance"]
+            with safe_open(str(path), "pt") as handle:
+                n_tokens = int(handle.metadata().get("n_tokens", 0))
+            return KeyCovariance(load_file(str(path))["covariance"], n_tokens, surgeon.weights_sha256, layer, corpus)
         covariance, n_tokens = key_covariance(surgeon, tokenizer, texts, layer, progress=progress)
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         save_file({"covariance": covariance.contiguous()}, str(partial), metadata={"n_tokens": str(n_tokens)})
         partial.replace(path)  # atomic: a reader never sees half a file
-        return covariance
+        return KeyCovariance(covariance, n_tokens, surgeon.weights_sha256, layer, corpus)

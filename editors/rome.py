@@ -20,8 +20,10 @@ sequential edits each see the model as edited so far. The covariance comes from
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editors.batching import encode_batch, last_token_index
+from editors.covariance import KeyCovariance
 from editors.edits import Edit, LowRank, Op
 from editors.errors import Cancelled, InvalidEditError
 from editors.patching import subject_token_span
@@ -166,6 +169,14 @@ def _record(positions: torch.Tensor, out: dict[str, torch.Tensor], name: str) ->
     return Op(fn)
 
 
+#: Mean NLL per target token above which the optimisation counts as not converged (p < e⁻¹ ≈ 0.37).
+CONVERGED_NLL = 1.0
+
+
+class RomeNotConverged(UserWarning):
+    """The value optimisation ended far from producing the target: the edit will likely not work."""
+
+
 @dataclass(frozen=True)
 class RomeResult:
     edit: LowRank
@@ -174,13 +185,14 @@ class RomeResult:
     final_nll: float
     delta_norm: float
     steps_run: int
+    converged: bool = True  # the target's mean NLL per token ended at most CONVERGED_NLL
 
 
 def compute_rome(
     surgeon: Surgeon,
     tokenizer: PreTrainedTokenizerBase,
     request: RomeRequest,
-    covariance: torch.Tensor,
+    covariance: torch.Tensor | KeyCovariance,
     prefix_texts: Sequence[str],
     hparams: RomeHyperParams = RomeHyperParams(),
     edits: Sequence[Edit] = (),
@@ -200,6 +212,21 @@ def compute_rome(
     hparams = hparams.validated(surgeon.dims.n_layers)
     target_ids = validate_request(request, tokenizer)
     d_mlp = surgeon.dims.d_mlp
+    if isinstance(covariance, KeyCovariance):
+        if covariance.layer != hparams.layer:
+            raise InvalidEditError(
+                "covariance",
+                f"was computed at layer {covariance.layer} but the edit is at layer {hparams.layer}",
+                f"a covariance of layer {hparams.layer} (CovarianceCache.get_or_compute(..., layer={hparams.layer}))",
+            )
+        if covariance.model_sha256 != surgeon.weights_sha256:
+            raise InvalidEditError(
+                "covariance",
+                f"was computed on weights {covariance.model_sha256[:12]}…, not this model's "
+                f"{surgeon.weights_sha256[:12]}…",
+                "a covariance computed on this model",
+            )
+        covariance = covariance.matrix
     if not isinstance(covariance, torch.Tensor) or covariance.shape != (d_mlp, d_mlp):
         raise InvalidEditError("covariance", "has the wrong shape", f"[{d_mlp}, {d_mlp}] for this model")
     surgeon.validate(list(edits))
@@ -270,12 +297,25 @@ def compute_rome(
     inverse_key = torch.linalg.solve(second_moment, k_star)
     U = (residual / (inverse_key @ k_star)).unsqueeze(1)
     V = inverse_key.unsqueeze(1)
+    converged = nll_value <= CONVERGED_NLL
+    if not converged:
+        warnings.warn(
+            f"ROME did not converge: after {step} steps the target {request.target!r} ({len(target_ids)} tokens) still "
+            f"has a mean NLL of {nll_value:.2f} per token (p ≈ {math.exp(-nll_value):.2g}); the edit will likely not "
+            "produce it. Try more steps, a higher lr, a larger clamp_norm_factor or another layer",
+            RomeNotConverged,
+            stacklevel=2,
+        )
     provenance = {
         "method": "rome",
         "request": request.as_dict(),
         "layer": layer,
         "hparams": dataclasses.asdict(hparams),
         "target_tokens": target_ids,
+        "final_nll": round(nll_value, 4),
+        "converged": converged,
     }
     edit = LowRank(site=f"blocks.{layer}.mlp.W_out", U=U.float(), V=V.float(), provenance=provenance)
-    return RomeResult(edit, k_star.float(), time.perf_counter() - started, nll_value, residual.norm().item(), step)
+    return RomeResult(
+        edit, k_star.float(), time.perf_counter() - started, nll_value, residual.norm().item(), step, converged
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +33,19 @@ def _check_pairs(pairs: object) -> list[tuple[str, str]]:
     return [(p, n) for p, n in pairs]
 
 
+def _warn_unknown_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> None:
+    """Words the tokenizer turns into its unknown token carry no meaning into the direction: say which."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return
+    words = sorted(
+        {w for text in texts for w in text.split() if unknown in tokenizer(w, add_special_tokens=False)["input_ids"]}
+    )
+    if words:
+        shown = ", ".join(repr(w) for w in words[:20]) + (f" and {len(words) - 20} more" if len(words) > 20 else "")
+        warnings.warn(f"the tokenizer does not know {shown}: they become {tokenizer.unk_token!r}", stacklevel=3)
+
+
 @torch.inference_mode()
 def last_token_activations(
     surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], site: str
@@ -60,6 +74,7 @@ def derive_steering(
     to the differences' mean projection on it. The pairs and method are kept as provenance.
     """
     checked = _check_pairs(pairs)
+    _warn_unknown_words(tokenizer, [text for pair in checked for text in pair])
     check_int("layer", layer, 0, surgeon.dims.n_layers - 1)
     check_choice("point", point, RESIDUAL_POINTS)
     check_choice("method", method, DERIVATION_METHODS)

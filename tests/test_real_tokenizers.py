@@ -65,7 +65,7 @@ def test_batched_helpers_work_without_a_pad_token_and_leave_the_tokenizer_alone(
     covariance, n_tokens = key_covariance(surgeon, tokenizer, CORPUS[:6], 1)
     assert covariance.shape == (surgeon.dims.d_mlp,) * 2 and n_tokens == stats.n_tokens
     cached = CovarianceCache(tmp_path).get_or_compute(surgeon, tokenizer, CORPUS[:6], 1)
-    assert torch.allclose(cached, covariance)
+    assert torch.allclose(cached.matrix, covariance) and cached.layer == 1
     assert tokenizer.pad_token is None  # the helpers padded on their own
 
 
@@ -104,3 +104,39 @@ def test_an_edit_is_a_value_replace_works_and_its_repr_is_short() -> None:
     )
     text = repr(louder)
     assert len(text) < 400 and "4096" in text and "sha256" in text
+
+
+def test_rome_says_when_it_did_not_converge_and_refuses_a_covariance_of_another_layer(tokenizer, tmp_path) -> None:
+    from editors.covariance import CovarianceCache
+    from editors.errors import InvalidEditError
+    from editors.rome import RomeNotConverged
+
+    surgeon = Surgeon(tiny_model("gpt2", vocab=len(tokenizer)))
+    covariance = CovarianceCache(tmp_path).get_or_compute(surgeon, tokenizer, CORPUS, 1)
+    request = RomeRequest("The capital of {} is", "France", "Madrid and Spain")  # several tokens, 1 step
+    with pytest.warns(RomeNotConverged, match="did not converge"):
+        result = compute_rome(surgeon, tokenizer, request, covariance, CORPUS, RomeHyperParams(layer=1, steps=1))
+    assert not result.converged and result.edit.provenance["converged"] is False
+    with pytest.raises(InvalidEditError, match="computed at layer 1 but the edit is at layer 2"):
+        compute_rome(surgeon, tokenizer, request, covariance, CORPUS, RomeHyperParams(layer=2, steps=1))
+
+
+def test_unknown_words_are_named_and_a_custom_architecture_is_pointed_to_adapters() -> None:
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models as backend_models
+    from tokenizers import pre_tokenizers as splitters
+
+    from editors.errors import UnsupportedArchitectureError
+    from tests.conftest import VOCAB
+
+    words = ["<unk>", "</s>", *(f"w{i}" for i in range(VOCAB - 2))]
+    backend = Backend(backend_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = splitters.WhitespaceSplit()
+    word_level = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    surgeon = Surgeon(tiny_model("llama"))
+    with pytest.warns(UserWarning, match="does not know 'nasty', 'nice'"):
+        derive_steering(surgeon, word_level, [("w1 w2 nice", "w1 w2 nasty")], layer=1)
+    odd = tiny_model("gpt2")
+    odd.config.model_type = "gemma"
+    with pytest.raises(UnsupportedArchitectureError, match=r"Surgeon\(model, adapter="):
+        Surgeon(odd)

@@ -33,15 +33,16 @@ def test_key_covariance_is_cached_by_model_layer_and_corpus(toy, toy_surgeon, tm
     files = list(tmp_path.glob("*.safetensors"))
     assert len(files) == 1
     again = cache.get_or_compute(toy_surgeon, tokenizer, texts, 1, progress=lambda d, t: seen.append((0, 0)))
-    assert torch.equal(first, again) and (0, 0) not in seen  # loaded, not recomputed
+    assert torch.equal(first.matrix, again.matrix) and (0, 0) not in seen  # loaded, not recomputed
+    assert again.n_tokens == first.n_tokens and (again.layer, again.model_sha256) == (1, toy_surgeon.weights_sha256)
     cache.get_or_compute(toy_surgeon, tokenizer, texts[:100], 1)
     cache.get_or_compute(toy_surgeon, tokenizer, texts, 2)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
     direct, n_tokens = key_covariance(toy_surgeon, tokenizer, texts, 1)
-    torch.testing.assert_close(first, direct)
-    assert n_tokens > 1000
-    torch.testing.assert_close(first, first.T)
-    assert torch.linalg.eigvalsh(first.double()).min() > -1e-6
+    torch.testing.assert_close(first.matrix, direct)
+    assert n_tokens == first.n_tokens > 1000
+    torch.testing.assert_close(first.matrix, first.matrix.T)
+    assert torch.linalg.eigvalsh(first.matrix.double()).min() > -1e-6
 
 
 @pytest.mark.parametrize(
