@@ -143,15 +143,13 @@ class Surgeon:
     def compile(
         self,
         edits: Sequence[Edit],
-        capture: dict[str, torch.Tensor] | None = None,
         extra_ops: Sequence[tuple[str, Op]] = (),
     ) -> EditStack:
         """Validate and compile ``edits`` (in order) into an :class:`EditStack`.
 
-        With ``capture``, the activation at every site named by its keys is stored into it
-        (detached, after this stack's edits at that site) on each forward pass. ``extra_ops``
-        are raw ``(site name, Op)`` pairs run after the edits (activation patching and ROME's
-        value optimisation use them; they are not edits and are never stored).
+        ``extra_ops`` are raw ``(site name, Op)`` pairs run after the edits (tracing, your own
+        hooks, activation patching and ROME's value optimisation use them; they are not edits and
+        are never stored).
         """
         edits = tuple(edits)
         self.validate(edits)
@@ -162,8 +160,6 @@ class Surgeon:
                 ops.setdefault(site, []).append(op)
         for name, op in extra_ops:
             ops.setdefault(self.site(name, "extra_ops"), []).append(op)
-        for name in capture or {}:
-            ops.setdefault(self.site(name, "capture"), []).append(Op(_recorder(capture, name)))
         position_layers = frozenset(s.layer for s, site_ops in ops.items() if any(o.needs_positions for o in site_ops))
         units = {(s.layer, unit) for s in ops for unit in _UNITS_BY_POINT[s.point]}
         units |= {(layer, "block_pre") for layer in position_layers}
@@ -230,12 +226,42 @@ class Surgeon:
             self._active.reset(token)
 
     @contextmanager
-    def trace(self, sites: Sequence[str], edits: EditStack | Sequence[Edit] = ()) -> Iterator[dict[str, torch.Tensor]]:
-        """Record the activations at ``sites`` (under ``edits``) into the yielded dict, per forward pass."""
-        cache: dict[str, torch.Tensor] = dict.fromkeys(sites)  # type: ignore[arg-type]
+    def trace(
+        self,
+        sites: Sequence[str],
+        edits: EditStack | Sequence[Edit] = (),
+        every_forward: bool = False,
+        keep_grad: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Record the activations at ``sites`` (under ``edits``) into the yielded dict.
+
+        By default each site holds its activation from the latest forward pass (detached). With
+        ``every_forward`` each site holds a list with one activation per forward, in order (every
+        step of a ``generate``, not only the last). With ``keep_grad`` the recorded tensors stay in
+        the autograd graph (run the forward with gradients enabled to use them)."""
+        for i, name in enumerate(sites):
+            self.site(name, f"sites[{i}]")
+        cache: dict[str, Any] = {name: [] for name in sites} if every_forward else dict.fromkeys(sites)
         base = edits.edits if isinstance(edits, EditStack) else tuple(edits)
-        with self.apply(self.compile(base, capture=cache)):
+        recorders = [(name, Op(_recorder(cache, name, every_forward, keep_grad))) for name in sites]
+        with self.apply(self.compile(base, extra_ops=recorders)):
             yield cache
+
+    def run_with_hooks(
+        self,
+        *args: Any,
+        fwd_hooks: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tensor | None]]] = (),
+        edits: EditStack | Sequence[Edit] = (),
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``model(*args, **kwargs)`` with your own functions at activation sites, after
+        ``edits`` (TransformerLens' ``run_with_hooks``): each ``fn(activation)`` returns a
+        replacement or None to leave it as it is. ``activation`` has the site's layout
+        (``attn.hook_z``: ``[batch, pos, n_heads, d_head]``)."""
+        base = edits.edits if isinstance(edits, EditStack) else tuple(edits)
+        extra = [(name, Op(_user_hook(fn))) for name, fn in fwd_hooks]
+        with self.apply(self.compile(base, extra_ops=extra)):
+            return self.model(*args, **kwargs)
 
     @property
     def active(self) -> EditStack | RowStacks | None:
@@ -446,9 +472,23 @@ def _run_ops(
     return x
 
 
-def _recorder(cache: dict[str, torch.Tensor], name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+def _recorder(
+    cache: dict[str, Any], name: str, every_forward: bool = False, keep_grad: bool = False
+) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     def record(x: torch.Tensor, positions: Any) -> torch.Tensor:
-        cache[name] = x.detach()
+        value = x if keep_grad else x.detach()
+        if every_forward:
+            cache[name].append(value)
+        else:
+            cache[name] = value
         return x
 
     return record
+
+
+def _user_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def run(x: torch.Tensor, positions: Any) -> torch.Tensor:
+        replaced = fn(x)
+        return x if replaced is None else replaced
+
+    return run

@@ -328,8 +328,8 @@ def test_trace_records_site_shapes(tiny, token_ids) -> None:
     assert cache["blocks.0.hook_resid_pre"].shape == (b, p, d.d_model)
     assert cache["blocks.1.attn.hook_z"].shape == (b, p, d.n_heads, d.d_head)
     assert cache["blocks.2.mlp.hook_post"].shape == (b, p, d.d_mlp)
-    with pytest.raises(InvalidEditError, match="capture"):
-        surgeon.compile([], capture={"blocks.9.hook_resid_pre": None})
+    with pytest.raises(InvalidEditError, match=r"sites\[0\]"), surgeon.trace(["blocks.9.hook_resid_pre"]):
+        pass
 
 
 def test_invalid_stack_is_rejected_before_any_hook_is_installed(tiny) -> None:
@@ -363,3 +363,28 @@ def test_component_outputs_add_up_to_the_residual_stream(tiny, token_ids) -> Non
         with surgeon.trace(["blocks.1.hook_resid_mid"]) as mid:
             _logits(model, token_ids)
         torch.testing.assert_close(pre + attn, mid["blocks.1.hook_resid_mid"], atol=1e-5, rtol=1e-5)
+
+
+def test_your_own_hook_at_a_site_and_a_record_of_every_forward_with_gradients(tiny, token_ids) -> None:
+    model, surgeon = tiny
+
+    def zero_head_one(z: torch.Tensor) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, 1] = 0
+        return z
+
+    with torch.inference_mode():
+        hooked = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_z", zero_head_one)])
+        untouched = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_z", lambda z: None)])
+        with surgeon.apply([HeadAblation(layer=0, heads=(1,))]):
+            ablated = model(input_ids=token_ids)
+    assert torch.allclose(hooked.logits, ablated.logits, atol=1e-6)
+    assert torch.equal(untouched.logits, _logits(model, token_ids))
+    site = "blocks.1.hook_resid_pre"
+    with torch.inference_mode(), surgeon.trace([site], every_forward=True) as steps:
+        model.generate(token_ids[:1], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert [t.shape[1] for t in steps[site]] == [token_ids.shape[1], 1, 1]  # the prefill, then each new token
+    with surgeon.trace([site], keep_grad=True) as cache:
+        logits = model(input_ids=token_ids).logits
+    (grad,) = torch.autograd.grad(logits[:, -1].logsumexp(-1).sum(), cache[site])
+    assert grad.shape == cache[site].shape and grad.abs().sum() > 0
