@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors.batching import encode_batch
 from editors.errors import InvalidEditError
+from editors.progress import progress_bar
 from editors.surgeon import Surgeon
 from editors.validation import check_int
 
@@ -43,6 +44,7 @@ def key_covariance(
     batch_size: int = 32,
     max_length: int = 128,
     progress: Progress | None = None,
+    show_progress: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """``(C, n_tokens)``: the uncentred second moment of ``blocks.{layer}.mlp.hook_post`` over
     every non-pad token of ``texts`` (float64 accumulation, float32 result)."""
@@ -52,7 +54,10 @@ def key_covariance(
     site = f"blocks.{layer}.mlp.hook_post"
     total = torch.zeros(surgeon.dims.d_mlp, surgeon.dims.d_mlp, dtype=torch.float64)
     n_tokens = 0
-    with surgeon.trace([site]) as cache:
+    with (
+        surgeon.trace([site]) as cache,
+        progress_bar(len(texts), f"key covariance, layer {layer}", show_progress) as bar,
+    ):
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             encoded = encode_batch(tokenizer, batch, surgeon.device_dtype[0], max_length)
@@ -60,6 +65,7 @@ def key_covariance(
             keys = cache[site][encoded["attention_mask"].bool()].double().cpu()
             total += keys.T @ keys
             n_tokens += keys.shape[0]
+            bar.update(len(batch))
             if progress is not None:
                 progress(min(start + batch_size, len(texts)), len(texts))
     return (total / n_tokens).float(), n_tokens

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
+from editors.progress import progress_bar
 from editors.surgeon import Surgeon
 from editors.validation import check_choice, check_int
 
@@ -68,6 +69,7 @@ def patch_grid(
     window: int = 1,
     edits: Sequence[Edit] = (),
     batch_rows: int = 256,
+    show_progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], float, float]:
     """Restore each (layer, position) of each kind from the clean run into the corrupted one.
 
@@ -95,6 +97,7 @@ def patch_grid(
 
     cells = [(layer, position) for layer in range(n_layers) for position in range(length)]
     grids: dict[str, torch.Tensor] = {}
+    bar = progress_bar(len(kinds) * len(cells), "patching (layer, position) cells", show_progress)
     for kind in kinds:
         scores = torch.empty(len(cells))
         per_chunk = max(1, batch_rows // samples)
@@ -115,7 +118,9 @@ def patch_grid(
             with surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
                 chunk_scores = metric(_forward_last_logits(surgeon, batch))
             scores[start : start + len(chunk)] = chunk_scores.view(len(chunk), samples).mean(dim=1).cpu()
+            bar.update(len(chunk))
         grids[kind] = scores.view(n_layers, length)
+    bar.close()
     return grids, clean_score, corrupted_score
 
 
@@ -172,6 +177,7 @@ def causal_trace(
     kinds: Sequence[str] = tuple(PATCH_KINDS),
     window: int = 1,
     edits: Sequence[Edit] = (),
+    show_progress: bool = True,
 ) -> CausalTrace:
     """Causal tracing of ``prompt`` (the subject already filled in) under ``edits``.
 
@@ -196,7 +202,7 @@ def causal_trace(
         corrupted = clean_embeds.repeat(samples, 1, 1)
         corrupted[:, start:end] += noise.to(corrupted.device, corrupted.dtype)
     grids, clean_p, corrupted_p = patch_grid(
-        surgeon, ids, corrupted, answer_probability(answer_id), kinds, window, edits
+        surgeon, ids, corrupted, answer_probability(answer_id), kinds, window, edits, show_progress=show_progress
     )
     return CausalTrace(
         prompt,

@@ -35,6 +35,7 @@ from editors.covariance import KeyCovariance
 from editors.edits import Edit, LowRank, Op
 from editors.errors import Cancelled, InvalidEditError
 from editors.patching import subject_token_span
+from editors.progress import progress_bar
 from editors.surgeon import Surgeon
 from editors.validation import check_int, check_scale
 
@@ -198,6 +199,7 @@ def compute_rome(
     edits: Sequence[Edit] = (),
     protect_keys: torch.Tensor | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    show_progress: bool = True,
 ) -> RomeResult:
     """Compute a ROME edit for ``request`` on the model as edited by ``edits``.
 
@@ -265,8 +267,11 @@ def compute_rome(
     max_norm = hparams.clamp_norm_factor * v_current.norm().item()
     stack = surgeon.compile(edits, extra_ops=[(out_site, _add_at(subject_pos, delta))])
     nll_value, step = float("nan"), 0
+    bar = progress_bar(hparams.steps, f"ROME value for {request.subject!r}", show_progress)
     for step in range(1, hparams.steps + 1):
+        bar.update(1)
         if should_stop():
+            bar.close()
             raise Cancelled(f"ROME stopped at optimisation step {step} of {hparams.steps}")
         with torch.enable_grad(), surgeon.apply(stack):
             out = surgeon.model(input_ids=ids, attention_mask=mask).logits.float()
@@ -278,6 +283,7 @@ def compute_rome(
             loss = nll + hparams.kl_factor * kl + decay
             (grad,) = torch.autograd.grad(loss, [delta])
         nll_value = nll.item()
+        bar.set_postfix_str(f"target NLL {nll_value:.3f}")
         if nll_value < hparams.early_stop_nll:
             break
         delta.grad = grad
@@ -287,6 +293,7 @@ def compute_rome(
             if norm > max_norm:
                 delta.mul_(max_norm / norm)
 
+    bar.close()
     residual = delta.detach().double().cpu()
     second_moment = covariance.double() + hparams.ridge * covariance.double().diagonal().mean() * torch.eye(
         d_mlp, dtype=torch.float64

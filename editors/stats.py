@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from editors.batching import encode_batch
 from editors.edits import HeadAblation, NeuronAblation
 from editors.errors import InvalidEditError
+from editors.progress import progress_bar
 from editors.sites import Site
 from editors.surgeon import Surgeon
 from editors.validation import check_int
@@ -47,6 +48,7 @@ def activation_stats(
     seed: int = 0,
     batch_size: int = 32,
     max_length: int = 128,
+    show_progress: bool = True,
 ) -> ActivationStats:
     """Mean of ``site``'s activations over every non-pad token of ``texts``, and a uniform sample of them.
 
@@ -59,8 +61,9 @@ def activation_stats(
     total: torch.Tensor | None = None
     n_tokens = 0
     pool = priorities = None
-    with surgeon.trace([site]) as cache:
+    with surgeon.trace([site]) as cache, progress_bar(None, f"activation stats at {site}", show_progress) as bar:
         for batch in _batches(texts, batch_size):
+            bar.update(len(batch))
             encoded = encode_batch(tokenizer, batch, surgeon.device_dtype[0], max_length)
             surgeon.model(**encoded)
             rows = cache[site][encoded["attention_mask"].bool()].double().cpu()

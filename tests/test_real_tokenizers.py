@@ -140,3 +140,21 @@ def test_unknown_words_are_named_and_a_custom_architecture_is_pointed_to_adapter
     odd.config.model_type = "gemma"
     with pytest.raises(UnsupportedArchitectureError, match=r"Surgeon\(model, adapter="):
         Surgeon(odd)
+
+
+def test_long_work_shows_a_progress_bar_to_a_person_and_not_when_asked(tokenizer, monkeypatch) -> None:
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    surgeon = Surgeon(tiny_model("gpt2", vocab=len(tokenizer)))
+    shown, quiet = Terminal(), Terminal()
+    monkeypatch.setattr(sys, "stderr", shown)
+    key_covariance(surgeon, tokenizer, CORPUS, 1)
+    monkeypatch.setattr(sys, "stderr", quiet)
+    key_covariance(surgeon, tokenizer, CORPUS, 1, show_progress=False)
+    assert "key covariance, layer 1" in shown.getvalue() and f"{len(CORPUS)}/{len(CORPUS)}" in shown.getvalue()
+    assert quiet.getvalue() == ""
