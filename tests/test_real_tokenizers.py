@@ -156,5 +156,5 @@ def test_long_work_shows_a_progress_bar_to_a_person_and_not_when_asked(tokenizer
     key_covariance(surgeon, tokenizer, CORPUS, 1)
     monkeypatch.setattr(sys, "stderr", quiet)
     key_covariance(surgeon, tokenizer, CORPUS, 1, show_progress=False)
-    assert "key covariance, layer 1" in shown.getvalue() and f"{len(CORPUS)}/{len(CORPUS)}" in shown.getvalue()
+    assert "key covariance, layer 1" in shown.getvalue() and f"/{len(CORPUS)} " in shown.getvalue()
     assert quiet.getvalue() == ""
