@@ -12,7 +12,15 @@ those modules:
 - ``hook_attn_out`` / ``hook_mlp_out``: forward hook on the attention module / the MLP;
 - ``attn.hook_z``: forward pre-hook on the attention output projection, viewed per head;
 - ``mlp.hook_post``: forward pre-hook on the MLP output projection;
+- ``attn.hook_q`` / ``hook_k`` / ``hook_v``: forward hook on the query / key / value
+  projections (``qkv``: three modules, or one fused module whose output layout is ``qkv_layout``:
+  GPT-2's ``q|k|v`` blocks, or GPT-NeoX's per-head ``q|k|v``), viewed per head;
+- ``hook_embed``: forward hook on the input embeddings; ``ln_final.hook_normalized``: forward
+  hook on the final norm (``final_norm``);
 - weight sites: forward hook on the linear module itself.
+
+An adapter without ``qkv`` or ``final_norm`` simply lacks those sites (naming one is an error that
+says so).
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class ModelDims:
         return RESIDUAL_POINTS
 
 
-def _get(root: nn.Module, dotted: str) -> nn.Module:
+def module_at(root: nn.Module, dotted: str) -> nn.Module:
+    """``root``'s submodule at the dotted path ``dotted``."""
     module = root
     for part in dotted.split("."):
         module = getattr(module, part)
@@ -77,13 +86,16 @@ class ArchitectureAdapter:
     mid_norm: str
     mlp: str
     attn: str
+    final_norm: str = ""
+    qkv: tuple[str, ...] = ()  # q, k, v projections relative to a block; or one fused projection
+    qkv_layout: str = "separate"  # separate | gpt2 (q|k|v blocks) | neox (per head q|k|v)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        return _get(model, self.layers)
+        return module_at(model, self.layers)
 
     def module(self, model: nn.Module, layer: int, role: str) -> nn.Module:
         """The block's module in ``role``: ``attn``, ``attn_out``, ``mlp``, ``mlp_in``, ``mlp_out`` or ``mid_norm``."""
-        return _get(self.blocks(model)[layer], getattr(self, role))
+        return module_at(self.blocks(model)[layer], getattr(self, role))
 
     def weight_module(self, model: nn.Module, site: Site) -> nn.Module:
         role = {"attn.W_O": "attn_out", "mlp.W_in": "mlp_in", "mlp.W_out": "mlp_out"}[site.point]
@@ -107,7 +119,18 @@ class ArchitectureAdapter:
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (
     ArchitectureAdapter(
-        "gpt2", ("gpt2",), "transformer.h", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "ln_2", "mlp", "attn"
+        "gpt2",
+        ("gpt2",),
+        "transformer.h",
+        "attn.c_proj",
+        "mlp.c_fc",
+        "mlp.c_proj",
+        "ln_2",
+        "mlp",
+        "attn",
+        final_norm="transformer.ln_f",
+        qkv=("attn.c_attn",),
+        qkv_layout="gpt2",
     ),
     ArchitectureAdapter(
         "gpt_neox",
@@ -119,6 +142,9 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         "post_attention_layernorm",
         "mlp",
         "attention",
+        final_norm="gpt_neox.final_layer_norm",
+        qkv=("attention.query_key_value",),
+        qkv_layout="neox",
     ),
     ArchitectureAdapter(
         "llama",
@@ -130,6 +156,8 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         "post_attention_layernorm",
         "mlp",
         "self_attn",
+        final_norm="model.norm",
+        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     ),
 )
 

@@ -8,7 +8,12 @@ Activation sites (where activation edits act and what ``Surgeon.trace`` can reco
   the residual stream;
 - ``blocks.{L}.attn.hook_z``: per-head attention outputs before the output projection,
   shape ``[batch, pos, n_heads, d_head]``;
-- ``blocks.{L}.mlp.hook_post``: MLP neuron activations (input of the MLP output projection).
+- ``blocks.{L}.mlp.hook_post``: MLP neuron activations (input of the MLP output projection);
+- ``blocks.{L}.attn.hook_q`` / ``hook_k`` / ``hook_v``: the attention's queries, keys and values
+  per head, ``[batch, pos, heads, d_head]`` (keys and values have the key-value heads of a
+  grouped-query model), before rotary embeddings, where the adapter names the projections;
+- model-wide: ``hook_embed`` (the token embeddings) and ``ln_final.hook_normalized`` (the final
+  norm's output, what the unembedding reads).
 
 Weight sites (linear modules that ``low_rank`` edits act on): ``blocks.{L}.attn.W_O``,
 ``blocks.{L}.mlp.W_in``, ``blocks.{L}.mlp.W_out``.
@@ -23,7 +28,10 @@ from editors.errors import InvalidEditError
 
 RESIDUAL_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
 OUTPUT_POINTS = ("hook_attn_out", "hook_mlp_out")
-ACTIVATION_POINTS = (*RESIDUAL_POINTS, *OUTPUT_POINTS, "attn.hook_z", "mlp.hook_post")
+QKV_POINTS = ("attn.hook_q", "attn.hook_k", "attn.hook_v")
+#: Sites of the whole model, named without a block (their ``Site.layer`` is -1).
+MODEL_POINTS = ("hook_embed", "ln_final.hook_normalized")
+ACTIVATION_POINTS = (*RESIDUAL_POINTS, *OUTPUT_POINTS, "attn.hook_z", "mlp.hook_post", *QKV_POINTS, *MODEL_POINTS)
 WEIGHT_POINTS = ("attn.W_O", "mlp.W_in", "mlp.W_out")
 
 #: Layer numbers are ASCII digits without leading zeros, so each site has exactly one name (and an
@@ -40,7 +48,7 @@ class Site:
 
     @property
     def name(self) -> str:
-        return f"blocks.{self.layer}.{self.point}"
+        return self.point if self.point in MODEL_POINTS else f"blocks.{self.layer}.{self.point}"
 
     @property
     def is_residual(self) -> bool:
@@ -55,10 +63,13 @@ class Site:
         cls, name: object, field: str = "site", points: tuple[str, ...] = ACTIVATION_POINTS + WEIGHT_POINTS
     ) -> Site:
         """Parse ``name``; raise :class:`InvalidEditError` naming ``field`` if it is not one of ``points``."""
-        allowed = "blocks.{L}." + "|".join(points)
+        block_points = [p for p in points if p not in MODEL_POINTS]
+        allowed = "blocks.{L}." + "|".join(block_points) + "".join(f" or {p}" for p in points if p in MODEL_POINTS)
         if not isinstance(name, str):
             raise InvalidEditError(field, f"expected a site name string, got {type(name).__name__}", allowed)
+        if name in MODEL_POINTS and name in points:
+            return cls(-1, name)
         match = _SITE.fullmatch(name)
-        if match is None or match.group(2) not in points:
+        if match is None or match.group(2) not in points or match.group(2) in MODEL_POINTS:
             raise InvalidEditError(field, f"unknown site {name!r}", allowed)
         return cls(int(match.group(1)), match.group(2))

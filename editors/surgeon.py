@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from editors.adapters import ArchitectureAdapter, ModelDims, adapter_for
+from editors.adapters import ArchitectureAdapter, ModelDims, adapter_for, module_at
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
 from editors.fingerprint import weights_sha256
-from editors.sites import ACTIVATION_POINTS, WEIGHT_POINTS, Site
+from editors.sites import ACTIVATION_POINTS, QKV_POINTS, WEIGHT_POINTS, Site
 
 #: A place hooks are installed: (layer, unit) with unit one of the keys of ``_UNITS_BY_POINT``'s values.
 Unit = tuple[int, str]
@@ -53,6 +53,11 @@ _UNITS_BY_POINT: dict[str, tuple[str, ...]] = {
     "hook_mlp_out": ("mlp_post",),
     "attn.hook_z": ("z_pre",),
     "mlp.hook_post": ("neurons_pre",),
+    "attn.hook_q": ("q_post",),
+    "attn.hook_k": ("k_post",),
+    "attn.hook_v": ("v_post",),
+    "hook_embed": ("embed_post",),
+    "ln_final.hook_normalized": ("final_norm_post",),
     "attn.W_O": ("attn.W_O",),
     "mlp.W_in": ("mlp.W_in",),
     "mlp.W_out": ("mlp.W_out",),
@@ -160,7 +165,9 @@ class Surgeon:
                 ops.setdefault(site, []).append(op)
         for name, op in extra_ops:
             ops.setdefault(self.site(name, "extra_ops"), []).append(op)
-        position_layers = frozenset(s.layer for s, site_ops in ops.items() if any(o.needs_positions for o in site_ops))
+        position_layers = frozenset(
+            s.layer for s, site_ops in ops.items() if s.layer >= 0 and any(o.needs_positions for o in site_ops)
+        )
         units = {(s.layer, unit) for s in ops for unit in _UNITS_BY_POINT[s.point]}
         units |= {(layer, "block_pre") for layer in position_layers}
         stack = EditStack(edits, {s: tuple(o) for s, o in ops.items()}, position_layers, frozenset(units))
@@ -199,6 +206,13 @@ class Surgeon:
         site = Site.parse(name, field, ACTIVATION_POINTS)
         if site.layer >= self.dims.n_layers or (site.is_residual and site.point not in self.dims.residual_points()):
             raise InvalidEditError(field, f"{name} does not exist in this model", f"layers 0..{self.dims.n_layers - 1}")
+        missing = (site.point in QKV_POINTS and not self.adapter.qkv) or (
+            site.point == "ln_final.hook_normalized" and not self.adapter.final_norm
+        )
+        if missing:
+            raise InvalidEditError(
+                field, f"the {self.adapter.family!r} adapter does not name the modules of {name}", "its other sites"
+            )
         return site
 
     # -- running ----------------------------------------------------------------------------
@@ -310,6 +324,16 @@ class Surgeon:
         if name in WEIGHT_POINTS:
             site = Site(layer, name)
             return self.adapter.weight_module(self.model, site).register_forward_hook(self._hook_weight(site))
+        if name == "embed_post":
+            return self.model.get_input_embeddings().register_forward_hook(self._output_hook(Site(-1, "hook_embed")))
+        if name == "final_norm_post":
+            norm = module_at(self.model, self.adapter.final_norm)
+            return norm.register_forward_hook(self._output_hook(Site(-1, "ln_final.hook_normalized")))
+        if name in ("q_post", "k_post", "v_post"):
+            which = "qkv".index(name[0])
+            path = self.adapter.qkv[which if len(self.adapter.qkv) == 3 else 0]
+            module = module_at(self.adapter.blocks(self.model)[layer], path)
+            return module.register_forward_hook(self._hook_qkv(layer, which))
         role, factory = {
             "block_pre": (None, self._hook_block_pre),
             "block_post": (None, self._hook_block_post),
@@ -437,6 +461,31 @@ class Surgeon:
                 return (self._run(ops, x), *args[1:])
             edited = self._run(ops, x.reshape(*x.shape[:-1], *split_last))
             return (edited.reshape(x.shape), *args[1:])
+
+        return hook
+
+    def _hook_qkv(self, layer: int, which: int) -> Callable[..., Any]:
+        """Edits the queries (0), keys (1) or values (2) in the projection's output, per head."""
+        site = Site(layer, QKV_POINTS[which])
+        layout, d_head = self.adapter.qkv_layout, self.dims.d_head
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+            stack = self._active.get()
+            ops = stack.groups.get(site) if stack is not None else None
+            if not ops:
+                return None
+            if layout == "separate":  # its own projection: all of the output
+                return self._run(ops, output.reshape(*output.shape[:-1], -1, d_head)).reshape(output.shape)
+            if layout == "gpt2":  # [q | k | v], each d_model wide
+                width = output.shape[-1] // 3
+                part = output[..., which * width : (which + 1) * width]
+                edited = self._run(ops, part.reshape(*part.shape[:-1], -1, d_head)).reshape(part.shape)
+                return torch.cat([output[..., : which * width], edited, output[..., (which + 1) * width :]], dim=-1)
+            per_head = output.reshape(*output.shape[:-1], -1, 3 * d_head)  # neox: each head [q | k | v]
+            part = per_head[..., which * d_head : (which + 1) * d_head]
+            edited = self._run(ops, part)
+            fused = torch.cat([per_head[..., : which * d_head], edited, per_head[..., (which + 1) * d_head :]], dim=-1)
+            return fused.reshape(output.shape)
 
         return hook
 

@@ -388,3 +388,36 @@ def test_your_own_hook_at_a_site_and_a_record_of_every_forward_with_gradients(ti
         logits = model(input_ids=token_ids).logits
     (grad,) = torch.autograd.grad(logits[:, -1].logsumexp(-1).sum(), cache[site])
     assert grad.shape == cache[site].shape and grad.abs().sum() > 0
+
+
+def test_queries_keys_values_embeddings_and_the_final_norm_are_sites(tiny, token_ids) -> None:
+    model, surgeon = tiny
+    d = surgeon.dims
+    kv_heads = getattr(model.config, "num_key_value_heads", None) or d.n_heads
+    sites = ["hook_embed", "blocks.1.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v"]
+    with torch.inference_mode(), surgeon.trace([*sites, "ln_final.hook_normalized"]) as cache:
+        logits = model(input_ids=token_ids).logits
+    b, p = token_ids.shape
+    assert cache["blocks.1.attn.hook_q"].shape == (b, p, d.n_heads, d.d_head)
+    assert cache["blocks.1.attn.hook_k"].shape == cache["blocks.1.attn.hook_v"].shape == (b, p, kv_heads, d.d_head)
+    with torch.inference_mode():
+        assert torch.equal(cache["hook_embed"], model.get_input_embeddings()(token_ids))
+        unembedded = model.get_output_embeddings()(cache["ln_final.hook_normalized"])
+    assert torch.allclose(unembedded, logits, atol=1e-5)  # what the unembedding reads
+
+    def zero(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    with torch.inference_mode():  # no values: every head's output z is zero, whatever it attends to
+        no_values = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_v", zero)]).logits
+        no_z = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_z", zero)]).logits
+        no_keys = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_k", zero)]).logits
+    assert torch.allclose(no_values, no_z, atol=1e-5) and not torch.allclose(no_keys, no_z, atol=1e-3)
+    with pytest.raises(InvalidEditError, match="unknown site 'blocks.0.hook_embed'"):
+        surgeon.site("blocks.0.hook_embed")
+    import dataclasses
+
+    bare = Surgeon(model, adapter=dataclasses.replace(surgeon.adapter, qkv=(), final_norm=""))
+    for name in ("blocks.0.attn.hook_q", "ln_final.hook_normalized"):
+        with pytest.raises(InvalidEditError, match="adapter does not name the modules"):
+            bare.site(name)
