@@ -413,7 +413,7 @@ def test_queries_keys_values_embeddings_and_the_final_norm_are_sites(tiny, token
         no_z = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_z", zero)]).logits
         no_keys = surgeon.run_with_hooks(input_ids=token_ids, fwd_hooks=[("blocks.0.attn.hook_k", zero)]).logits
     assert torch.allclose(no_values, no_z, atol=1e-5) and not torch.allclose(no_keys, no_z, atol=1e-3)
-    with pytest.raises(InvalidEditError, match="unknown site 'blocks.0.hook_embed'"):
+    with pytest.raises(InvalidEditError, match=r"unknown site 'blocks\.0\.hook_embed'"):
         surgeon.site("blocks.0.hook_embed")
     import dataclasses
 
