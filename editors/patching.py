@@ -191,7 +191,7 @@ def causal_trace(
     with torch.inference_mode(), surgeon.apply(edits):
         if answer is None:
             top = surgeon.model(input_ids=ids).logits[0, -1].argmax().item()
-            answer = tokenizer.convert_ids_to_tokens(top).lstrip("Ġ▁ ")
+            answer = tokenizer.decode([top]).strip()
             answer_id = top
         else:
             answer_id = answer_token(tokenizer, answer)
@@ -208,7 +208,7 @@ def causal_trace(
         prompt,
         subject,
         answer,
-        tuple(tokenizer.convert_ids_to_tokens(ids[0])),
+        tuple(tokenizer.decode([token]) for token in ids[0].tolist()),  # text, not byte-level symbols
         (start, end),
         clean_p,
         corrupted_p,
@@ -232,13 +232,17 @@ def plot_causal_trace(trace: CausalTrace, path: str | Path) -> Path:
 
     titles = {"resid": "hidden state (resid_post)", "attn": "attention output", "mlp": "MLP output"}
     labels = [
-        t + ("*" if trace.subject_span[0] <= i < trace.subject_span[1] else "") for i, t in enumerate(trace.tokens)
+        (t.strip() or repr(t)) + ("*" if trace.subject_span[0] <= i < trace.subject_span[1] else "")
+        for i, t in enumerate(trace.tokens)
     ]
+    # the colour scale spans the data: from the corrupted run (or the lowest cell) to the clean run
+    # (or the highest cell), so the small probabilities of a real model's answer stay visible
+    values = torch.cat([grid.flatten() for grid in trace.grids.values()])
+    low = min(trace.corrupted_probability, float(values.min()))
+    high = max(trace.clean_probability, float(values.max()), low + 1e-6)
     fig, axes = plt.subplots(1, len(trace.grids), figsize=(4.2 * len(trace.grids), 0.45 * len(labels) + 1.6))
     for ax, (kind, grid) in zip(list(axes) if len(trace.grids) > 1 else [axes], trace.grids.items(), strict=True):
-        image = ax.imshow(
-            grid.T.numpy(), cmap="Purples", aspect="auto", vmin=0, vmax=max(trace.clean_probability, 1e-6)
-        )
+        image = ax.imshow(grid.T.numpy(), cmap="Purples", aspect="auto", vmin=low, vmax=high)
         ax.set_title(titles[kind], fontsize=10)
         ax.set_xlabel("layer")
         ax.set_xticks(range(grid.shape[0]))

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from editors import Steering, Surgeon
 from editors.covariance import CovarianceCache, key_covariance
 from editors.induction import induction_head_scores, repeated_token_batch
-from editors.patching import causal_trace
+from editors.patching import causal_trace, plot_causal_trace
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome
 from editors.stats import activation_stats
 from editors.steering import derive_steering
@@ -69,21 +69,24 @@ def test_batched_helpers_work_without_a_pad_token_and_leave_the_tokenizer_alone(
     assert tokenizer.pad_token is None  # the helpers padded on their own
 
 
-def test_padding_does_not_change_what_a_row_computes(surgeon, tokenizer) -> None:
-    """A short prompt's last-token activation is the same alone and in a batch with a long one."""
-    if next(surgeon.model.parameters()).dtype != torch.float32:
-        pytest.skip("bfloat16 batches accumulate in another order: compared in float32 only")
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+def test_padding_does_not_change_what_a_row_computes(family, tokenizer) -> None:
+    """A short prompt's last-token activation is the same alone and in a batch with a long one
+    (float32: bfloat16 batches of another shape accumulate in another order)."""
     from editors.steering import last_token_activations
 
+    surgeon = Surgeon(tiny_model(family, vocab=len(tokenizer)))
     short, long = "The film was", "The river runs through the old town before it reaches"
     alone = last_token_activations(surgeon, tokenizer, [short], "blocks.2.hook_resid_pre")
     together = last_token_activations(surgeon, tokenizer, [short, long], "blocks.2.hook_resid_pre")
     assert torch.allclose(alone[0], together[0], atol=1e-5)
 
 
-def test_tracing_rome_and_induction_scores_run_in_the_models_dtype(surgeon, tokenizer) -> None:
+def test_tracing_rome_and_induction_scores_run_in_the_models_dtype(surgeon, tokenizer, tmp_path) -> None:
     trace = causal_trace(surgeon, tokenizer, "The capital of France is", "France", samples=2, kinds=("resid",))
     assert trace.grids["resid"].shape[0] == surgeon.dims.n_layers and torch.isfinite(trace.grids["resid"]).all()
+    assert "".join(trace.tokens) == "The capital of France is" and trace.tokens[-1] == " is"  # text, not "Ġis"
+    assert plot_causal_trace(trace, tmp_path / "trace.png").stat().st_size > 1000
     covariance, _ = key_covariance(surgeon, tokenizer, CORPUS, 1)
     hparams = RomeHyperParams(layer=1, steps=5, n_prefixes=2)
     result = compute_rome(surgeon, tokenizer, RomeRequest("The capital of {} is", "France", "Madrid"), covariance,
