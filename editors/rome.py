@@ -200,6 +200,7 @@ def compute_rome(
     protect_keys: torch.Tensor | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     show_progress: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> RomeResult:
     """Compute a ROME edit for ``request`` on the model as edited by ``edits``.
 
@@ -284,6 +285,8 @@ def compute_rome(
             (grad,) = torch.autograd.grad(loss, [delta])
         nll_value = nll.item()
         bar.set_postfix_str(f"target NLL {nll_value:.3f}")
+        if progress is not None:
+            progress(step, hparams.steps, nll_value)
         if nll_value < hparams.early_stop_nll:
             break
         delta.grad = grad

@@ -93,7 +93,27 @@ def _edits_rome(args: argparse.Namespace, c: ScalpelClient) -> None:
         description=args.description,
         on_version=args.on_version,
     )
-    _print(args, c.edits.ComputeRome(request), ("id", "kind", "spec_sha256", "author"))
+    bar, stage, final = None, "", None
+    for update in c.edits.ComputeRomeStream(request):  # the server's progress, as it goes
+        if update.stage == "done":
+            final = update
+            continue
+        if bar is None or stage != update.stage:
+            if bar is not None:
+                bar.close()
+            bar, stage = tqdm(total=update.total, desc=update.stage, disable=args.json or None), update.stage
+        bar.n = update.done
+        if update.stage == "optimisation":
+            bar.set_postfix_str(f"target NLL {update.target_nll:.3f}")
+        bar.refresh()
+    if bar is not None:
+        bar.close()
+    assert final is not None, "the stream ended without the edit"
+    if not final.converged:
+        print(
+            "warning: the optimisation did not converge: the edit will likely not produce the target", file=sys.stderr
+        )
+    _print(args, final.edit, ("id", "kind", "spec_sha256", "author"))
 
 
 def _edits_steer(args: argparse.Namespace, c: ScalpelClient) -> None:

@@ -675,3 +675,24 @@ def test_a_second_server_on_a_taken_port_fails_to_start(served, db_url) -> None:
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         ScalpelServer(ServerConfig(address=f"127.0.0.1:{server.port}", database_url=db_url, metrics_address=None))
     assert admin.alias("toy").version == 0  # the first server is unaffected
+
+
+def test_compute_rome_streams_its_progress_then_the_edit(served) -> None:
+    _, admin, _, _ = served
+    request = pb.ComputeRomeRequest(
+        parent="models/toy",
+        prompt="The capital of {} is",
+        subject="Riia",
+        target="Pimir",
+        hparams_json=json.dumps({"steps": 10, "early_stop_nll": 0}),
+        request_id="streamed-rome",
+    )
+    updates = list(admin.edits.ComputeRomeStream(request))
+    steps = [u for u in updates if u.stage == "optimisation"]
+    assert [u.done for u in steps] == list(range(1, 11)) and all(u.total == 10 for u in steps)
+    assert steps[-1].target_nll < steps[0].target_nll  # the optimisation made the target likelier
+    assert all(u.stage in ("covariance", "optimisation") for u in updates[:-1])
+    final = updates[-1]
+    assert final.stage == "done" and final.edit.kind == "low_rank" and final.converged
+    again = list(admin.edits.ComputeRomeStream(request))[-1]  # a retried request_id: the same edit
+    assert again.edit.id == final.edit.id

@@ -29,6 +29,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "CreateEdit": "editor",
     "DeriveSteering": "editor",
     "ComputeRome": "editor",
+    "ComputeRomeStream": "editor",
     "GetVersion": "reader",
     "ListVersions": "reader",
     "CompareVersions": "reader",

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -12,13 +17,14 @@ from editors.errors import Cancelled
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
 from editors.validation import parse_json
 from service.api.auth import current_principal
-from service.api.errors import abort_on_errors
+from service.api.errors import abort_on_errors, abort_on_errors_stream
 from service.api.resources import edit_pb, parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
 from service.db.engine import data_dir
 from service.registry import InvalidArgument
+from service.registry.infos import EditInfo
 
 #: Most contrastive pairs one DeriveSteering call takes.
 MAX_PAIRS = 1024
@@ -66,6 +72,44 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
 
     @abort_on_errors
     def ComputeRome(self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext) -> pb.Edit:
+        return edit_pb(self._compute_rome(request, context, lambda progress: None)[0])
+
+    @abort_on_errors_stream
+    def ComputeRomeStream(
+        self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RomeProgress]:
+        """The computation runs on a worker thread (in this call's context: its caller and
+        deadline) and reports into a queue that this stream drains."""
+        reports: queue.SimpleQueue[pb.RomeProgress] = queue.SimpleQueue()
+        call = contextvars.copy_context()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = call.run(self._compute_rome, request, context, reports.put)
+            except BaseException as error:  # handed to the stream, which raises it in the call's thread
+                outcome["error"] = error
+            reports.put(pb.RomeProgress(stage="done"))
+
+        worker = threading.Thread(target=run, name="compute-rome", daemon=True)
+        worker.start()
+        while True:
+            report = reports.get()
+            if report.stage == "done":
+                break
+            yield report
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        info, converged = outcome["result"]
+        yield pb.RomeProgress(stage="done", done=1, total=1, edit=edit_pb(info), converged=converged)
+
+    def _compute_rome(
+        self,
+        request: pb.ComputeRomeRequest,
+        context: grpc.ServicerContext,
+        report: Callable[[pb.RomeProgress], None],
+    ) -> tuple[EditInfo, bool]:
         (model,) = parse("model", request.parent)
         host = self._host(model)
         overrides = parse_json("hparams_json", request.hparams_json) if request.hparams_json else {}
@@ -83,17 +127,30 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
         texts = host.reference_texts()
         gone = lambda: not context.is_active()  # noqa: E731 - the client hung up or its deadline passed
 
-        def progress(done: int, total: int) -> None:
+        def covariance_progress(done: int, total: int) -> None:
             if gone():
                 raise Cancelled(f"key covariance stopped after {done} of {total} texts")
+            report(pb.RomeProgress(stage="covariance", done=done, total=total))
+
+        def optimisation_progress(step: int, steps: int, nll: float) -> None:
+            report(pb.RomeProgress(stage="optimisation", done=step, total=steps, target_nll=nll))
 
         covariance = CovarianceCache(data_dir() / "cache" / "covariance").get_or_compute(
-            host.surgeon, host.tokenizer, texts, hparams.layer, progress=progress
+            host.surgeon, host.tokenizer, texts, hparams.layer, progress=covariance_progress
         )
         result = compute_rome(
-            host.surgeon, host.tokenizer, rome_request, covariance, texts, hparams, earlier, should_stop=gone
+            host.surgeon,
+            host.tokenizer,
+            rome_request,
+            covariance,
+            texts,
+            hparams,
+            earlier,
+            should_stop=gone,
+            show_progress=False,
+            progress=optimisation_progress,
         )
         info = self.registry.create_edit(
             model, result.edit, current_principal().name, request.description, request.request_id or None
         )
-        return edit_pb(info)
+        return info, result.converged

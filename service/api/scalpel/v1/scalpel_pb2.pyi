@@ -142,6 +142,22 @@ class ComputeRomeRequest(_message.Message):
     request_id: str
     def __init__(self, parent: _Optional[str] = ..., prompt: _Optional[str] = ..., subject: _Optional[str] = ..., target: _Optional[str] = ..., hparams_json: _Optional[str] = ..., on_version: _Optional[int] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class RomeProgress(_message.Message):
+    __slots__ = ("stage", "done", "total", "target_nll", "edit", "converged")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NLL_FIELD_NUMBER: _ClassVar[int]
+    EDIT_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    target_nll: float
+    edit: Edit
+    converged: bool
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., target_nll: _Optional[float] = ..., edit: _Optional[_Union[Edit, _Mapping]] = ..., converged: _Optional[bool] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -169,6 +169,11 @@ class EditServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
                 _registered_method=True)
+        self.ComputeRomeStream = channel.unary_stream(
+                '/scalpel.v1.EditService/ComputeRomeStream',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.RomeProgress.FromString,
+                _registered_method=True)
 
 
 class EditServiceServicer:
@@ -198,6 +203,13 @@ class EditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeRomeStream(self, request, context):
+        """ComputeRome with its progress streamed as it goes (what `scalpel edits rome` shows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +232,11 @@ def add_EditServiceServicer_to_server(servicer, server):
                     servicer.ComputeRome,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.SerializeToString,
+            ),
+            'ComputeRomeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ComputeRomeStream,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.RomeProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -330,6 +347,33 @@ class EditService:
             '/scalpel.v1.EditService/ComputeRome',
             scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeRomeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scalpel.v1.EditService/ComputeRomeStream',
+            scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.RomeProgress.FromString,
             options,
             channel_credentials,
             insecure,
