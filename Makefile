@@ -26,7 +26,8 @@ test: lint browser
 # the page by parsing only, and says so).
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+		timeout 300 apt-get update -qq >/dev/null && \
+		timeout 600 apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 		echo "chromium unavailable: the report test will check the page by parsing only"
 
 bench: $(STAMP)
