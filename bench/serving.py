@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--stream-interval", type=int, default=0, help="the server's --stream-interval")
+    parser.add_argument("--server-torch-threads", type=int, help="the server's --torch-threads (default: torch's)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--engine-run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
@@ -184,6 +185,8 @@ def main() -> None:
     local_stacks = [(surgeon, surgeon.compile(edits)) for edits in version_edits]
     results: dict[str, float] = {}
     device = ["--device", args.device, "--dtype", args.dtype, "--stream-interval", str(args.stream_interval)]
+    if args.server_torch_threads:
+        device += ["--torch-threads", str(args.server_torch_threads)]
     with tempfile.TemporaryDirectory() as tmp, serve_process(Path(tmp), *device) as served:
         client = ScalpelClient(f"127.0.0.1:{served.port}", served.secret)
         versions = [0]

@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -84,6 +85,16 @@ class RomeHyperParams:
     seed: int = 0
     early_stop_nll: float = 0.05
     protect_weight: float = 1.0
+
+    @classmethod
+    def for_model(cls, surgeon: Surgeon, **overrides: Any) -> RomeHyperParams:
+        """The defaults for ``surgeon``'s model: its family's edit layer (:data:`EDIT_DEPTH`) unless
+        ``overrides`` name one; the other fields are this class's defaults (tuned on the toy model)."""
+        share = EDIT_DEPTH.get(surgeon.adapter.family)
+        n_layers = surgeon.dims.n_layers
+        if "layer" not in overrides and share is not None and n_layers >= MIN_LAYERS_FOR_DEPTH:
+            overrides = {**overrides, "layer": min(n_layers - 1, round(share * n_layers))}
+        return cls(**overrides)
 
     def validated(self, n_layers: int) -> RomeHyperParams:
         check_int("layer", self.layer, 0, n_layers - 1)
@@ -151,6 +162,41 @@ def _subject_positions(
     return torch.tensor(positions)
 
 
+def _inverse_key(
+    covariance: torch.Tensor, k_star: torch.Tensor, protect_keys: torch.Tensor | None, hparams: RomeHyperParams
+) -> torch.Tensor:
+    """``C⁻¹k*`` of the closed-form update (float64, CPU). It needs only the covariance and the
+    key, so it is computed, and a hopeless one refused in the request's terms, before the value
+    optimisation runs."""
+    d_mlp = covariance.shape[0]
+    second_moment = covariance.double().cpu()
+    second_moment = second_moment + hparams.ridge * second_moment.diagonal().mean() * torch.eye(
+        d_mlp, dtype=torch.float64
+    )
+    if protect_keys is not None and len(protect_keys):
+        keys = protect_keys.double().cpu()
+        second_moment = second_moment + hparams.protect_weight * keys.T @ keys
+    if not torch.isfinite(second_moment).all() or not torch.isfinite(k_star).all():
+        raise InvalidEditError(
+            "covariance",
+            "or the subject's key holds NaN or infinity",
+            "a covariance and model that compute in finite numbers (try float32 weights)",
+        )
+    try:
+        inverse_key = torch.linalg.solve(second_moment, k_star)
+    except torch.linalg.LinAlgError:  # exactly singular
+        inverse_key = torch.full_like(k_star, float("nan"))
+    alignment = float(inverse_key @ k_star)
+    if not torch.isfinite(inverse_key).all() or not alignment > 0:
+        raise InvalidEditError(
+            "covariance",
+            f"is too close to singular at layer {hparams.layer} for this subject's key "
+            f"((C⁻¹k*)·k* = {alignment:.3g}, ridge {hparams.ridge})",
+            f"a larger ridge (e.g. {max(hparams.ridge * 100, 1e-2):g}), more covariance texts, or another layer",
+        )
+    return inverse_key
+
+
 def _add_at(positions: torch.Tensor, delta: torch.Tensor) -> Op:
     """Op adding ``delta`` at one position per row (differentiable in ``delta``)."""
 
@@ -169,6 +215,14 @@ def _record(positions: torch.Tensor, out: dict[str, torch.Tensor], name: str) ->
 
     return Op(fn)
 
+
+#: Where ROME edits, as a share of the model's depth, by family, from the configurations the
+#: method's authors and EasyEdit publish: GPT-2 XL layer 17 of 48 (ROME, hparams/ROME/gpt2-xl.json),
+#: GPT-NeoX-20B layer 15 of 44 (ROME, EleutherAI_gpt-neox-20b.json), Llama-2-7B layer 5 of 32
+#: (EasyEdit, hparams/ROME/llama-7b.yaml). Models shallower than MIN_LAYERS_FOR_DEPTH (the toy
+#: model) keep layer 0, where causal tracing finds their facts.
+EDIT_DEPTH = {"gpt2": 17 / 48, "gpt_neox": 15 / 44, "llama": 5 / 32}
+MIN_LAYERS_FOR_DEPTH = 8
 
 #: Mean NLL per target token above which the optimisation counts as not converged (p < e⁻¹ ≈ 0.37).
 CONVERGED_NLL = 1.0
@@ -262,6 +316,7 @@ def compute_rome(
     k_star = seen["k"][:n_rewrite].double().mean(dim=0).cpu()  # the closed-form update runs on the CPU in float64
     v_current = seen["v"][:n_rewrite].double().mean(dim=0)
     essence_logp = logits[n_rewrite, ends[n_rewrite]].float().log_softmax(dim=-1)
+    inverse_key = _inverse_key(covariance, k_star, protect_keys, hparams)  # checked before the long part
 
     delta = torch.zeros(surgeon.dims.d_model, device=device, dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.lr)
@@ -298,13 +353,6 @@ def compute_rome(
 
     bar.close()
     residual = delta.detach().double().cpu()
-    second_moment = covariance.double() + hparams.ridge * covariance.double().diagonal().mean() * torch.eye(
-        d_mlp, dtype=torch.float64
-    )
-    if protect_keys is not None and len(protect_keys):
-        keys = protect_keys.double()
-        second_moment = second_moment + hparams.protect_weight * keys.T @ keys
-    inverse_key = torch.linalg.solve(second_moment, k_star)
     U = (residual / (inverse_key @ k_star)).unsqueeze(1)
     V = inverse_key.unsqueeze(1)
     converged = nll_value <= CONVERGED_NLL

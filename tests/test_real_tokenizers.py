@@ -161,3 +161,33 @@ def test_long_work_shows_a_progress_bar_to_a_person_and_not_when_asked(tokenizer
     key_covariance(surgeon, tokenizer, CORPUS, 1, show_progress=False)
     assert "key covariance, layer 1" in shown.getvalue() and f"/{len(CORPUS)} " in shown.getvalue()
     assert quiet.getvalue() == ""
+
+
+def test_a_hopeless_covariance_is_refused_before_the_optimisation_in_the_requests_terms(tokenizer) -> None:
+    from editors.errors import InvalidEditError
+
+    surgeon = Surgeon(tiny_model("llama", vocab=len(tokenizer)))
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return False
+
+    request = RomeRequest("The capital of {} is", "France", "Madrid")
+    singular = torch.zeros(surgeon.dims.d_mlp, surgeon.dims.d_mlp)
+    with pytest.raises(InvalidEditError, match=r"too close to singular at layer 1 .* a larger ridge \(e\.g\. 0\.01\)"):
+        compute_rome(surgeon, tokenizer, request, singular, CORPUS, RomeHyperParams(layer=1, ridge=0.0),
+                     should_stop=should_stop)  # fmt: skip
+    with pytest.raises(InvalidEditError, match="NaN or infinity"):
+        compute_rome(surgeon, tokenizer, request, singular + float("nan"), CORPUS, RomeHyperParams(layer=1))
+    assert asked == []  # refused before a single optimisation step
+
+
+def test_rome_edits_each_familys_published_depth_and_the_toy_model_its_own() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    deep = Surgeon(LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=32,
+                                                num_attention_heads=2, intermediate_size=32)))  # fmt: skip
+    assert RomeHyperParams.for_model(deep).layer == 5  # EasyEdit's Llama-2-7B layer
+    assert RomeHyperParams.for_model(deep, layer=9).layer == 9
+    assert RomeHyperParams.for_model(Surgeon(tiny_model("gpt2"))).layer == 0  # 3 layers: too shallow to scale

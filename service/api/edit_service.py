@@ -116,7 +116,7 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
         if not isinstance(overrides, dict):
             raise InvalidArgument("hparams_json must be a JSON object of RomeHyperParams fields")
         try:
-            hparams = RomeHyperParams(**overrides)
+            hparams = RomeHyperParams.for_model(host.surgeon, **overrides)
         except (ValueError, TypeError) as exc:
             raise InvalidArgument(f"hparams_json: {exc}") from exc
         rome_request = RomeRequest(request.prompt, request.subject, request.target)
