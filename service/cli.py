@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
 from service.cli_client import add_client_commands
+from service.cli_errors import one_line, read_yaml
 
 if TYPE_CHECKING:
     from service.server import ServerConfig
@@ -145,16 +146,16 @@ def _cmd_db(args: argparse.Namespace) -> int:
         upgrade(args.revision, args.url)
     else:
         downgrade(args.revision, args.url)
+    print(f"scalpel: database {args.db_command}d to {args.revision}")
     return 0
 
 
 def _load_server_config(path: Path) -> ServerConfig:
     """A ``ServerConfig`` from YAML; unknown keys are an error (a typo must not pass silently)."""
-    import yaml
 
     from service.server import ServerConfig
 
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = read_yaml(path, "config file") or {}
     if not isinstance(loaded, dict):
         raise SystemExit(f"scalpel: {path} must hold a mapping of ServerConfig fields")
     unknown = sorted(set(loaded) - set(ServerConfig.__dataclass_fields__))
@@ -181,7 +182,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.config:
         config = _load_server_config(Path(args.config))
     if args.model:
+        for item in args.model:
+            if "=" not in item or not item.split("=", 1)[0]:
+                raise SystemExit(f"scalpel: --model takes NAME=PATH (e.g. --model toy={item}), got {item!r}")
         config.models = dict(item.split("=", 1) for item in args.model)
+    for name, value in config.models.items():
+        source = value if isinstance(value, str) else getattr(value, "source", None) or value.get("source", "")
+        if str(source).startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+            raise SystemExit(
+                f"scalpel: model {name!r}: no model directory at {source} (fix the path; a hub id looks like org/name)"
+            )
     config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
     config.database_url = args.database_url or config.database_url
     config.insecure = args.insecure or config.insecure
@@ -375,6 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (DatabaseNotReady, OSError) as error:  # OSError: a file named on the command line, most often
         print(f"scalpel: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:  # the checks below raise SystemExit("scalpel: …") for a usage mistake
+        if not isinstance(stop.code, str):
+            raise
+        print(stop.code, file=sys.stderr)
+        return 2
+    except Exception as error:
+        line = one_line(error)
+        if line is None:
+            raise
+        print(f"scalpel: {line}", file=sys.stderr)
         return 2
 
 

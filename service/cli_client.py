@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import torch
-import yaml
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
@@ -26,6 +25,7 @@ from editors import edit_from_parts, load_edit
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.check_report import find_browser, render_html, screenshot
 from service.cli_checks import format_run, inline_item_files, run_dict
+from service.cli_errors import UsageError, read_yaml
 from service.client import ScalpelClient
 
 
@@ -64,7 +64,9 @@ def _edit_from_file(path: Path) -> Any:
     """An edit from a ``save_edit`` safetensors file, or YAML ``{kind, params, tensors: {name: list}}``."""
     if path.suffix == ".safetensors":
         return load_edit(path)
-    spec = yaml.safe_load(path.read_text())
+    spec = read_yaml(path, "edit file")
+    if not isinstance(spec, dict):
+        raise UsageError(f"{path} must be a mapping {{kind, params, tensors}}; fix the edit file")
     tensors = {name: torch.tensor(values, dtype=torch.float32) for name, values in (spec.get("tensors") or {}).items()}
     return edit_from_parts(spec.get("kind"), spec.get("params") or {}, tensors)
 
@@ -117,7 +119,12 @@ def _edits_rome(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _edits_steer(args: argparse.Namespace, c: ScalpelClient) -> None:
-    pairs = [pb.PromptPair(positive=p, negative=n) for p, n in yaml.safe_load(Path(args.pairs).read_text())]
+    loaded = read_yaml(Path(args.pairs), "pairs file")
+    if not isinstance(loaded, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in loaded
+    ):
+        raise UsageError(f"{args.pairs} must be a list of [positive, negative] text pairs; fix the pairs file")
+    pairs = [pb.PromptPair(positive=p, negative=n) for p, n in loaded]
     request = pb.DeriveSteeringRequest(
         parent=f"models/{args.model}",
         pairs=pairs,
@@ -148,7 +155,7 @@ def _suite(args: argparse.Namespace, c: ScalpelClient) -> None:
     if args.sub == "get":
         suite = c.checks.GetSuite(pb.GetSuiteRequest(model=f"models/{args.model}"))
     else:
-        spec = inline_item_files(yaml.safe_load(Path(args.file).read_text()), Path(args.file).parent)
+        spec = inline_item_files(read_yaml(Path(args.file), "suite file"), Path(args.file).parent)
         suite = c.checks.SetSuite(pb.SetSuiteRequest(model=f"models/{args.model}", spec_json=json.dumps(spec)))
     _print(args, suite, ("model", "suite_sha256"))
 

@@ -1,0 +1,64 @@
+"""Every mistake a user can make on the command line or in a file it names is one line that names
+the fix, with exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from service.cli import main
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALPEL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SCALPEL_ADDRESS", "127.0.0.1:9")  # never reached: each mistake is caught before
+    monkeypatch.setenv("SCALPEL_API_KEY", "unused")
+    contents = {
+        "broken.yaml": "kind: steering\nparams: {site: blocks.1.hook_resid_pre\n",
+        "kind.yaml": "kind: nope\nparams: {}\n",
+        "mean.yaml": "kind: head_ablation\nparams: {layer: 0, heads: [1], mode: mean}\n",
+        "pairs.yaml": "[[only one text]]\n",
+        "config.yaml": "models: {toy: [unclosed\n",
+    }
+    for name, text in contents.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _fails_in_one_line(capsys, argv: list[str], *needles: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("scalpel: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_files_and_flags_are_one_line_with_the_fix(files, capsys) -> None:
+    _fails_in_one_line(capsys, ["edits", "create", "-f", str(files / "broken.yaml")], "not valid YAML at line 3")
+    _fails_in_one_line(capsys, ["edits", "create", "-f", str(files / "kind.yaml")], "unknown edit kind 'nope'")
+    _fails_in_one_line(capsys, ["edits", "create", "-f", str(files / "mean.yaml")], "means: is required")
+    _fails_in_one_line(
+        capsys, ["edits", "steer", "--pairs", str(files / "pairs.yaml"), "--layer", "1"], "[positive, negative]"
+    )
+    _fails_in_one_line(capsys, ["serve", "--model", "/models/toy"], "--model takes NAME=PATH")
+    _fails_in_one_line(capsys, ["serve", "--model", "toy=/no/such/dir"], "no model directory at /no/such/dir")
+    _fails_in_one_line(capsys, ["serve", "--config", str(files / "config.yaml")], "fix the config file")
+
+
+def test_database_mistakes_are_one_line(files, capsys) -> None:
+    assert main(["db", "upgrade"]) == 0
+    assert "database upgraded to head" in capsys.readouterr().out  # success says so
+    assert main(["keys", "create", "ops", "--role", "admin", "--json"]) == 0
+    capsys.readouterr()
+    _fails_in_one_line(capsys, ["keys", "create", "ops", "--role", "admin"], "'ops'")
+    _fails_in_one_line(
+        capsys, ["db", "upgrade", "--url", "postgres://postgres@127.0.0.1/test"], "postgresql://user@host"
+    )
+    server = os.environ.get("SCALPEL_TEST_POSTGRES_URL")
+    if server is None:
+        pytest.skip("SCALPEL_TEST_POSTGRES_URL is not set: the missing-database case needs a PostgreSQL server")
+    missing = server.rsplit("/", 1)[0] + "/scalpel_no_such_database"
+    _fails_in_one_line(capsys, ["db", "upgrade", "--url", missing], "does not exist", "createdb")
