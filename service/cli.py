@@ -279,11 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toyworld_train)
     evaluate = toyworld.add_parser("eval", help="fact recall, paraphrase recall and induction accuracy")
-    evaluate.add_argument("--model", default=str(TOY_MODEL_DIR))
+    evaluate.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_cmd_toyworld_eval)
     verify = toyworld.add_parser("verify", help="check the model files against their SHA-256 manifest")
-    verify.add_argument("--model", default=str(TOY_MODEL_DIR))
+    verify.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     verify.set_defaults(func=_cmd_toyworld_verify)
 
     db = commands.add_parser("db", help="database migrations (Alembic)").add_subparsers(
@@ -336,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     keys_create = keys.add_parser("create", help="create a key directly in the database (bootstrap)")
     keys_create.add_argument("name")
-    keys_create.add_argument("--role", default="admin", choices=["reader", "editor", "approver", "admin"])
+    keys_create.add_argument(
+        "--role",
+        required=True,
+        choices=["reader", "editor", "approver", "admin"],
+        help="what the key may do: reader < editor < approver < admin (see the README's table)",
+    )
     keys_create.add_argument("--database-url", default=None)
     keys_create.add_argument("--json", action="store_true")
     keys_create.set_defaults(func=_cmd_keys_create)
@@ -351,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     rome_eval.add_argument("--sequential", type=_positive_int, default=10, help="edits applied one after another")
     rome_eval.add_argument("--seed", type=int, default=0)
     rome_eval.add_argument("--layer", type=int, default=None, help="MLP layer to edit (default: the toy default)")
-    rome_eval.add_argument("--model", default=str(TOY_MODEL_DIR))
+    rome_eval.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     rome_eval.add_argument("--json", action="store_true", help="print one JSON object")
     rome_eval.add_argument("--quiet", action="store_true", help="no progress bars")
     rome_eval.set_defaults(func=_cmd_rome_eval)
@@ -361,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--subject", required=True)
     trace.add_argument("--answer", default=None, help="default: the model's top prediction")
     trace.add_argument("--png", default=None, help="write the heatmap here")
-    trace.add_argument("--model", default=str(TOY_MODEL_DIR))
+    trace.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     trace.add_argument("--json", action="store_true")
     trace.set_defaults(func=_cmd_trace)
     return parser

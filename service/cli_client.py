@@ -317,8 +317,8 @@ def _remote_keys(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 def add_client_commands(commands: argparse._SubParsersAction) -> None:
     def command(parser: argparse.ArgumentParser, handler: Callable[..., Any], paged: bool = False) -> None:
-        parser.add_argument("--address", default=None)
-        parser.add_argument("--api-key", default=None)
+        parser.add_argument("--address", default=None, help="host:port (default: $SCALPEL_ADDRESS or 127.0.0.1:50051)")
+        parser.add_argument("--api-key", default=None, help="the API key's secret (default: $SCALPEL_API_KEY)")
         parser.add_argument("--tls", action="store_true", help="TLS, verifying the server with the system's roots")
         parser.add_argument("--tls-ca", default=os.environ.get("SCALPEL_TLS_CA"), help="CA file (implies --tls)")
         parser.add_argument("--tls-cert", default=os.environ.get("SCALPEL_TLS_CERT"), help="client certificate")
@@ -335,7 +335,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
     create = edits.add_parser("create", help="create from a file (save_edit .safetensors, or YAML)")
     create.add_argument("-f", "--file", required=True)
-    create.add_argument("--model", default="toy")
+    create.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     create.add_argument("--description", default="")
     create.add_argument("--request-id", default="")
     command(create, _edits_create)
@@ -346,7 +346,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     rome.add_argument("--target", required=True)
     rome.add_argument("--hparams", default="", help="JSON object of hyper-parameter overrides")
     rome.add_argument("--on-version", type=int, default=None, help="compute on this version (sequential editing)")
-    rome.add_argument("--model", default="toy")
+    rome.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     rome.add_argument("--description", default="")
     command(rome, _edits_rome)
     steer = edits.add_parser("steer", help="derive a steering vector from prompt pairs on the server")
@@ -354,7 +354,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     steer.add_argument("--layer", type=int, required=True)
     steer.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca"])
     steer.add_argument("--scale", type=float, default=1.0)
-    steer.add_argument("--model", default="toy")
+    steer.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     steer.add_argument("--description", default="")
     command(steer, _edits_steer)
 
@@ -362,34 +362,34 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("base", type=int)
     compare.add_argument("candidate", type=int)
     compare.add_argument("--prompt", action="append", help="repeatable (default: the suite's reference texts)")
-    compare.add_argument("--model", default="toy")
+    compare.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(compare, _compare)
 
     suite = commands.add_parser("suite", help="the model's check suite").add_subparsers(dest="sub", required=True)
     get = suite.add_parser("get")
-    get.add_argument("--model", default="toy")
+    get.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(get, _suite)
     put = suite.add_parser("set")
     put.add_argument("-f", "--file", required=True, help="YAML or JSON suite")
-    put.add_argument("--model", default="toy")
+    put.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(put, _suite)
 
     score = commands.add_parser("score", help="log-probabilities of continuations")
     score.add_argument("prompt")
     score.add_argument("continuations", nargs="+")
-    score.add_argument("--model", default="toy")
-    score.add_argument("--alias", default="production")
+    score.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    score.add_argument("--alias", default="production", help="the alias (default: production)")
     score.add_argument("--version", type=int, default=None)
     command(score, _score)
 
     versions = commands.add_parser("versions", help="versions").add_subparsers(dest="sub", required=True)
     listing = versions.add_parser("list")
-    listing.add_argument("--model", default="toy")
+    listing.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(listing, _versions_list, paged=True)
     new = versions.add_parser("create")
-    new.add_argument("--model", default="toy")
-    new.add_argument("--parent", type=int, required=True)
-    new.add_argument("--append", type=int, nargs="*", default=[])
+    new.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    new.add_argument("--parent", type=int, required=True, help="the version number the new one starts from")
+    new.add_argument("--append", type=int, nargs="*", default=[], help="edit ids to add, in order")
     new.add_argument("--remove", type=int, default=None)
     new.add_argument("--description", default="")
     command(new, _versions_create)
@@ -397,7 +397,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     checks = commands.add_parser("checks", help="regression checks").add_subparsers(dest="sub", required=True)
     run = checks.add_parser("run", help="run the suite on a version (progress bar; exit status 1 unless it passed)")
     run.add_argument("version", type=int)
-    run.add_argument("--model", default="toy")
+    run.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(run, _checks_run)
     got = checks.add_parser("get", help="a run's results (exit status 1 unless it passed)")
     got.add_argument("run", type=int)
@@ -409,7 +409,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     command(report, _checks_report)
     listed = checks.add_parser("list", help="a model's runs, newest first (of one version, if given)")
     listed.add_argument("version", type=int, nargs="?", default=None)
-    listed.add_argument("--model", default="toy")
+    listed.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(listed, _checks_list, paged=True)
 
     for name, handler in (("promote", _promote), ("rollback", _rollback)):
@@ -423,13 +423,13 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
             parser.add_argument("version", type=int)
         else:
             parser.add_argument("--to", type=int, default=None, help="a named version (default: undo the last move)")
-        parser.add_argument("--model", default="toy")
-        parser.add_argument("--alias", default="production")
+        parser.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+        parser.add_argument("--alias", default="production", help="the alias (default: production)")
         parser.add_argument("--reason", default="")
         command(parser, handler)
     history = commands.add_parser("history", help="an alias's moves, newest first")
-    history.add_argument("--model", default="toy")
-    history.add_argument("--alias", default="production")
+    history.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    history.add_argument("--alias", default="production", help="the alias (default: production)")
     command(history, _history, paged=True)
 
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(dest="sub", required=True)
@@ -444,10 +444,10 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
 
     generate = commands.add_parser("generate", help="stream a generation")
     generate.add_argument("prompt")
-    generate.add_argument("--model", default="toy")
-    generate.add_argument("--alias", default=None)
+    generate.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    generate.add_argument("--alias", default=None, help="serve through this alias (default: production)")
     generate.add_argument("--version", type=int, default=None)
-    generate.add_argument("--max-tokens", type=int, default=16)
+    generate.add_argument("--max-tokens", type=int, default=16, help="new tokens at most (default 16)")
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=None)
@@ -467,5 +467,8 @@ def _run(handler: Callable[..., Any], args: argparse.Namespace) -> int:
         try:
             return handler(args, client) or 0
         except grpc.RpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            hint = ""
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                hint = " (pass --api-key SECRET or set $SCALPEL_API_KEY; `scalpel keys create` makes one)"
+            print(f"error: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
             return 2

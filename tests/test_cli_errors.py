@@ -8,6 +8,7 @@ import os
 import pytest
 
 from service.cli import main
+from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 
 @pytest.fixture
@@ -62,3 +63,15 @@ def test_database_mistakes_are_one_line(files, capsys) -> None:
         pytest.skip("SCALPEL_TEST_POSTGRES_URL is not set: the missing-database case needs a PostgreSQL server")
     missing = server.rsplit("/", 1)[0] + "/scalpel_no_such_database"
     _fails_in_one_line(capsys, ["db", "upgrade", "--url", missing], "does not exist", "createdb")
+
+
+def test_a_key_needs_a_role_and_a_missing_key_names_where_it_goes(served, capsys, monkeypatch) -> None:  # noqa: F811
+    with pytest.raises(SystemExit) as refused:  # argparse: --role is required, not silently admin
+        main(["keys", "create", "someone"])
+    assert refused.value.code == 2 and "--role" in capsys.readouterr().err
+    _, _, _, address = served
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.delenv("SCALPEL_API_KEY", raising=False)
+    assert main(["models", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "UNAUTHENTICATED" in err and "--api-key" in err and "$SCALPEL_API_KEY" in err

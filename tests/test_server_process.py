@@ -25,7 +25,7 @@ def test_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
     env = {**os.environ, "SCALPEL_DATA_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
     created = subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", "create", "ops", "--json"],
+        [sys.executable, "-m", "service.cli", "keys", "create", "ops", "--role", "admin", "--json"],
         env=env,
         check=True,
         capture_output=True,
