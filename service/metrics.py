@@ -9,8 +9,11 @@ every replica's alias cache knows it), and check runs by result.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -65,8 +68,29 @@ class Metrics:
             self._http.server_close()
 
 
+#: One line per call at INFO, JSON: method, code, milliseconds, the caller's key name (never its
+#: secret) and the model a request names. Route or silence it with the ``scalpel.access`` logger.
+ACCESS_LOG = logging.getLogger("scalpel.access")
+_access: ContextVar[dict[str, str] | None] = ContextVar("scalpel_access", default=None)
+
+
+def note_caller(name: str) -> None:
+    """Called by authentication: the key name the access log line shows for this call."""
+    record = _access.get()
+    if record is not None:
+        record["caller"] = name
+
+
+def _model_of(request: Any) -> str:
+    for field in ("model", "parent", "name", "version"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value.startswith("models/"):
+            return value.split("/")[1]
+    return ""
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts and times every RPC by service, method and final status code."""
+    """Counts and times every RPC by service, method and final status code, and writes the access log."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -78,10 +102,16 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         service, _, method = details.method.lstrip("/").rpartition("/")
         metrics = self.metrics
 
-        def observe(context: grpc.ServicerContext, started: float) -> None:
+        def observe(context: grpc.ServicerContext, started: float, request: Any, record: dict[str, str]) -> None:
             code = context.code() or grpc.StatusCode.OK
+            seconds = time.perf_counter() - started
             metrics.handled.labels(service, method, code.name).inc()
-            metrics.seconds.labels(service, method).observe(time.perf_counter() - started)
+            metrics.seconds.labels(service, method).observe(seconds)
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                line = {"method": method, "code": code.name, "ms": round(seconds * 1000, 2), **record}
+                if model := _model_of(request):
+                    line["model"] = model
+                ACCESS_LOG.info(json.dumps(line))
 
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -91,12 +121,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 started = time.perf_counter()
                 metrics.started.labels(*kind).inc()
                 metrics.received.labels(*kind).inc()
+                record: dict[str, str] = {}
+                token = _access.set(record)
                 try:
                     reply = inner(request, context)
                     metrics.sent.labels(*kind).inc()
                     return reply
                 finally:
-                    observe(context, started)
+                    _access.reset(token)
+                    observe(context, started, request, record)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream:
@@ -108,12 +141,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 metrics.started.labels(*kind).inc()
                 metrics.received.labels(*kind).inc()
                 sent = metrics.sent.labels(*kind)
+                record: dict[str, str] = {}
+                token = _access.set(record)
                 try:
                     for reply in inner_stream(request, context):
                         sent.inc()
                         yield reply
                 finally:
-                    observe(context, started)
+                    _access.reset(token)
+                    observe(context, started, request, record)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

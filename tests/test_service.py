@@ -696,3 +696,21 @@ def test_compute_rome_streams_its_progress_then_the_edit(served) -> None:
     assert final.stage == "done" and final.edit.kind == "low_rank" and final.converged
     again = list(admin.edits.ComputeRomeStream(request))[-1]  # a retried request_id: the same edit
     assert again.edit.id == final.edit.id
+
+
+def test_every_call_leaves_one_access_log_line_with_its_caller_and_never_a_secret(served, caplog) -> None:
+    import logging
+
+    server, _, _, address = served
+    _, secret = server.registry.create_key("logged", "reader", "test")
+    caplog.set_level(logging.INFO, logger="scalpel.access")
+    with ScalpelClient(address, secret) as client:
+        client.generate("toy", "The capital of Riia is", max_tokens=2)
+        assert _code(lambda: client.alias("toy", "nope")) == grpc.StatusCode.NOT_FOUND
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "scalpel.access"]
+    generate = next(line for line in lines if line["method"] == "Generate")
+    assert generate["code"] == "OK" and generate["caller"] == "logged" and generate["model"] == "toy"
+    assert generate["ms"] > 0
+    missing = next(line for line in lines if line["method"] == "GetAlias")
+    assert missing["code"] == "NOT_FOUND" and missing["caller"] == "logged"
+    assert secret not in caplog.text

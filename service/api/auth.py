@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from sqlalchemy.exc import DBAPIError
 
+from service.metrics import note_caller
 from service.registry import Registry
 from service.registry.registry import ROLES, KeyInfo
 
@@ -133,7 +134,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
 def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[grpc.ServicerContext], Principal]) -> Any:
     def guard(behaviour: Callable[..., Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
-            token = _principal.set(authenticate(context))
+            principal = authenticate(context)
+            note_caller(principal.name)
+            token = _principal.set(principal)
             try:
                 return behaviour(request, context)
             finally:
@@ -144,6 +147,7 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[grpc.ServicerC
     def guard_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             principal = authenticate(context)
+            note_caller(principal.name)
             token = _principal.set(principal)
             try:
                 yield from behaviour(request, context)
