@@ -276,6 +276,16 @@ def _history(args: argparse.Namespace, c: ScalpelClient) -> None:
     )
 
 
+def _edits_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.ListEditsRequest(parent=f"models/{args.model}", page_size=args.page_size, page_token=args.page_token)
+    _print(args, c.edits.ListEdits(request), ("id", "kind", "spec_sha256", "author", "description"), "edits")
+
+
+def _aliases_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.ListAliasesRequest(parent=f"models/{args.model}", page_size=args.page_size, page_token=args.page_token)
+    _print(args, c.aliases.ListAliases(request), ("name", "version", "etag", "updated_by", "update_time"), "aliases")
+
+
 def _audit_list(args: argparse.Namespace, c: ScalpelClient) -> None:
     request = pb.ListAuditEventsRequest(
         page_size=args.page_size, page_token=args.page_token, action=args.action, subject=args.subject, actor=args.actor
@@ -333,6 +343,9 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     command(models.add_parser("list"), _models_list, paged=True)
 
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
+    edit_list = edits.add_parser("list", help="the model's edits, newest first")
+    edit_list.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    command(edit_list, _edits_list, paged=True)
     create = edits.add_parser("create", help="create from a file (save_edit .safetensors, or YAML)")
     create.add_argument("-f", "--file", required=True)
     create.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
@@ -427,6 +440,10 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--alias", default="production", help="the alias (default: production)")
         parser.add_argument("--reason", default="")
         command(parser, handler)
+    aliases = commands.add_parser("aliases", help="a model's aliases").add_subparsers(dest="sub", required=True)
+    alias_list = aliases.add_parser("list", help="every alias of the model and its version")
+    alias_list.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    command(alias_list, _aliases_list, paged=True)
     history = commands.add_parser("history", help="an alias's moves, newest first")
     history.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     history.add_argument("--alias", default="production", help="the alias (default: production)")

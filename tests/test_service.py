@@ -714,3 +714,29 @@ def test_every_call_leaves_one_access_log_line_with_its_caller_and_never_a_secre
     missing = next(line for line in lines if line["method"] == "GetAlias")
     assert missing["code"] == "NOT_FOUND" and missing["caller"] == "logged"
     assert secret not in caplog.text
+
+
+def test_edits_and_aliases_are_listed_newest_first_in_pages(served, capsys, monkeypatch) -> None:
+    from service.cli import main
+
+    server, admin, reader, address = served
+    made = [
+        admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.randn(128), scale=s)).id
+        for s in (1.0, 2.0, 3.0)
+    ]
+    first = reader.edits.ListEdits(pb.ListEditsRequest(parent="models/toy", page_size=2))
+    assert [e.id for e in first.edits] == made[:0:-1] and first.next_page_token
+    rest = reader.edits.ListEdits(pb.ListEditsRequest(parent="models/toy", page_token=first.next_page_token))
+    assert [e.id for e in rest.edits] == [made[0]] and not rest.next_page_token
+    admin.promote("toy", 0, alias="staging")
+    aliases = reader.aliases.ListAliases(pb.ListAliasesRequest(parent="models/toy")).aliases
+    assert {a.name: a.version for a in aliases} == {"models/toy/aliases/staging": 0, "models/toy/aliases/production": 0}
+    assert _code(lambda: reader.aliases.ListAliases(pb.ListAliasesRequest(parent="models/nope"))) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    _, secret = server.registry.create_key("lister", "reader", "test")
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.setenv("SCALPEL_API_KEY", secret)
+    assert main(["aliases", "list"]) == 0 and "models/toy/aliases/staging" in capsys.readouterr().out
+    assert main(["edits", "list", "--json"]) == 0
+    assert [int(e["id"]) for e in json.loads(capsys.readouterr().out)["edits"]] == made[::-1]

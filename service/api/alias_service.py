@@ -27,6 +27,12 @@ class AliasService(rpc.AliasServiceServicer, ServicerBase):
         return alias_pb(self.registry.get_alias(model, alias))
 
     @abort_on_errors
+    def ListAliases(self, request: pb.ListAliasesRequest, context: grpc.ServicerContext) -> pb.ListAliasesResponse:
+        (model,) = parse("model", request.parent)
+        page = self.registry.list_aliases(model, request.page_size or 50, request.page_token)
+        return pb.ListAliasesResponse(aliases=[alias_pb(a) for a in page.items], next_page_token=page.next_page_token)
+
+    @abort_on_errors
     def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.Alias:
         model, alias = parse("alias", request.name)
         principal = current_principal()

@@ -44,6 +44,8 @@ REQUIRED_ROLES: dict[str, str] = {
     "GetSuite": "reader",
     "GetRun": "reader",
     "ListRuns": "reader",
+    "ListEdits": "reader",
+    "ListAliases": "reader",
     "WatchRun": "reader",
     "StartRun": "editor",
     "SetSuite": "approver",

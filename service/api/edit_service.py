@@ -51,6 +51,12 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
         return edit_pb(self.registry.get_edit(model, int(edit_id)))
 
     @abort_on_errors
+    def ListEdits(self, request: pb.ListEditsRequest, context: grpc.ServicerContext) -> pb.ListEditsResponse:
+        (model,) = parse("model", request.parent)
+        page = self.registry.list_edits(model, request.page_size or 50, request.page_token)
+        return pb.ListEditsResponse(edits=[edit_pb(e) for e in page.items], next_page_token=page.next_page_token)
+
+    @abort_on_errors
     def DeriveSteering(self, request: pb.DeriveSteeringRequest, context: grpc.ServicerContext) -> pb.Edit:
         (model,) = parse("model", request.parent)
         host = self._host(model)

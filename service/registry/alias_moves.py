@@ -65,6 +65,18 @@ class AliasMoves(UnitOfWork):
         version = session.get(VersionRow, row.version_id)
         return AliasInfo(model, row.name, version.number, row.etag, row.updated_by, row.updated_at)
 
+    def list_aliases(self, model: str, page_size: int = 50, page_token: str = "") -> Page:
+        """A model's aliases and where each points now."""
+        with self._read() as session:
+            model_id = self._model(session, model).id
+        return self._page(
+            select(AliasRow).where(AliasRow.model_id == model_id),
+            AliasRow.id,
+            page_size,
+            page_token,
+            lambda session, row: self._alias_info(session, model, row),
+        )
+
     def all_aliases(self) -> dict[tuple[str, str], int]:
         """Every alias's version, in one query: (model, alias) → version number."""
         with self._read() as session:

@@ -25,6 +25,7 @@ from service.registry.infos import (
     EditInfo,
 )
 from service.registry.unit_of_work import (
+    Page,
     UnitOfWork,
     utc_now,
 )
@@ -117,6 +118,14 @@ class EditStore(UnitOfWork):
             lambda s, i: self._edit_info(s, s.get(EditRow, i)),
             actor,
             [model, edit.id, description],
+        )
+
+    def list_edits(self, model: str, page_size: int = 50, page_token: str = "") -> Page:
+        """A model's edits, newest first."""
+        with self._read() as session:
+            model_id = self._model(session, model).id
+        return self._page(
+            select(EditRow).where(EditRow.model_id == model_id), EditRow.id, page_size, page_token, self._edit_info
         )
 
     def get_edit(self, model: str, edit_id: int) -> EditInfo:

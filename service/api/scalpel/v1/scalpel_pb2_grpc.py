@@ -159,6 +159,11 @@ class EditServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetEditRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
                 _registered_method=True)
+        self.ListEdits = channel.unary_unary(
+                '/scalpel.v1.EditService/ListEdits',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListEditsRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListEditsResponse.FromString,
+                _registered_method=True)
         self.DeriveSteering = channel.unary_unary(
                 '/scalpel.v1.EditService/DeriveSteering',
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.DeriveSteeringRequest.SerializeToString,
@@ -186,6 +191,12 @@ class EditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEdit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEdits(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +233,11 @@ def add_EditServiceServicer_to_server(servicer, server):
                     servicer.GetEdit,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetEditRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Edit.SerializeToString,
+            ),
+            'ListEdits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEdits,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListEditsRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListEditsResponse.SerializeToString,
             ),
             'DeriveSteering': grpc.unary_unary_rpc_method_handler(
                     servicer.DeriveSteering,
@@ -293,6 +309,33 @@ class EditService:
             '/scalpel.v1.EditService/GetEdit',
             scalpel_dot_v1_dot_scalpel__pb2.GetEditRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Edit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEdits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.EditService/ListEdits',
+            scalpel_dot_v1_dot_scalpel__pb2.ListEditsRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.ListEditsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -600,6 +643,11 @@ class AliasServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetAliasRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Alias.FromString,
                 _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/scalpel.v1.AliasService/ListAliases',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
         self.Promote = channel.unary_unary(
                 '/scalpel.v1.AliasService/Promote',
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.PromoteRequest.SerializeToString,
@@ -621,6 +669,12 @@ class AliasServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -651,6 +705,11 @@ def add_AliasServiceServicer_to_server(servicer, server):
                     servicer.GetAlias,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetAliasRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Alias.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasesRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasesResponse.SerializeToString,
             ),
             'Promote': grpc.unary_unary_rpc_method_handler(
                     servicer.Promote,
@@ -695,6 +754,33 @@ class AliasService:
             '/scalpel.v1.AliasService/GetAlias',
             scalpel_dot_v1_dot_scalpel__pb2.GetAliasRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Alias.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.AliasService/ListAliases',
+            scalpel_dot_v1_dot_scalpel__pb2.ListAliasesRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.ListAliasesResponse.FromString,
             options,
             channel_credentials,
             insecure,
