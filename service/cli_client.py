@@ -321,6 +321,12 @@ def _generate(args: argparse.Namespace, c: ScalpelClient) -> None:
 def _remote_keys(args: argparse.Namespace, c: ScalpelClient) -> None:
     if args.keys_remote == "list":
         _print(args, c.keys.ListKeys(pb.ListKeysRequest()), ("name", "prefix", "role", "revoke_time"), "keys")
+    elif args.keys_remote == "create":
+        created = c.keys.CreateKey(pb.CreateKeyRequest(name=args.name, role=args.role))
+        if args.json:
+            print(json.dumps({"name": created.key.name, "role": created.key.role, "secret": created.secret}))
+        else:
+            print(f"{created.key.name} ({created.key.role}): {created.secret}\n(the secret is shown only this once)")
     else:
         _print(args, c.keys.RevokeKey(pb.RevokeKeyRequest(name=args.name)), ("name", "role", "revoke_time"))
 
@@ -474,6 +480,12 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         dest="keys_remote", required=True
     )
     command(remote.add_parser("list"), _remote_keys)
+    remote_create = remote.add_parser("create", help="a new key; its secret is printed once")
+    remote_create.add_argument("name")
+    remote_create.add_argument(
+        "--role", required=True, choices=["reader", "editor", "approver", "admin"], help="what the key may do"
+    )
+    command(remote_create, _remote_keys)
     revoke = remote.add_parser("revoke")
     revoke.add_argument("name")
     command(revoke, _remote_keys)

@@ -3,6 +3,7 @@ the fix, with exit status 2, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -75,3 +76,17 @@ def test_a_key_needs_a_role_and_a_missing_key_names_where_it_goes(served, capsys
     assert main(["models", "list"]) == 2
     err = capsys.readouterr().err
     assert "UNAUTHENTICATED" in err and "--api-key" in err and "$SCALPEL_API_KEY" in err
+
+
+def test_remote_keys_create_prints_the_secret_once_and_the_key_works(served, capsys, monkeypatch) -> None:  # noqa: F811
+    server, _, _, address = served
+    _, admin_secret = server.registry.create_key("root", "admin", "test")
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.setenv("SCALPEL_API_KEY", admin_secret)
+    assert main(["remote-keys", "create", "monitor", "--role", "reader", "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["role"] == "reader" and created["secret"]
+    monkeypatch.setenv("SCALPEL_API_KEY", created["secret"])
+    assert main(["models", "list"]) == 0  # the new key authenticates
+    assert main(["remote-keys", "create", "other", "--role", "admin"]) == 2  # a reader may not make keys
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
