@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
@@ -150,6 +152,24 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_types(path: Path, loaded: dict[str, Any], hints: dict[str, Any]) -> None:
+    """Each scalar field of the config file has its field's type (``workers: many`` is an error
+    naming the field and the type, not a TypeError later); ``models`` is checked by ModelSpec."""
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+    for key, value in loaded.items():
+        hint = hints[key]
+        if typing.get_origin(hint) not in (None, typing.Union, types.UnionType):
+            continue  # a container (models): checked by its own parser
+        allowed = [t for t in typing.get_args(hint) or (hint,) if t in names or t is type(None)]
+        if not allowed or (value is None and type(None) in allowed):
+            continue
+        accepts = {int: (int,), float: (int, float), str: (str,), bool: (bool,), Path: (str,), type(None): ()}
+        ok = any(isinstance(value, accepts[t]) and not (t in (int, float) and isinstance(value, bool)) for t in allowed)
+        if not ok:
+            wanted = " or ".join(names.get(t, "null") for t in allowed)
+            raise SystemExit(f"scalpel: {path}: {key} must be {wanted}, got {value!r:.40}")
+
+
 def _load_server_config(path: Path) -> ServerConfig:
     """A ``ServerConfig`` from YAML; unknown keys are an error (a typo must not pass silently)."""
 
@@ -162,6 +182,7 @@ def _load_server_config(path: Path) -> ServerConfig:
     if unknown:
         known = ", ".join(ServerConfig.__dataclass_fields__)
         raise SystemExit(f"scalpel: {path}: unknown keys {unknown}; known: {known}")
+    _check_types(path, loaded, typing.get_type_hints(ServerConfig))
     for field in ("tls_cert", "tls_key", "tls_client_ca"):
         if loaded.get(field):
             loaded[field] = Path(loaded[field])

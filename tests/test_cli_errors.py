@@ -48,6 +48,14 @@ def test_bad_files_and_flags_are_one_line_with_the_fix(files, capsys) -> None:
     _fails_in_one_line(capsys, ["serve", "--model", "/models/toy"], "--model takes NAME=PATH")
     _fails_in_one_line(capsys, ["serve", "--model", "toy=/no/such/dir"], "no model directory at /no/such/dir")
     _fails_in_one_line(capsys, ["serve", "--config", str(files / "config.yaml")], "fix the config file")
+    for text, needle in (
+        ("workers: many\n", "workers must be an integer, got 'many'"),
+        ("insecure: 'yes'\n", "insecure must be true or false"),
+        ("unhealthy_after_seconds: soon\n", "unhealthy_after_seconds must be a number"),
+        ("tls_cert: 5\n", "tls_cert must be a path or null"),
+    ):
+        (files / "typed.yaml").write_text(text)
+        _fails_in_one_line(capsys, ["serve", "--config", str(files / "typed.yaml")], needle)
 
 
 def test_database_mistakes_are_one_line(files, capsys) -> None:
