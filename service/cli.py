@@ -203,10 +203,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.config:
         config = _load_server_config(Path(args.config))
     if args.model:
-        for item in args.model:
+        items = [f"toy={TOY_MODEL_DIR}" if item == "toy" else item for item in args.model]
+        for item in items:
             if "=" not in item or not item.split("=", 1)[0]:
-                raise SystemExit(f"scalpel: --model takes NAME=PATH (e.g. --model toy={item}), got {item!r}")
-        config.models = dict(item.split("=", 1) for item in args.model)
+                raise SystemExit(
+                    f"scalpel: --model takes NAME=PATH or toy (e.g. --model mymodel={item} --model toy), got {item!r}"
+                )
+        config.models = dict(item.split("=", 1) for item in items)
     for name, value in config.models.items():
         source = value if isinstance(value, str) else getattr(value, "source", None) or value.get("source", "")
         if str(source).startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
@@ -321,7 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", help="YAML file with ServerConfig fields (models, address, database_url, …)")
     serve.add_argument("--address", help="host:port (default 127.0.0.1:50051, or $SCALPEL_ADDRESS)")
-    serve.add_argument("--model", action="append", help="NAME=PATH_OR_HUB_ID (repeatable; default: the toy model)")
+    serve.add_argument(
+        "--model",
+        action="append",
+        help="NAME=PATH_OR_HUB_ID, or toy for the toy model (repeatable; default: the toy model alone; "
+        "--model toy --model llama=/models/llama serves both)",
+    )
     serve.add_argument("--database-url", help="default: $SCALPEL_DATABASE_URL or SQLite under $SCALPEL_DATA_DIR")
     serve.add_argument("--insecure", action="store_true", help="no authentication (local use only)")
     serve.add_argument(

@@ -45,7 +45,8 @@ def test_bad_files_and_flags_are_one_line_with_the_fix(files, capsys) -> None:
     _fails_in_one_line(
         capsys, ["edits", "steer", "--pairs", str(files / "pairs.yaml"), "--layer", "1"], "[positive, negative]"
     )
-    _fails_in_one_line(capsys, ["serve", "--model", "/models/toy"], "--model takes NAME=PATH")
+    _fails_in_one_line(capsys, ["serve", "--model", "/models/toy"], "--model takes NAME=PATH or toy")
+    _fails_in_one_line(capsys, ["serve", "--model", "toy", "--model", "x=/no/dir"], "model 'x': no model directory")
     _fails_in_one_line(capsys, ["serve", "--model", "toy=/no/such/dir"], "no model directory at /no/such/dir")
     _fails_in_one_line(capsys, ["serve", "--config", str(files / "config.yaml")], "fix the config file")
     for text, needle in (
