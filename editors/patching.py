@@ -105,8 +105,9 @@ def patch_grid(
             chunk = cells[start : start + per_chunk]
             extra: list[tuple[str, Op]] = []
             for layer in range(n_layers):
-                # a cell at layer `lay` restores layers lay - (window-1)//2 … that + window - 1
-                hit = [i for i, (lay, _) in enumerate(chunk) if 0 <= layer - lay + (window - 1) // 2 < window]
+                # a cell at layer `lay` restores layers lay - window//2 … that + window - 1 (the paper's
+                # convention: an even window reaches one layer further down than up)
+                hit = [i for i, (lay, _) in enumerate(chunk) if 0 <= layer - lay + window // 2 < window]
                 if not hit:
                     continue
                 name = f"blocks.{layer}.{PATCH_KINDS[kind]}"

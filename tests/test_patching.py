@@ -65,3 +65,23 @@ def test_subject_must_occur_in_the_prompt(toy) -> None:
     with pytest.raises(InvalidEditError, match="subject: 'Atlantis' does not occur"):
         subject_token_span(tokenizer, "The capital of Riia is", "Atlantis")
     assert subject_token_span(tokenizer, "The capital of Riia is", "Riia") == (4, 5)
+
+
+@pytest.mark.parametrize(("window", "restored"), [(1, [2]), (2, [1, 2]), (3, [1, 2, 3]), (4, [0, 1, 2, 3])])
+def test_a_window_restores_the_papers_layers(toy_surgeon, window, restored, monkeypatch) -> None:
+    """Meng et al.: a window of w around layer L restores layers L - w//2 … L - w//2 + w - 1."""
+    seen: list[list[int]] = []
+    compile_ = toy_surgeon.compile
+
+    def recording(edits, extra_ops=()):
+        seen.append(sorted({int(name.split(".")[1]) for name, _ in extra_ops}))
+        return compile_(edits, extra_ops=extra_ops)
+
+    monkeypatch.setattr(toy_surgeon, "compile", recording)
+    ids = torch.tensor([[5]])
+    noise = torch.zeros(1, 1, toy_surgeon.dims.d_model)
+    embeds = toy_surgeon.model.get_input_embeddings()(ids).detach() + noise
+    patch_grid(toy_surgeon, ids, embeds, lambda logits: logits[:, 0], ("mlp",), window, batch_rows=1,
+               show_progress=False)  # fmt: skip
+    cells = seen[2:]  # after the clean trace and the corrupted run: one compile per (layer, position) cell
+    assert cells[2] == [layer for layer in restored if layer < toy_surgeon.dims.n_layers]  # the cell at layer 2
