@@ -117,9 +117,7 @@ def render_html(run: pb.CheckRun, edits: list[pb.Edit]) -> str:
 
 
 def find_browser() -> str | None:
-    return next(
-        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
-    )
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
 def screenshot(html: str, png: Path, browser: str) -> None:

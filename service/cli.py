@@ -152,21 +152,33 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+#: What a YAML value may be for a field of each type (a path is written as a string).
+_ACCEPTS: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    Path: (str,),
+    type(None): (),
+}
+
+
 def _check_types(path: Path, loaded: dict[str, Any], hints: dict[str, Any]) -> None:
     """Each scalar field of the config file has its field's type (``workers: many`` is an error
     naming the field and the type, not a TypeError later); ``models`` is checked by ModelSpec."""
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
     for key, value in loaded.items():
         hint = hints[key]
         if typing.get_origin(hint) not in (None, typing.Union, types.UnionType):
             continue  # a container (models): checked by its own parser
-        allowed = [t for t in typing.get_args(hint) or (hint,) if t in names or t is type(None)]
+        allowed = [t for t in typing.get_args(hint) or (hint,) if t in _TYPE_NAMES or t is type(None)]
         if not allowed or (value is None and type(None) in allowed):
             continue
-        accepts = {int: (int,), float: (int, float), str: (str,), bool: (bool,), Path: (str,), type(None): ()}
-        ok = any(isinstance(value, accepts[t]) and not (t in (int, float) and isinstance(value, bool)) for t in allowed)
+        ok = any(
+            isinstance(value, _ACCEPTS[t]) and not (t in (int, float) and isinstance(value, bool)) for t in allowed
+        )
         if not ok:
-            wanted = " or ".join(names.get(t, "null") for t in allowed)
+            wanted = " or ".join(_TYPE_NAMES.get(t, "null") for t in allowed)
             raise SystemExit(f"scalpel: {path}: {key} must be {wanted}, got {value!r:.40}")
 
 

@@ -20,7 +20,7 @@ default all: list the kind twice to hold generalisation to a lower bar), ``steer
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,8 +29,8 @@ from service.checks.context import CheckContext
 from service.checks.expect import EXPECTATIONS, meets, parse_expectation
 from service.checks.kinds.edit_facts import fact_edits, relation_of
 from service.checks.params import Params, item_text
-from service.checks.result import CheckResult, judge
-from service.checks.stats import Estimate, mean
+from service.checks.result import CheckResult, judge, nothing_to_check
+from service.checks.stats import mean
 from service.checks.suite_basics import SuiteBasics
 from service.registry import InvalidArgument
 
@@ -128,9 +128,8 @@ def run(context: CheckContext, name: str, config: Config) -> CheckResult:
                     {"case": "steering", "prompt": prompt, "toward": good, "away_from": bad, "shift": round(moved, 4)}
                 )
     if not outcomes:
-        nothing = judge(name, KIND, Estimate(1.0, 1.0, 1.0, 0), 0.0, ">=", "estimate", "intent pass rate")
-        return replace(
-            nothing, reason="the version's edits claim nothing to check (no fact edit, stated intent or steering)"
+        return nothing_to_check(
+            name, KIND, "the version's edits claim nothing to check (no fact edit, stated intent or steering)"
         )
     estimate = mean(torch.tensor(outcomes, dtype=torch.float64), context.resamples, context.seed)
     return judge(name, KIND, estimate, config.min_pass_rate, ">=", config.rule, "intent pass rate", "base", worst)

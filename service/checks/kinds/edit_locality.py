@@ -11,7 +11,7 @@ drawn with the suite's seed), ``max_tokens`` (default 2), ``min_unchanged`` (def
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,8 +19,8 @@ import torch
 from service.checks.context import CheckContext
 from service.checks.kinds.edit_facts import fact_edits, relation_of
 from service.checks.params import Params
-from service.checks.result import CheckResult, judge
-from service.checks.stats import Estimate, mean
+from service.checks.result import CheckResult, judge, nothing_to_check
+from service.checks.stats import mean
 from service.checks.suite_basics import SuiteBasics
 
 KIND = "edit_locality"
@@ -69,9 +69,8 @@ def neighbours(context: CheckContext, config: Config) -> list[tuple[str, str]]:
 def run(context: CheckContext, name: str, config: Config) -> CheckResult:
     cases = neighbours(context, config)
     if not cases:
-        nothing = judge(name, KIND, Estimate(1.0, 1.0, 1.0, 0), 0.0, ">=", "estimate", "unchanged share")
-        return replace(
-            nothing, reason="no fact edit with neighbours to check (fact edits need the suite's subjects or relations)"
+        return nothing_to_check(
+            name, KIND, "no fact edit with neighbours to check (fact edits need the suite's subjects or relations)"
         )
     reference, said = context.reference(config.against)
     prompts = [prompt for _, prompt in cases]
