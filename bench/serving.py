@@ -15,6 +15,9 @@ Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol s
   concurrency (`bench/grpc_ceiling.py`): what one message per token can reach at best here.
 - **engine**: the same scheduler in a process of its own, streams read straight from it (no
   gRPC): the engine's own share of the gap to the limit.
+- **aligned**: the same scheduler process given `generate`'s own batches (N prompts joining at
+  once, one reader thread): the forward path alone, without arrivals spread over steps and
+  without a reader thread per stream.
 - **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
   in this process with no gRPC at all, so its figure is an upper bound for the old service.
 
@@ -53,8 +56,9 @@ from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus  # 
 from editors.toyworld.counterfact import edit_cases  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
+from service.intra_op import serial_main_thread  # noqa: E402
 from service.registry import Registry  # noqa: E402
-from service.scheduler import Token  # noqa: E402
+from service.scheduler import Sampling, Token  # noqa: E402
 from service.serving import ModelHost  # noqa: E402
 
 NEW_TOKENS = 32
@@ -141,24 +145,34 @@ def per_round_ratio(figures: dict[str, list[float]], top: str, bottom: str) -> f
     return statistics.median(a / b for a, b in zip(figures[top], figures[bottom], strict=True))
 
 
-def engine_tokens_per_second(database: str, concurrency: int, per_stream: int) -> float:
+def engine_tokens_per_second(database: str, concurrency: int, per_stream: int) -> tuple[float, float]:
     """The scheduler read straight from its streams, no gRPC, in a process of its own (a second
     model in this process would slow the in-process limit measured here)."""
     command = [sys.executable, __file__, "--engine-run", str(concurrency), "--per-stream", str(per_stream)]
     done = subprocess.run([*command, "--database", database], check=True, capture_output=True, text=True, cwd=ROOT)
-    return float(done.stdout.strip().splitlines()[-1])
+    streams, aligned = done.stdout.strip().splitlines()[-1].split()
+    return float(streams), float(aligned)
 
 
 def engine_run(database: str, concurrency: int, per_stream: int) -> None:
+    threads = serial_main_thread()  # as `scalpel serve` does: the scheduler's thread gets the cores
     _, _, world = load_toy_model()
-    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(database))
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(database), intra_op_threads=threads)
 
     def in_engine(stream: int, text: str) -> int:
         events = host.generate(0, text, max_tokens=NEW_TOKENS)
         return sum(len(event.token_ids) for event in events if isinstance(event, Token))
 
+    texts = prompts(world, concurrency * per_stream)
     run_concurrently(in_engine, prompts(world, 16), 8)
-    print(run_concurrently(in_engine, prompts(world, concurrency * per_stream), concurrency))
+    streams = run_concurrently(in_engine, texts, concurrency)
+    started = time.perf_counter()
+    stack = host.stack(0)
+    produced = 0
+    for start in range(0, len(texts), concurrency):
+        batch = [host.tokenizer(text, return_tensors="pt")["input_ids"][0] for text in texts[start:][:concurrency]]
+        produced += sum(map(len, host.scheduler.complete(batch, stack, [Sampling(NEW_TOKENS)] * len(batch))))
+    print(streams, produced / (time.perf_counter() - started))
     host.close()
 
 
@@ -214,11 +228,18 @@ def main() -> None:
         limit_tokens_per_second(model, tokenizer, warm, 8)
         for concurrency in args.concurrency:
             texts = prompts(world, concurrency * args.per_stream)
+            aligned: list[float] = []  # the engine process's second figure, measured with "engine"
+
+            def engine(c: int = concurrency, aligned: list[float] = aligned) -> float:
+                streams, in_batches = engine_tokens_per_second(database, c, args.per_stream)
+                aligned.append(in_batches)
+                return streams
+
             sides: dict[str, Callable[[], float]] = {
                 "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
                 "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c),
                 "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c),
-                "engine": lambda c=concurrency: engine_tokens_per_second(database, c, args.per_stream),
+                "engine": engine,
                 "turns": lambda c=concurrency, t=texts: turns_tokens_per_second(model, tokenizer, local_stacks, t, c),
             }
             figures: dict[str, list[float]] = {name: [] for name in sides}
@@ -226,6 +247,7 @@ def main() -> None:
                 order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
                 for name in order:
                     figures[name].append(sides[name]())
+            figures["aligned"] = aligned
             median = {name: statistics.median(values) for name, values in figures.items()}
             for name, value in median.items():
                 results[f"c{concurrency}_{name}_tokens_per_s"] = value
@@ -234,6 +256,7 @@ def main() -> None:
             results[f"c{concurrency}_mixed_ratio_to_limit"] = per_round_ratio(figures, "mixed", "limit")
             results[f"c{concurrency}_mixed_ratio_to_same"] = per_round_ratio(figures, "mixed", "same")
             results[f"c{concurrency}_engine_ratio_to_limit"] = per_round_ratio(figures, "engine", "limit")
+            results[f"c{concurrency}_aligned_ratio_to_limit"] = per_round_ratio(figures, "aligned", "limit")
             results[f"c{concurrency}_speedup_vs_turns"] = per_round_ratio(figures, "same", "turns")
             results[f"c{concurrency}_grpc_ceiling_messages_per_s"] = ceiling(concurrency)
             results[f"c{concurrency}_grpc_ceiling_ratio_to_limit"] = (

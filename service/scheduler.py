@@ -71,6 +71,9 @@ class Finished:
     tokens: int
 
 
+#: What a stream's reader receives: new token ids, or its end.
+_Event = tuple[int, ...] | Finished | BaseException
+
 @dataclass(frozen=True)
 class Sampling:
     """How one stream picks its tokens (greedy at temperature 0)."""
@@ -94,7 +97,10 @@ class _Stream:
     sampling: Sampling
     is_active: Callable[[], bool]
     eos: int | None
-    events: queue.SimpleQueue[tuple[int, ...] | Finished | BaseException] = field(default_factory=queue.SimpleQueue)
+    #: The scheduler's: events made during a step, delivered once its bookkeeping is done (readers
+    #: woken one by one in the middle of it would take the GIL from it for each wake).
+    outbox: list[tuple[_Stream, _Event]]
+    events: queue.SimpleQueue[_Event] = field(default_factory=queue.SimpleQueue)
     abandoned: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     last: int = -1
@@ -130,14 +136,14 @@ class _Stream:
 
     def _hand_over(self, now: float) -> None:
         if self.pending:
-            self.events.put(tuple(self.pending))
+            self.outbox.append((self, tuple(self.pending)))
             self.pending = []
         self.handed_at = now
 
     def end(self, event: Finished | BaseException) -> None:
         """End the stream with ``event`` after the tokens still pending."""
         self._hand_over(0.0)
-        self.events.put(event)
+        self.outbox.append((self, event))
 
 
 @dataclass(order=True)
@@ -164,6 +170,7 @@ class Scheduler:
         admit_ratio: float = 0.5,
         stream_interval: int = 0,
         max_hold_s: float = MAX_HOLD_S,
+        intra_op_threads: int | None = None,
     ) -> None:
         self.model = model
         self.surgeon = surgeon
@@ -177,6 +184,8 @@ class Scheduler:
             raise ValueError(f"stream_interval must be 0 (automatic) or a positive integer, got {stream_interval!r}")
         self.stream_interval = stream_interval
         self.max_hold_s = max_hold_s
+        self.intra_op_threads = intra_op_threads
+        self._outbox: list[tuple[_Stream, _Event]] = []
         self._device = next(model.parameters()).device
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._waiting: deque[_Stream] = deque()
@@ -204,7 +213,7 @@ class Scheduler:
         """Join the batch and yield this stream's tokens as they are made, then a :class:`Finished`.
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
-        stream = _Stream(prompt, stack, sampling, is_active, self.tokenizer.eos_token_id)
+        stream = _Stream(prompt, stack, sampling, is_active, self.tokenizer.eos_token_id, self._outbox)
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the model is shutting down; retry on another replica")
@@ -216,7 +225,7 @@ class Scheduler:
         longest_stop = max(map(len, stop), default=0)
         try:
             while True:
-                ids, end = _drain(stream.events)
+                ids, end = _drain(stream)
                 pieces = []
                 for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
                     produced += 1
@@ -241,7 +250,7 @@ class Scheduler:
         """The token ids each prompt produces under ``stack``: every prompt joins at once (one
         prefill when the batch has room), as rows beside the streams being served."""
         streams = [
-            _Stream(p, stack, s, lambda: True, self.tokenizer.eos_token_id)
+            _Stream(p, stack, s, lambda: True, self.tokenizer.eos_token_id, self._outbox)
             for p, s in zip(prompts, samplings, strict=True)
         ]
         with self._wake:
@@ -256,7 +265,7 @@ class Scheduler:
             ids: list[int] = []
             end: object = None
             while end is None:
-                more, end = _drain(stream.events)
+                more, end = _drain(stream)
                 ids += more
             if isinstance(end, BaseException):
                 raise end
@@ -287,6 +296,8 @@ class Scheduler:
 
     # -- the scheduler thread ---------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.intra_op_threads:  # this thread's own OpenMP team (see service.intra_op)
+            torch.set_num_threads(self.intra_op_threads)
         while True:
             with self._wake:
                 while not (self._closed or self._jobs or self._waiting or self._batch is not None):
@@ -303,6 +314,7 @@ class Scheduler:
                 self._drop_gone()
                 if self._batch is not None:
                     self._decode()
+            self._deliver()
         self._shutdown()
 
     def _admit(self) -> list[_Stream]:
@@ -430,6 +442,12 @@ class Scheduler:
         if ended:
             self._retire(ended)
 
+    def _deliver(self) -> None:
+        """Hand the streams the events this step made."""
+        for stream, event in self._outbox:
+            stream.events.put(event)
+        self._outbox.clear()
+
     def _stream_interval(self) -> int:
         """Tokens a stream gathers before they are handed to its reader (see ``stream_interval``)."""
         if self.stream_interval:
@@ -456,13 +474,15 @@ class Scheduler:
             jobs, self._jobs = self._jobs, []
         for stream in pending:
             stream.end(closed)
+        self._deliver()
         for job in jobs:
             job.future.set_exception(closed)
 
 
-def _drain(events: queue.SimpleQueue[tuple[int, ...] | Finished | BaseException]) -> tuple[list[int], object]:
-    """Wait for the next event, then take every event already queued behind it: the new token
-    ids in order, and the end of the stream (a :class:`Finished` or an exception) if it came."""
+def _drain(stream: _Stream) -> tuple[list[int], object]:
+    """Wait for the stream's next event, then take every event already queued behind it: the new
+    token ids in order, and the end of the stream (a :class:`Finished` or an exception) if it came."""
+    events = stream.events
     ids: list[int] = []
     event = events.get()
     while True:

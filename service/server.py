@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
@@ -26,6 +25,7 @@ from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
+from service.intra_op import serial_main_thread
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import NotFound, Registry
 from service.serving import DTYPES, ModelHost
@@ -78,8 +78,8 @@ class ServerConfig:
     stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
     health_address: str | None = None
-    # Intra-op threads per forward (None: torch's default, one per core). Each model's forwards
-    # run on its one scheduler thread, so this is all the parallelism a forward gets.
+    # Intra-op threads per forward (None: torch's default, one per core), set by each model's
+    # scheduler thread for itself (service.intra_op): all the parallelism a forward gets.
     torch_threads: int | None = None
     # Tokens a stream gathers into one message while the batch is busy (0: automatic, see
     # service.scheduler; 1: one message per token). Fewer messages leave more CPU for forwards.
@@ -171,6 +171,7 @@ class ScalpelServer:
                 device=spec.device or self.config.device,
                 dtype=spec.dtype or self.config.dtype,
                 stream_interval=self.config.stream_interval,
+                intra_op_threads=self.config.torch_threads,
             )
             try:
                 self.registry.get_suite(name)
@@ -237,8 +238,7 @@ def serve(config: ServerConfig) -> None:
     """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the start-up schema check is not news
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    config.torch_threads = serial_main_thread(config.torch_threads)  # the schedulers' threads get the cores
     server = ScalpelServer(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,6 +53,7 @@ class ModelHost:
         device: str = "cpu",
         dtype: str = "float32",
         stream_interval: int = 0,
+        intra_op_threads: int | None = None,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -93,7 +94,13 @@ class ModelHost:
                 )
         #: The one thread that runs this model's forwards (started last: the model is ready).
         self.scheduler = Scheduler(
-            self.model, self.surgeon, self.tokenizer, name, self.context_length, stream_interval=stream_interval
+            self.model,
+            self.surgeon,
+            self.tokenizer,
+            name,
+            self.context_length,
+            stream_interval=stream_interval,
+            intra_op_threads=intra_op_threads,
         )
 
     @property

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +25,7 @@ from service.serving import ModelHost
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 NEW_TOKENS = 12
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +277,24 @@ def test_a_closed_scheduler_answers_that_it_is_shutting_down(toy) -> None:
         scheduler.call(lambda: None)
     with pytest.raises(SchedulerClosed):
         next(scheduler.generate(torch.tensor([1, 2]), Surgeon(model).compile([]), Sampling(max_tokens=2)))
+
+
+def test_the_scheduler_thread_owns_the_intra_op_threads(tmp_path) -> None:
+    """`scalpel serve` keeps its main thread serial and gives the cores to each scheduler's thread
+    (libgomp runs only the first thread's parallel team at full speed: see service.intra_op).
+    Checked in a child process, so this test process keeps its own thread settings."""
+    script = """
+import torch
+from editors.toyworld import load_toy_model
+from service.intra_op import serial_main_thread
+from service.scheduler import Scheduler
+from editors import Surgeon
+
+threads = serial_main_thread(3)
+model, tokenizer, _ = load_toy_model()
+scheduler = Scheduler(model, Surgeon(model), tokenizer, intra_op_threads=threads)
+print(threads, torch.get_num_threads(), scheduler.call(torch.get_num_threads))
+scheduler.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.split() == ["3", "1", "3"]  # returned, the main thread's, the scheduler thread's
