@@ -74,6 +74,7 @@ class Finished:
 #: What a stream's reader receives: new token ids, or its end.
 _Event = tuple[int, ...] | Finished | BaseException
 
+
 @dataclass(frozen=True)
 class Sampling:
     """How one stream picks its tokens (greedy at temperature 0)."""
