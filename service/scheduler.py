@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch
 from service.detokenizer import Detokenizer
+from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
 
 T = TypeVar("T")
 _LOG = logging.getLogger(__name__)
@@ -58,11 +59,12 @@ class SchedulerClosed(RuntimeError):
 
 @dataclass(frozen=True)
 class Token:
-    """One or more new tokens of a stream (several when its reader fell behind the scheduler) and
-    their text."""
+    """One or more new tokens of a stream (several when its reader fell behind the scheduler), their
+    text and, if the stream asked, each token's log-probability and alternatives."""
 
     token_ids: tuple[int, ...]
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,19 +73,16 @@ class Finished:
     tokens: int
 
 
-#: What a stream's reader receives: new token ids, or its end.
-_Event = tuple[int, ...] | Finished | BaseException
-
-
 @dataclass(frozen=True)
-class Sampling:
-    """How one stream picks its tokens (greedy at temperature 0)."""
+class _Made:
+    """Tokens handed to a stream's reader at once (with their log-probabilities, if asked)."""
 
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...]
+
+
+#: What a stream's reader receives: new tokens, or its end.
+_Event = _Made | Finished | BaseException
 
 
 @dataclass(eq=False)
@@ -97,7 +96,7 @@ class _Stream:
     stack: EditStack
     sampling: Sampling
     is_active: Callable[[], bool]
-    eos: int | None
+    eos: frozenset[int]
     #: The scheduler's: events made during a step, delivered once its bookkeeping is done (readers
     #: woken one by one in the middle of it would take the GIL from it for each wake).
     outbox: list[tuple[_Stream, _Event]]
@@ -106,28 +105,29 @@ class _Stream:
     produced: int = 0
     last: int = -1
     pending: list[int] = field(default_factory=list)  # tokens made, not yet handed to the reader
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
-    generator: torch.Generator | None = None
+    sampler: RowSampler = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.sampling.temperature > 0:
-            seed = self.sampling.seed if self.sampling.seed is not None else torch.seed()
-            self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = RowSampler(self.sampling, self.prompt)
 
     def gone(self) -> bool:
         return self.abandoned.is_set() or not self.is_active()
 
-    def accept(self, token: int, interval: int, now: float, max_hold_s: float) -> bool:
+    def accept(self, token: int, logprob: TokenLogprob | None, interval: int, now: float, max_hold_s: float) -> bool:
         """Take ``token``; hand the pending tokens to the reader when the stream ends, on its first
         token, once ``interval`` are pending, or ``max_hold_s`` after the last hand-over. Return
         whether the stream goes on."""
-        if token == self.eos:
+        if token in self.eos:
             self.end(Finished("eos", self.produced))
             return False
         self.produced += 1
         self.last = token
         self.pending.append(token)
+        if logprob is not None:
+            self.pending_logprobs.append(logprob)
         if self.produced >= self.sampling.max_tokens:
             self.end(Finished("length", self.produced))
             return False
@@ -137,8 +137,8 @@ class _Stream:
 
     def _hand_over(self, now: float) -> None:
         if self.pending:
-            self.outbox.append((self, tuple(self.pending)))
-            self.pending = []
+            self.outbox.append((self, _Made(tuple(self.pending), tuple(self.pending_logprobs))))
+            self.pending, self.pending_logprobs = [], []
         self.handed_at = now
 
     def end(self, event: Finished | BaseException) -> None:
@@ -172,10 +172,12 @@ class Scheduler:
         stream_interval: int = 0,
         max_hold_s: float = MAX_HOLD_S,
         intra_op_threads: int | None = None,
+        eos_ids: frozenset[int] | None = None,
     ) -> None:
         self.model = model
         self.surgeon = surgeon
         self.tokenizer = tokenizer
+        self.eos = eos_ids if eos_ids is not None else frozenset({tokenizer.eos_token_id} - {None})
         self.context_length = context_length
         self.max_rows = max_rows
         self.prefill_tokens = prefill_tokens
@@ -214,7 +216,7 @@ class Scheduler:
         """Join the batch and yield this stream's tokens as they are made, then a :class:`Finished`.
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
-        stream = _Stream(prompt, stack, sampling, is_active, self.tokenizer.eos_token_id, self._outbox)
+        stream = _Stream(prompt, stack, sampling, is_active, self.eos, self._outbox)
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the model is shutting down; retry on another replica")
@@ -226,7 +228,7 @@ class Scheduler:
         longest_stop = max(map(len, stop), default=0)
         try:
             while True:
-                ids, end = _drain(stream)
+                ids, logprobs, end = _drain(stream)
                 pieces = []
                 for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
                     produced += 1
@@ -234,11 +236,11 @@ class Scheduler:
                     pieces.append(piece)
                     text += piece
                     if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
-                        yield Token(tuple(ids[: i + 1]), "".join(pieces))
+                        yield Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1]))
                         yield Finished("stop", produced)
                         return
                 if ids:
-                    yield Token(tuple(ids), "".join(pieces))
+                    yield Token(tuple(ids), "".join(pieces), tuple(logprobs))
                 if isinstance(end, BaseException):
                     raise end
                 if end is not None:
@@ -251,8 +253,7 @@ class Scheduler:
         """The token ids each prompt produces under ``stack``: every prompt joins at once (one
         prefill when the batch has room), as rows beside the streams being served."""
         streams = [
-            _Stream(p, stack, s, lambda: True, self.tokenizer.eos_token_id, self._outbox)
-            for p, s in zip(prompts, samplings, strict=True)
+            _Stream(p, stack, s, lambda: True, self.eos, self._outbox) for p, s in zip(prompts, samplings, strict=True)
         ]
         with self._wake:
             if self._closed:
@@ -266,7 +267,7 @@ class Scheduler:
             ids: list[int] = []
             end: object = None
             while end is None:
-                more, end = _drain(stream)
+                more, _, end = _drain(stream)
                 ids += more
             if isinstance(end, BaseException):
                 raise end
@@ -372,8 +373,8 @@ class Scheduler:
             return
         keep = [
             row
-            for row, (s, t) in enumerate(zip(newcomers, tokens, strict=True))
-            if s.accept(t, 1, now, self.max_hold_s)
+            for row, (s, (token, logprob)) in enumerate(zip(newcomers, tokens, strict=True))
+            if s.accept(token, logprob, 1, now, self.max_hold_s)
         ]
         if not keep:
             return
@@ -437,8 +438,8 @@ class Scheduler:
         interval, now = self._stream_interval(), time.monotonic()
         ended = [
             row
-            for row, (s, token) in enumerate(zip(rows, tokens, strict=True))
-            if s and not s.accept(token, interval, now, self.max_hold_s)
+            for row, (s, (token, logprob)) in enumerate(zip(rows, tokens, strict=True))
+            if s and not s.accept(token, logprob, interval, now, self.max_hold_s)
         ]
         if ended:
             self._retire(ended)
@@ -456,16 +457,10 @@ class Scheduler:
         return max(1, min(AUTO_INTERVAL_MAX, len(self._rows) // AUTO_ROWS_PER_TOKEN))
 
     @staticmethod
-    def _pick(logits: torch.Tensor, streams: list[_Stream | None]) -> list[int]:
-        """Each row's next token: one argmax for the batch, a draw for each sampling row."""
-        logits = logits.float()
-        tokens = logits.argmax(dim=-1).tolist()
-        for row, stream in enumerate(streams):
-            if stream is not None and stream.generator is not None:
-                tokens[row] = sample(
-                    logits[row].cpu(), stream.sampling.temperature, stream.sampling.top_p, stream.generator
-                )
-        return tokens
+    def _pick(logits: torch.Tensor, streams: list[_Stream | None]) -> list[tuple[int, TokenLogprob | None]]:
+        """Each row's next token and, if its stream asked, its log-probabilities."""
+        tokens, logprobs = pick_tokens(logits, [s.sampler if s is not None else None for s in streams])
+        return list(zip(tokens, logprobs, strict=True))
 
     def _shutdown(self) -> None:
         closed = SchedulerClosed("the model is shutting down; retry on another replica")
@@ -480,27 +475,20 @@ class Scheduler:
             job.future.set_exception(closed)
 
 
-def _drain(stream: _Stream) -> tuple[list[int], object]:
+def _drain(stream: _Stream) -> tuple[list[int], list[TokenLogprob], object]:
     """Wait for the stream's next event, then take every event already queued behind it: the new
-    token ids in order, and the end of the stream (a :class:`Finished` or an exception) if it came."""
+    token ids in order, their log-probabilities (if the stream asked), and the end of the stream
+    (a :class:`Finished` or an exception) if it came."""
     events = stream.events
     ids: list[int] = []
+    logprobs: list[TokenLogprob] = []
     event = events.get()
     while True:
-        if not isinstance(event, tuple):
-            return ids, event
-        ids.extend(event)
+        if not isinstance(event, _Made):
+            return ids, logprobs, event
+        ids.extend(event.token_ids)
+        logprobs.extend(event.logprobs)
         try:
             event = events.get_nowait()
         except queue.Empty:
-            return ids, None
-
-
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """One token from ``softmax(logits / temperature)``, restricted to the top-``top_p`` mass."""
-    probs = (logits / temperature).softmax(dim=-1)
-    if 0 < top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+            return ids, logprobs, None

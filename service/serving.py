@@ -16,14 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.checks.suite import Suite
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Sampling, Scheduler, Token
+from service.sampling import MAX_TOP_LOGPROBS, Sampling
+from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Scheduler, Token
 
 __all__ = ["DTYPES", "Finished", "ModelHost", "Token"]
 
@@ -35,6 +36,7 @@ COMPLETE_CHUNK = 8  # greedy completions (checks) joining the running batch at a
 BACKGROUND_ROWS = 8  # rows per background scoring job: it holds the model between two decode steps
 #: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
 MIN_TEMPERATURE = 1e-3
+MAX_REPETITION_PENALTY = 10.0
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
 CHARS_PER_TOKEN = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,6 +71,7 @@ class ModelHost:
         if self.tokenizer.pad_token is None:  # Llama-family tokenizers: batches need one
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.surgeon = Surgeon(self.model)
+        self.eos_ids = eos_ids(self.model, self.tokenizer)
         #: Positions the model can attend over: prompt and generated tokens together.
         self.context_length: int = getattr(self.model.config, "n_positions", None) or getattr(
             self.model.config, "max_position_embeddings", 2048
@@ -101,6 +104,7 @@ class ModelHost:
             self.context_length,
             stream_interval=stream_interval,
             intra_op_threads=intra_op_threads,
+            eos_ids=self.eos_ids,
         )
 
     @property
@@ -202,18 +206,39 @@ class ModelHost:
         seed: int | None = None,
         stop: tuple[str, ...] = (),
         is_active: Callable[[], bool] = lambda: True,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        logprobs: int | None = None,
     ) -> Iterator[Token | Finished]:
         """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished`. Greedy at
-        temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the context.
+        temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the
+        context, with "eos" at any of the model's end-of-sequence ids (its generation config's and
+        its tokenizer's). The sampling options are :class:`~service.sampling.Sampling`'s.
 
         Everything is validated before the request joins the batch, so a bad request fails alone."""
         if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
         if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 10) or not 0 <= top_p <= 1:
             raise InvalidArgument(f"temperature must be 0 or in [{MIN_TEMPERATURE}, 10], and top_p in [0, 1]")
+        vocab = self.model.config.vocab_size
+        if not 0 <= top_k <= vocab or not 0 <= min_p <= 1:
+            raise InvalidArgument(f"top_k must be in [0, {vocab}] (0: off) and min_p in [0, 1] (0: off)")
+        if not 0 < repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise InvalidArgument(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}] (1: off)")
+        if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
         ids = self._encode(prompt)[0]
         sampling = Sampling(
-            min(max_tokens, self.context_length - len(ids)), temperature, top_p, seed, tuple(s for s in stop if s)
+            min(max_tokens, self.context_length - len(ids)),
+            temperature,
+            top_p,
+            seed,
+            tuple(s for s in stop if s),
+            top_k,
+            min_p,
+            repetition_penalty,
+            logprobs,
         )
         return self.scheduler.generate(ids.to(self.device), self.stack(version), sampling, is_active)
 
@@ -324,3 +349,13 @@ class ModelHost:
             samplings = [Sampling(min(max_tokens, self.context_length - len(ids))) for ids in chunk]
             produced += self.scheduler.complete([ids.to(self.device) for ids in chunk], stack, samplings)
         return [self.tokenizer.decode(ids) for ids in produced]
+
+
+def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every id that ends a generation: the generation config's (one or a list: Llama 3 has
+    several) and the tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(i for i in ids if i is not None)

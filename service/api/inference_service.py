@@ -37,6 +37,10 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
             request.seed if request.HasField("seed") else None,
             tuple(request.stop),
             context.is_active,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty or 1.0,
+            logprobs=request.logprobs if request.HasField("logprobs") else None,
         )
         for event in stream:
             if isinstance(event, Finished):
@@ -50,7 +54,19 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
                 )
             else:
                 yield pb.GenerateResponse(
-                    token=pb.TokenChunk(token_id=event.token_ids[0], token_ids=event.token_ids, text=event.text)
+                    token=pb.TokenChunk(
+                        token_id=event.token_ids[0],
+                        token_ids=event.token_ids,
+                        text=event.text,
+                        logprobs=[
+                            pb.TokenLogprob(
+                                logprob=chosen,
+                                top_token_ids=[token for token, _ in top],
+                                top_logprobs=[logprob for _, logprob in top],
+                            )
+                            for chosen, top in event.logprobs
+                        ],
+                    )
                 )
 
     @abort_on_errors

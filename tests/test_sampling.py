@@ -1,0 +1,171 @@
+"""Sampling options users expect from a serving API: repetition penalty, top_k, min_p, per-token
+log-probabilities and every end-of-sequence id of the model, on the batched engine."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from editors import Surgeon
+from editors.toyworld import TOY_MODEL_DIR
+from service.db.migrate import upgrade
+from service.registry import InvalidArgument, Registry
+from service.sampling import Sampling
+from service.scheduler import Finished, Scheduler, Token
+from service.serving import ModelHost, eos_ids
+from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
+
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory) -> ModelHost:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sampling') / 'registry.db'}"
+    upgrade("head", url)
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url))
+    yield host
+    host.close()
+
+
+def _prompt(toy) -> str:
+    _, _, world = toy
+    sequence = world.symbols[3:11]
+    return " ".join(sequence + sequence[:3])
+
+
+def _run(events) -> tuple[list[int], list, Finished]:
+    tokens, logprobs = [], []
+    for event in events:
+        if isinstance(event, Token):
+            tokens.extend(event.token_ids)
+            logprobs.extend(event.logprobs)
+        else:
+            return tokens, logprobs, event
+    raise AssertionError("no Finished event")
+
+
+def _generate(model, tokenizer, text: str, **options) -> list[int]:
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.pad_token_id, **options)
+    produced = out[0, ids.shape[1] :].tolist()
+    eos = tokenizer.eos_token_id
+    return produced[: produced.index(eos)] if eos in produced else produced  # the stream stops before it
+
+
+def test_repetition_penalty_matches_transformers_generate(host, toy) -> None:
+    model, tokenizer, _ = toy
+    text = _prompt(toy)
+    plain, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS))
+    for penalty in (1.3, 3.0):
+        tokens, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS, repetition_penalty=penalty))
+        assert tokens == _generate(model, tokenizer, text, do_sample=False, repetition_penalty=penalty)
+    # the toy model continues a repeated sequence: a strong penalty must change what it says
+    assert tokens != plain
+
+
+def test_logprobs_are_the_models_and_rank_the_alternatives(host, toy) -> None:
+    model, tokenizer, _ = toy
+    text = _prompt(toy)
+    tokens, logprobs, finished = _run(host.generate(0, text, max_tokens=NEW_TOKENS, logprobs=3))
+    assert len(logprobs) == len(tokens) == finished.tokens
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        full = model(torch.cat([ids, torch.tensor([tokens])], dim=1)).logits[0].log_softmax(-1)
+    for step, (token, (chosen, top)) in enumerate(zip(tokens, logprobs, strict=True)):
+        expected = full[ids.shape[1] - 1 + step]
+        assert chosen == pytest.approx(float(expected[token]), abs=1e-4)
+        assert [t for t, _ in top] == expected.topk(3).indices.tolist()
+        assert top[0][0] == token  # greedy: the chosen token is the likeliest
+        assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+    _, without, _ = _run(host.generate(0, text, max_tokens=3))
+    assert without == []
+    _, chosen_only, _ = _run(host.generate(0, text, max_tokens=3, logprobs=0))
+    assert len(chosen_only) == 3 and all(top == () for _, top in chosen_only)
+
+
+def test_top_k_one_and_min_p_one_sample_the_greedy_token(host, toy) -> None:
+    text = _prompt(toy)
+    greedy, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS))
+    for options in ({"top_k": 1}, {"min_p": 1.0}):
+        sampled, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS, temperature=1.5, seed=1, **options))
+        assert sampled == greedy, options
+    free = [_run(host.generate(0, text, max_tokens=NEW_TOKENS, temperature=5.0, seed=s))[0] for s in range(4)]
+    assert any(tokens != greedy for tokens in free)  # without the cut, a hot temperature wanders
+
+
+def test_top_k_keeps_every_draw_among_the_k_likeliest(host, toy) -> None:
+    model, tokenizer, _ = toy
+    text = _prompt(toy)
+    tokens, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS, temperature=5.0, top_k=3, seed=7))
+    again, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS, temperature=5.0, top_k=3, seed=7))
+    assert tokens == again  # same seed, same tokens
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        logits = model(torch.cat([ids, torch.tensor([tokens])], dim=1)).logits[0]
+    for step, token in enumerate(tokens):
+        assert token in logits[ids.shape[1] - 1 + step].topk(3).indices.tolist()
+
+
+def test_every_eos_id_of_the_model_ends_the_stream(host, toy) -> None:
+    model, tokenizer, _ = toy
+    text = _prompt(toy)
+    greedy, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS))
+    third = greedy[2]
+    scheduler = Scheduler(model, Surgeon(model), tokenizer, eos_ids=frozenset({tokenizer.eos_token_id, third}))
+    try:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+        tokens, _, finished = _run(scheduler.generate(ids, host.stack(0), Sampling(NEW_TOKENS)))
+    finally:
+        scheduler.close()
+    assert tokens == greedy[: greedy.index(third)] and finished.finish_reason == "eos"
+
+
+def test_eos_ids_come_from_the_generation_config_and_the_tokenizer(toy) -> None:
+    model, tokenizer, _ = toy
+    saved = model.generation_config
+    try:
+        model.generation_config = GenerationConfig(eos_token_id=[7, 9])
+        assert eos_ids(model, tokenizer) == {7, 9, tokenizer.eos_token_id}
+        model.generation_config = GenerationConfig(eos_token_id=11)
+        assert eos_ids(model, tokenizer) == {11, tokenizer.eos_token_id}
+    finally:
+        model.generation_config = saved
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"repetition_penalty": 11.0}, "repetition_penalty"),
+        ({"logprobs": 21}, "logprobs"),
+    ],
+)
+def test_bad_sampling_options_are_refused_before_joining(host, toy, options, message) -> None:
+    waiting = len(host.scheduler._waiting)
+    with pytest.raises(InvalidArgument, match=message):
+        host.generate(0, _prompt(toy), **options)
+    assert len(host.scheduler._waiting) == waiting
+
+
+def test_the_generate_rpc_carries_the_options_and_the_logprobs(served, toy) -> None:  # noqa: F811
+    _, client, _, _ = served
+    text = _prompt(toy)
+    chunks = [
+        message.token
+        for message in client.stream("toy", text, version=0, max_tokens=4, logprobs=2, repetition_penalty=1.3)
+        if message.HasField("token")
+    ]
+    assert sum(len(chunk.token_ids) for chunk in chunks) == 4
+    assert all(len(chunk.logprobs) == len(chunk.token_ids) for chunk in chunks)
+    assert all(len(lp.top_token_ids) == 2 and lp.logprob <= 0 for chunk in chunks for lp in chunk.logprobs)
+    model, tokenizer, _ = toy
+    produced = [token for chunk in chunks for token in chunk.token_ids]
+    assert produced == _generate(model, tokenizer, text, do_sample=False, repetition_penalty=1.3)[:4]
+    with pytest.raises(grpc.RpcError) as refused:
+        list(client.stream("toy", text, version=0, top_k=-2))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
