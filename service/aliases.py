@@ -28,14 +28,17 @@ class AliasCache:
         refresh_seconds: float = 5.0,
         unhealthy_after: float = 30.0,
         observe: Callable[[str, str, int], None] = lambda model, alias, version: None,
+        forgotten: Callable[[str, str], None] = lambda model, alias: None,
     ) -> None:
         self.registry = registry
         #: Told every (model, alias, version) this cache learns: the ``scalpel_active_version`` gauge.
         self.observe = observe
+        #: Told every alias this replica deleted (the gauge drops it).
+        self.forgotten = forgotten
         self.poll_seconds = poll_seconds
         self.refresh_seconds = refresh_seconds
         self.unhealthy_after = unhealthy_after
-        self._versions: dict[tuple[str, str], int] = {}
+        self._versions: dict[tuple[str, str], int | None] = {}  # None: deleted here, ask the database
         #: When each alias was last set from a fresher source than a full re-read (a move made
         #: through this replica, a NOTIFY), on a counter that every such write advances.
         self._written_at: dict[tuple[str, str], int] = {}
@@ -67,6 +70,15 @@ class AliasCache:
             self._written_at[(model, alias)] = self._writes
         self.observe(model, alias, version)
 
+    def forget(self, model: str, alias: str) -> None:
+        """The alias was deleted through this replica: resolve it from the database from now on
+        (a re-read that started earlier cannot bring it back: it is marked as written now)."""
+        with self._lock:
+            self._writes += 1
+            self._versions[(model, alias)] = None
+            self._written_at[(model, alias)] = self._writes
+        self.forgotten(model, alias)
+
     @property
     def healthy(self) -> bool:
         return time.monotonic() - self.last_contact < self.unhealthy_after
@@ -77,15 +89,19 @@ class AliasCache:
         the snapshot is older than it, and replacing the map wholesale would move it backwards."""
         with self._lock:
             started = self._writes
-        versions = self.registry.all_aliases()
+        versions: dict[tuple[str, str], int | None] = dict(self.registry.all_aliases())
         with self._lock:
             for key, written in self._written_at.items():
                 if written > started:
                     versions[key] = self._versions[key]
+            gone = [key for key in self._versions if versions.get(key) is None]
             self._versions = versions
             self._written_at = {key: at for key, at in self._written_at.items() if at > started}
         for (model, alias), version in versions.items():
-            self.observe(model, alias, version)
+            if version is not None:
+                self.observe(model, alias, version)
+        for model, alias in gone:  # deleted through another replica
+            self.forgotten(model, alias)
         self.last_contact = time.monotonic()
 
     def _refresh_one(self, payload: str) -> None:
@@ -96,6 +112,7 @@ class AliasCache:
             with self._lock:
                 self._versions.pop((model, alias), None)
                 self._written_at.pop((model, alias), None)
+            self.forgotten(model, alias)
             return
         self.set(model, alias, version)
         self.last_contact = time.monotonic()

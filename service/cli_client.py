@@ -286,6 +286,14 @@ def _aliases_list(args: argparse.Namespace, c: ScalpelClient) -> None:
     _print(args, c.aliases.ListAliases(request), ("name", "version", "etag", "updated_by", "update_time"), "aliases")
 
 
+def _aliases_delete(args: argparse.Namespace, c: ScalpelClient) -> None:
+    c.delete_alias(args.model, args.alias, args.reason, args.etag)
+    if args.json:
+        print(json.dumps({"deleted": f"models/{args.model}/aliases/{args.alias}"}))
+    else:
+        print(f"deleted alias {args.alias!r} of model {args.model!r}")
+
+
 def _audit_list(args: argparse.Namespace, c: ScalpelClient) -> None:
     request = pb.ListAuditEventsRequest(
         page_size=args.page_size, page_token=args.page_token, action=args.action, subject=args.subject, actor=args.actor
@@ -450,6 +458,14 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     alias_list = aliases.add_parser("list", help="every alias of the model and its version")
     alias_list.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(alias_list, _aliases_list, paged=True)
+    alias_delete = aliases.add_parser(
+        "delete", help="delete an alias: requests naming it fail from then on; its history stays audited"
+    )
+    alias_delete.add_argument("alias", help="the alias to delete (not production)")
+    alias_delete.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    alias_delete.add_argument("--reason", default="", help="recorded in the audit event")
+    alias_delete.add_argument("--etag", help="refuse unless the alias still has this etag (default: no check)")
+    command(alias_delete, _aliases_delete)
     history = commands.add_parser("history", help="an alias's moves, newest first")
     history.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     history.add_argument("--alias", default="production", help="the alias (default: production)")

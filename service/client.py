@@ -198,6 +198,12 @@ class ScalpelClient:
             )
         )
 
+    def delete_alias(self, model: str, alias: str, reason: str = "", etag: str | None = None) -> None:
+        """Delete ``alias`` (``etag``, if given, must be its current one)."""
+        self.aliases.DeleteAlias(
+            pb.DeleteAliasRequest(name=f"models/{model}/aliases/{alias}", etag=etag or "", reason=reason)
+        )
+
     def _current_etag(self, model: str, alias: str) -> str:
         try:
             return self.alias(model, alias).etag

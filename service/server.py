@@ -183,6 +183,7 @@ class ScalpelServer:
             self.registry,
             unhealthy_after=self.config.unhealthy_after_seconds,
             observe=lambda model, alias, version: gauge.labels(model, alias).set(version),
+            forgotten=lambda model, alias: gauge.remove(model, alias),
         )
         self.servicers.aliases = self.aliases
         for host in self.hosts.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 
 import pytest
@@ -494,3 +495,48 @@ def test_artifact_size_limit(db_url) -> None:
         registry.create_edit("m", steering(1.0), "alice")
     assert snapshot(registry) == before
     registry.engine.dispose()
+
+
+def test_a_deleted_alias_is_gone_its_name_free_and_its_history_audited(registry) -> None:
+    registry.register_model("m", "hub/m", SHA, "alice")
+    registry.set_suite("m", {}, "alice")
+    edit = registry.create_edit("m", steering(1.0), "alice")
+    checked = registry.create_version("m", 0, "alice", append=[edit.id]).number
+    registry.record_check_run("m", checked, "passed", PASS, "checker")
+    unchecked = registry.create_version("m", 0, "alice", append=[registry.create_edit("m", steering(2.0), "a").id])
+    staging = registry.promote("m", "staging", checked, "carol", None)
+    registry.promote("m", "staging", unchecked.number, "admin", staging.etag, "trial", force=True, actor_role="admin")
+    before = snapshot(registry)
+    with pytest.raises(Conflict):
+        registry.delete_alias("m", "staging", "carol", "stale-etag")
+    with pytest.raises(FailedPrecondition, match="production"):
+        registry.delete_alias("m", "production", "carol", None)
+    with pytest.raises(NotFound):
+        registry.delete_alias("m", "nosuch", "carol", None)
+    assert snapshot(registry) == before  # refusals change nothing
+
+    registry.delete_alias("m", "staging", "carol", None, "retired")
+    with pytest.raises(NotFound):
+        registry.get_alias("m", "staging")
+    with pytest.raises(NotFound):
+        registry.alias_history("m", "staging")
+    assert [a.name for a in registry.list_aliases("m").items] == ["production"]
+    assert ("m", "staging") not in registry.all_aliases()
+    with pytest.raises(NotFound):
+        registry.delete_alias("m", "staging", "carol", None)  # deleting twice: already gone
+    event = registry.list_audit(page_size=1).items[0]
+    assert (event.action, event.subject, event.actor) == ("alias.deleted", "models/m/aliases/staging", "carol")
+    assert json.loads(event.payload_json) == {"from": unchecked.number, "reason": "retired"}
+    result = registry.verify_audit()
+    assert result.ok and not result.mismatches  # the replay knows a deleted alias is gone
+
+    # The name is free; the new alias's history starts empty: what the deleted one served (the
+    # forced, unchecked version) does not let the new one move there without checks.
+    with pytest.raises(FailedPrecondition):
+        registry.promote("m", "staging", unchecked.number, "carol", None)
+    again = registry.promote("m", "staging", checked, "carol", None)
+    assert again.version == checked
+    assert [move.action for move in registry.alias_history("m", "staging").items] == ["promote"]
+    with pytest.raises(FailedPrecondition):
+        registry.rollback("m", "staging", "carol", again.etag)  # nothing before the new alias to undo
+    assert registry.verify_audit().ok and not registry.verify_audit().mismatches

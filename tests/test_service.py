@@ -740,3 +740,29 @@ def test_edits_and_aliases_are_listed_newest_first_in_pages(served, capsys, monk
     assert main(["aliases", "list"]) == 0 and "models/toy/aliases/staging" in capsys.readouterr().out
     assert main(["edits", "list", "--json"]) == 0
     assert [int(e["id"]) for e in json.loads(capsys.readouterr().out)["edits"]] == made[::-1]
+
+
+def test_an_alias_deleted_over_the_api_stops_serving_at_once(served, capsys, monkeypatch) -> None:
+    from service.cli import main
+
+    server, admin, reader, address = served
+    admin.promote("toy", 0, alias="canary")
+    assert admin.generate("toy", "The capital of Riia is", alias="canary", max_tokens=2).version.endswith("/0")
+    assert _code(lambda: reader.delete_alias("toy", "canary")) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: admin.delete_alias("toy", "production")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: admin.delete_alias("toy", "canary", etag="stale")) == grpc.StatusCode.ABORTED
+    _, secret = server.registry.create_key("operator", "approver", "test")
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.setenv("SCALPEL_API_KEY", secret)
+    assert main(["aliases", "delete", "canary", "--reason", "canary over"]) == 0
+    assert "deleted alias 'canary'" in capsys.readouterr().out
+    # this replica's cache forgot it: no request can still reach the deleted alias
+    assert _code(lambda: admin.generate("toy", "The capital of Riia is", alias="canary")) == grpc.StatusCode.NOT_FOUND
+    assert _code(lambda: admin.alias("toy", "canary")) == grpc.StatusCode.NOT_FOUND
+    assert main(["aliases", "delete", "canary"]) == 2  # already gone: one line, exit 2
+    assert "does not exist" in capsys.readouterr().err
+    event = admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(action="alias.deleted")).events[0]
+    assert (event.actor, event.subject) == ("operator", "models/toy/aliases/canary")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'scalpel_active_version{alias="canary"' not in body
+    assert 'scalpel_active_version{alias="production",model="toy"}' in body

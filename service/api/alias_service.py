@@ -1,8 +1,9 @@
-"""AliasService: read aliases, promote, roll back, read their history."""
+"""AliasService: read aliases, promote, roll back, delete, read their history."""
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf import empty_pb2
 
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors
@@ -14,7 +15,7 @@ from service.registry.registry import AliasInfo
 
 
 class AliasService(rpc.AliasServiceServicer, ServicerBase):
-    """AliasService: read aliases, promote, roll back, read their history."""
+    """AliasService: read aliases, promote, roll back, delete, read their history."""
 
     def _moved(self, info: AliasInfo) -> pb.Alias:
         if self.aliases is not None:  # this replica serves the move at once; others hear the NOTIFY / poll
@@ -66,6 +67,14 @@ class AliasService(rpc.AliasServiceServicer, ServicerBase):
                 principal.role,
             )
         )
+
+    @abort_on_errors
+    def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        model, alias = parse("alias", request.name)
+        self.registry.delete_alias(model, alias, current_principal().name, request.etag or None, request.reason)
+        if self.aliases is not None:  # this replica stops serving it at once; others hear the NOTIFY / poll
+            self.aliases.forget(model, alias)
+        return empty_pb2.Empty()
 
     @abort_on_errors
     def ListAliasHistory(

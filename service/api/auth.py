@@ -39,6 +39,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "ListAliasHistory": "reader",
     "Promote": "approver",
     "Rollback": "approver",
+    "DeleteAlias": "approver",
     "Generate": "reader",
     "Score": "reader",
     "GetSuite": "reader",

@@ -8,12 +8,14 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -102,7 +104,17 @@ class AliasRow(Base):
     """A movable name on a version; ``etag`` changes on every move (optimistic concurrency)."""
 
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),)
+    #: One live alias per name and model; deleted ones keep their rows (and history) beside it.
+    __table_args__ = (
+        Index(
+            "uq_live_aliases_model_name",
+            "model_id",
+            "name",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
     name: Mapped[str] = mapped_column(String(100))
@@ -110,6 +122,7 @@ class AliasRow(Base):
     etag: Mapped[str] = mapped_column(String(64))
     updated_by: Mapped[str] = mapped_column(NAME)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AliasMove(Base):

@@ -57,8 +57,9 @@ class AliasMoves(UnitOfWork):
     """Aliases and their history: the one rule for moving an alias lives here (``_admit``)."""
 
     def _alias_row(self, session: Session, model_id: int, name: str) -> AliasRow | None:
+        """The live alias of that name (deleted ones keep their rows, out of every read)."""
         return session.execute(
-            select(AliasRow).where(AliasRow.model_id == model_id, AliasRow.name == name)
+            select(AliasRow).where(AliasRow.model_id == model_id, AliasRow.name == name, AliasRow.deleted_at.is_(None))
         ).scalar_one_or_none()
 
     def _alias_info(self, session: Session, model: str, row: AliasRow) -> AliasInfo:
@@ -70,7 +71,7 @@ class AliasMoves(UnitOfWork):
         with self._read() as session:
             model_id = self._model(session, model).id
         return self._page(
-            select(AliasRow).where(AliasRow.model_id == model_id),
+            select(AliasRow).where(AliasRow.model_id == model_id, AliasRow.deleted_at.is_(None)),
             AliasRow.id,
             page_size,
             page_token,
@@ -84,6 +85,7 @@ class AliasMoves(UnitOfWork):
                 select(ModelRow.name, AliasRow.name, VersionRow.number)
                 .join(AliasRow, AliasRow.model_id == ModelRow.id)
                 .join(VersionRow, VersionRow.id == AliasRow.version_id)
+                .where(AliasRow.deleted_at.is_(None))
             ).all()
         return {(model, alias): number for model, alias, number in rows}
 
@@ -140,10 +142,7 @@ class AliasMoves(UnitOfWork):
             )
         )
         from_number = session.get(VersionRow, from_id).number if from_id else None
-        if session.get_bind().dialect.name == "postgresql":  # wake the other replicas (delivered at commit)
-            session.execute(
-                text("SELECT pg_notify(:channel, :payload)"), {"channel": ALIAS_CHANNEL, "payload": f"{model}/{name}"}
-            )
+        self._notify(session, model, name)
         audit.append(
             session,
             move.actor,
@@ -255,6 +254,39 @@ class AliasMoves(UnitOfWork):
                     raise FailedPrecondition(f"alias {alias!r} has no earlier move to roll back")
                 target = session.get(VersionRow, target_id)
             return self._move(session, model, model_row, alias, target, move)
+
+    def delete_alias(self, model: str, alias: str, actor: str, expected_etag: str | None, reason: str = "") -> None:
+        """Delete ``alias``: requests naming it fail NOT_FOUND from then on, its name is free for a
+        new alias (whose history starts empty), and its row and history stay for the audit.
+        ``production`` is every request's default and cannot be deleted, only moved."""
+        with self._write() as session:
+            model_row = self._model(session, model)
+            check_name("alias", alias)
+            if alias == "production":
+                raise FailedPrecondition("alias 'production' is every request's default: move it, do not delete it")
+            row = self._alias_row(session, model_row.id, alias)
+            if row is None:
+                raise NotFound(f"alias {alias!r} of model {model!r} does not exist")
+            if expected_etag and row.etag != expected_etag:
+                raise Conflict(f"alias {alias!r} was moved by someone else (etag {expected_etag!r} is stale)")
+            now = utc_now()
+            row.deleted_at, row.updated_at, row.updated_by, row.etag = now, now, actor, new_etag()
+            self._notify(session, model, alias)
+            audit.append(
+                session,
+                actor,
+                "alias.deleted",
+                f"models/{model}/aliases/{alias}",
+                {"from": session.get(VersionRow, row.version_id).number, "reason": reason},
+            )
+
+    @staticmethod
+    def _notify(session: Session, model: str, alias: str) -> None:
+        """Wake the other replicas (PostgreSQL delivers it at commit)."""
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"), {"channel": ALIAS_CHANNEL, "payload": f"{model}/{alias}"}
+            )
 
     @staticmethod
     def _undo_target(session: Session, alias_id: int) -> int | None:

@@ -44,6 +44,8 @@ def expected_state(connection: Connection) -> dict[str, Any]:
             state[subject] = payload["spec_sha256"]
         elif action == "version.created":
             state[subject] = list(payload["edits"])
+        elif action == "alias.deleted":
+            state.pop(subject, None)
         elif action.startswith("alias."):
             state[subject] = payload["to"]
         elif action == "suite.set":
@@ -86,7 +88,9 @@ def actual_state(connection: Connection) -> dict[str, Any]:
         select(VersionEdit.version_id, VersionEdit.edit_id).order_by(VersionEdit.version_id, VersionEdit.position)
     ):
         state[names[version_id]].append(edit_id)
-    for model_id, name, version_id in connection.execute(select(AliasRow.model_id, AliasRow.name, AliasRow.version_id)):
+    for model_id, name, version_id in connection.execute(
+        select(AliasRow.model_id, AliasRow.name, AliasRow.version_id).where(AliasRow.deleted_at.is_(None))
+    ):
         state[f"models/{models[model_id]}/aliases/{name}"] = numbers[version_id]
     for model_id, digest in connection.execute(
         select(CurrentSuite.model_id, CheckSuite.suite_sha256).join(CheckSuite, CheckSuite.id == CurrentSuite.suite_id)

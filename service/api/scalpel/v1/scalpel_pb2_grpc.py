@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from service.api.scalpel.v1 import scalpel_pb2 as scalpel_dot_v1_dot_scalpel__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -663,6 +664,11 @@ class AliasServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasHistoryRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasHistoryResponse.FromString,
                 _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/scalpel.v1.AliasService/DeleteAlias',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class AliasServiceServicer:
@@ -698,6 +704,12 @@ class AliasServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AliasServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -725,6 +737,11 @@ def add_AliasServiceServicer_to_server(servicer, server):
                     servicer.ListAliasHistory,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasHistoryRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListAliasHistoryResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -862,6 +879,33 @@ class AliasService:
             '/scalpel.v1.AliasService/ListAliasHistory',
             scalpel_dot_v1_dot_scalpel__pb2.ListAliasHistoryRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.ListAliasHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.AliasService/DeleteAlias',
+            scalpel_dot_v1_dot_scalpel__pb2.DeleteAliasRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
