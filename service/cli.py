@@ -232,6 +232,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.database_url = args.database_url or config.database_url
     config.insecure = args.insecure or config.insecure
     config.health_address = args.health_address or os.environ.get("SCALPEL_HEALTH_ADDRESS") or config.health_address
+    config.http_address = args.http_address or os.environ.get("SCALPEL_HTTP_ADDRESS") or config.http_address
     metrics_address = args.metrics_address or os.environ.get("SCALPEL_METRICS_ADDRESS")
     if metrics_address:
         config.metrics_address = None if metrics_address == "off" else metrics_address
@@ -348,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-address", help="host:port of /metrics (default $SCALPEL_METRICS_ADDRESS or 127.0.0.1:9464; 'off')"
     )
     serve.add_argument("--health-address", help="plaintext host:port serving only gRPC health (for probes with TLS)")
+    serve.add_argument(
+        "--http-address",
+        help="host:port of the OpenAI-compatible HTTP gateway (/v1/completions, /v1/chat/completions, "
+        "/v1/models; same keys; default $SCALPEL_HTTP_ADDRESS or off)",
+    )
     serve.add_argument(
         "--torch-threads",
         type=_positive_int,

@@ -147,6 +147,20 @@ class _Stream:
         self.outbox.append((self, event))
 
 
+class _Reader(Iterator[Token | Finished]):
+    """A stream's events; closing it, even before the first read, drops the row at the next step."""
+
+    def __init__(self, events: Iterator[Token | Finished], stream: _Stream) -> None:
+        self._events, self._stream = events, stream
+
+    def __next__(self) -> Token | Finished:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._stream.abandoned.set()
+        self._events.close()  # type: ignore[attr-defined]
+
+
 @dataclass(order=True)
 class _Job:
     priority: int
@@ -202,6 +216,8 @@ class Scheduler:
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
         self.forwards = 0
         self.steps = 0
+        #: Rows dropped because their reader went away (a client hung up, a stop string was met).
+        self.cancelled = 0
         self._thread = threading.Thread(target=self._loop, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
 
@@ -213,7 +229,9 @@ class Scheduler:
         sampling: Sampling,
         is_active: Callable[[], bool] = lambda: True,
     ) -> Iterator[Token | Finished]:
-        """Join the batch and yield this stream's tokens as they are made, then a :class:`Finished`.
+        """Join the batch now and return this stream's tokens as they are made, then a
+        :class:`Finished` (so several streams started one after another decode side by side,
+        whichever is read first).
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
         stream = _Stream(prompt, stack, sampling, is_active, self.eos, self._outbox)
@@ -223,6 +241,11 @@ class Scheduler:
             stream.queued_at = self.steps
             self._waiting.append(stream)
             self._wake.notify()
+        return _Reader(self._read(stream), stream)
+
+    def _read(self, stream: _Stream) -> Iterator[Token | Finished]:
+        """A stream's events for its reader: detokenised, cut at its first stop string."""
+        sampling = stream.sampling
         detokenizer = Detokenizer(self.tokenizer)
         stop, text, produced = sampling.stop, "", 0
         longest_stop = max(map(len, stop), default=0)
@@ -289,6 +312,11 @@ class Scheduler:
     @property
     def active_rows(self) -> int:
         return sum(stream is not None for stream in self._rows)
+
+    @property
+    def abandoned_rows(self) -> int:
+        """Rows whose reader went away, to be dropped at the next step."""
+        return sum(stream is not None and stream.gone() for stream in list(self._rows))
 
     def close(self) -> None:
         with self._wake:
@@ -392,6 +420,7 @@ class Scheduler:
         gone = [row for row, stream in enumerate(self._rows) if stream is not None and stream.gone()]
         for row in gone:
             self._rows[row].end(Finished("cancelled", self._rows[row].produced))
+        self.cancelled += len(gone)
         self._retire(gone)
 
     def _retire(self, rows: list[int]) -> None:

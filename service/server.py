@@ -25,6 +25,7 @@ from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
+from service.gateway import HttpGateway, build_app
 from service.intra_op import serial_main_thread
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import NotFound, Registry
@@ -84,6 +85,9 @@ class ServerConfig:
     # Tokens a stream gathers into one message while the batch is busy (0: automatic, see
     # service.scheduler; 1: one message per token). Fewer messages leave more CPU for forwards.
     stream_interval: int = 0
+    # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
+    # Same keys, same engine; TLS when tls_cert/tls_key are set.
+    http_address: str | None = None
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -147,6 +151,11 @@ class ScalpelServer:
         self.hosts: dict[str, ModelHost] = {}
         self.aliases: AliasCache | None = None
         self._stopping = threading.Event()
+        self.gateway: HttpGateway | None = None
+        if config.http_address:
+            app = build_app(self.registry, self.hosts, self.metrics, insecure=config.insecure)
+            self.gateway = HttpGateway(app, config.http_address, config.tls_cert, config.tls_key)
+        self.http_port = self.gateway.port if self.gateway is not None else None
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         names = add_to_server(self.servicers, self.server)
@@ -226,6 +235,8 @@ class ScalpelServer:
         if self.aliases is not None:
             self.aliases.close()
         self.server.stop(grace).wait()
+        if self.gateway is not None:
+            self.gateway.stop()
         for host in self.hosts.values():
             host.close()
         if self.health_server is not None:
@@ -248,6 +259,7 @@ def serve(config: ServerConfig) -> None:
     print(
         f"scalpel serving {', '.join(config.models)} on port {server.port}"
         f"{f'; metrics on port {server.metrics_port}' if server.metrics_port else ''}"
+        f"{f'; OpenAI-compatible HTTP on port {server.http_port}' if server.http_port else ''}"
         f"{' (INSECURE: no authentication)' if config.insecure else ''}",
         flush=True,
     )

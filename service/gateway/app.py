@@ -1,0 +1,415 @@
+"""The OpenAI-compatible routes (see the package docstring), over the hosted models' schedulers.
+
+Every choice of a request is a stream of the same engine as gRPC's ``Generate``: it joins the
+running batch as a row under the version its ``model`` field resolves to. The version that served
+a response is in its ``system_fingerprint`` (``models/{model}/versions/{n}``) and in the
+``x-scalpel-version`` header. Errors are OpenAI's shape (``{"error": {message, type, param, code}}``)
+with the matching HTTP status, so OpenAI clients raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import DBAPIError
+
+from service.detokenizer import Detokenizer
+from service.gateway.schemas import ChatMessage, ChatRequest, CompletionRequest, SamplingFields
+from service.metrics import ACCESS_LOG, Metrics
+from service.registry import Registry
+from service.registry.errors import InvalidArgument, NotFound, PermissionDenied
+from service.scheduler import SchedulerClosed
+from service.serving import Finished, ModelHost, Token
+
+_LOG = logging.getLogger(__name__)
+
+#: OpenAI's finish reasons for ours ("eos" and a stop string both read "stop").
+FINISH_REASONS = {"length": "length", "stop": "stop", "eos": "stop", "cancelled": "stop"}
+
+
+class GatewayError(Exception):
+    """A refusal in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
+
+
+def _as_gateway_error(error: Exception) -> GatewayError:
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, InvalidArgument):
+        return GatewayError(400, str(error))
+    if isinstance(error, NotFound):
+        return GatewayError(404, str(error), code="not_found")
+    if isinstance(error, PermissionDenied):
+        return GatewayError(403, str(error), "permission_error")
+    if isinstance(error, SchedulerClosed | DBAPIError):
+        return GatewayError(
+            503, "the service is unavailable (shutting down, or its database is away); retry", "api_error"
+        )
+    incident = uuid.uuid4().hex[:12]
+    _LOG.exception("gateway incident %s", incident)
+    return GatewayError(500, f"internal error (incident {incident})", "api_error")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's ``model`` field resolved to."""
+
+    host: ModelHost
+    requested: str
+    version: int
+
+    @property
+    def version_name(self) -> str:
+        return f"models/{self.host.name}/versions/{self.version}"
+
+
+def resolve(hosts: Mapping[str, ModelHost], field: str) -> Target:
+    """``model`` → production, ``model@alias``, ``model@N`` (a version number)."""
+    name, _, selector = field.partition("@")
+    host = hosts.get(name)
+    if host is None:
+        served = ", ".join(sorted(hosts)) or "none yet"
+        raise GatewayError(404, f"model {name!r} is not served here (served: {served})", code="model_not_found")
+    if selector.isdigit():
+        return Target(host, field, host.resolve(None, int(selector)))
+    return Target(host, field, host.resolve(selector or None, None))
+
+
+def chat_prompt(host: ModelHost, messages: list[ChatMessage]) -> str:
+    """The model's own chat template; for a model without one (the toy model), ``role: text``
+    lines and ``assistant:`` to continue."""
+    tokenizer = host.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in messages]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m.role}: {m.text}\n" for m in messages) + "assistant:"
+
+
+class _Choice:
+    """One choice of a request: a stream joined to the batch at once, read when its turn comes."""
+
+    def __init__(
+        self, target: Target, prompt: str, sampling: SamplingFields, max_tokens: int, logprobs: int | None, index: int
+    ) -> None:
+        self.index = index
+        seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
+        self.events = target.host.generate(
+            target.version,
+            prompt,
+            max_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            seed,
+            sampling.stops,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            logprobs=logprobs,
+        )
+        self.prompt_tokens = len(target.host.tokenizer(prompt)["input_ids"])
+        self.texts = TokenTexts(target.host)
+
+
+class TokenTexts:
+    """The text each token of a choice adds (its pieces join to the choice's text), and a lone
+    token's text for the alternatives."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self.tokenizer = host.tokenizer
+        self.pieces = Detokenizer(host.tokenizer)
+        self.offset = 0  # characters of the choice's text so far
+
+    def alternative(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def completion_logprobs(self, event: Token) -> dict[str, Any]:
+        """OpenAI's legacy completions ``logprobs`` for the tokens of one event."""
+        tokens, offsets = [], []
+        for token in event.token_ids:
+            offsets.append(self.offset)
+            tokens.append(self.pieces.add(token))
+            self.offset += len(tokens[-1])
+        return {
+            "tokens": tokens,
+            "token_logprobs": [chosen for chosen, _ in event.logprobs],
+            "top_logprobs": [{self.alternative(t): lp for t, lp in top} for _, top in event.logprobs],
+            "text_offset": offsets,
+        }
+
+    def chat_logprobs(self, event: Token) -> list[dict[str, Any]]:
+        """OpenAI's chat ``logprobs.content`` entries for the tokens of one event."""
+
+        def entry(text: str, logprob: float) -> dict[str, Any]:
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        return [
+            {**entry(self.pieces.add(token), chosen), "top_logprobs": [entry(self.alternative(t), lp) for t, lp in top]}
+            for token, (chosen, top) in zip(event.token_ids, event.logprobs, strict=True)
+        ]
+
+
+def build_app(
+    registry: Registry,
+    hosts: Mapping[str, ModelHost],
+    metrics: Metrics | None = None,
+    insecure: bool = False,
+) -> FastAPI:
+    """The gateway's ASGI app over ``hosts`` (read at each request: models loaded later appear)."""
+    app = FastAPI(title="Scalpel OpenAI-compatible gateway", docs_url=None, redoc_url=None)
+
+    def caller(request: Request) -> str:
+        """The calling key's name (every role may generate: reader is the least)."""
+        if insecure:
+            return "local"
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            raise GatewayError(
+                401, "send 'Authorization: Bearer <api key>' (the keys of the gRPC API)", code="invalid_api_key"
+            )
+        key = registry.verify_key(header.removeprefix("Bearer ").strip())
+        if key is None:
+            raise GatewayError(401, "unknown or revoked API key", code="invalid_api_key")
+        return key.name
+
+    def logged(request: Request, run: Callable[[dict[str, str]], Any]) -> Any:
+        """Run a route, answering errors in OpenAI's shape, with one access-log line per request (a
+        stream's when it ends)."""
+        started, record = time.perf_counter(), {"method": f"{request.method} {request.url.path}"}
+
+        def log(status: int) -> None:
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                ms = round((time.perf_counter() - started) * 1000, 2)
+                ACCESS_LOG.info(json.dumps({**record, "code": status, "ms": ms}))
+
+        try:
+            record["caller"] = caller(request)
+            response = run(record)
+        except Exception as error:  # every refusal, in OpenAI's shape
+            refusal = _as_gateway_error(error)
+            log(refusal.status)
+            return JSONResponse(refusal.body(), status_code=refusal.status)
+        if isinstance(response, StreamingResponse):
+            inner = response.body_iterator
+
+            async def finishing() -> Any:
+                try:
+                    async for chunk in inner:
+                        yield chunk
+                finally:
+                    log(200)
+
+            response.body_iterator = finishing()
+        else:
+            log(200)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "body"
+        message = f"{where}: {first.get('msg', 'invalid')}"
+        return JSONResponse(GatewayError(400, message).body(), status_code=400)
+
+    @app.get("/v1/models")
+    def list_models(request: Request) -> Any:
+        def run(record: dict[str, str]) -> Any:
+            created = int(time.time())
+            names = []
+            for name in sorted(hosts):
+                names.append(name)
+                names += [f"{name}@{alias.name}" for alias in registry.list_aliases(name, 1000).items]
+            return {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "created": created, "owned_by": "scalpel"} for n in names],
+            }
+
+        return logged(request, run)
+
+    @app.get("/v1/models/{model:path}")
+    def get_model(model: str, request: Request) -> Any:
+        def run(record: dict[str, str]) -> Any:
+            target = resolve(hosts, model)
+            record["model"] = target.host.name
+            return JSONResponse(
+                {"id": model, "object": "model", "created": int(time.time()), "owned_by": "scalpel"},
+                headers={"x-scalpel-version": target.version_name},
+            )
+
+        return logged(request, run)
+
+    @app.post("/v1/completions")
+    def completions(body: CompletionRequest, request: Request) -> Any:
+        def run(record: dict[str, str]) -> Any:
+            target = resolve(hosts, body.model)
+            record["model"] = target.host.name
+            choices = [
+                _Choice(target, prompt, body, body.max_tokens, body.logprobs, index)
+                for index, prompt in enumerate(p for p in body.prompts for _ in range(body.n))
+            ]
+            reply = _Reply(target, "cmpl", "text_completion", metrics)
+            if body.stream:
+                return reply.streamed(choices, body.include_usage, _completion_delta(body))
+            return reply.whole(choices, _completion_choice(body))
+
+        return logged(request, run)
+
+    @app.post("/v1/chat/completions")
+    def chat_completions(body: ChatRequest, request: Request) -> Any:
+        def run(record: dict[str, str]) -> Any:
+            target = resolve(hosts, body.model)
+            record["model"] = target.host.name
+            prompt = chat_prompt(target.host, body.messages)
+            top = (body.top_logprobs or 0) if body.logprobs else None
+            choices = [_Choice(target, prompt, body, body.token_limit, top, index) for index in range(body.n)]
+            if body.stream:
+                reply = _Reply(target, "chatcmpl", "chat.completion.chunk", metrics)
+                return reply.streamed(choices, body.include_usage, _chat_delta(body))
+            reply = _Reply(target, "chatcmpl", "chat.completion", metrics)
+            return reply.whole(choices, _chat_choice(body))
+
+        return logged(request, run)
+
+    return app
+
+
+#: (the choice, its next event, whether it is the first) → one streamed choice object
+Delta = Callable[["_Choice", Token | Finished, bool], dict[str, Any]]
+#: (the choice, its text, its token events, how it finished) → one whole choice object
+Whole = Callable[["_Choice", str, list[Token], Finished], dict[str, Any]]
+
+
+def _completion_delta(body: CompletionRequest) -> Delta:
+    def delta(choice: _Choice, event: Token | Finished, first: bool) -> dict[str, Any]:
+        if isinstance(event, Finished):
+            reason = FINISH_REASONS[event.finish_reason]
+            return {"index": choice.index, "text": "", "logprobs": None, "finish_reason": reason}
+        logprobs = choice.texts.completion_logprobs(event) if body.logprobs is not None else None
+        return {"index": choice.index, "text": event.text, "logprobs": logprobs, "finish_reason": None}
+
+    return delta
+
+
+def _completion_choice(body: CompletionRequest) -> Whole:
+    def whole(choice: _Choice, text: str, events: list[Token], finished: Finished) -> dict[str, Any]:
+        logprobs = None
+        if body.logprobs is not None:
+            ids = tuple(t for e in events for t in e.token_ids)
+            logprobs = choice.texts.completion_logprobs(
+                Token(ids, text, tuple(lp for e in events for lp in e.logprobs))
+            )
+        reason = FINISH_REASONS[finished.finish_reason]
+        return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+    return whole
+
+
+def _chat_delta(body: ChatRequest) -> Delta:
+    def delta(choice: _Choice, event: Token | Finished, first: bool) -> dict[str, Any]:
+        if isinstance(event, Finished):
+            reason = FINISH_REASONS[event.finish_reason]
+            return {"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": reason}
+        content: dict[str, Any] = {"role": "assistant", "content": event.text} if first else {"content": event.text}
+        logprobs = {"content": choice.texts.chat_logprobs(event)} if body.logprobs else None
+        return {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": None}
+
+    return delta
+
+
+def _chat_choice(body: ChatRequest) -> Whole:
+    def whole(choice: _Choice, text: str, events: list[Token], finished: Finished) -> dict[str, Any]:
+        logprobs = None
+        if body.logprobs:
+            logprobs = {"content": [entry for e in events for entry in choice.texts.chat_logprobs(e)]}
+        message = {"role": "assistant", "content": text}
+        reason = FINISH_REASONS[finished.finish_reason]
+        return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": reason}
+
+    return whole
+
+
+class _Reply:
+    """The response envelope OpenAI's clients expect, whole or as server-sent events."""
+
+    def __init__(self, target: Target, prefix: str, kind: str, metrics: Metrics | None) -> None:
+        self.target, self.kind, self.metrics = target, kind, metrics
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _envelope(self, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.kind,
+            "created": self.created,
+            "model": self.target.requested,
+            "system_fingerprint": self.target.version_name,
+            **fields,
+        }
+
+    def _counted(self, finished: Finished) -> None:
+        if self.metrics is not None:
+            self.metrics.tokens.labels(self.target.host.name, str(self.target.version)).inc(finished.tokens)
+
+    def _usage(self, choices: list[_Choice], completion_tokens: int) -> dict[str, int]:
+        prompt_tokens = sum(choice.prompt_tokens for choice in choices)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def whole(self, choices: list[_Choice], build: Whole) -> JSONResponse:
+        built, produced = [], 0
+        for choice in choices:
+            events = list(choice.events)
+            finished = events[-1]
+            assert isinstance(finished, Finished)
+            tokens = [e for e in events if isinstance(e, Token)]
+            self._counted(finished)
+            produced += finished.tokens
+            built.append(build(choice, "".join(t.text for t in tokens), tokens, finished))
+        body = self._envelope(choices=built, usage=self._usage(choices, produced))
+        return JSONResponse(body, headers={"x-scalpel-version": self.target.version_name})
+
+    def streamed(self, choices: list[_Choice], include_usage: bool, delta: Delta) -> StreamingResponse:
+        def events() -> Iterator[str]:
+            produced = 0
+            try:
+                for choice in choices:  # all joined the batch already: later ones wait in their queues
+                    first = True
+                    for event in choice.events:
+                        if isinstance(event, Finished):
+                            self._counted(event)
+                            produced += event.tokens
+                        yield _sse(self._envelope(choices=[delta(choice, event, first)]))
+                        first = False
+                if include_usage:
+                    yield _sse(self._envelope(choices=[], usage=self._usage(choices, produced)))
+                yield "data: [DONE]\n\n"
+            except Exception as error:  # the status line is gone: the error travels as an event
+                yield _sse(_as_gateway_error(error).body())
+            finally:
+                for choice in choices:
+                    choice.events.close()  # a client that went away frees its rows
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"x-scalpel-version": self.target.version_name}
+        )
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,191 @@
+"""The OpenAI-compatible gateway, driven by the official ``openai`` client against a real server
+(gRPC and HTTP from one process), compared with what gRPC's Generate serves for the same request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import openai
+import pytest
+import torch
+
+from editors import Steering
+from service.client import ScalpelClient
+from service.gateway.app import FINISH_REASONS
+from service.server import ScalpelServer, ServerConfig
+from tests.test_registry import snapshot
+
+PROMPT = "The capital of Riia is"
+
+
+@pytest.fixture
+def gateway(db_url):
+    config = ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, http_address="127.0.0.1:0")
+    server = ScalpelServer(config)
+    server.load_models()
+    _, secret = server.registry.create_key("app", "reader", "bootstrap")
+    _, admin_secret = server.registry.create_key("admin", "admin", "bootstrap")
+    grpc_client = ScalpelClient(f"127.0.0.1:{server.port}", admin_secret)
+    http = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key=secret, max_retries=0)
+    yield server, http, grpc_client
+    http.close()
+    grpc_client.close()
+    server.stop(grace=0)
+
+
+def _steered_version(grpc_client: ScalpelClient) -> int:
+    vector = torch.randn(128, generator=torch.Generator().manual_seed(3)) * 4
+    edit = grpc_client.create_edit("toy", Steering(site="blocks.2.hook_resid_pre", vector=vector))
+    return grpc_client.create_version("toy", 0, append=[edit.id]).number
+
+
+def test_completions_equal_grpc_generate_and_name_the_version(gateway) -> None:
+    server, http, grpc_client = gateway
+    steered = _steered_version(grpc_client)
+    grpc_client.promote("toy", steered, alias="staging", force=True, reason="gateway test")
+    base = grpc_client.generate("toy", PROMPT, version=0, max_tokens=6)
+    edited = grpc_client.generate("toy", PROMPT, version=steered, max_tokens=6)
+    assert base.text != edited.text  # the edit changes what the model says
+    for model, expected, version in (
+        ("toy", base, 0),
+        ("toy@production", base, 0),
+        (f"toy@{steered}", edited, steered),
+        ("toy@staging", edited, steered),
+    ):
+        reply = http.completions.create(model=model, prompt=PROMPT, max_tokens=6, temperature=0)
+        assert reply.choices[0].text == expected.text, model
+        assert reply.system_fingerprint == f"models/toy/versions/{version}"
+        assert reply.model == model
+        assert reply.choices[0].finish_reason == FINISH_REASONS[expected.finish_reason]
+        assert reply.usage.completion_tokens == len(expected.token_ids)
+        assert reply.usage.prompt_tokens == len(server.hosts["toy"].tokenizer(PROMPT)["input_ids"])
+    raw = http.completions.with_raw_response.create(model="toy@staging", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert raw.headers["x-scalpel-version"] == f"models/toy/versions/{steered}"
+    listed = {model.id for model in http.models.list()}
+    assert {"toy", "toy@production", "toy@staging"} <= listed
+
+
+def test_streamed_completions_and_chat_carry_the_same_text(gateway) -> None:
+    _, http, grpc_client = gateway
+    whole = http.completions.create(model="toy", prompt=PROMPT, max_tokens=8, temperature=0)
+    chunks = list(
+        http.completions.create(
+            model="toy", prompt=PROMPT, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert all(c.system_fingerprint == "models/toy/versions/0" for c in chunks)
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # the last chunk: usage alone
+
+    messages = [{"role": "user", "content": PROMPT}]
+    chat = http.chat.completions.create(model="toy", messages=messages, max_tokens=5, temperature=0)
+    expected = grpc_client.generate("toy", f"user: {PROMPT}\nassistant:", version=0, max_tokens=5)
+    assert chat.choices[0].message.content == expected.text  # the toy model has no chat template
+    assert chat.choices[0].message.role == "assistant"
+    deltas = list(
+        http.chat.completions.create(model="toy", messages=messages, max_tokens=5, temperature=0, stream=True)
+    )
+    assert deltas[0].choices[0].delta.role == "assistant"
+    assert "".join(d.choices[0].delta.content or "" for d in deltas) == expected.text
+    assert deltas[-1].choices[0].finish_reason == FINISH_REASONS[expected.finish_reason]
+
+
+def test_logprobs_sampling_options_and_several_choices(gateway) -> None:
+    _, http, grpc_client = gateway
+    reply = http.completions.create(model="toy", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    logprobs = reply.choices[0].logprobs
+    tokens = reply.usage.completion_tokens
+    assert len(logprobs.token_logprobs) == tokens == len(logprobs.tokens) == len(logprobs.top_logprobs)
+    assert "".join(logprobs.tokens) == reply.choices[0].text
+    assert all(
+        len(top) == 2 and max(top.values()) >= lp - 1e-6
+        for top, lp in zip(logprobs.top_logprobs, logprobs.token_logprobs, strict=True)
+    )
+    chat = http.chat.completions.create(
+        model="toy",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens and all(
+        len(entry.top_logprobs) == 2 and entry.logprob <= 0 for entry in content
+    )
+
+    penalised = http.completions.create(
+        model="toy", prompt=PROMPT, max_tokens=6, temperature=0, extra_body={"repetition_penalty": 2.0}
+    )
+    assert (
+        penalised.choices[0].text
+        == grpc_client.generate("toy", PROMPT, version=0, max_tokens=6, repetition_penalty=2.0).text
+    )
+    two = http.completions.create(model="toy", prompt=PROMPT, max_tokens=5, temperature=1.0, top_p=0.9, n=2, seed=11)
+    assert [c.index for c in two.choices] == [0, 1] and 2 <= two.usage.completion_tokens <= 10
+    again = http.completions.create(model="toy", prompt=PROMPT, max_tokens=5, temperature=1.0, top_p=0.9, n=2, seed=11)
+    assert [c.text for c in again.choices] == [c.text for c in two.choices]  # same seed, same draws
+    batch = http.completions.create(model="toy", prompt=[PROMPT, "The capital of Osk is"], max_tokens=3, temperature=0)
+    assert [c.text for c in batch.choices] == [
+        grpc_client.generate("toy", p, version=0, max_tokens=3).text for p in (PROMPT, "The capital of Osk is")
+    ]
+
+
+def test_refusals_are_openai_errors_and_change_nothing(gateway, caplog) -> None:
+    server, http, _ = gateway
+    before = snapshot(server.registry)
+    bad_key = openai.OpenAI(base_url=str(http.base_url), api_key="sk_nope_nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_key.completions.create(model="toy", prompt=PROMPT)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        http.completions.create(model="gpt-4", prompt=PROMPT)
+    with pytest.raises(openai.NotFoundError):
+        http.completions.create(model="toy@nosuchalias", prompt=PROMPT)
+    with pytest.raises(openai.NotFoundError):
+        http.completions.create(model="toy@999", prompt=PROMPT)
+    for options in ({"temperature": -1}, {"presence_penalty": 0.5}, {"max_tokens": 100000}, {"n": 99}):
+        with pytest.raises(openai.BadRequestError):
+            http.completions.create(model="toy", prompt=PROMPT, **options)
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        http.chat.completions.create(
+            model="toy",
+            messages=[{"role": "user", "content": PROMPT}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    assert snapshot(server.registry) == before
+    with caplog.at_level(logging.INFO, logger="scalpel.access"):
+        http.completions.create(model="toy", prompt=PROMPT, max_tokens=1)
+    line = json.loads([r.getMessage() for r in caplog.records if r.name == "scalpel.access"][-1])
+    assert line["method"] == "POST /v1/completions" and line["code"] == 200
+    assert line["caller"] == "app" and line["model"] == "toy"
+    assert http.api_key not in caplog.text
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway, toy) -> None:
+    server, http, _ = gateway
+    _, _, world = toy
+    host = server.hosts["toy"]
+    scheduler = host.scheduler
+    sequence = world.symbols[:3]
+    prompt = " ".join(sequence + sequence)  # the toy model keeps continuing a repeated sequence
+    stream = http.completions.create(model="toy", prompt=prompt, max_tokens=100, temperature=0, stream=True, n=2)
+    received = [next(iter(stream)) for _ in range(3)]
+    assert all(chunk.choices[0].text for chunk in received)
+    resume = threading.Event()
+    pause = threading.Thread(target=host.forward, args=(lambda: resume.wait(30),))
+    pause.start()  # a job holds the scheduler between two steps: the rows cannot finish meanwhile
+    cancelled = scheduler.cancelled
+    stream.close()  # the client goes away with ~2 × 95 tokens still to come
+    for _ in range(400):  # a bounded wait for the mechanism (the hang-up reaching both rows), not a latency bar
+        if scheduler.abandoned_rows == 2:
+            break
+        resume.wait(0.05)
+    assert scheduler.abandoned_rows == 2
+    resume.set()
+    pause.join()
+    assert host.forward(lambda: scheduler.active_rows) == 0  # dropped at the next step, unfinished
+    assert scheduler.cancelled == cancelled + 2
