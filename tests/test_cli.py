@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from sqlalchemy import text
+
 
 def test_demo_over_grpc_behaves_as_described_twice_in_the_same_data_dir(tmp_path) -> None:
     for _ in range(2):
@@ -58,8 +60,10 @@ def test_serve_and_keys_refuse_a_database_not_at_head_with_the_fix(db_url) -> No
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"is at revision 0002; this Scalpel needs {head}: run `scalpel db upgrade --url" in result.stderr
         assert "Traceback" not in result.stderr
-    registry = Registry(db_url)
-    assert registry.list_keys().items == [] and registry.verify_audit().events_checked == 0
+    registry = Registry(db_url)  # (read with SQL: this code's replay needs columns 0002 lacks)
+    with registry.engine.connect() as connection:
+        written = [connection.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("api_keys", "audit_events")]
+    assert written == [0, 0]
     registry.engine.dispose()
     unreachable = subprocess.run(
         [sys.executable, "-m", "service.cli", *commands[1][:-1], "postgresql://postgres@127.0.0.1:1/none"],
