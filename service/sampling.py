@@ -38,6 +38,7 @@ class Sampling:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    ignore_eos: bool = False  # run to max_tokens through end-of-sequence tokens (benchmarks, tests)
 
     @property
     def plain(self) -> bool:

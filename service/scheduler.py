@@ -234,7 +234,8 @@ class Scheduler:
         whichever is read first).
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
-        stream = _Stream(prompt, stack, sampling, is_active, self.eos, self._outbox)
+        eos = frozenset() if sampling.ignore_eos else self.eos
+        stream = _Stream(prompt, stack, sampling, is_active, eos, self._outbox)
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the model is shutting down; retry on another replica")
@@ -314,9 +315,14 @@ class Scheduler:
         return sum(stream is not None for stream in self._rows)
 
     @property
-    def abandoned_rows(self) -> int:
-        """Rows whose reader went away, to be dropped at the next step."""
-        return sum(stream is not None and stream.gone() for stream in list(self._rows))
+    def requests(self) -> int:
+        """Streams in the batch or waiting to join it."""
+        return self.active_rows + len(self._waiting)
+
+    @property
+    def abandoned(self) -> int:
+        """Streams in the batch or waiting whose reader went away: dropped at the next step."""
+        return sum(s is not None and s.gone() for s in [*self._rows, *list(self._waiting)])
 
     def close(self) -> None:
         with self._wake:
@@ -384,6 +390,10 @@ class Scheduler:
             job.future.set_exception(error)
 
     def _prefill(self, newcomers: list[_Stream]) -> None:
+        for stream in newcomers:
+            if stream.gone():  # its reader went away while it waited
+                stream.end(Finished("cancelled", 0))
+                self.cancelled += 1
         newcomers = [s for s in newcomers if not s.gone()]
         if not newcomers:
             return

@@ -210,6 +210,7 @@ class ModelHost:
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
         logprobs: int | None = None,
+        ignore_eos: bool = False,
     ) -> Iterator[Token | Finished]:
         """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished`. Greedy at
         temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the
@@ -239,6 +240,7 @@ class ModelHost:
             min_p,
             repetition_penalty,
             logprobs,
+            ignore_eos,
         )
         return self.scheduler.generate(ids.to(self.device), self.stack(version), sampling, is_active)
 

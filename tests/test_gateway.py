@@ -165,27 +165,32 @@ def test_refusals_are_openai_errors_and_change_nothing(gateway, caplog) -> None:
     assert http.api_key not in caplog.text
 
 
-def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway, toy) -> None:
+def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway) -> None:
     server, http, _ = gateway
-    _, _, world = toy
     host = server.hosts["toy"]
     scheduler = host.scheduler
-    sequence = world.symbols[:3]
-    prompt = " ".join(sequence + sequence)  # the toy model keeps continuing a repeated sequence
-    stream = http.completions.create(model="toy", prompt=prompt, max_tokens=100, temperature=0, stream=True, n=2)
-    received = [next(iter(stream)) for _ in range(3)]
-    assert all(chunk.choices[0].text for chunk in received)
-    resume = threading.Event()
-    pause = threading.Thread(target=host.forward, args=(lambda: resume.wait(30),))
+    stream = http.completions.create(
+        model="toy", prompt=PROMPT, max_tokens=100, temperature=0, stream=True, n=2, extra_body={"ignore_eos": True}
+    )
+    assert next(iter(stream)).choices[0].text
+    held, resume = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        resume.wait(30)
+
+    pause = threading.Thread(target=host.forward, args=(hold,))
     pause.start()  # a job holds the scheduler between two steps: the rows cannot finish meanwhile
+    assert held.wait(30)
+    assert scheduler.requests == 2  # both choices still have most of their 100 tokens to make
     cancelled = scheduler.cancelled
-    stream.close()  # the client goes away with ~2 × 95 tokens still to come
+    stream.close()  # the client goes away
     for _ in range(400):  # a bounded wait for the mechanism (the hang-up reaching both rows), not a latency bar
-        if scheduler.abandoned_rows == 2:
+        if scheduler.abandoned == 2:
             break
         resume.wait(0.05)
-    assert scheduler.abandoned_rows == 2
+    assert scheduler.abandoned == 2
     resume.set()
     pause.join()
-    assert host.forward(lambda: scheduler.active_rows) == 0  # dropped at the next step, unfinished
+    assert host.forward(lambda: scheduler.requests) == 0  # dropped at the next step, unfinished
     assert scheduler.cancelled == cancelled + 2

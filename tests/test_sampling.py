@@ -169,3 +169,13 @@ def test_the_generate_rpc_carries_the_options_and_the_logprobs(served, toy) -> N
     with pytest.raises(grpc.RpcError) as refused:
         list(client.stream("toy", text, version=0, top_k=-2))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_ignore_eos_runs_to_max_tokens_through_the_end_of_sequence(host, toy) -> None:
+    _, tokenizer, _ = toy
+    text = "The capital of Riia is"
+    ended, _, finished = _run(host.generate(0, text, max_tokens=NEW_TOKENS))
+    assert finished.finish_reason == "eos" and len(ended) < NEW_TOKENS
+    through, _, finished = _run(host.generate(0, text, max_tokens=NEW_TOKENS, ignore_eos=True))
+    assert finished.finish_reason == "length" and len(through) == NEW_TOKENS
+    assert through[: len(ended) + 1] == [*ended, tokenizer.eos_token_id]

@@ -41,6 +41,7 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
             min_p=request.min_p,
             repetition_penalty=request.repetition_penalty or 1.0,
             logprobs=request.logprobs if request.HasField("logprobs") else None,
+            ignore_eos=request.ignore_eos,
         )
         for event in stream:
             if isinstance(event, Finished):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -104,7 +106,14 @@ class _Choice:
     """One choice of a request: a stream joined to the batch at once, read when its turn comes."""
 
     def __init__(
-        self, target: Target, prompt: str, sampling: SamplingFields, max_tokens: int, logprobs: int | None, index: int
+        self,
+        target: Target,
+        prompt: str,
+        sampling: SamplingFields,
+        max_tokens: int,
+        logprobs: int | None,
+        index: int,
+        gone: threading.Event,
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
@@ -116,10 +125,12 @@ class _Choice:
             sampling.top_p,
             seed,
             sampling.stops,
+            lambda: not gone.is_set(),  # the client hung up: the row leaves at the next step
             top_k=sampling.top_k,
             min_p=sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
             logprobs=logprobs,
+            ignore_eos=sampling.ignore_eos,
         )
         self.prompt_tokens = len(target.host.tokenizer(prompt)["input_ids"])
         self.texts = TokenTexts(target.host)
@@ -257,13 +268,14 @@ def build_app(
         def run(record: dict[str, str]) -> Any:
             target = resolve(hosts, body.model)
             record["model"] = target.host.name
+            gone = threading.Event()
             choices = [
-                _Choice(target, prompt, body, body.max_tokens, body.logprobs, index)
+                _Choice(target, prompt, body, body.max_tokens, body.logprobs, index, gone)
                 for index, prompt in enumerate(p for p in body.prompts for _ in range(body.n))
             ]
             reply = _Reply(target, "cmpl", "text_completion", metrics)
             if body.stream:
-                return reply.streamed(choices, body.include_usage, _completion_delta(body))
+                return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
             return reply.whole(choices, _completion_choice(body))
 
         return logged(request, run)
@@ -275,10 +287,11 @@ def build_app(
             record["model"] = target.host.name
             prompt = chat_prompt(target.host, body.messages)
             top = (body.top_logprobs or 0) if body.logprobs else None
-            choices = [_Choice(target, prompt, body, body.token_limit, top, index) for index in range(body.n)]
+            gone = threading.Event()
+            choices = [_Choice(target, prompt, body, body.token_limit, top, index, gone) for index in range(body.n)]
             if body.stream:
                 reply = _Reply(target, "chatcmpl", "chat.completion.chunk", metrics)
-                return reply.streamed(choices, body.include_usage, _chat_delta(body))
+                return reply.streamed(choices, body.include_usage, _chat_delta(body), gone)
             reply = _Reply(target, "chatcmpl", "chat.completion", metrics)
             return reply.whole(choices, _chat_choice(body))
 
@@ -385,7 +398,12 @@ class _Reply:
         body = self._envelope(choices=built, usage=self._usage(choices, produced))
         return JSONResponse(body, headers={"x-scalpel-version": self.target.version_name})
 
-    def streamed(self, choices: list[_Choice], include_usage: bool, delta: Delta) -> StreamingResponse:
+    def streamed(
+        self, choices: list[_Choice], include_usage: bool, delta: Delta, gone: threading.Event
+    ) -> StreamingResponse:
+        """Server-sent events; when the body stops early (the client hung up), ``gone`` tells the
+        scheduler at once, even while a worker thread still waits for the next token."""
+
         def events() -> Iterator[str]:
             produced = 0
             try:
@@ -404,10 +422,18 @@ class _Reply:
                 yield _sse(_as_gateway_error(error).body())
             finally:
                 for choice in choices:
-                    choice.events.close()  # a client that went away frees its rows
+                    choice.events.close()
+
+        async def body() -> AsyncIterator[str]:
+            chunks = events()
+            try:
+                while (chunk := await to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)) is not None:
+                    yield chunk
+            finally:
+                gone.set()  # done, or hung up: rows still running leave at the next step
 
         return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"x-scalpel-version": self.target.version_name}
+            body(), media_type="text/event-stream", headers={"x-scalpel-version": self.target.version_name}
         )
 
 

@@ -34,6 +34,7 @@ class SamplingFields(BaseModel):
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
+    ignore_eos: bool = False
     stream_options: dict[str, bool] | None = None
 
     @model_validator(mode="after")

@@ -394,7 +394,7 @@ class VersionSelector(_message.Message):
     def __init__(self, alias: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "selector", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "top_k", "min_p", "repetition_penalty", "logprobs")
+    __slots__ = ("model", "selector", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "top_k", "min_p", "repetition_penalty", "logprobs", "ignore_eos")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -407,6 +407,7 @@ class GenerateRequest(_message.Message):
     MIN_P_FIELD_NUMBER: _ClassVar[int]
     REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     model: str
     selector: VersionSelector
     prompt: str
@@ -419,7 +420,8 @@ class GenerateRequest(_message.Message):
     min_p: float
     repetition_penalty: float
     logprobs: int
-    def __init__(self, model: _Optional[str] = ..., selector: _Optional[_Union[VersionSelector, _Mapping]] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logprobs: _Optional[int] = ...) -> None: ...
+    ignore_eos: bool
+    def __init__(self, model: _Optional[str] = ..., selector: _Optional[_Union[VersionSelector, _Mapping]] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logprobs: _Optional[int] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("logprob", "top_token_ids", "top_logprobs")
