@@ -75,9 +75,18 @@ def _models_list(args: argparse.Namespace, c: ScalpelClient) -> None:
     _print(
         args,
         c.models.ListModels(pb.ListModelsRequest(page_size=args.page_size, page_token=args.page_token)),
-        ("name", "source", "weights_sha256"),
+        ("name", "served", "device", "dtype", "source", "weights_sha256"),
         "models",
     )
+
+
+def _models_load(args: argparse.Namespace, c: ScalpelClient) -> None:
+    _print(args, c.load_model(args.name, args.source, args.device or "", args.dtype or ""), ("name", "device", "dtype"))
+
+
+def _models_unload(args: argparse.Namespace, c: ScalpelClient) -> None:
+    c.unload_model(args.name, args.force)
+    print(json.dumps({"unloaded": f"models/{args.name}"}) if args.json else f"unloaded model {args.name!r}")
 
 
 def _edits_create(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -354,7 +363,21 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=lambda args: _run(handler, args))
 
     models = commands.add_parser("models", help="hosted models").add_subparsers(dest="sub", required=True)
-    command(models.add_parser("list"), _models_list, paged=True)
+    command(
+        models.add_parser("list", help="every registered model and whether this server serves it"),
+        _models_list,
+        paged=True,
+    )
+    load = models.add_parser("load", help="load a model and serve it now (admin); the others keep serving")
+    load.add_argument("name", help="the model's short name")
+    load.add_argument("source", help="a local model directory or a hub id")
+    load.add_argument("--device", help="cpu, cuda, cuda:1, … (default: the server's)")
+    load.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the server's")
+    command(load, _models_load)
+    unload = models.add_parser("unload", help="stop serving a model and free its weights (admin)")
+    unload.add_argument("name", help="the model's short name")
+    unload.add_argument("--force", action="store_true", help="cancel its requests in flight instead of refusing")
+    command(unload, _models_unload)
 
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
     edit_list = edits.add_parser("list", help="the model's edits, newest first")

@@ -158,6 +158,14 @@ class ScalpelClient:
             )
         )
 
+    def load_model(self, name: str, source: str, device: str = "", dtype: str = "") -> pb.Model:
+        """Load ``source`` as ``name`` on the server and serve it (admin)."""
+        return self.models.LoadModel(pb.LoadModelRequest(name=name, source=source, device=device, dtype=dtype))
+
+    def unload_model(self, name: str, force: bool = False) -> None:
+        """Stop serving ``name`` on the server (admin; ``force`` cancels requests in flight)."""
+        self.models.UnloadModel(pb.UnloadModelRequest(name=f"models/{name}", force=force))
+
     def alias(self, model: str, alias: str = "production") -> pb.Alias:
         return self.aliases.GetAlias(pb.GetAliasRequest(name=f"models/{model}/aliases/{alias}"))
 

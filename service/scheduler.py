@@ -315,6 +315,11 @@ class Scheduler:
         return sum(stream is not None for stream in self._rows)
 
     @property
+    def queued_jobs(self) -> int:
+        """Jobs (Score, CompareVersions chunks, check batches) waiting for the scheduler thread."""
+        return len(self._jobs)
+
+    @property
     def requests(self) -> int:
         """Streams in the batch or waiting to join it."""
         return self.active_rows + len(self._waiting)

@@ -28,36 +28,11 @@ from service.db.migrate import require_current_schema
 from service.gateway import HttpGateway, build_app
 from service.intra_op import serial_main_thread
 from service.metrics import Metrics, MetricsInterceptor
-from service.registry import NotFound, Registry
-from service.serving import DTYPES, ModelHost
+from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
+from service.registry.registry import check_name
+from service.serving import ModelHost, ModelSpec
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a hosted model comes from and where it runs (``None``: the server's defaults)."""
-
-    source: str
-    device: str | None = None
-    dtype: str | None = None
-
-    @classmethod
-    def parse(cls, name: str, value: object) -> ModelSpec:
-        """``path-or-hub-id`` or ``{source, device, dtype}`` (config files); errors name the model."""
-        if isinstance(value, ModelSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - {"source", "device", "dtype"})
-            if unknown or not isinstance(value.get("source"), str):
-                raise ValueError(f"models.{name}: expected {{source, device, dtype}} with a source, got {value!r}")
-            dtype = value.get("dtype")
-            if dtype is not None and dtype not in DTYPES:
-                raise ValueError(f"models.{name}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-            return cls(value["source"], value.get("device"), dtype)
-        raise ValueError(f"models.{name}: expected a path, a hub id or {{source, device, dtype}}, got {value!r}")
 
 
 @dataclass
@@ -149,6 +124,8 @@ class ScalpelServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.hosts: dict[str, ModelHost] = {}
+        self._loading: set[str] = set()  # names being loaded at runtime
+        self._loading_lock = threading.Lock()
         self.aliases: AliasCache | None = None
         self._stopping = threading.Event()
         self.gateway: HttpGateway | None = None
@@ -158,6 +135,7 @@ class ScalpelServer:
         self.http_port = self.gateway.port if self.gateway is not None else None
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
+        self.servicers.loader = self
         names = add_to_server(self.servicers, self.server)
         self.service_names = names
         enable_reflection([*names, health.SERVICE_NAME], self.server)
@@ -171,22 +149,7 @@ class ScalpelServer:
         model its default check suite if it has none), then report SERVING."""
         self.registry.interrupt_stale_runs("scalpel", self.config.stale_run_seconds)
         for name, value in self.config.models.items():
-            spec = ModelSpec.parse(name, value)
-            source = spec.source
-            self.hosts[name] = ModelHost(
-                name,
-                source,
-                self.registry,
-                device=spec.device or self.config.device,
-                dtype=spec.dtype or self.config.dtype,
-                stream_interval=self.config.stream_interval,
-                intra_op_threads=self.config.torch_threads,
-            )
-            try:
-                self.registry.get_suite(name)
-            except NotFound:
-                self.registry.set_suite(name, self._default_suite(self.hosts[name]), "scalpel")
-            self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
+            self._serve(name, self._host(name, ModelSpec.parse(name, value)))
         gauge = self.metrics.active_version
         self.aliases = AliasCache(
             self.registry,
@@ -200,6 +163,70 @@ class ScalpelServer:
         for name in ("", *self.service_names):  # per-service names too, as generic probes ask for them
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watch_database, name="health", daemon=True).start()
+
+    def _host(self, name: str, spec: ModelSpec) -> ModelHost:
+        return ModelHost(
+            name,
+            spec.source,
+            self.registry,
+            aliases=self.aliases,
+            device=spec.device or self.config.device,
+            dtype=spec.dtype or self.config.dtype,
+            stream_interval=self.config.stream_interval,
+            intra_op_threads=self.config.torch_threads,
+        )
+
+    def _serve(self, name: str, host: ModelHost) -> None:
+        """Start serving a loaded model (its first suite if it has none)."""
+        try:
+            self.registry.get_suite(name)
+        except NotFound:
+            self.registry.set_suite(name, self._default_suite(host), "scalpel")
+        self.hosts[name] = host
+        self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
+
+    def load_model(self, name: str, spec: ModelSpec, actor: str) -> ModelHost:
+        """Load and serve ``name`` while the server runs. The weights load on the calling thread
+        (serially: see service.intra_op), under no lock the other models' schedulers take, so the
+        models already served keep serving meanwhile."""
+        check_name("model", name)
+        source = Path(spec.source).expanduser()
+        if spec.source.startswith(("/", "./", "../", "~")) and not source.is_dir():
+            raise InvalidArgument(f"no model directory at {spec.source} (a hub id looks like org/name)")
+        with self._loading_lock:
+            if name in self.hosts or name in self._loading:
+                raise AlreadyExists(f"model {name!r} is already served (or loading) here")
+            self._loading.add(name)
+        try:
+            serial_main_thread()  # this handler thread must not open a second OpenMP team
+            try:
+                host = self._host(name, spec)
+            except (OSError, ValueError) as error:
+                reason = str(error).splitlines()[0]
+                raise InvalidArgument(f"cannot load model {name!r} from {spec.source}: {reason}") from None
+            self._serve(name, host)
+        finally:
+            with self._loading_lock:
+                self._loading.discard(name)
+        payload = {"source": spec.source, "device": str(host.device), "dtype": str(host.dtype).removeprefix("torch.")}
+        self.registry.record_serving(name, "model.loaded", actor, payload)
+        return host
+
+    def unload_model(self, name: str, actor: str, force: bool = False) -> None:
+        """Stop serving ``name`` and free its weights. Refused while it has requests in flight
+        (streams, queued or running jobs) unless ``force``, which ends them with UNAVAILABLE."""
+        host = self.hosts.get(name)
+        if host is None:
+            raise NotFound(f"model {name!r} is not served here")
+        busy = host.scheduler.requests + host.scheduler.queued_jobs
+        if busy and not force:
+            raise FailedPrecondition(
+                f"model {name!r} is serving {busy} requests; retry when they end, or force it to cancel them"
+            )
+        self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.NOT_SERVING)
+        del self.hosts[name]
+        host.close()
+        self.registry.record_serving(name, "model.unloaded", actor, {"forced": force, "cancelled": busy})
 
     def _watch_database(self) -> None:
         """NOT_SERVING while the database has been unreachable longer than configured, SERVING again

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,11 +23,11 @@ from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.checks.suite import Suite
-from service.registry import InvalidArgument, NotFound, Registry
+from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
 from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Scheduler, Token
 
-__all__ = ["DTYPES", "Finished", "ModelHost", "Token"]
+__all__ = ["DTYPES", "Finished", "ModelHost", "ModelSpec", "Token"]
 
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
@@ -40,6 +41,32 @@ MAX_REPETITION_PENALTY = 10.0
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
 CHARS_PER_TOKEN = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a hosted model comes from and where it runs (``None``: the server's defaults)."""
+
+    source: str
+    device: str | None = None
+    dtype: str | None = None
+
+    @classmethod
+    def parse(cls, name: str, value: object) -> ModelSpec:
+        """``path-or-hub-id`` or ``{source, device, dtype}`` (config files); errors name the model."""
+        if isinstance(value, ModelSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"source", "device", "dtype"})
+            if unknown or not isinstance(value.get("source"), str):
+                raise ValueError(f"models.{name}: expected {{source, device, dtype}} with a source, got {value!r}")
+            dtype = value.get("dtype")
+            if dtype is not None and dtype not in DTYPES:
+                raise ValueError(f"models.{name}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+            return cls(value["source"], value.get("device"), dtype)
+        raise ValueError(f"models.{name}: expected a path, a hub id or {{source, device, dtype}}, got {value!r}")
 
 
 class ModelHost:
@@ -91,7 +118,7 @@ class ModelHost:
             )
         else:
             if known.weights_sha256 != self.surgeon.weights_sha256:
-                raise SystemExit(
+                raise FailedPrecondition(
                     f"model {name!r} is registered with weights {known.weights_sha256[:12]}… but "
                     f"{source} has {self.surgeon.weights_sha256[:12]}…: refusing to serve it"
                 )

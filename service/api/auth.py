@@ -26,6 +26,8 @@ from service.registry.registry import ROLES, KeyInfo
 REQUIRED_ROLES: dict[str, str] = {
     "ListModels": "reader",
     "GetModel": "reader",
+    "LoadModel": "admin",
+    "UnloadModel": "admin",
     "GetEdit": "reader",
     "CreateEdit": "editor",
     "DeriveSteering": "editor",

@@ -3,11 +3,21 @@ replica's alias cache."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from service.aliases import AliasCache
 from service.check_runs import CheckScheduler
 from service.metrics import Metrics
 from service.registry import NotFound, Registry
-from service.serving import ModelHost
+from service.serving import ModelHost, ModelSpec
+
+
+class ModelLoader(Protocol):
+    """Loading and unloading models while the server runs (the server itself)."""
+
+    def load_model(self, name: str, spec: ModelSpec, actor: str) -> ModelHost: ...
+
+    def unload_model(self, name: str, actor: str, force: bool = False) -> None: ...
 
 
 class ServicerBase:
@@ -25,6 +35,7 @@ class ServicerBase:
         self.checks = checks
         self.metrics = metrics
         self.aliases: AliasCache | None = None
+        self.loader: ModelLoader | None = None
 
     def _host(self, model: str) -> ModelHost:
         host = self.hosts.get(model)

@@ -33,6 +33,13 @@ class ModelCatalog(UnitOfWork):
     def _model_info(row: ModelRow) -> ModelInfo:
         return ModelInfo(row.name, row.source, row.weights_sha256, row.created_by, row.created_at)
 
+    def record_serving(self, model: str, action: str, actor: str, payload: dict[str, object]) -> None:
+        """An audit event for a model this replica started or stopped serving (``model.loaded`` /
+        ``model.unloaded``): who, from where, on which device; the tables do not change."""
+        with self._write() as session:
+            self._model(session, model)
+            audit.append(session, actor, action, f"models/{model}", payload)
+
     def register_model(
         self, name: str, source: str, weights_sha256: str, actor: str, request_id: str | None = None
     ) -> ModelInfo:

@@ -45,6 +45,16 @@ class ModelServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Model.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/scalpel.v1.ModelService/LoadModel',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Model.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/scalpel.v1.ModelService/UnloadModel',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -62,6 +72,18 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +96,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetModelRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Model.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.LoadModelRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Model.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.UnloadModelRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +162,60 @@ class ModelService:
             '/scalpel.v1.ModelService/GetModel',
             scalpel_dot_v1_dot_scalpel__pb2.GetModelRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.ModelService/LoadModel',
+            scalpel_dot_v1_dot_scalpel__pb2.LoadModelRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.ModelService/UnloadModel',
+            scalpel_dot_v1_dot_scalpel__pb2.UnloadModelRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
