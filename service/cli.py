@@ -284,6 +284,29 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from service.db.migrate import require_current_schema
+    from service.export import export_version
+    from service.registry import Registry
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"scalpel: {out} is not empty; export into a new directory")
+    registry = Registry(args.database_url)
+    require_current_schema(registry.engine)
+    try:
+        hashes = export_version(registry, args.model, args.version, args.format, out, os.environ.get("USER", "cli"))
+    finally:
+        registry.engine.dispose()
+    if args.json:
+        print(json.dumps({"version": f"models/{args.model}/versions/{args.version}", "files": hashes}))
+    else:
+        print(f"exported models/{args.model}/versions/{args.version} as {args.format} to {out}:")
+        for name, digest in hashes.items():
+            print(f"  {name}  sha256 {digest}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -392,6 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create.add_argument("--database-url", default=None)
     keys_create.add_argument("--json", action="store_true")
     keys_create.set_defaults(func=_cmd_keys_create)
+
+    export = commands.add_parser(
+        "export",
+        help="write a version for other engines: merged weights (any transformers loader, vLLM, TGI) or a "
+        "PEFT LoRA adapter of its low_rank edits (vLLM, TGI, LoRAX per request); audited",
+    )
+    export.add_argument("version", type=int, help="the version number")
+    export.add_argument("--model", default="toy", help="the model's name (default: toy)")
+    export.add_argument("--format", choices=("merged", "lora"), default="merged", help="default: merged")
+    export.add_argument("--out", required=True, help="a new (or empty) directory for the files")
+    export.add_argument("--database-url", default=None, help="default: $SCALPEL_DATABASE_URL or the local SQLite")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=_cmd_export)
 
     add_client_commands(commands)
 

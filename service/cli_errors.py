@@ -10,6 +10,7 @@ import yaml
 from sqlalchemy import exc as sql
 
 from editors.errors import InvalidEditError, UnsupportedArchitectureError
+from editors.export import NotExportable
 from service.registry import RegistryError
 
 
@@ -36,6 +37,8 @@ def one_line(error: BaseException) -> str | None:
         return f"{error}; fix the edit (file or flags)"
     if isinstance(error, UnsupportedArchitectureError):
         return str(error)
+    if isinstance(error, NotExportable):
+        return f"cannot export: {error}"
     if isinstance(error, sql.NoSuchModuleError | sql.ArgumentError):
         return (
             f"the database URL is not one Scalpel can use ({str(error).splitlines()[0]}); "

@@ -37,6 +37,12 @@ from service.registry.unit_of_work import (
 class VersionStore(UnitOfWork):
     """Versions (ordered edit lists over the base) and their check status."""
 
+    def record_export(self, model: str, version: int, actor: str, payload: dict[str, object]) -> None:
+        """An audit event for an export of ``version`` (format, file hashes): who took what out."""
+        with self._write() as session:
+            self._version_row(session, self._model(session, model).id, version)
+            audit.append(session, actor, "version.exported", f"models/{model}/versions/{version}", payload)
+
     def _version_row(self, session: Session, model_id: int, number: int) -> VersionRow:
         row = session.execute(
             select(VersionRow).where(VersionRow.model_id == model_id, VersionRow.number == number)
