@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
@@ -63,6 +64,9 @@ class ServerConfig:
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
+    # LoadModel may fetch a hub id from the Hugging Face hub (False: local directories and the
+    # local hub cache only, for air-gapped replicas: an unknown id fails at once).
+    hub_downloads: bool = True
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -164,7 +168,7 @@ class ScalpelServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watch_database, name="health", daemon=True).start()
 
-    def _host(self, name: str, spec: ModelSpec) -> ModelHost:
+    def _host(self, name: str, spec: ModelSpec, local_files_only: bool = False) -> ModelHost:
         return ModelHost(
             name,
             spec.source,
@@ -174,6 +178,7 @@ class ScalpelServer:
             dtype=spec.dtype or self.config.dtype,
             stream_interval=self.config.stream_interval,
             intra_op_threads=self.config.torch_threads,
+            local_files_only=local_files_only,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:
@@ -193,6 +198,11 @@ class ScalpelServer:
         source = Path(spec.source).expanduser()
         if spec.source.startswith(("/", "./", "../", "~")) and not source.is_dir():
             raise InvalidArgument(f"no model directory at {spec.source} (a hub id looks like org/name)")
+        device = spec.device or self.config.device
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, ValueError) as error:
+            raise InvalidArgument(f"device {device!r} cannot be used here: {str(error).splitlines()[0]}") from None
         with self._loading_lock:
             if name in self.hosts or name in self._loading:
                 raise AlreadyExists(f"model {name!r} is already served (or loading) here")
@@ -200,8 +210,8 @@ class ScalpelServer:
         try:
             serial_main_thread()  # this handler thread must not open a second OpenMP team
             try:
-                host = self._host(name, spec)
-            except (OSError, ValueError) as error:
+                host = self._host(name, spec, local_files_only=not self.config.hub_downloads)
+            except (OSError, ValueError, RuntimeError, KeyError) as error:  # what a bad checkpoint raises
                 reason = str(error).splitlines()[0]
                 raise InvalidArgument(f"cannot load model {name!r} from {spec.source}: {reason}") from None
             self._serve(name, host)

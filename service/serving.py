@@ -83,6 +83,7 @@ class ModelHost:
         dtype: str = "float32",
         stream_interval: int = 0,
         intra_op_threads: int | None = None,
+        local_files_only: bool = False,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -92,9 +93,10 @@ class ModelHost:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype).to(self.device)
+        loading = {"local_files_only": local_files_only}
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, **loading).to(self.device)
         self.model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, **loading)
         if self.tokenizer.pad_token is None:  # Llama-family tokenizers: batches need one
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.surgeon = Surgeon(self.model)

@@ -106,7 +106,8 @@ def fuzzed(tmp_path_factory):
     from service.db.migrate import upgrade
 
     upgrade("head", url)
-    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=url, metrics_address=None))
+    config = ServerConfig(address="127.0.0.1:0", database_url=url, metrics_address=None, hub_downloads=False)
+    server = ScalpelServer(config)  # (no hub downloads: a fuzzed LoadModel source fails at once)
     server.load_models()
     _, secret = server.registry.create_key("fuzzer", "admin", "test")
     client = ScalpelClient(f"127.0.0.1:{server.port}", secret)
