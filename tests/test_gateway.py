@@ -15,6 +15,7 @@ from editors import Steering
 from service.client import ScalpelClient
 from service.gateway.app import FINISH_REASONS
 from service.server import ScalpelServer, ServerConfig
+from tests.scheduler_hold import scheduler_held
 from tests.test_registry import snapshot
 
 PROMPT = "The capital of Riia is"
@@ -173,24 +174,14 @@ def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway) -> None:
         model="toy", prompt=PROMPT, max_tokens=100, temperature=0, stream=True, n=2, extra_body={"ignore_eos": True}
     )
     assert next(iter(stream)).choices[0].text
-    held, resume = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        resume.wait(30)
-
-    pause = threading.Thread(target=host.forward, args=(hold,))
-    pause.start()  # a job holds the scheduler between two steps: the rows cannot finish meanwhile
-    assert held.wait(30)
-    assert scheduler.requests == 2  # both choices still have most of their 100 tokens to make
-    cancelled = scheduler.cancelled
-    stream.close()  # the client goes away
-    for _ in range(400):  # a bounded wait for the mechanism (the hang-up reaching both rows), not a latency bar
-        if scheduler.abandoned == 2:
-            break
-        resume.wait(0.05)
-    assert scheduler.abandoned == 2
-    resume.set()
-    pause.join()
+    with scheduler_held(host):  # the rows cannot finish meanwhile
+        assert scheduler.requests == 2  # both choices still have most of their 100 tokens to make
+        cancelled = scheduler.cancelled
+        stream.close()  # the client goes away
+        for _ in range(400):  # a bounded wait for the mechanism (the hang-up reaching both rows), not a latency bar
+            if scheduler.abandoned == 2:
+                break
+            threading.Event().wait(0.05)
+        assert scheduler.abandoned == 2
     assert host.forward(lambda: scheduler.requests) == 0  # dropped at the next step, unfinished
     assert scheduler.cancelled == cancelled + 2

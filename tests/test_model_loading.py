@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import service.serving as serving
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from tests.conftest import save_tiny_llama
+from tests.scheduler_hold import scheduler_held
 from tests.test_registry import snapshot
 from tests.test_service import _code, served  # noqa: F401  (the gRPC server fixture)
 
@@ -76,24 +77,14 @@ def test_an_unload_refuses_while_requests_are_in_flight_unless_forced(served, tm
     host = server.hosts["llama"]
     stream = admin.stream("llama", "w1 w2", version=0, max_tokens=40, ignore_eos=True)
     assert next(stream).HasField("token")
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        holding.set()
-        release.wait(60)
-
-    pause = threading.Thread(target=host.forward, args=(hold,))
-    pause.start()  # a job holds the scheduler between two steps: the stream stays in flight
-    assert holding.wait(60)
-    assert _code(lambda: admin.unload_model("llama")) == grpc.StatusCode.FAILED_PRECONDITION
-    assert "llama" in server.hosts
-    forced = threading.Thread(target=admin.unload_model, args=("llama", True))
-    forced.start()  # the scheduler closes once the held job returns
-    while "llama" in server.hosts:
-        release.wait(0.01)
-    release.set()
+    with scheduler_held(host):  # the stream stays in flight
+        assert _code(lambda: admin.unload_model("llama")) == grpc.StatusCode.FAILED_PRECONDITION
+        assert "llama" in server.hosts
+        forced = threading.Thread(target=admin.unload_model, args=("llama", True))
+        forced.start()  # it closes the scheduler, which stops once the held job returns
+        while "llama" in server.hosts:
+            threading.Event().wait(0.01)
     forced.join()
-    pause.join()
     with pytest.raises(grpc.RpcError) as ended:
         list(stream)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
