@@ -423,7 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("version", type=int, help="the version number")
     export.add_argument("--model", default="toy", help="the model's name (default: toy)")
-    export.add_argument("--format", choices=("merged", "lora"), default="merged", help="default: merged")
+    export.add_argument(
+        "--format",
+        choices=("merged", "lora", "gguf", "steering"),
+        default="merged",
+        help="merged weights, a PEFT LoRA adapter, a llama.cpp/repeng control vector (gguf) or a safetensors "
+        "per-layer dict of its steering vectors (default: merged)",
+    )
     export.add_argument("--out", required=True, help="a new (or empty) directory for the files")
     export.add_argument("--database-url", default=None, help="default: $SCALPEL_DATABASE_URL or the local SQLite")
     export.add_argument("--json", action="store_true")

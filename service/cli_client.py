@@ -22,6 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
 from editors import edit_from_parts, load_edit
+from editors.steering_files import as_edits, read_steering_file
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.check_report import find_browser, render_html, screenshot
 from service.cli_checks import format_run, inline_item_files, run_dict
@@ -92,6 +93,22 @@ def _models_unload(args: argparse.Namespace, c: ScalpelClient) -> None:
 def _edits_create(args: argparse.Namespace, c: ScalpelClient) -> None:
     edit = c.create_edit(args.model, _edit_from_file(Path(args.file)), args.description, args.request_id)
     _print(args, edit, ("id", "kind", "spec_sha256", "author"))
+
+
+def _edits_import_steering(args: argparse.Namespace, c: ScalpelClient) -> None:
+    """Every vector is checked against the served model's shape before the first edit is made."""
+    path = Path(args.file)
+    layers = read_steering_file(path)
+    model = c.models.GetModel(pb.GetModelRequest(name=f"models/{args.model}"))
+    if not model.served:
+        raise UsageError(f"model {args.model!r} is not served by this server: its shape is unknown here")
+    edits = as_edits({layer: v * args.scale for layer, v in layers.items()}, (model.n_layers, model.d_model), path.name)
+    made = [c.create_edit(args.model, one, args.description or f"imported from {path.name}") for one in edits]
+    if args.json:
+        print(json.dumps({"edits": [int(e.id) for e in made]}))
+        return
+    print(f"{len(made)} steering edits from {path.name}: " + ", ".join(str(e.id) for e in made))
+    print(f"make a version with: scalpel versions create --append {' '.join(str(e.id) for e in made)}")
 
 
 def _edits_rome(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -389,6 +406,16 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--description", default="")
     create.add_argument("--request-id", default="")
     command(create, _edits_create)
+    imported = edits.add_parser(
+        "import-steering",
+        help="steering vectors from a llama.cpp/repeng control vector (.gguf) or a safetensors per-layer dict, "
+        "one edit per layer at blocks.L.hook_resid_post",
+    )
+    imported.add_argument("file", help="a .gguf control vector, or a .safetensors file keyed by layer number")
+    imported.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    imported.add_argument("--scale", type=float, default=1.0, help="multiply every vector (default 1)")
+    imported.add_argument("--description", default="")
+    command(imported, _edits_import_steering)
 
     rome = edits.add_parser("rome", help="compute a ROME fact edit on the server")
     rome.add_argument("--prompt", required=True, help="template with {} or the prompt containing the subject")

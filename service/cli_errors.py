@@ -11,6 +11,7 @@ from sqlalchemy import exc as sql
 
 from editors.errors import InvalidEditError, UnsupportedArchitectureError
 from editors.export import NotExportable
+from editors.steering_files import BadSteeringFile
 from service.registry import RegistryError
 
 
@@ -39,6 +40,8 @@ def one_line(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, NotExportable):
         return f"cannot export: {error}"
+    if isinstance(error, BadSteeringFile):
+        return str(error)
     if isinstance(error, sql.NoSuchModuleError | sql.ArgumentError):
         return (
             f"the database URL is not one Scalpel can use ({str(error).splitlines()[0]}); "

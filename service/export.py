@@ -5,15 +5,17 @@ in which format, and the SHA-256 of every file written."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editors import weights_sha256
 from editors.export import export_lora, export_merged
+from editors.steering_files import directions, write_gguf, write_safetensors
 from service.registry import FailedPrecondition, Registry
 
-FORMATS = ("merged", "lora")
+FORMATS = ("merged", "lora", "gguf", "steering")
 
 
 def _sha256(path: Path) -> str:
@@ -44,8 +46,17 @@ def export_version(
     provenance = {"version": f"models/{model}/versions/{version}", "edit_ids": list(version_info.edit_ids)}
     if fmt == "merged":
         files = export_merged(weights, AutoTokenizer.from_pretrained(info.source), edits, directory, provenance)
-    else:
+    elif fmt == "lora":
         files = export_lora(weights, edits, directory, info.source, provenance)
+    else:
+        layers = directions(edits)  # refusals before anything is written
+        directory.mkdir(parents=True, exist_ok=True)
+        if fmt == "gguf":
+            files = [directory / "control_vector.gguf"]
+            write_gguf(layers, files[0], weights.config.model_type)
+        else:
+            files = [directory / "steering.safetensors"]
+            write_safetensors(layers, files[0], {key: json.dumps(value) for key, value in provenance.items()})
     hashes = {path.name: _sha256(path) for path in files}
     registry.record_export(model, version, actor, {"format": fmt, "files": hashes})
     return hashes

@@ -25,6 +25,7 @@ class ModelService(rpc.ModelServiceServicer, ServicerBase):
         if host is not None:
             message.served, message.device = True, str(host.device)
             message.dtype = str(host.dtype).removeprefix("torch.")
+            message.n_layers, message.d_model = host.surgeon.dims.n_layers, host.surgeon.dims.d_model
         return message
 
     @abort_on_errors

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "source", "weights_sha256", "created_by", "create_time", "served", "device", "dtype")
+    __slots__ = ("name", "source", "weights_sha256", "created_by", "create_time", "served", "device", "dtype", "n_layers", "d_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class Model(_message.Message):
     SERVED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    D_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     weights_sha256: str
@@ -28,7 +30,9 @@ class Model(_message.Message):
     served: bool
     device: str
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., served: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    n_layers: int
+    d_model: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., served: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., n_layers: _Optional[int] = ..., d_model: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
