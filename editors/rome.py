@@ -243,6 +243,112 @@ class RomeResult:
     converged: bool = True  # the target's mean NLL per token ended at most CONVERGED_NLL
 
 
+@dataclass(frozen=True)
+class RewriteRows:
+    """One request's batch: every context-prefixed prompt followed by the target (teacher forcing),
+    then the essence prompt; where the subject's last token and the target tokens sit in it."""
+
+    request: RomeRequest
+    ids: torch.Tensor
+    mask: torch.Tensor
+    subject_pos: torch.Tensor
+    ends: torch.Tensor
+    target_pos: torch.Tensor  # [rewrite rows, target tokens]: positions whose logits predict them
+    target_tok: torch.Tensor
+    n_rewrite: int
+    essence_logp: torch.Tensor | None = None  # the essence prompt's next-token log-probs, unedited
+
+    @classmethod
+    def build(
+        cls,
+        surgeon: Surgeon,
+        tokenizer: PreTrainedTokenizerBase,
+        request: RomeRequest,
+        target_ids: list[int],
+        prefix_texts: Sequence[str],
+        hparams: Any,
+    ) -> RewriteRows:
+        prefixes = context_prefixes(prefix_texts, hparams.n_prefixes, hparams.prefix_words, hparams.seed)
+        target_text = tokenizer.decode(target_ids)
+        rewrite_texts = [f"{f'{p} {request.text}'.strip()} {target_text}" for p in prefixes]
+        texts = [*rewrite_texts, hparams.essence_prompt.format(request.subject)]
+        device, _ = surgeon.device_dtype
+        encoded = encode_batch(tokenizer, texts)
+        subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded).to(device)
+        ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        n_rewrite, ends, n_target = len(rewrite_texts), last_token_index(mask), len(target_ids)
+        # logits predicting target token j of row r sit at position ends[r] - n_target + j
+        target_pos = ends[:n_rewrite, None] - n_target + torch.arange(n_target, device=device)
+        target_tok = torch.tensor(target_ids, device=device).expand(n_rewrite, -1)
+        return cls(request, ids, mask, subject_pos, ends, target_pos, target_tok, n_rewrite)
+
+    def record(self, surgeon: Surgeon, edits: Sequence[Edit], sites: dict[str, str]) -> dict[str, torch.Tensor]:
+        """Each named site's activation at the subject token of every rewrite row, under ``edits``;
+        the first call also keeps the essence prompt's log-probs (the KL anchor)."""
+        seen: dict[str, torch.Tensor] = {}
+        extra = [(site, _record(self.subject_pos, seen, name)) for name, site in sites.items()]
+        with torch.inference_mode(), surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
+            logits = surgeon.model(input_ids=self.ids, attention_mask=self.mask).logits
+        if self.essence_logp is None:
+            essence = logits[self.n_rewrite, self.ends[self.n_rewrite]].float().log_softmax(dim=-1)
+            object.__setattr__(self, "essence_logp", essence)
+        return {name: value[: self.n_rewrite] for name, value in seen.items()}
+
+
+def optimise_value(
+    surgeon: Surgeon,
+    rows: RewriteRows,
+    site: str,
+    edits: Sequence[Edit],
+    hparams: Any,
+    current_norm: float,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int, int, float], None] | None = None,
+    show_progress: bool = False,
+    method: str = "ROME",
+) -> tuple[torch.Tensor, float, int]:
+    """The vector that, added at ``site`` on the subject's last token, makes the target likely:
+    Adam on the target NLL plus ``kl_factor`` × KL to the essence prompt's distribution plus a
+    weight decay, its norm clamped to ``clamp_norm_factor`` × ``current_norm``. Returns the
+    vector (float32, detached), the final NLL per target token and the steps run."""
+    assert rows.essence_logp is not None, "call rows.record first"
+    device = rows.ids.device
+    delta = torch.zeros(surgeon.dims.d_model, device=device, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.lr)
+    max_norm = hparams.clamp_norm_factor * current_norm
+    stack = surgeon.compile(edits, extra_ops=[(site, _add_at(rows.subject_pos, delta))])
+    nll_value, step, n = float("nan"), 0, rows.n_rewrite
+    bar = progress_bar(hparams.steps, f"{method} value for {rows.request.subject!r}", show_progress)
+    for step in range(1, hparams.steps + 1):
+        bar.update(1)
+        if should_stop():
+            bar.close()
+            raise Cancelled(f"{method} stopped at optimisation step {step} of {hparams.steps}")
+        with torch.enable_grad(), surgeon.apply(stack):
+            out = surgeon.model(input_ids=rows.ids, attention_mask=rows.mask).logits.float()
+            logp = out[torch.arange(n, device=device)[:, None], rows.target_pos].log_softmax(dim=-1)
+            nll = -logp.gather(-1, rows.target_tok.unsqueeze(-1)).squeeze(-1).mean()
+            new_essence = out[n, rows.ends[n]].log_softmax(dim=-1)
+            kl = torch.nn.functional.kl_div(new_essence, rows.essence_logp, log_target=True, reduction="sum")
+            decay = hparams.weight_decay * delta.norm() ** 2 / current_norm**2
+            loss = nll + hparams.kl_factor * kl + decay
+            (grad,) = torch.autograd.grad(loss, [delta])
+        nll_value = nll.item()
+        bar.set_postfix_str(f"target NLL {nll_value:.3f}")
+        if progress is not None:
+            progress(step, hparams.steps, nll_value)
+        if nll_value < hparams.early_stop_nll:
+            break
+        delta.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            norm = delta.norm().item()
+            if norm > max_norm:
+                delta.mul_(max_norm / norm)
+    bar.close()
+    return delta.detach(), nll_value, step
+
+
 def compute_rome(
     surgeon: Surgeon,
     tokenizer: PreTrainedTokenizerBase,
@@ -289,70 +395,15 @@ def compute_rome(
     surgeon.validate(list(edits))
     layer = hparams.layer
     key_site, out_site = f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"
-
-    prefixes = context_prefixes(prefix_texts, hparams.n_prefixes, hparams.prefix_words, hparams.seed)
-    prompts = [f"{p} {request.text}".strip() for p in prefixes]
-    target_text = tokenizer.decode(target_ids)
-    # rows: every prefixed prompt followed by the target (teacher forcing), then the essence prompt
-    rewrite_texts = [f"{p} {target_text}" for p in prompts]
-    essence_text = hparams.essence_prompt.format(request.subject)
-    texts = [*rewrite_texts, essence_text]
-    device, _ = surgeon.device_dtype
-    encoded = encode_batch(tokenizer, texts)
-    subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded).to(device)
-    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
-    n_rewrite = len(rewrite_texts)
-    ends = last_token_index(mask)
-    n_target = len(target_ids)
-    # logits predicting target token j of row r sit at position ends[r] - n_target + j
-    target_pos = ends[:n_rewrite, None] - n_target + torch.arange(n_target, device=device)
-    target_tok = torch.tensor(target_ids, device=device).expand(n_rewrite, -1)
-
-    # keys and current outputs at the subject token (under the earlier edits)
-    seen: dict[str, torch.Tensor] = {}
-    extra = [(key_site, _record(subject_pos, seen, "k")), (out_site, _record(subject_pos, seen, "v"))]
-    with torch.inference_mode(), surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
-        logits = surgeon.model(input_ids=ids, attention_mask=mask).logits
-    k_star = seen["k"][:n_rewrite].double().mean(dim=0).cpu()  # the closed-form update runs on the CPU in float64
-    v_current = seen["v"][:n_rewrite].double().mean(dim=0)
-    essence_logp = logits[n_rewrite, ends[n_rewrite]].float().log_softmax(dim=-1)
+    rows = RewriteRows.build(surgeon, tokenizer, request, target_ids, prefix_texts, hparams)
+    seen = rows.record(surgeon, edits, {"k": key_site, "v": out_site})
+    k_star = seen["k"].double().mean(dim=0).cpu()  # the closed-form update runs on the CPU in float64
+    v_current = seen["v"].double().mean(dim=0)
     inverse_key = _inverse_key(covariance, k_star, protect_keys, hparams)  # checked before the long part
-
-    delta = torch.zeros(surgeon.dims.d_model, device=device, dtype=torch.float32, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=hparams.lr)
-    max_norm = hparams.clamp_norm_factor * v_current.norm().item()
-    stack = surgeon.compile(edits, extra_ops=[(out_site, _add_at(subject_pos, delta))])
-    nll_value, step = float("nan"), 0
-    bar = progress_bar(hparams.steps, f"ROME value for {request.subject!r}", show_progress)
-    for step in range(1, hparams.steps + 1):
-        bar.update(1)
-        if should_stop():
-            bar.close()
-            raise Cancelled(f"ROME stopped at optimisation step {step} of {hparams.steps}")
-        with torch.enable_grad(), surgeon.apply(stack):
-            out = surgeon.model(input_ids=ids, attention_mask=mask).logits.float()
-            logp = out[torch.arange(n_rewrite, device=device)[:, None], target_pos].log_softmax(dim=-1)
-            nll = -logp.gather(-1, target_tok.unsqueeze(-1)).squeeze(-1).mean()
-            new_essence = out[n_rewrite, ends[n_rewrite]].log_softmax(dim=-1)
-            kl = torch.nn.functional.kl_div(new_essence, essence_logp, log_target=True, reduction="sum")
-            decay = hparams.weight_decay * delta.norm() ** 2 / v_current.norm().item() ** 2
-            loss = nll + hparams.kl_factor * kl + decay
-            (grad,) = torch.autograd.grad(loss, [delta])
-        nll_value = nll.item()
-        bar.set_postfix_str(f"target NLL {nll_value:.3f}")
-        if progress is not None:
-            progress(step, hparams.steps, nll_value)
-        if nll_value < hparams.early_stop_nll:
-            break
-        delta.grad = grad
-        optimizer.step()
-        with torch.no_grad():
-            norm = delta.norm().item()
-            if norm > max_norm:
-                delta.mul_(max_norm / norm)
-
-    bar.close()
-    residual = delta.detach().double().cpu()
+    delta, nll_value, step = optimise_value(
+        surgeon, rows, out_site, edits, hparams, v_current.norm().item(), should_stop, progress, show_progress, "ROME"
+    )
+    residual = delta.double().cpu()
     U = (residual / (inverse_key @ k_star)).unsqueeze(1)
     V = inverse_key.unsqueeze(1)
     converged = nll_value <= CONVERGED_NLL

@@ -120,6 +120,22 @@ def _cmd_rome_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_memit_eval(args: argparse.Namespace) -> int:
+    from editors.memit import MemitHyperParams
+    from editors.toyworld import load_toy_model
+    from editors.toyworld.memit_eval import run_memit_eval
+
+    model, tokenizer, world = load_toy_model(Path(args.model))
+    hparams = MemitHyperParams(layers=tuple(args.layers)) if args.layers else MemitHyperParams()
+    summary = run_memit_eval(model, tokenizer, world, args.edits, args.seed, hparams)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<16} {value}")
+    return 0
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     from editors import Surgeon
     from editors.patching import causal_trace, plot_causal_trace, recommend_edit_layer
@@ -449,6 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
     rome_eval.add_argument("--json", action="store_true", help="print one JSON object")
     rome_eval.add_argument("--quiet", action="store_true", help="no progress bars")
     rome_eval.set_defaults(func=_cmd_rome_eval)
+    memit = commands.add_parser("memit", help="MEMIT batch fact edits on the toy model").add_subparsers(
+        dest="memit_command", required=True
+    )
+    memit_eval = memit.add_parser(
+        "eval", help="N facts changed at once by MEMIT, side by side with N sequential ROME edits of the same facts"
+    )
+    memit_eval.add_argument("--edits", type=_positive_int, default=10, help="facts changed (up to 60 on the toy)")
+    memit_eval.add_argument("--seed", type=int, default=0)
+    memit_eval.add_argument("--layers", type=int, nargs="+", help="MLP layers to spread over (default: the toy's)")
+    memit_eval.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
+    memit_eval.add_argument("--json", action="store_true", help="print one JSON object")
+    memit_eval.set_defaults(func=_cmd_memit_eval)
 
     trace = commands.add_parser("trace", help="causal tracing of one prompt on the toy model")
     trace.add_argument("--prompt", required=True, help="the prompt, subject filled in")

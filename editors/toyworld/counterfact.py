@@ -64,6 +64,31 @@ def edit_cases(world: World, n: int, seed: int = 0, n_neighbours: int = 10) -> l
     return cases
 
 
+def batch_cases(
+    world: World, n: int, seed: int = 0, relation: str = "capital", n_neighbours: int = 10
+) -> list[EditCase]:
+    """``n`` facts of one ``relation`` changed together (all of them at ``n`` = its fact count: every
+    country's capital). A case's neighbours are facts the batch leaves alone: the relation's other
+    subjects first, then the edited subjects' other relations (what is left when every subject
+    of the relation is edited), so MEMIT's neighbourhood has prompts at every batch size."""
+    rng = random.Random(seed)
+    facts = world.facts_for(relation)
+    if not 0 < n <= len(facts):
+        raise ValueError(f"n must be 1..{len(facts)} (the {relation} facts), got {n}")
+    chosen = rng.sample(facts, n)
+    edited = {(f.subject, f.relation) for f in chosen}
+    untouched = [f for f in world.facts if (f.subject, f.relation) not in edited]
+    cases: list[EditCase] = []
+    for fact in chosen:
+        new = rng.choice([o for o in world.objects(relation) if o != fact.object])
+        pool = [f for f in untouched if f.object != new]
+        pool.sort(key=lambda f: (f.relation != relation, f.object != fact.object, rng.random()))
+        neighbours = tuple((f.canonical_prompt, f.object) for f in pool[:n_neighbours])
+        request = RomeRequest(TEMPLATES[relation][0].replace("{s}", "{}"), fact.subject, new)
+        cases.append(EditCase(request, relation, fact.object, tuple(fact.prompts(fact.heldout_templates)), neighbours))
+    return cases
+
+
 def _probabilities(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], words: Sequence[Sequence[str]]
 ) -> torch.Tensor:

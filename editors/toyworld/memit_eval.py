@@ -1,0 +1,72 @@
+"""``scalpel memit eval``: N toy-world facts changed at once by MEMIT, side by side with the same
+N facts edited by sequential ROME, CounterFact-judged after all N are in."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editors.covariance import CovarianceCache
+from editors.edits import Edit
+from editors.memit import MemitHyperParams, compute_memit
+from editors.rome import RomeHyperParams, compute_rome
+from editors.surgeon import Surgeon
+from editors.toyworld import World, reference_corpus
+from editors.toyworld.counterfact import batch_cases, judge, mean_metrics
+
+KEYS = ("efficacy", "paraphrase", "neighbourhood")
+
+
+def _judged(surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, edits: list[Edit], cases: list) -> dict[str, float]:
+    with surgeon.apply(edits):
+        means = mean_metrics([judge(surgeon.model, tokenizer, case) for case in cases])
+    return {key: round(means[key], 4) for key in KEYS}
+
+
+def run_memit_eval(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    world: World,
+    n_edits: int,
+    seed: int = 0,
+    hparams: MemitHyperParams | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, object]:
+    """MEMIT's and sequential ROME's metrics after ``n_edits`` facts, and the seconds each took."""
+    hparams = hparams or MemitHyperParams()
+    surgeon = Surgeon(model)
+    corpus = reference_corpus()
+    cache = CovarianceCache(cache_dir)
+    rome_hparams = RomeHyperParams()
+    layers = sorted({*hparams.layers, rome_hparams.layer})
+    covariances = {layer: cache.get_or_compute(surgeon, tokenizer, corpus, layer) for layer in layers}
+    cases = batch_cases(world, n_edits, seed)
+
+    memit = compute_memit(surgeon, tokenizer, [case.request for case in cases], covariances, corpus, hparams)
+    result: dict[str, object] = {**_judged(surgeon, tokenizer, list(memit.edits), cases)}
+    result["seconds"] = round(memit.seconds, 2)
+
+    started, stack, keys = time.perf_counter(), [], []
+    for case in cases:
+        protect = torch.stack(keys) if keys else None
+        edit = compute_rome(
+            surgeon,
+            tokenizer,
+            case.request,
+            covariances[rome_hparams.layer],
+            corpus,
+            rome_hparams,
+            stack,
+            protect,
+            show_progress=False,
+        )
+        stack.append(edit.edit)
+        keys.append(edit.key)
+    seconds = time.perf_counter() - started
+    result["sequential_rome"] = {**_judged(surgeon, tokenizer, stack, cases), "seconds": round(seconds, 2)}
+    result["edits"] = n_edits
+    result["layers"] = list(hparams.layers)
+    return result
