@@ -56,7 +56,7 @@ from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus  # 
 from editors.toyworld.counterfact import edit_cases  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
-from service.intra_op import serial_main_thread  # noqa: E402
+from service.intra_op import serial_thread  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.scheduler import Sampling, Token  # noqa: E402
 from service.serving import ModelHost  # noqa: E402
@@ -155,7 +155,7 @@ def engine_tokens_per_second(database: str, concurrency: int, per_stream: int) -
 
 
 def engine_run(database: str, concurrency: int, per_stream: int) -> None:
-    threads = serial_main_thread()  # as `scalpel serve` does: the scheduler's thread gets the cores
+    threads = serial_thread()  # as `scalpel serve` does: the scheduler's thread gets the cores
     _, _, world = load_toy_model()
     host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(database), intra_op_threads=threads)
 

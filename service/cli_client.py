@@ -121,27 +121,50 @@ def _edits_rome(args: argparse.Namespace, c: ScalpelClient) -> None:
         description=args.description,
         on_version=args.on_version,
     )
-    bar, stage, final = None, "", None
-    for update in c.edits.ComputeRomeStream(request):  # the server's progress, as it goes
-        if update.stage == "done":
-            final = update
-            continue
-        if bar is None or stage != update.stage:
-            if bar is not None:
-                bar.close()
-            bar, stage = tqdm(total=update.total, desc=update.stage, disable=args.json or None), update.stage
-        bar.n = update.done
-        if update.stage == "optimisation":
-            bar.set_postfix_str(f"target NLL {update.target_nll:.3f}")
-        bar.refresh()
-    if bar is not None:
-        bar.close()
+    final = _follow(c.edits.ComputeRomeStream(request), args.json)
     assert final is not None, "the stream ended without the edit"
     if not final.converged:
         print(
             "warning: the optimisation did not converge: the edit will likely not produce the target", file=sys.stderr
         )
     _print(args, final.edit, ("id", "kind", "spec_sha256", "author"))
+
+
+def _follow(updates: Any, quiet: bool) -> Any:
+    """Show a long call's progress stream as bars (one per stage); return its final message."""
+    bar, stage, final = None, "", None
+    for update in updates:  # the server's progress, as it goes
+        if update.stage == "done":
+            final = update
+            continue
+        if bar is None or stage != update.stage:
+            if bar is not None:
+                bar.close()
+            bar, stage = tqdm(total=update.total, desc=update.stage, disable=quiet or None), update.stage
+        bar.n = update.done
+        if getattr(update, "target_nll", 0):
+            bar.set_postfix_str(f"target NLL {update.target_nll:.3f}")
+        bar.refresh()
+    if bar is not None:
+        bar.close()
+    return final
+
+
+def _edits_memit(args: argparse.Namespace, c: ScalpelClient) -> None:
+    facts = read_yaml(Path(args.file), "facts file")
+    fields = ("prompt", "subject", "target")
+    if not isinstance(facts, list) or not all(isinstance(f, dict) and set(f) == set(fields) for f in facts):
+        raise UsageError(f"{args.file} must be a YAML list of {{prompt, subject, target}}; fix the facts file")
+    request = pb.ComputeMemitRequest(
+        parent=f"models/{args.model}",
+        facts=[pb.MemitFact(**{k: str(f[k]) for k in fields}) for f in facts],
+        hparams_json=args.hparams,
+        description=args.description,
+        on_version=args.on_version,
+    )
+    final = _follow(c.edits.ComputeMemit(request), args.json)
+    assert final is not None, "the stream ended without the edits"
+    _print(args, final, ("id", "kind", "spec_sha256", "author"), "edits")
 
 
 def _edits_steer(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -426,6 +449,13 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     rome.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     rome.add_argument("--description", default="")
     command(rome, _edits_rome)
+    memit = edits.add_parser("memit", help="compute MEMIT edits for a batch of facts on the server (one per layer)")
+    memit.add_argument("-f", "--file", required=True, help="YAML list of {prompt, subject, target}")
+    memit.add_argument("--hparams", default="", help="JSON object of MemitHyperParams overrides (e.g. layers)")
+    memit.add_argument("--on-version", type=int, default=None, help="compute on this version")
+    memit.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    memit.add_argument("--description", default="")
+    command(memit, _edits_memit)
     steer = edits.add_parser("steer", help="derive a steering vector from prompt pairs on the server")
     steer.add_argument("--pairs", required=True, help="YAML list of [positive, negative] prompts")
     steer.add_argument("--layer", type=int, required=True)

@@ -5,8 +5,9 @@ thread of a process that opens a parallel team runs at full speed, and every tea
 runs about 1.6–2× slower (a toy-model decode of 64 rows: 120 ms on the first team, 190–215 ms on
 a later one, slower than one thread's 175 ms), whether or not the first team is still busy.
 A serving process therefore gives its teams to the threads that run forwards (each model's
-scheduler) and keeps the main thread, which loads the models, serial: see
-:func:`serial_main_thread`.
+scheduler) and keeps every other thread that touches torch serial (:func:`serial_thread`): the
+main thread, which loads the models, the gRPC handler threads and the workers computing ROME and
+MEMIT edits, which would otherwise open a second team for good.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import torch
 
 
-def serial_main_thread(requested: int | None = None) -> int:
-    """Make the calling (main) thread run torch ops on one thread, before it opens any parallel
-    team; return the intra-op thread count the schedulers should set on their own threads
+def serial_thread(requested: int | None = None) -> int:
+    """Make the calling thread run torch ops on one thread, before it opens any parallel team;
+    return the intra-op thread count the schedulers should set on their own threads
     (``requested``, or torch's default for this machine)."""
     default = torch.get_num_threads()  # first: it gives this thread OpenMP settings of its own, so a
     torch.set_num_threads(1)  # scheduler's later set_num_threads leaves this thread serial

@@ -27,7 +27,7 @@ from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
 from service.gateway import HttpGateway, build_app
-from service.intra_op import serial_main_thread
+from service.intra_op import serial_thread
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.registry.registry import check_name
@@ -101,6 +101,8 @@ class ScalpelServer:
 
     def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
         self.config = config
+        # the schedulers' intra-op threads, fixed now: the serial handler threads change torch's default
+        config.torch_threads = config.torch_threads or torch.get_num_threads()
         self.registry = registry or Registry(config.database_url, max_artifact_bytes=config.max_message_bytes)
         require_current_schema(self.registry.engine)
         credentials = _server_credentials(config)  # read the TLS files before anything starts
@@ -116,7 +118,9 @@ class ScalpelServer:
             AuthInterceptor(self.registry, insecure=config.insecure),
         ]
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers), options=options, interceptors=interceptors
+            futures.ThreadPoolExecutor(max_workers=config.workers, initializer=serial_thread),
+            options=options,
+            interceptors=interceptors,
         )
         self.port = _bind(self.server, config.address, credentials)
         self.health_server = None
@@ -208,7 +212,6 @@ class ScalpelServer:
                 raise AlreadyExists(f"model {name!r} is already served (or loading) here")
             self._loading.add(name)
         try:
-            serial_main_thread()  # this handler thread must not open a second OpenMP team
             try:
                 host = self._host(name, spec, local_files_only=not self.config.hub_downloads)
             except (OSError, ValueError, RuntimeError, KeyError) as error:  # what a bad checkpoint raises
@@ -287,7 +290,7 @@ def serve(config: ServerConfig) -> None:
     """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the start-up schema check is not news
-    config.torch_threads = serial_main_thread(config.torch_threads)  # the schedulers' threads get the cores
+    config.torch_threads = serial_thread(config.torch_threads)  # the schedulers' threads get the cores
     server = ScalpelServer(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,6 +3,9 @@ batches refused naming the request before any computation."""
 
 from __future__ import annotations
 
+import json
+
+import grpc
 import pytest
 import torch
 
@@ -13,6 +16,9 @@ from editors.memit import MemitHyperParams, compute_memit
 from editors.rome import RomeRequest
 from editors.toyworld import reference_corpus
 from editors.toyworld.counterfact import edit_cases, judge, mean_metrics
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from tests.test_registry import snapshot
+from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +91,47 @@ def test_a_missing_covariance_is_refused(toy, covariances) -> None:
             reference_corpus(),
             MemitHyperParams(layers=(0,)),
         )
+
+
+def test_compute_memit_over_the_api_streams_progress_and_serves(served, toy, tmp_path, monkeypatch, capsys) -> None:  # noqa: F811
+    from service.cli import main
+
+    server, admin, reader, address = served
+    _, _, world = toy
+    cases = edit_cases(world, 3, seed=7)
+    facts = [pb.MemitFact(prompt=c.request.prompt, subject=c.request.subject, target=c.request.target) for c in cases]
+    request = pb.ComputeMemitRequest(parent="models/toy", facts=facts, description="three capitals")
+    with pytest.raises(grpc.RpcError) as denied:
+        list(reader.edits.ComputeMemit(request))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    updates = list(admin.edits.ComputeMemit(request))
+    stages = [u.stage for u in updates]
+    assert stages[-1] == "done" and "values" in stages and "layers" in stages
+    (made,) = updates[-1].edits
+    assert made.kind == "low_rank" and made.author == "admin"
+    version = admin.create_version("toy", 0, append=[made.id]).number
+    for case in cases:
+        said = admin.generate("toy", case.request.text, version=version, max_tokens=1).text
+        assert said.strip() == case.request.target.strip()
+
+    before = snapshot(server.registry)
+    bad = pb.ComputeMemitRequest(
+        parent="models/toy",
+        facts=[facts[0], pb.MemitFact(prompt=facts[0].prompt, subject=facts[0].subject, target=facts[1].target)],
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        list(admin.edits.ComputeMemit(bad))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "requests[1]" in refused.value.details()
+    assert snapshot(server.registry) == before
+
+    facts_file = tmp_path / "facts.yaml"
+    facts_file.write_text(
+        "\n".join(
+            f"- {{prompt: '{c.request.prompt}', subject: {c.request.subject}, target: '{c.request.target}'}}"
+            for c in cases
+        )
+    )
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.setenv("SCALPEL_API_KEY", server.registry.create_key("ed", "editor", "test")[1])
+    assert main(["edits", "memit", "-f", str(facts_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["edits"][0]["id"] == str(made.id)  # the same facts, the same edit

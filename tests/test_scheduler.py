@@ -286,11 +286,11 @@ def test_the_scheduler_thread_owns_the_intra_op_threads(tmp_path) -> None:
     script = """
 import torch
 from editors.toyworld import load_toy_model
-from service.intra_op import serial_main_thread
+from service.intra_op import serial_thread
 from service.scheduler import Scheduler
 from editors import Surgeon
 
-threads = serial_main_thread(3)
+threads = serial_thread(3)
 model, tokenizer, _ = load_toy_model()
 scheduler = Scheduler(model, Surgeon(model), tokenizer, intra_op_threads=threads)
 print(threads, torch.get_num_threads(), scheduler.call(torch.get_num_threads))

@@ -33,6 +33,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "DeriveSteering": "editor",
     "ComputeRome": "editor",
     "ComputeRomeStream": "editor",
+    "ComputeMemit": "editor",
     "GetVersion": "reader",
     "ListVersions": "reader",
     "CompareVersions": "reader",

@@ -1,4 +1,4 @@
-"""EditService: create edits, derive steering vectors, compute ROME edits."""
+"""EditService: create edits, derive steering vectors, compute ROME and MEMIT edits."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import grpc
 from editors import derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
 from editors.errors import Cancelled
+from editors.memit import compute_memit, memit_hparams, validate_batch
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
 from editors.validation import parse_json
 from service.api.auth import current_principal
@@ -23,15 +24,43 @@ from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
 from service.db.engine import data_dir
+from service.intra_op import serial_thread
 from service.registry import InvalidArgument
 from service.registry.infos import EditInfo
 
 #: Most contrastive pairs one DeriveSteering call takes.
 MAX_PAIRS = 1024
+#: Most facts one ComputeMemit call takes.
+MAX_FACTS = 10_000
+
+
+def _reported(compute: Callable[[Callable[[Any], None]], Any], outcome: dict[str, Any], name: str) -> Iterator[Any]:
+    """Run ``compute(report)`` on a worker thread (in this call's context: its caller and deadline)
+    and yield each report as it comes; the result lands in ``outcome["result"]``, an error is
+    raised here, in the call's own thread."""
+    reports: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    finished = object()
+    call = contextvars.copy_context()
+
+    def run() -> None:
+        serial_thread()  # a second OpenMP team would slow the schedulers' for good (service.intra_op)
+        try:
+            outcome["result"] = call.run(compute, reports.put)
+        except BaseException as error:  # handed to the stream, which raises it in the call's thread
+            outcome["error"] = error
+        reports.put(finished)
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    while (report := reports.get()) is not finished:
+        yield report
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 class EditService(rpc.EditServiceServicer, ServicerBase):
-    """EditService: create edits, derive steering vectors, compute ROME edits."""
+    """EditService: create edits, derive steering vectors, compute ROME and MEMIT edits."""
 
     @abort_on_errors
     def CreateEdit(self, request: pb.CreateEditRequest, context: grpc.ServicerContext) -> pb.Edit:
@@ -84,31 +113,73 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
     def ComputeRomeStream(
         self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RomeProgress]:
-        """The computation runs on a worker thread (in this call's context: its caller and
-        deadline) and reports into a queue that this stream drains."""
-        reports: queue.SimpleQueue[pb.RomeProgress] = queue.SimpleQueue()
-        call = contextvars.copy_context()
         outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["result"] = call.run(self._compute_rome, request, context, reports.put)
-            except BaseException as error:  # handed to the stream, which raises it in the call's thread
-                outcome["error"] = error
-            reports.put(pb.RomeProgress(stage="done"))
-
-        worker = threading.Thread(target=run, name="compute-rome", daemon=True)
-        worker.start()
-        while True:
-            report = reports.get()
-            if report.stage == "done":
-                break
-            yield report
-        worker.join()
-        if "error" in outcome:
-            raise outcome["error"]
+        yield from _reported(lambda report: self._compute_rome(request, context, report), outcome, "compute-rome")
         info, converged = outcome["result"]
         yield pb.RomeProgress(stage="done", done=1, total=1, edit=edit_pb(info), converged=converged)
+
+    @abort_on_errors_stream
+    def ComputeMemit(
+        self, request: pb.ComputeMemitRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MemitProgress]:
+        outcome: dict[str, Any] = {}
+        yield from _reported(lambda report: self._compute_memit(request, context, report), outcome, "compute-memit")
+        infos = outcome["result"]
+        yield pb.MemitProgress(stage="done", done=len(infos), total=len(infos), edits=[edit_pb(i) for i in infos])
+
+    def _compute_memit(
+        self, request: pb.ComputeMemitRequest, context: grpc.ServicerContext, report: Callable[[Any], None]
+    ) -> list[EditInfo]:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        overrides = parse_json("hparams_json", request.hparams_json) if request.hparams_json else {}
+        if not isinstance(overrides, dict):
+            raise InvalidArgument("hparams_json must be a JSON object of MemitHyperParams fields")
+        try:
+            hparams = memit_hparams(**overrides).validated(host.surgeon.dims.n_layers)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"hparams_json: {exc}") from exc
+        if len(request.facts) > MAX_FACTS:
+            raise InvalidArgument(f"at most {MAX_FACTS} facts per ComputeMemit call, got {len(request.facts)}")
+        facts = [RomeRequest(f.prompt, f.subject, f.target) for f in request.facts]
+        validate_batch(facts, host.tokenizer)  # every fact checked before any computation
+        on_version = request.on_version if request.HasField("on_version") else 0
+        earlier = host.stack(on_version).edits
+        texts = host.reference_texts()
+        gone = lambda: not context.is_active()  # noqa: E731 - the client hung up or its deadline passed
+        cache = CovarianceCache(data_dir() / "cache" / "covariance")
+
+        def covariance_progress(done: int, total: int) -> None:
+            if gone():
+                raise Cancelled(f"key covariance stopped after {done} of {total} texts")
+            report(pb.MemitProgress(stage="covariance", done=done, total=total))
+
+        covariances = {
+            layer: cache.get_or_compute(host.surgeon, host.tokenizer, texts, layer, covariance_progress)
+            for layer in hparams.layers
+        }
+        result = compute_memit(
+            host.surgeon,
+            host.tokenizer,
+            facts,
+            covariances,
+            texts,
+            hparams,
+            earlier,
+            should_stop=gone,
+            progress=lambda stage, done, total: report(pb.MemitProgress(stage=stage, done=done, total=total)),
+        )
+        actor = current_principal().name
+        return [
+            self.registry.create_edit(
+                model,
+                edit,
+                actor,
+                request.description,
+                f"{request.request_id}:{edit.site}" if request.request_id else None,
+            )
+            for edit in result.edits
+        ]
 
     def _compute_rome(
         self,

@@ -207,6 +207,44 @@ class RomeProgress(_message.Message):
     converged: bool
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., target_nll: _Optional[float] = ..., edit: _Optional[_Union[Edit, _Mapping]] = ..., converged: _Optional[bool] = ...) -> None: ...
 
+class MemitFact(_message.Message):
+    __slots__ = ("prompt", "subject", "target")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    subject: str
+    target: str
+    def __init__(self, prompt: _Optional[str] = ..., subject: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class ComputeMemitRequest(_message.Message):
+    __slots__ = ("parent", "facts", "hparams_json", "on_version", "description", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    HPARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    facts: _containers.RepeatedCompositeFieldContainer[MemitFact]
+    hparams_json: str
+    on_version: int
+    description: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., facts: _Optional[_Iterable[_Union[MemitFact, _Mapping]]] = ..., hparams_json: _Optional[str] = ..., on_version: _Optional[int] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class MemitProgress(_message.Message):
+    __slots__ = ("stage", "done", "total", "edits")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    edits: _containers.RepeatedCompositeFieldContainer[Edit]
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -266,6 +266,11 @@ class EditServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.RomeProgress.FromString,
                 _registered_method=True)
+        self.ComputeMemit = channel.unary_stream(
+                '/scalpel.v1.EditService/ComputeMemit',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeMemitRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.MemitProgress.FromString,
+                _registered_method=True)
 
 
 class EditServiceServicer:
@@ -308,6 +313,12 @@ class EditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeMemit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +351,11 @@ def add_EditServiceServicer_to_server(servicer, server):
                     servicer.ComputeRomeStream,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.RomeProgress.SerializeToString,
+            ),
+            'ComputeMemit': grpc.unary_stream_rpc_method_handler(
+                    servicer.ComputeMemit,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeMemitRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.MemitProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -504,6 +520,33 @@ class EditService:
             '/scalpel.v1.EditService/ComputeRomeStream',
             scalpel_dot_v1_dot_scalpel__pb2.ComputeRomeRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.RomeProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeMemit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scalpel.v1.EditService/ComputeMemit',
+            scalpel_dot_v1_dot_scalpel__pb2.ComputeMemitRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.MemitProgress.FromString,
             options,
             channel_credentials,
             insecure,
