@@ -185,3 +185,15 @@ def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway) -> None:
         assert scheduler.abandoned == 2
     assert host.forward(lambda: scheduler.requests) == 0  # dropped at the next step, unfinished
     assert scheduler.cancelled == cancelled + 2
+
+
+def test_a_refused_choice_takes_the_choices_already_started_with_it(gateway) -> None:
+    server, http, _ = gateway
+    host = server.hosts["toy"]
+    too_long = " ".join(["Riia"] * (host.context_length + 10))
+    with pytest.raises(openai.BadRequestError, match="tokens"):
+        http.completions.create(model="toy", prompt=[PROMPT, too_long], max_tokens=100, extra_body={"ignore_eos": True})
+    # the first prompt's row had joined: it leaves at the next step instead of running unread
+    host.forward(lambda: None)  # a job runs before that step's drop: wait for one full step
+    assert host.forward(lambda: host.scheduler.requests) == 0
+    assert host.scheduler.cancelled >= 1

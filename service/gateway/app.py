@@ -136,6 +136,26 @@ class _Choice:
         self.texts = TokenTexts(target.host)
 
 
+def _start(
+    target: Target,
+    prompts: list[str],
+    sampling: SamplingFields,
+    max_tokens: int,
+    logprobs: int | None,
+    gone: threading.Event,
+) -> list[_Choice]:
+    """One choice per prompt, each joining the batch as it is made; if one is refused (a prompt
+    too long), those already joined leave at the next step instead of running unread."""
+    choices: list[_Choice] = []
+    try:
+        for index, prompt in enumerate(prompts):
+            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone))
+    except Exception:
+        gone.set()
+        raise
+    return choices
+
+
 class TokenTexts:
     """The text each token of a choice adds (its pieces join to the choice's text), and a lone
     token's text for the alternatives."""
@@ -269,10 +289,8 @@ def build_app(
             target = resolve(hosts, body.model)
             record["model"] = target.host.name
             gone = threading.Event()
-            choices = [
-                _Choice(target, prompt, body, body.max_tokens, body.logprobs, index, gone)
-                for index, prompt in enumerate(p for p in body.prompts for _ in range(body.n))
-            ]
+            prompts = [p for p in body.prompts for _ in range(body.n)]
+            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone)
             reply = _Reply(target, "cmpl", "text_completion", metrics)
             if body.stream:
                 return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
@@ -288,7 +306,7 @@ def build_app(
             prompt = chat_prompt(target.host, body.messages)
             top = (body.top_logprobs or 0) if body.logprobs else None
             gone = threading.Event()
-            choices = [_Choice(target, prompt, body, body.token_limit, top, index, gone) for index in range(body.n)]
+            choices = _start(target, [prompt] * body.n, body, body.token_limit, top, gone)
             if body.stream:
                 reply = _Reply(target, "chatcmpl", "chat.completion.chunk", metrics)
                 return reply.streamed(choices, body.include_usage, _chat_delta(body), gone)
