@@ -28,9 +28,9 @@ from transformers import PreTrainedTokenizerBase
 from editors.covariance import KeyCovariance
 from editors.edits import Edit, LowRank
 from editors.errors import InvalidEditError
-from editors.rome import RewriteRows, RomeRequest, optimise_value, validate_request
+from editors.rome import RewriteRows, RomeRequest, check_value_fields, optimise_value, validate_request
 from editors.surgeon import Surgeon
-from editors.validation import check_int, check_scale
+from editors.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,7 @@ class MemitHyperParams:
             raise InvalidEditError("layers", f"{self.layers!r} is not an increasing list", "e.g. (3, 4, 5, 6, 7)")
         for i, layer in enumerate(self.layers):
             check_int(f"layers[{i}]", layer, 0, n_layers - 1)
-        check_int("steps", self.steps, 1, 10_000)
-        check_int("n_prefixes", self.n_prefixes, 0, 1000)
-        check_int("prefix_words", self.prefix_words, 1, 1000)
-        for name in ("lr", "kl_factor", "weight_decay", "clamp_norm_factor", "covariance_weight", "early_stop_nll"):
-            if check_scale(name, getattr(self, name)) < 0:
-                raise InvalidEditError(name, "is negative", "a non-negative number")
-        if self.essence_prompt.count("{}") != 1:
-            raise InvalidEditError("essence_prompt", "must contain exactly one '{}'", "e.g. '{} is a'")
+        check_value_fields(self, ("covariance_weight",))
         return self
 
 

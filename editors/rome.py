@@ -98,25 +98,22 @@ class RomeHyperParams:
 
     def validated(self, n_layers: int) -> RomeHyperParams:
         check_int("layer", self.layer, 0, n_layers - 1)
-        check_int("steps", self.steps, 1, 10_000)
-        check_int("n_prefixes", self.n_prefixes, 0, 1000)
-        check_int("prefix_words", self.prefix_words, 1, 1000)
-        check_int("seed", self.seed)
-        for name in (
-            "lr",
-            "kl_factor",
-            "weight_decay",
-            "clamp_norm_factor",
-            "ridge",
-            "early_stop_nll",
-            "protect_weight",
-        ):
-            value = check_scale(name, getattr(self, name))
-            if value < 0:
-                raise InvalidEditError(name, f"{value} is negative", "a non-negative number")
-        if self.essence_prompt.count("{}") != 1:
-            raise InvalidEditError("essence_prompt", "must contain exactly one '{}'", "e.g. '{} is a'")
+        check_value_fields(self, ("ridge", "protect_weight"))
         return self
+
+
+def check_value_fields(hparams: Any, scales: tuple[str, ...] = ()) -> None:
+    """The fields every value optimisation has (ROME's, MEMIT's), plus ``scales``: non-negative."""
+    check_int("steps", hparams.steps, 1, 10_000)
+    check_int("n_prefixes", hparams.n_prefixes, 0, 1000)
+    check_int("prefix_words", hparams.prefix_words, 1, 1000)
+    check_int("seed", hparams.seed)
+    for name in ("lr", "kl_factor", "weight_decay", "clamp_norm_factor", "early_stop_nll", *scales):
+        value = check_scale(name, getattr(hparams, name))
+        if value < 0:
+            raise InvalidEditError(name, f"{value} is negative", "a non-negative number")
+    if hparams.essence_prompt.count("{}") != 1:
+        raise InvalidEditError("essence_prompt", "must contain exactly one '{}'", "e.g. '{} is a'")
 
 
 def validate_request(request: RomeRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -238,11 +238,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     f"scalpel: --model takes NAME=PATH or toy (e.g. --model mymodel={item} --model toy), got {item!r}"
                 )
         config.models = dict(item.split("=", 1) for item in items)
+    from service.serving import ModelSpec
+
     for name, value in config.models.items():
-        source = value if isinstance(value, str) else getattr(value, "source", None) or value.get("source", "")
-        if str(source).startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+        spec = ModelSpec.parse(name, value)
+        if spec.missing_directory:
             raise SystemExit(
-                f"scalpel: model {name!r}: no model directory at {source} (fix the path; a hub id looks like org/name)"
+                f"scalpel: model {name!r}: no model directory at {spec.source} (fix the path; a hub id looks like "
+                "org/name)"
             )
     config.address = args.address or os.environ.get("SCALPEL_ADDRESS") or config.address
     config.database_url = args.database_url or config.database_url

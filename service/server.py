@@ -199,8 +199,7 @@ class ScalpelServer:
         (serially: see service.intra_op), under no lock the other models' schedulers take, so the
         models already served keep serving meanwhile."""
         check_name("model", name)
-        source = Path(spec.source).expanduser()
-        if spec.source.startswith(("/", "./", "../", "~")) and not source.is_dir():
+        if spec.missing_directory:
             raise InvalidArgument(f"no model directory at {spec.source} (a hub id looks like org/name)")
         device = spec.device or self.config.device
         try:
@@ -221,7 +220,7 @@ class ScalpelServer:
         finally:
             with self._loading_lock:
                 self._loading.discard(name)
-        payload = {"source": spec.source, "device": str(host.device), "dtype": str(host.dtype).removeprefix("torch.")}
+        payload = {"source": spec.source, "device": str(host.device), "dtype": host.dtype_name}
         self.registry.record_serving(name, "model.loaded", actor, payload)
         return host
 

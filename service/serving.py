@@ -68,6 +68,11 @@ class ModelSpec:
             return cls(value["source"], value.get("device"), dtype)
         raise ValueError(f"models.{name}: expected a path, a hub id or {{source, device, dtype}}, got {value!r}")
 
+    @property
+    def missing_directory(self) -> bool:
+        """The source is written as a local path (not a hub id) and no directory is there."""
+        return self.source.startswith(("/", "./", "../", "~")) and not Path(self.source).expanduser().is_dir()
+
 
 class ModelHost:
     """One hosted model: weights, tokenizer, Surgeon, scheduler and the compiled stacks of its versions."""
@@ -135,6 +140,11 @@ class ModelHost:
             intra_op_threads=intra_op_threads,
             eos_ids=self.eos_ids,
         )
+
+    @property
+    def dtype_name(self) -> str:
+        """``float32``, ``bfloat16`` or ``float16``."""
+        return str(self.dtype).removeprefix("torch.")
 
     @property
     def model_dir(self) -> Path:

@@ -24,7 +24,7 @@ class ModelService(rpc.ModelServiceServicer, ServicerBase):
         host = self.hosts.get(info.name)
         if host is not None:
             message.served, message.device = True, str(host.device)
-            message.dtype = str(host.dtype).removeprefix("torch.")
+            message.dtype = host.dtype_name
             message.n_layers, message.d_model = host.surgeon.dims.n_layers, host.surgeon.dims.d_model
         return message
 
