@@ -51,6 +51,9 @@ class MemitHyperParams:
     covariance_weight: float = 20.0
     seed: int = 0
     early_stop_nll: float = 0.05
+    kl_direction: str = "init_new"
+    weight_decay_form: str = "squared"
+    clamp_radius: str = "prefixed"
 
     def validated(self, n_layers: int) -> MemitHyperParams:
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
@@ -128,9 +131,11 @@ def compute_memit(
     ]
     z, final_nll = [], []
     for index, request_rows in enumerate(rows):
-        current = request_rows.record(surgeon, edits, {"h": out_site})["h"].mean(dim=0)
+        seen = request_rows.record(surgeon, edits, {"h": out_site})["h"]
+        current = seen.mean(dim=0)
+        radius = (current if hparams.clamp_radius == "prefixed" else seen[0]).norm().item()
         delta, nll, _ = optimise_value(
-            surgeon, request_rows, out_site, edits, hparams, current.norm().item(), should_stop, method="MEMIT"
+            surgeon, request_rows, out_site, edits, hparams, radius, should_stop, method="MEMIT"
         )
         z.append(current.double().cpu() + delta.double().cpu())
         final_nll.append(nll)

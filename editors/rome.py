@@ -85,6 +85,10 @@ class RomeHyperParams:
     seed: int = 0
     early_stop_nll: float = 0.05
     protect_weight: float = 1.0
+    kl_direction: str = "init_new"
+    weight_decay_form: str = "squared"
+    clamp_radius: str = "prefixed"
+    denominator_key: str = "prefixed"
 
     @classmethod
     def for_model(cls, surgeon: Surgeon, **overrides: Any) -> RomeHyperParams:
@@ -99,7 +103,24 @@ class RomeHyperParams:
     def validated(self, n_layers: int) -> RomeHyperParams:
         check_int("layer", self.layer, 0, n_layers - 1)
         check_value_fields(self, ("ridge", "protect_weight"))
+        check_choice("denominator_key", self.denominator_key, KEY_CHOICES)
         return self
+
+
+#: The formulation switches (see the README's ROME section for what each changes and the figures):
+#: ``kl_direction``: "init_new" = KL(unedited ‖ edited) on the essence prompt, "new_init" = KL(edited ‖
+#: unedited) (the reference code's); ``weight_decay_form``: "squared" = ‖δ‖²/‖v‖², "linear" =
+#: ‖δ‖/‖v‖² (the reference's); ``clamp_radius`` and ``denominator_key``: which key and output set
+#: the clamp's radius and the update's scale, "prefixed" = averaged over the context-prefixed
+#: prompts, "prompt" = the prompt alone (the reference's).
+KL_CHOICES = ("init_new", "new_init")
+DECAY_CHOICES = ("squared", "linear")
+KEY_CHOICES = ("prefixed", "prompt")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidEditError(name, f"{value!r} is not one of {', '.join(choices)}", " or ".join(choices))
 
 
 def check_value_fields(hparams: Any, scales: tuple[str, ...] = ()) -> None:
@@ -114,6 +135,9 @@ def check_value_fields(hparams: Any, scales: tuple[str, ...] = ()) -> None:
             raise InvalidEditError(name, f"{value} is negative", "a non-negative number")
     if hparams.essence_prompt.count("{}") != 1:
         raise InvalidEditError("essence_prompt", "must contain exactly one '{}'", "e.g. '{} is a'")
+    check_choice("kl_direction", hparams.kl_direction, KL_CHOICES)
+    check_choice("weight_decay_form", hparams.weight_decay_form, DECAY_CHOICES)
+    check_choice("clamp_radius", hparams.clamp_radius, KEY_CHOICES)
 
 
 def validate_request(request: RomeRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -160,7 +184,11 @@ def _subject_positions(
 
 
 def _inverse_key(
-    covariance: torch.Tensor, k_star: torch.Tensor, protect_keys: torch.Tensor | None, hparams: RomeHyperParams
+    covariance: torch.Tensor,
+    k_star: torch.Tensor,
+    k_scale: torch.Tensor,
+    protect_keys: torch.Tensor | None,
+    hparams: RomeHyperParams,
 ) -> torch.Tensor:
     """``C⁻¹k*`` of the closed-form update (float64, CPU). It needs only the covariance and the
     key, so it is computed, and a hopeless one refused in the request's terms, before the value
@@ -183,12 +211,12 @@ def _inverse_key(
         inverse_key = torch.linalg.solve(second_moment, k_star)
     except torch.linalg.LinAlgError:  # exactly singular
         inverse_key = torch.full_like(k_star, float("nan"))
-    alignment = float(inverse_key @ k_star)
+    alignment = float(inverse_key @ k_scale)  # the update's denominator
     if not torch.isfinite(inverse_key).all() or not alignment > 0:
         raise InvalidEditError(
             "covariance",
             f"is too close to singular at layer {hparams.layer} for this subject's key "
-            f"((C⁻¹k*)·k* = {alignment:.3g}, ridge {hparams.ridge})",
+            f"((C⁻¹k*)·k = {alignment:.3g} with the {hparams.denominator_key} key, ridge {hparams.ridge})",
             f"a larger ridge (e.g. {max(hparams.ridge * 100, 1e-2):g}), more covariance texts, or another layer",
         )
     return inverse_key
@@ -326,8 +354,11 @@ def optimise_value(
             logp = out[torch.arange(n, device=device)[:, None], rows.target_pos].log_softmax(dim=-1)
             nll = -logp.gather(-1, rows.target_tok.unsqueeze(-1)).squeeze(-1).mean()
             new_essence = out[n, rows.ends[n]].log_softmax(dim=-1)
-            kl = torch.nn.functional.kl_div(new_essence, rows.essence_logp, log_target=True, reduction="sum")
-            decay = hparams.weight_decay * delta.norm() ** 2 / current_norm**2
+            pair = (new_essence, rows.essence_logp)  # kl_div(a, b) is KL(b ‖ a): "init_new" = KL(unedited ‖ edited)
+            first, second = pair if hparams.kl_direction == "init_new" else pair[::-1]
+            kl = torch.nn.functional.kl_div(first, second, log_target=True, reduction="sum")
+            power = 2 if hparams.weight_decay_form == "squared" else 1
+            decay = hparams.weight_decay * delta.norm() ** power / current_norm**2
             loss = nll + hparams.kl_factor * kl + decay
             (grad,) = torch.autograd.grad(loss, [delta])
         nll_value = nll.item()
@@ -394,14 +425,16 @@ def compute_rome(
     key_site, out_site = f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"
     rows = RewriteRows.build(surgeon, tokenizer, request, target_ids, prefix_texts, hparams)
     seen = rows.record(surgeon, edits, {"k": key_site, "v": out_site})
-    k_star = seen["k"].double().mean(dim=0).cpu()  # the closed-form update runs on the CPU in float64
-    v_current = seen["v"].double().mean(dim=0)
-    inverse_key = _inverse_key(covariance, k_star, protect_keys, hparams)  # checked before the long part
+    keys = seen["k"].double().cpu()  # the closed-form update runs on the CPU in float64; row 0: no prefix
+    k_star = keys.mean(dim=0)
+    k_scale = k_star if hparams.denominator_key == "prefixed" else keys[0]
+    radius = (seen["v"].double().mean(dim=0) if hparams.clamp_radius == "prefixed" else seen["v"][0]).norm().item()
+    inverse_key = _inverse_key(covariance, k_star, k_scale, protect_keys, hparams)  # checked before the long part
     delta, nll_value, step = optimise_value(
-        surgeon, rows, out_site, edits, hparams, v_current.norm().item(), should_stop, progress, show_progress, "ROME"
+        surgeon, rows, out_site, edits, hparams, radius, should_stop, progress, show_progress, "ROME"
     )
     residual = delta.double().cpu()
-    U = (residual / (inverse_key @ k_star)).unsqueeze(1)
+    U = (residual / (inverse_key @ k_scale)).unsqueeze(1)
     V = inverse_key.unsqueeze(1)
     converged = nll_value <= CONVERGED_NLL
     if not converged:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
 from service.cli_client import add_client_commands
-from service.cli_errors import one_line, read_yaml
+from service.cli_errors import UsageError, one_line, read_yaml
 
 if TYPE_CHECKING:
     from service.server import ServerConfig
@@ -26,6 +26,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _hparams(cls: type, text: str, **fixed: Any) -> Any:
+    """``cls`` (a hyper-parameter dataclass) from a JSON object of overrides plus ``fixed``."""
+    from editors.errors import InvalidEditError
+
+    try:
+        overrides = json.loads(text) if text else {}
+    except json.JSONDecodeError as error:
+        example = '{"kl_direction": "new_init"}'
+        raise UsageError(f"--hparams is not valid JSON ({error}); write e.g. '{example}'") from None
+    if not isinstance(overrides, dict):
+        raise UsageError(f"--hparams must be a JSON object of {cls.__name__} fields")
+    try:
+        return cls(**{**overrides, **{k: v for k, v in fixed.items() if v is not None}})
+    except TypeError as error:
+        raise InvalidEditError("hparams", str(error), f"fields of {cls.__name__}") from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -106,7 +123,7 @@ def _cmd_rome_eval(args: argparse.Namespace) -> int:
         n_edits=args.edits,
         n_sequential=args.sequential,
         seed=args.seed,
-        hparams=RomeHyperParams(layer=args.layer) if args.layer is not None else RomeHyperParams(),
+        hparams=_hparams(RomeHyperParams, args.hparams, layer=args.layer),
         progress=covariance_progress,
         on_edit=edit_progress,
     )
@@ -126,7 +143,7 @@ def _cmd_memit_eval(args: argparse.Namespace) -> int:
     from editors.toyworld.memit_eval import run_memit_eval
 
     model, tokenizer, world = load_toy_model(Path(args.model))
-    hparams = MemitHyperParams(layers=tuple(args.layers)) if args.layers else MemitHyperParams()
+    hparams = _hparams(MemitHyperParams, args.hparams, layers=tuple(args.layers) if args.layers else None)
     summary = run_memit_eval(model, tokenizer, world, args.edits, args.seed, hparams)
     if args.json:
         print(json.dumps(summary))
@@ -465,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     rome_eval.add_argument("--seed", type=int, default=0)
     rome_eval.add_argument("--layer", type=int, default=None, help="MLP layer to edit (default: the toy default)")
     rome_eval.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
+    rome_eval.add_argument("--hparams", default="", help="JSON object of RomeHyperParams overrides")
     rome_eval.add_argument("--json", action="store_true", help="print one JSON object")
     rome_eval.add_argument("--quiet", action="store_true", help="no progress bars")
     rome_eval.set_defaults(func=_cmd_rome_eval)
@@ -478,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     memit_eval.add_argument("--seed", type=int, default=0)
     memit_eval.add_argument("--layers", type=int, nargs="+", help="MLP layers to spread over (default: the toy's)")
     memit_eval.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
+    memit_eval.add_argument("--hparams", default="", help="JSON object of MemitHyperParams overrides")
     memit_eval.add_argument("--json", action="store_true", help="print one JSON object")
     memit_eval.set_defaults(func=_cmd_memit_eval)
 

@@ -11,7 +11,9 @@ import torch
 
 from editors import InvalidEditError, LowRank, artifact_blobs_by_hash, edit_from_json, weights_sha256
 from editors.covariance import CovarianceCache, key_covariance
+from editors.edits import Op
 from editors.errors import Cancelled
+from editors.patching import subject_token_span
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome
 from editors.toyworld import reference_corpus
 from editors.toyworld.counterfact import edit_cases, judge
@@ -56,6 +58,14 @@ def test_key_covariance_is_cached_by_model_layer_and_corpus(toy, toy_surgeon, tm
         (RomeRequest("The capital of {} is", "Riia", "Qwxyzzy"), RomeHyperParams(), "target"),
         (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(layer=9), "layer"),
         (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(lr=float("nan")), "lr"),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(kl_direction="up"), "kl_direction"),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(clamp_radius=""), "clamp_radius"),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(denominator_key=1), "denominator_key"),
+        (
+            RomeRequest("The capital of {} is", "Riia", "Muford"),
+            RomeHyperParams(weight_decay_form="cubic"),
+            "weight_decay_form",
+        ),
     ],
 )
 def test_bad_requests_fail_before_any_computation(toy, toy_surgeon, request_, hparams, field) -> None:
@@ -82,6 +92,46 @@ def test_a_rome_edit_rewrites_the_fact_and_spares_its_neighbours(toy, toy_surgeo
     assert after["paraphrase_magnitude"] > before["paraphrase_magnitude"] + 0.5
     assert weights_sha256(model) == before_hash
     assert edit_from_json(edit.to_json(), artifact_blobs_by_hash(edit)).id == edit.id
+
+
+def _mlp_out_at_subject(surgeon, tokenizer, request: RomeRequest, edits: list) -> torch.Tensor:
+    _, end = subject_token_span(tokenizer, request.text, request.subject)
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(x: torch.Tensor, _: object) -> torch.Tensor:
+        seen["v"] = x[0, end - 1].double()
+        return x
+
+    ids = tokenizer(request.text, return_tensors="pt")["input_ids"]
+    with (
+        torch.inference_mode(),
+        surgeon.apply(surgeon.compile(edits, extra_ops=[("blocks.0.hook_mlp_out", Op(record))])),
+    ):
+        surgeon.model(input_ids=ids)
+    return seen["v"]
+
+
+def test_the_denominator_key_sets_where_the_update_delivers_its_value_exactly(toy, toy_surgeon, covariance) -> None:
+    """With ``denominator_key="prompt"`` (the reference code's) the edit adds exactly the optimised
+    δ to the MLP output at the prompt's subject token; the default scales it to the prefix-averaged
+    key instead, so the prompt gets another amount. The other switches each give another edit."""
+    _, tokenizer, world = toy
+    request = edit_cases(world, 1, seed=3)[0].request
+    corpus = reference_corpus()
+    before = _mlp_out_at_subject(toy_surgeon, tokenizer, request, [])
+    added = {}
+    for key in ("prefixed", "prompt"):
+        result = compute_rome(toy_surgeon, tokenizer, request, covariance, corpus, RomeHyperParams(denominator_key=key))
+        change = _mlp_out_at_subject(toy_surgeon, tokenizer, request, [result.edit]) - before
+        added[key] = change.norm().item() / result.delta_norm
+    assert added["prompt"] == pytest.approx(1.0, rel=1e-3)
+    assert abs(added["prefixed"] - 1.0) > 0.05
+    variants = [{}, {"kl_direction": "new_init", "kl_factor": 1.0}, {"kl_factor": 1.0}, {"clamp_radius": "prompt"}]
+    ids = {
+        compute_rome(toy_surgeon, tokenizer, request, covariance, corpus, RomeHyperParams(**v)).edit.id
+        for v in variants
+    }
+    assert len(ids) == len(variants)
 
 
 def test_a_filled_in_prompt_is_the_same_request_as_its_template() -> None:

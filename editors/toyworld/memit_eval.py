@@ -36,8 +36,8 @@ def run_memit_eval(
     cache_dir: Path | None = None,
 ) -> dict[str, object]:
     """MEMIT's and sequential ROME's metrics after ``n_edits`` facts, and the seconds each took."""
-    hparams = hparams or MemitHyperParams()
     surgeon = Surgeon(model)
+    hparams = (hparams or MemitHyperParams()).validated(surgeon.dims.n_layers)  # before any work
     corpus = reference_corpus()
     cache = CovarianceCache(cache_dir)
     rome_hparams = RomeHyperParams()

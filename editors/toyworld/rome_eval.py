@@ -37,8 +37,8 @@ def run_rome_eval(
     on_edit: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
     """Mean CounterFact metrics of ``n_edits`` single edits and of ``n_sequential`` stacked ones."""
-    hparams = hparams or RomeHyperParams()
     surgeon = Surgeon(model)
+    hparams = (hparams or RomeHyperParams()).validated(surgeon.dims.n_layers)  # before any work
     corpus = reference_corpus()
     covariance = CovarianceCache(cache_dir).get_or_compute(surgeon, tokenizer, corpus, hparams.layer, progress)
     cases = edit_cases(world, max(n_edits, n_sequential), seed)
