@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
-from service.cli_client import add_client_commands
-from service.cli_errors import UsageError, one_line, read_yaml
+from service.cli_client import add_client_commands, print_export
+from service.cli_errors import UsageError, one_line, read_yaml, require_empty_directory
 
 if TYPE_CHECKING:
     from service.server import ServerConfig
@@ -325,21 +325,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from service.export import export_version
     from service.registry import Registry
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"scalpel: {out} is not empty; export into a new directory")
+    out = require_empty_directory(Path(args.out))
     registry = Registry(args.database_url)
     require_current_schema(registry.engine)
     try:
         hashes = export_version(registry, args.model, args.version, args.format, out, os.environ.get("USER", "cli"))
     finally:
         registry.engine.dispose()
-    if args.json:
-        print(json.dumps({"version": f"models/{args.model}/versions/{args.version}", "files": hashes}))
-    else:
-        print(f"exported models/{args.model}/versions/{args.version} as {args.format} to {out}:")
-        for name, digest in hashes.items():
-            print(f"  {name}  sha256 {digest}")
+    print_export(args, hashes)
     return 0
 
 

@@ -26,8 +26,9 @@ from editors.steering_files import as_edits, read_steering_file
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.check_report import find_browser, render_html, screenshot
 from service.cli_checks import format_run, inline_item_files, run_dict
-from service.cli_errors import UsageError, read_yaml
+from service.cli_errors import UsageError, read_yaml, require_empty_directory
 from service.client import ScalpelClient
+from service.export import FORMATS as EXPORT_FORMATS
 
 
 def _client(args: argparse.Namespace) -> ScalpelClient:
@@ -241,6 +242,21 @@ def _versions_list(args: argparse.Namespace, c: ScalpelClient) -> None:
 def _versions_create(args: argparse.Namespace, c: ScalpelClient) -> None:
     version = c.create_version(args.model, args.parent, args.append, args.remove, args.description)
     _print(args, version, ("number", "parent", "status", "edit_ids"))
+
+
+def _versions_export(args: argparse.Namespace, c: ScalpelClient) -> None:
+    out = require_empty_directory(Path(args.out))
+    print_export(args, c.export_version(args.model, args.version, args.format, out))
+
+
+def print_export(args: argparse.Namespace, hashes: dict[str, str]) -> None:
+    """What an export wrote: each file and its SHA-256 (as recorded in the audit event)."""
+    if args.json:
+        print(json.dumps({"version": f"models/{args.model}/versions/{args.version}", "files": hashes}))
+    else:
+        print(f"exported models/{args.model}/versions/{args.version} as {args.format} to {args.out}:")
+        for name, digest in hashes.items():
+            print(f"  {name}  sha256 {digest}")
 
 
 def _checks_run(args: argparse.Namespace, c: ScalpelClient) -> int:
@@ -500,6 +516,16 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     new.add_argument("--remove", type=int, default=None)
     new.add_argument("--description", default="")
     command(new, _versions_create)
+    exported = versions.add_parser(
+        "export",
+        help="the version as files other engines serve, over gRPC (editor): merged weights, a PEFT LoRA "
+        "adapter, a llama.cpp control vector (gguf) or per-layer steering safetensors",
+    )
+    exported.add_argument("version", type=int, help="the version number")
+    exported.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    exported.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    exported.add_argument("--out", required=True, help="a new (or empty) directory for the files")
+    command(exported, _versions_export)
 
     checks = commands.add_parser("checks", help="regression checks").add_subparsers(dest="sub", required=True)
     run = checks.add_parser("run", help="run the suite on a version (progress bar; exit status 1 unless it passed)")

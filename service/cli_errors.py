@@ -12,6 +12,7 @@ from sqlalchemy import exc as sql
 from editors.errors import InvalidEditError, UnsupportedArchitectureError
 from editors.export import NotExportable
 from editors.steering_files import BadSteeringFile
+from service.client import ExportDamaged
 from service.registry import RegistryError
 
 
@@ -30,6 +31,13 @@ def read_yaml(path: Path, what: str) -> Any:
         raise UsageError(f"{path} is not valid YAML{where}: {problem}; fix the {what}") from None
 
 
+def require_empty_directory(path: Path) -> Path:
+    """``path`` if it is a new or empty directory (where an export may write), else a UsageError."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"{path} is not an empty directory; export into a new one")
+    return path
+
+
 def one_line(error: BaseException) -> str | None:
     """The one line for an error a user can fix, or None for a bug (which keeps its traceback)."""
     if isinstance(error, UsageError | RegistryError):
@@ -40,7 +48,7 @@ def one_line(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, NotExportable):
         return f"cannot export: {error}"
-    if isinstance(error, BadSteeringFile):
+    if isinstance(error, BadSteeringFile | ExportDamaged):
         return str(error)
     if isinstance(error, sql.NoSuchModuleError | sql.ArgumentError):
         return (

@@ -7,10 +7,14 @@ for chunk in client.generate("toy", "The capital of Riia is"):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -25,6 +29,11 @@ class Generation:
     token_ids: list[int]
     version: str
     finish_reason: str
+
+
+class ExportDamaged(Exception):
+    """An exported file arrived out of order, under a name that is not a plain file name, or with
+    bytes that do not hash to the SHA-256 the server sent: nothing was written."""
 
 
 class _BearerAuth(grpc.AuthMetadataPlugin):
@@ -166,6 +175,27 @@ class ScalpelClient:
         """Stop serving ``name`` on the server (admin; ``force`` cancels requests in flight)."""
         self.models.UnloadModel(pb.UnloadModelRequest(name=f"models/{name}", force=force))
 
+    def export_version(self, model: str, version: int, fmt: str, directory: Path | str) -> dict[str, str]:
+        """Export ``version`` as ``fmt`` (merged | lora | gguf | steering) into ``directory`` (new
+        or empty); return {file name: SHA-256}. The files land only once every one has arrived
+        whole and matches its SHA-256; otherwise :class:`ExportDamaged` and the directory is as it was."""
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise FileExistsError(f"{directory} is not an empty directory; export into a new one")
+        chunks = self.versions.ExportVersion(
+            pb.ExportVersionRequest(name=f"models/{model}/versions/{version}", format=fmt)
+        )
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            hashes = _receive(chunks, staging)
+            directory.mkdir(exist_ok=True)
+            for name in hashes:
+                (staging / name).replace(directory / name)
+            return hashes
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def alias(self, model: str, alias: str = "production") -> pb.Alias:
         return self.aliases.GetAlias(pb.GetAliasRequest(name=f"models/{model}/aliases/{alias}"))
 
@@ -244,3 +274,34 @@ class ScalpelClient:
                 done = event.done
         assert done is not None, "the stream ended without its final message"
         return Generation(text, ids, done.version, done.finish_reason)
+
+
+def _receive(chunks: Iterator[pb.ExportChunk], directory: Path) -> dict[str, str]:
+    """Write an ExportVersion stream's files into ``directory``, checking names, order and hashes."""
+    hashes: dict[str, str] = {}
+    current, digest, written, stream = None, hashlib.sha256(), 0, None
+    try:
+        for chunk in chunks:
+            if chunk.file != current:
+                if current is not None:
+                    raise ExportDamaged(f"{current} ended without its SHA-256")
+                if Path(chunk.file).name != chunk.file or chunk.file in ("", ".", "..") or chunk.file in hashes:
+                    raise ExportDamaged(f"the server sent a file named {chunk.file!r}; refusing to write it")
+                current, digest, written = chunk.file, hashlib.sha256(), 0
+                stream = (directory / current).open("wb")
+            if chunk.offset != written:
+                raise ExportDamaged(f"{current}: a chunk at offset {chunk.offset}, expected {written}")
+            stream.write(chunk.data)
+            digest.update(chunk.data)
+            written += len(chunk.data)
+            if chunk.sha256:
+                stream.close()
+                if digest.hexdigest() != chunk.sha256:
+                    raise ExportDamaged(f"{current} does not match its SHA-256 {chunk.sha256}")
+                hashes[current], current = chunk.sha256, None
+        if current is not None:
+            raise ExportDamaged(f"the stream ended inside {current}")
+        return hashes
+    finally:
+        if stream is not None:
+            stream.close()

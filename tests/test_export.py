@@ -18,6 +18,7 @@ from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from tests.conftest import tiny_model
+from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 PROVENANCE = {"version": "models/toy/versions/7", "edit_ids": [3, 4]}
 
@@ -127,3 +128,92 @@ def test_scalpel_export_writes_a_registered_version_and_audits_its_hashes(toy, r
     assert not refused.exists() and registry.verify_audit().events_checked == before  # nothing written
     assert registry.verify_audit().ok
     registry.engine.dispose()
+
+
+def test_export_over_grpc_streams_the_files_in_checked_chunks_and_audits_them(
+    served,  # noqa: F811
+    toy,
+    rome_edits,
+    tmp_path,
+    monkeypatch,
+    capsys,
+) -> None:
+    import hashlib
+
+    import grpc
+
+    from editors.steering_files import read_gguf
+    from service.api import version_service
+    from service.api.scalpel.v1 import scalpel_pb2 as pb
+    from service.cli import main
+    from tests.test_registry import snapshot
+
+    server, admin, reader, address = served
+    model, tokenizer, _ = toy
+    monkeypatch.setattr(version_service, "EXPORT_CHUNK", 512)  # many chunks per file
+    rome = admin.create_edit("toy", rome_edits[0]).id
+    vector = torch.linspace(-1, 1, 128)
+    steer = admin.create_edit("toy", Steering(site="blocks.2.hook_resid_post", vector=vector)).id
+    fact = admin.create_version("toy", 0, append=[rome]).number
+    steered = admin.create_version("toy", 0, append=[steer]).number
+    request = pb.ExportVersionRequest(name=f"models/toy/versions/{fact}", format="lora")
+    with pytest.raises(grpc.RpcError) as denied:
+        list(reader.versions.ExportVersion(request))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    chunks = list(admin.versions.ExportVersion(request))
+    assert len(chunks) > 4 and all(len(c.data) <= 512 for c in chunks)
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.setenv("SCALPEL_API_KEY", server.registry.create_key("ed", "editor", "test")[1])
+    out = tmp_path / "lora"
+    assert main(["versions", "export", str(fact), "--format", "lora", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["files"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    assert set(printed["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    events = server.registry.list_audit(page_size=2, action="version.exported").items
+    assert [e.actor for e in events] == ["ed", "admin"]  # newest first: one event per export, its caller
+    assert json.loads(events[0].payload_json) == {"format": "lora", "files": printed["files"]}
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(TOY_MODEL_DIR), out).eval()
+    ids = tokenizer(["The capital of Riia is"], return_tensors="pt")["input_ids"]
+    assert (_logits(adapted, ids) - _served(model, [rome_edits[0]], ids)).abs().max() < 1e-4
+
+    gguf = admin.export_version("toy", steered, "gguf", tmp_path / "gguf")
+    assert list(gguf) == ["control_vector.gguf"]
+    torch.testing.assert_close(read_gguf(tmp_path / "gguf" / "control_vector.gguf")[2], vector)
+
+    before = snapshot(server.registry)
+    for name, fmt, code, needle in (
+        (f"models/toy/versions/{steered}", "merged", grpc.StatusCode.FAILED_PRECONDITION, "steering at blocks.2"),
+        (f"models/toy/versions/{fact}", "onnx", grpc.StatusCode.INVALID_ARGUMENT, "merged, lora, gguf, steering"),
+        ("models/toy/versions/99", "lora", grpc.StatusCode.NOT_FOUND, "99"),
+        ("models/nope/versions/1", "lora", grpc.StatusCode.NOT_FOUND, "nope"),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(admin.versions.ExportVersion(pb.ExportVersionRequest(name=name, format=fmt)))
+        assert refused.value.code() == code and needle in refused.value.details(), refused.value.details()
+    assert snapshot(server.registry) == before  # no audit event for a refused export
+    refused_dir = tmp_path / "refused"
+    assert main(["versions", "export", str(steered), "--format", "merged", "--out", str(refused_dir)]) == 2
+    assert not refused_dir.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert main(["versions", "export", str(fact), "--format", "lora", "--out", str(out)]) == 2
+    assert "is not an empty directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("chunks", "problem"),
+    [
+        ([("../evil", 0, b"x", "")], "refusing to write it"),
+        ([("a.bin", 0, b"ab", ""), ("a.bin", 1, b"c", "")], "offset 1, expected 2"),
+        ([("a.bin", 0, b"ab", "0" * 64)], "does not match its SHA-256"),
+        ([("a.bin", 0, b"ab", "")], "ended inside a.bin"),
+        ([("a.bin", 0, b"ab", ""), ("b.bin", 0, b"c", "")], "a.bin ended without its SHA-256"),
+    ],
+)
+def test_a_damaged_export_stream_writes_nothing(tmp_path, chunks, problem) -> None:
+    from service.api.scalpel.v1 import scalpel_pb2 as pb
+    from service.client import ExportDamaged, _receive
+
+    stream = iter(pb.ExportChunk(file=f, offset=o, data=d, sha256=h) for f, o, d, h in chunks)
+    with pytest.raises(ExportDamaged, match=problem.replace(".", r"\.")):
+        _receive(stream, tmp_path)
+    assert not (tmp_path.parent / "evil").exists()

@@ -37,6 +37,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "GetVersion": "reader",
     "ListVersions": "reader",
     "CompareVersions": "reader",
+    "ExportVersion": "editor",
     "CreateVersion": "editor",
     "GetAlias": "reader",
     "ListAliasHistory": "reader",

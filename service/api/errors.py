@@ -17,6 +17,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from editors import InvalidEditError
 from editors.errors import Cancelled
+from editors.export import NotExportable
 from service.registry import RegistryError
 from service.scheduler import SchedulerClosed
 
@@ -52,6 +53,8 @@ def errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), _brief(str(exc)))
     except InvalidEditError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
+    except NotExportable as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, _brief(f"cannot export this version: {exc}"))
     except RecursionError:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply")
     except SchedulerClosed as exc:

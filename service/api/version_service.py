@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import grpc
 
 from service.api.auth import current_principal
-from service.api.errors import abort_on_errors
+from service.api.errors import abort_on_errors, abort_on_errors_stream
 from service.api.resources import parse, version_pb
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
 from service.checks import Suite
+from service.db.engine import data_dir
+from service.export import FORMATS, export_version
 from service.registry import InvalidArgument
 
 #: Most worst-affected prompts a CompareVersions reply lists.
 MAX_WORST = 100
+
+#: Bytes per ExportChunk: well under gRPC's default 4 MiB message limit.
+EXPORT_CHUNK = 1 << 20
 
 
 class VersionService(rpc.VersionServiceServicer, ServicerBase):
@@ -72,3 +82,37 @@ class VersionService(rpc.VersionServiceServicer, ServicerBase):
             prompts=len(rows),
             worst=[pb.PromptComparison(prompt=p, kl=k, base_top1=a, candidate_top1=b) for p, k, a, b in worst],
         )
+
+    @abort_on_errors_stream
+    def ExportVersion(
+        self, request: pb.ExportVersionRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportChunk]:
+        model, number = parse("version", request.name)
+        if request.format not in FORMATS:
+            raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {request.format!r}")
+        scratch = data_dir() / "exports"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as directory:
+            hashes = export_version(
+                self.registry, model, int(number), request.format, Path(directory), current_principal().name
+            )
+            for name, digest in hashes.items():
+                yield from _chunks(Path(directory) / name, digest)
+
+
+def _chunks(path: Path, digest: str) -> Iterator[pb.ExportChunk]:
+    """``path`` in EXPORT_CHUNK pieces, the last one carrying ``digest`` (checked against the bytes
+    sent: a file changed on disk since it was hashed for the audit event fails the call)."""
+    sent = hashlib.sha256()
+    offset, size = 0, path.stat().st_size
+    with path.open("rb") as stream:
+        while True:
+            data = stream.read(EXPORT_CHUNK)
+            sent.update(data)
+            last = offset + len(data) >= size
+            if last and sent.hexdigest() != digest:
+                raise RuntimeError(f"{path.name} changed while it was exported")
+            yield pb.ExportChunk(file=path.name, offset=offset, data=data, sha256=digest if last else "")
+            offset += len(data)
+            if last:
+                return

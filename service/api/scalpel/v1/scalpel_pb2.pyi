@@ -341,6 +341,26 @@ class CompareVersionsResponse(_message.Message):
     worst: _containers.RepeatedCompositeFieldContainer[PromptComparison]
     def __init__(self, kl_mean: _Optional[float] = ..., kl_max: _Optional[float] = ..., changed_top1: _Optional[float] = ..., prompts: _Optional[int] = ..., worst: _Optional[_Iterable[_Union[PromptComparison, _Mapping]]] = ...) -> None: ...
 
+class ExportVersionRequest(_message.Message):
+    __slots__ = ("name", "format")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: str
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("file", "offset", "data", "sha256")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    offset: int
+    data: bytes
+    sha256: str
+    def __init__(self, file: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class Alias(_message.Message):
     __slots__ = ("name", "version", "etag", "updated_by", "update_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

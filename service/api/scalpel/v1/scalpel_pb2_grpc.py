@@ -587,6 +587,11 @@ class VersionServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.FromString,
                 _registered_method=True)
+        self.ExportVersion = channel.unary_stream(
+                '/scalpel.v1.VersionService/ExportVersion',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ExportVersionRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ExportChunk.FromString,
+                _registered_method=True)
 
 
 class VersionServiceServicer:
@@ -616,6 +621,14 @@ class VersionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportVersion(self, request, context):
+        """The version in a format other engines serve, streamed file by file in chunks (editor role);
+        the export is audited (version.exported: who, the format, each file's SHA-256).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VersionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -638,6 +651,11 @@ def add_VersionServiceServicer_to_server(servicer, server):
                     servicer.CompareVersions,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.SerializeToString,
+            ),
+            'ExportVersion': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportVersion,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ExportVersionRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +766,33 @@ class VersionService:
             '/scalpel.v1.VersionService/CompareVersions',
             scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scalpel.v1.VersionService/ExportVersion',
+            scalpel_dot_v1_dot_scalpel__pb2.ExportVersionRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,
