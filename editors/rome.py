@@ -38,7 +38,7 @@ from editors.errors import Cancelled, InvalidEditError
 from editors.patching import subject_token_span
 from editors.progress import progress_bar
 from editors.surgeon import Surgeon
-from editors.validation import check_int, check_scale
+from editors.validation import check_choice, check_int, check_scale
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,6 @@ class RomeHyperParams:
 KL_CHOICES = ("init_new", "new_init")
 DECAY_CHOICES = ("squared", "linear")
 KEY_CHOICES = ("prefixed", "prompt")
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidEditError(name, f"{value!r} is not one of {', '.join(choices)}", " or ".join(choices))
 
 
 def check_value_fields(hparams: Any, scales: tuple[str, ...] = ()) -> None:

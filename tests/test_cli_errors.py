@@ -50,7 +50,7 @@ def test_bad_files_and_flags_are_one_line_with_the_fix(files, capsys) -> None:
     _fails_in_one_line(capsys, ["serve", "--model", "toy=/no/such/dir"], "no model directory at /no/such/dir")
     _fails_in_one_line(capsys, ["serve", "--config", str(files / "config.yaml")], "fix the config file")
     _fails_in_one_line(capsys, ["rome", "eval", "--hparams", "{kl"], "--hparams is not valid JSON")
-    _fails_in_one_line(capsys, ["rome", "eval", "--hparams", '{"kl_direction": "up"}'], "init_new or new_init")
+    _fails_in_one_line(capsys, ["rome", "eval", "--hparams", '{"kl_direction": "up"}'], "init_new | new_init")
     _fails_in_one_line(capsys, ["memit", "eval", "--hparams", '{"lazers": [0]}'], "fields of MemitHyperParams")
     for text, needle in (
         ("workers: many\n", "workers must be an integer, got 'many'"),
