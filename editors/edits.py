@@ -71,6 +71,9 @@ class Edit:
     kind: ClassVar[str]
     tensor_fields: ClassVar[tuple[str, ...]]
     json_fields: ClassVar[tuple[str, ...]] = ()
+    #: Fields left out of the spec while None: added after edits of the kind were stored, so those
+    #: edits keep their spec and id.
+    optional_fields: ClassVar[tuple[str, ...]] = ()
     registry: ClassVar[dict[str, type[Edit]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -85,6 +88,8 @@ class Edit:
             if f.name in self.tensor_fields:
                 continue
             value = getattr(self, f.name)
+            if value is None and f.name in self.optional_fields:
+                continue
             if f.name in self.json_fields:
                 value = thaw_json(value)
             elif isinstance(value, tuple):
@@ -215,18 +220,22 @@ class _Ablation(Edit):
 
     kind: ClassVar[str] = "_ablation"
     tensor_fields: ClassVar[tuple[str, ...]] = ("means", "pool")
+    json_fields: ClassVar[tuple[str, ...]] = ("provenance",)
+    optional_fields: ClassVar[tuple[str, ...]] = ("provenance",)
 
     layer: int
     mode: str = "zero"
     means: torch.Tensor | None = None
     pool: torch.Tensor | None = None
     seed: int = 0
+    provenance: Any = field(default=None)  # how the edit was found (e.g. circuit discovery)
 
     unit_field: ClassVar[str]
     point: ClassVar[str]
 
     def __post_init__(self) -> None:
         _ablation_fields(self, self.unit_field)
+        object.__setattr__(self, "provenance", freeze_json("provenance", self.provenance))
 
     def _units(self) -> tuple[int, ...]:
         return getattr(self, self.unit_field)
@@ -332,12 +341,16 @@ class DirectionalAblation(Edit):
 
     kind: ClassVar[str] = "directional_ablation"
     tensor_fields: ClassVar[tuple[str, ...]] = ("direction",)
+    json_fields: ClassVar[tuple[str, ...]] = ("provenance",)
+    optional_fields: ClassVar[tuple[str, ...]] = ("provenance",)
 
     direction: torch.Tensor
     layers: tuple[int, ...]
     points: tuple[str, ...] | None = None
+    provenance: Any = field(default=None)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "provenance", freeze_json("provenance", self.provenance))
         direction = check_tensor("direction", self.direction, 1)
         if direction.to(torch.float64).norm() == 0:
             raise InvalidEditError("direction", "is the zero vector", "a non-zero vector")

@@ -1,0 +1,335 @@
+"""Locate before you cut: attribution patching over a model's components, a circuit found by
+verified ablation, and the edit that cuts it.
+
+**Attribution** (:func:`attribute`; attribution patching, Nanda 2023; Kramár et al. 2024): for
+prompt pairs (a *clean* prompt showing the behaviour, a *corrupted* one of the same length that
+does not), one corrupted forward and one clean forward and backward give, for every component
+``c``, the linear estimate of what patching its corrupted activation into the clean run does to
+the metric: ``(a_corrupted(c) − a_clean(c)) · ∂metric/∂a(c)``, summed over positions and
+averaged over pairs. Components: attention heads (``attn.hook_z``, one head's slice), MLP
+neurons (``mlp.hook_post``) and whole MLPs (``hook_mlp_out``). AtP*'s QK fix is for nodes that
+are attention *patterns*; these are head *outputs*, so it does not apply. GradDrop is not built:
+every estimate a circuit rests on is checked by a real ablation instead (:func:`discover_circuit`),
+and :func:`patching_effects` measures the estimates against brute-force patching.
+
+**Discovery** (:func:`discover_circuit`): rank heads and MLPs by estimated importance, then with
+real forwards find the smallest top-``k`` set whose *faithfulness* reaches the target (everything
+outside it mean-ablated with the existing ablation edits, means over the corrupted prompts) and
+prune members it does not need. Faithfulness = ``(m(C) − m(∅)) / (m(M) − m(∅))`` and
+completeness = ``(m(M) − m(M∖C)) / (m(M) − m(∅))``, both on held-out pairs, where ``m(S)`` is
+the metric with every node outside ``S`` ablated (``M``: all nodes). Node-level; edge-level
+discovery (EAP, ACDC) is not built.
+
+**Proposal** (:func:`propose_edit`): the circuit as a candidate edit (mean ablation of its heads
+and MLPs, or a directional ablation of the direction its clean and corrupted runs differ by),
+with the discovery request and scores as provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from editors.edits import Edit, Op
+from editors.errors import Cancelled, InvalidEditError
+from editors.surgeon import Surgeon
+from editors.validation import check_choice, check_int
+
+METRICS = ("logit_diff", "answer_logprob", "tokens_logprob")
+COMPONENT_KINDS = ("heads", "mlps", "neurons")
+
+
+@dataclass(frozen=True, order=True)
+class Component:
+    """A head (``L1.H0``), a whole MLP (``L2.MLP``) or one MLP neuron (``L2.N37``)."""
+
+    layer: int
+    kind: str  # "head" | "mlp" | "neuron"
+    index: int = -1  # the head or neuron; -1 for a whole MLP
+
+    @property
+    def name(self) -> str:
+        unit = {"head": f"H{self.index}", "mlp": "MLP", "neuron": f"N{self.index}"}[self.kind]
+        return f"L{self.layer}.{unit}"
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A clean prompt and a corrupted one that tokenises to as many tokens (patching is by position).
+
+    ``answer`` (the clean prompt's next token) is scored by ``logit_diff`` and ``answer_logprob``;
+    ``wrong`` (the corrupted prompt's) by ``logit_diff``. ``tokens_logprob`` scores the clean
+    prompt's own tokens from ``score_from`` on and needs neither."""
+
+    clean: str
+    corrupted: str
+    answer: str = ""
+    wrong: str = ""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What "the behaviour" is: ``logit_diff`` = logit(answer) − logit(wrong) at the last token;
+    ``answer_logprob`` = log p(answer) there; ``tokens_logprob`` = the mean log-probability of the
+    clean prompt's own tokens from index ``score_from`` on (induction: the repeated half)."""
+
+    kind: str = "logit_diff"
+    score_from: int = 1
+
+
+class Pairs:
+    """Pairs tokenised, right-padded (padding after the last scored token changes no score) and
+    checked, with the metric as a function of a forward's logits."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[PromptPair], metric: MetricSpec, device: torch.device
+    ) -> None:
+        check_choice("metric.kind", metric.kind, METRICS)
+        if not pairs:
+            raise InvalidEditError("pairs", "is empty", "at least one (clean, corrupted) prompt pair")
+        clean, corrupted, answers, wrong = [], [], [], []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, PromptPair):
+                raise InvalidEditError(f"pairs[{i}]", f"expected a PromptPair, got {type(pair).__name__}", "PromptPair")
+            a = tokenizer(pair.clean, add_special_tokens=True)["input_ids"] if pair.clean.strip() else []
+            b = tokenizer(pair.corrupted, add_special_tokens=True)["input_ids"] if pair.corrupted.strip() else []
+            if not a or not b:
+                raise InvalidEditError(f"pairs[{i}]", "has an empty prompt", "two non-empty prompts")
+            if len(a) != len(b):
+                raise InvalidEditError(
+                    f"pairs[{i}].corrupted",
+                    f"is {len(b)} tokens but the clean prompt is {len(a)}",
+                    "a corrupted prompt of the same token length (patching is by position)",
+                )
+            clean.append(a)
+            corrupted.append(b)
+            if metric.kind in ("logit_diff", "answer_logprob"):
+                answers.append(_one_token(tokenizer, pair.answer, f"pairs[{i}].answer"))
+            if metric.kind == "logit_diff":
+                wrong.append(_one_token(tokenizer, pair.wrong, f"pairs[{i}].wrong"))
+            if metric.kind == "tokens_logprob":
+                check_int("metric.score_from", metric.score_from, 1, len(a) - 1)
+        width = max(len(row) for row in clean)
+        self.clean = _padded(clean, width, device)
+        self.corrupted = _padded(corrupted, width, device)
+        self.mask = _padded([[1] * len(row) for row in clean], width, device)
+        self.last = torch.tensor([len(row) - 1 for row in clean], device=device)
+        self.answers = torch.tensor(answers, device=device) if answers else None
+        self.wrong = torch.tensor(wrong, device=device) if wrong else None
+        self.metric = metric
+        self.n = len(clean)
+
+    def slice(self, rows: slice) -> Pairs:
+        part = object.__new__(Pairs)
+        for name, value in vars(self).items():
+            setattr(part, name, value[rows] if isinstance(value, torch.Tensor) else value)
+        part.n = int(part.clean.shape[0])
+        return part
+
+    def scored_positions(self) -> torch.Tensor:
+        """``[rows, pos]``, 1 where a position's logits enter the metric."""
+        positions = torch.arange(self.clean.shape[1], device=self.clean.device)[None]
+        if self.metric.kind == "tokens_logprob":
+            return ((positions >= self.metric.score_from - 1) & (positions < self.last[:, None])).float()
+        return (positions == self.last[:, None]).float()
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[rows]``: the metric of each pair's run with these logits (targets from the clean prompt)."""
+        logits = logits.float()
+        rows = torch.arange(self.n, device=logits.device)
+        if self.metric.kind == "tokens_logprob":
+            logp = logits[:, :-1].log_softmax(dim=-1).gather(-1, self.clean[:, 1:, None]).squeeze(-1)
+            scored = self.scored_positions()[:, :-1]
+            return (logp * scored).sum(dim=1) / scored.sum(dim=1)
+        last = logits[rows, self.last]
+        if self.metric.kind == "answer_logprob":
+            return last.log_softmax(dim=-1)[rows, self.answers]
+        return last[rows, self.answers] - last[rows, self.wrong]
+
+
+def _one_token(tokenizer: PreTrainedTokenizerBase, text: str, name: str) -> int:
+    ids = tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"] if text.strip() else []
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise InvalidEditError(name, f"{text!r} is {len(ids)} known tokens", "one token of the model's vocabulary")
+    return ids[0]
+
+
+def _padded(rows: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out.to(device)
+
+
+def _sites(surgeon: Surgeon, kinds: Sequence[str]) -> dict[str, str]:
+    """Site name → the kind of components read off it."""
+    points = {"heads": "attn.hook_z", "neurons": "mlp.hook_post", "mlps": "hook_mlp_out"}
+    return {f"blocks.{layer}.{points[kind]}": kind for kind in kinds for layer in range(surgeon.dims.n_layers)}
+
+
+def _grad_recorder(cache: dict[str, torch.Tensor], name: str) -> Op:
+    """Keep the activation in the autograd graph (a leaf where nothing upstream needs gradients)."""
+
+    def record(x: torch.Tensor, _: object) -> torch.Tensor:
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        cache[name] = x
+        return x
+
+    return Op(record)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Every component's estimated effect on the metric of patching in its corrupted activation
+    (negative: the component carries the behaviour), averaged over the pairs."""
+
+    components: tuple[Component, ...]
+    estimates: torch.Tensor  # [len(components)], float64
+    clean_metric: float
+    corrupted_metric: float
+    passes: int  # forwards and backwards run, each over one batch of pairs
+
+    def ranked(self, kinds: Sequence[str] | None = None, top: int | None = None) -> list[tuple[Component, float]]:
+        """Components by importance (most negative estimate first), optionally of some kinds only."""
+        wanted = {k.rstrip("s") for k in kinds} if kinds else None
+        rows = [(c, float(e)) for c, e in zip(self.components, self.estimates, strict=True)]
+        rows = [row for row in rows if wanted is None or row[0].kind in wanted]
+        return sorted(rows, key=lambda row: row[1])[:top]
+
+    def heads_grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
+        """``[n_layers, n_heads]`` of the heads' estimates (NaN where a head was not scored)."""
+        grid = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
+        for component, estimate in zip(self.components, self.estimates, strict=True):
+            if component.kind == "head":
+                grid[component.layer, component.index] = estimate
+        return grid
+
+
+def attribute(
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PromptPair],
+    metric: MetricSpec = MetricSpec(),
+    kinds: Sequence[str] = COMPONENT_KINDS,
+    edits: Sequence[Edit] = (),
+    batch_size: int = 16,
+    steps: int = 1,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Attribution:
+    """Attribution patching (see the module docstring) on the model under ``edits``."""
+    for i, kind in enumerate(kinds):
+        check_choice(f"kinds[{i}]", kind, COMPONENT_KINDS)
+    check_int("batch_size", batch_size, 1, 4096)
+    surgeon.validate(list(edits))
+    data = Pairs(tokenizer, pairs, metric, surgeon.device_dtype[0])
+    sites = _sites(surgeon, kinds)
+    totals: dict[str, torch.Tensor] = {}
+    clean_sum = corrupted_sum = 0.0
+    passes = 0
+    for start in range(0, data.n, batch_size):
+        if should_stop():
+            raise Cancelled(f"attribution stopped after {start} of {data.n} pairs")
+        batch = data.slice(slice(start, start + batch_size))
+        with torch.inference_mode(), surgeon.trace(list(sites), edits) as corrupted:
+            corrupted_sum += float(
+                batch.score(surgeon.model(input_ids=batch.corrupted, attention_mask=batch.mask).logits).sum()
+            )
+        with torch.inference_mode(), surgeon.trace(list(sites), edits) as clean_acts:
+            clean_sum += float(
+                batch.score(surgeon.model(input_ids=batch.clean, attention_mask=batch.mask).logits).sum()
+            )
+        embed = surgeon.model.get_input_embeddings()
+        with torch.no_grad():
+            clean_embeds, corrupted_embeds = embed(batch.clean), embed(batch.corrupted)
+        grads = [torch.zeros_like(clean_acts[site], dtype=torch.float32) for site in sites]
+        alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
+        for alpha in alphas:
+            cache: dict[str, torch.Tensor] = {}
+            recorders = [(site, _grad_recorder(cache, site)) for site in sites]
+            embeds = torch.lerp(clean_embeds, corrupted_embeds, alpha)
+            with torch.enable_grad(), surgeon.apply(surgeon.compile(edits, extra_ops=recorders)):
+                scores = batch.score(surgeon.model(inputs_embeds=embeds, attention_mask=batch.mask).logits)
+                step_grads = torch.autograd.grad(scores.sum(), [cache[site] for site in sites])
+            for total, grad in zip(grads, step_grads, strict=True):
+                total += grad.float() / len(alphas)
+            passes += 2
+        passes += 2
+        mask = batch.mask.to(grads[0].dtype)
+        for (site, kind), grad in zip(sites.items(), grads, strict=True):
+            product = (corrupted[site].float() - clean_acts[site].float()) * grad  # [b, pos, ...]
+            product = product * mask.view(*mask.shape, *([1] * (product.dim() - 2)))
+            per_unit = product.sum(dim=(0, 1))
+            if kind == "heads":
+                per_unit = per_unit.sum(dim=-1)  # [n_heads]
+            elif kind == "mlps":
+                per_unit = per_unit.sum().reshape(1)
+            totals[site] = per_unit.double().cpu() + totals.get(site, 0)
+    components: list[Component] = []
+    estimates: list[torch.Tensor] = []
+    for site, kind in sites.items():
+        layer = int(site.split(".")[1])
+        unit = {"heads": "head", "neurons": "neuron", "mlps": "mlp"}[kind]
+        values = totals[site] / data.n
+        components += [Component(layer, unit, i if unit != "mlp" else -1) for i in range(len(values))]
+        estimates.append(values)
+    return Attribution(tuple(components), torch.cat(estimates), clean_sum / data.n, corrupted_sum / data.n, passes)
+
+
+def patching_effects(
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PromptPair],
+    components: Sequence[Component],
+    metric: MetricSpec = MetricSpec(),
+    edits: Sequence[Edit] = (),
+) -> tuple[torch.Tensor, int]:
+    """Brute force, the ground truth attribution estimates: each component's corrupted activation
+    patched into the clean run (every position), one forward per component; returns the mean
+    change of the metric per component and the forwards run."""
+    data = Pairs(tokenizer, pairs, metric, surgeon.device_dtype[0])
+    points = {"head": "attn.hook_z", "neuron": "mlp.hook_post", "mlp": "hook_mlp_out"}
+    sites = sorted({f"blocks.{c.layer}.{points[c.kind]}" for c in components})
+    with torch.inference_mode():
+        with surgeon.trace(sites, edits) as corrupted:
+            surgeon.model(input_ids=data.corrupted, attention_mask=data.mask)
+        with surgeon.apply(edits):
+            clean = data.score(surgeon.model(input_ids=data.clean, attention_mask=data.mask).logits)
+        effects = []
+        for component in components:
+            site = f"blocks.{component.layer}.{points[component.kind]}"
+            source = corrupted[site]
+
+            def patch(
+                x: torch.Tensor, _: object, source: torch.Tensor = source, c: Component = component
+            ) -> torch.Tensor:
+                x = x.clone()
+                if c.kind == "mlp":
+                    return source.to(x.dtype)
+                x[:, :, c.index] = source[:, :, c.index].to(x.dtype)
+                return x
+
+            with surgeon.apply(surgeon.compile(edits, extra_ops=[(site, Op(patch))])):
+                patched = data.score(surgeon.model(input_ids=data.clean, attention_mask=data.mask).logits)
+            effects.append(float((patched - clean).mean()))
+    return torch.tensor(effects, dtype=torch.float64), 2 + len(components)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        order = x.argsort()
+        r = torch.empty_like(x, dtype=torch.float64)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for value in x.unique():  # ties share their mean rank
+            same = x == value
+            r[same] = r[same].mean()
+        return r
+
+    ra, rb = ranks(a.double()), ranks(b.double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))

@@ -1,0 +1,55 @@
+"""Prompt pairs for locating the toy world's mechanisms (``scalpel toyworld pairs``, the tests and
+``bench/locate.py``): induction (a random symbol sequence repeated, against the same first half
+followed by other symbols) and capitals (a country's capital prompt, against another country's
+of the same token length, whose capital differs)."""
+
+from __future__ import annotations
+
+import random
+
+from transformers import PreTrainedTokenizerBase
+
+from editors.locate import MetricSpec, PromptPair
+from editors.toyworld.world import World
+
+TASKS = ("induction", "capitals")
+INDUCTION_LENGTH = 10
+
+
+def induction_pairs(world: World, n: int, seed: int = 0, length: int = INDUCTION_LENGTH) -> list[PromptPair]:
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        sequence, other = rng.sample(world.symbols, length), rng.sample(world.symbols, length)
+        pairs.append(PromptPair(" ".join(sequence + sequence), " ".join(sequence + other)))
+    return pairs
+
+
+#: Induction's metric: the mean log-probability of the repeated half's symbols after its first
+#: (position 0 is <bos>, the second copy starts at 1 + length; its first symbol is unpredictable).
+INDUCTION_METRIC = MetricSpec("tokens_logprob", score_from=2 + INDUCTION_LENGTH)
+CAPITALS_METRIC = MetricSpec("logit_diff")
+
+
+def capital_pairs(world: World, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> list[PromptPair]:
+    rng = random.Random(seed)
+    facts = world.facts_for("capital")
+    length = {f.subject: len(tokenizer(f.canonical_prompt)["input_ids"]) for f in facts}
+    pairs = []
+    for fact in facts:
+        others = [g for g in facts if g.object != fact.object and length[g.subject] == length[fact.subject]]
+        if others:
+            other = rng.choice(others)
+            pairs.append(PromptPair(fact.canonical_prompt, other.canonical_prompt, fact.object, other.object))
+    return pairs
+
+
+def task_pairs(
+    task: str, world: World, tokenizer: PreTrainedTokenizerBase, n: int = 64, seed: int = 0
+) -> tuple[list[PromptPair], MetricSpec]:
+    """The pairs and metric of ``task`` (one of :data:`TASKS`)."""
+    if task == "induction":
+        return induction_pairs(world, n, seed), INDUCTION_METRIC
+    if task == "capitals":
+        return capital_pairs(world, tokenizer, seed)[:n], CAPITALS_METRIC
+    raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
