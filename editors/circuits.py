@@ -203,6 +203,13 @@ def discover_circuit(
         should_stop,
     )
     report("attribution", 1, 1)
+    if abs(attribution.clean_metric - attribution.corrupted_metric) < 1e-4:
+        raise InvalidEditError(
+            "pairs",
+            f"show no behaviour to locate: the metric is {attribution.clean_metric:.4g} on the clean and the "
+            "corrupted prompts alike",
+            "pairs whose clean prompts show the behaviour and whose corrupted prompts do not",
+        )
     nodes = [c for c, _ in attribution.ranked()]  # most important first
     means, passes = _corrupted_means(surgeon, data, edits, request.batch_size)
     report("means", 1, 1)
@@ -213,7 +220,7 @@ def discover_circuit(
     if not abs(span) > 1e-9:
         raise InvalidEditError(
             "pairs",
-            f"show no behaviour to locate: the metric is {full:.4g} with every node and without",
+            f"show nothing the nodes carry: the metric is {full:.4g} with every node ablated and without",
             "pairs whose clean and corrupted runs differ",
         )
 

@@ -1,0 +1,142 @@
+"""Locate before you cut: attribution, circuit discovery and the proposed edit on the toy model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from editors import HeadAblation, InvalidEditError, weights_sha256
+from editors.circuits import DiscoveryRequest, discover_circuit, planned_passes, propose_edit
+from editors.induction import induction_head_scores, repeated_token_batch, top_heads
+from editors.locate import MetricSpec, PromptPair, attribute, patching_effects, spearman
+from editors.locate_plots import plot_circuit, plot_head_attribution
+from editors.patching import causal_trace, recommend_edit_layer
+from editors.toyworld.evaluate import fact_recall, induction_accuracy
+from editors.toyworld.locate_pairs import CAPITALS_METRIC, INDUCTION_METRIC, capital_pairs, induction_pairs
+
+
+@pytest.fixture(scope="module")
+def induction_heads(toy) -> list[tuple[int, int]]:
+    model, tokenizer, world = toy
+    symbols = tokenizer.convert_tokens_to_ids(world.symbols)
+    batch = repeated_token_batch(symbols, n=32, length=10, seed=1, prefix_id=tokenizer.bos_token_id)
+    heads = top_heads(induction_head_scores(model, batch, length=10))
+    assert heads
+    return heads
+
+
+@pytest.fixture(scope="module")
+def induction_circuit(toy, toy_surgeon):
+    _, tokenizer, world = toy
+    request = DiscoveryRequest(tuple(induction_pairs(world, 64, seed=3)), INDUCTION_METRIC, kinds=("heads",))
+    seen: list[str] = []
+    circuit = discover_circuit(toy_surgeon, tokenizer, request, progress=lambda stage, *_: seen.append(stage))
+    assert {"attribution", "means", "grow", "prune", "held-out"} <= set(seen)
+    return circuit
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_attribution_ranks_the_induction_heads_first(toy, toy_surgeon, induction_heads, steps) -> None:
+    _, tokenizer, world = toy
+    attribution = attribute(toy_surgeon, tokenizer, induction_pairs(world, 32), INDUCTION_METRIC, steps=steps)
+    assert len(attribution.components) == 4 * 4 + 4 + 4 * 512  # heads, MLPs, neurons
+    top = [(c.layer, c.index) for c, _ in attribution.ranked(["heads"], top=len(induction_heads))]
+    recall = len(set(top) & set(induction_heads)) / len(induction_heads)
+    assert recall >= 0.9, (top, induction_heads)
+    assert attribution.clean_metric > attribution.corrupted_metric + 2  # the pairs show the behaviour
+    assert attribution.passes == 2 * (2 + 2 * steps)  # two batches of 16: clean, corrupted, steps × (fwd, bwd)
+
+
+def test_attribution_on_capitals_tracks_brute_force_patching_and_finds_the_traced_layer(toy, toy_surgeon) -> None:
+    _, tokenizer, world = toy
+    pairs = capital_pairs(world, tokenizer)
+    attribution = attribute(toy_surgeon, tokenizer, pairs, CAPITALS_METRIC, kinds=("heads", "mlps"))
+    heads = [c for c in attribution.components if c.kind == "head"]
+    actual, forwards = patching_effects(toy_surgeon, tokenizer, pairs, heads, CAPITALS_METRIC)
+    assert forwards == 2 + len(heads)
+    estimated = torch.tensor(
+        [e for c, e in zip(attribution.components, attribution.estimates, strict=True) if c.kind == "head"]
+    )
+    assert spearman(estimated, actual) >= 0.8
+    fact = world.facts_for("capital")[0]
+    traced = recommend_edit_layer(
+        causal_trace(toy_surgeon, tokenizer, fact.canonical_prompt, fact.subject, show_progress=False)
+    )
+    (top_mlp, _), *_ = attribution.ranked(["mlps"])
+    assert top_mlp.layer == traced
+
+
+def test_spearman_counts_ties_and_order() -> None:
+    assert spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])) == pytest.approx(1.0)
+    assert spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(0.866, abs=1e-3)
+
+
+def test_the_induction_circuit_is_faithful_held_out_and_its_cut_kills_induction_only(
+    toy, toy_surgeon, induction_circuit, induction_heads
+) -> None:
+    model, tokenizer, world = toy
+    circuit = induction_circuit
+    names = [c.name for c in circuit.nodes]
+    assert all(f"L{layer}.H{head}" in names for layer, head in induction_heads)
+    assert circuit.faithfulness >= 0.9 and circuit.completeness >= 0.9, circuit.scores()
+    assert circuit.metric_full > circuit.metric_empty
+    assert 0 < circuit.passes <= planned_passes(circuit.request, 16)
+    before = weights_sha256(model)
+    base_induction, base_facts = induction_accuracy(model, tokenizer, world), fact_recall(model, tokenizer, world.facts)
+    edits = propose_edit(toy_surgeon, tokenizer, circuit, "ablation")
+    assert all(isinstance(e, HeadAblation) and e.mode == "mean" for e in edits)
+    provenance = json.loads(json.dumps(edits[0].params()["provenance"]))
+    assert provenance["method"] == "locate" and provenance["scores"]["circuit"] == names
+    assert provenance["discovery"]["metric"] == {"kind": "tokens_logprob", "score_from": 12}
+    assert set(provenance["cut"]["nodes"]) <= set(names) and provenance["cut"]["removed_share"] >= 0.9
+    with toy_surgeon.apply(edits):
+        assert base_induction - induction_accuracy(model, tokenizer, world) >= 0.5
+        assert fact_recall(model, tokenizer, world.facts) >= 0.9 * base_facts  # the cut is targeted
+    (directional,) = propose_edit(toy_surgeon, tokenizer, circuit, "directional")
+    assert (
+        directional.kind == "directional_ablation" and directional.params()["provenance"]["proposal"] == "directional"
+    )
+    assert weights_sha256(model) == before
+
+
+def test_pictures_are_pngs(toy, induction_circuit, tmp_path) -> None:
+    heatmap = plot_head_attribution(induction_circuit.attribution, 4, 4, tmp_path / "heads.png")
+    graph = plot_circuit(induction_circuit, 4, tmp_path / "circuit.png")
+    for path in (heatmap, graph):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_an_ablation_without_provenance_keeps_its_spec_and_id() -> None:
+    plain = HeadAblation(layer=1, heads=(0,))
+    assert "provenance" not in plain.params()
+    found = HeadAblation(layer=1, heads=(0,), provenance={"method": "locate"})
+    assert found.params()["provenance"] == {"method": "locate"} and found.id != plain.id
+
+
+@pytest.mark.parametrize(
+    ("pairs", "metric", "field"),
+    [
+        ([], INDUCTION_METRIC, "pairs"),
+        ([PromptPair("The capital of Riia is", "The capital of Riia is a")], CAPITALS_METRIC, "pairs[0].corrupted"),
+        ([PromptPair("The capital of Riia is", "The capital of Riia is", "", "x")], CAPITALS_METRIC, "pairs[0].answer"),
+        ([PromptPair("a b", "a c")], MetricSpec("perplexity"), "metric.kind"),
+        ([PromptPair("  ", "a")], INDUCTION_METRIC, "pairs[0]"),
+    ],
+)
+def test_bad_pairs_are_refused_naming_the_field(toy, toy_surgeon, pairs, metric, field) -> None:
+    with pytest.raises(InvalidEditError) as caught:
+        attribute(toy_surgeon, toy[1], pairs, metric)
+    assert caught.value.field == field
+
+
+def test_pairs_that_show_no_behaviour_are_refused(toy, toy_surgeon) -> None:
+    _, tokenizer, world = toy
+    same = [PromptPair(p.clean, p.clean) for p in induction_pairs(world, 8)]
+    with pytest.raises(InvalidEditError, match="no behaviour"):
+        discover_circuit(toy_surgeon, tokenizer, DiscoveryRequest(tuple(same), INDUCTION_METRIC, steps=1))
+    with pytest.raises(InvalidEditError) as caught:
+        DiscoveryRequest(tuple(same), INDUCTION_METRIC, target=1.5).validated()
+    assert caught.value.field == "target"
