@@ -55,6 +55,19 @@ class Component:
         unit = {"head": f"H{self.index}", "mlp": "MLP", "neuron": f"N{self.index}"}[self.kind]
         return f"L{self.layer}.{unit}"
 
+    @classmethod
+    def parse(cls, name: str) -> Component:
+        """The component a :attr:`name` names."""
+        layer, _, unit = name.partition(".")
+        if not layer.startswith("L") or not layer[1:].isdigit() or not unit:
+            raise ValueError(f"{name!r} is not a component name (L1.H0, L2.MLP, L2.N37)")
+        if unit == "MLP":
+            return cls(int(layer[1:]), "mlp")
+        kind = {"H": "head", "N": "neuron"}.get(unit[0])
+        if kind is None or not unit[1:].isdigit():
+            raise ValueError(f"{name!r} is not a component name (L1.H0, L2.MLP, L2.N37)")
+        return cls(int(layer[1:]), kind, int(unit[1:]))
+
 
 @dataclass(frozen=True)
 class PromptPair:
@@ -148,6 +161,11 @@ class Pairs:
         if self.metric.kind == "answer_logprob":
             return last.log_softmax(dim=-1)[rows, self.answers]
         return last[rows, self.answers] - last[rows, self.wrong]
+
+
+def check_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[PromptPair], metric: MetricSpec) -> None:
+    """Every check :func:`attribute` makes of its pairs and metric, without running the model."""
+    Pairs(tokenizer, pairs, metric, torch.device("cpu"))
 
 
 def _one_token(tokenizer: PreTrainedTokenizerBase, text: str, name: str) -> int:

@@ -1,14 +1,15 @@
 """Pictures of a located mechanism: the heads' attribution as a layer × head heatmap, and a
-circuit as a layered graph (PNG, matplotlib's Agg backend: no display needed)."""
+circuit as a layered graph (PNG, matplotlib's Agg backend: no display needed). Both take plain
+values, so a client draws them from a DiscoverCircuit reply as well as from a local run."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from editors.circuits import Circuit
-from editors.locate import Attribution
+from editors.locate import Component
 
 
 def _pyplot():
@@ -20,30 +21,29 @@ def _pyplot():
     return plt
 
 
-def plot_head_attribution(
-    attribution: Attribution, n_layers: int, n_heads: int, path: str | Path, title: str = ""
-) -> Path:
-    """Each head's estimated effect of patching in its corrupted activation (blue: the head carries
-    the behaviour), with the value written in every cell."""
+def plot_head_attribution(estimates: Mapping[Component, float], path: str | Path, title: str = "") -> Path:
+    """Each head's estimated effect of patching in its corrupted activation (red: patching it
+    loses the behaviour, so the head carries it), the value written in every cell."""
     plt = _pyplot()
-    grid = attribution.heads_grid(n_layers, n_heads)
+    heads = {c: e for c, e in estimates.items() if c.kind == "head"}
+    if not heads:
+        raise ValueError("no head was scored")
+    n_layers = 1 + max(c.layer for c in heads)
+    n_heads = 1 + max(c.index for c in heads)
+    grid = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
+    for component, estimate in heads.items():
+        grid[component.layer, component.index] = estimate
     bound = float(torch.nan_to_num(grid.abs(), nan=0.0).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n_heads, 1.2 + 0.55 * n_layers))
+    fig, ax = plt.subplots(figsize=(1.4 + 0.7 * n_heads, 1.2 + 0.55 * n_layers))
     image = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            value = float(grid[layer, head])
-            if value == value:  # not NaN
-                ax.text(head, layer, f"{value:.2g}", ha="center", va="center", fontsize=7)
+    for component, value in heads.items():
+        ax.text(component.index, component.layer, f"{value:.2g}", ha="center", va="center", fontsize=7)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
     fig.colorbar(image, ax=ax, fraction=0.046, label="estimated Δ metric when patched")
-    ax.set_title(
-        title or f"attribution (clean {attribution.clean_metric:.3g}, corrupted {attribution.corrupted_metric:.3g})",
-        fontsize=9,
-    )
+    ax.set_title(title or "attribution patching: heads", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -51,20 +51,25 @@ def plot_head_attribution(
     return path
 
 
-def plot_circuit(circuit: Circuit, n_layers: int, path: str | Path) -> Path:
-    """The circuit's nodes placed by layer (bottom: embeddings, top: logits), each node joined to
-    every circuit node of a later layer and to the logits (the residual stream lets any earlier
-    node write to any later one); node size follows attribution importance."""
+def plot_circuit(
+    nodes: Sequence[Component],
+    importance: Mapping[Component, float],
+    n_layers: int,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """The circuit's nodes placed by layer (bottom: embeddings, top: logits), each joined to every
+    circuit node of a later layer and to the logits (the residual stream lets any earlier node
+    write to any later one); node size follows ``importance`` (higher: bigger)."""
     plt = _pyplot()
-    importance = {c: -e for c, e in circuit.attribution.ranked()}
-    by_layer: dict[int, list] = {}
-    for node in circuit.nodes:
+    by_layer: dict[int, list[Component]] = {}
+    for node in nodes:
         by_layer.setdefault(node.layer, []).append(node)
     where = {}
-    for layer, nodes in by_layer.items():
-        for i, node in enumerate(sorted(nodes)):
-            where[node] = ((i + 1) / (len(nodes) + 1), layer + 1)
-    top = max(importance.get(n, 0.0) for n in circuit.nodes) or 1.0
+    for layer, members in by_layer.items():
+        for i, node in enumerate(sorted(members)):
+            where[node] = ((i + 1) / (len(members) + 1), layer + 1)
+    top = max((importance.get(n, 0.0) for n in nodes), default=0.0) or 1.0
     fig, ax = plt.subplots(figsize=(6, 1.6 + 0.9 * n_layers))
     for node, (x, y) in where.items():
         for other, (x2, y2) in where.items():
@@ -80,10 +85,7 @@ def plot_circuit(circuit: Circuit, n_layers: int, path: str | Path) -> Path:
     ax.set_ylim(-0.5, n_layers + 1.5)
     ax.set_yticks(range(1, n_layers + 1), [f"layer {i}" for i in range(n_layers)], fontsize=8)
     ax.set_xticks([])
-    ax.set_title(
-        f"circuit: faithfulness {circuit.faithfulness:.2f}, completeness {circuit.completeness:.2f} (held out)",
-        fontsize=9,
-    )
+    ax.set_title(title or "circuit", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -137,6 +137,23 @@ def _cmd_rome_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toyworld_pairs(args: argparse.Namespace) -> int:
+    import yaml
+
+    from editors.toyworld import load_toy_model
+    from editors.toyworld.locate_pairs import task_pairs
+
+    _, tokenizer, world = load_toy_model()
+    pairs, metric = task_pairs(args.task, world, tokenizer, args.n, args.seed)
+    print(
+        f"# scalpel locate -f FILE --metric {metric.kind}"
+        + (f" --score-from {metric.score_from}" if metric.kind == "tokens_logprob" else "")
+    )
+    rows = [{k: v for k, v in vars(p).items() if v} for p in pairs]
+    print(yaml.safe_dump(rows, sort_keys=False, allow_unicode=True, width=10_000), end="")
+    return 0
+
+
 def _cmd_memit_eval(args: argparse.Namespace) -> int:
     from editors.memit import MemitHyperParams
     from editors.toyworld import load_toy_model
@@ -367,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_positive_int, default=TrainConfig().steps)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toyworld_train)
+    pairs = toyworld.add_parser(
+        "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction or capital facts"
+    )
+    pairs.add_argument("task", choices=("induction", "capitals"))
+    pairs.add_argument("--n", type=_positive_int, default=64, help="pairs (capitals: at most the pairs there are)")
+    pairs.add_argument("--seed", type=int, default=0)
+    pairs.set_defaults(func=_cmd_toyworld_pairs)
     evaluate = toyworld.add_parser("eval", help="fact recall, paraphrase recall and induction accuracy")
     evaluate.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")

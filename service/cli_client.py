@@ -22,6 +22,9 @@ from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
 from editors import edit_from_parts, load_edit
+from editors.circuits import NODE_KINDS, PROPOSALS
+from editors.locate import METRICS, Component
+from editors.locate_plots import plot_circuit, plot_head_attribution
 from editors.steering_files import as_edits, read_steering_file
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.check_report import find_browser, render_html, screenshot
@@ -166,6 +169,55 @@ def _edits_memit(args: argparse.Namespace, c: ScalpelClient) -> None:
     final = _follow(c.edits.ComputeMemit(request), args.json)
     assert final is not None, "the stream ended without the edits"
     _print(args, final, ("id", "kind", "spec_sha256", "author"), "edits")
+
+
+def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
+    loaded = read_yaml(Path(args.file), "pairs file")
+    fields = {"clean", "corrupted", "answer", "wrong"}
+    if not isinstance(loaded, list) or not all(
+        isinstance(p, dict) and {"clean", "corrupted"} <= set(p) <= fields for p in loaded
+    ):
+        raise UsageError(
+            f"{args.file} must be a YAML list of {{clean, corrupted, answer, wrong}} (answer and wrong as the metric "
+            "needs them); fix the pairs file (`scalpel toyworld pairs induction` writes one)"
+        )
+    request = pb.DiscoverCircuitRequest(
+        parent=f"models/{args.model}",
+        pairs=[pb.LocatePair(**{k: str(v) for k, v in p.items()}) for p in loaded],
+        metric=args.metric,
+        score_from=args.score_from,
+        target=args.target,
+        kinds=args.kinds,
+        steps=args.steps,
+        on_version=args.on_version,
+        propose=args.propose or "",
+        description=args.description,
+    )
+    final = _follow(c.edits.DiscoverCircuit(request), args.json)
+    assert final is not None, "the stream ended without the circuit"
+    circuit = final.circuit
+    ranked = {Component.parse(s.name): s.estimate for s in circuit.ranked}
+    if args.png:
+        plot_head_attribution(ranked, args.png, f"attribution patching: {args.metric} ({args.file})")
+    if args.graph:
+        n_layers = 1 + max(c.layer for c in ranked)
+        title = f"faithfulness {circuit.faithfulness:.2f}, completeness {circuit.completeness:.2f} (held out)"
+        nodes = [Component.parse(name) for name in circuit.nodes]
+        plot_circuit(nodes, {c: -e for c, e in ranked.items()}, n_layers, args.graph, title)
+    if args.json:
+        _print(args, circuit)
+        return
+    print(f"circuit: {', '.join(circuit.nodes) or '(empty)'}")
+    print(
+        f"held out: faithfulness {circuit.faithfulness:.3f}, completeness {circuit.completeness:.3f} "
+        f"(metric {circuit.metric_full:.3f} whole, {circuit.metric_empty:.3f} with every node ablated); "
+        f"{circuit.passes} passes"
+    )
+    print("top components (estimated change of the metric when patched):")
+    for score in circuit.ranked[: args.top]:
+        print(f"  {score.name:<10} {score.estimate:+.4f}")
+    for edit in circuit.proposed:
+        print(f"proposed edit {edit.id} ({edit.kind}): add it to a version and run the checks")
 
 
 def _edits_steer(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -480,6 +532,25 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     steer.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     steer.add_argument("--description", default="")
     command(steer, _edits_steer)
+
+    locate = commands.add_parser(
+        "locate",
+        help="find the heads and MLPs that carry a behaviour (attribution, then verified by ablation) on the server",
+    )
+    locate.add_argument("-f", "--file", required=True, help="YAML list of {clean, corrupted, answer, wrong}")
+    locate.add_argument("--metric", default="logit_diff", choices=METRICS)
+    locate.add_argument("--score-from", type=int, default=1, help="tokens_logprob: the first token scored")
+    locate.add_argument("--target", type=float, default=0.9, help="share of the behaviour the circuit must keep")
+    locate.add_argument("--kinds", nargs="+", default=list(NODE_KINDS), choices=NODE_KINDS, help="node kinds")
+    locate.add_argument("--steps", type=int, default=4, help="attribution's interpolation steps (1: plain)")
+    locate.add_argument("--on-version", type=int, default=None, help="locate in this version")
+    locate.add_argument("--propose", choices=PROPOSALS, help="also create the edit that cuts the circuit")
+    locate.add_argument("--description", default="", help="of the proposed edit")
+    locate.add_argument("--png", help="write the heads' attribution heatmap here")
+    locate.add_argument("--graph", help="write the circuit graph here")
+    locate.add_argument("--top", type=int, default=10, help="components listed")
+    locate.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    command(locate, _locate)
 
     compare = commands.add_parser("compare", help="compare two versions on prompts (KL, changed top-1)")
     compare.add_argument("base", type=int)

@@ -22,6 +22,7 @@ from service.api.auth import AuthInterceptor
 from service.api.health import Health
 from service.api.malformed import TRANSPORT_HEADROOM, MalformedRequestInterceptor
 from service.api.reflection_v1 import enable_reflection
+from service.api.service_base import DEFAULT_LOCATE_MAX_PASSES
 from service.api.servicers import Servicers, add_to_server
 from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
@@ -67,6 +68,9 @@ class ServerConfig:
     # LoadModel may fetch a hub id from the Hugging Face hub (False: local directories and the
     # local hub cache only, for air-gapped replicas: an unknown id fails at once).
     hub_downloads: bool = True
+    # The most passes (forwards and backwards over one batch of prompt pairs) one DiscoverCircuit
+    # may run; a request that could need more is RESOURCE_EXHAUSTED before any work.
+    locate_max_passes: int = DEFAULT_LOCATE_MAX_PASSES
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -144,6 +148,7 @@ class ScalpelServer:
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         self.servicers.loader = self
+        self.servicers.locate_max_passes = config.locate_max_passes
         names = add_to_server(self.servicers, self.server)
         self.service_names = names
         enable_reflection([*names, health.SERVICE_NAME], self.server)

@@ -208,12 +208,15 @@ class ModelHost:
                 f"{field} is {len(text)} characters: far more than the model's {self.context_length} tokens"
             )
 
-    def check_texts(self, field: str, pairs: list[tuple[str, str]], limit: int) -> None:
-        """Contrastive pairs (DeriveSteering): at most ``limit``, each text non-empty and within the context."""
+    def check_texts(
+        self, field: str, pairs: list[tuple[str, str]], limit: int, sides: tuple[str, str] = ("positive", "negative")
+    ) -> None:
+        """Text pairs (DeriveSteering's contrastive pairs, DiscoverCircuit's clean and corrupted
+        prompts): at most ``limit``, each text non-empty and within the context."""
         if not pairs or len(pairs) > limit:
             raise InvalidArgument(f"{field} must hold 1..{limit} pairs, got {len(pairs)}")
         for number, pair in enumerate(pairs):
-            for side, text in zip(("positive", "negative"), pair, strict=True):
+            for side, text in zip(sides, pair, strict=True):
                 name = f"{field}[{number}].{side}"
                 if not text.strip():
                     raise InvalidArgument(f"{name} is empty")

@@ -10,11 +10,12 @@ import torch
 from editors import HeadAblation, InvalidEditError, weights_sha256
 from editors.circuits import DiscoveryRequest, discover_circuit, planned_passes, propose_edit
 from editors.induction import induction_head_scores, repeated_token_batch, top_heads
-from editors.locate import MetricSpec, PromptPair, attribute, patching_effects, spearman
+from editors.locate import Component, MetricSpec, PromptPair, attribute, patching_effects, spearman
 from editors.locate_plots import plot_circuit, plot_head_attribution
 from editors.patching import causal_trace, recommend_edit_layer
 from editors.toyworld.evaluate import fact_recall, induction_accuracy
 from editors.toyworld.locate_pairs import CAPITALS_METRIC, INDUCTION_METRIC, capital_pairs, induction_pairs
+from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +104,19 @@ def test_the_induction_circuit_is_faithful_held_out_and_its_cut_kills_induction_
 
 
 def test_pictures_are_pngs(toy, induction_circuit, tmp_path) -> None:
-    heatmap = plot_head_attribution(induction_circuit.attribution, 4, 4, tmp_path / "heads.png")
-    graph = plot_circuit(induction_circuit, 4, tmp_path / "circuit.png")
+    ranked = induction_circuit.attribution.ranked()
+    heatmap = plot_head_attribution(dict(ranked), tmp_path / "heads.png")
+    graph = plot_circuit(induction_circuit.nodes, {c: -e for c, e in ranked}, 4, tmp_path / "circuit.png")
     for path in (heatmap, graph):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_component_names_round_trip() -> None:
+    for name in ("L1.H0", "L12.MLP", "L2.N37"):
+        assert Component.parse(name).name == name
+    for bad in ("H0", "L1", "L1.X3", "Lx.H0", "L1.H"):
+        with pytest.raises(ValueError, match="not a component name"):
+            Component.parse(bad)
 
 
 def test_an_ablation_without_provenance_keeps_its_spec_and_id() -> None:
@@ -140,3 +150,79 @@ def test_pairs_that_show_no_behaviour_are_refused(toy, toy_surgeon) -> None:
     with pytest.raises(InvalidEditError) as caught:
         DiscoveryRequest(tuple(same), INDUCTION_METRIC, target=1.5).validated()
     assert caught.value.field == "target"
+
+
+def test_discover_circuit_over_the_api_streams_proposes_and_stays_in_budget(
+    served,  # noqa: F811
+    toy,
+    tmp_path,
+    monkeypatch,
+    capsys,
+) -> None:
+    import grpc
+
+    from service.api.scalpel.v1 import scalpel_pb2 as pb
+    from service.cli import main
+    from tests.test_registry import snapshot
+
+    server, admin, reader, address = served
+    _, _, world = toy
+    pairs = [pb.LocatePair(clean=p.clean, corrupted=p.corrupted) for p in induction_pairs(world, 32, seed=5)]
+    request = pb.DiscoverCircuitRequest(
+        parent="models/toy",
+        pairs=pairs,
+        metric="tokens_logprob",
+        score_from=INDUCTION_METRIC.score_from,
+        kinds=["heads"],
+        propose="ablation",
+        description="cut induction",
+    )
+    with pytest.raises(grpc.RpcError) as denied:
+        list(reader.edits.DiscoverCircuit(request))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    updates = list(admin.edits.DiscoverCircuit(request))
+    assert [u.stage for u in updates][-1] == "done" and {"attribution", "grow", "prune", "held-out", "propose"} <= {
+        u.stage for u in updates
+    }
+    circuit = updates[-1].circuit
+    assert "L1.H0" in circuit.nodes and circuit.faithfulness >= 0.9 and len(circuit.ranked) == 16
+    (proposed,) = circuit.proposed
+    assert proposed.kind == "head_ablation" and proposed.author == "admin" and proposed.description == "cut induction"
+    spec = json.loads(admin.edits.GetEdit(pb.GetEditRequest(name=proposed.name)).spec_json)
+    assert spec["params"]["provenance"]["scores"]["circuit"] == list(circuit.nodes)
+
+    before = snapshot(server.registry)
+    monkeypatch.setattr(server.servicers, "locate_max_passes", 10)
+    for bad, code, needle in (
+        (request, grpc.StatusCode.RESOURCE_EXHAUSTED, "locate_max_passes"),
+        (
+            pb.DiscoverCircuitRequest(parent="models/toy", pairs=pairs, metric="bleu"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "metric",
+        ),
+        (
+            pb.DiscoverCircuitRequest(parent="models/toy", pairs=[pb.LocatePair(clean="a b c", corrupted="a b")] * 4),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "pairs[0].corrupted",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(admin.edits.DiscoverCircuit(bad))
+        assert refused.value.code() == code and needle in refused.value.details(), refused.value.details()
+    assert snapshot(server.registry) == before  # refused: nothing created
+    monkeypatch.undo()
+
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    monkeypatch.setenv("SCALPEL_API_KEY", server.registry.create_key("ed", "editor", "test")[1])
+    assert main(["toyworld", "pairs", "induction", "--n", "24"]) == 0
+    (tmp_path / "pairs.yaml").write_text(capsys.readouterr().out)
+    argv = ["locate", "-f", str(tmp_path / "pairs.yaml"), "--metric", "tokens_logprob", "--score-from", "12"]
+    argv += ["--kinds", "heads", "--png", str(tmp_path / "heads.png"), "--graph", str(tmp_path / "circuit.png")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "circuit: " in printed and "L1.H0" in printed and "faithfulness" in printed
+    assert (tmp_path / "heads.png").stat().st_size > 5000 and (tmp_path / "circuit.png").stat().st_size > 5000
+    (tmp_path / "bad.yaml").write_text("- {clean: a}\n")
+    assert main(["locate", "-f", str(tmp_path / "bad.yaml")]) == 2
+    assert "must be a YAML list of {clean, corrupted" in capsys.readouterr().err

@@ -34,6 +34,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "ComputeRome": "editor",
     "ComputeRomeStream": "editor",
     "ComputeMemit": "editor",
+    "DiscoverCircuit": "editor",
     "GetVersion": "reader",
     "ListVersions": "reader",
     "CompareVersions": "reader",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,12 +16,13 @@ from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_re
 from editors.validation import parse_json
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors, abort_on_errors_stream
+from service.api.locate_service import LocateRpc
 from service.api.resources import edit_pb, parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
+from service.api.worker_stream import reported
 from service.db.engine import data_dir
-from service.intra_op import serial_thread
 from service.registry import InvalidArgument
 from service.registry.infos import EditInfo
 
@@ -34,32 +32,7 @@ MAX_PAIRS = 1024
 MAX_FACTS = 10_000
 
 
-def _reported(compute: Callable[[Callable[[Any], None]], Any], outcome: dict[str, Any], name: str) -> Iterator[Any]:
-    """Run ``compute(report)`` on a worker thread (in this call's context: its caller and deadline)
-    and yield each report as it comes; the result lands in ``outcome["result"]``, an error is
-    raised here, in the call's own thread."""
-    reports: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    finished = object()
-    call = contextvars.copy_context()
-
-    def run() -> None:
-        serial_thread()  # a second OpenMP team would slow the schedulers' for good (service.intra_op)
-        try:
-            outcome["result"] = call.run(compute, reports.put)
-        except BaseException as error:  # handed to the stream, which raises it in the call's thread
-            outcome["error"] = error
-        reports.put(finished)
-
-    worker = threading.Thread(target=run, name=name, daemon=True)
-    worker.start()
-    while (report := reports.get()) is not finished:
-        yield report
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-
-
-class EditService(rpc.EditServiceServicer, ServicerBase):
+class EditService(LocateRpc, rpc.EditServiceServicer, ServicerBase):
     """EditService: create edits, derive steering vectors, compute ROME and MEMIT edits."""
 
     @abort_on_errors
@@ -114,7 +87,7 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
         self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RomeProgress]:
         outcome: dict[str, Any] = {}
-        yield from _reported(lambda report: self._compute_rome(request, context, report), outcome, "compute-rome")
+        yield from reported(lambda report: self._compute_rome(request, context, report), outcome, "compute-rome")
         info, converged = outcome["result"]
         yield pb.RomeProgress(stage="done", done=1, total=1, edit=edit_pb(info), converged=converged)
 
@@ -123,7 +96,7 @@ class EditService(rpc.EditServiceServicer, ServicerBase):
         self, request: pb.ComputeMemitRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.MemitProgress]:
         outcome: dict[str, Any] = {}
-        yield from _reported(lambda report: self._compute_memit(request, context, report), outcome, "compute-memit")
+        yield from reported(lambda report: self._compute_memit(request, context, report), outcome, "compute-memit")
         infos = outcome["result"]
         yield pb.MemitProgress(stage="done", done=len(infos), total=len(infos), edits=[edit_pb(i) for i in infos])
 

@@ -11,6 +11,9 @@ from service.metrics import Metrics
 from service.registry import NotFound, Registry
 from service.serving import ModelHost, ModelSpec
 
+#: Most passes (forwards and backwards over one batch of pairs) one DiscoverCircuit may run.
+DEFAULT_LOCATE_MAX_PASSES = 2000
+
 
 class ModelLoader(Protocol):
     """Loading and unloading models while the server runs (the server itself)."""
@@ -36,6 +39,7 @@ class ServicerBase:
         self.metrics = metrics
         self.aliases: AliasCache | None = None
         self.loader: ModelLoader | None = None
+        self.locate_max_passes = DEFAULT_LOCATE_MAX_PASSES
 
     def _host(self, model: str) -> ModelHost:
         host = self.hosts.get(model)

@@ -245,6 +245,92 @@ class MemitProgress(_message.Message):
     edits: _containers.RepeatedCompositeFieldContainer[Edit]
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ...) -> None: ...
 
+class LocatePair(_message.Message):
+    __slots__ = ("clean", "corrupted", "answer", "wrong")
+    CLEAN_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    WRONG_FIELD_NUMBER: _ClassVar[int]
+    clean: str
+    corrupted: str
+    answer: str
+    wrong: str
+    def __init__(self, clean: _Optional[str] = ..., corrupted: _Optional[str] = ..., answer: _Optional[str] = ..., wrong: _Optional[str] = ...) -> None: ...
+
+class DiscoverCircuitRequest(_message.Message):
+    __slots__ = ("parent", "pairs", "metric", "score_from", "target", "kinds", "steps", "held_out", "on_version", "propose", "description", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FROM_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    ON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROPOSE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    pairs: _containers.RepeatedCompositeFieldContainer[LocatePair]
+    metric: str
+    score_from: int
+    target: float
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    steps: int
+    held_out: int
+    on_version: int
+    propose: str
+    description: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[LocatePair, _Mapping]]] = ..., metric: _Optional[str] = ..., score_from: _Optional[int] = ..., target: _Optional[float] = ..., kinds: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., held_out: _Optional[int] = ..., on_version: _Optional[int] = ..., propose: _Optional[str] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ComponentScore(_message.Message):
+    __slots__ = ("name", "estimate")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    estimate: float
+    def __init__(self, name: _Optional[str] = ..., estimate: _Optional[float] = ...) -> None: ...
+
+class Circuit(_message.Message):
+    __slots__ = ("nodes", "faithfulness", "completeness", "discovery_faithfulness", "metric_full", "metric_empty", "clean_metric", "corrupted_metric", "passes", "ranked", "proposed")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FULL_FIELD_NUMBER: _ClassVar[int]
+    METRIC_EMPTY_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_METRIC_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_METRIC_FIELD_NUMBER: _ClassVar[int]
+    PASSES_FIELD_NUMBER: _ClassVar[int]
+    RANKED_FIELD_NUMBER: _ClassVar[int]
+    PROPOSED_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    faithfulness: float
+    completeness: float
+    discovery_faithfulness: float
+    metric_full: float
+    metric_empty: float
+    clean_metric: float
+    corrupted_metric: float
+    passes: int
+    ranked: _containers.RepeatedCompositeFieldContainer[ComponentScore]
+    proposed: _containers.RepeatedCompositeFieldContainer[Edit]
+    def __init__(self, nodes: _Optional[_Iterable[str]] = ..., faithfulness: _Optional[float] = ..., completeness: _Optional[float] = ..., discovery_faithfulness: _Optional[float] = ..., metric_full: _Optional[float] = ..., metric_empty: _Optional[float] = ..., clean_metric: _Optional[float] = ..., corrupted_metric: _Optional[float] = ..., passes: _Optional[int] = ..., ranked: _Optional[_Iterable[_Union[ComponentScore, _Mapping]]] = ..., proposed: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ...) -> None: ...
+
+class CircuitProgress(_message.Message):
+    __slots__ = ("stage", "done", "total", "circuit")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    circuit: Circuit
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., circuit: _Optional[_Union[Circuit, _Mapping]] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

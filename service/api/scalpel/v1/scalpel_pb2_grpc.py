@@ -271,6 +271,11 @@ class EditServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeMemitRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.MemitProgress.FromString,
                 _registered_method=True)
+        self.DiscoverCircuit = channel.unary_stream(
+                '/scalpel.v1.EditService/DiscoverCircuit',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.DiscoverCircuitRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CircuitProgress.FromString,
+                _registered_method=True)
 
 
 class EditServiceServicer:
@@ -319,6 +324,14 @@ class EditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiscoverCircuit(self, request, context):
+        """Bounded: a request that would run more passes than the server's locate_max_passes is
+        RESOURCE_EXHAUSTED before any work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,6 +369,11 @@ def add_EditServiceServicer_to_server(servicer, server):
                     servicer.ComputeMemit,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ComputeMemitRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.MemitProgress.SerializeToString,
+            ),
+            'DiscoverCircuit': grpc.unary_stream_rpc_method_handler(
+                    servicer.DiscoverCircuit,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.DiscoverCircuitRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CircuitProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -547,6 +565,33 @@ class EditService:
             '/scalpel.v1.EditService/ComputeMemit',
             scalpel_dot_v1_dot_scalpel__pb2.ComputeMemitRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.MemitProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverCircuit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scalpel.v1.EditService/DiscoverCircuit',
+            scalpel_dot_v1_dot_scalpel__pb2.DiscoverCircuitRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.CircuitProgress.FromString,
             options,
             channel_credentials,
             insecure,
