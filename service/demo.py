@@ -12,9 +12,8 @@ import json
 import grpc
 from tqdm import tqdm
 
-from editors import head_ablation
-from editors.induction import induction_head_scores, repeated_token_batch, top_heads
 from editors.toyworld import load_toy_model
+from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.db.engine import database_url
@@ -71,7 +70,7 @@ def run_demo() -> None:
 
 
 def _walk_through(client: ScalpelClient) -> None:
-    model, tokenizer, world = load_toy_model()
+    _, _, world = load_toy_model()
     fact = world.facts_for("capital")[0]
     new_capital = next(o for o in world.objects("capital") if o != fact.object)
 
@@ -107,17 +106,33 @@ def _walk_through(client: ScalpelClient) -> None:
         "the promoted version serves the new fact and names itself",
     )
 
-    step("5. an induction-head ablation: its checks fail and promotion is refused")
-    symbols = tokenizer.convert_tokens_to_ids(world.symbols)
-    batch = repeated_token_batch(symbols, n=32, length=10, seed=1, prefix_id=tokenizer.bos_token_id)
-    heads = top_heads(induction_head_scores(model, batch, length=10))
-    layer = heads[0][0]
-    ablation = head_ablation(layer, [h for lay, h in heads if lay == layer])
+    step("5. locate the induction circuit, cut it: its checks fail and promotion is refused")
+    pairs = [pb.LocatePair(clean=p.clean, corrupted=p.corrupted) for p in induction_pairs(world, 48)]
+    located = None
+    for update in client.edits.DiscoverCircuit(
+        pb.DiscoverCircuitRequest(
+            parent="models/toy",
+            pairs=pairs,
+            metric=INDUCTION_METRIC.kind,
+            score_from=INDUCTION_METRIC.score_from,
+            kinds=["heads"],
+            propose="ablation",
+            description="demo: cut the induction circuit",
+        )
+    ):
+        located = update.circuit if update.stage == "done" else None
+    expect(located is not None and len(located.proposed) > 0, "DiscoverCircuit ends with the circuit and its cut")
+    cut = json.loads(located.proposed[0].spec_json)["params"]["provenance"]["cut"]
+    print(
+        f"  circuit {', '.join(located.nodes)}: held-out faithfulness {located.faithfulness:.2f}, "
+        f"completeness {located.completeness:.2f} ({located.passes} passes); the cut: {', '.join(cut['nodes'])}"
+    )
+    expect(located.faithfulness >= 0.9, "the located circuit keeps the behaviour on held-out pairs")
     ablated = client.create_version(
         "toy",
         version.number,
-        append=[client.create_edit("toy", ablation).id],
-        description="demo: ablate the induction heads",
+        append=[edit.id for edit in located.proposed],
+        description="demo: cut the induction circuit",
     )
     run = run_checks(client, ablated.number)
     expect(
