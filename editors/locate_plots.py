@@ -21,6 +21,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_head_attribution(estimates: Mapping[Component, float], path: str | Path, title: str = "") -> Path:
     """Each head's estimated effect of patching in its corrupted activation (red: patching it
     loses the behaviour, so the head carries it), the value written in every cell."""
@@ -44,11 +52,7 @@ def plot_head_attribution(estimates: Mapping[Component, float], path: str | Path
     ax.set_yticks(range(n_layers))
     fig.colorbar(image, ax=ax, fraction=0.046, label="estimated Δ metric when patched")
     ax.set_title(title or "attribution patching: heads", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_circuit(
@@ -86,8 +90,4 @@ def plot_circuit(
     ax.set_yticks(range(1, n_layers + 1), [f"layer {i}" for i in range(n_layers)], fontsize=8)
     ax.set_xticks([])
     ax.set_title(title or "circuit", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
