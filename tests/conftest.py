@@ -49,17 +49,22 @@ def tiny_model(family: str, vocab: int = VOCAB) -> torch.nn.Module:
     return model.eval()
 
 
-def save_tiny_llama(directory: Path) -> Path:
-    """A tiny random Llama saved with a word-level tokenizer (``w0`` … ``w61``) that, like Llama's,
-    has no pad token: a model directory ``ModelHost`` and ``scalpel serve`` can load."""
+def word_tokenizer():
+    """A word-level tokenizer for the tiny models' vocabulary (``w0`` … ``w61``) that, like
+    Llama's, has no pad token."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>", "</s>", *(f"w{i}" for i in range(VOCAB - 2))]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
-    tokenizer.save_pretrained(directory)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+
+
+def save_tiny_llama(directory: Path) -> Path:
+    """A tiny random Llama saved with :func:`word_tokenizer`: a model directory ``ModelHost`` and
+    ``scalpel serve`` can load."""
+    word_tokenizer().save_pretrained(directory)
     tiny_model("llama").save_pretrained(directory)
     return directory
 

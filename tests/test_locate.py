@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from editors import HeadAblation, InvalidEditError, weights_sha256
+from editors import HeadAblation, InvalidEditError, Surgeon, weights_sha256
 from editors.circuits import DiscoveryRequest, discover_circuit, planned_passes, propose_edit
 from editors.induction import induction_head_scores, repeated_token_batch, top_heads
 from editors.locate import Component, MetricSpec, PromptPair, attribute, patching_effects, spearman
@@ -15,6 +15,7 @@ from editors.locate_plots import plot_circuit, plot_head_attribution
 from editors.patching import causal_trace, recommend_edit_layer
 from editors.toyworld.evaluate import fact_recall, induction_accuracy
 from editors.toyworld.locate_pairs import CAPITALS_METRIC, INDUCTION_METRIC, capital_pairs, induction_pairs
+from tests.conftest import FAMILIES, tiny_model, word_tokenizer
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 
@@ -226,3 +227,21 @@ def test_discover_circuit_over_the_api_streams_proposes_and_stays_in_budget(
     (tmp_path / "bad.yaml").write_text("- {clean: a}\n")
     assert main(["locate", "-f", str(tmp_path / "bad.yaml")]) == 2
     assert "must be a YAML list of {clean, corrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribution_tracks_patching_on_every_architecture(family) -> None:
+    """On small random GPT-2, GPT-NeoX (both residual layouts) and Llama models, where nothing
+    saturates, the linear estimates match brute-force patching of every head and MLP."""
+    model, tokenizer = tiny_model(family), word_tokenizer()
+    surgeon = Surgeon(model)
+    pairs = [
+        PromptPair(f"w{a} w{b} w{c} w{d} w{e}", f"w{a} w{b + 20} w{c} w{d + 20} w{e}", answer="w7")
+        for a, b, c, d, e in [(1, 2, 3, 4, 5), (6, 7, 8, 9, 10), (11, 12, 13, 14, 15), (16, 17, 18, 19, 3)]
+    ]
+    metric = MetricSpec("answer_logprob")
+    attribution = attribute(surgeon, tokenizer, pairs, metric, kinds=("heads", "mlps"))
+    actual, _ = patching_effects(surgeon, tokenizer, pairs, attribution.components, metric)
+    assert len(attribution.components) == 3 * 4 + 3
+    assert spearman(attribution.estimates, actual) >= 0.9
+    assert (attribution.estimates - actual).norm() <= 0.2 * actual.norm()
