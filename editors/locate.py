@@ -242,6 +242,7 @@ def attribute(
     for i, kind in enumerate(kinds):
         check_choice(f"kinds[{i}]", kind, COMPONENT_KINDS)
     check_int("batch_size", batch_size, 1, 4096)
+    check_int("steps", steps, 1, 64)
     surgeon.validate(list(edits))
     data = Pairs(tokenizer, pairs, metric, surgeon.device_dtype[0])
     sites = _sites(surgeon, kinds)
@@ -256,15 +257,18 @@ def attribute(
             corrupted_sum += float(
                 batch.score(surgeon.model(input_ids=batch.corrupted, attention_mask=batch.mask).logits).sum()
             )
-        with torch.inference_mode(), surgeon.trace(list(sites), edits) as clean_acts:
-            clean_sum += float(
-                batch.score(surgeon.model(input_ids=batch.clean, attention_mask=batch.mask).logits).sum()
-            )
+        passes += 1
+        alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
+        clean_acts: dict[str, torch.Tensor] = {}
+        if steps > 1:  # with one step the gradient pass below is the clean run itself
+            with torch.inference_mode(), surgeon.trace(list(sites), edits) as traced:
+                logits = surgeon.model(input_ids=batch.clean, attention_mask=batch.mask).logits
+                clean_sum += float(batch.score(logits).sum())
+            clean_acts, passes = dict(traced), passes + 1
         embed = surgeon.model.get_input_embeddings()
         with torch.no_grad():
             clean_embeds, corrupted_embeds = embed(batch.clean), embed(batch.corrupted)
-        grads = [torch.zeros_like(clean_acts[site], dtype=torch.float32) for site in sites]
-        alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
+        grads: list[torch.Tensor] = []
         for alpha in alphas:
             cache: dict[str, torch.Tensor] = {}
             recorders = [(site, _grad_recorder(cache, site)) for site in sites]
@@ -272,10 +276,11 @@ def attribute(
             with torch.enable_grad(), surgeon.apply(surgeon.compile(edits, extra_ops=recorders)):
                 scores = batch.score(surgeon.model(inputs_embeds=embeds, attention_mask=batch.mask).logits)
                 step_grads = torch.autograd.grad(scores.sum(), [cache[site] for site in sites])
-            for total, grad in zip(grads, step_grads, strict=True):
-                total += grad.float() / len(alphas)
+            grads = [g.float() / len(alphas) + (grads[i] if grads else 0) for i, g in enumerate(step_grads)]
+            if alpha == 0.0:
+                clean_acts = {site: cache[site].detach() for site in sites}
+                clean_sum += float(scores.detach().sum())
             passes += 2
-        passes += 2
         mask = batch.mask.to(grads[0].dtype)
         for (site, kind), grad in zip(sites.items(), grads, strict=True):
             product = (corrupted[site].float() - clean_acts[site].float()) * grad  # [b, pos, ...]
