@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors.edits import DirectionalAblation, Edit, HeadAblation, NeuronAblation
 from editors.errors import Cancelled, InvalidEditError
-from editors.locate import Attribution, Component, MetricSpec, Pairs, PromptPair, attribute
+from editors.locate import DIRECTIONS, Attribution, Component, MetricSpec, Pairs, PromptPair, attribute
 from editors.surgeon import Surgeon
 from editors.validation import check_choice, check_int, check_scale
 
@@ -36,9 +36,10 @@ class DiscoveryRequest:
     metric: MetricSpec = field(default_factory=MetricSpec)
     target: float = 0.9
     held_out: int = 4
-    steps: int = 4
+    steps: int = 1
     batch_size: int = 16
     kinds: tuple[str, ...] = ("heads", "mlps")
+    direction: str = "denoising"
 
     def validated(self) -> DiscoveryRequest:
         target = check_scale("target", self.target)
@@ -47,6 +48,7 @@ class DiscoveryRequest:
         check_int("held_out", self.held_out, 2, 1000)
         check_int("steps", self.steps, 1, 64)
         check_int("batch_size", self.batch_size, 1, 4096)
+        check_choice("direction", self.direction, DIRECTIONS)
         if not self.kinds or len(set(self.kinds)) != len(self.kinds):
             raise InvalidEditError("kinds", f"{list(self.kinds)} is empty or repeats", "heads and/or mlps")
         for i, kind in enumerate(self.kinds):
@@ -70,6 +72,7 @@ class DiscoveryRequest:
             "held_out": self.held_out,
             "steps": self.steps,
             "kinds": list(self.kinds),
+            "direction": self.direction,
         }
 
 
@@ -201,6 +204,7 @@ def discover_circuit(
         request.batch_size,
         request.steps,
         should_stop,
+        request.direction,
     )
     report("attribution", 1, 1)
     if abs(attribution.clean_metric - attribution.corrupted_metric) < 1e-4:

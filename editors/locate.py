@@ -40,6 +40,9 @@ from editors.validation import check_choice, check_int
 
 METRICS = ("logit_diff", "answer_logprob", "tokens_logprob")
 COMPONENT_KINDS = ("heads", "mlps", "neurons")
+#: ``noising``: the corrupted activation patched into the clean run (what the behaviour needs);
+#: ``denoising``: the clean activation patched into the corrupted run (what restores it).
+DIRECTIONS = ("noising", "denoising")
 
 
 @dataclass(frozen=True, order=True)
@@ -202,21 +205,28 @@ def _grad_recorder(cache: dict[str, torch.Tensor], name: str) -> Op:
 
 @dataclass(frozen=True)
 class Attribution:
-    """Every component's estimated effect on the metric of patching in its corrupted activation
-    (negative: the component carries the behaviour), averaged over the pairs."""
+    """Every component's estimated change of the metric when patched (``direction``: its corrupted
+    activation into the clean run, or its clean activation into the corrupted run), averaged over
+    the pairs."""
 
     components: tuple[Component, ...]
     estimates: torch.Tensor  # [len(components)], float64
     clean_metric: float
     corrupted_metric: float
     passes: int  # forwards and backwards run, each over one batch of pairs
+    direction: str = "denoising"
+
+    def importance(self, estimate: float) -> float:
+        """How much of the behaviour a component carries, whichever the direction: the metric lost
+        when noising it, gained when denoising it."""
+        return -estimate if self.direction == "noising" else estimate
 
     def ranked(self, kinds: Sequence[str] | None = None, top: int | None = None) -> list[tuple[Component, float]]:
-        """Components by importance (most negative estimate first), optionally of some kinds only."""
+        """(component, estimate) by importance, most important first, optionally of some kinds only."""
         wanted = {k.rstrip("s") for k in kinds} if kinds else None
         rows = [(c, float(e)) for c, e in zip(self.components, self.estimates, strict=True)]
         rows = [row for row in rows if wanted is None or row[0].kind in wanted]
-        return sorted(rows, key=lambda row: row[1])[:top]
+        return sorted(rows, key=lambda row: -self.importance(row[1]))[:top]
 
     def heads_grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
         """``[n_layers, n_heads]`` of the heads' estimates (NaN where a head was not scored)."""
@@ -237,12 +247,15 @@ def attribute(
     batch_size: int = 16,
     steps: int = 1,
     should_stop: Callable[[], bool] = lambda: False,
+    direction: str = "denoising",
 ) -> Attribution:
-    """Attribution patching (see the module docstring) on the model under ``edits``."""
+    """Attribution patching (see the module docstring) on the model under ``edits``. ``noising``
+    linearises at the clean run, ``denoising`` at the corrupted one (:data:`DIRECTIONS`)."""
     for i, kind in enumerate(kinds):
         check_choice(f"kinds[{i}]", kind, COMPONENT_KINDS)
     check_int("batch_size", batch_size, 1, 4096)
     check_int("steps", steps, 1, 64)
+    check_choice("direction", direction, DIRECTIONS)
     surgeon.validate(list(edits))
     data = Pairs(tokenizer, pairs, metric, surgeon.device_dtype[0])
     sites = _sites(surgeon, kinds)
@@ -253,37 +266,41 @@ def attribute(
         if should_stop():
             raise Cancelled(f"attribution stopped after {start} of {data.n} pairs")
         batch = data.slice(slice(start, start + batch_size))
-        with torch.inference_mode(), surgeon.trace(list(sites), edits) as corrupted:
-            corrupted_sum += float(
-                batch.score(surgeon.model(input_ids=batch.corrupted, attention_mask=batch.mask).logits).sum()
-            )
+        noising = direction == "noising"
+        base_ids, source_ids = (batch.clean, batch.corrupted) if noising else (batch.corrupted, batch.clean)
+        with torch.inference_mode(), surgeon.trace(list(sites), edits) as source:  # the activations patched in
+            logits = surgeon.model(input_ids=source_ids, attention_mask=batch.mask).logits
+            source_score = float(batch.score(logits).sum())
         passes += 1
         alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
-        clean_acts: dict[str, torch.Tensor] = {}
-        if steps > 1:  # with one step the gradient pass below is the clean run itself
+        base_acts: dict[str, torch.Tensor] = {}
+        base_score = 0.0
+        if steps > 1:  # with one step the gradient pass below is the base run itself
             with torch.inference_mode(), surgeon.trace(list(sites), edits) as traced:
-                logits = surgeon.model(input_ids=batch.clean, attention_mask=batch.mask).logits
-                clean_sum += float(batch.score(logits).sum())
-            clean_acts, passes = dict(traced), passes + 1
+                logits = surgeon.model(input_ids=base_ids, attention_mask=batch.mask).logits
+                base_score = float(batch.score(logits).sum())
+            base_acts, passes = dict(traced), passes + 1
         embed = surgeon.model.get_input_embeddings()
         with torch.no_grad():
-            clean_embeds, corrupted_embeds = embed(batch.clean), embed(batch.corrupted)
+            base_embeds, source_embeds = embed(base_ids), embed(source_ids)
         grads: list[torch.Tensor] = []
-        for alpha in alphas:
+        for alpha in alphas:  # along the path from the base input to the source input
             cache: dict[str, torch.Tensor] = {}
             recorders = [(site, _grad_recorder(cache, site)) for site in sites]
-            embeds = torch.lerp(clean_embeds, corrupted_embeds, alpha)
+            embeds = torch.lerp(base_embeds, source_embeds, alpha)
             with torch.enable_grad(), surgeon.apply(surgeon.compile(edits, extra_ops=recorders)):
                 scores = batch.score(surgeon.model(inputs_embeds=embeds, attention_mask=batch.mask).logits)
                 step_grads = torch.autograd.grad(scores.sum(), [cache[site] for site in sites])
             grads = [g.float() / len(alphas) + (grads[i] if grads else 0) for i, g in enumerate(step_grads)]
             if alpha == 0.0:
-                clean_acts = {site: cache[site].detach() for site in sites}
-                clean_sum += float(scores.detach().sum())
+                base_acts = {site: cache[site].detach() for site in sites}
+                base_score = float(scores.detach().sum())
             passes += 2
+        clean_sum += base_score if noising else source_score
+        corrupted_sum += source_score if noising else base_score
         mask = batch.mask.to(grads[0].dtype)
         for (site, kind), grad in zip(sites.items(), grads, strict=True):
-            product = (corrupted[site].float() - clean_acts[site].float()) * grad  # [b, pos, ...]
+            product = (source[site].float() - base_acts[site].float()) * grad  # [b, pos, ...]
             product = product * mask.view(*mask.shape, *([1] * (product.dim() - 2)))
             per_unit = product.sum(dim=(0, 1))
             if kind == "heads":
@@ -299,7 +316,9 @@ def attribute(
         values = totals[site] / data.n
         components += [Component(layer, unit, i if unit != "mlp" else -1) for i in range(len(values))]
         estimates.append(values)
-    return Attribution(tuple(components), torch.cat(estimates), clean_sum / data.n, corrupted_sum / data.n, passes)
+    return Attribution(
+        tuple(components), torch.cat(estimates), clean_sum / data.n, corrupted_sum / data.n, passes, direction
+    )
 
 
 def patching_effects(
@@ -309,22 +328,26 @@ def patching_effects(
     components: Sequence[Component],
     metric: MetricSpec = MetricSpec(),
     edits: Sequence[Edit] = (),
+    direction: str = "denoising",
 ) -> tuple[torch.Tensor, int]:
     """Brute force, the ground truth attribution estimates: each component's corrupted activation
-    patched into the clean run (every position), one forward per component; returns the mean
-    change of the metric per component and the forwards run."""
+    patched into the clean run (``denoising``: its clean activation into the corrupted run), at
+    every position, one forward per component; returns the mean change of the metric per
+    component and the forwards run."""
+    check_choice("direction", direction, DIRECTIONS)
     data = Pairs(tokenizer, pairs, metric, surgeon.device_dtype[0])
     points = {"head": "attn.hook_z", "neuron": "mlp.hook_post", "mlp": "hook_mlp_out"}
     sites = sorted({f"blocks.{c.layer}.{points[c.kind]}" for c in components})
+    base_ids, source_ids = (data.clean, data.corrupted) if direction == "noising" else (data.corrupted, data.clean)
     with torch.inference_mode():
-        with surgeon.trace(sites, edits) as corrupted:
-            surgeon.model(input_ids=data.corrupted, attention_mask=data.mask)
+        with surgeon.trace(sites, edits) as patched_in:
+            surgeon.model(input_ids=source_ids, attention_mask=data.mask)
         with surgeon.apply(edits):
-            clean = data.score(surgeon.model(input_ids=data.clean, attention_mask=data.mask).logits)
+            base = data.score(surgeon.model(input_ids=base_ids, attention_mask=data.mask).logits)
         effects = []
         for component in components:
             site = f"blocks.{component.layer}.{points[component.kind]}"
-            source = corrupted[site]
+            source = patched_in[site]
 
             def patch(
                 x: torch.Tensor, _: object, source: torch.Tensor = source, c: Component = component
@@ -336,8 +359,8 @@ def patching_effects(
                 return x
 
             with surgeon.apply(surgeon.compile(edits, extra_ops=[(site, Op(patch))])):
-                patched = data.score(surgeon.model(input_ids=data.clean, attention_mask=data.mask).logits)
-            effects.append(float((patched - clean).mean()))
+                patched = data.score(surgeon.model(input_ids=base_ids, attention_mask=data.mask).logits)
+            effects.append(float((patched - base).mean()))
     return torch.tensor(effects, dtype=torch.float64), 2 + len(components)
 
 

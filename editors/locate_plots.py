@@ -30,8 +30,9 @@ def _save(plt, fig, path: str | Path) -> Path:
 
 
 def plot_head_attribution(estimates: Mapping[Component, float], path: str | Path, title: str = "") -> Path:
-    """Each head's estimated effect of patching in its corrupted activation (red: patching it
-    loses the behaviour, so the head carries it), the value written in every cell."""
+    """Each head's estimated change of the metric when patched (blue: up, red: down; denoising
+    raises the metric through the heads that carry the behaviour, noising lowers it), the value
+    written in every cell."""
     plt = _pyplot()
     heads = {c: e for c, e in estimates.items() if c.kind == "head"}
     if not heads:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from editors import edit_from_parts, load_edit
 from editors.circuits import NODE_KINDS, PROPOSALS
-from editors.locate import METRICS, Component
+from editors.locate import DIRECTIONS, METRICS, Component
 from editors.locate_plots import plot_circuit, plot_head_attribution
 from editors.steering_files import as_edits, read_steering_file
 from service.api.scalpel.v1 import scalpel_pb2 as pb
@@ -189,6 +189,7 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
         target=args.target,
         kinds=args.kinds,
         steps=args.steps,
+        direction=args.direction,
         on_version=args.on_version,
         propose=args.propose or "",
         description=args.description,
@@ -203,7 +204,8 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
         n_layers = 1 + max(c.layer for c in ranked)
         title = f"faithfulness {circuit.faithfulness:.2f}, completeness {circuit.completeness:.2f} (held out)"
         nodes = [Component.parse(name) for name in circuit.nodes]
-        plot_circuit(nodes, {c: -e for c, e in ranked.items()}, n_layers, args.graph, title)
+        sign = -1 if args.direction == "noising" else 1  # importance: the metric lost when noised, gained when denoised
+        plot_circuit(nodes, {c: sign * e for c, e in ranked.items()}, n_layers, args.graph, title)
     if args.json:
         _print(args, circuit)
         return
@@ -542,7 +544,8 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     locate.add_argument("--score-from", type=int, default=1, help="tokens_logprob: the first token scored")
     locate.add_argument("--target", type=float, default=0.9, help="share of the behaviour the circuit must keep")
     locate.add_argument("--kinds", nargs="+", default=list(NODE_KINDS), choices=NODE_KINDS, help="node kinds")
-    locate.add_argument("--steps", type=int, default=4, help="attribution's interpolation steps (1: plain)")
+    locate.add_argument("--steps", type=int, default=1, help="attribution's interpolation steps (1: plain)")
+    locate.add_argument("--direction", default="denoising", choices=DIRECTIONS, help="which run is patched")
     locate.add_argument("--on-version", type=int, default=None, help="locate in this version")
     locate.add_argument("--propose", choices=PROPOSALS, help="also create the edit that cuts the circuit")
     locate.add_argument("--description", default="", help="of the proposed edit")

@@ -111,6 +111,7 @@ def _discovery_request(request: pb.DiscoverCircuitRequest) -> DiscoveryRequest:
         MetricSpec(metric, request.score_from or 1),
         target=request.target or 0.9,
         held_out=request.held_out or 4,
-        steps=request.steps or 4,
+        steps=request.steps or 1,
         kinds=kinds,
+        direction=request.direction or "denoising",
     ).validated()
