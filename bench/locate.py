@@ -6,7 +6,8 @@ induction circuit found, verified and cut.
 
 Targets (issue 11): recall ≥ 0.9 of the known induction heads at k = their count; held-out
 faithfulness ≥ 0.9; Spearman ≥ 0.8 between attribution and brute-force patching over all heads;
-brute-force forwards over ours ≥ 20. Every figure is measured in this run, side by side.
+brute-force forwards over ours ≥ 20. Every figure is measured in this run, side by side. Keys
+without a suffix are the default direction (denoising); ``_noising`` keys the other.
 """
 
 from __future__ import annotations
@@ -57,38 +58,41 @@ def main() -> None:
     pairs = induction_pairs(world, args.pairs, seed=3)
     out: dict[str, object] = {"known_induction_heads": [f"L{layer}.H{head}" for layer, head in known]}
 
-    for steps in (1, 4):
+    for direction in ("denoising", "noising"):  # denoising first: the default, and the headline keys
+        suffix = "" if direction == "denoising" else "_noising"
         t = time.perf_counter()
-        attribution = attribute(surgeon, tokenizer, pairs, INDUCTION_METRIC, batch_size=len(pairs), steps=steps)
-        seconds = time.perf_counter() - t
-        top = {(c.layer, c.index) for c, _ in attribution.ranked(["heads"], top=len(known))}
-        suffix = "" if steps == 1 else f"_steps{steps}"
-        out[f"induction_recall{suffix}"] = len(top & set(known)) / len(known)
+        attribution = attribute(surgeon, tokenizer, pairs, INDUCTION_METRIC, batch_size=len(pairs), direction=direction)
+        out[f"attribution_seconds{suffix}"] = round(time.perf_counter() - t, 3)
         out[f"attribution_passes{suffix}"] = attribution.passes
-        out[f"attribution_seconds{suffix}"] = round(seconds, 3)
-        if steps == 1:
-            plain = attribution
-        else:
-            integrated = attribution
-
-    t = time.perf_counter()
-    actual, brute_forwards = patching_effects(surgeon, tokenizer, pairs, plain.components, INDUCTION_METRIC)
-    out["brute_force_seconds"] = round(time.perf_counter() - t, 3)
+        top = {(c.layer, c.index) for c, _ in attribution.ranked(["heads"], top=len(known))}
+        out[f"induction_recall{suffix}"] = len(top & set(known)) / len(known)
+        t = time.perf_counter()
+        actual, brute_forwards = patching_effects(
+            surgeon, tokenizer, pairs, attribution.components, INDUCTION_METRIC, direction=direction
+        )
+        out[f"brute_force_seconds{suffix}"] = round(time.perf_counter() - t, 3)
+        out[f"forward_pass_ratio{suffix}"] = round(brute_forwards / attribution.passes, 1)
+        out[f"spearman_vs_patching{suffix}"] = round(
+            spearman(_heads_only(attribution), _heads_only(attribution, actual)), 3
+        )
+        out[f"spearman_vs_patching_all_components{suffix}"] = round(spearman(attribution.estimates, actual), 3)
+        integrated = attribute(surgeon, tokenizer, pairs, INDUCTION_METRIC, ("heads",), steps=4, direction=direction)
+        truth, _ = patching_effects(
+            surgeon, tokenizer, pairs, integrated.components, INDUCTION_METRIC, direction=direction
+        )
+        out[f"spearman_vs_patching_steps4{suffix}"] = round(spearman(integrated.estimates, truth), 3)
     out["brute_force_forwards"] = brute_forwards
-    out["components"] = len(plain.components)
-    out["forward_pass_ratio"] = round(brute_forwards / plain.passes, 1)
-    out["forward_pass_ratio_heads_only"] = round((2 + 16) / plain.passes, 1)
-    out["spearman_vs_patching"] = round(spearman(_heads_only(plain), _heads_only(plain, actual)), 3)
-    out["spearman_vs_patching_steps4"] = round(spearman(_heads_only(integrated), _heads_only(integrated, actual)), 3)
-    out["spearman_vs_patching_all_components"] = round(spearman(plain.estimates, actual), 3)
+    out["components"] = len(attribution.components)
+    out["forward_pass_ratio_heads_only"] = round((2 + 16) / attribution.passes, 1)
 
     capitals = capital_pairs(world, tokenizer)
-    for steps in (1, 4):
-        facts = attribute(surgeon, tokenizer, capitals, CAPITALS_METRIC, kinds=("heads",), steps=steps)
-        truth, _ = patching_effects(surgeon, tokenizer, capitals, facts.components, CAPITALS_METRIC)
-        out["spearman_vs_patching_capitals" + ("" if steps == 1 else f"_steps{steps}")] = round(
-            spearman(facts.estimates, truth), 3
+    for direction in ("denoising", "noising"):
+        facts = attribute(surgeon, tokenizer, capitals, CAPITALS_METRIC, kinds=("heads",), direction=direction)
+        truth, _ = patching_effects(
+            surgeon, tokenizer, capitals, facts.components, CAPITALS_METRIC, direction=direction
         )
+        key = "spearman_vs_patching_capitals" + ("" if direction == "denoising" else "_noising")
+        out[key] = round(spearman(facts.estimates, truth), 3)
 
     t = time.perf_counter()
     circuit = discover_circuit(surgeon, tokenizer, DiscoveryRequest(tuple(pairs), INDUCTION_METRIC, kinds=("heads",)))
