@@ -3,13 +3,16 @@ verified ablation, and the edit that cuts it.
 
 **Attribution** (:func:`attribute`; attribution patching, Nanda 2023; Kramár et al. 2024): for
 prompt pairs (a *clean* prompt showing the behaviour, a *corrupted* one of the same length that
-does not), one corrupted forward and one clean forward and backward give, for every component
-``c``, the linear estimate of what patching its corrupted activation into the clean run does to
-the metric: ``(a_corrupted(c) − a_clean(c)) · ∂metric/∂a(c)``, summed over positions and
-averaged over pairs. Components: attention heads (``attn.hook_z``, one head's slice), MLP
-neurons (``mlp.hook_post``) and whole MLPs (``hook_mlp_out``). AtP*'s QK fix is for nodes that
-are attention *patterns*; these are head *outputs*, so it does not apply. GradDrop is not built:
-every estimate a circuit rests on is checked by a real ablation instead (:func:`discover_circuit`),
+does not), one forward of the *source* run and one forward and backward of the *base* run give,
+for every component ``c``, the linear estimate of what patching its source activation into the
+base run does to the metric: ``(a_source(c) − a_base(c)) · ∂metric/∂a(c)``, summed over
+positions and averaged over pairs. ``denoising`` (the default) patches clean into corrupted;
+``noising`` corrupted into clean. Denoising linearises where attention is not yet saturated:
+on the toy's induction it tracks brute-force patching (Spearman 0.99) where noising, the
+saturated case AtP* describes, does not (0.53). Components: attention heads (``attn.hook_z``,
+one head's slice), MLP neurons (``mlp.hook_post``) and whole MLPs (``hook_mlp_out``). AtP*'s
+QK fix is for nodes that are attention *patterns*; these are head *outputs*. GradDrop is not
+built: every estimate a circuit rests on is checked by a real ablation (:func:`discover_circuit`),
 and :func:`patching_effects` measures the estimates against brute-force patching.
 
 **Discovery** (:func:`discover_circuit`): rank heads and MLPs by estimated importance, then with
