@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from editors.toyworld import TOY_MODEL_DIR
 from editors.toyworld.train import TrainConfig
-from service.cli_client import add_client_commands, print_export
+from service.cli_client import add_client_commands, add_export_arguments, print_export
 from service.cli_errors import UsageError, one_line, read_yaml, require_empty_directory
 
 if TYPE_CHECKING:
@@ -474,16 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a version for other engines: merged weights (any transformers loader, vLLM, TGI) or a "
         "PEFT LoRA adapter of its low_rank edits (vLLM, TGI, LoRAX per request); audited",
     )
-    export.add_argument("version", type=int, help="the version number")
-    export.add_argument("--model", default="toy", help="the model's name (default: toy)")
-    export.add_argument(
-        "--format",
-        choices=("merged", "lora", "gguf", "steering"),
-        default="merged",
-        help="merged weights, a PEFT LoRA adapter, a llama.cpp/repeng control vector (gguf) or a safetensors "
-        "per-layer dict of its steering vectors (default: merged)",
-    )
-    export.add_argument("--out", required=True, help="a new (or empty) directory for the files")
+    add_export_arguments(export)
     export.add_argument("--database-url", default=None, help="default: $SCALPEL_DATABASE_URL or the local SQLite")
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=_cmd_export)

@@ -303,6 +303,20 @@ def _versions_export(args: argparse.Namespace, c: ScalpelClient) -> None:
     print_export(args, c.export_version(args.model, args.version, args.format, out))
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``scalpel export`` (against the database) and ``scalpel versions export`` (over gRPC) share."""
+    parser.add_argument("version", type=int, help="the version number")
+    parser.add_argument("--model", default="toy", help="the model's name (default: toy)")
+    parser.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="merged",
+        help="merged weights, a PEFT LoRA adapter, a llama.cpp/repeng control vector (gguf) or a safetensors "
+        "per-layer dict of its steering vectors (default: merged)",
+    )
+    parser.add_argument("--out", required=True, help="a new (or empty) directory for the files")
+
+
 def print_export(args: argparse.Namespace, hashes: dict[str, str]) -> None:
     """What an export wrote: each file and its SHA-256 (as recorded in the audit event)."""
     if args.json:
@@ -595,10 +609,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="the version as files other engines serve, over gRPC (editor): merged weights, a PEFT LoRA "
         "adapter, a llama.cpp control vector (gguf) or per-layer steering safetensors",
     )
-    exported.add_argument("version", type=int, help="the version number")
-    exported.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
-    exported.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    exported.add_argument("--out", required=True, help="a new (or empty) directory for the files")
+    add_export_arguments(exported)
     command(exported, _versions_export)
 
     checks = commands.add_parser("checks", help="regression checks").add_subparsers(dest="sub", required=True)
