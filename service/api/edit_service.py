@@ -86,18 +86,16 @@ class EditService(LocateRpc, rpc.EditServiceServicer, ServicerBase):
     def ComputeRomeStream(
         self, request: pb.ComputeRomeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RomeProgress]:
-        outcome: dict[str, Any] = {}
-        yield from reported(lambda report: self._compute_rome(request, context, report), outcome, "compute-rome")
-        info, converged = outcome["result"]
+        info, converged = yield from reported(
+            lambda report: self._compute_rome(request, context, report), "compute-rome"
+        )
         yield pb.RomeProgress(stage="done", done=1, total=1, edit=edit_pb(info), converged=converged)
 
     @abort_on_errors_stream
     def ComputeMemit(
         self, request: pb.ComputeMemitRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.MemitProgress]:
-        outcome: dict[str, Any] = {}
-        yield from reported(lambda report: self._compute_memit(request, context, report), outcome, "compute-memit")
-        infos = outcome["result"]
+        infos = yield from reported(lambda report: self._compute_memit(request, context, report), "compute-memit")
         yield pb.MemitProgress(stage="done", done=len(infos), total=len(infos), edits=[edit_pb(i) for i in infos])
 
     def _compute_memit(

@@ -29,9 +29,8 @@ class LocateRpc(ServicerBase):
     def DiscoverCircuit(
         self, request: pb.DiscoverCircuitRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.CircuitProgress]:
-        outcome: dict[str, Any] = {}
-        yield from reported(lambda report: self._discover(request, context, report), outcome, "discover-circuit")
-        yield pb.CircuitProgress(stage="done", done=1, total=1, circuit=outcome["result"])
+        circuit = yield from reported(lambda report: self._discover(request, context, report), "discover-circuit")
+        yield pb.CircuitProgress(stage="done", done=1, total=1, circuit=circuit)
 
     def _discover(
         self, request: pb.DiscoverCircuitRequest, context: grpc.ServicerContext, report: Callable[[Any], None]

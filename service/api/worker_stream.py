@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from service.intra_op import serial_thread
 
 
-def reported(compute: Callable[[Callable[[Any], None]], Any], outcome: dict[str, Any], name: str) -> Iterator[Any]:
+def reported(compute: Callable[[Callable[[Any], None]], Any], name: str) -> Generator[Any, None, Any]:
     """Run ``compute(report)`` on a worker thread (in this call's context: its caller and deadline)
-    and yield each report as it comes; the result lands in ``outcome["result"]``, an error is
-    raised here, in the call's own thread."""
+    and yield each report as it comes; ``result = yield from reported(...)`` gets its result, and
+    its error is raised here, in the call's own thread."""
+    outcome: dict[str, Any] = {}
     reports: queue.SimpleQueue[Any] = queue.SimpleQueue()
     finished = object()
     call = contextvars.copy_context()
@@ -34,3 +35,4 @@ def reported(compute: Callable[[Callable[[Any], None]], Any], outcome: dict[str,
     worker.join()
     if "error" in outcome:
         raise outcome["error"]
+    return outcome["result"]
