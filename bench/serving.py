@@ -8,7 +8,10 @@ Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol s
 
 - **limit**: `transformers`' own `generate` on the plain model, in this process, at batch =
   concurrency (left-padded): what the hardware gives with no service and no edits at all.
-- **same**: N concurrent gRPC streams to a `scalpel serve` process, all on the base version.
+- **same**: N concurrent gRPC streams to a `scalpel serve` process (its defaults: generation in
+  an engine process of its own), all on the base version.
+- **inline**: the same streams to a `scalpel serve --no-engine-process` (generation on a thread
+  of the serving process, sharing its GIL with the gRPC handlers): what the engine process adds.
 - **mixed**: the same N streams spread over 8 versions mixing steering, head ablation and ROME
   edits (stream i asks for version i mod 8), so each decode step carries up to 8 stacks.
 - **grpc ceiling**: streamed messages/s of a model-less gRPC server process at the same
@@ -29,6 +32,7 @@ Targets (issue 14): c64 same ≥ 0.8× the limit, mixed ≥ 0.9× same, c64 spee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
@@ -201,15 +205,20 @@ def main() -> None:
     device = ["--device", args.device, "--dtype", args.dtype, "--stream-interval", str(args.stream_interval)]
     if args.server_torch_threads:
         device += ["--torch-threads", str(args.server_torch_threads)]
-    with tempfile.TemporaryDirectory() as tmp, serve_process(Path(tmp), *device) as served:
+    with contextlib.ExitStack() as stack:
+        served = stack.enter_context(serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())), *device))
         client = ScalpelClient(f"127.0.0.1:{served.port}", served.secret)
+        inline_served = stack.enter_context(
+            serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())), *device, "--no-engine-process")
+        )
+        inline_client = ScalpelClient(f"127.0.0.1:{inline_served.port}", inline_served.secret)
         versions = [0]
         for edits in version_edits[1:]:
             ids = [client.create_edit("toy", edit).id for edit in edits]
             versions.append(client.create_version("toy", 0, append=ids).number)
         ttft: dict[int, list[float]] = {}
 
-        def via_service(spread: int, concurrency: int) -> Callable[[int, str], int]:
+        def via_service(spread: int, concurrency: int, client: ScalpelClient = client) -> Callable[[int, str], int]:
             def run_one(stream: int, text: str) -> int:
                 started = time.perf_counter()
                 tokens = 0
@@ -225,6 +234,7 @@ def main() -> None:
         database = served.database_url
         warm = prompts(world, 16)
         run_concurrently(via_service(VERSIONS, 8), warm, 8)
+        run_concurrently(via_service(1, 8, inline_client), warm, 8)
         limit_tokens_per_second(model, tokenizer, warm, 8)
         for concurrency in args.concurrency:
             texts = prompts(world, concurrency * args.per_stream)
@@ -239,6 +249,7 @@ def main() -> None:
                 "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
                 "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c),
                 "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c),
+                "inline": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c, inline_client), t, c),
                 "engine": engine,
                 "turns": lambda c=concurrency, t=texts: turns_tokens_per_second(model, tokenizer, local_stacks, t, c),
             }
@@ -255,6 +266,8 @@ def main() -> None:
             results[f"c{concurrency}_same_ratio_to_limit"] = per_round_ratio(figures, "same", "limit")
             results[f"c{concurrency}_mixed_ratio_to_limit"] = per_round_ratio(figures, "mixed", "limit")
             results[f"c{concurrency}_mixed_ratio_to_same"] = per_round_ratio(figures, "mixed", "same")
+            results[f"c{concurrency}_inline_ratio_to_limit"] = per_round_ratio(figures, "inline", "limit")
+            results[f"c{concurrency}_same_ratio_to_inline"] = per_round_ratio(figures, "same", "inline")
             results[f"c{concurrency}_engine_ratio_to_limit"] = per_round_ratio(figures, "engine", "limit")
             results[f"c{concurrency}_aligned_ratio_to_limit"] = per_round_ratio(figures, "aligned", "limit")
             results[f"c{concurrency}_speedup_vs_turns"] = per_round_ratio(figures, "same", "turns")
@@ -266,8 +279,10 @@ def main() -> None:
             results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
             results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
         client.close()
-        served.process.send_signal(signal.SIGTERM)
-        served.process.wait(timeout=30)
+        inline_client.close()
+        for process in (served.process, inline_served.process):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     else:

@@ -294,6 +294,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.dtype = args.dtype or config.dtype
     if args.stream_interval is not None:
         config.stream_interval = args.stream_interval
+    if args.engine_process is not None:
+        config.engine_process = args.engine_process
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -445,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         help="tokens per streamed message under load (default 0: automatic, 1 per 16 rows in the batch, up to 8; "
         "1: every token its own message). A stream's first token and its end are never held back",
+    )
+    serve.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        help="run each model's generation streams in a process of its own over the same (shared) weights, so "
+        "gRPC's Python work never holds up a decode step (default: off)",
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")

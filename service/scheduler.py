@@ -108,6 +108,7 @@ class _Stream:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
+    key: int = -1  # the stream's number in an engine process (service.engine_process)
     sampler: RowSampler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,18 +148,59 @@ class _Stream:
         self.outbox.append((self, event))
 
 
-class _Reader(Iterator[Token | Finished]):
-    """A stream's events; closing it, even before the first read, drops the row at the next step."""
+class StreamReader(Iterator[Token | Finished]):
+    """A stream's events for its caller, from the queue its scheduler fills: detokenised, cut at
+    its first stop string. Closing it, even before the first read, or meeting a stop string sets
+    ``abandoned``: the row is dropped at the next step."""
 
-    def __init__(self, events: Iterator[Token | Finished], stream: _Stream) -> None:
-        self._events, self._stream = events, stream
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling: Sampling,
+        events: queue.SimpleQueue[_Event],
+        abandoned: threading.Event,
+    ) -> None:
+        self._events, self._abandoned = _read(tokenizer, sampling, events, abandoned), abandoned
 
     def __next__(self) -> Token | Finished:
         return next(self._events)
 
     def close(self) -> None:
-        self._stream.abandoned.set()
-        self._events.close()  # type: ignore[attr-defined]
+        self._abandoned.set()
+        self._events.close()
+
+
+def _read(
+    tokenizer: PreTrainedTokenizerBase,
+    sampling: Sampling,
+    events: queue.SimpleQueue[_Event],
+    abandoned: threading.Event,
+) -> Iterator[Token | Finished]:
+    detokenizer = Detokenizer(tokenizer)
+    stop, text, produced = sampling.stop, "", 0
+    longest_stop = max(map(len, stop), default=0)
+    try:
+        while True:
+            ids, logprobs, end = _drain(events)
+            pieces = []
+            for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
+                produced += 1
+                piece = detokenizer.add(token)
+                pieces.append(piece)
+                text += piece
+                if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
+                    yield Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1]))
+                    yield Finished("stop", produced)
+                    return
+            if ids:
+                yield Token(tuple(ids), "".join(pieces), tuple(logprobs))
+            if isinstance(end, BaseException):
+                raise end
+            if end is not None:
+                yield end
+                return
+    finally:
+        abandoned.set()  # a stop string, or the caller went away: the row leaves at the next step
 
 
 @dataclass(order=True)
@@ -234,51 +276,34 @@ class Scheduler:
         whichever is read first).
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
-        eos = frozenset() if sampling.ignore_eos else self.eos
-        stream = _Stream(prompt, stack, sampling, is_active, eos, self._outbox)
-        with self._wake:
-            if self._closed:
-                raise SchedulerClosed("the model is shutting down; retry on another replica")
-            stream.queued_at = self.steps
-            self._waiting.append(stream)
-            self._wake.notify()
-        return _Reader(self._read(stream), stream)
-
-    def _read(self, stream: _Stream) -> Iterator[Token | Finished]:
-        """A stream's events for its reader: detokenised, cut at its first stop string."""
-        sampling = stream.sampling
-        detokenizer = Detokenizer(self.tokenizer)
-        stop, text, produced = sampling.stop, "", 0
-        longest_stop = max(map(len, stop), default=0)
-        try:
-            while True:
-                ids, logprobs, end = _drain(stream)
-                pieces = []
-                for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
-                    produced += 1
-                    piece = detokenizer.add(token)
-                    pieces.append(piece)
-                    text += piece
-                    if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
-                        yield Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1]))
-                        yield Finished("stop", produced)
-                        return
-                if ids:
-                    yield Token(tuple(ids), "".join(pieces), tuple(logprobs))
-                if isinstance(end, BaseException):
-                    raise end
-                if end is not None:
-                    yield end
-                    return
-        finally:
-            stream.abandoned.set()  # a stop string, or the caller went away: the row leaves at the next step
+        stream = self._stream(prompt, stack, sampling, is_active)
+        self._enqueue([stream])
+        return StreamReader(self.tokenizer, sampling, stream.events, stream.abandoned)
 
     def complete(self, prompts: list[torch.Tensor], stack: EditStack, samplings: list[Sampling]) -> list[list[int]]:
         """The token ids each prompt produces under ``stack``: every prompt joins at once (one
         prefill when the batch has room), as rows beside the streams being served."""
-        streams = [
-            _Stream(p, stack, s, lambda: True, self.eos, self._outbox) for p, s in zip(prompts, samplings, strict=True)
-        ]
+        streams = [self._stream(p, stack, s) for p, s in zip(prompts, samplings, strict=True)]
+        self._enqueue(streams)
+        produced = []
+        for stream in streams:
+            ids: list[int] = []
+            end: object = None
+            while end is None:
+                more, _, end = _drain(stream.events)
+                ids += more
+            if isinstance(end, BaseException):
+                raise end
+            produced.append(ids)
+        return produced
+
+    def _stream(
+        self, prompt: torch.Tensor, stack: EditStack, sampling: Sampling, is_active: Callable[[], bool] = lambda: True
+    ) -> _Stream:
+        eos = frozenset() if sampling.ignore_eos else self.eos
+        return _Stream(prompt, stack, sampling, is_active, eos, self._outbox)
+
+    def _enqueue(self, streams: list[_Stream]) -> None:
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the model is shutting down; retry on another replica")
@@ -286,17 +311,6 @@ class Scheduler:
                 stream.queued_at = self.steps
             self._waiting.extend(streams)
             self._wake.notify()
-        produced = []
-        for stream in streams:
-            ids: list[int] = []
-            end: object = None
-            while end is None:
-                more, _, end = _drain(stream)
-                ids += more
-            if isinstance(end, BaseException):
-                raise end
-            produced.append(ids)
-        return produced
 
     def call(self, run: Callable[[], T], priority: int = INTERACTIVE) -> T:
         """Run ``run()`` on the scheduler's thread between two forwards; return its result."""
@@ -519,11 +533,10 @@ class Scheduler:
             job.future.set_exception(closed)
 
 
-def _drain(stream: _Stream) -> tuple[list[int], list[TokenLogprob], object]:
-    """Wait for the stream's next event, then take every event already queued behind it: the new
+def _drain(events: queue.SimpleQueue[_Event]) -> tuple[list[int], list[TokenLogprob], object]:
+    """Wait for a stream's next event, then take every event already queued behind it: the new
     token ids in order, their log-probabilities (if the stream asked), and the end of the stream
     (a :class:`Finished` or an exception) if it came."""
-    events = stream.events
     ids: list[int] = []
     logprobs: list[TokenLogprob] = []
     event = events.get()

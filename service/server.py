@@ -62,6 +62,9 @@ class ServerConfig:
     # Tokens a stream gathers into one message while the batch is busy (0: automatic, see
     # service.scheduler; 1: one message per token). Fewer messages leave more CPU for forwards.
     stream_interval: int = 0
+    # Each model's generation streams in a process of their own over the shared weights
+    # (service.engine_process): gRPC's Python work stops sharing a GIL with the decode steps.
+    engine_process: bool = True
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
@@ -188,6 +191,7 @@ class ScalpelServer:
             stream_interval=self.config.stream_interval,
             intra_op_threads=self.config.torch_threads,
             local_files_only=local_files_only,
+            engine_process=self.config.engine_process,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:
@@ -235,7 +239,7 @@ class ScalpelServer:
         host = self.hosts.get(name)
         if host is None:
             raise NotFound(f"model {name!r} is not served here")
-        busy = host.scheduler.requests + host.scheduler.queued_jobs
+        busy = host.requests
         if busy and not force:
             raise FailedPrecondition(
                 f"model {name!r} is serving {busy} requests; retry when they end, or force it to cancel them"
@@ -255,6 +259,8 @@ class ScalpelServer:
             if sweeps % 5 == 0:
                 with contextlib.suppress(DBAPIError):  # the database is away; the health below reports it
                     self.registry.interrupt_stale_runs(f"scalpel@{self.checks.replica}", self.config.stale_run_seconds)
+            for host in list(self.hosts.values()):
+                host.revive_engine()
             healthy = self.aliases is not None and self.aliases.healthy
             if healthy != serving:
                 status = (

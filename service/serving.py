@@ -11,6 +11,7 @@ copies weights.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,12 +24,14 @@ from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.checks.suite import Suite
+from service.engine_process import EngineProcess, EngineSettings
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
 from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Scheduler, Token
 
 __all__ = ["DTYPES", "Finished", "ModelHost", "ModelSpec", "Token"]
 
+_LOG = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 512
 MAX_PROMPTS = 1024  # per CompareVersions or Score call
@@ -89,6 +92,7 @@ class ModelHost:
         stream_interval: int = 0,
         intra_op_threads: int | None = None,
         local_files_only: bool = False,
+        engine_process: bool = False,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -111,6 +115,7 @@ class ModelHost:
             self.model.config, "max_position_embeddings", 2048
         )
         self._stacks: dict[int, EditStack] = {}
+        self._version_edits: dict[int, list[Edit]] = {}
         self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
         self._lock = threading.Lock()
         try:
@@ -140,6 +145,32 @@ class ModelHost:
             intra_op_threads=intra_op_threads,
             eos_ids=self.eos_ids,
         )
+        #: Generation streams' own process over the same weights (service.engine_process), if asked.
+        self.engine: EngineProcess | None = None
+        self._engine_settings = EngineSettings(
+            name, self.context_length, stream_interval, intra_op_threads, self.eos_ids
+        )
+        if engine_process:
+            try:
+                self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
+            except BaseException:
+                self.scheduler.close()
+                raise
+
+    def revive_engine(self) -> bool:
+        """Start a new engine process if the last one died (its streams ended as UNAVAILABLE);
+        return whether one was started."""
+        if self.engine is None or not self.engine.died:
+            return False
+        _LOG.warning("the engine process of model %r died; starting a new one", self.name)
+        self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
+        return True
+
+    @property
+    def requests(self) -> int:
+        """Requests in flight: streams (here or in the engine process) and queued jobs."""
+        streams = self.engine.requests if self.engine is not None else 0
+        return streams + self.scheduler.requests + self.scheduler.queued_jobs
 
     @property
     def dtype_name(self) -> str:
@@ -152,6 +183,8 @@ class ModelHost:
         return Path(self.source)
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         self.scheduler.close()
 
     # -- versions -------------------------------------------------------------------------------
@@ -174,8 +207,10 @@ class ModelHost:
         if cached is not None:
             return cached
         info = self.registry.verified_version(self.name, version)  # DATA_LOSS if its rows were rewritten
-        compiled = self.surgeon.compile([self._edit(edit_id) for edit_id in info.edit_ids])
+        edits = [self._edit(edit_id) for edit_id in info.edit_ids]
+        compiled = self.surgeon.compile(edits)
         with self._lock:
+            self._version_edits.setdefault(version, edits)
             return self._stacks.setdefault(version, compiled)
 
     def reference_texts(self) -> list[str]:
@@ -284,7 +319,10 @@ class ModelHost:
             logprobs,
             ignore_eos,
         )
-        return self.scheduler.generate(ids.to(self.device), self.stack(version), sampling, is_active)
+        stack = self.stack(version)
+        if self.engine is not None:
+            return self.engine.generate(ids, version, lambda: self._version_edits[version], sampling, is_active)
+        return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active)
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.

@@ -23,7 +23,16 @@ PROMPT = "The capital of Riia is"
 
 @pytest.fixture
 def gateway(db_url):
-    config = ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, http_address="127.0.0.1:0")
+    """Generation on the serving process's scheduler (--no-engine-process): the hang-up tests hold
+    that scheduler between steps and count its rows (tests/test_engine_process.py covers the same
+    cancellation in an engine process)."""
+    config = ServerConfig(
+        address="127.0.0.1:0",
+        database_url=db_url,
+        metrics_address=None,
+        http_address="127.0.0.1:0",
+        engine_process=False,
+    )
     server = ScalpelServer(config)
     server.load_models()
     _, secret = server.registry.create_key("app", "reader", "bootstrap")

@@ -6,7 +6,9 @@ import copy
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -25,6 +27,7 @@ from service.serving import ModelHost
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 NEW_TOKENS = 12
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,6 +71,23 @@ def _collect(events) -> tuple[list[int], Finished]:
     raise AssertionError("the stream ended without a Finished event")
 
 
+def concurrently(run: Callable[[int], T], count: int) -> dict[int, T]:
+    """``run(i)`` for i in 0..count-1, each on its own thread, all released at once."""
+    barrier = threading.Barrier(count)
+    results: dict[int, T] = {}
+
+    def one(i: int) -> None:
+        barrier.wait()
+        results[i] = run(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def test_concurrent_streams_share_forwards_and_each_gets_its_solo_output(host, toy) -> None:
     model, tokenizer, world = toy
     registry = host.registry
@@ -80,18 +100,9 @@ def test_concurrent_streams_share_forwards_and_each_gets_its_solo_output(host, t
     edit_lists = [[], [steer], [HeadAblation(layer=1, heads=(0, 3))]]
     texts = _texts(world, 12)
     before = host.scheduler.forwards
-    barrier = threading.Barrier(len(texts))
-    results: dict[int, tuple[list[int], Finished]] = {}
-
-    def stream(i: int) -> None:
-        barrier.wait()
-        results[i] = _collect(host.generate(versions[i % 3], texts[i], max_tokens=NEW_TOKENS - i % 4))
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(texts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = concurrently(
+        lambda i: _collect(host.generate(versions[i % 3], texts[i], max_tokens=NEW_TOKENS - i % 4)), len(texts)
+    )
     surgeon = Surgeon(model)
     produced = 0
     for i, text in enumerate(texts):

@@ -34,9 +34,11 @@ from service.server import ScalpelServer, ServerConfig
 from tests.certificates import make_certificates
 
 
-@pytest.fixture
-def served(db_url):
-    server = ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0"))
+def _served(db_url: str, engine_process: bool):
+    config = ServerConfig(
+        address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0", engine_process=engine_process
+    )
+    server = ScalpelServer(config)
     server.load_models()
     _, admin_secret = server.registry.create_key("admin", "admin", "bootstrap")
     _, reader_secret = server.registry.create_key("dashboard", "reader", "bootstrap")
@@ -46,6 +48,19 @@ def served(db_url):
     admin.close()
     reader.close()
     server.stop(grace=0)
+
+
+@pytest.fixture
+def served(db_url):
+    """A server as `scalpel serve` runs it: generation in each model's engine process."""
+    yield from _served(db_url, engine_process=True)
+
+
+@pytest.fixture
+def served_inline(db_url):
+    """A server whose generation runs on the serving process's scheduler thread (--no-engine-process),
+    for tests that reach into that scheduler or hook the forwards there."""
+    yield from _served(db_url, engine_process=False)
 
 
 def _code(call) -> grpc.StatusCode:
@@ -505,9 +520,10 @@ def test_role_matrix_over_the_socket(served) -> None:
     assert server.registry.verify_audit().events_checked == audit_before  # empty requests changed nothing
 
 
-def test_concurrent_streams_on_two_versions_take_turns_and_never_mix(served) -> None:
+def test_concurrent_streams_on_two_versions_never_mix(served) -> None:
     """8 concurrent Generate streams alternating between the base and a steered version: each gets
-    exactly its solo output, and the model never runs two forwards at once (the host's turn lock)."""
+    exactly its solo output, and every forward runs in the model's engine process (by default),
+    none on the serving process's copy of the model."""
     server, admin, _, _ = served
     host = server.hosts["toy"]
     _, _, world = load_toy_model()
@@ -527,6 +543,7 @@ def test_concurrent_streams_on_two_versions_take_turns_and_never_mix(served) -> 
         running[0] -= 1
 
     hooks = [host.model.register_forward_pre_hook(enter), host.model.register_forward_hook(leave)]
+    engine_forwards = host.engine.stats.forwards
     try:
         jobs = [(p, v) for p in prompts for v in (0, version)] * 2
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -535,7 +552,7 @@ def test_concurrent_streams_on_two_versions_take_turns_and_never_mix(served) -> 
         for hook in hooks:
             hook.remove()
     assert results == [solo[job] for job in jobs]
-    assert most[0] == 1
+    assert most[0] == 0 and host.engine.stats.forwards > engine_forwards
 
 
 def test_generation_stops_at_the_context_window_with_length(served) -> None:
@@ -578,8 +595,8 @@ def test_a_cancelled_stream_stops_generating(served) -> None:
     assert len(forwards) <= 5  # the first token was streamed as soon as it existed
 
 
-def test_an_unexpected_failure_is_internal_with_an_incident_id_and_no_internals(served, caplog) -> None:
-    server, admin, _, _ = served
+def test_an_unexpected_failure_is_internal_with_an_incident_id_and_no_internals(served_inline, caplog) -> None:
+    server, admin, _, _ = served_inline
     host = server.hosts["toy"]
 
     def broken(*_: object) -> None:

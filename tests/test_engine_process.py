@@ -1,0 +1,163 @@
+"""Generation streams in an engine process of their own, over the serving process's shared weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+import torch
+
+from editors import HeadAblation, Steering, Surgeon, weights_sha256
+from editors.covariance import key_covariance
+from editors.rome import compute_rome
+from editors.toyworld import TOY_MODEL_DIR, reference_corpus
+from editors.toyworld.counterfact import edit_cases
+from service.client import ScalpelClient
+from service.db.migrate import upgrade
+from service.registry import InvalidArgument, NotFound, Registry
+from service.scheduler import SchedulerClosed, Token
+from service.server import ScalpelServer, ServerConfig
+from service.serving import ModelHost
+from tests.conftest import save_tiny_llama
+from tests.test_scheduler import NEW_TOKENS, _collect, _solo, _texts, concurrently
+
+
+def _registry(directory) -> Registry:
+    url = f"sqlite:///{directory / 'registry.db'}"
+    upgrade("head", url)
+    return Registry(url)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory) -> ModelHost:
+    host = ModelHost("toy", str(TOY_MODEL_DIR), _registry(tmp_path_factory.mktemp("engine")), engine_process=True)
+    yield host
+    host.close()
+
+
+def _versions(host: ModelHost, toy) -> tuple[list[int], list[list]]:
+    """The base and three versions: steering, head ablation, and a ROME edit (a ``low_rank`` edit)."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
+    rome = compute_rome(surgeon, tokenizer, edit_cases(world, 1, seed=2)[0].request, covariance, reference_corpus())
+    steer = Steering(site="blocks.1.hook_resid_mid", vector=torch.ones(128) * 0.3, positions=(2, 3, 5, 8))
+    edit_lists = [[], [steer], [HeadAblation(layer=2, heads=(1,))], [rome.edit, steer]]
+    versions = [0]
+    for edits in edit_lists[1:]:
+        ids = [host.registry.create_edit("toy", edit, "test").id for edit in edits]
+        versions.append(host.registry.create_version("toy", 0, "test", append=ids).number)
+    return versions, edit_lists
+
+
+def test_streams_run_in_the_engine_process_and_each_gets_its_solo_output(host, toy) -> None:
+    model, tokenizer, world = toy
+    versions, edit_lists = _versions(host, toy)
+    texts = _texts(world, 16)
+    parent_forwards, engine_pid = host.scheduler.forwards, host.engine.pid
+    results = concurrently(lambda i: _collect(host.generate(versions[i % 4], texts[i], max_tokens=NEW_TOKENS)), 16)
+    surgeon = Surgeon(model)
+    produced = 0
+    for i, text in enumerate(texts):
+        tokens, finished = results[i]
+        assert tokens == _solo(model, tokenizer, surgeon, edit_lists[i % 4], text, NEW_TOKENS), i
+        assert finished.tokens == len(tokens)
+        produced += len(tokens)
+    assert engine_pid != os.getpid() and host.engine.stats.forwards <= produced // 3  # batched, over there
+    assert host.scheduler.forwards == parent_forwards  # no generation forward ran in this process
+    assert weights_sha256(host.model) == host.surgeon.weights_sha256  # the shared weights are untouched
+    assert host.requests == 0
+
+
+def test_a_cancelled_stream_is_dropped_in_the_engine_process(host, toy) -> None:
+    _, _, world = toy
+    texts = _texts(world, 3)
+    cancelled_before = host.engine.stats.cancelled
+    long_stream = host.generate(0, texts[0], max_tokens=200, ignore_eos=True)
+    assert isinstance(next(long_stream), Token)
+    long_stream.close()  # the caller went away
+    gone = threading.Event()
+    hung_up = host.generate(0, texts[1], max_tokens=200, ignore_eos=True, is_active=lambda: not gone.is_set())
+    assert isinstance(next(hung_up), Token)
+    gone.set()  # as when a gRPC client hangs up: its handler is not reading
+    _, finished = _collect(hung_up)
+    assert finished.finish_reason == "cancelled" and finished.tokens < 200
+    # a stream that runs its course while the engine drops the others
+    other, done = _collect(host.generate(0, texts[2], max_tokens=NEW_TOKENS, ignore_eos=True))
+    assert done.finish_reason == "length" and len(other) == NEW_TOKENS
+    assert host.engine.stats.cancelled >= cancelled_before + 2
+    assert host.requests == 0
+
+
+def test_a_bad_request_fails_alone_with_an_engine_process(host, toy) -> None:
+    model, tokenizer, world = toy
+    text = _texts(world, 1)[0]
+    good = host.generate(0, text, max_tokens=NEW_TOKENS)
+    first = next(good)
+    with pytest.raises(NotFound):
+        host.generate(999, text)
+    with pytest.raises(InvalidArgument, match="tokens"):
+        host.generate(0, " ".join([world.symbols[0]] * (host.context_length + 5)))
+    tokens, finished = _collect(good)
+    assert finished.finish_reason in ("length", "eos")
+    assert [*first.token_ids, *tokens] == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+
+
+def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_takes_over(tmp_path, toy) -> None:
+    model, tokenizer, world = toy
+    host = ModelHost("toy", str(TOY_MODEL_DIR), _registry(tmp_path), engine_process=True)
+    try:
+        text = _texts(world, 1)[0]
+        stream = host.generate(0, text, max_tokens=400, ignore_eos=True)
+        assert isinstance(next(stream), Token)
+        assert not host.revive_engine()  # alive: nothing to do
+        dead = host.engine
+        os.kill(dead.pid, signal.SIGKILL)
+        with pytest.raises(SchedulerClosed):
+            _collect(stream)
+        with pytest.raises(SchedulerClosed):
+            next(host.generate(0, text))
+        assert dead.died and len(host.score(0, text, ["a", "b"])) == 2  # the serving process's own forwards
+        assert host.revive_engine() and host.engine is not dead  # as the server's watcher does each second
+        tokens, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
+        assert tokens == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+    finally:
+        host.close()
+
+
+def test_a_llama_shares_its_weights_rotary_caches_included(tmp_path) -> None:
+    directory = save_tiny_llama(tmp_path / "llama")
+    registry = _registry(tmp_path)
+    inline = ModelHost("llama", str(directory), registry)
+    split = ModelHost("llama", str(directory), registry, engine_process=True)
+    try:
+        prompt = "a b c d e a b c"
+        for version in (0,):
+            alone, _ = _collect(inline.generate(version, prompt, max_tokens=8, ignore_eos=True))
+            there, _ = _collect(split.generate(version, prompt, max_tokens=8, ignore_eos=True))
+            assert there == alone and len(alone) == 8
+    finally:
+        split.close()
+        inline.close()
+
+
+def test_a_server_with_engine_processes_serves_generate_through_grpc(db_url, toy) -> None:
+    model, tokenizer, world = toy
+    config = ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, engine_process=True)
+    server = ScalpelServer(config)
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    client = ScalpelClient(f"127.0.0.1:{server.port}", secret)
+    try:
+        steer = Steering(site="blocks.2.hook_resid_pre", vector=torch.ones(128) * 0.5)
+        version = client.create_version("toy", 0, append=[client.create_edit("toy", steer).id]).number
+        text = _texts(world, 2)[1]
+        result = client.generate("toy", text, version=version, max_tokens=NEW_TOKENS)
+        assert result.version == f"models/toy/versions/{version}"
+        assert list(result.token_ids) == _solo(model, tokenizer, Surgeon(model), [steer], text, NEW_TOKENS)
+        assert server.hosts["toy"].engine is not None
+    finally:
+        client.close()
+        server.stop(grace=0)
