@@ -54,6 +54,15 @@ class Metrics:
         self.check_runs = Counter(
             "scalpel_check_runs_total", "Finished check runs", ["model", "result"], registry=self.registry
         )
+        self.batch_rows = Gauge(
+            "scalpel_generation_rows", "Rows in the model's decode batch", ["model"], registry=self.registry
+        )
+        self.engine_restarts = Counter(
+            "scalpel_engine_restarts_total",
+            "Engine processes started again after one died",
+            ["model"],
+            registry=self.registry,
+        )
         self._http: Any = None
 
     def serve(self, address: str) -> int:

@@ -201,6 +201,8 @@ class ScalpelServer:
         except NotFound:
             self.registry.set_suite(name, self._default_suite(host), "scalpel")
         self.hosts[name] = host
+        self.metrics.batch_rows.labels(name).set_function(lambda: host.active_rows)
+        host.on_engine_restart = self.metrics.engine_restarts.labels(name).inc
         self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
 
     def load_model(self, name: str, spec: ModelSpec, actor: str) -> ModelHost:
@@ -246,6 +248,7 @@ class ScalpelServer:
             )
         self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.NOT_SERVING)
         del self.hosts[name]
+        self.metrics.batch_rows.remove(name)
         host.close()
         self.registry.record_serving(name, "model.unloaded", actor, {"forced": force, "cancelled": busy})
 

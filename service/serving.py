@@ -147,6 +147,9 @@ class ModelHost:
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
+        self._engine_lock = threading.Lock()
+        #: Called each time a dead engine process is replaced (the server counts them).
+        self.on_engine_restart: Callable[[], None] = lambda: None
         self._engine_settings = EngineSettings(
             name, self.context_length, stream_interval, intra_op_threads, self.eos_ids
         )
@@ -158,13 +161,21 @@ class ModelHost:
                 raise
 
     def revive_engine(self) -> bool:
-        """Start a new engine process if the last one died (its streams ended as UNAVAILABLE);
-        return whether one was started."""
-        if self.engine is None or not self.engine.died:
-            return False
-        _LOG.warning("the engine process of model %r died; starting a new one", self.name)
-        self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
+        """Start a new engine process if the last one died (its streams ended UNAVAILABLE, which
+        clients retry); return whether one was started. The server's watcher calls it every
+        second, and a new stream calls it before it joins."""
+        with self._engine_lock:
+            if self.engine is None or not self.engine.died:
+                return False
+            _LOG.warning("the engine process of model %r died; starting a new one", self.name)
+            self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
+        self.on_engine_restart()
         return True
+
+    @property
+    def active_rows(self) -> int:
+        """Rows in the generation batch (the engine process's, as of its last step)."""
+        return self.engine.stats.active_rows if self.engine is not None else self.scheduler.active_rows
 
     @property
     def requests(self) -> int:
@@ -321,6 +332,7 @@ class ModelHost:
         )
         stack = self.stack(version)
         if self.engine is not None:
+            self.revive_engine()
             return self.engine.generate(ids, version, lambda: self._version_edits[version], sampling, is_active)
         return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active)
 

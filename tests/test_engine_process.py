@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from editors.toyworld.counterfact import edit_cases
 from service.client import ScalpelClient
 from service.db.migrate import upgrade
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import SchedulerClosed, Token
+from service.scheduler import SchedulerClosed
 from service.server import ScalpelServer, ServerConfig
 from service.serving import ModelHost
 from tests.conftest import save_tiny_llama
@@ -75,19 +77,19 @@ def test_a_cancelled_stream_is_dropped_in_the_engine_process(host, toy) -> None:
     _, _, world = toy
     texts = _texts(world, 3)
     cancelled_before = host.engine.stats.cancelled
-    long_stream = host.generate(0, texts[0], max_tokens=200, ignore_eos=True)
-    assert isinstance(next(long_stream), Token)
-    long_stream.close()  # the caller went away
-    gone = threading.Event()
-    hung_up = host.generate(0, texts[1], max_tokens=200, ignore_eos=True, is_active=lambda: not gone.is_set())
-    assert isinstance(next(hung_up), Token)
-    gone.set()  # as when a gRPC client hangs up: its handler is not reading
-    _, finished = _collect(hung_up)
-    assert finished.finish_reason == "cancelled" and finished.tokens < 200
+    os.kill(host.engine.pid, signal.SIGSTOP)  # both streams join before any of their tokens is made
+    try:
+        closed = host.generate(0, texts[0], max_tokens=200, ignore_eos=True)
+        closed.close()  # the caller went away before reading
+        hung_up = host.generate(0, texts[1], max_tokens=200, ignore_eos=True, is_active=lambda: False)
+    finally:
+        os.kill(host.engine.pid, signal.SIGCONT)
+    _, finished = _collect(hung_up)  # as when a gRPC client hangs up: dropped at the next step
+    assert finished.finish_reason == "cancelled" and finished.tokens < 100
     # a stream that runs its course while the engine drops the others
     other, done = _collect(host.generate(0, texts[2], max_tokens=NEW_TOKENS, ignore_eos=True))
     assert done.finish_reason == "length" and len(other) == NEW_TOKENS
-    assert host.engine.stats.cancelled >= cancelled_before + 2
+    assert host.engine.stats.cancelled == cancelled_before + 2
     assert host.requests == 0
 
 
@@ -110,19 +112,18 @@ def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_tak
     host = ModelHost("toy", str(TOY_MODEL_DIR), _registry(tmp_path), engine_process=True)
     try:
         text = _texts(world, 1)[0]
-        stream = host.generate(0, text, max_tokens=400, ignore_eos=True)
-        assert isinstance(next(stream), Token)
         assert not host.revive_engine()  # alive: nothing to do
         dead = host.engine
+        os.kill(dead.pid, signal.SIGSTOP)  # frozen: the stream below is in flight when it dies
+        stream = host.generate(0, text, max_tokens=NEW_TOKENS)
         os.kill(dead.pid, signal.SIGKILL)
         with pytest.raises(SchedulerClosed):
             _collect(stream)
-        with pytest.raises(SchedulerClosed):
-            next(host.generate(0, text))
-        assert dead.died and len(host.score(0, text, ["a", "b"])) == 2  # the serving process's own forwards
-        assert host.revive_engine() and host.engine is not dead  # as the server's watcher does each second
-        tokens, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
+        _until(lambda: dead.died)
+        assert len(host.score(0, text, ["a", "b"])) == 2  # the serving process's own forwards go on
+        tokens, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))  # a new engine takes it
         assert tokens == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+        assert host.engine is not dead and host.engine.pid != dead.pid and not host.revive_engine()
     finally:
         host.close()
 
@@ -143,6 +144,18 @@ def test_a_llama_shares_its_weights_rotary_caches_included(tmp_path) -> None:
         inline.close()
 
 
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (a mechanism, checked every 50 ms; 30 s only guards against a hang)."""
+    for _ in range(600):
+        if condition():
+            return
+        time.sleep(0.05)
+
+
+def restarts(server: ScalpelServer) -> float | None:
+    return server.metrics.registry.get_sample_value("scalpel_engine_restarts_total", {"model": "toy"})
+
+
 def test_a_server_with_engine_processes_serves_generate_through_grpc(db_url, toy) -> None:
     model, tokenizer, world = toy
     config = ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, engine_process=True)
@@ -157,7 +170,25 @@ def test_a_server_with_engine_processes_serves_generate_through_grpc(db_url, toy
         result = client.generate("toy", text, version=version, max_tokens=NEW_TOKENS)
         assert result.version == f"models/toy/versions/{version}"
         assert list(result.token_ids) == _solo(model, tokenizer, Surgeon(model), [steer], text, NEW_TOKENS)
-        assert server.hosts["toy"].engine is not None
+        host = server.hosts["toy"]
+        dead = host.engine
+        os.kill(dead.pid, signal.SIGSTOP)  # frozen: the next stream stays in flight until the kill
+        with ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(client.generate, "toy", text, version=version, max_tokens=NEW_TOKENS)
+            _until(lambda: dead.requests == 1)
+            os.kill(dead.pid, signal.SIGKILL)
+            # the server ends the stream UNAVAILABLE; the client retries it (its service config),
+            # and the engine the watcher started answers it
+            again = reading.result()
+        assert list(again.token_ids) == list(result.token_ids) and host.engine is not dead
+        unavailable = {"grpc_service": "scalpel.v1.InferenceService", "grpc_method": "Generate"}
+        assert (
+            server.metrics.registry.get_sample_value(
+                "grpc_server_handled_total", {**unavailable, "grpc_code": "UNAVAILABLE"}
+            )
+            >= 1
+        )
+        assert restarts(server) == 1
     finally:
         client.close()
         server.stop(grace=0)
