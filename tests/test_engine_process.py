@@ -22,7 +22,7 @@ from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import SchedulerClosed
 from service.server import ScalpelServer, ServerConfig
 from service.serving import ModelHost
-from tests.conftest import save_tiny_llama
+from tests.conftest import tiny_model, word_tokenizer
 from tests.test_scheduler import NEW_TOKENS, _collect, _solo, _texts, concurrently
 
 
@@ -128,17 +128,30 @@ def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_tak
         host.close()
 
 
-def test_a_llama_shares_its_weights_rotary_caches_included(tmp_path) -> None:
-    directory = save_tiny_llama(tmp_path / "llama")
+@pytest.mark.parametrize(("family", "dtype"), [("llama", "float32"), ("gpt_neox", "float32"), ("llama", "bfloat16")])
+def test_other_families_and_dtypes_share_their_weights_rotary_caches_included(tmp_path, family, dtype) -> None:
+    directory = tmp_path / family
+    word_tokenizer().save_pretrained(directory)
+    tiny_model(family).save_pretrained(directory)
     registry = _registry(tmp_path)
-    inline = ModelHost("llama", str(directory), registry)
-    split = ModelHost("llama", str(directory), registry, engine_process=True)
+    inline = ModelHost(family, str(directory), registry, dtype=dtype)
+    split = ModelHost(family, str(directory), registry, dtype=dtype, engine_process=True)
     try:
-        prompt = "a b c d e a b c"
-        for version in (0,):
-            alone, _ = _collect(inline.generate(version, prompt, max_tokens=8, ignore_eos=True))
-            there, _ = _collect(split.generate(version, prompt, max_tokens=8, ignore_eos=True))
-            assert there == alone and len(alone) == 8
+        steer = Steering(site="blocks.1.hook_resid_post", vector=torch.ones(32) * 2.0)
+        edit = registry.create_edit(family, steer, "test").id
+        version = registry.create_version(family, 0, "test", append=[edit]).number
+        prompts = ("a b c d e a b c", "c d a b c d")
+        for number in (0, version):
+
+            def run(i: int, number: int = number) -> tuple[list[int], object]:
+                return _collect(split.generate(number, prompts[i], max_tokens=8, ignore_eos=True))
+
+            # float32: side by side in the engine's batch; bfloat16 one at a time, as inline (batch
+            # shapes change bfloat16's accumulation order: tests/test_scheduler.py bounds that)
+            there = concurrently(run, len(prompts)) if dtype == "float32" else dict(enumerate(map(run, (0, 1))))
+            for i, prompt in enumerate(prompts):
+                alone, _ = _collect(inline.generate(number, prompt, max_tokens=8, ignore_eos=True))
+                assert there[i][0] == alone and len(alone) == 8, (family, dtype, number, prompt)
     finally:
         split.close()
         inline.close()
