@@ -116,7 +116,7 @@ class EngineProcess:
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._streams: dict[int, _Remote] = {}
-        self._versions: set[int] = set()  # versions whose edits the child has
+        self._versions: set[int] = set()  # versions whose edits the child has (under _send_lock)
         self._keys = itertools.count()
         self._closed: BaseException | None = None
         self._closing = False
@@ -154,17 +154,15 @@ class EngineProcess:
                 raise self._closed
             key = next(self._keys)
             self._streams[key] = remote
-            send_edits = version not in self._versions
-            self._versions.add(version)
         try:
-            if send_edits:  # in the registry's own form (spec + blobs): lossless, verified on arrival
-                self._send(("version", version, [(e.to_json(), artifact_blobs_by_hash(e)) for e in edits()]))
-            self._send(("generate", key, prompt.tolist(), version, sampling))
+            with self._send_lock:  # a version's edits reach the pipe before any stream of it
+                if version not in self._versions:  # the registry's own form: lossless, verified there
+                    self._write(("version", version, [(e.to_json(), artifact_blobs_by_hash(e)) for e in edits()]))
+                    self._versions.add(version)
+                self._write(("generate", key, prompt.tolist(), version, sampling))
         except BaseException:
             with self._lock:
                 self._streams.pop(key, None)
-                if send_edits:
-                    self._versions.discard(version)
             raise
         return StreamReader(self.tokenizer, sampling, remote.events, remote.abandoned)
 
@@ -179,13 +177,16 @@ class EngineProcess:
         self._receiver.join(timeout=10)
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        """Plain pickles: a tensor in a message is copied, never moved to shared memory under a reader."""
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._send_lock:
-            try:
-                self._conn.send_bytes(payload)
-            except OSError:
-                raise SchedulerClosed("the engine process is gone; retry on another replica") from None
+            self._write(message)
+
+    def _write(self, message: tuple[Any, ...]) -> None:
+        """One message (``_send_lock`` held). Plain pickles: a tensor in a message is copied, never
+        moved to shared memory under a reader."""
+        try:
+            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            raise SchedulerClosed("the engine process is gone; retry on another replica") from None
 
     def _receive(self) -> None:
         """Hand each step's events to their streams; cancel the streams whose callers went away."""
