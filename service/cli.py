@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine-process",
         action=argparse.BooleanOptionalAction,
         help="run each model's generation streams in a process of its own over the same (shared) weights, so "
-        "gRPC's Python work never holds up a decode step (default: off)",
+        "gRPC's Python work never holds up a decode step (default: on; --no-engine-process runs them on a "
+        "thread of the serving process)",
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")

@@ -28,7 +28,7 @@ import logging
 import pickle
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -142,12 +142,12 @@ class EngineProcess:
         self,
         prompt: torch.Tensor,
         version: int,
-        edits: Callable[[], list[Edit]],
+        edits: Sequence[Edit],
         sampling: Sampling,
         is_active: Callable[[], bool] = lambda: True,
     ) -> Iterator[Token | Finished]:
-        """As :meth:`Scheduler.generate`, under ``version`` (whose ``edits()`` are sent to the
-        child the first time a stream asks for it)."""
+        """As :meth:`Scheduler.generate`, under ``version`` (whose ``edits`` are sent to the child
+        the first time a stream asks for it)."""
         remote = _Remote(is_active=is_active)
         with self._lock:
             if self._closed is not None:
@@ -157,7 +157,7 @@ class EngineProcess:
         try:
             with self._send_lock:  # a version's edits reach the pipe before any stream of it
                 if version not in self._versions:  # the registry's own form: lossless, verified there
-                    self._write(("version", version, [(e.to_json(), artifact_blobs_by_hash(e)) for e in edits()]))
+                    self._write(("version", version, [(e.to_json(), artifact_blobs_by_hash(e)) for e in edits]))
                     self._versions.add(version)
                 self._write(("generate", key, prompt.tolist(), version, sampling))
         except BaseException:
@@ -181,10 +181,9 @@ class EngineProcess:
             self._write(message)
 
     def _write(self, message: tuple[Any, ...]) -> None:
-        """One message (``_send_lock`` held). Plain pickles: a tensor in a message is copied, never
-        moved to shared memory under a reader."""
+        """One message (``_send_lock`` held)."""
         try:
-            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            _post(self._conn, message)
         except OSError:
             raise SchedulerClosed("the engine process is gone; retry on another replica") from None
 
@@ -272,12 +271,13 @@ class _PipeScheduler(Scheduler):
     def _deliver(self) -> None:
         if not self._outbox:
             return
-        events = [(stream.key, _portable(event)) for stream, event in self._outbox]
+        events = []
         for stream, event in self._outbox:
-            if not isinstance(event, _Made):
+            events.append((stream.key, _portable(event)))
+            if not isinstance(event, _Made):  # the stream ended: a late cancel has nothing to drop
                 self.cancelled_keys.discard(stream.key)
         self._outbox.clear()
-        send(self.conn, self.send_lock, (events, _stats(self)))
+        _child_send(self.conn, self.send_lock, (events, _stats(self)))
 
 
 def _portable(event: _Event) -> _Event:
@@ -290,11 +290,16 @@ def _portable(event: _Event) -> _Event:
     return event
 
 
-def send(conn: Connection, lock: threading.Lock, message: object) -> None:
-    """One message on the pipe (the child's scheduler and command threads both send)."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def _post(conn: Connection, message: object) -> None:
+    """One message on the pipe, either way. Plain pickles: a tensor in a message is copied, never
+    moved to shared memory under a reader."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _child_send(conn: Connection, lock: threading.Lock, message: object) -> None:
+    """The child's sends (its scheduler and command threads both send)."""
     with lock:
-        conn.send_bytes(payload)
+        _post(conn, message)
 
 
 def _engine_main(
@@ -324,9 +329,9 @@ def _engine_main(
             eos_ids=settings.eos_ids,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
-        send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
+        _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
         return
-    send(conn, lock, ("ready",))
+    _child_send(conn, lock, ("ready",))
     stacks: dict[int, Any] = {}
     device = next(model.parameters()).device
     try:
@@ -340,7 +345,7 @@ def _engine_main(
                         raise stack
                     scheduler.start(key, torch.tensor(ids, device=device), stack, sampling)
                 except Exception as error:  # this stream fails alone
-                    send(conn, lock, ([(key, _portable(error))], _stats(scheduler)))
+                    _child_send(conn, lock, ([(key, _portable(error))], _stats(scheduler)))
             elif command[0] == "version":
                 _, version, edits = command
                 try:

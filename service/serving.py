@@ -115,7 +115,6 @@ class ModelHost:
             self.model.config, "max_position_embeddings", 2048
         )
         self._stacks: dict[int, EditStack] = {}
-        self._version_edits: dict[int, list[Edit]] = {}
         self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
         self._lock = threading.Lock()
         try:
@@ -164,8 +163,10 @@ class ModelHost:
         """Start a new engine process if the last one died (its streams ended UNAVAILABLE, which
         clients retry); return whether one was started. The server's watcher calls it every
         second, and a new stream calls it before it joins."""
+        if self.engine is None or not self.engine.died:  # every stream asks: no lock on the way
+            return False
         with self._engine_lock:
-            if self.engine is None or not self.engine.died:
+            if not self.engine.died:  # another thread replaced it meanwhile
                 return False
             _LOG.warning("the engine process of model %r died; starting a new one", self.name)
             self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
@@ -218,10 +219,8 @@ class ModelHost:
         if cached is not None:
             return cached
         info = self.registry.verified_version(self.name, version)  # DATA_LOSS if its rows were rewritten
-        edits = [self._edit(edit_id) for edit_id in info.edit_ids]
-        compiled = self.surgeon.compile(edits)
+        compiled = self.surgeon.compile([self._edit(edit_id) for edit_id in info.edit_ids])
         with self._lock:
-            self._version_edits.setdefault(version, edits)
             return self._stacks.setdefault(version, compiled)
 
     def reference_texts(self) -> list[str]:
@@ -330,10 +329,10 @@ class ModelHost:
             logprobs,
             ignore_eos,
         )
-        stack = self.stack(version)
+        stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
         if self.engine is not None:
             self.revive_engine()
-            return self.engine.generate(ids, version, lambda: self._version_edits[version], sampling, is_active)
+            return self.engine.generate(ids, version, stack.edits, sampling, is_active)
         return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active)
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
