@@ -95,7 +95,7 @@ def limit_tokens_per_second(model, tokenizer, texts: list[str], concurrency: int
     produced = 0
     started = time.perf_counter()
     for start in range(0, len(texts), concurrency):
-        encoded = tokenizer(texts[start : start + concurrency], return_tensors="pt", padding=True)
+        encoded = tokenizer(texts[start : start + concurrency], return_tensors="pt", padding=True).to(model.device)
         with torch.inference_mode():
             out = model.generate(
                 **encoded, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id
@@ -109,7 +109,7 @@ def turns_tokens_per_second(model, tokenizer, stacks: list, texts: list[str], co
     surgeon, lock = stacks[0][0], threading.Lock()
 
     def one(text: str, stack) -> int:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
         with torch.inference_mode(), surgeon.apply(stack):
             with lock:
                 out = model(input_ids=ids, use_cache=True)
@@ -149,19 +149,24 @@ def per_round_ratio(figures: dict[str, list[float]], top: str, bottom: str) -> f
     return statistics.median(a / b for a, b in zip(figures[top], figures[bottom], strict=True))
 
 
-def engine_tokens_per_second(database: str, concurrency: int, per_stream: int) -> tuple[float, float]:
+def engine_tokens_per_second(
+    database: str, concurrency: int, per_stream: int, device: str, dtype: str
+) -> tuple[float, float]:
     """The scheduler read straight from its streams, no gRPC, in a process of its own (a second
     model in this process would slow the in-process limit measured here)."""
     command = [sys.executable, __file__, "--engine-run", str(concurrency), "--per-stream", str(per_stream)]
+    command += ["--device", device, "--dtype", dtype]
     done = subprocess.run([*command, "--database", database], check=True, capture_output=True, text=True, cwd=ROOT)
     streams, aligned = done.stdout.strip().splitlines()[-1].split()
     return float(streams), float(aligned)
 
 
-def engine_run(database: str, concurrency: int, per_stream: int) -> None:
+def engine_run(database: str, concurrency: int, per_stream: int, device: str, dtype: str) -> None:
     threads = serial_thread()  # as `scalpel serve` does: the scheduler's thread gets the cores
     _, _, world = load_toy_model()
-    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(database), intra_op_threads=threads)
+    host = ModelHost(
+        "toy", str(TOY_MODEL_DIR), Registry(database), device=device, dtype=dtype, intra_op_threads=threads
+    )
 
     def in_engine(stream: int, text: str) -> int:
         events = host.generate(0, text, max_tokens=NEW_TOKENS)
@@ -194,11 +199,11 @@ def main() -> None:
     parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_run:
-        engine_run(args.database, args.engine_run, args.per_stream)
+        engine_run(args.database, args.engine_run, args.per_stream, args.device, args.dtype)
         return
     model, tokenizer, world = load_toy_model()
+    version_edits = edits_for_versions(model, tokenizer, world)  # derived in float32 on the CPU
     model = model.to(args.device, getattr(torch, args.dtype))
-    version_edits = edits_for_versions(model, tokenizer, world)
     surgeon = Surgeon(model)
     local_stacks = [(surgeon, surgeon.compile(edits)) for edits in version_edits]
     results: dict[str, float] = {}
@@ -241,7 +246,7 @@ def main() -> None:
             aligned: list[float] = []  # the engine process's second figure, measured with "engine"
 
             def engine(c: int = concurrency, aligned: list[float] = aligned) -> float:
-                streams, in_batches = engine_tokens_per_second(database, c, args.per_stream)
+                streams, in_batches = engine_tokens_per_second(database, c, args.per_stream, args.device, args.dtype)
                 aligned.append(in_batches)
                 return streams
 
@@ -278,6 +283,10 @@ def main() -> None:
             firsts = sorted(ttft.get(concurrency, [0.0]))
             results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
             results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
+            if not args.json:  # each concurrency's figures as soon as they are in
+                for key, value in results.items():
+                    if key.startswith(f"c{concurrency}_") or key.endswith(f"_c{concurrency}"):
+                        print(f"{key:<32} {value:12.3f}", flush=True)
         client.close()
         inline_client.close()
         for process in (served.process, inline_served.process):
@@ -285,9 +294,6 @@ def main() -> None:
             process.wait(timeout=30)
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-    else:
-        for key, value in results.items():
-            print(f"{key:<32} {value:12.3f}")
 
 
 if __name__ == "__main__":

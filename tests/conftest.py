@@ -13,6 +13,9 @@ from editors import Surgeon
 from editors.toyworld import load_toy_model
 
 VOCAB = 64
+#: where the device-aware tests (batched rows, scheduler, engine process) put their models:
+#: ``SCALPEL_TEST_DEVICE=cuda pytest tests/test_batched_rows.py …`` runs them on a GPU
+TEST_DEVICE = os.environ.get("SCALPEL_TEST_DEVICE", "cpu")
 
 
 def tiny_model(family: str, vocab: int = VOCAB) -> torch.nn.Module:
@@ -80,8 +83,9 @@ def tiny(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, Surgeon]:
 
 @pytest.fixture(scope="session")
 def toy():
-    """(model, tokenizer, world) of the committed toy model."""
-    return load_toy_model()
+    """(model, tokenizer, world) of the committed toy model, on :data:`TEST_DEVICE`."""
+    model, tokenizer, world = load_toy_model()
+    return model.to(TEST_DEVICE), tokenizer, world
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import torch
 
 from editors import Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch
-from tests.conftest import FAMILIES, VOCAB, tiny_model
+from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
 from tests.test_surgeon import every_edit
 
 #: float32: a row's logits in a batch against its solo run (the bar is 1e-4)
@@ -24,7 +24,7 @@ def _stacks(surgeon: Surgeon) -> list:
 
 def _solo_last_logits(model, surgeon: Surgeon, stack, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode(), surgeon.apply(stack):
-        return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -1].float()
 
 
 def _prompt(row: int) -> list[int]:
@@ -34,7 +34,7 @@ def _prompt(row: int) -> list[int]:
 
 @pytest.mark.parametrize(("family", "dtype"), [(f, torch.float32) for f in FAMILIES] + [("llama", torch.bfloat16)])
 def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: torch.dtype) -> None:
-    model = tiny_model(family).to(dtype)
+    model = tiny_model(family).to(TEST_DEVICE, dtype)
     surgeon = Surgeon(model)
     base_hash = weights_sha256(model)
     stacks = _stacks(surgeon)
@@ -69,7 +69,7 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: 
         compare(logits, requests)
 
     def step() -> None:
-        tokens = torch.tensor([texts[r][-1] for r in order])
+        tokens = torch.tensor([texts[r][-1] for r in order], device=model.device)
         rows = surgeon.rows([stacks[stack_of[r]] for r in order])
         with torch.inference_mode():
             logits = batch.step(model, surgeon, rows, tokens)

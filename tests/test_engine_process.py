@@ -22,7 +22,7 @@ from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import SchedulerClosed
 from service.server import ScalpelServer, ServerConfig
 from service.serving import ModelHost
-from tests.conftest import tiny_model, word_tokenizer
+from tests.conftest import TEST_DEVICE, tiny_model, word_tokenizer
 from tests.test_scheduler import NEW_TOKENS, _collect, _solo, _texts, concurrently
 
 
@@ -34,7 +34,9 @@ def _registry(directory) -> Registry:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory) -> ModelHost:
-    host = ModelHost("toy", str(TOY_MODEL_DIR), _registry(tmp_path_factory.mktemp("engine")), engine_process=True)
+    host = ModelHost(
+        "toy", str(TOY_MODEL_DIR), _registry(tmp_path_factory.mktemp("engine")), device=TEST_DEVICE, engine_process=True
+    )
     yield host
     host.close()
 
@@ -109,7 +111,7 @@ def test_a_bad_request_fails_alone_with_an_engine_process(host, toy) -> None:
 
 def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_takes_over(tmp_path, toy) -> None:
     model, tokenizer, world = toy
-    host = ModelHost("toy", str(TOY_MODEL_DIR), _registry(tmp_path), engine_process=True)
+    host = ModelHost("toy", str(TOY_MODEL_DIR), _registry(tmp_path), device=TEST_DEVICE, engine_process=True)
     try:
         text = _texts(world, 1)[0]
         assert not host.revive_engine()  # alive: nothing to do
@@ -134,8 +136,8 @@ def test_other_families_and_dtypes_share_their_weights_rotary_caches_included(tm
     word_tokenizer().save_pretrained(directory)
     tiny_model(family).save_pretrained(directory)
     registry = _registry(tmp_path)
-    inline = ModelHost(family, str(directory), registry, dtype=dtype)
-    split = ModelHost(family, str(directory), registry, dtype=dtype, engine_process=True)
+    inline = ModelHost(family, str(directory), registry, device=TEST_DEVICE, dtype=dtype)
+    split = ModelHost(family, str(directory), registry, device=TEST_DEVICE, dtype=dtype, engine_process=True)
     try:
         steer = Steering(site="blocks.1.hook_resid_post", vector=torch.ones(32) * 2.0)
         edit = registry.create_edit(family, steer, "test").id
@@ -171,7 +173,9 @@ def restarts(server: ScalpelServer) -> float | None:
 
 def test_a_server_with_engine_processes_serves_generate_through_grpc(db_url, toy) -> None:
     model, tokenizer, world = toy
-    config = ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, engine_process=True)
+    config = ServerConfig(
+        address="127.0.0.1:0", database_url=db_url, metrics_address=None, device=TEST_DEVICE, engine_process=True
+    )
     server = ScalpelServer(config)
     server.load_models()
     _, secret = server.registry.create_key("admin", "admin", "bootstrap")

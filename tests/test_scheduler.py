@@ -24,6 +24,7 @@ from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import Finished, Sampling, Scheduler, SchedulerClosed, Token
 from service.server import ModelSpec
 from service.serving import ModelHost
+from tests.conftest import TEST_DEVICE
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 NEW_TOKENS = 12
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def host(tmp_path_factory) -> ModelHost:
     url = f"sqlite:///{tmp_path_factory.mktemp('scheduler') / 'registry.db'}"
     upgrade("head", url)
-    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url))
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url), device=TEST_DEVICE)
     yield host
     host.close()
 
@@ -53,7 +54,7 @@ def _texts(world, n: int) -> list[str]:
 
 def _solo(model, tokenizer, surgeon: Surgeon, edits: list, text: str, new_tokens: int) -> list[int]:
     """Greedy tokens of ``text`` alone under ``edits``: transformers' own generate, batch 1."""
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
     with torch.inference_mode(), surgeon.apply(edits):
         out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     produced = out[0, ids.shape[1] :].tolist()
@@ -212,6 +213,7 @@ def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
 def test_sixty_four_streams_over_eight_versions_through_grpc(served) -> None:  # noqa: F811
     server, admin, _, _ = served
     model, tokenizer, world = load_toy_model()
+    model = model.to(TEST_DEVICE)
     surgeon = Surgeon(model)
     base_hash = server.hosts["toy"].surgeon.weights_sha256
     covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
@@ -261,7 +263,7 @@ def test_a_bfloat16_host_batches_streams_and_scores(tmp_path, toy) -> None:
     model, tokenizer, world = toy
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade("head", url)
-    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url), dtype="bfloat16")
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url), device=TEST_DEVICE, dtype="bfloat16")
     try:
         assert {p.dtype for p in host.model.parameters()} == {torch.bfloat16}
         texts = _texts(world, 6)
@@ -270,7 +272,7 @@ def test_a_bfloat16_host_batches_streams_and_scores(tmp_path, toy) -> None:
         for text, stream in zip(texts, streams, strict=True):
             tokens, finished = _collect(stream)
             assert finished.tokens == len(tokens) > 0
-            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            ids = tokenizer(text, return_tensors="pt")["input_ids"].to(TEST_DEVICE)
             with torch.inference_mode():
                 assert tokens[0] == int(solo(input_ids=ids).logits[0, -1].argmax())
         fact = world.facts_for("capital")[0]

@@ -32,11 +32,16 @@ from service.client import ScalpelClient
 from service.registry.registry import ROLES
 from service.server import ScalpelServer, ServerConfig
 from tests.certificates import make_certificates
+from tests.conftest import TEST_DEVICE
 
 
 def _served(db_url: str, engine_process: bool):
     config = ServerConfig(
-        address="127.0.0.1:0", database_url=db_url, metrics_address="127.0.0.1:0", engine_process=engine_process
+        address="127.0.0.1:0",
+        database_url=db_url,
+        metrics_address="127.0.0.1:0",
+        device=TEST_DEVICE,
+        engine_process=engine_process,
     )
     server = ScalpelServer(config)
     server.load_models()
