@@ -24,6 +24,10 @@ Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol s
 - **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
   in this process with no gRPC at all, so its figure is an upper bound for the old service.
 
+Also printed: the "same" side's time to first token (p50, p99) and its tokens per message (1.0
+when every token travelled alone; more when a stream's tokens were coalesced because its
+handler fell behind the engine).
+
 Each round runs every side back to back (order alternating); a ratio is the median over rounds of
 the ratio within a round, so drift of this (shared, noisy) machine hits both sides alike.
 Targets (issue 14): c64 same ≥ 0.8× the limit, mixed ≥ 0.9× same, c64 speedup vs turns ≥ 10.
@@ -217,21 +221,29 @@ def main() -> None:
             serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())), *device, "--no-engine-process")
         )
         inline_client = ScalpelClient(f"127.0.0.1:{inline_served.port}", inline_served.secret)
+        clients = [client, inline_client]
         versions = [0]
         for edits in version_edits[1:]:
             ids = [client.create_edit("toy", edit).id for edit in edits]
             versions.append(client.create_version("toy", 0, append=ids).number)
-        ttft: dict[int, list[float]] = {}
+        ttft: dict[int, list[float]] = {}  # the "same" side's times to first token
+        chunks: dict[int, list[int]] = {}  # the "same" side's token messages and tokens
 
         def via_service(spread: int, concurrency: int, client: ScalpelClient = client) -> Callable[[int, str], int]:
+            same = spread == 1 and client is clients[0]
+
             def run_one(stream: int, text: str) -> int:
                 started = time.perf_counter()
-                tokens = 0
+                tokens = messages = 0
                 for message in client.stream("toy", text, version=versions[stream % spread], max_tokens=NEW_TOKENS):
                     if message.HasField("token"):
-                        if tokens == 0 and spread == 1:
+                        if tokens == 0 and same:
                             ttft.setdefault(concurrency, []).append((time.perf_counter() - started) * 1000)
                         tokens += len(message.token.token_ids)  # several when the stream coalesced them
+                        messages += 1
+                if same:
+                    counts = chunks.setdefault(concurrency, [0, 0])
+                    counts[0], counts[1] = counts[0] + messages, counts[1] + tokens
                 return tokens
 
             return run_one
@@ -283,6 +295,8 @@ def main() -> None:
             firsts = sorted(ttft.get(concurrency, [0.0]))
             results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
             results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
+            messages, tokens = chunks.get(concurrency, [1, 0])
+            results[f"c{concurrency}_tokens_per_message"] = tokens / messages
             if not args.json:  # each concurrency's figures as soon as they are in
                 for key, value in results.items():
                     if key.startswith(f"c{concurrency}_") or key.endswith(f"_c{concurrency}"):

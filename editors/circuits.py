@@ -11,15 +11,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from editors.choices import NODE_KINDS, PROPOSALS
 from editors.edits import DirectionalAblation, Edit, HeadAblation, NeuronAblation
 from editors.errors import Cancelled, InvalidEditError
 from editors.locate import DIRECTIONS, Attribution, Component, MetricSpec, Pairs, PromptPair, attribute
 from editors.surgeon import Surgeon
 from editors.validation import check_choice, check_int, check_scale
-
-PROPOSALS = ("ablation", "directional")
-#: What a circuit is made of: heads and whole MLPs (nodes of a kind left out are never ablated).
-NODE_KINDS = ("heads", "mlps")
 
 #: ``progress(stage, done, total)``: stages "attribution", "means", "grow", "prune", "held-out".
 Progress = Callable[[str, int, int], None]

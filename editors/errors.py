@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 #: The longest ``problem`` text kept in a message: a bad value is quoted by a short prefix, so a
 #: megabyte of input never becomes a megabyte of error (gRPC clients cannot read a status whose
 #: details exceed their metadata limit).
@@ -37,3 +39,15 @@ class UnsupportedArchitectureError(ValueError):
 
 class Cancelled(RuntimeError):
     """Long work stopped because its ``should_stop`` callback said so (the caller went away)."""
+
+
+class NotExportable(ValueError):
+    """Some edits have no exact form in the requested format: one line per edit says why."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = list(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+class BadSteeringFile(ValueError):
+    """A steering file that does not fit the model, or is not one."""

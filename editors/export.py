@@ -27,18 +27,11 @@ from torch import nn
 
 from editors.adapters import adapter_for, weight_delta_as_stored
 from editors.edits import Edit, HeadAblation, LowRank, NeuronAblation
+from editors.errors import NotExportable
 from editors.sites import Site
 
 #: Where an export records where it came from: config.json's key, safetensors metadata keys.
 CONFIG_KEY = "scalpel"
-
-
-class NotExportable(ValueError):
-    """Some edits have no exact form in the requested format: one line per edit says why."""
-
-    def __init__(self, reasons: Sequence[str]) -> None:
-        self.reasons = list(reasons)
-        super().__init__("; ".join(self.reasons))
 
 
 def _describe(index: int, edit: Edit) -> str:

@@ -36,16 +36,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from editors.choices import COMPONENT_KINDS, DIRECTIONS, METRICS
 from editors.edits import Edit, Op
 from editors.errors import Cancelled, InvalidEditError
 from editors.surgeon import Surgeon
 from editors.validation import check_choice, check_int
-
-METRICS = ("logit_diff", "answer_logprob", "tokens_logprob")
-COMPONENT_KINDS = ("heads", "mlps", "neurons")
-#: ``noising``: the corrupted activation patched into the clean run (what the behaviour needs);
-#: ``denoising``: the clean activation patched into the corrupted run (what restores it).
-DIRECTIONS = ("noising", "denoising")
 
 
 @dataclass(frozen=True, order=True)

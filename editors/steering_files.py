@@ -19,14 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from editors.adapters import ModelDims
 from editors.edits import Edit, Steering
-from editors.export import NotExportable
+from editors.errors import BadSteeringFile, NotExportable
 from editors.sites import Site
 
 GGUF_ARCH = "controlvector"
-
-
-class BadSteeringFile(ValueError):
-    """A steering file that does not fit the model, or is not one."""
 
 
 def directions(edits: Sequence[Edit]) -> dict[int, torch.Tensor]:

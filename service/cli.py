@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editors.toyworld import TOY_MODEL_DIR
-from editors.toyworld.train import TrainConfig
 from service.cli_client import add_client_commands, add_export_arguments, print_export
 from service.cli_errors import UsageError, one_line, read_yaml, require_empty_directory
 
@@ -55,15 +54,16 @@ def _non_negative_int(text: str) -> int:
 def _cmd_toyworld_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from editors.toyworld.train import train_toy_model
+    from editors.toyworld.train import TrainConfig, train_toy_model
 
-    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
+    config = TrainConfig() if args.steps is None else TrainConfig(steps=args.steps)
+    bar = tqdm(total=config.steps, desc="training", unit="step", disable=args.quiet)
 
     def progress(step: int, total: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    result = train_toy_model(Path(args.out), TrainConfig(steps=args.steps), progress)
+    result = train_toy_model(Path(args.out), config, progress)
     bar.close()
     print(json.dumps(result))
     return 0
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train = toyworld.add_parser("train", help="train the toy model from scratch (deterministic)")
     train.add_argument("--out", default=str(TOY_MODEL_DIR), help="output directory (default: the packaged model)")
-    train.add_argument("--steps", type=_positive_int, default=TrainConfig().steps)
+    train.add_argument("--steps", type=_positive_int, help="training steps (default: the recipe's own)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toyworld_train)
     pairs = toyworld.add_parser(
@@ -531,10 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_model_loading() -> None:
     """No per-load "Loading weights" bars from transformers in command output (here and in the
     server processes the demo starts); our own progress bars stay."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as transformers_logging
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when first imported
+    if "transformers" in sys.modules:  # already imported (main called in-process): tell it directly
+        from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,21 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import torch
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from editors import edit_from_parts, load_edit
-from editors.circuits import NODE_KINDS, PROPOSALS
-from editors.locate import DIRECTIONS, METRICS, Component
-from editors.locate_plots import plot_circuit, plot_head_attribution
-from editors.steering_files import as_edits, read_steering_file
+from editors.choices import DIRECTIONS, EXPORT_FORMATS, METRICS, NODE_KINDS, PROPOSALS
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.check_report import find_browser, render_html, screenshot
 from service.cli_checks import format_run, inline_item_files, run_dict
 from service.cli_errors import UsageError, read_yaml, require_empty_directory
 from service.client import ScalpelClient
-from service.export import FORMATS as EXPORT_FORMATS
 
 
 def _client(args: argparse.Namespace) -> ScalpelClient:
@@ -67,6 +61,10 @@ def _print(args: argparse.Namespace, message: Any, columns: Sequence[str] = (), 
 
 def _edit_from_file(path: Path) -> Any:
     """An edit from a ``save_edit`` safetensors file, or YAML ``{kind, params, tensors: {name: list}}``."""
+    import torch  # the commands that build edits load torch; the others start without it
+
+    from editors import edit_from_parts, load_edit
+
     if path.suffix == ".safetensors":
         return load_edit(path)
     spec = read_yaml(path, "edit file")
@@ -101,6 +99,8 @@ def _edits_create(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 def _edits_import_steering(args: argparse.Namespace, c: ScalpelClient) -> None:
     """Every vector is checked against the served model's shape before the first edit is made."""
+    from editors.steering_files import as_edits, read_steering_file
+
     path = Path(args.file)
     layers = read_steering_file(path)
     model = c.models.GetModel(pb.GetModelRequest(name=f"models/{args.model}"))
@@ -197,6 +197,9 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
     final = _follow(c.edits.DiscoverCircuit(request), args.json)
     assert final is not None, "the stream ended without the circuit"
     circuit = final.circuit
+    from editors.locate import Component
+    from editors.locate_plots import plot_circuit, plot_head_attribution
+
     ranked = {Component.parse(s.name): s.estimate for s in circuit.ranked}
     if args.png:
         plot_head_attribution(ranked, args.png, f"attribution patching: {args.metric} ({args.file})")

@@ -9,9 +9,7 @@ from typing import Any
 import yaml
 from sqlalchemy import exc as sql
 
-from editors.errors import InvalidEditError, UnsupportedArchitectureError
-from editors.export import NotExportable
-from editors.steering_files import BadSteeringFile
+from editors.errors import BadSteeringFile, InvalidEditError, NotExportable, UnsupportedArchitectureError
 from service.client import ExportDamaged
 from service.registry import RegistryError
 

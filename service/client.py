@@ -15,12 +15,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from editors import Edit, artifact_blobs_by_hash
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+
+if TYPE_CHECKING:
+    from editors import Edit  # a caller with an edit has torch loaded; the client itself needs none
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class ScalpelClient:
     # -- conveniences -------------------------------------------------------------------------
     def create_edit(self, model: str, edit: Edit, description: str = "", request_id: str = "") -> pb.Edit:
         """``request_id`` defaults to a fresh one, so gRPC's retries of this call never create twice."""
+        from editors import artifact_blobs_by_hash
+
         request_id = request_id or uuid.uuid4().hex
         return self.edits.CreateEdit(
             pb.CreateEditRequest(

@@ -11,11 +11,12 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editors import weights_sha256
+from editors.choices import EXPORT_FORMATS
 from editors.export import export_lora, export_merged
 from editors.steering_files import directions, write_gguf, write_safetensors
 from service.registry import FailedPrecondition, Registry
 
-FORMATS = ("merged", "lora", "gguf", "steering")
+FORMATS = EXPORT_FORMATS
 
 
 def _sha256(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +75,18 @@ def test_serve_and_keys_refuse_a_database_not_at_head_with_the_fix(db_url) -> No
         timeout=120,
     )
     assert unreachable.returncode == 2 and "cannot reach database" in unreachable.stderr
+
+
+def test_client_commands_start_without_torch_or_transformers() -> None:
+    """An operator's `scalpel models list` (any client command that builds no edit) loads neither
+    torch nor transformers: it starts in a fraction of a second, not the seconds they take."""
+    script = """
+import json, sys
+from service.cli import main
+code = main(["models", "list", "--address", "127.0.0.1:1"])
+print(json.dumps({"code": code, "loaded": sorted({"torch", "transformers"} & set(sys.modules))}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"code": 2, "loaded": []}, (report, done.stderr)
+    assert "UNAVAILABLE" in done.stderr  # it did reach the client and map the error

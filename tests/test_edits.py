@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -210,3 +212,13 @@ def test_malformed_specs_raise_invalid_edit(text, field) -> None:
     with pytest.raises(InvalidEditError) as caught:
         edit_from_json(text, {})
     assert caught.value.field == field
+
+
+def test_the_package_names_resolve_on_first_use_and_importing_it_loads_no_torch() -> None:
+    import editors
+
+    assert set(editors.__all__) == set(editors._HOMES)  # every public name has a home, and only those
+    assert all(getattr(editors, name) is not None for name in editors.__all__)
+    script = "import sys, editors, editors.errors, editors.choices; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"

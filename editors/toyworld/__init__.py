@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from editors.toyworld.world import Fact, World, generate_world
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TOY_MODEL_DIR = Path(__file__).parent / "model"
 WORLD_FILE = "world.json"
@@ -15,6 +17,8 @@ CORPUS_FILE = "reference_corpus.txt"
 
 def load_toy_model(directory: Path = TOY_MODEL_DIR) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, World]:
     """The committed toy model (eval mode), its tokenizer and its world."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: TOY_MODEL_DIR alone needs no torch
+
     model = AutoModelForCausalLM.from_pretrained(directory)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)

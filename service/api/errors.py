@@ -16,8 +16,7 @@ import psycopg
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from editors import InvalidEditError
-from editors.errors import Cancelled
-from editors.export import NotExportable
+from editors.errors import Cancelled, NotExportable
 from service.registry import RegistryError
 from service.scheduler import SchedulerClosed
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from editors import Edit, InvalidEditError, artifact_blobs_by_hash, edit_from_json
+from editors.errors import InvalidEditError
 from service.db.models import (
     Artifact,
     EditArtifact,
@@ -29,6 +30,9 @@ from service.registry.unit_of_work import (
     UnitOfWork,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    from editors import Edit
 
 
 class EditStore(UnitOfWork):
@@ -75,6 +79,8 @@ class EditStore(UnitOfWork):
         self, model: str, edit: Edit, actor: str, description: str = "", request_id: str | None = None
     ) -> EditInfo:
         """Store an edit (same content → the same edit, no second row) with its artifacts."""
+        from editors import Edit, artifact_blobs_by_hash  # here: the registry alone needs no torch
+
         if not isinstance(edit, Edit):
             raise InvalidArgument("edit must be an editors.Edit value")
         spec_json = edit.to_json()
@@ -150,6 +156,8 @@ class EditStore(UnitOfWork):
                 "(the row was changed outside Scalpel); refusing to serve it"
             )
         blobs = {digest: self.read_artifact(digest) for digest in info.artifacts.values()}
+        from editors import edit_from_json
+
         try:
             edit = edit_from_json(info.spec_json, blobs)
         except InvalidEditError as exc:

@@ -1,0 +1,18 @@
+"""The named choices of the kit's public functions, in a module that imports nothing heavy: the
+``scalpel`` CLI builds its parser from them without loading torch."""
+
+from __future__ import annotations
+
+#: Attribution metrics (``editors.locate``).
+METRICS = ("logit_diff", "answer_logprob", "tokens_logprob")
+#: What attribution ranks (``editors.locate``).
+COMPONENT_KINDS = ("heads", "mlps", "neurons")
+#: ``noising``: the corrupted activation patched into the clean run (what the behaviour needs);
+#: ``denoising``: the clean activation patched into the corrupted run (what restores it).
+DIRECTIONS = ("noising", "denoising")
+#: The edit a discovered circuit proposes (``editors.circuits``).
+PROPOSALS = ("ablation", "directional")
+#: What a circuit is made of: heads and whole MLPs (nodes of a kind left out are never ablated).
+NODE_KINDS = ("heads", "mlps")
+#: What a version exports as (``service.export``).
+EXPORT_FORMATS = ("merged", "lora", "gguf", "steering")
