@@ -54,11 +54,43 @@ class Op:
     ``needs_positions``); with ``needs_rows`` it is ``fn(x, positions, rows)`` where ``rows``
     ``[batch]`` are the rows' sample keys (their batch row numbers, unless a batch of per-row
     stacks says otherwise). For weight sites ``fn(module_input, module_output) -> module_output``.
+
+    ``form`` states what ``fn`` computes when it is one of the kit's plain algebraic forms, so a
+    batch whose rows run different stacks can do it for every row in one step
+    (:meth:`editors.Surgeon.rows`) instead of one gather, op and scatter per stack.
     """
 
     fn: Callable[..., torch.Tensor]
     needs_positions: bool = False
     needs_rows: bool = False
+    form: AddVector | AddLowRank | ZeroUnits | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class AddVector:
+    """``fn(x) = x + delta`` (``delta`` ``[d]``, added at every position): rows fuse into one add
+    of a per-row matrix whose rows without the edit are zero."""
+
+    delta: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroUnits:
+    """``fn(x) = x`` with units ``index`` (of ``count``) along ``dim`` set to zero: rows fuse into
+    one masked fill over a per-row mask."""
+
+    dim: int
+    index: torch.Tensor
+    count: int
+
+
+@dataclass(frozen=True, eq=False)
+class AddLowRank:
+    """``fn(x, y) = y + (x V) Uᵀ``: rows fuse into two matmuls over every stack's factors side by
+    side, each row masked to its own columns."""
+
+    U: torch.Tensor
+    V: torch.Tensor
 
 
 def canonical_json(value: Any) -> str:
@@ -254,7 +286,7 @@ class _Ablation(Edit):
                 raise InvalidEditError(name, f"last dimension {tensor.shape[-1]} != d_head", f"d_head = {width}")
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
-        return self._compile_at(Site(self.layer, self.point), 2, device, dtype)
+        return self._compile_at(Site(self.layer, self.point), 2, self._limits(dims)[0], device, dtype)
 
     def _replace(
         self,
@@ -276,7 +308,9 @@ class _Ablation(Edit):
             values = pool[_resample_index(order, positions, rows)]
         return x.index_copy(dim, index, values.to(x.dtype))
 
-    def _compile_at(self, site: Site, dim: int, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+    def _compile_at(
+        self, site: Site, dim: int, count: int, device: torch.device, dtype: torch.dtype
+    ) -> list[tuple[Site, Op]]:
         index = torch.tensor(self._units(), device=device)
         means = None if self.means is None else self.means.to(device, dtype)
         pool = None if self.pool is None else self.pool.to(device, dtype)
@@ -290,7 +324,8 @@ class _Ablation(Edit):
         def fn(x: torch.Tensor, positions: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
             return self._replace(x, positions, rows, dim, index, means, pool, order)
 
-        return [(site, Op(fn, needs_positions=resample, needs_rows=resample))]
+        form = ZeroUnits(dim, index, count) if self.mode == "zero" else None
+        return [(site, Op(fn, needs_positions=resample, needs_rows=resample, form=form))]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -446,7 +481,8 @@ class Steering(Edit):
                 return change(x)
             return torch.where(_position_mask(positions, wanted), change(x), x)
 
-        return [(self.parsed_site, Op(fn, needs_positions=wanted is not None))]
+        form = AddVector(delta) if wanted is None and direction is None else None
+        return [(self.parsed_site, Op(fn, needs_positions=wanted is not None, form=form))]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -509,7 +545,7 @@ class LowRank(Edit):
         def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return y + (x @ V) @ U.T
 
-        return [(self.parsed_site, Op(fn))]
+        return [(self.parsed_site, Op(fn, form=AddLowRank(U, V)))]
 
 
 def edit_kinds() -> dict[str, type[Edit]]:

@@ -40,6 +40,7 @@ from editors.adapters import ArchitectureAdapter, ModelDims, adapter_for, module
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
 from editors.fingerprint import weights_sha256
+from editors.fusion import fused_op
 from editors.sites import ACTIVATION_POINTS, QKV_POINTS, WEIGHT_POINTS, Site
 
 #: A place hooks are installed: (layer, unit) with unit one of the keys of ``_UNITS_BY_POINT``'s values.
@@ -199,7 +200,7 @@ class Surgeon:
             for site, ops in stack.ops.items():
                 groups.setdefault(site, []).append(RowGroup(ops, rows, keys_here))
         position_layers = frozenset().union(*(stack.position_layers for stack in stacks))
-        return RowStacks(stacks, {site: tuple(g) for site, g in groups.items()}, position_layers)
+        return RowStacks(stacks, {site: _fuse(g, len(stacks)) for site, g in groups.items()}, position_layers)
 
     def site(self, name: str, field: str = "site") -> Site:
         """Parse an activation site name and check that this model has it."""
@@ -508,6 +509,17 @@ class Surgeon:
             return output
 
         return hook
+
+
+def _fuse(groups: list[RowGroup], batch: int) -> tuple[RowGroup, ...]:
+    """The site's groups as one group over every row where each is one op of a shared plain form
+    (:mod:`editors.fusion`); as they are otherwise."""
+    if len(groups) == 1 and groups[0].rows is None:  # one stack over every row: nothing to gather
+        return tuple(groups)
+    if any(len(group.ops) != 1 for group in groups):
+        return tuple(groups)
+    op = fused_op([group.ops[0] for group in groups], [group.rows for group in groups], batch)  # type: ignore[misc]
+    return tuple(groups) if op is None else (RowGroup((op,)),)
 
 
 def _run_ops(

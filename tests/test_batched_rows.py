@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editors import Surgeon, weights_sha256
+from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
-from tests.test_surgeon import every_edit
+from tests.test_surgeon import _rand, every_edit
 
 #: float32: a row's logits in a batch against its solo run (the bar is 1e-4)
 F32_TOLERANCE = 1e-4
@@ -88,4 +88,51 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: 
     order[:] = [order[i] for i in (4, 0, 2)]
     step()
     assert worst[0] <= tolerance, f"max |Δ| {worst[0]:.2e} over rows against their solo runs"
+    assert weights_sha256(model) == base_hash
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plain_forms_fuse_into_one_op_per_site_and_each_row_still_matches_its_solo_run(family: str) -> None:
+    """Steering adds, zero ablations and low-rank deltas from different stacks at one site run as
+    one op over the whole batch (a per-row table, zero where a row's stack leaves the site alone)."""
+    model = tiny_model(family).to(TEST_DEVICE)
+    surgeon = Surgeon(model)
+    d = surgeon.dims
+    base_hash = weights_sha256(model)
+    steer, weight = "blocks.1.hook_resid_post", "blocks.1.mlp.W_out"
+    stacks = [
+        surgeon.compile(edits)
+        for edits in (
+            [
+                Steering(site=steer, vector=_rand(d.d_model, seed=1)),
+                HeadAblation(layer=0, heads=(1,)),
+                NeuronAblation(layer=2, neurons=(0, 5)),
+                LowRank(site=weight, U=_rand(d.d_model, 1, seed=2), V=_rand(d.d_mlp, 1, seed=3)),
+            ],
+            [
+                Steering(site=steer, vector=_rand(d.d_model, seed=4), scale=3.0),
+                HeadAblation(layer=0, heads=(0, d.n_heads - 1)),
+                LowRank(site=weight, U=_rand(d.d_model, 3, seed=5), V=_rand(d.d_mlp, 3, seed=6)),
+            ],
+            [],
+            [NeuronAblation(layer=2, neurons=(7,))],
+        )
+    ]
+    order = [stacks[i] for i in (0, 2, 1, 3, 0, 1, 2)]
+    rows = surgeon.rows(order)
+    assert set(rows.groups) == {*stacks[0].ops, *stacks[1].ops}
+    assert all(len(groups) == 1 and groups[0].rows is None for groups in rows.groups.values())  # fused
+    prompts = [_prompt(row) for row in range(len(order))]
+    worst = 0.0
+    with torch.inference_mode():
+        batch, logits = DecodeBatch.prefill(model, surgeon, [torch.tensor(p) for p in prompts], order, 0)
+        for step in range(3):  # the prefill, then two decode steps
+            if step:
+                tokens = torch.tensor([p[-1] for p in prompts], device=model.device)
+                logits = batch.step(model, surgeon, rows, tokens)
+            for row, stack in enumerate(order):
+                solo = _solo_last_logits(model, surgeon, stack, prompts[row])
+                worst = max(worst, float((logits[row] - solo).abs().max()))
+                prompts[row].append(int(solo.argmax()))
+    assert worst <= F32_TOLERANCE, f"max |Δ| {worst:.2e} over rows against their solo runs"
     assert weights_sha256(model) == base_hash

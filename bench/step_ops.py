@@ -1,0 +1,80 @@
+"""Kernels per decode step: one version against 8 versions mixed in one batch.
+
+    python bench/step_ops.py --json
+    → {"c{N}_same_ops", "c{N}_mixed_ops", "c{N}_mixed_ops_ratio"} for N in 8, 64
+
+Counts the aten operators that launch work (views and no-op dropouts left out) in one decode step
+of the serving engine's batch (``DecodeBatch.step`` under ``Surgeon.rows``), on the toy model
+with ``bench/serving.py``'s 8 versions (steering, head ablation, ROME, alone and combined). On a
+GPU a small batch's step is bound by kernel launches, so this count is the CPU-side measure of
+what per-row stacks cost there; it is exact and does not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import VERSIONS, edits_for_versions, prompts
+
+from editors import Surgeon
+from editors.decode_batch import DecodeBatch
+from editors.toyworld import load_toy_model
+
+#: operators that only reinterpret a tensor (no kernel), and dropout, a no-op in eval mode
+NO_KERNEL = {
+    "alias", "as_strided", "detach", "dropout", "expand", "permute", "reshape", "select", "slice", "split",
+    "squeeze", "t", "transpose", "unbind", "unsqueeze", "view", "_unsafe_view",
+}  # fmt: skip
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in NO_KERNEL:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def step_ops(model, surgeon: Surgeon, ids: list[torch.Tensor], stacks: list) -> int:
+    with torch.inference_mode():
+        batch, logits = DecodeBatch.prefill(model, surgeon, ids, stacks, 0)
+        rows = surgeon.rows(stacks)
+        batch.step(model, surgeon, rows, logits.argmax(-1))  # a first step, uncounted
+        with _Count() as count:
+            batch.step(model, surgeon, rows, logits.argmax(-1))
+    return count.ops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    model, tokenizer, world = load_toy_model()
+    surgeon = Surgeon(model)
+    stacks = [surgeon.compile(edits) for edits in edits_for_versions(model, tokenizer, world)]
+    results: dict[str, float] = {}
+    for n in (8, 64):
+        ids = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in prompts(world, n)]
+        same = step_ops(model, surgeon, ids, [stacks[0]] * n)
+        mixed = step_ops(model, surgeon, ids, [stacks[i % VERSIONS] for i in range(n)])
+        results |= {f"c{n}_same_ops": same, f"c{n}_mixed_ops": mixed, f"c{n}_mixed_ops_ratio": mixed / same}
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+    else:
+        for key, value in results.items():
+            print(f"{key:<24} {value:10.3f}")
+
+
+if __name__ == "__main__":
+    main()
