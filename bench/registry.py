@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import report  # noqa: E402
 from editors import Steering  # noqa: E402
 from service.db.migrate import upgrade  # noqa: E402
 from service.db.models import AuditEvent, AuditHead  # noqa: E402
@@ -118,11 +119,7 @@ def main() -> None:
             else:
                 results["verify_events_per_s_postgres"] = verify_throughput(postgres, args.events)
         reset_postgres(postgres)
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-    else:
-        for key, value in results.items():
-            print(f"{key:<32} {value:12.3f}")
+    report(results, args.json)
 
 
 if __name__ == "__main__":

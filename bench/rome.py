@@ -8,7 +8,6 @@ Targets (issue 3): ≤ 5 s per edit, ≤ 10 s per trace, on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import report  # noqa: E402
 from editors import Surgeon  # noqa: E402
 from editors.covariance import CovarianceCache  # noqa: E402
 from editors.patching import causal_trace  # noqa: E402
@@ -62,11 +62,7 @@ def main() -> None:
         "covariance_seconds_cached": cached_seconds,
         "covariance_corpus_texts": len(corpus),
     }
-    if args.json:
-        print(json.dumps({k: round(v, 4) for k, v in result.items()}))
-    else:
-        for key, value in result.items():
-            print(f"{key:<32} {value:.4f}")
+    report(result, args.json, digits=4)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ in-process at concurrency 1; alias move p50 ≤ 20 ms end to end.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import statistics
 import sys
@@ -29,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import report  # noqa: E402
 from bench.serve_process import serve_process  # noqa: E402
 from editors import Steering  # noqa: E402
 from editors.toyworld import load_toy_model  # noqa: E402
@@ -138,11 +138,7 @@ def main() -> None:
         registry.engine.dispose()
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=30)
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-    else:
-        for key, value in results.items():
-            print(f"{key:<32} {value:10.3f}")
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ what per-row stacks cost there; it is exact and does not depend on the machine's
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import report
 from serving import VERSIONS, edits_for_versions, prompts
 
 from editors import Surgeon
@@ -69,11 +69,7 @@ def main() -> None:
         same = step_ops(model, surgeon, ids, [stacks[0]] * n)
         mixed = step_ops(model, surgeon, ids, [stacks[i % VERSIONS] for i in range(n)])
         results |= {f"c{n}_same_ops": same, f"c{n}_mixed_ops": mixed, f"c{n}_mixed_ops_ratio": mixed / same}
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-    else:
-        for key, value in results.items():
-            print(f"{key:<24} {value:10.3f}")
+    report(results, args.json)
 
 
 if __name__ == "__main__":

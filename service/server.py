@@ -46,6 +46,9 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     database_url: str | None = None
     insecure: bool = False
+    # A verified API key is trusted this long before the database is asked again (0: every call).
+    # A revocation through this replica counts at once; one made elsewhere within this many seconds.
+    key_cache_seconds: float = 1.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: every client must present a certificate this CA signed
@@ -122,7 +125,7 @@ class ScalpelServer:
         interceptors = [
             MetricsInterceptor(self.metrics),  # outermost: it counts every call, refused ones too
             MalformedRequestInterceptor(config.max_message_bytes),
-            AuthInterceptor(self.registry, insecure=config.insecure),
+            AuthInterceptor(self.registry, insecure=config.insecure, key_cache_seconds=config.key_cache_seconds),
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, initializer=serial_thread),

@@ -29,6 +29,7 @@ from editors.toyworld.evaluate import sentiment_pairs
 from service.api.auth import REQUIRED_ROLES
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
+from service.registry import Registry
 from service.registry.registry import ROLES
 from service.server import ScalpelServer, ServerConfig
 from tests.certificates import make_certificates
@@ -789,3 +790,46 @@ def test_an_alias_deleted_over_the_api_stops_serving_at_once(served, capsys, mon
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     assert 'scalpel_active_version{alias="canary"' not in body
     assert 'scalpel_active_version{alias="production",model="toy"}' in body
+
+
+def test_a_verified_key_is_trusted_for_key_cache_seconds_and_a_revocation_here_counts_at_once(
+    db_url, monkeypatch
+) -> None:
+    """One database read per key per ``key_cache_seconds``; a revocation through this replica
+    refuses the key on its next call, one made elsewhere (another replica, the CLI) once the
+    window has passed, and with 0 on the very next call."""
+    elsewhere = Registry(db_url)  # another replica, or `scalpel keys revoke`, on the same database
+    servers = []
+    for seconds in (3600.0, 0.0):
+        config = ServerConfig(
+            address="127.0.0.1:0", database_url=db_url, metrics_address=None, models={}, key_cache_seconds=seconds
+        )
+        servers.append(ScalpelServer(config))
+    cached, strict = servers
+    checks: list[str] = []
+    real = cached.registry.verify_key
+    monkeypatch.setattr(cached.registry, "verify_key", lambda secret: checks.append(secret) or real(secret))
+    keys = {name: elsewhere.create_key(name, "admin", "test")[1] for name in ("a", "b", "c")}
+    clients = {name: ScalpelClient(f"127.0.0.1:{cached.port}", secret) for name, secret in keys.items()}
+    try:
+        for _ in range(5):
+            clients["a"].models.ListModels(pb.ListModelsRequest())
+        assert checks == [keys["a"]]  # verified once, then trusted
+        elsewhere.revoke_key("a", "test")
+        clients["a"].models.ListModels(pb.ListModelsRequest())  # within its window: still trusted here
+        clients["c"].models.ListModels(pb.ListModelsRequest())
+        clients["b"].keys.RevokeKey(pb.RevokeKeyRequest(name="c"))  # through this replica
+        assert _code(lambda: clients["c"].models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        # the revocation here also dropped what was trusted before it: "a" is checked again, and refused
+        assert _code(lambda: clients["a"].models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        with ScalpelClient(f"127.0.0.1:{strict.port}", keys["b"]) as b:
+            b.models.ListModels(pb.ListModelsRequest())
+            elsewhere.revoke_key("b", "test")
+            assert _code(lambda: b.models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(ValueError, match="key_cache_seconds"):
+            ScalpelServer(ServerConfig(address="127.0.0.1:0", database_url=db_url, models={}, key_cache_seconds=-1))
+    finally:
+        for client in clients.values():
+            client.close()
+        for server in servers:
+            server.stop(grace=0)

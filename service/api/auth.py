@@ -86,15 +86,33 @@ def _rank(role: str) -> int:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Keys are checked against the database on every call (revocation is immediate). While the
-    database is unreachable, a key verified in the last ``outage_grace_seconds`` is still accepted,
-    so a replica keeps serving through a database restart."""
+    """Keys are checked against the database, and a key that passed is trusted for
+    ``key_cache_seconds`` (0: every call is checked). A revocation through this replica takes
+    effect on the next call; one made elsewhere (another replica, ``scalpel keys revoke``) within
+    ``key_cache_seconds``. While the database is unreachable, a key verified in the last
+    ``outage_grace_seconds`` is still accepted, so a replica keeps serving through a database
+    restart.
 
-    def __init__(self, registry: Registry, insecure: bool = False, outage_grace_seconds: float = 300.0) -> None:
+    Why a cache at all: the check is a database read on every call, a fifth of the serving
+    process's time per short request (BENCHMARKS.md), and per-request work in that one process is
+    what caps many concurrent streams on a GPU."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        insecure: bool = False,
+        outage_grace_seconds: float = 300.0,
+        key_cache_seconds: float = 1.0,
+    ) -> None:
+        if not key_cache_seconds >= 0:
+            raise ValueError(f"key_cache_seconds must be 0 (check every call) or more, got {key_cache_seconds}")
         self.registry = registry
         self.insecure = insecure
         self.outage_grace_seconds = outage_grace_seconds
-        self._verified: dict[str, tuple[KeyInfo, float]] = {}
+        self.key_cache_seconds = key_cache_seconds
+        #: SHA-256 of a secret → its key, when it was last verified, and the registry's revocation
+        #: count read before that verification
+        self._verified: dict[str, tuple[KeyInfo, float, int]] = {}
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -111,18 +129,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if not header.startswith("Bearer "):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
         secret = header.removeprefix("Bearer ").strip()
-        try:
-            key = self.registry.verify_key(secret)
-        except DBAPIError:
-            key = self._recently_verified(secret)
-            if key is None:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
-        else:
-            fingerprint = hashlib.sha256(secret.encode()).hexdigest()
-            if key is None:
-                self._verified.pop(fingerprint, None)
-            else:
-                self._verified[fingerprint] = (key, time.monotonic())
+        fingerprint = hashlib.sha256(secret.encode()).hexdigest()
+        key = self._cached(fingerprint)
+        if key is None:
+            key = self._verify(context, secret, fingerprint)
         if key is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         if _rank(key.role) < _rank(required):
@@ -132,11 +142,26 @@ class AuthInterceptor(grpc.ServerInterceptor):
             )
         return Principal(key.name, key.role)
 
-    def _recently_verified(self, secret: str) -> KeyInfo | None:
-        known = self._verified.get(hashlib.sha256(secret.encode()).hexdigest())
-        if known is None or time.monotonic() - known[1] > self.outage_grace_seconds:
+    def _cached(self, fingerprint: str) -> KeyInfo | None:
+        known = self._verified.get(fingerprint)
+        if known is None or known[2] != self.registry.revocations:
             return None
-        return known[0]
+        return known[0] if time.monotonic() - known[1] < self.key_cache_seconds else None
+
+    def _verify(self, context: grpc.ServicerContext, secret: str, fingerprint: str) -> KeyInfo | None:
+        revocations = self.registry.revocations  # read first: a revocation during the check makes this entry stale
+        try:
+            key = self.registry.verify_key(secret)
+        except DBAPIError:
+            known = self._verified.get(fingerprint)
+            if known is None or time.monotonic() - known[1] > self.outage_grace_seconds:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
+            return known[0]
+        if key is None:
+            self._verified.pop(fingerprint, None)
+        else:
+            self._verified[fingerprint] = (key, time.monotonic(), revocations)
+        return key
 
 
 def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[grpc.ServicerContext], Principal]) -> Any:

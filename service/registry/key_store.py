@@ -27,9 +27,23 @@ from service.registry.unit_of_work import (
     utc_now,
 )
 
+_KEY_COLUMNS = (
+    ApiKey.name,
+    ApiKey.prefix,
+    ApiKey.role,
+    ApiKey.created_by,
+    ApiKey.created_at,
+    ApiKey.revoked_at,
+    ApiKey.secret_hash,
+)
+
 
 class KeyStore(UnitOfWork):
     """API keys: the secret is shown once and stored only as a hash."""
+
+    #: Keys revoked through this object since it was made: a cache of verified keys made before
+    #: a change to it is stale (``service.api.auth``).
+    revocations: int = 0
 
     @staticmethod
     def _key_info(row: ApiKey) -> KeyInfo:
@@ -67,13 +81,13 @@ class KeyStore(UnitOfWork):
         if not isinstance(secret, str) or not secret.startswith("sk_"):
             return None
         prefix = secret[3:].partition("_")[0]
-        with self._read() as session:
-            row = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
-            if row is None or row.revoked_at is not None:
-                return None
-            if not secrets.compare_digest(row.secret_hash, self._secret_hash(secret)):
-                return None
-            return self._key_info(row)
+        with self._read_rows() as connection:  # on every call's path: columns, not an ORM session
+            row = connection.execute(select(*_KEY_COLUMNS).where(ApiKey.prefix == prefix)).one_or_none()
+        if row is None or row.revoked_at is not None:
+            return None
+        if not secrets.compare_digest(row.secret_hash, self._secret_hash(secret)):
+            return None
+        return KeyInfo(row.name, row.prefix, row.role, row.created_by, row.created_at, row.revoked_at)
 
     def revoke_key(self, name: str, actor: str) -> KeyInfo:
         with self._write() as session:
@@ -83,7 +97,9 @@ class KeyStore(UnitOfWork):
             if row.revoked_at is None:
                 row.revoked_at = utc_now()
                 audit.append(session, actor, "key.revoked", f"keys/{name}", {"prefix": row.prefix})
-            return self._key_info(row)
+            info = self._key_info(row)
+        self.revocations += 1  # after the commit: a verification that read the old count re-checks
+        return info
 
     def list_keys(self, page_size: int = 50, page_token: str = "") -> Page:
         return self._page(select(ApiKey), ApiKey.id, page_size, page_token, lambda _, r: self._key_info(r))
