@@ -24,6 +24,7 @@ from service.api.malformed import TRANSPORT_HEADROOM, MalformedRequestIntercepto
 from service.api.reflection_v1 import enable_reflection
 from service.api.service_base import DEFAULT_LOCATE_MAX_PASSES
 from service.api.servicers import Servicers, add_to_server
+from service.api.verified_keys import VerifiedKeys
 from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
@@ -122,10 +123,12 @@ class ScalpelServer:
             NO_SHARED_PORT,
         ]
         self.metrics = Metrics()
+        #: one cache of verified API keys for gRPC and the HTTP gateway
+        self.keys = VerifiedKeys(self.registry, config.key_cache_seconds)
         interceptors = [
             MetricsInterceptor(self.metrics),  # outermost: it counts every call, refused ones too
             MalformedRequestInterceptor(config.max_message_bytes),
-            AuthInterceptor(self.registry, insecure=config.insecure, key_cache_seconds=config.key_cache_seconds),
+            AuthInterceptor(self.keys, insecure=config.insecure),
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, initializer=serial_thread),
@@ -148,7 +151,7 @@ class ScalpelServer:
         self._stopping = threading.Event()
         self.gateway: HttpGateway | None = None
         if config.http_address:
-            app = build_app(self.registry, self.hosts, self.metrics, insecure=config.insecure)
+            app = build_app(self.registry, self.hosts, self.metrics, insecure=config.insecure, keys=self.keys)
             self.gateway = HttpGateway(app, config.http_address, config.tls_cert, config.tls_key)
         self.http_port = self.gateway.port if self.gateway is not None else None
         self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)

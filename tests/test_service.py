@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -792,6 +793,18 @@ def test_an_alias_deleted_over_the_api_stops_serving_at_once(served, capsys, mon
     assert 'scalpel_active_version{alias="production",model="toy"}' in body
 
 
+def _http_status(server: ScalpelServer, secret: str) -> int:
+    """The gateway's answer to GET /v1/models with ``secret``."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/v1/models", headers={"Authorization": f"Bearer {secret}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def test_a_verified_key_is_trusted_for_key_cache_seconds_and_a_revocation_here_counts_at_once(
     db_url, monkeypatch
 ) -> None:
@@ -802,7 +815,12 @@ def test_a_verified_key_is_trusted_for_key_cache_seconds_and_a_revocation_here_c
     servers = []
     for seconds in (3600.0, 0.0):
         config = ServerConfig(
-            address="127.0.0.1:0", database_url=db_url, metrics_address=None, models={}, key_cache_seconds=seconds
+            address="127.0.0.1:0",
+            database_url=db_url,
+            metrics_address=None,
+            models={},
+            key_cache_seconds=seconds,
+            http_address="127.0.0.1:0",  # the OpenAI-compatible gateway shares the cache
         )
         servers.append(ScalpelServer(config))
     cached, strict = servers
@@ -818,8 +836,10 @@ def test_a_verified_key_is_trusted_for_key_cache_seconds_and_a_revocation_here_c
         elsewhere.revoke_key("a", "test")
         clients["a"].models.ListModels(pb.ListModelsRequest())  # within its window: still trusted here
         clients["c"].models.ListModels(pb.ListModelsRequest())
+        assert _http_status(cached, keys["c"]) == 200
         clients["b"].keys.RevokeKey(pb.RevokeKeyRequest(name="c"))  # through this replica
         assert _code(lambda: clients["c"].models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
+        assert _http_status(cached, keys["c"]) == 401
         # the revocation here also dropped what was trusted before it: "a" is checked again, and refused
         assert _code(lambda: clients["a"].models.ListModels(pb.ListModelsRequest())) == grpc.StatusCode.UNAUTHENTICATED
         with ScalpelClient(f"127.0.0.1:{strict.port}", keys["b"]) as b:

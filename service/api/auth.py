@@ -8,19 +8,16 @@ admin role. The caller's identity is available to handlers through :func:`curren
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from sqlalchemy.exc import DBAPIError
 
+from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
 from service.metrics import note_caller
-from service.registry import Registry
-from service.registry.registry import ROLES, KeyInfo
+from service.registry.registry import ROLES
 
 #: Minimum role per RPC (method name after the service); unlisted RPCs need "admin".
 REQUIRED_ROLES: dict[str, str] = {
@@ -86,33 +83,12 @@ def _rank(role: str) -> int:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Keys are checked against the database, and a key that passed is trusted for
-    ``key_cache_seconds`` (0: every call is checked). A revocation through this replica takes
-    effect on the next call; one made elsewhere (another replica, ``scalpel keys revoke``) within
-    ``key_cache_seconds``. While the database is unreachable, a key verified in the last
-    ``outage_grace_seconds`` is still accepted, so a replica keeps serving through a database
-    restart.
+    """Each call's key, checked through :class:`VerifiedKeys` (a verified key is trusted for
+    ``key_cache_seconds``; a revocation through this replica counts at once)."""
 
-    Why a cache at all: the check is a database read on every call, a fifth of the serving
-    process's time per short request (BENCHMARKS.md), and per-request work in that one process is
-    what caps many concurrent streams on a GPU."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        insecure: bool = False,
-        outage_grace_seconds: float = 300.0,
-        key_cache_seconds: float = 1.0,
-    ) -> None:
-        if not key_cache_seconds >= 0:
-            raise ValueError(f"key_cache_seconds must be 0 (check every call) or more, got {key_cache_seconds}")
-        self.registry = registry
+    def __init__(self, keys: VerifiedKeys, insecure: bool = False) -> None:
+        self.keys = keys
         self.insecure = insecure
-        self.outage_grace_seconds = outage_grace_seconds
-        self.key_cache_seconds = key_cache_seconds
-        #: SHA-256 of a secret → its key, when it was last verified, and the registry's revocation
-        #: count read before that verification
-        self._verified: dict[str, tuple[KeyInfo, float, int]] = {}
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -128,11 +104,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         header = metadata.get("authorization", "")
         if not header.startswith("Bearer "):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
-        secret = header.removeprefix("Bearer ").strip()
-        fingerprint = hashlib.sha256(secret.encode()).hexdigest()
-        key = self._cached(fingerprint)
-        if key is None:
-            key = self._verify(context, secret, fingerprint)
+        try:
+            key = self.keys.verify(header.removeprefix("Bearer ").strip())
+        except DatabaseUnreachable as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         if key is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         if _rank(key.role) < _rank(required):
@@ -141,27 +116,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 f"this call needs role {required!r}; key {key.name!r} has {key.role!r}",
             )
         return Principal(key.name, key.role)
-
-    def _cached(self, fingerprint: str) -> KeyInfo | None:
-        known = self._verified.get(fingerprint)
-        if known is None or known[2] != self.registry.revocations:
-            return None
-        return known[0] if time.monotonic() - known[1] < self.key_cache_seconds else None
-
-    def _verify(self, context: grpc.ServicerContext, secret: str, fingerprint: str) -> KeyInfo | None:
-        revocations = self.registry.revocations  # read first: a revocation during the check makes this entry stale
-        try:
-            key = self.registry.verify_key(secret)
-        except DBAPIError:
-            known = self._verified.get(fingerprint)
-            if known is None or time.monotonic() - known[1] > self.outage_grace_seconds:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
-            return known[0]
-        if key is None:
-            self._verified.pop(fingerprint, None)
-        else:
-            self._verified[fingerprint] = (key, time.monotonic(), revocations)
-        return key
 
 
 def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[grpc.ServicerContext], Principal]) -> Any:

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import DBAPIError
 
+from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
 from service.detokenizer import Detokenizer
 from service.gateway.schemas import ChatMessage, ChatRequest, CompletionRequest, SamplingFields
 from service.metrics import ACCESS_LOG, Metrics
@@ -58,7 +59,7 @@ def _as_gateway_error(error: Exception) -> GatewayError:
         return GatewayError(404, str(error), code="not_found")
     if isinstance(error, PermissionDenied):
         return GatewayError(403, str(error), "permission_error")
-    if isinstance(error, SchedulerClosed | DBAPIError):
+    if isinstance(error, SchedulerClosed | DBAPIError | DatabaseUnreachable):
         return GatewayError(
             503, "the service is unavailable (shutting down, or its database is away); retry", "api_error"
         )
@@ -199,8 +200,11 @@ def build_app(
     hosts: Mapping[str, ModelHost],
     metrics: Metrics | None = None,
     insecure: bool = False,
+    keys: VerifiedKeys | None = None,
 ) -> FastAPI:
-    """The gateway's ASGI app over ``hosts`` (read at each request: models loaded later appear)."""
+    """The gateway's ASGI app over ``hosts`` (read at each request: models loaded later appear).
+    ``keys``: the server's cache of verified API keys (default: a cache of the gateway's own)."""
+    keys = keys or VerifiedKeys(registry)
     app = FastAPI(title="Scalpel OpenAI-compatible gateway", docs_url=None, redoc_url=None)
 
     def caller(request: Request) -> str:
@@ -212,7 +216,7 @@ def build_app(
             raise GatewayError(
                 401, "send 'Authorization: Bearer <api key>' (the keys of the gRPC API)", code="invalid_api_key"
             )
-        key = registry.verify_key(header.removeprefix("Bearer ").strip())
+        key = keys.verify(header.removeprefix("Bearer ").strip())
         if key is None:
             raise GatewayError(401, "unknown or revoked API key", code="invalid_api_key")
         return key.name
