@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The checks issue 14 asks for whenever a GPU is at hand, in one command (about 6 minutes on an
+# H200): the equivalence tests on the device, then the serving benchmark there, c64 first.
+#   bench/device_check.sh [DEVICE] [OUT_DIR]      # defaults: cuda, the current directory
+# $PYTHON (default python3) must import the project's dependencies (e.g. PYTHON=.venv/bin/python).
+set -u
+device="${1:-cuda}"
+out="$(realpath "${2:-.}")"
+python="${PYTHON:-python3}"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+"$python" -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')" | tee "$out/env.txt"
+SCALPEL_TEST_DEVICE="$device" timeout 200 "$python" -m pytest -q -p no:cacheprovider -rA \
+    tests/test_batched_rows.py tests/test_engine_process.py tests/test_scheduler.py >"$out/tests.log" 2>&1
+echo "equivalence tests on $device: exit $?"
+grep -E "passed|failed" "$out/tests.log" | tail -3
+timeout 300 "$python" bench/serving.py --device "$device" --rounds 2 --concurrency 64 8 1 >"$out/bench.log" 2>&1
+echo "bench/serving.py on $device: exit $?"
+grep -E "ratio|per_message|ttft|speedup" "$out/bench.log"
