@@ -1,8 +1,9 @@
 """Per-row stacks at one site as one op over the whole batch.
 
 Where every stack that acts at a site does so with one op of the same plain form (steering's
-add, a low-rank weight delta), the rows need not be gathered, edited and scattered back stack by
-stack: a per-row table does it in one step, zero for rows whose stack leaves the site alone. On
+add, a zero ablation, a low-rank weight delta), the rows need not be gathered, edited and
+scattered back stack by stack: a per-row table does it in one step, zero for rows whose stack
+leaves the site alone. On
 a GPU, where a small batch's decode step is bound by kernel launches, that is the difference
 between one launch and three or more per stack.
 """
