@@ -68,10 +68,11 @@ class Op:
 
 @dataclass(frozen=True, eq=False)
 class AddVector:
-    """``fn(x) = x + delta`` (``delta`` ``[d]``, added at every position): rows fuse into one add
-    of a per-row matrix whose rows without the edit are zero."""
+    """``fn(x) = x + delta`` (``delta`` ``[d]``) at the positions ``positions`` (None: every one):
+    rows fuse into one add of a per-row matrix whose rows without the edit are zero."""
 
     delta: torch.Tensor
+    positions: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -481,7 +482,7 @@ class Steering(Edit):
                 return change(x)
             return torch.where(_position_mask(positions, wanted), change(x), x)
 
-        form = AddVector(delta) if wanted is None and direction is None else None
+        form = AddVector(delta, wanted) if direction is None else None
         return [(self.parsed_site, Op(fn, needs_positions=wanted is not None, form=form))]
 
 

@@ -36,11 +36,27 @@ def _add_vectors(forms: Sequence[AddVector], rows: Sequence[torch.Tensor], batch
     table = first.new_zeros(batch, first.shape[-1])
     for form, where in zip(forms, rows, strict=True):
         table[where] = form.delta
+    if all(form.positions is None for form in forms):
 
-    def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        return x + table.view(batch, *([1] * (x.dim() - 2)), table.shape[-1])
+        def everywhere(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            return x + table.view(batch, *([1] * (x.dim() - 2)), table.shape[-1])
 
-    return Op(fn)
+        return Op(everywhere)
+    # a row's wanted positions, -1 padded; rows whose vector goes everywhere are marked apart
+    width = max(len(form.positions) for form in forms if form.positions is not None)
+    wanted = torch.full((batch, width), -1, dtype=torch.long, device=first.device)
+    anywhere = torch.zeros(batch, dtype=torch.bool, device=first.device)
+    for form, where in zip(forms, rows, strict=True):
+        if form.positions is None:
+            anywhere[where] = True
+        else:
+            wanted[where.unsqueeze(1), torch.arange(len(form.positions), device=first.device)] = form.positions
+
+    def at_positions(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        hit = anywhere.unsqueeze(1) | (positions.unsqueeze(-1) == wanted.unsqueeze(1)).any(-1)  # [batch, seq]
+        return torch.where(hit.unsqueeze(-1), x + table.unsqueeze(1), x)
+
+    return Op(at_positions, needs_positions=True)
 
 
 def _zero_units(forms: Sequence[ZeroUnits], rows: Sequence[torch.Tensor], batch: int) -> Op | None:

@@ -93,8 +93,9 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plain_forms_fuse_into_one_op_per_site_and_each_row_still_matches_its_solo_run(family: str) -> None:
-    """Steering adds, zero ablations and low-rank deltas from different stacks at one site run as
-    one op over the whole batch (a per-row table, zero where a row's stack leaves the site alone)."""
+    """Steering adds (at every position or at some), zero ablations and low-rank deltas from
+    different stacks at one site run as one op over the whole batch (a per-row table, zero where a
+    row's stack leaves the site alone)."""
     model = tiny_model(family).to(TEST_DEVICE)
     surgeon = Surgeon(model)
     d = surgeon.dims
@@ -115,7 +116,10 @@ def test_plain_forms_fuse_into_one_op_per_site_and_each_row_still_matches_its_so
                 LowRank(site=weight, U=_rand(d.d_model, 3, seed=5), V=_rand(d.d_mlp, 3, seed=6)),
             ],
             [],
-            [NeuronAblation(layer=2, neurons=(7,))],
+            [
+                NeuronAblation(layer=2, neurons=(7,)),
+                Steering(site=steer, vector=_rand(d.d_model, seed=7), positions=(1, 4)),
+            ],
         )
     ]
     order = [stacks[i] for i in (0, 2, 1, 3, 0, 1, 2)]
