@@ -7,7 +7,7 @@ import json
 
 def report(results: dict[str, float], as_json: bool, digits: int = 3) -> None:
     if as_json:
-        print(json.dumps({key: round(value, digits) for key, value in results.items()}))
+        print(json.dumps({key: round(value, digits) for key, value in results.items()}), flush=True)
         return
     for key, value in results.items():
-        print(f"{key:<32} {value:12.{digits}f}")
+        print(f"{key:<32} {value:12.{digits}f}", flush=True)

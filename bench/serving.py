@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import signal
 import statistics
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.grpc_ceiling import ceiling  # noqa: E402
+from bench.report import report  # noqa: E402
 from bench.serve_process import serve_process  # noqa: E402
 from editors import HeadAblation, Steering, Surgeon  # noqa: E402
 from editors.covariance import key_covariance  # noqa: E402
@@ -221,7 +221,6 @@ def main() -> None:
             serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())), *device, "--no-engine-process")
         )
         inline_client = ScalpelClient(f"127.0.0.1:{inline_served.port}", inline_served.secret)
-        clients = [client, inline_client]
         versions = [0]
         for edits in version_edits[1:]:
             ids = [client.create_edit("toy", edit).id for edit in edits]
@@ -229,8 +228,10 @@ def main() -> None:
         ttft: dict[int, list[float]] = {}  # the "same" side's times to first token
         chunks: dict[int, list[int]] = {}  # the "same" side's token messages and tokens
 
+        engine_client = client
+
         def via_service(spread: int, concurrency: int, client: ScalpelClient = client) -> Callable[[int, str], int]:
-            same = spread == 1 and client is clients[0]
+            same = spread == 1 and client is engine_client
 
             def run_one(stream: int, text: str) -> int:
                 started = time.perf_counter()
@@ -298,16 +299,19 @@ def main() -> None:
             messages, tokens = chunks.get(concurrency, [1, 0])
             results[f"c{concurrency}_tokens_per_message"] = tokens / messages
             if not args.json:  # each concurrency's figures as soon as they are in
-                for key, value in results.items():
-                    if key.startswith(f"c{concurrency}_") or key.endswith(f"_c{concurrency}"):
-                        print(f"{key:<32} {value:12.3f}", flush=True)
+                mine = {
+                    k: v
+                    for k, v in results.items()
+                    if k.startswith(f"c{concurrency}_") or k.endswith(f"_c{concurrency}")
+                }
+                report(mine, as_json=False)
         client.close()
         inline_client.close()
         for process in (served.process, inline_served.process):
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
     if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+        report(results, as_json=True)
 
 
 if __name__ == "__main__":

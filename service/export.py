@@ -16,8 +16,6 @@ from editors.export import export_lora, export_merged
 from editors.steering_files import directions, write_gguf, write_safetensors
 from service.registry import FailedPrecondition, Registry
 
-FORMATS = EXPORT_FORMATS
-
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -34,8 +32,8 @@ def export_version(
 
     The base weights are read from the model's registered source and must still hash to what was
     registered; the version's rows and edits are verified against their hashes as when serving."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     info = registry.get_model(model)
     version_info = registry.verified_version(model, version)
     edits = [registry.load_edit(model, edit_id) for edit_id in version_info.edit_ids]

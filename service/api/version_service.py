@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from editors.choices import EXPORT_FORMATS
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors, abort_on_errors_stream
 from service.api.resources import parse, version_pb
@@ -17,7 +18,7 @@ from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
 from service.checks import Suite
 from service.db.engine import data_dir
-from service.export import FORMATS, export_version
+from service.export import export_version
 from service.registry import InvalidArgument
 
 #: Most worst-affected prompts a CompareVersions reply lists.
@@ -88,8 +89,8 @@ class VersionService(rpc.VersionServiceServicer, ServicerBase):
         self, request: pb.ExportVersionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportChunk]:
         model, number = parse("version", request.name)
-        if request.format not in FORMATS:
-            raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}, got {request.format!r}")
+        if request.format not in EXPORT_FORMATS:
+            raise InvalidArgument(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {request.format!r}")
         scratch = data_dir() / "exports"
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch) as directory:

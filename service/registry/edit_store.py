@@ -143,6 +143,8 @@ class EditStore(UnitOfWork):
 
     def load_edit(self, model: str, edit_id: int) -> Edit:
         """The stored edit as an ``editors.Edit`` (artifacts verified on read)."""
+        from editors import edit_from_json  # here: the registry alone needs no torch
+
         info = self.get_edit(model, edit_id)
         logged = self._logged_payload("edit.created", f"models/{model}/edits/{edit_id}") or {}
         if logged.get("spec_sha256") != info.spec_sha256:
@@ -156,8 +158,6 @@ class EditStore(UnitOfWork):
                 "(the row was changed outside Scalpel); refusing to serve it"
             )
         blobs = {digest: self.read_artifact(digest) for digest in info.artifacts.values()}
-        from editors import edit_from_json
-
         try:
             edit = edit_from_json(info.spec_json, blobs)
         except InvalidEditError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from service.db.models import (
     ApiKey,
@@ -42,11 +43,11 @@ class KeyStore(UnitOfWork):
     """API keys: the secret is shown once and stored only as a hash."""
 
     #: Keys revoked through this object since it was made: a cache of verified keys made before
-    #: a change to it is stale (``service.api.auth``).
+    #: a change to it is stale (``service.api.verified_keys``).
     revocations: int = 0
 
     @staticmethod
-    def _key_info(row: ApiKey) -> KeyInfo:
+    def _key_info(row: ApiKey | Row[Any]) -> KeyInfo:
         return KeyInfo(row.name, row.prefix, row.role, row.created_by, row.created_at, row.revoked_at)
 
     @staticmethod
@@ -87,7 +88,7 @@ class KeyStore(UnitOfWork):
             return None
         if not secrets.compare_digest(row.secret_hash, self._secret_hash(secret)):
             return None
-        return KeyInfo(row.name, row.prefix, row.role, row.created_by, row.created_at, row.revoked_at)
+        return self._key_info(row)  # a row of the key's columns reads like the ORM object
 
     def revoke_key(self, name: str, actor: str) -> KeyInfo:
         with self._write() as session:
