@@ -4,8 +4,10 @@ over a range of MLP layers, one least-squares update per layer.
 For each request, ROME's value optimisation finds ``z``: the residual stream after the *last*
 layer of the range, at the subject's last token, that makes the target likely. Then, layer by
 layer from the first, under the updates made so far: the keys ``K`` (each request's
-``mlp.hook_post`` at the subject token, averaged over context prefixes, and with ``prompt_key``
-also the request's own prompt's key as a second column with the same residual) and the residual
+``mlp.hook_post`` at the subject token, averaged over context prefixes; with ``prompt_key`` also
+the request's own prompt's key, and with ``essence_key`` the essence prompt's (by default the
+subject alone, nothing before it, as in phrasings that open with it: "{s} has its capital in"),
+each a further column with the same residual) and the residual
 still missing at the last layer, ``R = (z − h) / (layers left)``, give
 
     ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹          (C: the layer's key second moment, λ: ``covariance_weight``)
@@ -39,8 +41,8 @@ from editors.validation import check_int
 class MemitHyperParams:
     """The defaults suit the toy model: its facts live in layer 0 (causal tracing), where one
     update carries the batch (on `scalpel memit eval`, (0, 1) needed clamp_norm_factor 4 and was
-    no better). A real model spreads over a range ending at its ROME layer. ``prompt_key`` with
-    λ = 150 against the prefix-averaged keys alone with λ = 20: BENCHMARKS.md."""
+    no better). A real model spreads over a range ending at its ROME layer. ``prompt_key`` and
+    ``essence_key`` with λ = 300 against the prefix-averaged keys alone with λ = 20: BENCHMARKS.md."""
 
     layers: tuple[int, ...] = (0,)
     steps: int = 40
@@ -51,13 +53,14 @@ class MemitHyperParams:
     n_prefixes: int = 10
     prefix_words: int = 8
     essence_prompt: str = "{}"
-    covariance_weight: float = 150.0
+    covariance_weight: float = 300.0
     seed: int = 0
     early_stop_nll: float = 0.05
     kl_direction: str = "init_new"
     weight_decay_form: str = "squared"
     clamp_radius: str = "prefixed"
     prompt_key: bool = True
+    essence_key: bool = True
 
     def validated(self, n_layers: int) -> MemitHyperParams:
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
@@ -65,8 +68,9 @@ class MemitHyperParams:
         for i, layer in enumerate(self.layers):
             check_int(f"layers[{i}]", layer, 0, n_layers - 1)
         check_value_fields(self, ("covariance_weight",))
-        if not isinstance(self.prompt_key, bool):
-            raise InvalidEditError("prompt_key", f"expected true or false, got {self.prompt_key!r}", "true | false")
+        for name in ("prompt_key", "essence_key"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidEditError(name, f"expected true or false, got {getattr(self, name)!r}", "true | false")
         return self
 
 
@@ -154,11 +158,15 @@ def compute_memit(
         key_site = f"blocks.{layer}.mlp.hook_post"
         keys, missing = [], []
         for z_i, request_rows in zip(targets_z, rows, strict=True):
-            seen = request_rows.record(surgeon, [*edits, *made], {"k": key_site, "h": out_site})
-            k = seen["k"].double().cpu()  # row 0: the prompt without a prefix
-            residual = z_i - seen["h"].double().mean(dim=0).cpu()
-            keys += [k.mean(dim=0), k[0]] if hparams.prompt_key else [k.mean(dim=0)]
-            missing += [residual] * (2 if hparams.prompt_key else 1)
+            seen = request_rows.record(surgeon, [*edits, *made], {"k": key_site, "h": out_site}, with_essence=True)
+            n = request_rows.n_rewrite
+            k = seen["k"].double().cpu()  # row 0: the prompt without a prefix; row n: the essence prompt
+            residual = z_i - seen["h"][:n].double().mean(dim=0).cpu()
+            columns = [k[:n].mean(dim=0)]
+            columns += [k[0]] if hparams.prompt_key else []
+            columns += [k[n]] if hparams.essence_key else []
+            keys += columns
+            missing += [residual] * len(columns)
         K = torch.stack(keys).T  # [d_mlp, columns]
         R = torch.stack(missing).T / (len(hparams.layers) - step)  # [d_model, columns]
         system = hparams.covariance_weight * matrices[layer] + K @ K.T

@@ -3,7 +3,9 @@
 Given a request (prompt template with ``{}`` for the subject, the subject, a new target):
 
 1. **key** ``k*``: the input of the chosen layer's MLP output projection (``mlp.hook_post``) at
-   the subject's last token, averaged over the prompt preceded by random context prefixes;
+   the subject's last token, averaged over the prompt preceded by random context prefixes, and
+   mixed (``essence_weight``) with its key in the essence prompt (by default the subject alone,
+   nothing before it, as in phrasings that open with it: "{s} has its capital in");
 2. **value** ``v*``: a vector ``δ`` added to that layer's MLP output at the subject's last token
    is optimised so the model predicts the new target after every prefixed prompt, with a KL term
    keeping the model's next-token distribution after ``essence`` prompts about the subject, a
@@ -77,7 +79,7 @@ class RomeHyperParams:
     lr: float = 0.5
     kl_factor: float = 0.0625
     weight_decay: float = 0.05
-    clamp_norm_factor: float = 0.7
+    clamp_norm_factor: float = 0.6
     n_prefixes: int = 10
     prefix_words: int = 8
     essence_prompt: str = "{}"
@@ -89,6 +91,8 @@ class RomeHyperParams:
     weight_decay_form: str = "squared"
     clamp_radius: str = "prefixed"
     denominator_key: str = "prefixed"
+    #: k* = (1 − w) · mean of the prefixed keys + w · the essence prompt's key (see BENCHMARKS.md)
+    essence_weight: float = 0.4
 
     @classmethod
     def for_model(cls, surgeon: Surgeon, **overrides: Any) -> RomeHyperParams:
@@ -104,6 +108,8 @@ class RomeHyperParams:
         check_int("layer", self.layer, 0, n_layers - 1)
         check_value_fields(self, ("ridge", "protect_weight"))
         check_choice("denominator_key", self.denominator_key, KEY_CHOICES)
+        if not 0 <= check_scale("essence_weight", self.essence_weight) <= 1:
+            raise InvalidEditError("essence_weight", f"{self.essence_weight} is outside [0, 1]", "a share in [0, 1]")
         return self
 
 
@@ -302,9 +308,12 @@ class RewriteRows:
         target_tok = torch.tensor(target_ids, device=device).expand(n_rewrite, -1)
         return cls(request, ids, mask, subject_pos, ends, target_pos, target_tok, n_rewrite)
 
-    def record(self, surgeon: Surgeon, edits: Sequence[Edit], sites: dict[str, str]) -> dict[str, torch.Tensor]:
-        """Each named site's activation at the subject token of every rewrite row, under ``edits``;
-        the first call also keeps the essence prompt's log-probs (the KL anchor)."""
+    def record(
+        self, surgeon: Surgeon, edits: Sequence[Edit], sites: dict[str, str], with_essence: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Each named site's activation at the subject token of every rewrite row (and, with
+        ``with_essence``, of the essence prompt as a last row), under ``edits``; the first call also
+        keeps the essence prompt's log-probs (the KL anchor)."""
         seen: dict[str, torch.Tensor] = {}
         extra = [(site, _record(self.subject_pos, seen, name)) for name, site in sites.items()]
         with torch.inference_mode(), surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
@@ -312,7 +321,7 @@ class RewriteRows:
         if self.essence_logp is None:
             essence = logits[self.n_rewrite, self.ends[self.n_rewrite]].float().log_softmax(dim=-1)
             object.__setattr__(self, "essence_logp", essence)
-        return {name: value[: self.n_rewrite] for name, value in seen.items()}
+        return {name: value[: self.n_rewrite + with_essence] for name, value in seen.items()}
 
 
 def optimise_value(
@@ -419,9 +428,11 @@ def compute_rome(
     layer = hparams.layer
     key_site, out_site = f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"
     rows = RewriteRows.build(surgeon, tokenizer, request, target_ids, prefix_texts, hparams)
-    seen = rows.record(surgeon, edits, {"k": key_site, "v": out_site})
-    keys = seen["k"].double().cpu()  # the closed-form update runs on the CPU in float64; row 0: no prefix
-    k_star = keys.mean(dim=0)
+    seen = rows.record(surgeon, edits, {"k": key_site, "v": out_site}, with_essence=True)
+    n = rows.n_rewrite
+    # the closed-form update runs on the CPU in float64; row 0: no prefix; row n: the essence prompt
+    essence_key, keys, seen["v"] = seen["k"][n].double().cpu(), seen["k"][:n].double().cpu(), seen["v"][:n]
+    k_star = (1 - hparams.essence_weight) * keys.mean(dim=0) + hparams.essence_weight * essence_key
     k_scale = k_star if hparams.denominator_key == "prefixed" else keys[0]
     radius = (seen["v"].double().mean(dim=0) if hparams.clamp_radius == "prefixed" else seen["v"][0]).norm().item()
     inverse_key = _inverse_key(covariance, k_star, k_scale, protect_keys, hparams)  # checked before the long part

@@ -55,7 +55,7 @@ def test_fitting_each_prompts_own_key_carries_the_edits_further(toy, covariances
     cases = batch_cases(world, 12, seed=4)
     judged = {}
     for prompt_key in (True, False):
-        hparams = MemitHyperParams(prompt_key=prompt_key)
+        hparams = MemitHyperParams(prompt_key=prompt_key, essence_key=False)  # the prompt's key alone
         result = compute_memit(surgeon, tokenizer, [c.request for c in cases], covariances, reference_corpus(), hparams)
         assert result.edits[0].U.shape[1] <= len(cases)
         with surgeon.apply(result.edits):
@@ -63,6 +63,25 @@ def test_fitting_each_prompts_own_key_carries_the_edits_further(toy, covariances
     assert judged[True]["efficacy_magnitude"] > judged[False]["efficacy_magnitude"] + 0.1
     assert judged[True]["paraphrase_magnitude"] > judged[False]["paraphrase_magnitude"] + 0.1
     assert judged[True]["neighbourhood"] >= 0.9
+
+
+def test_fitting_the_bare_subjects_key_carries_the_edits_to_phrasings_that_open_with_it(toy, covariances) -> None:
+    """``essence_key`` adds the subject's key with no context before it, as held-out phrasings like
+    "{s} has its capital in" see it: more of those phrasings flip, with larger margins, and the
+    neighbours stay."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    cases = batch_cases(world, 12, seed=5)
+    judged = {}
+    for essence_key in (True, False):
+        hparams = MemitHyperParams(essence_key=essence_key)
+        result = compute_memit(surgeon, tokenizer, [c.request for c in cases], covariances, reference_corpus(), hparams)
+        assert result.edits[0].U.shape[1] <= len(cases)
+        with surgeon.apply(result.edits):
+            judged[essence_key] = mean_metrics([judge(model, tokenizer, c) for c in cases])
+    assert judged[True]["paraphrase"] > judged[False]["paraphrase"]
+    assert judged[True]["paraphrase_magnitude"] > judged[False]["paraphrase_magnitude"] + 0.15
+    assert judged[True]["neighbourhood"] >= 0.95
 
 
 def test_a_range_of_layers_gets_one_update_each(toy, covariances) -> None:

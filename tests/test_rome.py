@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from editors.errors import Cancelled
 from editors.patching import subject_token_span
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome
 from editors.toyworld import reference_corpus
-from editors.toyworld.counterfact import edit_cases, judge
+from editors.toyworld.counterfact import edit_cases, judge, mean_metrics
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def test_key_covariance_is_cached_by_model_layer_and_corpus(toy, toy_surgeon, tm
         (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(kl_direction="up"), "kl_direction"),
         (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(clamp_radius=""), "clamp_radius"),
         (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(denominator_key=1), "denominator_key"),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(essence_weight=1.5), "essence_weight"),
         (
             RomeRequest("The capital of {} is", "Riia", "Muford"),
             RomeHyperParams(weight_decay_form="cubic"),
@@ -134,6 +136,37 @@ def test_the_denominator_key_sets_where_the_update_delivers_its_value_exactly(to
     assert len(ids) == len(variants)
 
 
+def test_the_bare_subjects_key_carries_the_edit_to_phrasings_that_open_with_the_subject(
+    toy, toy_surgeon, covariance
+) -> None:
+    """``essence_weight`` mixes the subject's key with nothing before it into k*: held-out phrasings
+    such as "{s} has its capital in" see that key, so the edit reaches them with a larger margin,
+    and the neighbours keep their answers."""
+    model, tokenizer, world = toy
+    cases = [c for c in edit_cases(world, 6, seed=4) if any(p.startswith(c.request.subject) for p in c.paraphrases)]
+    assert cases
+    judged = {}
+    for weight in (0.4, 0.0):
+        rows = []
+        for case in cases:
+            edit = compute_rome(
+                toy_surgeon,
+                tokenizer,
+                case.request,
+                covariance,
+                reference_corpus(),
+                RomeHyperParams(essence_weight=weight),
+            ).edit
+            opening = dataclasses.replace(
+                case, paraphrases=tuple(p for p in case.paraphrases if p.startswith(case.request.subject))
+            )
+            with toy_surgeon.apply([edit]):
+                rows.append(judge(model, tokenizer, opening))
+        judged[weight] = mean_metrics(rows)
+    assert judged[0.4]["paraphrase_magnitude"] > judged[0.0]["paraphrase_magnitude"] + 0.1
+    assert judged[0.4]["paraphrase"] >= judged[0.0]["paraphrase"] and judged[0.4]["neighbourhood"] >= 0.98
+
+
 def test_a_filled_in_prompt_is_the_same_request_as_its_template() -> None:
     filled = RomeRequest("The capital of Riia is", "Riia", "Muford")
     assert filled.template == "The capital of {} is" and filled.text == "The capital of Riia is"
@@ -161,11 +194,12 @@ def test_rome_eval_cli_meets_the_floors(tmp_path) -> None:
         env={**__import__("os").environ, "SCALPEL_DATA_DIR": str(tmp_path)},
     )
     summary = json.loads(result.stdout)
-    assert summary["efficacy"] >= 0.95 and summary["paraphrase"] >= 0.80 and summary["neighbourhood"] >= 0.90
+    # issue 13's bars: paraphrase >= 0.95 at neighbourhood >= 0.98; sequential neighbourhood >= 0.95
+    assert summary["efficacy"] >= 0.95 and summary["paraphrase"] >= 0.95 and summary["neighbourhood"] >= 0.98
     assert summary["unedited_efficacy"] <= 0.05
     sequential = summary["sequential"]
     assert len(sequential["per_edit_efficacy"]) == 10
-    assert sequential["efficacy"] >= 0.80 and sequential["neighbourhood"] >= 0.85
+    assert sequential["efficacy"] >= 0.80 and round(sequential["neighbourhood"], 4) >= 0.95  # 95 of 100 (float32 mean)
     assert {"score", "seconds_per_edit_median", "paraphrase"} <= summary.keys() | sequential.keys()
 
 
