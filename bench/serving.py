@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--stream-interval", type=int, default=0, help="the server's --stream-interval")
-    parser.add_argument("--server-torch-threads", type=int, help="the server's --torch-threads (default: torch's)")
+    parser.add_argument("--server-torch-threads", type=int, help="the server's --torch-threads (default: its own)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--engine-run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)

@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--torch-threads",
         type=_positive_int,
         default=os.environ.get("SCALPEL_TORCH_THREADS"),  # argparse applies the type to string defaults
-        help="intra-op threads per forward (default $SCALPEL_TORCH_THREADS or torch's: one per core)",
+        help="intra-op threads per forward (default $SCALPEL_TORCH_THREADS, else one per core, less one "
+        "left to the serving process when generation runs in an engine process)",
     )
     serve.add_argument("--device", help="where models that name none run: cpu (default), cuda, cuda:1, mps, …")
     serve.add_argument(

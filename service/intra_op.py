@@ -22,3 +22,13 @@ def serial_thread(requested: int | None = None) -> int:
     default = torch.get_num_threads()  # first: it gives this thread OpenMP settings of its own, so a
     torch.set_num_threads(1)  # scheduler's later set_num_threads leaves this thread serial
     return requested or default
+
+
+def forward_threads(cores: int, engine_process: bool) -> int:
+    """Each model's intra-op threads when none are configured: one per core, or, with generation in
+    an engine process, one per core but one, left to the serving process (gRPC, tokenising, the
+    stream handlers). On the 2-core box, with an engine process, one intra-op thread made the same
+    tokens/s as two at 64 streams and more at 8 (+22 %) and 1 (+10 %), at 0.85 of a core against
+    1.3-1.6: the second thread mostly waited at OpenMP barriers for a core the serving process
+    held (BENCHMARKS.md)."""
+    return max(1, cores - 1) if engine_process else cores

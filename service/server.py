@@ -29,7 +29,7 @@ from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
 from service.gateway import HttpGateway, build_app
-from service.intra_op import serial_thread
+from service.intra_op import forward_threads, serial_thread
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.registry.registry import check_name
@@ -60,7 +60,8 @@ class ServerConfig:
     stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
     health_address: str | None = None
-    # Intra-op threads per forward (None: torch's default, one per core), set by each model's
+    # Intra-op threads per forward (None: one per core, less one left to this process when
+    # generation runs in engine processes; service.intra_op.forward_threads), set by each model's
     # scheduler thread for itself (service.intra_op): all the parallelism a forward gets.
     torch_threads: int | None = None
     # Tokens a stream gathers into one message while the batch is busy (0: automatic, see
@@ -113,7 +114,7 @@ class ScalpelServer:
     def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
         self.config = config
         # the schedulers' intra-op threads, fixed now: the serial handler threads change torch's default
-        config.torch_threads = config.torch_threads or torch.get_num_threads()
+        config.torch_threads = config.torch_threads or forward_threads(torch.get_num_threads(), config.engine_process)
         self.registry = registry or Registry(config.database_url, max_artifact_bytes=config.max_message_bytes)
         require_current_schema(self.registry.engine)
         credentials = _server_credentials(config)  # read the TLS files before anything starts
@@ -309,7 +310,8 @@ def serve(config: ServerConfig) -> None:
     """Run until SIGTERM / SIGINT, then drain in-flight calls and stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the start-up schema check is not news
-    config.torch_threads = serial_thread(config.torch_threads)  # the schedulers' threads get the cores
+    cores = serial_thread()  # the schedulers' threads get the cores
+    config.torch_threads = config.torch_threads or forward_threads(cores, config.engine_process)
     server = ScalpelServer(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from service.db.migrate import upgrade
+from service.intra_op import forward_threads
 from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import Finished, Sampling, Scheduler, SchedulerClosed, Token
 from service.server import ModelSpec
@@ -311,3 +312,12 @@ scheduler.close()
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.split() == ["3", "1", "3"]  # returned, the main thread's, the scheduler thread's
+
+
+def test_an_engine_process_leaves_one_core_to_the_serving_process() -> None:
+    """Unconfigured, forwards get every core, or every core but one when generation runs in an
+    engine process beside the serving process (never fewer than one)."""
+    assert forward_threads(16, engine_process=False) == 16
+    assert forward_threads(16, engine_process=True) == 15
+    assert forward_threads(2, engine_process=True) == 1
+    assert forward_threads(1, engine_process=True) == 1
