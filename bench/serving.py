@@ -68,6 +68,7 @@ from service.intra_op import serial_thread  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.scheduler import Sampling, Token  # noqa: E402
 from service.serving import ModelHost  # noqa: E402
+from service.startup_heap import freeze_startup_heap  # noqa: E402
 
 NEW_TOKENS = 32
 CONCURRENCY = (1, 8, 64)
@@ -177,6 +178,7 @@ def engine_run(database: str, concurrency: int, per_stream: int, device: str, dt
         return sum(len(event.token_ids) for event in events if isinstance(event, Token))
 
     texts = prompts(world, concurrency * per_stream)
+    freeze_startup_heap()  # as `scalpel serve` does
     run_concurrently(in_engine, prompts(world, 16), 8)
     streams = run_concurrently(in_engine, texts, concurrency)
     started = time.perf_counter()

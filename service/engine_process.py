@@ -42,6 +42,7 @@ from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from service.intra_op import serial_thread
 from service.sampling import Sampling
 from service.scheduler import Finished, Scheduler, SchedulerClosed, StreamReader, Token, _Event, _Made
+from service.startup_heap import freeze_startup_heap
 
 _LOG = logging.getLogger(__name__)
 #: How long the serving process waits for a new engine process to import torch and take the weights.
@@ -331,6 +332,7 @@ def _engine_main(
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
         return
+    freeze_startup_heap()  # a full collection would otherwise stall the decode loop (service.startup_heap)
     _child_send(conn, lock, ("ready",))
     stacks: dict[int, Any] = {}
     device = next(model.parameters()).device

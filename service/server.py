@@ -34,6 +34,7 @@ from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.registry.registry import check_name
 from service.serving import ModelHost, ModelSpec
+from service.startup_heap import freeze_startup_heap
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -317,6 +318,7 @@ def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     server.load_models()
+    freeze_startup_heap()  # the models and imports, out of every later full collection's walk
     print(
         f"scalpel serving {', '.join(config.models)} on port {server.port}"
         f"{f'; metrics on port {server.metrics_port}' if server.metrics_port else ''}"
