@@ -4,7 +4,10 @@ The usual gRPC server family of go-grpc-prometheus (``grpc_server_started_total`
 ``grpc_server_handled_total``, ``grpc_server_msg_received_total``, ``grpc_server_msg_sent_total``,
 ``grpc_server_handling_seconds``) by service and method (and code, where it applies), plus domain
 metrics labelled by model: tokens generated (by version), the version each alias points at (as
-every replica's alias cache knows it), and check runs by result.
+every replica's alias cache knows it), and check runs by result. The registry is the server's own,
+so it also carries what prometheus-client's default one would: the serving process's CPU, memory
+and file descriptors (``process_*``), ``python_info``, and the garbage collector's collections by
+generation (``python_gc_*``).
 """
 
 from __future__ import annotations
@@ -17,12 +20,23 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
         self.handled = Counter(
             "grpc_server_handled_total",
             "RPCs completed on the server",

@@ -416,6 +416,9 @@ def test_prometheus_metrics_on_their_own_port(served) -> None:
     assert 'scalpel_tokens_generated_total{model="toy",version="0"} 2.0' in body
     assert 'scalpel_active_version{alias="production",model="toy"} 0.0' in body
     assert 'scalpel_generation_rows{model="toy"} 0.0' in body  # the stream ended: its row left the batch
+    # the standard process and runtime families, as a default registry would carry them
+    assert "process_cpu_seconds_total" in body and "process_resident_memory_bytes" in body
+    assert 'python_gc_collections_total{generation="2"}' in body and "python_info{" in body
 
 
 def test_health_is_not_serving_until_models_load_and_tls_works(db_url, tmp_path) -> None:
