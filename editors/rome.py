@@ -431,10 +431,11 @@ def compute_rome(
     seen = rows.record(surgeon, edits, {"k": key_site, "v": out_site}, with_essence=True)
     n = rows.n_rewrite
     # the closed-form update runs on the CPU in float64; row 0: no prefix; row n: the essence prompt
-    essence_key, keys, seen["v"] = seen["k"][n].double().cpu(), seen["k"][:n].double().cpu(), seen["v"][:n]
-    k_star = (1 - hparams.essence_weight) * keys.mean(dim=0) + hparams.essence_weight * essence_key
+    all_keys = seen["k"].double().cpu()
+    keys, outputs = all_keys[:n], seen["v"][:n]
+    k_star = (1 - hparams.essence_weight) * keys.mean(dim=0) + hparams.essence_weight * all_keys[n]
     k_scale = k_star if hparams.denominator_key == "prefixed" else keys[0]
-    radius = (seen["v"].double().mean(dim=0) if hparams.clamp_radius == "prefixed" else seen["v"][0]).norm().item()
+    radius = (outputs.double().mean(dim=0) if hparams.clamp_radius == "prefixed" else outputs[0]).norm().item()
     inverse_key = _inverse_key(covariance, k_star, k_scale, protect_keys, hparams)  # checked before the long part
     delta, nll_value, step = optimise_value(
         surgeon, rows, out_site, edits, hparams, radius, should_stop, progress, show_progress, "ROME"
