@@ -30,6 +30,8 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -77,7 +79,14 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._forward_counts = _ForwardCounts()
+        self.registry.register(self._forward_counts)
         self._http: Any = None
+
+    def watch_forwards(self, counts: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        """Export ``counts()`` (per model: forwards, decode steps) as ``scalpel_forwards_total`` and
+        ``scalpel_decode_steps_total``, read at each scrape."""
+        self._forward_counts.counts = counts
 
     def serve(self, address: str) -> int:
         """Start the /metrics endpoint on ``host:port`` (port 0 picks one); returns the port."""
@@ -89,6 +98,25 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class _ForwardCounts(Collector):
+    """Each model's forwards and decode steps, read from the hosts when scraped (they are counted
+    where the forwards run, in engine processes too)."""
+
+    def __init__(self) -> None:
+        self.counts: Callable[[], dict[str, tuple[int, int]]] = dict
+
+    def collect(self) -> Any:
+        forwards = CounterMetricFamily(
+            "scalpel_forwards", "Generation forwards run (prefills and decode steps)", labels=["model"]
+        )
+        steps = CounterMetricFamily("scalpel_decode_steps", "Decode steps run (one forward each)", labels=["model"])
+        for model, (forward_count, step_count) in self.counts().items():
+            forwards.add_metric([model], forward_count)
+            steps.add_metric([model], step_count)
+        yield forwards
+        yield steps
 
 
 #: One line per call at INFO, JSON: method, code, milliseconds, the caller's key name (never its

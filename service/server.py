@@ -125,6 +125,7 @@ class ScalpelServer:
             NO_SHARED_PORT,
         ]
         self.metrics = Metrics()
+        self.metrics.watch_forwards(lambda: {name: host.forward_counts for name, host in list(self.hosts.items())})
         #: one cache of verified API keys for gRPC and the HTTP gateway
         self.keys = VerifiedKeys(self.registry, config.key_cache_seconds)
         interceptors = [

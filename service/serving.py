@@ -149,6 +149,7 @@ class ModelHost:
         self._engine_lock = threading.Lock()
         #: Called each time a dead engine process is replaced (the server counts them).
         self.on_engine_restart: Callable[[], None] = lambda: None
+        self._dead_engines_counts = (0, 0)  # forwards and decode steps of replaced engine processes
         self._engine_settings = EngineSettings(
             name, self.context_length, stream_interval, intra_op_threads, self.eos_ids
         )
@@ -169,6 +170,9 @@ class ModelHost:
             if not self.engine.died:  # another thread replaced it meanwhile
                 return False
             _LOG.warning("the engine process of model %r died; starting a new one", self.name)
+            dead = self.engine.stats
+            forwards, steps = self._dead_engines_counts
+            self._dead_engines_counts = (forwards + dead.forwards, steps + dead.steps)
             self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
         self.on_engine_restart()
         return True
@@ -177,6 +181,18 @@ class ModelHost:
     def active_rows(self) -> int:
         """Rows in the generation batch (the engine process's, as of its last step)."""
         return self.engine.stats.active_rows if self.engine is not None else self.scheduler.active_rows
+
+    @property
+    def forward_counts(self) -> tuple[int, int]:
+        """Generation forwards (prefills and decode steps) and decode steps alone, run for this model
+        so far, inline or in its engine processes (dead ones included), each as of its last step.
+        Tokens generated / decode steps is the batch's mean width."""
+        forwards, steps = self.scheduler.forwards, self.scheduler.steps
+        if self.engine is not None:
+            dead_forwards, dead_steps = self._dead_engines_counts
+            stats = self.engine.stats
+            forwards, steps = forwards + dead_forwards + stats.forwards, steps + dead_steps + stats.steps
+        return forwards, steps
 
     @property
     def requests(self) -> int:

@@ -115,6 +115,9 @@ def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_tak
     try:
         text = _texts(world, 1)[0]
         assert not host.revive_engine()  # alive: nothing to do
+        first, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
+        counted = host.forward_counts  # the first engine's forwards, which its death must not undo
+        assert counted[1] >= len(first) - 1 > 0
         dead = host.engine
         os.kill(dead.pid, signal.SIGSTOP)  # frozen: the stream below is in flight when it dies
         stream = host.generate(0, text, max_tokens=NEW_TOKENS)
@@ -126,6 +129,8 @@ def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_tak
         tokens, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))  # a new engine takes it
         assert tokens == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
         assert host.engine is not dead and host.engine.pid != dead.pid and not host.revive_engine()
+        forwards, steps = host.forward_counts  # the dead engine's counts kept, the new one's added
+        assert steps >= counted[1] + len(tokens) - 1 and forwards >= counted[0] + len(tokens)
     finally:
         host.close()
 

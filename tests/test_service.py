@@ -399,6 +399,25 @@ def test_malformed_bytes_and_hostile_values_are_invalid_argument_and_change_noth
     assert server.registry.verify_audit().events_checked == before
 
 
+def _forward_counts(metrics_port: int) -> tuple[float, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    forwards = re.search(r'^scalpel_forwards_total\{model="toy"\} (\S+)$', body, re.M)
+    steps = re.search(r'^scalpel_decode_steps_total\{model="toy"\} (\S+)$', body, re.M)
+    assert forwards and steps, "the forward counters are missing from /metrics"
+    return float(forwards.group(1)), float(steps.group(1))
+
+
+def test_the_metrics_count_the_forwards_that_generation_runs(served) -> None:
+    """Counted where they run (the engine process, by default), read at each scrape: a lone stream
+    of 6 tokens is at least one prefill and 5 decode steps."""
+    server, admin, _, _ = served
+    forwards, steps = _forward_counts(server.metrics_port)
+    made = admin.generate("toy", "The capital of Riia is", max_tokens=6, ignore_eos=True)
+    assert len(made.token_ids) == 6
+    after_forwards, after_steps = _forward_counts(server.metrics_port)
+    assert after_steps - steps >= 5 and after_forwards - forwards >= 6
+
+
 def test_prometheus_metrics_on_their_own_port(served) -> None:
     server, admin, _, _ = served
     admin.generate("toy", "The capital of Riia is", max_tokens=2)
