@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.process_cpu import cpu_seconds  # noqa: E402
 from bench.serve_process import serve_process  # noqa: E402
 from service.api.scalpel.v1 import scalpel_pb2 as pb  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
@@ -41,11 +41,6 @@ RUNAWAY = pb.ComputeRomeRequest(
 )
 WINDOW_S = 0.2
 IDLE_SHARE = 0.05
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def seconds_until_idle(pid: int, since: float, give_up_s: float = 60.0) -> float:

@@ -14,7 +14,6 @@ process's CPU per call: what moving `Generate` to `grpc.aio` could save.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.process_cpu import cpu_seconds  # noqa: E402
 from bench.report import report  # noqa: E402
 from service.api.scalpel.v1 import scalpel_pb2 as pb  # noqa: E402
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc  # noqa: E402
@@ -77,11 +77,6 @@ async def _serve_aio(count: int) -> None:
     await server.wait_for_termination()
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _stream(
     concurrency: int, calls_per_stream: int, kind: str = "sync", messages: int = MESSAGES
 ) -> tuple[float, float]:
@@ -102,13 +97,13 @@ def _stream(
             read()  # warm
             counts.clear()
             threads = [threading.Thread(target=read) for _ in range(concurrency)]
-            cpu, started = _cpu_seconds(child.pid), time.perf_counter()
+            cpu, started = cpu_seconds(child.pid), time.perf_counter()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             wall = time.perf_counter() - started
-            return sum(counts) / wall, (_cpu_seconds(child.pid) - cpu) / len(counts)
+            return sum(counts) / wall, (cpu_seconds(child.pid) - cpu) / len(counts)
     finally:
         child.kill()
         child.wait()

@@ -13,7 +13,6 @@ requests isolate what every request pays before its first token.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from process_cpu import cpu_seconds
 from report import report
 from serve_process import Served, serve_process
 
@@ -32,11 +32,6 @@ from service.client import ScalpelClient
 
 PROMPT = "The capital of Riia is"
 THREADS = 16
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def ms_per_request(served: Served, seconds: float) -> float:
