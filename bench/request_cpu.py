@@ -1,13 +1,18 @@
-"""The serving process's CPU per request, with the API-key cache on (the default) and off.
+"""The serving process's CPU per request: the API-key cache on (the default) against off, or this
+checkout's server against another's (``--baseline``).
 
     python bench/request_cpu.py --json
     → {"cached_ms_per_request", "uncached_ms_per_request", "cached_ratio_to_uncached", …}
+    git worktree add /tmp/base <ref> && python bench/request_cpu.py --baseline /tmp/base --tokens 32 --threads 64
+    → {"ours_ms_per_request", "baseline_ms_per_request", "ours_ratio_to_baseline",
+       "ours_tokens_per_s", "baseline_tokens_per_s", "ours_tokens_ratio_to_baseline"}
 
-Two `scalpel serve` processes side by side, one with the default ``key_cache_seconds`` and one
-with ``key_cache_seconds: 0`` (the database read on every call). Each gets one-token `Generate`
-calls from 16 client threads for ``--seconds``, taking turns over ``--rounds``; the figure is the
-server process's user + system CPU time (from /proc) over the calls it answered. One-token
-requests isolate what every request pays before its first token.
+Two `scalpel serve` processes side by side, each given ``--tokens``-token `Generate` calls from
+``--threads`` client threads for ``--seconds``, taking turns over ``--rounds``. The figure is the
+serving process's user + system CPU time (from /proc) over the calls it answered: its gRPC,
+authentication, tokenising and streaming work (the forwards run in its engine process). One-token
+requests isolate what every request pays before its first token; 32-token requests at 64 threads
+are the serving bench's c64 load.
 """
 
 from __future__ import annotations
@@ -31,55 +36,69 @@ from serve_process import Served, serve_process
 from service.client import ScalpelClient
 
 PROMPT = "The capital of Riia is"
-THREADS = 16
 
 
-def ms_per_request(served: Served, seconds: float) -> float:
+def measure(served: Served, seconds: float, threads: int, tokens: int) -> tuple[float, float]:
+    """Server CPU milliseconds per request, and the tokens per second the clients received."""
     with ScalpelClient(f"127.0.0.1:{served.port}", served.secret) as client:
-        client.generate("toy", PROMPT, max_tokens=1)  # warm
-        counts: list[int] = []
+        client.generate("toy", PROMPT, max_tokens=tokens)  # warm
+        counts: list[tuple[int, int]] = []
         stop = time.monotonic() + seconds
 
         def worker() -> None:
-            answered = 0
+            answered = received = 0
             while time.monotonic() < stop:
-                client.generate("toy", PROMPT, max_tokens=1)
+                received += len(client.generate("toy", PROMPT, max_tokens=tokens, ignore_eos=True).token_ids)
                 answered += 1
-            counts.append(answered)
+            counts.append((answered, received))
 
-        before = cpu_seconds(served.process.pid)
-        threads = [threading.Thread(target=worker) for _ in range(THREADS)]
-        for thread in threads:
+        before, started = cpu_seconds(served.process.pid), time.perf_counter()
+        workers = [threading.Thread(target=worker) for _ in range(threads)]
+        for thread in workers:
             thread.start()
-        for thread in threads:
+        for thread in workers:
             thread.join()
-        return 1000 * (cpu_seconds(served.process.pid) - before) / sum(counts)
+        wall = time.perf_counter() - started
+        answered = sum(a for a, _ in counts)
+        return 1000 * (cpu_seconds(served.process.pid) - before) / answered, sum(r for _, r in counts) / wall
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per side and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=16, help="client threads (concurrent calls)")
+    parser.add_argument("--tokens", type=int, default=1, help="tokens per request")
+    parser.add_argument("--baseline", type=Path, help="another Scalpel checkout: its server against this one's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with ExitStack() as stack:
-        uncached_config = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "uncached.yaml"
-        uncached_config.write_text("key_cache_seconds: 0\n")
-        sides = {
-            "cached": stack.enter_context(serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())))),
-            "uncached": stack.enter_context(
-                serve_process(
-                    Path(stack.enter_context(tempfile.TemporaryDirectory())), "--config", str(uncached_config)
-                )
-            ),
-        }
-        figures: dict[str, list[float]] = {name: [] for name in sides}
+
+        def started(*options: str, root: Path | None = None) -> Served:
+            data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            return stack.enter_context(serve_process(data, *options, root=root))
+
+        if args.baseline:
+            sides = {"ours": started(), "baseline": started(root=args.baseline.resolve())}
+        else:
+            uncached = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "uncached.yaml"
+            uncached.write_text("key_cache_seconds: 0\n")
+            sides = {"cached": started(), "uncached": started("--config", str(uncached))}
+        cpu: dict[str, list[float]] = {name: [] for name in sides}
+        rate: dict[str, list[float]] = {name: [] for name in sides}
         for round_ in range(args.rounds):
             for name in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
-                figures[name].append(ms_per_request(sides[name], args.seconds))
-    results = {f"{name}_ms_per_request": statistics.median(values) for name, values in figures.items()}
-    results["cached_ratio_to_uncached"] = statistics.median(
-        a / b for a, b in zip(figures["cached"], figures["uncached"], strict=True)
+                ms, tokens_per_s = measure(sides[name], args.seconds, args.threads, args.tokens)
+                cpu[name].append(ms)
+                rate[name].append(tokens_per_s)
+    first, second = sides
+    results = {f"{name}_ms_per_request": statistics.median(values) for name, values in cpu.items()}
+    results[f"{first}_ratio_to_{second}"] = statistics.median(
+        a / b for a, b in zip(cpu[first], cpu[second], strict=True)
+    )
+    results |= {f"{name}_tokens_per_s": statistics.median(values) for name, values in rate.items()}
+    results[f"{first}_tokens_ratio_to_{second}"] = statistics.median(
+        a / b for a, b in zip(rate[first], rate[second], strict=True)
     )
     report(results, args.json)
 

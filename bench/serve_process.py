@@ -30,18 +30,19 @@ class Served:
 
 
 @contextmanager
-def serve_process(data_dir: Path, *options: str) -> Iterator[Served]:
-    """Start the server with ``options`` (after ``--address 127.0.0.1:0 --metrics-address off``);
-    kill it on exit if it is still running."""
+def serve_process(data_dir: Path, *options: str, root: Path | None = None) -> Iterator[Served]:
+    """Start the server with ``options`` (after ``--address 127.0.0.1:0 --metrics-address off``),
+    from the checkout at ``root`` (default: this one); kill it on exit if it is still running."""
+    root = root or ROOT
     env = {**os.environ, "SCALPEL_DATA_DIR": str(data_dir)}
-    subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT)
+    subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=root)
     created = subprocess.run(
         [*CLI, "keys", "create", "bench", "--role", "admin", "--json"],
         env=env,
         check=True,
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=root,
     )
     process = subprocess.Popen(
         [*CLI, "serve", "--address", "127.0.0.1:0", "--metrics-address", "off", *options],
@@ -49,7 +50,7 @@ def serve_process(data_dir: Path, *options: str) -> Iterator[Served]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        cwd=ROOT,
+        cwd=root,
     )
     try:
         port = int(re.search(r"on port (\d+)", process.stdout.readline()).group(1))

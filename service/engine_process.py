@@ -28,7 +28,7 @@ import logging
 import pickle
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -41,8 +41,9 @@ from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from service.intra_op import serial_thread
 from service.sampling import Sampling
-from service.scheduler import Finished, Scheduler, SchedulerClosed, StreamReader, Token, _Event, _Made
+from service.scheduler import Scheduler, SchedulerClosed
 from service.startup_heap import freeze_startup_heap
+from service.stream_reading import Doorbell, Finished, LoopEvents, StreamReader, Token, _Event, _Made, read_on_loop
 
 _LOG = logging.getLogger(__name__)
 #: How long the serving process waits for a new engine process to import torch and take the weights.
@@ -78,7 +79,7 @@ class EngineStats:
 class _Remote:
     """A stream in flight, as the serving process sees it."""
 
-    events: queue.SimpleQueue[_Event] = field(default_factory=queue.SimpleQueue)
+    events: queue.SimpleQueue[_Event] | LoopEvents = field(default_factory=queue.SimpleQueue)
     abandoned: threading.Event = field(default_factory=threading.Event)
     is_active: Callable[[], bool] = lambda: True
     cancel_sent: bool = False
@@ -146,10 +147,13 @@ class EngineProcess:
         edits: Sequence[Edit],
         sampling: Sampling,
         is_active: Callable[[], bool] = lambda: True,
-    ) -> Iterator[Token | Finished]:
+        bell: Doorbell | None = None,
+    ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
         """As :meth:`Scheduler.generate`, under ``version`` (whose ``edits`` are sent to the child
         the first time a stream asks for it)."""
         remote = _Remote(is_active=is_active)
+        if bell is not None:
+            remote.events = LoopEvents(bell)
         with self._lock:
             if self._closed is not None:
                 raise self._closed
@@ -165,6 +169,8 @@ class EngineProcess:
             with self._lock:
                 self._streams.pop(key, None)
             raise
+        if isinstance(remote.events, LoopEvents):
+            return read_on_loop(self.tokenizer, sampling, remote.events, remote.abandoned)
         return StreamReader(self.tokenizer, sampling, remote.events, remote.abandoned)
 
     def close(self) -> None:

@@ -12,10 +12,12 @@ generation (``python_gc_*``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -32,6 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from service.api.handlers import Behaviour, CallAborted, CallContext, iterate_on_worker, rewrapped, run_on_worker
 
 
 class Metrics:
@@ -140,69 +144,117 @@ def _model_of(request: Any) -> str:
     return ""
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts and times every RPC by service, method and final status code, and writes the access log."""
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC by service, method and final status code, and writes the access
+    log. Outermost: the handlers inside it get the call's :class:`CallContext`."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None:
             return None
         service, _, method = details.method.lstrip("/").rpartition("/")
-        metrics = self.metrics
+        return rewrapped(handler, _Observed(self.metrics, service, method))
 
-        def observe(context: grpc.ServicerContext, started: float, request: Any, record: dict[str, str]) -> None:
-            code = context.code() or grpc.StatusCode.OK
+
+class _Observed:
+    """One method's counting, timing and access log around each call. Synchronous behaviours run
+    on a worker thread from here (service.api.handlers): every handler inside sees a
+    :class:`CallContext`."""
+
+    def __init__(self, metrics: Metrics, service: str, method: str) -> None:
+        self.metrics = metrics
+        self.service = service
+        self.method = method
+
+    @contextlib.contextmanager
+    def _call(
+        self, kind: str, request: Any, context: grpc.aio.ServicerContext, synchronous: bool
+    ) -> Iterator[CallContext]:
+        """The call's context, counted as started now and as handled with its final status (when
+        it aborts, before the status leaves: a client that sees it finds the log line written)."""
+        started = time.perf_counter()
+        metrics = self.metrics
+        labels = (kind, self.service, self.method)
+        metrics.started.labels(*labels).inc()
+        metrics.received.labels(*labels).inc()
+        record: dict[str, str] = {}
+        token = _access.set(record)
+        observed = False
+
+        def finish(code: grpc.StatusCode) -> None:
+            nonlocal observed
+            if observed:
+                return
+            observed = True
             seconds = time.perf_counter() - started
-            metrics.handled.labels(service, method, code.name).inc()
-            metrics.seconds.labels(service, method).observe(seconds)
+            metrics.handled.labels(self.service, self.method, code.name).inc()
+            metrics.seconds.labels(self.service, self.method).observe(seconds)
             if ACCESS_LOG.isEnabledFor(logging.INFO):
-                line = {"method": method, "code": code.name, "ms": round(seconds * 1000, 2), **record}
+                line = {"method": self.method, "code": code.name, "ms": round(seconds * 1000, 2), **record}
                 if model := _model_of(request):
                     line["model"] = model
                 ACCESS_LOG.info(json.dumps(line))
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
-            kind = ("unary", service, method)
+        call = CallContext(context, synchronous, ending=finish)
+        try:
+            yield call
+        except (GeneratorExit, asyncio.CancelledError):
+            call.status = grpc.StatusCode.CANCELLED  # the client went away, or the server is stopping
+            raise
+        except Exception:
+            if call.status == grpc.StatusCode.OK:  # not an abort: gRPC answers UNKNOWN
+                call.status = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            with contextlib.suppress(ValueError):  # a stream finalised outside its call's task
+                _access.reset(token)
+            finish(call.status)
 
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.perf_counter()
-                metrics.started.labels(*kind).inc()
-                metrics.received.labels(*kind).inc()
-                record: dict[str, str] = {}
-                token = _access.set(record)
+    def unary(self, inner: Behaviour) -> Behaviour:
+        sent = self.metrics.sent.labels("unary", self.service, self.method)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._call("unary", request, context, synchronous=True) as call:
                 try:
-                    reply = inner(request, context)
-                    metrics.sent.labels(*kind).inc()
-                    return reply
-                finally:
-                    _access.reset(token)
-                    observe(context, started, request, record)
+                    reply = await run_on_worker(inner, request, call)
+                except CallAborted as aborted:
+                    await call.abort_now(aborted.code, aborted.details)
+                except NotImplementedError:
+                    await call.abort_now(call.status, call.details)  # a method the server lacks
+                sent.inc()
+                return reply
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-            kind = ("server_stream", service, method)
+        return run
 
-            def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.perf_counter()
-                metrics.started.labels(*kind).inc()
-                metrics.received.labels(*kind).inc()
-                sent = metrics.sent.labels(*kind)
-                record: dict[str, str] = {}
-                token = _access.set(record)
+    def stream(self, inner: Behaviour) -> Behaviour:
+        sent = self.metrics.sent.labels("server_stream", self.service, self.method)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._call("server_stream", request, context, synchronous=True) as call:
                 try:
-                    for reply in inner_stream(request, context):
+                    async for reply in iterate_on_worker(inner, request, call):
+                        sent.inc()
+                        yield reply
+                except CallAborted as aborted:
+                    await call.abort_now(aborted.code, aborted.details)
+                except NotImplementedError:
+                    await call.abort_now(call.status, call.details)
+
+        return run
+
+    def async_stream(self, inner: Behaviour) -> Behaviour:
+        sent = self.metrics.sent.labels("server_stream", self.service, self.method)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._call("server_stream", request, context, synchronous=False) as call:
+                try:
+                    async for reply in inner(request, call):
                         sent.inc()
                         yield reply
                 finally:
-                    _access.reset(token)
-                    observe(context, started, request, record)
+                    call.end()
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return run

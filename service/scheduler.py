@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,8 +36,18 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch
-from service.detokenizer import Detokenizer
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
+from service.stream_reading import (
+    Doorbell,
+    Finished,
+    LoopEvents,
+    StreamReader,
+    Token,
+    _drain,
+    _Event,
+    _Made,
+    read_on_loop,
+)
 
 T = TypeVar("T")
 _LOG = logging.getLogger(__name__)
@@ -57,34 +67,6 @@ class SchedulerClosed(RuntimeError):
     """The scheduler stopped (the server is shutting down): the request may be retried elsewhere."""
 
 
-@dataclass(frozen=True)
-class Token:
-    """One or more new tokens of a stream (several when its reader fell behind the scheduler), their
-    text and, if the stream asked, each token's log-probability and alternatives."""
-
-    token_ids: tuple[int, ...]
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: str  # length | stop | eos | cancelled
-    tokens: int
-
-
-@dataclass(frozen=True)
-class _Made:
-    """Tokens handed to a stream's reader at once (with their log-probabilities, if asked)."""
-
-    token_ids: tuple[int, ...]
-    logprobs: tuple[TokenLogprob, ...]
-
-
-#: What a stream's reader receives: new tokens, or its end.
-_Event = _Made | Finished | BaseException
-
-
 @dataclass(eq=False)
 class _Stream:
     """One generation request in flight: its prompt, stack, sampling state and outbox of token ids.
@@ -100,7 +82,7 @@ class _Stream:
     #: The scheduler's: events made during a step, delivered once its bookkeeping is done (readers
     #: woken one by one in the middle of it would take the GIL from it for each wake).
     outbox: list[tuple[_Stream, _Event]]
-    events: queue.SimpleQueue[_Event] = field(default_factory=queue.SimpleQueue)
+    events: queue.SimpleQueue[_Event] | LoopEvents = field(default_factory=queue.SimpleQueue)
     abandoned: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     last: int = -1
@@ -146,61 +128,6 @@ class _Stream:
         """End the stream with ``event`` after the tokens still pending."""
         self._hand_over(0.0)
         self.outbox.append((self, event))
-
-
-class StreamReader(Iterator[Token | Finished]):
-    """A stream's events for its caller, from the queue its scheduler fills: detokenised, cut at
-    its first stop string. Closing it, even before the first read, or meeting a stop string sets
-    ``abandoned``: the row is dropped at the next step."""
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        sampling: Sampling,
-        events: queue.SimpleQueue[_Event],
-        abandoned: threading.Event,
-    ) -> None:
-        self._events, self._abandoned = _read(tokenizer, sampling, events, abandoned), abandoned
-
-    def __next__(self) -> Token | Finished:
-        return next(self._events)
-
-    def close(self) -> None:
-        self._abandoned.set()
-        self._events.close()
-
-
-def _read(
-    tokenizer: PreTrainedTokenizerBase,
-    sampling: Sampling,
-    events: queue.SimpleQueue[_Event],
-    abandoned: threading.Event,
-) -> Iterator[Token | Finished]:
-    detokenizer = Detokenizer(tokenizer)
-    stop, text, produced = sampling.stop, "", 0
-    longest_stop = max(map(len, stop), default=0)
-    try:
-        while True:
-            ids, logprobs, end = _drain(events)
-            pieces = []
-            for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
-                produced += 1
-                piece = detokenizer.add(token)
-                pieces.append(piece)
-                text += piece
-                if piece and stop and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
-                    yield Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1]))
-                    yield Finished("stop", produced)
-                    return
-            if ids:
-                yield Token(tuple(ids), "".join(pieces), tuple(logprobs))
-            if isinstance(end, BaseException):
-                raise end
-            if end is not None:
-                yield end
-                return
-    finally:
-        abandoned.set()  # a stop string, or the caller went away: the row leaves at the next step
 
 
 @dataclass(order=True)
@@ -270,14 +197,19 @@ class Scheduler:
         stack: EditStack,
         sampling: Sampling,
         is_active: Callable[[], bool] = lambda: True,
-    ) -> Iterator[Token | Finished]:
+        bell: Doorbell | None = None,
+    ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
         """Join the batch now and return this stream's tokens as they are made, then a
         :class:`Finished` (so several streams started one after another decode side by side,
-        whichever is read first).
+        whichever is read first); with ``bell``, an async iterator for that doorbell's loop.
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
         stream = self._stream(prompt, stack, sampling, is_active)
+        if bell is not None:
+            stream.events = LoopEvents(bell)
         self._enqueue([stream])
+        if isinstance(stream.events, LoopEvents):
+            return read_on_loop(self.tokenizer, sampling, stream.events, stream.abandoned)
         return StreamReader(self.tokenizer, sampling, stream.events, stream.abandoned)
 
     def complete(self, prompts: list[torch.Tensor], stack: EditStack, samplings: list[Sampling]) -> list[list[int]]:
@@ -531,21 +463,3 @@ class Scheduler:
         self._deliver()
         for job in jobs:
             job.future.set_exception(closed)
-
-
-def _drain(events: queue.SimpleQueue[_Event]) -> tuple[list[int], list[TokenLogprob], object]:
-    """Wait for a stream's next event, then take every event already queued behind it: the new
-    token ids in order, their log-probabilities (if the stream asked), and the end of the stream
-    (a :class:`Finished` or an exception) if it came."""
-    ids: list[int] = []
-    logprobs: list[TokenLogprob] = []
-    event = events.get()
-    while True:
-        if not isinstance(event, _Made):
-            return ids, logprobs, event
-        ids.extend(event.token_ids)
-        logprobs.extend(event.logprobs)
-        try:
-            event = events.get_nowait()
-        except queue.Empty:
-            return ids, logprobs, None

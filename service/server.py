@@ -28,6 +28,7 @@ from service.api.verified_keys import VerifiedKeys
 from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
 from service.db.migrate import require_current_schema
+from service.event_loop import LoopThread
 from service.gateway import HttpGateway, build_app
 from service.intra_op import forward_threads, serial_thread
 from service.metrics import Metrics, MetricsInterceptor
@@ -55,7 +56,9 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: every client must present a certificate this CA signed
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    workers: int = 256  # concurrent RPCs (each stream holds a worker while it waits for its tokens)
+    # Worker threads for the synchronous handlers: every RPC but Generate, whose streams wait on the
+    # event loop and hold no thread (service.api.handlers)
+    workers: int = 256
     metrics_address: str | None = "127.0.0.1:9464"  # None: no metrics endpoint
     unhealthy_after_seconds: float = 30.0  # NOT_SERVING once the database is unreachable this long
     stale_run_seconds: float = 15.0  # a running check without a heartbeat this long lost its replica
@@ -85,6 +88,13 @@ class ServerConfig:
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
 #: on a taken port would silently split the traffic. Binding must fail instead.
 NO_SHARED_PORT = ("grpc.so_reuseport", 0)
+
+
+async def _aio_server(
+    pool: futures.Executor, options: list[tuple[str, Any]], interceptors: list[Any]
+) -> grpc.aio.Server:
+    """The server, made on the loop that will run it (grpc.aio binds to the loop it is made on)."""
+    return grpc.aio.server(migration_thread_pool=pool, options=options, interceptors=interceptors)
 
 
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -133,11 +143,10 @@ class ScalpelServer:
             MalformedRequestInterceptor(config.max_message_bytes),
             AuthInterceptor(self.keys, insecure=config.insecure),
         ]
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, initializer=serial_thread),
-            options=options,
-            interceptors=interceptors,
-        )
+        # grpc.aio: Generate runs on this loop, every other handler on the pool (service.api.handlers)
+        pool = futures.ThreadPoolExecutor(max_workers=config.workers, initializer=serial_thread)
+        self.loop = LoopThread("grpc", pool)
+        self.server = self.loop.run(_aio_server(pool, options, interceptors))
         self.port = _bind(self.server, config.address, credentials)
         self.health_server = None
         if config.health_address:
@@ -167,7 +176,7 @@ class ScalpelServer:
         if self.health_server is not None:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_server.start()
-        self.server.start()
+        self.loop.run(self.server.start())
 
     def load_models(self) -> None:
         """Mark runs left running by a stopped server interrupted, load every model (giving the toy
@@ -296,7 +305,8 @@ class ScalpelServer:
         self.health.enter_graceful_shutdown()
         if self.aliases is not None:
             self.aliases.close()
-        self.server.stop(grace).wait()
+        self.loop.run(self.server.stop(grace))
+        self.loop.close()
         if self.gateway is not None:
             self.gateway.stop()
         for host in self.hosts.values():

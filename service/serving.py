@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from service.checks.suite import Suite
 from service.engine_process import EngineProcess, EngineSettings
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
-from service.scheduler import BACKGROUND, INTERACTIVE, Finished, Scheduler, Token
+from service.scheduler import BACKGROUND, INTERACTIVE, Scheduler
+from service.stream_reading import Doorbell, Finished, Token
 
 __all__ = ["DTYPES", "Finished", "ModelHost", "ModelSpec", "Token"]
 
@@ -314,8 +315,10 @@ class ModelHost:
         repetition_penalty: float = 1.0,
         logprobs: int | None = None,
         ignore_eos: bool = False,
-    ) -> Iterator[Token | Finished]:
-        """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished`. Greedy at
+        bell: Doorbell | None = None,
+    ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
+        """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished` (with
+        ``bell``: an async iterator, read on that doorbell's loop). Greedy at
         temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the
         context, with "eos" at any of the model's end-of-sequence ids (its generation config's and
         its tokenizer's). The sampling options are :class:`~service.sampling.Sampling`'s.
@@ -348,8 +351,8 @@ class ModelHost:
         stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
         if self.engine is not None:
             self.revive_engine()
-            return self.engine.generate(ids, version, stack.edits, sampling, is_active)
-        return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active)
+            return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell)
+        return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active, bell)
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.

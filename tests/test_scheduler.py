@@ -193,7 +193,8 @@ def test_under_a_stream_interval_tokens_leave_in_chunks_but_the_first_at_once(to
     finally:
         scheduler.close()
     chunks = [event.token_ids for event in events if isinstance(event, Token)]
-    assert len(chunks[0]) == 1  # the first token is never held back
+    # the first token is never held back: alone, or (a slow reader) with whole chunks behind it
+    assert len(chunks[0]) % 3 == 1
     assert all(len(chunk) % 3 == 0 for chunk in chunks[1:-1])  # a slow reader may take two chunks at once
     assert len(chunks) < NEW_TOKENS  # some tokens travelled together
     assert [t for chunk in chunks for t in chunk] == _solo(model, tokenizer, surgeon, [], text, NEW_TOKENS)
@@ -340,4 +341,4 @@ print(before, frozen, len(gc.get_objects(generation=2)))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     before, frozen, after = map(int, done.stdout.split())
-    assert before > 100_000 and frozen >= before and after < before // 100
+    assert before > 100_000 and frozen >= before * 0.99 and after < before // 100  # a few may be freed between

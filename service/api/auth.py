@@ -8,13 +8,16 @@ admin role. The caller's identity is available to handlers through :func:`curren
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from service.api.handlers import Behaviour, rewrapped
 from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
 from service.metrics import note_caller
 from service.registry.registry import ROLES
@@ -82,7 +85,16 @@ def _rank(role: str) -> int:
     return ROLES.index(role)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class Refused(Exception):
+    """A call that may not run: the status and message it ends with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Each call's key, checked through :class:`VerifiedKeys` (a verified key is trusted for
     ``key_cache_seconds``; a revocation through this replica counts at once)."""
 
@@ -90,65 +102,92 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.keys = keys
         self.insecure = insecure
 
-    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None or details.method.startswith(PUBLIC_PREFIXES):
             return handler
-        required = REQUIRED_ROLES.get(details.method.rsplit("/", 1)[-1], "admin")
-        return _wrap(handler, lambda context: self._authenticate(context, required))
+        return rewrapped(handler, _Guard(self, REQUIRED_ROLES.get(details.method.rsplit("/", 1)[-1], "admin")))
 
-    def _authenticate(self, context: grpc.ServicerContext, required: str) -> Principal:
+    def secret(self, context: Any) -> str | None:
+        """The call's API key (None with ``insecure``); :class:`Refused` when it sent none."""
         if self.insecure:
-            return Principal("local", "admin")
-        metadata = dict(context.invocation_metadata())
-        header = metadata.get("authorization", "")
+            return None
+        header = dict(context.invocation_metadata()).get("authorization", "")
         if not header.startswith("Bearer "):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
+        return header.removeprefix("Bearer ").strip()
+
+    def verify(self, secret: str | None, required: str) -> Principal:
+        """The principal ``secret`` names, if it may make a call that needs ``required``; else
+        :class:`Refused`. Reads the database unless the key was verified recently."""
+        if secret is None:
+            return Principal("local", "admin")
         try:
-            key = self.keys.verify(header.removeprefix("Bearer ").strip())
+            key = self.keys.verify(secret)
         except DatabaseUnreachable as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise Refused(grpc.StatusCode.UNAVAILABLE, str(error)) from None
         if key is None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         if _rank(key.role) < _rank(required):
-            context.abort(
+            raise Refused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this call needs role {required!r}; key {key.name!r} has {key.role!r}",
             )
         return Principal(key.name, key.role)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[grpc.ServicerContext], Principal]) -> Any:
-    def guard(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            principal = authenticate(context)
-            note_caller(principal.name)
-            token = _principal.set(principal)
-            try:
-                return behaviour(request, context)
-            finally:
-                _principal.reset(token)
+class _Guard:
+    """Runs a call as its authenticated principal (:func:`current_principal`), or refuses it."""
+
+    def __init__(self, auth: AuthInterceptor, required: str) -> None:
+        self.auth = auth
+        self.required = required
+
+    def _principal(self, context: Any) -> Principal:
+        try:
+            return self.auth.verify(self.auth.secret(context), self.required)
+        except Refused as refused:
+            context.abort(refused.code, refused.message)
+            raise
+
+    def unary(self, inner: Behaviour) -> Behaviour:
+        def run(request: Any, context: Any) -> Any:
+            with _as(self._principal(context)):
+                return inner(request, context)
 
         return run
 
-    def guard_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            principal = authenticate(context)
-            note_caller(principal.name)
-            token = _principal.set(principal)
-            try:
-                yield from behaviour(request, context)
-            finally:
-                _principal.reset(token)
+    def stream(self, inner: Behaviour) -> Behaviour:
+        def run(request: Any, context: Any) -> Any:
+            with _as(self._principal(context)):
+                yield from inner(request, context)
 
         return run
 
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            guard(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            guard_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-        )
-    return handler
+    def async_stream(self, inner: Behaviour) -> Behaviour:
+        async def run(request: Any, context: Any) -> Any:
+            try:
+                secret = self.auth.secret(context)
+                if secret is None or self.auth.keys.fresh(secret):
+                    principal = self.auth.verify(secret, self.required)
+                else:  # the database is read on a worker thread: never on the loop that serves every stream
+                    loop = asyncio.get_running_loop()
+                    principal = await loop.run_in_executor(None, self.auth.verify, secret, self.required)
+            except Refused as refused:
+                await context.abort(refused.code, refused.message)
+            with _as(principal):
+                async for reply in inner(request, context):
+                    yield reply
+
+        return run
+
+
+@contextlib.contextmanager
+def _as(principal: Principal) -> Iterator[None]:
+    note_caller(principal.name)
+    token = _principal.set(principal)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # a stream finalised outside its call's task
+            _principal.reset(token)

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +17,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from editors import InvalidEditError
 from editors.errors import Cancelled, NotExportable
+from service.api.handlers import CallAborted
 from service.registry import RegistryError
 from service.scheduler import SchedulerClosed
 
@@ -42,39 +43,40 @@ _CODES = {
 }
 
 
-@contextlib.contextmanager
-def errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
-    """Registry and edit errors become their status codes with their message. Anything unexpected
-    is logged with an incident id and becomes INTERNAL naming that id: no internals leak."""
-    try:
-        yield
-    except RegistryError as exc:
-        context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), _brief(str(exc)))
-    except InvalidEditError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc)))
-    except NotExportable as exc:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, _brief(f"cannot export this version: {exc}"))
-    except RecursionError:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply")
-    except SchedulerClosed as exc:
-        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    except Cancelled as exc:
-        context.abort(grpc.StatusCode.CANCELLED, f"stopped: the call was cancelled or its deadline passed ({exc})")
-    except (OperationalError, InterfaceError) as exc:
-        if not _is_connection_loss(exc):
-            _abort_internal(context)
-        context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly")
-    except DataError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a value is out of range for the database: {exc.orig}")
-    except Exception:
-        _abort_internal(context)
-
-
-def _abort_internal(context: grpc.ServicerContext) -> None:
-    """INTERNAL naming an incident id; the traceback of the exception being handled goes to the log."""
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status an exception ends a call with. Registry and edit errors keep their message;
+    anything unexpected is logged (call it while handling ``exc``) with an incident id, and the
+    caller sees only that id: no internals leak."""
+    if isinstance(exc, RegistryError):
+        return _CODES.get(exc.code, grpc.StatusCode.INTERNAL), _brief(str(exc))
+    if isinstance(exc, InvalidEditError):
+        return grpc.StatusCode.INVALID_ARGUMENT, _brief(str(exc))
+    if isinstance(exc, NotExportable):
+        return grpc.StatusCode.FAILED_PRECONDITION, _brief(f"cannot export this version: {exc}")
+    if isinstance(exc, RecursionError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply"
+    if isinstance(exc, SchedulerClosed):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, Cancelled):
+        return grpc.StatusCode.CANCELLED, f"stopped: the call was cancelled or its deadline passed ({exc})"
+    if isinstance(exc, (OperationalError, InterfaceError)) and _is_connection_loss(exc):
+        return grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry shortly"
+    if isinstance(exc, DataError):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"a value is out of range for the database: {exc.orig}"
     incident = secrets.token_hex(4)
     _LOG.exception("incident %s", incident)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error, incident {incident} (see the server log)")
+    return grpc.StatusCode.INTERNAL, f"internal error, incident {incident} (see the server log)"
+
+
+@contextlib.contextmanager
+def errors_as_status(context: grpc.ServicerContext) -> Iterator[None]:
+    """Errors raised in the block end the call with their status (:func:`_status`)."""
+    try:
+        yield
+    except CallAborted:
+        raise  # an abort already under way
+    except Exception as exc:
+        context.abort(*_status(exc))
 
 
 def _is_connection_loss(exc: OperationalError | InterfaceError) -> bool:
@@ -100,6 +102,22 @@ def abort_on_errors(method: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         with errors_as_status(context):
             return method(self, request, context)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def abort_on_errors_async_stream(method: F) -> F:
+    """:func:`abort_on_errors_stream` for an ``async`` streaming handler."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for reply in method(self, request, context):
+                yield reply
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await context.abort(*_status(exc))
 
     return wrapper  # type: ignore[return-value]
 

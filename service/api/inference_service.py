@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
 
 import grpc
 
-from service.api.errors import abort_on_errors, abort_on_errors_stream
+from service.api.errors import abort_on_errors, abort_on_errors_async_stream
 from service.api.resources import parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
-from service.serving import Finished, ModelHost
+from service.serving import ModelHost
+from service.stream_reading import Doorbell, Finished, Token, doorbell
 
 
 class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
@@ -23,10 +27,35 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
             selector.alias if which == "alias" else None, selector.version if which == "version" else None
         )
 
-    @abort_on_errors_stream
-    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateResponse]:
+    @abort_on_errors_async_stream
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """On the server's event loop: the request's set-up (version, stack, tokenising) runs on a
+        worker thread, then its tokens arrive through the loop's doorbell (service.stream_reading),
+        with no thread held per stream."""
         (model,) = parse("model", request.model)
         host = self._host(model)
+        bell = doorbell()
+        start = functools.partial(self._start_generate, host, request, bell)
+        version, stream = await asyncio.get_running_loop().run_in_executor(None, start)
+        async with contextlib.aclosing(stream):  # a caller gone mid-stream drops its row at once
+            async for event in stream:
+                if isinstance(event, Finished):
+                    self.metrics.tokens.labels(model, str(version)).inc(event.tokens)
+                    yield pb.GenerateResponse(
+                        done=pb.GenerateDone(
+                            version=f"models/{model}/versions/{version}",
+                            finish_reason=event.finish_reason,
+                            tokens=event.tokens,
+                        )
+                    )
+                else:
+                    yield _chunk(event)
+
+    def _start_generate(
+        self, host: ModelHost, request: pb.GenerateRequest, bell: Doorbell
+    ) -> tuple[int, AsyncIterator[Token | Finished]]:
         version = self._version(host, request.selector)
         stream = host.generate(
             version,
@@ -36,39 +65,14 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
             request.top_p or 1.0,
             request.seed if request.HasField("seed") else None,
             tuple(request.stop),
-            context.is_active,
             top_k=request.top_k,
             min_p=request.min_p,
             repetition_penalty=request.repetition_penalty or 1.0,
             logprobs=request.logprobs if request.HasField("logprobs") else None,
             ignore_eos=request.ignore_eos,
+            bell=bell,
         )
-        for event in stream:
-            if isinstance(event, Finished):
-                self.metrics.tokens.labels(model, str(version)).inc(event.tokens)
-                yield pb.GenerateResponse(
-                    done=pb.GenerateDone(
-                        version=f"models/{model}/versions/{version}",
-                        finish_reason=event.finish_reason,
-                        tokens=event.tokens,
-                    )
-                )
-            else:
-                yield pb.GenerateResponse(
-                    token=pb.TokenChunk(
-                        token_id=event.token_ids[0],
-                        token_ids=event.token_ids,
-                        text=event.text,
-                        logprobs=[
-                            pb.TokenLogprob(
-                                logprob=chosen,
-                                top_token_ids=[token for token, _ in top],
-                                top_logprobs=[logprob for _, logprob in top],
-                            )
-                            for chosen, top in event.logprobs
-                        ],
-                    )
-                )
+        return version, stream  # type: ignore[return-value]
 
     @abort_on_errors
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
@@ -79,3 +83,21 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
             logprobs=host.score(version, request.prompt, list(request.continuations)),
             version=f"models/{model}/versions/{version}",
         )
+
+
+def _chunk(event: Token) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        token=pb.TokenChunk(
+            token_id=event.token_ids[0],
+            token_ids=event.token_ids,
+            text=event.text,
+            logprobs=[
+                pb.TokenLogprob(
+                    logprob=chosen,
+                    top_token_ids=[token for token, _ in top],
+                    top_logprobs=[logprob for _, logprob in top],
+                )
+                for chosen, top in event.logprobs
+            ],
+        )
+    )

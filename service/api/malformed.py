@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from service.api.handlers import Behaviour, rewrapped
+
 TRANSPORT_HEADROOM = 4
 
 
@@ -48,31 +50,47 @@ def _guarded(deserializer: Callable[[bytes], Any], method: str, max_bytes: int) 
     return parse
 
 
-class MalformedRequestInterceptor(grpc.ServerInterceptor):
+class _RefuseMalformed:
+    """Aborts a call whose request stands in for one that did not parse (see the module docstring)."""
+
+    @staticmethod
+    def unary(inner: Behaviour) -> Behaviour:
+        def run(request: Any, context: Any) -> Any:
+            if isinstance(request, _Refused):
+                context.abort(request.code, request.message)
+            return inner(request, context)
+
+        return run
+
+    @staticmethod
+    def stream(inner: Behaviour) -> Behaviour:
+        def run(request: Any, context: Any) -> Any:
+            if isinstance(request, _Refused):
+                context.abort(request.code, request.message)
+            yield from inner(request, context)
+
+        return run
+
+    @staticmethod
+    def async_stream(inner: Behaviour) -> Behaviour:
+        async def run(request: Any, context: Any) -> Any:
+            if isinstance(request, _Refused):
+                await context.abort(request.code, request.message)
+            async for reply in inner(request, context):
+                yield reply
+
+        return run
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
 
-    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        if not (handler.unary_unary or handler.unary_stream):
+            return handler
         parse = _guarded(handler.request_deserializer, details.method, self.max_bytes)
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Refused):
-                    context.abort(request.code, request.message)
-                return inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Refused):
-                    context.abort(request.code, request.message)
-                yield from inner_stream(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(stream, parse, handler.response_serializer)
-        return handler
+        return rewrapped(handler, _RefuseMalformed(), parse)

@@ -38,15 +38,22 @@ class VerifiedKeys:
         #: count read before that verification
         self._verified: dict[str, tuple[KeyInfo, float, int]] = {}
 
-    def verify(self, secret: str) -> KeyInfo | None:
-        """The live key ``secret`` names, or None; :class:`DatabaseUnreachable` when it cannot tell."""
-        fingerprint = hashlib.sha256(secret.encode()).hexdigest()
-        known = self._verified.get(fingerprint)
-        if (
+    def fresh(self, secret: str) -> bool:
+        """Whether :meth:`verify` would answer ``secret`` from the cache, without the database."""
+        return self._fresh(self._verified.get(_fingerprint(secret)))
+
+    def _fresh(self, known: tuple[KeyInfo, float, int] | None) -> bool:
+        return (
             known is not None
             and known[2] == self.registry.revocations
             and time.monotonic() - known[1] < self.cache_seconds
-        ):
+        )
+
+    def verify(self, secret: str) -> KeyInfo | None:
+        """The live key ``secret`` names, or None; :class:`DatabaseUnreachable` when it cannot tell."""
+        fingerprint = _fingerprint(secret)
+        known = self._verified.get(fingerprint)
+        if known is not None and self._fresh(known):
             return known[0]
         revocations = self.registry.revocations  # read first: a revocation during the check makes it stale
         try:
@@ -60,3 +67,7 @@ class VerifiedKeys:
         else:
             self._verified[fingerprint] = (key, time.monotonic(), revocations)
         return key
+
+
+def _fingerprint(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,111 @@
+"""Generate on the grpc.aio server: streams wait on the event loop, not on worker threads, and a
+decode step wakes that loop once for all the streams it fed (service.stream_reading)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+
+from editors.toyworld import load_toy_model
+from service.client import ScalpelClient
+from service.sampling import Sampling
+from service.server import ScalpelServer, ServerConfig
+from service.stream_reading import Doorbell, Finished, LoopEvents, _Made, read_on_loop
+from tests.conftest import TEST_DEVICE
+
+STREAMS = 8
+
+
+def _handled(server: ScalpelServer, code: str) -> float:
+    labels = {"grpc_service": "scalpel.v1.InferenceService", "grpc_method": "Generate", "grpc_code": code}
+    return server.metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+def test_open_streams_hold_no_worker_threads(db_url) -> None:
+    """Eight streams are in flight at once on a server with two worker threads (a thread-per-stream
+    server runs two at a time); cancelling them frees their rows and counts them CANCELLED."""
+    config = ServerConfig(
+        address="127.0.0.1:0", database_url=db_url, metrics_address=None, device=TEST_DEVICE, workers=2
+    )
+    config.engine_process = False  # the forwards below are slowed in this process
+    server = ScalpelServer(config)
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    host = server.hosts["toy"]
+    hook = host.model.register_forward_pre_hook(lambda *_: time.sleep(0.05))  # 400 steps: 20 s a stream
+    _, _, world = load_toy_model()
+    try:
+        with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
+            streams = [
+                client.stream("toy", world.symbols[i], version=0, max_tokens=400, ignore_eos=True)
+                for i in range(STREAMS)
+            ]
+            firsts = [next(stream) for stream in streams]  # each has its first token while all run
+            assert all(first.HasField("token") for first in firsts)
+            assert host.requests == STREAMS
+            for stream in streams:
+                stream.cancel()
+            deadline = time.monotonic() + 60
+            while (host.requests or _handled(server, "CANCELLED") < STREAMS) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert host.requests == 0  # every row left the batch
+            assert _handled(server, "CANCELLED") == STREAMS
+            for stream in streams:
+                with pytest.raises(grpc.RpcError) as caught:
+                    list(stream)
+                assert caught.value.code() == grpc.StatusCode.CANCELLED
+            assert client.generate("toy", world.symbols[0], version=0, max_tokens=2).finish_reason == "length"
+    finally:
+        hook.remove()
+        server.stop(grace=0)
+
+
+def test_a_step_that_feeds_many_streams_wakes_the_loop_once() -> None:
+    """Events put from another thread while the loop is busy reach every waiting reader, through a
+    single callback on the loop."""
+    _, tokenizer, _ = load_toy_model()
+    loop = asyncio.new_event_loop()
+    bell = Doorbell(loop)
+    scheduled = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(callback, *args):  # type: ignore[no-untyped-def]
+        scheduled.append(callback)
+        return call_soon_threadsafe(callback, *args)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    queues = [LoopEvents(bell) for _ in range(64)]
+    abandoned = [threading.Event() for _ in queues]
+    token = tokenizer(" capital", add_special_tokens=False)["input_ids"][0]
+
+    async def read(events: LoopEvents, gone: threading.Event) -> list[object]:
+        return [event async for event in read_on_loop(tokenizer, Sampling(max_tokens=1), events, gone)]
+
+    async def main() -> list[list[object]]:
+        readers = [asyncio.ensure_future(read(q, a)) for q, a in zip(queues, abandoned, strict=True)]
+        await asyncio.sleep(0.01)  # every reader waits on its queue
+        busy, fed = threading.Event(), threading.Event()
+
+        def step() -> None:  # the engine's receiver thread: one step's events, while the loop is busy
+            busy.wait()
+            for events in queues:
+                events.put(_Made((token,), ()))
+                events.put(Finished("length", 1))
+            fed.set()
+
+        threading.Thread(target=step).start()
+        busy.set()
+        fed.wait()  # the loop thread blocks here: no wake can be answered before the step is done
+        return await asyncio.gather(*readers)
+
+    try:
+        results = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert len(scheduled) == 1
+    assert all(result[-1] == Finished("length", 1) and result[0].token_ids == (token,) for result in results)
+    assert all(gone.is_set() for gone in abandoned)  # a finished reader releases its row
