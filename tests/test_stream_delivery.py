@@ -4,6 +4,7 @@ decode step wakes that loop once for all the streams it fed (service.stream_read
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from editors.toyworld import load_toy_model
+from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.sampling import Sampling
 from service.server import ScalpelServer, ServerConfig
@@ -59,6 +61,39 @@ def test_open_streams_hold_no_worker_threads(db_url) -> None:
                     list(stream)
                 assert caught.value.code() == grpc.StatusCode.CANCELLED
             assert client.generate("toy", world.symbols[0], version=0, max_tokens=2).finish_reason == "length"
+    finally:
+        hook.remove()
+        server.stop(grace=0)
+
+
+def test_long_work_stops_when_its_callers_deadline_passes(db_url) -> None:
+    """A synchronous handler runs on a worker thread, and learns there that its call ended: a
+    ComputeRome of ~15 minutes stops its forwards once the client's deadline has passed."""
+    server = ScalpelServer(
+        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, device=TEST_DEVICE)
+    )
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    forwards: list[float] = []
+    hook = server.hosts["toy"].model.register_forward_pre_hook(lambda *_: forwards.append(time.monotonic()))
+    try:
+        with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
+            request = pb.ComputeRomeRequest(
+                parent="models/toy",
+                prompt="The capital of {} is",
+                subject="Riia",
+                target="Muford",
+                hparams_json=json.dumps({"steps": 10_000, "n_prefixes": 100, "early_stop_nll": 0}),
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                client.edits.ComputeRome(request, timeout=3)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert forwards  # the work had started
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not forwards or time.monotonic() - forwards[-1] < 2):
+            time.sleep(0.1)
+        assert time.monotonic() - forwards[-1] >= 2  # no forward for two seconds: the work stopped
+        assert server.registry.list_edits("toy", 10, "").items == []  # and created nothing
     finally:
         hook.remove()
         server.stop(grace=0)
