@@ -52,6 +52,11 @@ class AliasCache:
         self._thread.start()
 
     # -- reading --------------------------------------------------------------------------------
+    def known(self, model: str, alias: str) -> int | None:
+        """The version this cache knows for the alias, or None (unknown, or forgotten)."""
+        with self._lock:
+            return self._versions.get((model, alias))
+
     def version(self, model: str, alias: str) -> int:
         with self._lock:
             known = self._versions.get((model, alias))

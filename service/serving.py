@@ -229,6 +229,17 @@ class ModelHost:
             return self.aliases.version(self.name, alias or "production")
         return self.registry.get_alias(self.name, alias or "production").version
 
+    def ready(self, alias: str | None, version: int | None) -> bool:
+        """Whether a stream of that version could start without waiting: its number known without
+        the database, its stack compiled, the engine process (if any) alive."""
+        if version is None:
+            version = self.aliases.known(self.name, alias or "production") if self.aliases is not None else None
+            if version is None:
+                return False
+        with self._lock:
+            compiled = version in self._stacks
+        return compiled and (self.engine is None or not self.engine.died)
+
     def stack(self, version: int) -> EditStack:
         """The compiled stack of ``version`` (compiled once; versions never change)."""
         with self._lock:

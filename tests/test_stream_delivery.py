@@ -11,6 +11,7 @@ import time
 import grpc
 import pytest
 
+from editors import HeadAblation
 from editors.toyworld import load_toy_model
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
@@ -63,6 +64,38 @@ def test_open_streams_hold_no_worker_threads(db_url) -> None:
             assert client.generate("toy", world.symbols[0], version=0, max_tokens=2).finish_reason == "length"
     finally:
         hook.remove()
+        server.stop(grace=0)
+
+
+def test_a_stream_starts_on_the_loop_only_when_nothing_needs_the_database(db_url) -> None:
+    """ModelHost.ready decides whether Generate's set-up may run on the event loop: only for a
+    version whose number is known without the database and whose stack is compiled, while the
+    engine process lives. Otherwise the set-up runs on a worker thread, and the answer is the same."""
+    server = ScalpelServer(
+        ServerConfig(address="127.0.0.1:0", database_url=db_url, metrics_address=None, device=TEST_DEVICE)
+    )
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    host = server.hosts["toy"]
+    try:
+        with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
+            edit = client.create_edit("toy", HeadAblation(layer=0, heads=(1,))).id
+            version = client.create_version("toy", 0, append=[edit]).number
+            assert not host.ready(None, version)  # never compiled here
+            first = client.generate("toy", "The capital of Riia is", version=version, max_tokens=3)
+            assert host.ready(None, version)
+            assert client.generate("toy", "The capital of Riia is", version=version, max_tokens=3) == first
+            client.promote("toy", version, alias="canary", reason="a test of the loop path", force=True)
+            assert host.ready("canary", None)  # the alias cache learnt it from this replica's write
+            assert client.generate("toy", "The capital of Riia is", alias="canary", max_tokens=3).text == first.text
+            assert not host.ready("nope", None)
+            host.engine._process.kill()  # a dead engine is revived off the loop
+            host.engine._process.join()
+            deadline = time.monotonic() + 30
+            while not host.engine.died and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not host.ready(None, version)
+    finally:
         server.stop(grace=0)
 
 

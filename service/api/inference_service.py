@@ -32,13 +32,17 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         """On the server's event loop: the request's set-up (version, stack, tokenising) runs on a
-        worker thread, then its tokens arrive through the loop's doorbell (service.stream_reading),
-        with no thread held per stream."""
+        worker thread when it needs the database or a compilation, here otherwise; then its tokens
+        arrive through the loop's doorbell (service.stream_reading), with no thread held per stream."""
         (model,) = parse("model", request.model)
         host = self._host(model)
-        bell = doorbell()
-        start = functools.partial(self._start_generate, host, request, bell)
-        version, stream = await asyncio.get_running_loop().run_in_executor(None, start)
+        start = functools.partial(self._start_generate, host, request, doorbell())
+        selector = request.selector
+        which = selector.WhichOneof("selector")
+        if host.ready(selector.alias if which == "alias" else None, selector.version if which == "version" else None):
+            version, stream = start()  # tokenising and a pipe write: cheaper here than a hop to a thread
+        else:  # a database read or a compilation first: off the loop that serves every stream
+            version, stream = await asyncio.get_running_loop().run_in_executor(None, start)
         async with contextlib.aclosing(stream):  # a caller gone mid-stream drops its row at once
             async for event in stream:
                 if isinstance(event, Finished):
