@@ -35,7 +35,15 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from service.api.handlers import Behaviour, CallAborted, CallContext, iterate_on_worker, rewrapped, run_on_worker
+from service.api.handlers import (
+    Behaviour,
+    CallAborted,
+    CallContext,
+    WrappingInterceptor,
+    iterate_on_worker,
+    rewrapped,
+    run_on_worker,
+)
 
 
 class Metrics:
@@ -144,19 +152,17 @@ def _model_of(request: Any) -> str:
     return ""
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every RPC by service, method and final status code, and writes the access
     log. Outermost: the handlers inside it get the call's :class:`CallContext`."""
 
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self.metrics = metrics
 
-    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        service, _, method = details.method.lstrip("/").rpartition("/")
-        return rewrapped(handler, _Observed(self.metrics, service, method))
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        service, _, name = method.lstrip("/").rpartition("/")
+        return rewrapped(handler, _Observed(self.metrics, service, name))
 
 
 class _Observed:

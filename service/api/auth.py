@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from service.api.handlers import Behaviour, rewrapped
+from service.api.handlers import Behaviour, WrappingInterceptor, rewrapped
 from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
 from service.metrics import note_caller
 from service.registry.registry import ROLES
@@ -94,19 +94,19 @@ class Refused(Exception):
         self.message = message
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """Each call's key, checked through :class:`VerifiedKeys` (a verified key is trusted for
     ``key_cache_seconds``; a revocation through this replica counts at once)."""
 
     def __init__(self, keys: VerifiedKeys, insecure: bool = False) -> None:
+        super().__init__()
         self.keys = keys
         self.insecure = insecure
 
-    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if method.startswith(PUBLIC_PREFIXES):
             return handler
-        return rewrapped(handler, _Guard(self, REQUIRED_ROLES.get(details.method.rsplit("/", 1)[-1], "admin")))
+        return rewrapped(handler, _Guard(self, REQUIRED_ROLES.get(method.rsplit("/", 1)[-1], "admin")))
 
     def secret(self, context: Any) -> str | None:
         """The call's API key (None with ``insecure``); :class:`Refused` when it sent none."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from service.api.handlers import Behaviour, rewrapped
+from service.api.handlers import Behaviour, WrappingInterceptor, rewrapped
 
 TRANSPORT_HEADROOM = 4
 
@@ -82,15 +82,13 @@ class _RefuseMalformed:
         return run
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+class MalformedRequestInterceptor(WrappingInterceptor):
     def __init__(self, max_bytes: int) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
 
-    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.request_deserializer is None or not (handler.unary_unary or handler.unary_stream):
             return handler
-        if not (handler.unary_unary or handler.unary_stream):
-            return handler
-        parse = _guarded(handler.request_deserializer, details.method, self.max_bytes)
+        parse = _guarded(handler.request_deserializer, method, self.max_bytes)
         return rewrapped(handler, _RefuseMalformed(), parse)
