@@ -8,13 +8,14 @@ child process (CPU tensors move to shared memory, CUDA tensors travel as IPC han
 memory), which runs a :class:`~service.scheduler.Scheduler` of its own over them for the
 generation streams. The two talk over one pipe:
 
-    handler threads ──generate/cancel──▶ pipe ──▶ child: command thread ─▶ scheduler thread
-          ▲                                                                      │
-    per-stream queues ◀── receiver thread ◀── pipe ◀── one message per step ─────┘
+    Generate (event loop) ──generate/cancel──▶ pipe ──▶ child: command thread ─▶ scheduler thread
+          ▲                                                                          │
+    per-stream queues ◀── receiver thread ◀── pipe ◀── one message per step ─────────┘
 
 Per step the child sends one message holding every stream's new tokens, so the serving process
-wakes once per step, not once per token. Detokenising and stop strings stay in the handlers
-(:class:`service.scheduler.StreamReader`), as in one process. Everything else that uses the model (Score,
+wakes once per step, not once per token (and its event loop once per step: see
+:mod:`service.stream_reading`). Detokenising and stop strings stay with the readers, as in one
+process. Everything else that uses the model (Score,
 CompareVersions, checks, ROME, MEMIT, DiscoverCircuit) runs in the serving process as before, on
 the same weights. Versions reach the child as their edits (plain pickles, compiled there once per
 version); a stream whose caller goes away is cancelled at the next step, as in one process.

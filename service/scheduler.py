@@ -11,7 +11,8 @@ A single thread owns the model's forwards. Between two forwards it
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
-Tokens leave as they are made: each stream has its own queue that its gRPC handler drains.
+Tokens leave as they are made: each stream has its own queue that its reader drains
+(:mod:`service.stream_reading`).
 A request is validated (prompt length, version, stack) before it joins, so a bad request fails
 alone; an unexpected failure in a forward fails the rows of that forward and the loop goes on.
 """
