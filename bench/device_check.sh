@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
 # H200): the equivalence tests on the device, then the serving benchmark there, c64 first, then
-# the sync gRPC server's CPU per call against grpc.aio's on that machine's cores.
+# (with the previous thread-per-stream server unpacked in bench/.baseline and carried along) the
+# serving process's CPU per request and tokens/s against it; without it, a model-less sync gRPC
+# server's CPU per call against grpc.aio's.
 #   bench/device_check.sh [DEVICE] [OUT_DIR]      # defaults: cuda, the current directory
 # $PYTHON (default python3) must import the project's dependencies (e.g. PYTHON=.venv/bin/python).
 set -u
@@ -18,6 +20,13 @@ grep -E "passed|failed" "$out/tests.log" | tail -3
 timeout 300 "$python" bench/serving.py --device "$device" --rounds 2 --concurrency 64 8 1 >"$out/bench.log" 2>&1
 echo "bench/serving.py on $device: exit $?"
 grep -E "ratio|per_message|ttft|speedup" "$out/bench.log"
-timeout 60 "$python" bench/grpc_ceiling.py --servers >"$out/grpc_servers.log" 2>&1
-echo "bench/grpc_ceiling.py --servers: exit $?"
-cat "$out/grpc_servers.log"
+if [ -d bench/.baseline/service ]; then  # the thread-per-stream server: git archive 9381b8b | tar -x -C bench/.baseline
+    timeout 150 "$python" bench/request_cpu.py --baseline bench/.baseline --device "$device" --tokens 32 --threads 64 \
+        --seconds 6 --rounds 4 >"$out/request_cpu.log" 2>&1
+    echo "bench/request_cpu.py --baseline on $device: exit $?"
+    cat "$out/request_cpu.log"
+else
+    timeout 60 "$python" bench/grpc_ceiling.py --servers >"$out/grpc_servers.log" 2>&1
+    echo "bench/grpc_ceiling.py --servers: exit $?"
+    cat "$out/grpc_servers.log"
+fi

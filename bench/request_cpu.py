@@ -70,13 +70,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="client threads (concurrent calls)")
     parser.add_argument("--tokens", type=int, default=1, help="tokens per request")
     parser.add_argument("--baseline", type=Path, help="another Scalpel checkout: its server against this one's")
+    parser.add_argument("--device", default="cpu", help="the servers' --device (the forwards' device)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with ExitStack() as stack:
 
         def started(*options: str, root: Path | None = None) -> Served:
             data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            return stack.enter_context(serve_process(data, *options, root=root))
+            return stack.enter_context(serve_process(data, "--device", args.device, *options, root=root))
 
         if args.baseline:
             sides = {"ours": started(), "baseline": started(root=args.baseline.resolve())}
