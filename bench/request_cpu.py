@@ -6,6 +6,7 @@ checkout's server against another's (``--baseline``).
     git worktree add /tmp/base <ref> && python bench/request_cpu.py --baseline /tmp/base --tokens 32 --threads 64
     → {"ours_ms_per_request", "baseline_ms_per_request", "ours_ratio_to_baseline",
        "ours_tokens_per_s", "baseline_tokens_per_s", "ours_tokens_ratio_to_baseline"}
+    python bench/request_cpu.py --baseline /tmp/base --http …  # streamed completions, HTTP gateway
 
 Two `scalpel serve` processes side by side, each given ``--tokens``-token `Generate` calls from
 ``--threads`` client threads for ``--seconds``, taking turns over ``--rounds``. The figure is the
@@ -18,6 +19,8 @@ are the serving bench's c64 load.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import statistics
 import sys
 import tempfile
@@ -38,7 +41,22 @@ from service.client import ScalpelClient
 PROMPT = "The capital of Riia is"
 
 
-def measure(served: Served, seconds: float, threads: int, tokens: int) -> tuple[float, float]:
+def http_tokens(connection: http.client.HTTPConnection, secret: str, tokens: int) -> int:
+    """One streamed completion through the OpenAI-compatible gateway; its completion tokens."""
+    body = {"model": "toy", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
+    body |= {"ignore_eos": True, "stream_options": {"include_usage": True}}
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    connection.request("POST", "/v1/completions", json.dumps(body), headers)
+    response = connection.getresponse()
+    produced = 0
+    for line in response.read().decode().splitlines():
+        if line.startswith("data: {"):
+            usage = json.loads(line[6:]).get("usage")
+            produced = usage["completion_tokens"] if usage else produced
+    return produced
+
+
+def measure(served: Served, seconds: float, threads: int, tokens: int, via_http: bool) -> tuple[float, float]:
     """Server CPU milliseconds per request, and the tokens per second the clients received."""
     with ScalpelClient(f"127.0.0.1:{served.port}", served.secret) as client:
         client.generate("toy", PROMPT, max_tokens=tokens)  # warm
@@ -47,9 +65,14 @@ def measure(served: Served, seconds: float, threads: int, tokens: int) -> tuple[
 
         def worker() -> None:
             answered = received = 0
+            connection = http.client.HTTPConnection("127.0.0.1", served.http_port or 0)
             while time.monotonic() < stop:
-                received += len(client.generate("toy", PROMPT, max_tokens=tokens, ignore_eos=True).token_ids)
+                if via_http:
+                    received += http_tokens(connection, served.secret, tokens)
+                else:
+                    received += len(client.generate("toy", PROMPT, max_tokens=tokens, ignore_eos=True).token_ids)
                 answered += 1
+            connection.close()
             counts.append((answered, received))
 
         before, started = cpu_seconds(served.process.pid), time.perf_counter()
@@ -71,13 +94,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1, help="tokens per request")
     parser.add_argument("--baseline", type=Path, help="another Scalpel checkout: its server against this one's")
     parser.add_argument("--device", default="cpu", help="the servers' --device (the forwards' device)")
+    parser.add_argument("--http", action="store_true", help="streamed completions through the HTTP gateway")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with ExitStack() as stack:
 
         def started(*options: str, root: Path | None = None) -> Served:
             data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            return stack.enter_context(serve_process(data, "--device", args.device, *options, root=root))
+            http = ("--http-address", "127.0.0.1:0") if args.http else ()
+            return stack.enter_context(serve_process(data, "--device", args.device, *http, *options, root=root))
 
         if args.baseline:
             sides = {"ours": started(), "baseline": started(root=args.baseline.resolve())}
@@ -89,7 +114,7 @@ def main() -> None:
         rate: dict[str, list[float]] = {name: [] for name in sides}
         for round_ in range(args.rounds):
             for name in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
-                ms, tokens_per_s = measure(sides[name], args.seconds, args.threads, args.tokens)
+                ms, tokens_per_s = measure(sides[name], args.seconds, args.threads, args.tokens, args.http)
                 cpu[name].append(ms)
                 rate[name].append(tokens_per_s)
     first, second = sides

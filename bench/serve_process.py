@@ -23,6 +23,7 @@ class Served:
     port: int
     secret: str
     data_dir: Path
+    http_port: int | None = None  # with --http-address: the OpenAI-compatible gateway's
 
     @property
     def database_url(self) -> str:
@@ -53,8 +54,11 @@ def serve_process(data_dir: Path, *options: str, root: Path | None = None) -> It
         cwd=root,
     )
     try:
-        port = int(re.search(r"on port (\d+)", process.stdout.readline()).group(1))
-        yield Served(process, port, json.loads(created.stdout)["secret"], Path(data_dir))
+        line = process.stdout.readline()
+        port = int(re.search(r"on port (\d+)", line).group(1))
+        http = re.search(r"HTTP on port (\d+)", line)
+        secret = json.loads(created.stdout)["secret"]
+        yield Served(process, port, secret, Path(data_dir), int(http.group(1)) if http else None)
     finally:
         if process.poll() is None:
             process.kill()

@@ -14,11 +14,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from anyio import to_thread
+from anyio import from_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -32,6 +32,7 @@ from service.registry import Registry
 from service.registry.errors import InvalidArgument, NotFound, PermissionDenied
 from service.scheduler import SchedulerClosed
 from service.serving import Finished, ModelHost, Token
+from service.stream_reading import Doorbell, doorbell
 
 _LOG = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class _Choice:
         logprobs: int | None,
         index: int,
         gone: threading.Event,
+        bell: Doorbell | None,
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
@@ -132,6 +134,7 @@ class _Choice:
             repetition_penalty=sampling.repetition_penalty,
             logprobs=logprobs,
             ignore_eos=sampling.ignore_eos,
+            bell=bell,  # a stream's events are read on the server's event loop
         )
         self.prompt_tokens = len(target.host.tokenizer(prompt)["input_ids"])
         self.texts = TokenTexts(target.host)
@@ -144,13 +147,17 @@ def _start(
     max_tokens: int,
     logprobs: int | None,
     gone: threading.Event,
+    stream: bool,
 ) -> list[_Choice]:
     """One choice per prompt, each joining the batch as it is made; if one is refused (a prompt
-    too long), those already joined leave at the next step instead of running unread."""
+    too long), those already joined leave at the next step instead of running unread. A
+    streamed reply's choices are read on the event loop (one wake per decode step for all of
+    them, service.stream_reading); a whole one's on this worker thread."""
+    bell = from_thread.run_sync(doorbell) if stream else None
     choices: list[_Choice] = []
     try:
         for index, prompt in enumerate(prompts):
-            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone))
+            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell))
     except Exception:
         gone.set()
         raise
@@ -294,7 +301,7 @@ def build_app(
             record["model"] = target.host.name
             gone = threading.Event()
             prompts = [p for p in body.prompts for _ in range(body.n)]
-            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone)
+            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone, body.stream)
             reply = _Reply(target, "cmpl", "text_completion", metrics)
             if body.stream:
                 return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
@@ -310,7 +317,7 @@ def build_app(
             prompt = chat_prompt(target.host, body.messages)
             top = (body.top_logprobs or 0) if body.logprobs else None
             gone = threading.Event()
-            choices = _start(target, [prompt] * body.n, body, body.token_limit, top, gone)
+            choices = _start(target, [prompt] * body.n, body, body.token_limit, top, gone, body.stream)
             if body.stream:
                 reply = _Reply(target, "chatcmpl", "chat.completion.chunk", metrics)
                 return reply.streamed(choices, body.include_usage, _chat_delta(body), gone)
@@ -423,15 +430,15 @@ class _Reply:
     def streamed(
         self, choices: list[_Choice], include_usage: bool, delta: Delta, gone: threading.Event
     ) -> StreamingResponse:
-        """Server-sent events; when the body stops early (the client hung up), ``gone`` tells the
-        scheduler at once, even while a worker thread still waits for the next token."""
+        """Server-sent events, read on the event loop; when the body stops early (the client hung
+        up), ``gone`` and closing the readers tell the scheduler at once."""
 
-        def events() -> Iterator[str]:
+        async def body() -> AsyncIterator[str]:
             produced = 0
             try:
                 for choice in choices:  # all joined the batch already: later ones wait in their queues
                     first = True
-                    for event in choice.events:
+                    async for event in choice.events:
                         if isinstance(event, Finished):
                             self._counted(event)
                             produced += event.tokens
@@ -443,16 +450,9 @@ class _Reply:
             except Exception as error:  # the status line is gone: the error travels as an event
                 yield _sse(_as_gateway_error(error).body())
             finally:
-                for choice in choices:
-                    choice.events.close()
-
-        async def body() -> AsyncIterator[str]:
-            chunks = events()
-            try:
-                while (chunk := await to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)) is not None:
-                    yield chunk
-            finally:
                 gone.set()  # done, or hung up: rows still running leave at the next step
+                for choice in choices:
+                    await choice.events.aclose()
 
         return StreamingResponse(
             body(), media_type="text/event-stream", headers={"x-scalpel-version": self.target.version_name}
