@@ -37,7 +37,6 @@ from prometheus_client.registry import Collector
 
 from service.api.handlers import (
     Behaviour,
-    CallAborted,
     CallContext,
     WrappingInterceptor,
     iterate_on_worker,
@@ -224,12 +223,7 @@ class _Observed:
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with self._call("unary", request, context, synchronous=True) as call:
-                try:
-                    reply = await run_on_worker(inner, request, call)
-                except CallAborted as aborted:
-                    await call.abort_now(aborted.code, aborted.details)
-                except NotImplementedError:
-                    await call.abort_now(call.status, call.details)  # a method the server lacks
+                reply = await run_on_worker(inner, request, call)
                 sent.inc()
                 return reply
 
@@ -240,14 +234,9 @@ class _Observed:
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with self._call("server_stream", request, context, synchronous=True) as call:
-                try:
-                    async for reply in iterate_on_worker(inner, request, call):
-                        sent.inc()
-                        yield reply
-                except CallAborted as aborted:
-                    await call.abort_now(aborted.code, aborted.details)
-                except NotImplementedError:
-                    await call.abort_now(call.status, call.details)
+                async for reply in iterate_on_worker(inner, request, call):
+                    sent.inc()
+                    yield reply
 
         return run
 

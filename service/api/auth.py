@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from service.api.handlers import Behaviour, WrappingInterceptor, rewrapped
+from service.api.handlers import Behaviour, CallAborted, WrappingInterceptor, rewrapped
 from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
 from service.metrics import note_caller
 from service.registry.registry import ROLES
@@ -85,15 +85,6 @@ def _rank(role: str) -> int:
     return ROLES.index(role)
 
 
-class Refused(Exception):
-    """A call that may not run: the status and message it ends with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class AuthInterceptor(WrappingInterceptor):
     """Each call's key, checked through :class:`VerifiedKeys` (a verified key is trusted for
     ``key_cache_seconds``; a revocation through this replica counts at once)."""
@@ -109,27 +100,27 @@ class AuthInterceptor(WrappingInterceptor):
         return rewrapped(handler, _Guard(self, REQUIRED_ROLES.get(method.rsplit("/", 1)[-1], "admin")))
 
     def secret(self, context: Any) -> str | None:
-        """The call's API key (None with ``insecure``); :class:`Refused` when it sent none."""
+        """The call's API key (None with ``insecure``); :class:`CallAborted` when it sent none."""
         if self.insecure:
             return None
         header = dict(context.invocation_metadata()).get("authorization", "")
         if not header.startswith("Bearer "):
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
+            raise CallAborted(grpc.StatusCode.UNAUTHENTICATED, "send 'authorization: Bearer <api key>'")
         return header.removeprefix("Bearer ").strip()
 
     def verify(self, secret: str | None, required: str) -> Principal:
         """The principal ``secret`` names, if it may make a call that needs ``required``; else
-        :class:`Refused`. Reads the database unless the key was verified recently."""
+        :class:`CallAborted`. Reads the database unless the key was verified recently."""
         if secret is None:
             return Principal("local", "admin")
         try:
             key = self.keys.verify(secret)
         except DatabaseUnreachable as error:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+            raise CallAborted(grpc.StatusCode.UNAVAILABLE, str(error)) from None
         if key is None:
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
+            raise CallAborted(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         if _rank(key.role) < _rank(required):
-            raise Refused(
+            raise CallAborted(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this call needs role {required!r}; key {key.name!r} has {key.role!r}",
             )
@@ -144,11 +135,8 @@ class _Guard:
         self.required = required
 
     def _principal(self, context: Any) -> Principal:
-        try:
-            return self.auth.verify(self.auth.secret(context), self.required)
-        except Refused as refused:
-            context.abort(refused.code, refused.message)
-            raise
+        """On a worker thread: a refusal raises :class:`CallAborted`, which ends the call."""
+        return self.auth.verify(self.auth.secret(context), self.required)
 
     def unary(self, inner: Behaviour) -> Behaviour:
         def run(request: Any, context: Any) -> Any:
@@ -173,8 +161,8 @@ class _Guard:
                 else:  # the database is read on a worker thread: never on the loop that serves every stream
                     loop = asyncio.get_running_loop()
                     principal = await loop.run_in_executor(None, self.auth.verify, secret, self.required)
-            except Refused as refused:
-                await context.abort(refused.code, refused.message)
+            except CallAborted as refused:
+                await context.abort(refused.code, refused.details)
             with _as(principal):
                 async for reply in inner(request, context):
                     yield reply

@@ -28,7 +28,8 @@ STREAM_AHEAD = 8
 
 
 class CallAborted(Exception):
-    """A synchronous handler aborted its call (raised on its worker thread; the loop ends the call)."""
+    """A call ends with this status: a synchronous handler aborted it, or its key was refused
+    (raised on a worker thread or before the handler runs; the loop ends the call)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -74,8 +75,8 @@ class CallContext:
             callback()
 
     def abort(self, code: grpc.StatusCode, details: str) -> Any:
-        """End the call with ``code``: raises on a worker thread; an ``async`` handler awaits it."""
-        self.status, self.details = code, details
+        """End the call with ``code``: raises on a worker thread (the loop then ends the call,
+        :func:`run_on_worker`); an ``async`` handler awaits it."""
         if self._synchronous:
             raise CallAborted(code, details)
         return self.abort_now(code, details)
@@ -93,11 +94,24 @@ class CallContext:
         self.details = details
 
 
+async def _end_for(error: BaseException, call: CallContext) -> None:
+    """Raise what a synchronous behaviour raised on its worker thread, in the call's task: its
+    abort ends the call with that status, the generated stubs' NotImplementedError with the
+    UNIMPLEMENTED they set."""
+    if isinstance(error, CallAborted):
+        await call.abort_now(error.code, error.details)
+    if isinstance(error, NotImplementedError):
+        await call.abort_now(call.status, call.details)
+    raise error
+
+
 async def run_on_worker(inner: Behaviour, request: Any, call: CallContext) -> Any:
     """A synchronous unary behaviour's reply, computed on a worker thread in this call's context."""
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(None, contextvars.copy_context().run, inner, request, call)
+    except (CallAborted, NotImplementedError) as error:
+        await _end_for(error, call)
     finally:
         call.end()
 
@@ -136,7 +150,7 @@ async def iterate_on_worker(inner: Behaviour, request: Any, call: CallContext) -
             done, value = await messages.get()
             if done:
                 if value is not None:
-                    raise value
+                    await _end_for(value, call)
                 break
             room.release()
             yield value

@@ -22,10 +22,7 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
     """InferenceService: Generate (a stream) and Score, under any version."""
 
     def _version(self, host: ModelHost, selector: pb.VersionSelector) -> int:
-        which = selector.WhichOneof("selector")
-        return host.resolve(
-            selector.alias if which == "alias" else None, selector.version if which == "version" else None
-        )
+        return host.resolve(*_selected(selector))
 
     @abort_on_errors_async_stream
     async def Generate(
@@ -37,9 +34,7 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
         (model,) = parse("model", request.model)
         host = self._host(model)
         start = functools.partial(self._start_generate, host, request, doorbell())
-        selector = request.selector
-        which = selector.WhichOneof("selector")
-        if host.ready(selector.alias if which == "alias" else None, selector.version if which == "version" else None):
+        if host.ready(*_selected(request.selector)):
             version, stream = start()  # tokenising and a pipe write: cheaper here than a hop to a thread
         else:  # a database read or a compilation first: off the loop that serves every stream
             version, stream = await asyncio.get_running_loop().run_in_executor(None, start)
@@ -105,3 +100,9 @@ def _chunk(event: Token) -> pb.GenerateResponse:
             ],
         )
     )
+
+
+def _selected(selector: pb.VersionSelector) -> tuple[str | None, int | None]:
+    """The alias or the version number a selector names (the other None)."""
+    which = selector.WhichOneof("selector")
+    return selector.alias if which == "alias" else None, selector.version if which == "version" else None
