@@ -179,11 +179,17 @@ def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway) -> None:
     server, http, _ = gateway
     host = server.hosts["toy"]
     scheduler = host.scheduler
+
+    def slow(*_: object) -> None:  # until the hold below, each step takes 20 ms: 100 tokens outlast
+        threading.Event().wait(0.02)  # the client's first read by far
+
+    slowed = host.model.register_forward_pre_hook(slow)
     stream = http.completions.create(
         model="toy", prompt=PROMPT, max_tokens=100, temperature=0, stream=True, n=2, extra_body={"ignore_eos": True}
     )
     assert next(iter(stream)).choices[0].text
     with scheduler_held(host):  # the rows cannot finish meanwhile
+        slowed.remove()
         assert scheduler.requests == 2  # both choices still have most of their 100 tokens to make
         cancelled = scheduler.cancelled
         stream.close()  # the client goes away
