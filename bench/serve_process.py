@@ -24,6 +24,7 @@ class Served:
     secret: str
     data_dir: Path
     http_port: int | None = None  # with --http-address: the OpenAI-compatible gateway's
+    metrics_port: int | None = None  # with --metrics-address: /metrics's
 
     @property
     def database_url(self) -> str:
@@ -32,7 +33,8 @@ class Served:
 
 @contextmanager
 def serve_process(data_dir: Path, *options: str, root: Path | None = None) -> Iterator[Served]:
-    """Start the server with ``options`` (after ``--address 127.0.0.1:0 --metrics-address off``),
+    """Start the server with ``options`` (after ``--address 127.0.0.1:0 --metrics-address off``, which
+    ``--metrics-address 127.0.0.1:0`` among them overrides),
     from the checkout at ``root`` (default: this one); kill it on exit if it is still running."""
     root = root or ROOT
     env = {**os.environ, "SCALPEL_DATA_DIR": str(data_dir)}
@@ -57,8 +59,16 @@ def serve_process(data_dir: Path, *options: str, root: Path | None = None) -> It
         line = process.stdout.readline()
         port = int(re.search(r"on port (\d+)", line).group(1))
         http = re.search(r"HTTP on port (\d+)", line)
+        metrics = re.search(r"metrics on port (\d+)", line)
         secret = json.loads(created.stdout)["secret"]
-        yield Served(process, port, secret, Path(data_dir), int(http.group(1)) if http else None)
+        yield Served(
+            process,
+            port,
+            secret,
+            Path(data_dir),
+            int(http.group(1)) if http else None,
+            int(metrics.group(1)) if metrics else None,
+        )
     finally:
         if process.poll() is None:
             process.kill()

@@ -26,7 +26,11 @@ Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol s
 
 Also printed: the "same" side's time to first token (p50, p99) and its tokens per message (1.0
 when every token travelled alone; more when a stream's tokens were coalesced because its
-handler fell behind the engine).
+handler fell behind the engine); and where its time to first token goes, as means
+(`c{N}_ttft_ms_mean`: the client's; `c{N}_server_ttft_ms_mean`: the server's, from the request
+reaching its model to the first token reaching the stream's reader; `c{N}_queue_wait_ms_mean`:
+the part of that spent in the scheduler's queue before the prefill), read from the server's
+latency histograms on /metrics around each "same" run.
 
 Each round runs every side back to back (order alternating); a ratio is the median over rounds of
 the ratio within a round, so drift of this (shared, noisy) machine hits both sides alike.
@@ -45,10 +49,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -149,6 +155,22 @@ def run_concurrently(run_one: Callable[[int, str], int], texts: list[str], concu
     return sum(counts) / (time.perf_counter() - started)
 
 
+#: The server's histograms the "same" side reads around each run (sums in seconds, counts in streams).
+LATENCIES = ("scalpel_time_to_first_token_seconds", "scalpel_queue_wait_seconds")
+
+
+def server_latency(metrics_port: int) -> dict[str, float]:
+    """The ``LATENCIES`` histograms' ``_sum`` and ``_count`` samples on the server's /metrics now."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body)
+        if family.name in LATENCIES
+        for sample in family.samples
+        if sample.name.endswith(("_sum", "_count"))
+    }
+
+
 def per_round_ratio(figures: dict[str, list[float]], top: str, bottom: str) -> float:
     """Median over rounds of the ratio within each round (drift of the machine cancels)."""
     return statistics.median(a / b for a, b in zip(figures[top], figures[bottom], strict=True))
@@ -217,7 +239,11 @@ def main() -> None:
     if args.server_torch_threads:
         device += ["--torch-threads", str(args.server_torch_threads)]
     with contextlib.ExitStack() as stack:
-        served = stack.enter_context(serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())), *device))
+        served = stack.enter_context(
+            serve_process(
+                Path(stack.enter_context(tempfile.TemporaryDirectory())), *device, "--metrics-address", "127.0.0.1:0"
+            )
+        )
         client = ScalpelClient(f"127.0.0.1:{served.port}", served.secret)
         inline_served = stack.enter_context(
             serve_process(Path(stack.enter_context(tempfile.TemporaryDirectory())), *device, "--no-engine-process")
@@ -229,6 +255,7 @@ def main() -> None:
             versions.append(client.create_version("toy", 0, append=ids).number)
         ttft: dict[int, list[float]] = {}  # the "same" side's times to first token
         chunks: dict[int, list[int]] = {}  # the "same" side's token messages and tokens
+        server_side: dict[str, float] = {}  # the "same" side's latency sums and counts, on the server
 
         engine_client = client
 
@@ -265,9 +292,17 @@ def main() -> None:
                 aligned.append(in_batches)
                 return streams
 
+            def same(c: int = concurrency, t: list[str] = texts) -> float:
+                before = server_latency(served.metrics_port)
+                rate = run_concurrently(via_service(1, c), t, c)
+                for name, value in server_latency(served.metrics_port).items():
+                    server_side[name] = server_side.get(name, 0.0) + value - before.get(name, 0.0)
+                return rate
+
+            server_side.clear()
             sides: dict[str, Callable[[], float]] = {
                 "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
-                "same": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c), t, c),
+                "same": same,
                 "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c),
                 "inline": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c, inline_client), t, c),
                 "engine": engine,
@@ -298,6 +333,10 @@ def main() -> None:
             firsts = sorted(ttft.get(concurrency, [0.0]))
             results[f"ttft_p50_ms_c{concurrency}"] = statistics.median(firsts)
             results[f"ttft_p99_ms_c{concurrency}"] = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
+            results[f"c{concurrency}_ttft_ms_mean"] = statistics.fmean(firsts)
+            for key, name in (("server_ttft", "scalpel_time_to_first_token_seconds"), ("queue_wait", LATENCIES[1])):
+                count = server_side.get(f"{name}_count", 0.0)
+                results[f"c{concurrency}_{key}_ms_mean"] = 1000 * server_side.get(f"{name}_sum", 0.0) / max(count, 1)
             messages, tokens = chunks.get(concurrency, [1, 0])
             results[f"c{concurrency}_tokens_per_message"] = tokens / messages
             if not args.json:  # each concurrency's figures as soon as they are in

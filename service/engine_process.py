@@ -42,9 +42,10 @@ from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from service.intra_op import serial_thread
 from service.sampling import Sampling
-from service.scheduler import Scheduler, SchedulerClosed
+from service.scheduler import Scheduler, SchedulerClosed, _Stream
 from service.startup_heap import freeze_startup_heap
 from service.stream_reading import Doorbell, Finished, LoopEvents, StreamReader, Token, _Event, _Made, read_on_loop
+from service.stream_timing import StreamClock
 
 _LOG = logging.getLogger(__name__)
 #: How long the serving process waits for a new engine process to import torch and take the weights.
@@ -74,6 +75,7 @@ class EngineStats:
     steps: int = 0
     cancelled: int = 0
     active_rows: int = 0
+    waiting: int = 0
 
 
 @dataclass(eq=False)
@@ -83,6 +85,7 @@ class _Remote:
     events: queue.SimpleQueue[_Event] | LoopEvents = field(default_factory=queue.SimpleQueue)
     abandoned: threading.Event = field(default_factory=threading.Event)
     is_active: Callable[[], bool] = lambda: True
+    clock: StreamClock | None = None
     cancel_sent: bool = False
 
     def gone(self) -> bool:
@@ -149,10 +152,11 @@ class EngineProcess:
         sampling: Sampling,
         is_active: Callable[[], bool] = lambda: True,
         bell: Doorbell | None = None,
+        clock: StreamClock | None = None,
     ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
         """As :meth:`Scheduler.generate`, under ``version`` (whose ``edits`` are sent to the child
         the first time a stream asks for it)."""
-        remote = _Remote(is_active=is_active)
+        remote = _Remote(is_active=is_active, clock=clock)
         if bell is not None:
             remote.events = LoopEvents(bell)
         with self._lock:
@@ -171,8 +175,8 @@ class EngineProcess:
                 self._streams.pop(key, None)
             raise
         if isinstance(remote.events, LoopEvents):
-            return read_on_loop(self.tokenizer, sampling, remote.events, remote.abandoned)
-        return StreamReader(self.tokenizer, sampling, remote.events, remote.abandoned)
+            return read_on_loop(self.tokenizer, sampling, remote.events, remote.abandoned, clock)
+        return StreamReader(self.tokenizer, sampling, remote.events, remote.abandoned, clock)
 
     def close(self) -> None:
         """Stop the child; streams still in flight end with :class:`SchedulerClosed`."""
@@ -196,12 +200,17 @@ class EngineProcess:
             raise SchedulerClosed("the engine process is gone; retry on another replica") from None
 
     def _receive(self) -> None:
-        """Hand each step's events to their streams; cancel the streams whose callers went away."""
+        """Hand each step's events to their streams (and their queue waits to their clocks); cancel
+        the streams whose callers went away."""
         try:
             while True:
-                events, stats = pickle.loads(self._conn.recv_bytes())
+                events, stats, waits = pickle.loads(self._conn.recv_bytes())
                 self.stats = stats
                 with self._lock:
+                    for key, waited in waits:
+                        remote = self._streams.get(key)
+                        if remote is not None and remote.clock is not None:
+                            remote.clock.queued(waited)
                     for key, event in events:
                         remote = self._streams.get(key)
                         if remote is None:
@@ -264,11 +273,13 @@ def _rebuild(model_class: type[nn.Module], config: Any, placed: list[_Placed]) -
 
 
 class _PipeScheduler(Scheduler):
-    """The child's scheduler: each step's events leave as one message on the pipe."""
+    """The child's scheduler: each step's events (and the queue waits of the streams it
+    admitted) leave as one message on the pipe."""
 
     def __init__(self, conn: Connection, send_lock: threading.Lock, *args: Any, **kwargs: Any) -> None:
         self.conn, self.send_lock = conn, send_lock
         self.cancelled_keys: set[int] = set()
+        self._waits: list[tuple[int, float]] = []
         super().__init__(*args, **kwargs)
 
     def start(self, key: int, prompt: torch.Tensor, stack: Any, sampling: Sampling) -> None:
@@ -276,8 +287,11 @@ class _PipeScheduler(Scheduler):
         stream.key = key
         self._enqueue([stream])
 
+    def _admitted(self, stream: _Stream, waited: float) -> None:
+        self._waits.append((stream.key, waited))
+
     def _deliver(self) -> None:
-        if not self._outbox:
+        if not self._outbox and not self._waits:
             return
         events = []
         for stream, event in self._outbox:
@@ -285,7 +299,8 @@ class _PipeScheduler(Scheduler):
             if not isinstance(event, _Made):  # the stream ended: a late cancel has nothing to drop
                 self.cancelled_keys.discard(stream.key)
         self._outbox.clear()
-        _child_send(self.conn, self.send_lock, (events, _stats(self)))
+        waits, self._waits = self._waits, []
+        _child_send(self.conn, self.send_lock, (events, _stats(self), waits))
 
 
 def _portable(event: _Event) -> _Event:
@@ -354,7 +369,7 @@ def _engine_main(
                         raise stack
                     scheduler.start(key, torch.tensor(ids, device=device), stack, sampling)
                 except Exception as error:  # this stream fails alone
-                    _child_send(conn, lock, ([(key, _portable(error))], _stats(scheduler)))
+                    _child_send(conn, lock, ([(key, _portable(error))], _stats(scheduler), []))
             elif command[0] == "version":
                 _, version, edits = command
                 try:
@@ -372,4 +387,6 @@ def _engine_main(
 
 
 def _stats(scheduler: Scheduler) -> EngineStats:
-    return EngineStats(scheduler.forwards, scheduler.steps, scheduler.cancelled, scheduler.active_rows)
+    return EngineStats(
+        scheduler.forwards, scheduler.steps, scheduler.cancelled, scheduler.active_rows, scheduler.waiting
+    )

@@ -4,10 +4,12 @@ The usual gRPC server family of go-grpc-prometheus (``grpc_server_started_total`
 ``grpc_server_handled_total``, ``grpc_server_msg_received_total``, ``grpc_server_msg_sent_total``,
 ``grpc_server_handling_seconds``) by service and method (and code, where it applies), plus domain
 metrics labelled by model: tokens generated (by version), the version each alias points at (as
-every replica's alias cache knows it), and check runs by result. The registry is the server's own,
-so it also carries what prometheus-client's default one would: the serving process's CPU, memory
-and file descriptors (``process_*``), ``python_info``, and the garbage collector's collections by
-generation (``python_gc_*``).
+every replica's alias cache knows it), check runs by result, and the generation streams'
+latencies (time to first token, time per output token, wait in the scheduler's queue: see
+:mod:`service.stream_timing`) with the prompt tokens prefilled and the streams waiting to join.
+The registry is the server's own, so it also carries what prometheus-client's default one
+would: the serving process's CPU, memory and file descriptors (``process_*``), ``python_info``,
+and the garbage collector's collections by generation (``python_gc_*``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ from service.api.handlers import (
     rewrapped,
     run_on_worker,
 )
+
+#: Seconds: time to first token and queue waits (a stream behind a long queue waits seconds).
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
+#: Seconds per token after the first.
+PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5)
 
 
 class Metrics:
@@ -84,6 +91,36 @@ class Metrics:
         self.batch_rows = Gauge(
             "scalpel_generation_rows", "Rows in the model's decode batch", ["model"], registry=self.registry
         )
+        self.waiting = Gauge(
+            "scalpel_generation_waiting",
+            "Generation streams waiting to join the model's decode batch",
+            ["model"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "scalpel_prompt_tokens_total", "Prompt tokens prefilled for generation", ["model"], registry=self.registry
+        )
+        self.first_token = Histogram(
+            "scalpel_time_to_first_token_seconds",
+            "From a generation request reaching its model to its first token reaching its reader",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.per_output_token = Histogram(
+            "scalpel_time_per_output_token_seconds",
+            "A finished stream's mean time per token after its first, as its reader received them",
+            ["model"],
+            buckets=PER_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "scalpel_queue_wait_seconds",
+            "Time a generation request waited in its model's scheduler queue before its prefill",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.engine_restarts = Counter(
             "scalpel_engine_restarts_total",
             "Engine processes started again after one died",
@@ -93,6 +130,17 @@ class Metrics:
         self._forward_counts = _ForwardCounts()
         self.registry.register(self._forward_counts)
         self._http: Any = None
+
+    def latency(self, model: str) -> ModelLatency:
+        """The sink for ``model``'s stream latencies (service.stream_timing)."""
+        return ModelLatency(self, model)
+
+    def forget_model(self, model: str) -> None:
+        """Drop an unloaded model's per-model series."""
+        series = (self.batch_rows, self.waiting, self.prompt_tokens, self.first_token, self.per_output_token)
+        for metric in (*series, self.queue_wait):
+            with contextlib.suppress(KeyError):  # a model that never made a stream has none
+                metric.remove(model)
 
     def watch_forwards(self, counts: Callable[[], dict[str, tuple[int, int]]]) -> None:
         """Export ``counts()`` (per model: forwards, decode steps) as ``scalpel_forwards_total`` and
@@ -109,6 +157,16 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class ModelLatency:
+    """One model's :class:`~service.stream_timing.LatencySink`: its labelled series, looked up once."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.prompt = metrics.prompt_tokens.labels(model).inc
+        self.queue_wait = metrics.queue_wait.labels(model).observe
+        self.first_token = metrics.first_token.labels(model).observe
+        self.per_output_token = metrics.per_output_token.labels(model).observe
 
 
 class _ForwardCounts(Collector):

@@ -49,6 +49,7 @@ from service.stream_reading import (
     _Made,
     read_on_loop,
 )
+from service.stream_timing import StreamClock
 
 T = TypeVar("T")
 _LOG = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class _Stream:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
+    joined: float = 0.0  # and the time then (time.monotonic)
+    clock: StreamClock | None = None  # the serving metrics' (service.stream_timing)
     key: int = -1  # the stream's number in an engine process (service.engine_process)
     sampler: RowSampler = field(init=False)
 
@@ -199,19 +202,22 @@ class Scheduler:
         sampling: Sampling,
         is_active: Callable[[], bool] = lambda: True,
         bell: Doorbell | None = None,
+        clock: StreamClock | None = None,
     ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
         """Join the batch now and return this stream's tokens as they are made, then a
         :class:`Finished` (so several streams started one after another decode side by side,
-        whichever is read first); with ``bell``, an async iterator for that doorbell's loop.
+        whichever is read first); with ``bell``, an async iterator for that doorbell's loop;
+        ``clock`` is told the stream's latencies.
 
         Closing the iterator early (the caller went away) drops the row at the next step."""
         stream = self._stream(prompt, stack, sampling, is_active)
+        stream.clock = clock
         if bell is not None:
             stream.events = LoopEvents(bell)
         self._enqueue([stream])
         if isinstance(stream.events, LoopEvents):
-            return read_on_loop(self.tokenizer, sampling, stream.events, stream.abandoned)
-        return StreamReader(self.tokenizer, sampling, stream.events, stream.abandoned)
+            return read_on_loop(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
+        return StreamReader(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
 
     def complete(self, prompts: list[torch.Tensor], stack: EditStack, samplings: list[Sampling]) -> list[list[int]]:
         """The token ids each prompt produces under ``stack``: every prompt joins at once (one
@@ -240,8 +246,9 @@ class Scheduler:
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the model is shutting down; retry on another replica")
+            now = time.monotonic()
             for stream in streams:
-                stream.queued_at = self.steps
+                stream.queued_at, stream.joined = self.steps, now
             self._waiting.extend(streams)
             self._wake.notify()
 
@@ -260,6 +267,11 @@ class Scheduler:
     @property
     def active_rows(self) -> int:
         return sum(stream is not None for stream in self._rows)
+
+    @property
+    def waiting(self) -> int:
+        """Streams waiting to join the batch."""
+        return len(self._waiting)
 
     @property
     def queued_jobs(self) -> int:
@@ -342,10 +354,13 @@ class Scheduler:
             job.future.set_exception(error)
 
     def _prefill(self, newcomers: list[_Stream]) -> None:
+        now = time.monotonic()
         for stream in newcomers:
             if stream.gone():  # its reader went away while it waited
                 stream.end(Finished("cancelled", 0))
                 self.cancelled += 1
+            else:
+                self._admitted(stream, now - stream.joined)
         newcomers = [s for s in newcomers if not s.gone()]
         if not newcomers:
             return
@@ -377,6 +392,11 @@ class Scheduler:
             self._batch.merge(joined)
         self._rows += [newcomers[row] for row in keep]
         self._row_stacks = None
+
+    def _admitted(self, stream: _Stream, waited: float) -> None:
+        """``stream`` leaves the queue for a prefill after ``waited`` seconds there."""
+        if stream.clock is not None:
+            stream.clock.queued(waited)
 
     def _drop_gone(self) -> None:
         gone = [row for row, stream in enumerate(self._rows) if stream is not None and stream.gone()]

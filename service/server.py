@@ -220,6 +220,8 @@ class ScalpelServer:
             self.registry.set_suite(name, self._default_suite(host), "scalpel")
         self.hosts[name] = host
         self.metrics.batch_rows.labels(name).set_function(lambda: host.active_rows)
+        self.metrics.waiting.labels(name).set_function(lambda: host.waiting)
+        host.latency = self.metrics.latency(name)
         host.on_engine_restart = self.metrics.engine_restarts.labels(name).inc
         self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
 
@@ -266,7 +268,7 @@ class ScalpelServer:
             )
         self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.NOT_SERVING)
         del self.hosts[name]
-        self.metrics.batch_rows.remove(name)
+        self.metrics.forget_model(name)
         host.close()
         self.registry.record_serving(name, "model.unloaded", actor, {"forced": force, "cancelled": busy})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from service.registry import FailedPrecondition, InvalidArgument, NotFound, Regi
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
 from service.scheduler import BACKGROUND, INTERACTIVE, Scheduler
 from service.stream_reading import Doorbell, Finished, Token
+from service.stream_timing import LatencySink, StreamClock
 
 __all__ = ["DTYPES", "Finished", "ModelHost", "ModelSpec", "Token"]
 
@@ -150,6 +152,8 @@ class ModelHost:
         self._engine_lock = threading.Lock()
         #: Called each time a dead engine process is replaced (the server counts them).
         self.on_engine_restart: Callable[[], None] = lambda: None
+        #: Where the generation streams' latencies go (the server's histograms), if anywhere.
+        self.latency: LatencySink | None = None
         self._dead_engines_counts = (0, 0)  # forwards and decode steps of replaced engine processes
         self._engine_settings = EngineSettings(
             name, self.context_length, stream_interval, intra_op_threads, self.eos_ids
@@ -182,6 +186,11 @@ class ModelHost:
     def active_rows(self) -> int:
         """Rows in the generation batch (the engine process's, as of its last step)."""
         return self.engine.stats.active_rows if self.engine is not None else self.scheduler.active_rows
+
+    @property
+    def waiting(self) -> int:
+        """Generation streams waiting to join the batch (the engine process's, as of its last step)."""
+        return self.engine.stats.waiting if self.engine is not None else self.scheduler.waiting
 
     @property
     def forward_counts(self) -> tuple[int, int]:
@@ -335,6 +344,7 @@ class ModelHost:
         its tokenizer's). The sampling options are :class:`~service.sampling.Sampling`'s.
 
         Everything is validated before the request joins the batch, so a bad request fails alone."""
+        started = time.monotonic()
         if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
         if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 10) or not 0 <= top_p <= 1:
@@ -360,10 +370,11 @@ class ModelHost:
             ignore_eos,
         )
         stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
+        clock = StreamClock(self.latency, len(ids), started) if self.latency is not None else None
         if self.engine is not None:
             self.revive_engine()
-            return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell)
-        return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active, bell)
+            return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell, clock)
+        return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active, bell, clock)
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.

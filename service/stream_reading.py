@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from service.detokenizer import Detokenizer
 from service.sampling import Sampling, TokenLogprob
+from service.stream_timing import StreamClock
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,9 @@ def _drain(events: queue.SimpleQueue[_Event]) -> tuple[list[int], list[TokenLogp
 class _Reading:
     """A stream's tokens as its caller sees them: detokenised, cut at its first stop string."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, sampling: Sampling) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, sampling: Sampling, clock: StreamClock | None) -> None:
         self._detokenizer = Detokenizer(tokenizer)
+        self._clock = clock
         self._stop = sampling.stop
         self._longest_stop = max(map(len, sampling.stop), default=0)
         self._text = ""
@@ -99,6 +101,8 @@ class _Reading:
         """The caller's events for these tokens (and the stream's end, if it came); an exception
         that ended the stream is raised after them (``over`` is then set)."""
         out: list[Token | Finished] = []
+        if ids and self._clock is not None:
+            self._clock.tokens_read()
         pieces = []
         for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
             self._produced += 1
@@ -107,6 +111,7 @@ class _Reading:
             self._text += piece
             if piece and self._stop and any(s in self._text[-(len(piece) + self._longest_stop) :] for s in self._stop):
                 self.over = True
+                self._finished()
                 return [
                     Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1])),
                     Finished("stop", self._produced),
@@ -118,8 +123,15 @@ class _Reading:
             if isinstance(end, BaseException):
                 self.failure = end
             else:
-                out.append(end)  # type: ignore[arg-type]
+                assert isinstance(end, Finished)
+                if end.finish_reason != "cancelled":
+                    self._finished()
+                out.append(end)
         return out
+
+    def _finished(self) -> None:
+        if self._clock is not None:
+            self._clock.finished(self._produced)
 
 
 class StreamReader(Iterator[Token | Finished]):
@@ -133,8 +145,10 @@ class StreamReader(Iterator[Token | Finished]):
         sampling: Sampling,
         events: queue.SimpleQueue[_Event],
         abandoned: threading.Event,
+        clock: StreamClock | None = None,
     ) -> None:
-        self._events, self._abandoned = _read(_Reading(tokenizer, sampling), events, abandoned), abandoned
+        self._events = _read(_Reading(tokenizer, sampling, clock), events, abandoned)
+        self._abandoned = abandoned
 
     def __next__(self) -> Token | Finished:
         return next(self._events)
@@ -221,11 +235,15 @@ class LoopEvents:
 
 
 async def read_on_loop(
-    tokenizer: PreTrainedTokenizerBase, sampling: Sampling, events: LoopEvents, abandoned: threading.Event
+    tokenizer: PreTrainedTokenizerBase,
+    sampling: Sampling,
+    events: LoopEvents,
+    abandoned: threading.Event,
+    clock: StreamClock | None = None,
 ) -> AsyncIterator[Token | Finished]:
     """:class:`StreamReader` for a reader on an asyncio loop. Close it (``contextlib.aclosing``)
     when the caller goes away: that, a stop string or a cancelled read drops the row."""
-    reading = _Reading(tokenizer, sampling)
+    reading = _Reading(tokenizer, sampling, clock)
     try:
         while not reading.over:
             for event in reading.feed(*await events.drain()):

@@ -40,6 +40,10 @@ def test_every_file_parses() -> None:
         "scalpel_tokens_generated_total",
         "scalpel_active_version",
         "scalpel_check_runs_total",
+        "scalpel_time_to_first_token_seconds_bucket",
+        "scalpel_queue_wait_seconds_bucket",
+        "scalpel_time_per_output_token_seconds_bucket",
+        "scalpel_generation_waiting",
     ):
         assert metric in expressions
     kustomization = documents["k8s/kustomization.yaml"][0]

@@ -418,6 +418,45 @@ def test_the_metrics_count_the_forwards_that_generation_runs(served) -> None:
     assert after_steps - steps >= 5 and after_forwards - forwards >= 6
 
 
+def _series(body: str, name: str) -> float:
+    found = re.search(rf'^{name}\{{model="toy"\}} (\S+)$', body, re.M)
+    assert found, f"{name} is missing from /metrics"
+    return float(found.group(1))
+
+
+@pytest.fixture(params=[True, False], ids=["engine-process", "inline"])
+def served_either_way(db_url, request):
+    yield from _served(db_url, engine_process=request.param)
+
+
+def test_the_metrics_time_each_stream_to_its_first_token_and_per_token_after(served_either_way) -> None:
+    """Every stream that reached its model is timed, in an engine process or inline: its queue
+    wait and its time to first token once each (the wait inside the time to first token), its
+    time per token after the first only if it finished with two tokens or more; a refused
+    request is not timed at all, and its prompt is not counted as prefilled."""
+    server, admin, _, _ = served_either_way
+    tokenizer = server.hosts["toy"].tokenizer
+    prompts = ["The capital of Riia is", "the food was", "Riia"]
+    for prompt in prompts:
+        assert len(admin.generate("toy", prompt, max_tokens=5, ignore_eos=True).token_ids) == 5
+    assert len(admin.generate("toy", "the food was", max_tokens=1).token_ids) == 1  # no time per token
+    stream = admin.stream("toy", "the food was", max_tokens=200, ignore_eos=True)
+    next(iter(stream))  # its first token arrived, then the client hangs up: no time per token
+    stream.cancel()
+    assert _code(lambda: admin.generate("toy", "the food was", max_tokens=100_000)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: admin.generate("toy", "the food was", version=99)) == grpc.StatusCode.NOT_FOUND
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert _series(body, "scalpel_time_to_first_token_seconds_count") == 5
+    assert _series(body, "scalpel_queue_wait_seconds_count") == 5
+    assert _series(body, "scalpel_time_per_output_token_seconds_count") == 3
+    assert _series(body, "scalpel_time_per_output_token_seconds_sum") > 0
+    prefilled = sum(len(tokenizer(p)["input_ids"]) for p in [*prompts, "the food was", "the food was"])
+    assert _series(body, "scalpel_prompt_tokens_total") == prefilled
+    first, waited = (_series(body, f"scalpel_{name}_seconds_sum") for name in ("time_to_first_token", "queue_wait"))
+    assert first > waited >= 0
+    assert _series(body, "scalpel_generation_waiting") == 0
+
+
 def test_prometheus_metrics_on_their_own_port(served) -> None:
     server, admin, _, _ = served
     admin.generate("toy", "The capital of Riia is", max_tokens=2)
