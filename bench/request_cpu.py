@@ -5,7 +5,8 @@ checkout's server against another's (``--baseline``).
     → {"cached_ms_per_request", "uncached_ms_per_request", "cached_ratio_to_uncached", …}
     git worktree add /tmp/base <ref> && python bench/request_cpu.py --baseline /tmp/base --tokens 32 --threads 64
     → {"ours_ms_per_request", "baseline_ms_per_request", "ours_ratio_to_baseline",
-       "ours_tokens_per_s", "baseline_tokens_per_s", "ours_tokens_ratio_to_baseline"}
+       "ours_tokens_per_s", "baseline_tokens_per_s", "ours_tokens_ratio_to_baseline",
+       "ours_ttft_ms", "baseline_ttft_ms", "ours_ttft_ratio_to_baseline"}
     python bench/request_cpu.py --baseline /tmp/base --http …  # streamed completions, HTTP gateway
 
 Two `scalpel serve` processes side by side, each given ``--tokens``-token `Generate` calls from
@@ -13,7 +14,7 @@ Two `scalpel serve` processes side by side, each given ``--tokens``-token `Gener
 serving process's user + system CPU time (from /proc) over the calls it answered: its gRPC,
 authentication, tokenising and streaming work (the forwards run in its engine process). One-token
 requests isolate what every request pays before its first token; 32-token requests at 64 threads
-are the serving bench's c64 load.
+are the serving bench's c64 load. Over gRPC the clients' mean time to first token is reported too.
 """
 
 from __future__ import annotations
@@ -56,11 +57,24 @@ def http_tokens(connection: http.client.HTTPConnection, secret: str, tokens: int
     return produced
 
 
-def measure(served: Served, seconds: float, threads: int, tokens: int, via_http: bool) -> tuple[float, float]:
-    """Server CPU milliseconds per request, and the tokens per second the clients received."""
+def grpc_tokens(client: ScalpelClient, tokens: int, firsts: list[float]) -> int:
+    """One streamed `Generate`; its tokens. Its time to first token (s) goes to ``firsts``."""
+    started, produced = time.perf_counter(), 0
+    for message in client.stream("toy", PROMPT, max_tokens=tokens, ignore_eos=True):
+        if message.HasField("token"):
+            if not produced:
+                firsts.append(time.perf_counter() - started)
+            produced += len(message.token.token_ids)
+    return produced
+
+
+def measure(served: Served, seconds: float, threads: int, tokens: int, via_http: bool) -> tuple[float, float, float]:
+    """Server CPU milliseconds per request, the tokens per second the clients received, and their
+    mean time to first token in milliseconds (gRPC only; 0 over HTTP)."""
     with ScalpelClient(f"127.0.0.1:{served.port}", served.secret) as client:
         client.generate("toy", PROMPT, max_tokens=tokens)  # warm
         counts: list[tuple[int, int]] = []
+        firsts: list[float] = []
         stop = time.monotonic() + seconds
 
         def worker() -> None:
@@ -70,7 +84,7 @@ def measure(served: Served, seconds: float, threads: int, tokens: int, via_http:
                 if via_http:
                     received += http_tokens(connection, served.secret, tokens)
                 else:
-                    received += len(client.generate("toy", PROMPT, max_tokens=tokens, ignore_eos=True).token_ids)
+                    received += grpc_tokens(client, tokens, firsts)
                 answered += 1
             connection.close()
             counts.append((answered, received))
@@ -83,7 +97,8 @@ def measure(served: Served, seconds: float, threads: int, tokens: int, via_http:
             thread.join()
         wall = time.perf_counter() - started
         answered = sum(a for a, _ in counts)
-        return 1000 * (cpu_seconds(served.process.pid) - before) / answered, sum(r for _, r in counts) / wall
+        ms = 1000 * (cpu_seconds(served.process.pid) - before) / answered
+        return ms, sum(r for _, r in counts) / wall, 1000 * statistics.fmean(firsts) if firsts else 0.0
 
 
 def main() -> None:
@@ -112,20 +127,23 @@ def main() -> None:
             sides = {"cached": started(), "uncached": started("--config", str(uncached))}
         cpu: dict[str, list[float]] = {name: [] for name in sides}
         rate: dict[str, list[float]] = {name: [] for name in sides}
+        ttft: dict[str, list[float]] = {name: [] for name in sides}
         for round_ in range(args.rounds):
             for name in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
-                ms, tokens_per_s = measure(sides[name], args.seconds, args.threads, args.tokens, args.http)
+                ms, tokens_per_s, first_ms = measure(sides[name], args.seconds, args.threads, args.tokens, args.http)
                 cpu[name].append(ms)
                 rate[name].append(tokens_per_s)
+                ttft[name].append(first_ms)
     first, second = sides
-    results = {f"{name}_ms_per_request": statistics.median(values) for name, values in cpu.items()}
-    results[f"{first}_ratio_to_{second}"] = statistics.median(
-        a / b for a, b in zip(cpu[first], cpu[second], strict=True)
-    )
-    results |= {f"{name}_tokens_per_s": statistics.median(values) for name, values in rate.items()}
-    results[f"{first}_tokens_ratio_to_{second}"] = statistics.median(
-        a / b for a, b in zip(rate[first], rate[second], strict=True)
-    )
+    results: dict[str, float] = {}
+    for key, figures in (("ms_per_request", cpu), ("tokens_per_s", rate), ("ttft_ms", ttft)):
+        if key == "ttft_ms" and args.http:
+            continue
+        results |= {f"{name}_{key}": statistics.median(values) for name, values in figures.items()}
+        ratio = {"ms_per_request": "ratio", "tokens_per_s": "tokens_ratio", "ttft_ms": "ttft_ratio"}[key]
+        results[f"{first}_{ratio}_to_{second}"] = statistics.median(
+            a / b for a, b in zip(figures[first], figures[second], strict=True)
+        )
     report(results, args.json)
 
 
