@@ -296,6 +296,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.stream_interval = args.stream_interval
     if args.engine_process is not None:
         config.engine_process = args.engine_process
+    config.max_streams = args.max_streams or config.max_streams
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -446,8 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--stream-interval",
         type=_non_negative_int,
-        help="tokens per streamed message under load (default 0: automatic, 1 per 16 rows in the batch, up to 8; "
+        help="tokens per streamed message under load (default 0: automatic, 1 per 8 rows in the batch, up to 8; "
         "1: every token its own message). A stream's first token and its end are never held back",
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=_positive_int,
+        help="generation streams per model in flight (in the batch or waiting to join it) beyond which a new one "
+        "is refused at once with UNAVAILABLE (HTTP 503), so that an overload sheds requests instead of queueing "
+        "them without bound (default 1024)",
     )
     serve.add_argument(
         "--engine-process",

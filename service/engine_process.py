@@ -42,7 +42,7 @@ from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from service.intra_op import serial_thread
 from service.sampling import Sampling
-from service.scheduler import Scheduler, SchedulerClosed, _Stream
+from service.scheduler import Scheduler, SchedulerClosed, _Stream, overloaded
 from service.startup_heap import freeze_startup_heap
 from service.stream_reading import Doorbell, Finished, LoopEvents, StreamReader, Token, _Event, _Made, read_on_loop
 from service.stream_timing import StreamClock
@@ -65,6 +65,7 @@ class EngineSettings:
     stream_interval: int
     intra_op_threads: int | None
     eos_ids: frozenset[int]
+    max_streams: int | None = None  # streams in flight beyond which a new one is refused (Overloaded)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class EngineProcess:
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, settings: EngineSettings) -> None:
         self.tokenizer = tokenizer
+        self.name, self.max_streams = settings.name, settings.max_streams
         self.stats = EngineStats()
         context = _context()
         self._conn, child = context.Pipe()
@@ -162,6 +164,8 @@ class EngineProcess:
         with self._lock:
             if self._closed is not None:
                 raise self._closed
+            if self.max_streams is not None and len(self._streams) >= self.max_streams:
+                raise overloaded(self.name, self.max_streams)
             key = next(self._keys)
             self._streams[key] = remote
         try:

@@ -97,6 +97,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "scalpel_generation_refused_total",
+            "Generation streams refused because the model had max_streams in flight",
+            ["model"],
+            registry=self.registry,
+        )
         self.prompt_tokens = Counter(
             "scalpel_prompt_tokens_total", "Prompt tokens prefilled for generation", ["model"], registry=self.registry
         )
@@ -137,8 +143,8 @@ class Metrics:
 
     def forget_model(self, model: str) -> None:
         """Drop an unloaded model's per-model series."""
-        series = (self.batch_rows, self.waiting, self.prompt_tokens, self.first_token, self.per_output_token)
-        for metric in (*series, self.queue_wait):
+        series = (self.batch_rows, self.waiting, self.refused, self.prompt_tokens, self.first_token)
+        for metric in (*series, self.per_output_token, self.queue_wait):
             with contextlib.suppress(KeyError):  # a model that never made a stream has none
                 metric.remove(model)
 

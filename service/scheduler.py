@@ -69,6 +69,18 @@ class SchedulerClosed(RuntimeError):
     """The scheduler stopped (the server is shutting down): the request may be retried elsewhere."""
 
 
+class Overloaded(RuntimeError):
+    """The model already has as many generation streams in flight as it takes: the request joins
+    nothing, and may be retried after a backoff or on another replica."""
+
+
+def overloaded(model: str, limit: int) -> Overloaded:
+    return Overloaded(
+        f"model {model!r} has {limit} generation streams in flight, as many as it takes (--max-streams); "
+        "retry with backoff, or on another replica"
+    )
+
+
 @dataclass(eq=False)
 class _Stream:
     """One generation request in flight: its prompt, stack, sampling state and outbox of token ids.
@@ -160,8 +172,12 @@ class Scheduler:
         max_hold_s: float = MAX_HOLD_S,
         intra_op_threads: int | None = None,
         eos_ids: frozenset[int] | None = None,
+        max_streams: int | None = None,
     ) -> None:
         self.model = model
+        self.name = name
+        #: Streams (:meth:`generate`) in the batch or waiting beyond which a new one is refused.
+        self.max_streams = max_streams
         self.surgeon = surgeon
         self.tokenizer = tokenizer
         self.eos = eos_ids if eos_ids is not None else frozenset({tokenizer.eos_token_id} - {None})
@@ -214,7 +230,7 @@ class Scheduler:
         stream.clock = clock
         if bell is not None:
             stream.events = LoopEvents(bell)
-        self._enqueue([stream])
+        self._enqueue([stream], self.max_streams)
         if isinstance(stream.events, LoopEvents):
             return read_on_loop(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
         return StreamReader(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
@@ -242,10 +258,13 @@ class Scheduler:
         eos = frozenset() if sampling.ignore_eos else self.eos
         return _Stream(prompt, stack, sampling, is_active, eos, self._outbox)
 
-    def _enqueue(self, streams: list[_Stream]) -> None:
+    def _enqueue(self, streams: list[_Stream], limit: int | None = None) -> None:
+        """Queue ``streams`` to join the batch, unless that would put more than ``limit`` in flight."""
         with self._wake:
             if self._closed:
                 raise SchedulerClosed("the model is shutting down; retry on another replica")
+            if limit is not None and self.requests + len(streams) > limit:
+                raise overloaded(self.name, limit)
             now = time.monotonic()
             for stream in streams:
                 stream.queued_at, stream.joined = self.steps, now

@@ -74,6 +74,9 @@ class ServerConfig:
     # Each model's generation streams in a process of their own over the shared weights
     # (service.engine_process): gRPC's Python work stops sharing a GIL with the decode steps.
     engine_process: bool = True
+    # Generation streams per model in flight (in the batch or waiting to join it) beyond which a
+    # new one is refused UNAVAILABLE (HTTP 503) at once, instead of queueing without bound.
+    max_streams: int = 1024
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
@@ -83,6 +86,10 @@ class ServerConfig:
     # The most passes (forwards and backwards over one batch of prompt pairs) one DiscoverCircuit
     # may run; a request that could need more is RESOURCE_EXHAUSTED before any work.
     locate_max_passes: int = DEFAULT_LOCATE_MAX_PASSES
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1, got {self.max_streams}")
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -210,6 +217,7 @@ class ScalpelServer:
             intra_op_threads=self.config.torch_threads,
             local_files_only=local_files_only,
             engine_process=self.config.engine_process,
+            max_streams=self.config.max_streams,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:
@@ -222,6 +230,7 @@ class ScalpelServer:
         self.metrics.batch_rows.labels(name).set_function(lambda: host.active_rows)
         self.metrics.waiting.labels(name).set_function(lambda: host.waiting)
         host.latency = self.metrics.latency(name)
+        host.on_overloaded = self.metrics.refused.labels(name).inc
         host.on_engine_restart = self.metrics.engine_restarts.labels(name).inc
         self.health.set(f"scalpel.v1.models/{name}", health_pb2.HealthCheckResponse.SERVING)
 

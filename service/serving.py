@@ -28,7 +28,7 @@ from service.checks.suite import Suite
 from service.engine_process import EngineProcess, EngineSettings
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
-from service.scheduler import BACKGROUND, INTERACTIVE, Scheduler
+from service.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
 from service.stream_reading import Doorbell, Finished, Token
 from service.stream_timing import LatencySink, StreamClock
 
@@ -96,6 +96,7 @@ class ModelHost:
         intra_op_threads: int | None = None,
         local_files_only: bool = False,
         engine_process: bool = False,
+        max_streams: int | None = None,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -146,6 +147,7 @@ class ModelHost:
             stream_interval=stream_interval,
             intra_op_threads=intra_op_threads,
             eos_ids=self.eos_ids,
+            max_streams=max_streams,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -154,9 +156,11 @@ class ModelHost:
         self.on_engine_restart: Callable[[], None] = lambda: None
         #: Where the generation streams' latencies go (the server's histograms), if anywhere.
         self.latency: LatencySink | None = None
+        #: Called each time a stream is refused because ``max_streams`` were in flight.
+        self.on_overloaded: Callable[[], None] = lambda: None
         self._dead_engines_counts = (0, 0)  # forwards and decode steps of replaced engine processes
         self._engine_settings = EngineSettings(
-            name, self.context_length, stream_interval, intra_op_threads, self.eos_ids
+            name, self.context_length, stream_interval, intra_op_threads, self.eos_ids, max_streams
         )
         if engine_process:
             try:
@@ -343,7 +347,8 @@ class ModelHost:
         context, with "eos" at any of the model's end-of-sequence ids (its generation config's and
         its tokenizer's). The sampling options are :class:`~service.sampling.Sampling`'s.
 
-        Everything is validated before the request joins the batch, so a bad request fails alone."""
+        Everything is validated before the request joins the batch, so a bad request fails alone;
+        with ``max_streams`` already in flight the request is refused (:class:`Overloaded`)."""
         started = time.monotonic()
         if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
@@ -371,10 +376,14 @@ class ModelHost:
         )
         stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
         clock = StreamClock(self.latency, len(ids), started) if self.latency is not None else None
-        if self.engine is not None:
-            self.revive_engine()
-            return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell, clock)
-        return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active, bell, clock)
+        try:
+            if self.engine is not None:
+                self.revive_engine()
+                return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell, clock)
+            return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active, bell, clock)
+        except Overloaded:
+            self.on_overloaded()
+            raise
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.

@@ -4,9 +4,15 @@ decode step wakes that loop once for all the streams it fed (service.stream_read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -14,11 +20,13 @@ import pytest
 from editors import HeadAblation
 from editors.toyworld import load_toy_model
 from service.api.scalpel.v1 import scalpel_pb2 as pb
-from service.client import ScalpelClient
+from service.client import RETRY_SERVICE_CONFIG, ScalpelClient
 from service.sampling import Sampling
 from service.server import ScalpelServer, ServerConfig
+from service.serving import ModelHost
 from service.stream_reading import Doorbell, Finished, LoopEvents, _Made, read_on_loop
 from tests.conftest import TEST_DEVICE
+from tests.scheduler_hold import scheduler_held
 
 STREAMS = 8
 
@@ -177,3 +185,78 @@ def test_a_step_that_feeds_many_streams_wakes_the_loop_once() -> None:
     assert len(scheduled) == 1
     assert all(result[-1] == Finished("length", 1) and result[0].token_ids == (token,) for result in results)
     assert all(gone.is_set() for gone in abandoned)  # a finished reader releases its row
+
+
+@contextlib.contextmanager
+def _generation_held(host: ModelHost) -> Iterator[None]:
+    """No stream of ``host`` advances inside: its engine process is stopped (SIGSTOP), or the
+    serving process's scheduler is held between two steps."""
+    if host.engine is None:
+        with scheduler_held(host):
+            yield
+        return
+    os.kill(host.engine.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(host.engine.pid, signal.SIGCONT)
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after 60 s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "inline"])
+def test_a_model_with_max_streams_in_flight_refuses_the_next_at_once(db_url, engine_process) -> None:
+    """With ``max_streams`` streams in flight a new one is refused UNAVAILABLE over gRPC and 503
+    over HTTP, naming the limit, and joins nothing; once the streams end, requests are taken again."""
+    config = ServerConfig(
+        address="127.0.0.1:0",
+        database_url=db_url,
+        metrics_address=None,
+        http_address="127.0.0.1:0",
+        device=TEST_DEVICE,
+        engine_process=engine_process,
+        max_streams=2,
+    )
+    server = ScalpelServer(config)
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    host = server.hosts["toy"]
+    try:
+        with ScalpelClient(f"127.0.0.1:{server.port}", secret) as client:
+            assert client.generate("toy", "the food was", version=0, max_tokens=2).finish_reason == "length"
+            with _generation_held(host):
+                streams = [
+                    client.stream("toy", "the food was", version=0, max_tokens=4, ignore_eos=True) for _ in range(2)
+                ]
+                _until(lambda: host.requests == 2, "two streams in flight")
+                with pytest.raises(grpc.RpcError) as caught:
+                    client.generate("toy", "the food was", version=0, max_tokens=4)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "2 generation streams in flight" in caught.value.details()
+                assert "--max-streams" in caught.value.details()
+                body = {"model": "toy", "prompt": "the food was", "max_tokens": 4, "stream": True}
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{server.http_port}/v1/completions",
+                    json.dumps(body).encode(),
+                    {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+                )
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(request, timeout=30)
+                assert refused.value.code == 503
+                assert json.loads(refused.value.read())["error"]["code"] == "overloaded"
+                assert host.requests == 2  # the refused requests joined nothing
+            for stream in streams:
+                assert list(stream)[-1].done.finish_reason == "length"
+            _until(lambda: host.requests == 0, "every stream ended")
+            assert client.generate("toy", "the food was", version=0, max_tokens=2).finish_reason == "length"
+        attempts = json.loads(RETRY_SERVICE_CONFIG)["methodConfig"][0]["retryPolicy"]["maxAttempts"]
+        assert _handled(server, "UNAVAILABLE") == attempts  # the client retried with backoff: refused each time
+        refusals = server.metrics.registry.get_sample_value("scalpel_generation_refused_total", {"model": "toy"})
+        assert refusals == attempts + 1  # and the HTTP request
+    finally:
+        server.stop(grace=0)

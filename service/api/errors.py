@@ -19,7 +19,7 @@ from editors import InvalidEditError
 from editors.errors import Cancelled, NotExportable
 from service.api.handlers import CallAborted
 from service.registry import RegistryError
-from service.scheduler import SchedulerClosed
+from service.scheduler import Overloaded, SchedulerClosed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,7 +55,7 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, _brief(f"cannot export this version: {exc}")
     if isinstance(exc, RecursionError):
         return grpc.StatusCode.INVALID_ARGUMENT, "a value in the request is nested too deeply"
-    if isinstance(exc, SchedulerClosed):
+    if isinstance(exc, SchedulerClosed | Overloaded):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, Cancelled):
         return grpc.StatusCode.CANCELLED, f"stopped: the call was cancelled or its deadline passed ({exc})"

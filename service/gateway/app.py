@@ -30,7 +30,7 @@ from service.gateway.schemas import ChatMessage, ChatRequest, CompletionRequest,
 from service.metrics import ACCESS_LOG, Metrics
 from service.registry import Registry
 from service.registry.errors import InvalidArgument, NotFound, PermissionDenied
-from service.scheduler import SchedulerClosed
+from service.scheduler import Overloaded, SchedulerClosed
 from service.serving import Finished, ModelHost, Token
 from service.stream_reading import Doorbell, doorbell
 
@@ -60,6 +60,8 @@ def _as_gateway_error(error: Exception) -> GatewayError:
         return GatewayError(404, str(error), code="not_found")
     if isinstance(error, PermissionDenied):
         return GatewayError(403, str(error), "permission_error")
+    if isinstance(error, Overloaded):
+        return GatewayError(503, str(error), "api_error", code="overloaded")
     if isinstance(error, SchedulerClosed | DBAPIError | DatabaseUnreachable):
         return GatewayError(
             503, "the service is unavailable (shutting down, or its database is away); retry", "api_error"
