@@ -200,6 +200,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._rows: list[_Stream | None] = []  # None: a row whose stream ended, not yet compacted away
+        self._joining: list[_Stream] = []  # admitted from the queue, being prefilled into the batch
         self._batch: DecodeBatch | None = None
         self._row_stacks: RowStacks | None = None  # the current rows' stacks; rebuilt when rows change
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
@@ -299,8 +300,9 @@ class Scheduler:
 
     @property
     def requests(self) -> int:
-        """Streams in the batch or waiting to join it."""
-        return self.active_rows + len(self._waiting)
+        """Streams in the batch, joining it or waiting to (one being merged may count twice
+        for a moment, never zero times)."""
+        return len(self._joining) + self.active_rows + len(self._waiting)
 
     @property
     def abandoned(self) -> int:
@@ -324,12 +326,14 @@ class Scheduler:
                 if self._closed:
                     break
                 job = heapq.heappop(self._jobs) if self._jobs else None
-                newcomers = self._admit()
-            if job is not None:
+            if job is not None:  # between two steps: every stream is in the batch or waiting
                 self._run_job(job)
+            with self._wake:
+                newcomers = self._joining = self._admit()
             with torch.inference_mode():
                 if newcomers:
                     self._prefill(newcomers)
+                self._joining = []
                 self._drop_gone()
                 if self._batch is not None:
                     self._decode()

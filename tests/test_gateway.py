@@ -212,3 +212,37 @@ def test_a_refused_choice_takes_the_choices_already_started_with_it(gateway) -> 
     host.forward(lambda: None)  # a job runs before that step's drop: wait for one full step
     assert host.forward(lambda: host.scheduler.requests) == 0
     assert host.scheduler.cancelled >= 1
+
+
+def test_a_streamed_reply_starts_on_the_loop_when_its_set_up_reads_nothing(gateway) -> None:
+    """A streamed completion's set-up (tokenising, joining the batch) runs on the gateway's event
+    loop when its key was verified recently and its version is compiled (ModelHost.ready), as
+    gRPC's Generate does; a version not compiled yet, or a whole reply, on a worker thread. The
+    answers are the same either way."""
+    server, http, grpc_client = gateway
+    host = server.hosts["toy"]
+    server.keys.cache_seconds = 600  # the key stays verified between the calls below, however slow the machine
+    version = _steered_version(grpc_client)
+    assert not host.ready(None, version)
+    threads: list[str] = []
+    generate = host.generate
+
+    def spied(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return generate(*args, **kwargs)
+
+    host.generate = spied  # type: ignore[method-assign]
+    try:
+        texts = []
+        for stream in (True, True, False):
+            reply = http.completions.create(
+                model=f"toy@{version}", prompt=PROMPT, max_tokens=6, temperature=0, stream=stream
+            )
+            texts.append("".join(chunk.choices[0].text for chunk in reply) if stream else reply.choices[0].text)
+    finally:
+        del host.generate
+    loop = server.gateway._thread.name
+    assert threads[0] != loop  # the version was compiled first, off the loop
+    assert threads[1] == loop  # then compiled, and the key cached: nothing to read
+    assert threads[2] != loop  # a whole reply waits for its tokens on a worker thread
+    assert texts[0] == texts[1] == texts[2] and texts[0]

@@ -9,6 +9,7 @@ with the matching HTTP status, so OpenAI clients raise their usual exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 
 from anyio import from_thread
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import DBAPIError
@@ -155,7 +157,7 @@ def _start(
     too long), those already joined leave at the next step instead of running unread. A
     streamed reply's choices are read on the event loop (one wake per decode step for all of
     them, service.stream_reading); a whole one's on this worker thread."""
-    bell = from_thread.run_sync(doorbell) if stream else None
+    bell = _loop_doorbell() if stream else None
     choices: list[_Choice] = []
     try:
         for index, prompt in enumerate(prompts):
@@ -164,6 +166,15 @@ def _start(
         gone.set()
         raise
     return choices
+
+
+def _loop_doorbell() -> Doorbell:
+    """The server loop's doorbell, asked on that loop or from one of its worker threads."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # a worker thread
+        return from_thread.run_sync(doorbell)
+    return doorbell()
 
 
 class TokenTexts:
@@ -262,6 +273,27 @@ def build_app(
             log(200)
         return response
 
+    def in_memory(request: Request, model: str) -> bool:
+        """Whether a request's set-up needs nothing but memory: its key verified recently, its
+        version known and compiled (:meth:`ModelHost.ready`), or a refusal that reads nothing."""
+        header = request.headers.get("authorization", "")
+        if not insecure and header.startswith("Bearer ") and not keys.fresh(header.removeprefix("Bearer ").strip()):
+            return False
+        name, _, selector = model.partition("@")
+        host = hosts.get(name)
+        if host is None:
+            return True  # refused: not served here
+        return host.ready(None, int(selector)) if selector.isdigit() else host.ready(selector or None, None)
+
+    async def answered(request: Request, body: CompletionRequest | ChatRequest, run: Callable[..., Any]) -> Any:
+        """A generation route's reply. A streamed one whose set-up needs only memory (tokenising
+        and a pipe write) starts on uvicorn's loop, as gRPC's Generate does on its own: a hop to
+        a worker thread and back would cost more. Anything else (a database read, a compilation,
+        a whole reply that waits for its tokens) runs on a worker thread."""
+        if body.stream and in_memory(request, body.model):
+            return logged(request, run)
+        return await run_in_threadpool(logged, request, run)
+
     @app.exception_handler(RequestValidationError)
     def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
@@ -297,7 +329,7 @@ def build_app(
         return logged(request, run)
 
     @app.post("/v1/completions")
-    def completions(body: CompletionRequest, request: Request) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         def run(record: dict[str, str]) -> Any:
             target = resolve(hosts, body.model)
             record["model"] = target.host.name
@@ -309,10 +341,10 @@ def build_app(
                 return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
             return reply.whole(choices, _completion_choice(body))
 
-        return logged(request, run)
+        return await answered(request, body, run)
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatRequest, request: Request) -> Any:
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
         def run(record: dict[str, str]) -> Any:
             target = resolve(hosts, body.model)
             record["model"] = target.host.name
@@ -326,7 +358,7 @@ def build_app(
             reply = _Reply(target, "chatcmpl", "chat.completion", metrics)
             return reply.whole(choices, _chat_choice(body))
 
-        return logged(request, run)
+        return await answered(request, body, run)
 
     return app
 
