@@ -6,8 +6,8 @@ A single thread owns the model's forwards. Between two forwards it
    function of the model), interactive jobs before background ones, so checks never hold the
    model for more than one batch at a time;
 2. admits waiting streams (up to ``max_rows`` rows and ``prefill_tokens`` prompt tokens per
-   prefill), prefills them in one batched forward, samples their first token, and merges them
-   into the running batch;
+   prefill; check runs' rows after every waiting stream), prefills them in one batched forward,
+   samples their first token, and merges them into the running batch;
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
@@ -195,6 +195,7 @@ class Scheduler:
         self._device = next(model.parameters()).device
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._waiting: deque[_Stream] = deque()
+        self._background: deque[_Stream] = deque()  # check runs' rows: admitted after every waiting stream
         self._jobs: list[_Job] = []
         self._numbers = itertools.count()
         self._wake = threading.Condition()
@@ -238,9 +239,10 @@ class Scheduler:
 
     def complete(self, prompts: list[torch.Tensor], stack: EditStack, samplings: list[Sampling]) -> list[list[int]]:
         """The token ids each prompt produces under ``stack``: every prompt joins at once (one
-        prefill when the batch has room), as rows beside the streams being served."""
+        prefill when the batch has room), as rows beside the streams being served, at a lower
+        priority (check runs): a stream waiting to join is admitted first."""
         streams = [self._stream(p, stack, s) for p, s in zip(prompts, samplings, strict=True)]
-        self._enqueue(streams)
+        self._enqueue(streams, background=True)
         produced = []
         for stream in streams:
             ids: list[int] = []
@@ -259,7 +261,7 @@ class Scheduler:
         eos = frozenset() if sampling.ignore_eos else self.eos
         return _Stream(prompt, stack, sampling, is_active, eos, self._outbox)
 
-    def _enqueue(self, streams: list[_Stream], limit: int | None = None) -> None:
+    def _enqueue(self, streams: list[_Stream], limit: int | None = None, background: bool = False) -> None:
         """Queue ``streams`` to join the batch, unless that would put more than ``limit`` in flight."""
         with self._wake:
             if self._closed:
@@ -269,7 +271,7 @@ class Scheduler:
             now = time.monotonic()
             for stream in streams:
                 stream.queued_at, stream.joined = self.steps, now
-            self._waiting.extend(streams)
+            (self._background if background else self._waiting).extend(streams)
             self._wake.notify()
 
     def call(self, run: Callable[[], T], priority: int = INTERACTIVE) -> T:
@@ -291,7 +293,7 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         """Streams waiting to join the batch."""
-        return len(self._waiting)
+        return len(self._waiting) + len(self._background)
 
     @property
     def queued_jobs(self) -> int:
@@ -302,12 +304,12 @@ class Scheduler:
     def requests(self) -> int:
         """Streams in the batch, joining it or waiting to (one being merged may count twice
         for a moment, never zero times)."""
-        return len(self._joining) + self.active_rows + len(self._waiting)
+        return len(self._joining) + self.active_rows + self.waiting
 
     @property
     def abandoned(self) -> int:
         """Streams in the batch or waiting whose reader went away: dropped at the next step."""
-        return sum(s is not None and s.gone() for s in [*self._rows, *list(self._waiting)])
+        return sum(s is not None and s.gone() for s in [*self._rows, *list(self._waiting), *list(self._background)])
 
     def close(self) -> None:
         with self._wake:
@@ -321,7 +323,7 @@ class Scheduler:
             torch.set_num_threads(self.intra_op_threads)
         while True:
             with self._wake:
-                while not (self._closed or self._jobs or self._waiting or self._batch is not None):
+                while not (self._closed or self._jobs or self.waiting or self._batch is not None):
                     self._wake.wait()
                 if self._closed:
                     break
@@ -347,23 +349,26 @@ class Scheduler:
         fewer, larger prefills: they are admitted once they are ``admit_ratio`` of the running rows,
         or once the oldest has waited ``admit_within`` decode steps (its extra time to first token).
         The defaults (half, 8 steps) measured best on ``bench/serving.py``: an eighth and 4 steps
-        made twice the prefills and ~10 % fewer tokens/s at concurrency 64."""
-        active = self.active_rows
+        made twice the prefills and ~10 % fewer tokens/s at concurrency 64. Streams go first,
+        check runs' rows (background) after them."""
+        active, lines = self.active_rows, (self._waiting, self._background)
+        waiting = self.waiting
         if (
             active
-            and self._waiting
-            and len(self._waiting) < max(1, int(active * self.admit_ratio))
-            and self.steps - self._waiting[0].queued_at < self.admit_within
+            and waiting
+            and waiting < max(1, int(active * self.admit_ratio))
+            and self.steps - min(line[0].queued_at for line in lines if line) < self.admit_within
         ):
             return []
         admitted: list[_Stream] = []
         tokens = 0
-        while self._waiting and active + len(admitted) < self.max_rows:
-            length = len(self._waiting[0].prompt)
-            if admitted and tokens + length > self.prefill_tokens:
-                break
-            admitted.append(self._waiting.popleft())
-            tokens += length
+        for line in lines:
+            while line and active + len(admitted) < self.max_rows:
+                length = len(line[0].prompt)
+                if admitted and tokens + length > self.prefill_tokens:
+                    return admitted
+                admitted.append(line.popleft())
+                tokens += length
         return admitted
 
     @staticmethod
@@ -499,8 +504,9 @@ class Scheduler:
     def _shutdown(self) -> None:
         closed = SchedulerClosed("the model is shutting down; retry on another replica")
         with self._wake:
-            pending = list(self._waiting) + [stream for stream in self._rows if stream is not None]
+            pending = [*self._waiting, *self._background, *(stream for stream in self._rows if stream is not None)]
             self._waiting.clear()
+            self._background.clear()
             jobs, self._jobs = self._jobs, []
         for stream in pending:
             stream.end(closed)

@@ -204,6 +204,48 @@ def test_under_a_stream_interval_tokens_leave_in_chunks_but_the_first_at_once(to
             Scheduler(model, surgeon, tokenizer, "bad", stream_interval=bad)
 
 
+def test_check_rows_wait_behind_streams_for_a_place_in_the_batch(toy) -> None:
+    """With room for one row, a check run's completion queued first is prefilled after a stream
+    queued later: check rows are a lower priority than the streams being served."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "priority", max_rows=1)
+    stack = surgeon.compile([])
+    check_text, stream_text = _texts(world, 3)[1:]
+    check_prompt, stream_prompt = (tokenizer(t, return_tensors="pt")["input_ids"][0] for t in (check_text, stream_text))
+    assert len(check_prompt) != len(stream_prompt)
+    prefills: list[int] = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:
+            prefills.append(ids.shape[1])
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    holding, release = threading.Event(), threading.Event()
+    try:
+        job = threading.Thread(target=scheduler.call, args=(lambda: (holding.set(), release.wait(60)),))
+        job.start()
+        assert holding.wait(60)  # the scheduler is held between two steps: nothing is admitted
+        check = threading.Thread(target=scheduler.complete, args=([check_prompt], stack, [Sampling(max_tokens=3)]))
+        check.start()
+        for _ in range(1200):  # a bounded wait for the mechanism (the check's row queued), not a latency bar
+            if scheduler.waiting:
+                break
+            threading.Event().wait(0.05)
+        stream = scheduler.generate(stream_prompt, stack, Sampling(max_tokens=3))
+        assert scheduler.waiting == 2
+        release.set()
+        job.join()
+        assert list(stream)[-1] == Finished("length", 3)
+        check.join()
+    finally:
+        release.set()
+        hook.remove()
+        scheduler.close()
+    assert prefills == [len(stream_prompt), len(check_prompt)]
+
+
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
     assert host.forward(lambda: torch.ones(2)).sum() == 2
     with pytest.raises(ZeroDivisionError):
