@@ -246,3 +246,23 @@ def test_a_streamed_reply_starts_on_the_loop_when_its_set_up_reads_nothing(gatew
     assert threads[1] == loop  # then compiled, and the key cached: nothing to read
     assert threads[2] != loop  # a whole reply waits for its tokens on a worker thread
     assert texts[0] == texts[1] == texts[2] and texts[0]
+
+
+def test_a_streamed_reply_interleaves_its_choices_as_they_are_made(gateway) -> None:
+    """With n choices, each choice's tokens are sent as they are made: the second choice's first
+    token does not wait for the first choice's end (each choice's own events stay in order)."""
+    _, http, _ = gateway
+    options = {"model": "toy", "prompt": PROMPT, "max_tokens": 12, "temperature": 0, "n": 3}
+    whole = http.completions.create(**options, extra_body={"ignore_eos": True})
+    order: list[tuple[int, str | None]] = []
+    texts = {0: "", 1: "", 2: ""}
+    # the later choices join within 8 decode steps (the admission rule), long before 12 tokens end the first
+    stream = http.completions.create(**options, stream=True, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        for choice in chunk.choices:
+            order.append((choice.index, choice.finish_reason))
+            texts[choice.index] += choice.text
+    first_end = next(i for i, (_, reason) in enumerate(order) if reason is not None)
+    assert {index for index, _ in order[:first_end]} == {0, 1, 2}  # every choice had started by then
+    assert [reason for _, reason in order].count("length") == 3
+    assert all(texts[c.index] == c.text for c in whole.choices) and whole.choices[0].text

@@ -10,6 +10,7 @@ with the matching HTTP status, so OpenAI clients raise their usual exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -469,15 +470,15 @@ class _Reply:
 
         async def body() -> AsyncIterator[str]:
             produced = 0
+            started: set[int] = set()
             try:
-                for choice in choices:  # all joined the batch already: later ones wait in their queues
-                    first = True
-                    async for event in choice.events:
+                async with contextlib.aclosing(_interleaved(choices)) as events:  # its readers stop first
+                    async for choice, event in events:
                         if isinstance(event, Finished):
                             self._counted(event)
                             produced += event.tokens
-                        yield _sse(self._envelope(choices=[delta(choice, event, first)]))
-                        first = False
+                        yield _sse(self._envelope(choices=[delta(choice, event, choice.index not in started)]))
+                        started.add(choice.index)
                 if include_usage:
                     yield _sse(self._envelope(choices=[], usage=self._usage(choices, produced)))
                 yield "data: [DONE]\n\n"
@@ -491,6 +492,41 @@ class _Reply:
         return StreamingResponse(
             body(), media_type="text/event-stream", headers={"x-scalpel-version": self.target.version_name}
         )
+
+
+async def _interleaved(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, Token | Finished]]:
+    """The choices' events as they are made, each choice's in order: with ``n`` choices, the
+    second one's first token does not wait for the first one's last (OpenAI and vLLM interleave
+    them too). A choice's failure is raised here; closing this stops every choice's reading."""
+    if len(choices) == 1:
+        async for event in choices[0].events:
+            yield choices[0], event
+        return
+    made: asyncio.Queue[tuple[_Choice, Token | Finished | BaseException | None]] = asyncio.Queue()
+
+    async def read(choice: _Choice) -> None:
+        try:
+            async for event in choice.events:
+                made.put_nowait((choice, event))
+        except Exception as error:
+            made.put_nowait((choice, error))
+        made.put_nowait((choice, None))  # this choice is over
+
+    readers = [asyncio.create_task(read(choice)) for choice in choices]
+    try:
+        running = len(readers)
+        while running:
+            choice, event = await made.get()
+            if event is None:
+                running -= 1
+            elif isinstance(event, BaseException):
+                raise event
+            else:
+                yield choice, event
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
 
 
 def _sse(payload: dict[str, Any]) -> str:
