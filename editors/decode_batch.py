@@ -43,28 +43,12 @@ class DecodeBatch:
         stacks: Sequence[EditStack],
         pad_id: int,
     ) -> tuple[DecodeBatch, torch.Tensor]:
-        """Run ``prompts`` (1-D id tensors), row ``i`` under ``stacks[i]``; return the batch and the
-        last position's logits ``[rows, vocab]``."""
-        device = next(model.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = prompt
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        with surgeon.apply_rows(surgeon.rows(stacks)):
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,  # only the last position's logits: [rows, vocab] instead of [rows, width, vocab]
-            )
-        return cls(out.cache, mask, mask.sum(-1)), out.logits[:, -1]
+        """Run ``prompts`` (1-D id tensors), row ``i`` under ``stacks[i]``, in one forward; return
+        the batch and the last position's logits ``[rows, vocab]``."""
+        pending = Prefill(model, surgeon, prompts, stacks, pad_id)
+        done = pending.advance()
+        assert done is not None
+        return done
 
     def step(self, model: nn.Module, surgeon: Surgeon, rows: RowStacks, tokens: torch.Tensor) -> torch.Tensor:
         """Feed each row its next token (``[rows]``) under ``rows`` (a :class:`RowStacks`); return the
@@ -114,3 +98,57 @@ class DecodeBatch:
             layer.keys = layer.keys[..., columns:, :]
             layer.values = layer.values[..., columns:, :]
         self.mask = self.mask[:, columns:]
+
+
+class Prefill:
+    """New prompts on their way into a batch, ``columns`` positions per forward (chunked prefill):
+    between two chunks the scheduler runs a decode step for the rows already running, so a long
+    prompt holds them up for one chunk at a time rather than for its whole prefill. Each chunk
+    extends the same cache under the same attention mask and position ids, so the result is the
+    one-forward prefill's (up to the order of floating-point sums)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        surgeon: Surgeon,
+        prompts: Sequence[torch.Tensor],
+        stacks: Sequence[EditStack],
+        pad_id: int,
+        columns: int | None = None,
+    ) -> None:
+        self.model, self.surgeon = model, surgeon
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = prompt
+            mask[row, width - len(prompt) :] = 1
+        self.ids, self.mask = ids.to(device), mask.to(device)
+        self.position_ids = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.rows = surgeon.rows(stacks)
+        self.cache = DynamicCache()
+        self.columns = columns or width
+        self.done = 0  # columns run so far
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def advance(self) -> tuple[DecodeBatch, torch.Tensor] | None:
+        """Run the next chunk; after the last one, the new batch and its last position's logits
+        ``[rows, vocab]``."""
+        end = min(self.done + self.columns, self.width)
+        with self.surgeon.apply_rows(self.rows):
+            out = self.model(
+                input_ids=self.ids[:, self.done : end],
+                attention_mask=self.mask[:, :end],
+                position_ids=self.position_ids[:, self.done : end],
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,  # only the last position's logits: [rows, vocab] instead of [rows, width, vocab]
+            )
+        self.cache, self.done = out.cache, end
+        if end < self.width:
+            return None
+        return DecodeBatch(self.cache, self.mask, self.mask.sum(-1)), out.logits[:, -1]

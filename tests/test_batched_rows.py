@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
-from editors.decode_batch import DecodeBatch
+from editors.decode_batch import DecodeBatch, Prefill
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
 from tests.test_surgeon import _rand, every_edit
 
@@ -32,8 +32,11 @@ def _prompt(row: int) -> list[int]:
     return torch.randint(1, VOCAB, (3 + (row * 5) % 9,), generator=generator).tolist()
 
 
+@pytest.mark.parametrize("columns", [None, 4], ids=["one-forward-prefill", "chunked-prefill"])
 @pytest.mark.parametrize(("family", "dtype"), [(f, torch.float32) for f in FAMILIES] + [("llama", torch.bfloat16)])
-def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: torch.dtype) -> None:
+def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: torch.dtype, columns) -> None:
+    """With ``columns``, newcomers are prefilled 4 positions per forward, and the running rows take
+    a decode step between two chunks, as the scheduler interleaves them."""
     model = tiny_model(family).to(TEST_DEVICE, dtype)
     surgeon = Surgeon(model)
     base_hash = weights_sha256(model)
@@ -56,10 +59,16 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: 
         nonlocal batch
         for request in requests:
             texts[request], stack_of[request] = _prompt(request), request % len(stacks)
+        prompts, requested = [torch.tensor(texts[r]) for r in requests], [stacks[stack_of[r]] for r in requests]
+        chunks = 1
         with torch.inference_mode():
-            joined, logits = DecodeBatch.prefill(
-                model, surgeon, [torch.tensor(texts[r]) for r in requests], [stacks[stack_of[r]] for r in requests], 0
-            )
+            pending = Prefill(model, surgeon, prompts, requested, 0, columns)
+            while (done := pending.advance()) is None:
+                chunks += 1
+                if batch is not None:
+                    step()  # the running rows go on between two chunks
+            joined, logits = done
+        assert chunks == (1 if columns is None else -(-pending.width // columns)) and pending.width > 4
         if batch is None:
             batch = joined
         else:
