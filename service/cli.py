@@ -297,6 +297,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.engine_process is not None:
         config.engine_process = args.engine_process
     config.max_streams = args.max_streams or config.max_streams
+    config.prefill_chunk_tokens = args.prefill_chunk_tokens or config.prefill_chunk_tokens
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -456,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="generation streams per model in flight (in the batch or waiting to join it) beyond which a new one "
         "is refused at once with UNAVAILABLE (HTTP 503), so that an overload sheds requests instead of queueing "
         "them without bound (default 1024)",
+    )
+    serve.add_argument(
+        "--prefill-chunk-tokens",
+        type=_positive_int,
+        help="positions (rows × columns) per prefill forward; a longer prefill runs in chunks with the running "
+        "streams' decode steps between them, so a long prompt holds them up one chunk at a time (default 2048)",
     )
     serve.add_argument(
         "--engine-process",

@@ -66,6 +66,7 @@ class EngineSettings:
     intra_op_threads: int | None
     eos_ids: frozenset[int]
     max_streams: int | None = None  # streams in flight beyond which a new one is refused (Overloaded)
+    prefill_chunk_tokens: int = 2048  # positions per prefill forward (service.scheduler)
 
 
 @dataclass
@@ -354,6 +355,7 @@ def _engine_main(
             stream_interval=settings.stream_interval,
             intra_op_threads=settings.intra_op_threads,
             eos_ids=settings.eos_ids,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))

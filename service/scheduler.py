@@ -6,8 +6,10 @@ A single thread owns the model's forwards. Between two forwards it
    function of the model), interactive jobs before background ones, so checks never hold the
    model for more than one batch at a time;
 2. admits waiting streams (up to ``max_rows`` rows and ``prefill_tokens`` prompt tokens per
-   prefill; check runs' rows after every waiting stream), prefills them in one batched forward,
-   samples their first token, and merges them into the running batch;
+   prefill; check runs' rows after every waiting stream), prefills them in batched forwards of at
+   most ``prefill_chunk_tokens`` positions (a long prefill takes one chunk per iteration, so the
+   running rows decode between its chunks), samples their first token, and merges them into the
+   running batch;
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
@@ -36,7 +38,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
-from editors.decode_batch import DecodeBatch
+from editors.decode_batch import DecodeBatch, Prefill
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
 from service.stream_reading import (
     Doorbell,
@@ -166,6 +168,7 @@ class Scheduler:
         context_length: int = 2048,
         max_rows: int = 256,
         prefill_tokens: int = 8192,
+        prefill_chunk_tokens: int = 2048,
         admit_within: int = 8,
         admit_ratio: float = 0.5,
         stream_interval: int = 0,
@@ -184,6 +187,10 @@ class Scheduler:
         self.context_length = context_length
         self.max_rows = max_rows
         self.prefill_tokens = prefill_tokens
+        chunk = prefill_chunk_tokens
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"prefill_chunk_tokens must be a positive integer, got {prefill_chunk_tokens!r}")
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.admit_within = admit_within
         self.admit_ratio = admit_ratio
         if not isinstance(stream_interval, int) or isinstance(stream_interval, bool) or stream_interval < 0:
@@ -202,6 +209,7 @@ class Scheduler:
         self._closed = False
         self._rows: list[_Stream | None] = []  # None: a row whose stream ended, not yet compacted away
         self._joining: list[_Stream] = []  # admitted from the queue, being prefilled into the batch
+        self._prefilling: Prefill | None = None  # their prefill, when it takes more than one chunk
         self._batch: DecodeBatch | None = None
         self._row_stacks: RowStacks | None = None  # the current rows' stacks; rebuilt when rows change
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
@@ -323,19 +331,21 @@ class Scheduler:
             torch.set_num_threads(self.intra_op_threads)
         while True:
             with self._wake:
-                while not (self._closed or self._jobs or self.waiting or self._batch is not None):
+                while not (self._closed or self._jobs or self.waiting or self._joining or self._batch is not None):
                     self._wake.wait()
                 if self._closed:
                     break
                 job = heapq.heappop(self._jobs) if self._jobs else None
-            if job is not None:  # between two steps: every stream is in the batch or waiting
+            if job is not None:  # between two steps: every stream is in the batch, joining it or waiting
                 self._run_job(job)
-            with self._wake:
-                newcomers = self._joining = self._admit()
+            if not self._joining:  # one prefill at a time
+                with self._wake:
+                    self._joining = self._admit()
             with torch.inference_mode():
-                if newcomers:
-                    self._prefill(newcomers)
-                self._joining = []
+                if self._joining and self._prefilling is None:
+                    self._start_prefill()
+                if self._prefilling is not None:
+                    self._prefill_chunk()
                 self._drop_gone()
                 if self._batch is not None:
                     self._decode()
@@ -381,45 +391,63 @@ class Scheduler:
         except BaseException as error:  # handed to the caller, who raises it in its own thread
             job.future.set_exception(error)
 
-    def _prefill(self, newcomers: list[_Stream]) -> None:
+    def _start_prefill(self) -> None:
+        """Set up the prefill of the streams just admitted (those whose reader is still there)."""
         now = time.monotonic()
-        for stream in newcomers:
+        for stream in self._joining:
             if stream.gone():  # its reader went away while it waited
                 stream.end(Finished("cancelled", 0))
                 self.cancelled += 1
             else:
                 self._admitted(stream, now - stream.joined)
-        newcomers = [s for s in newcomers if not s.gone()]
-        if not newcomers:
+        self._joining = [s for s in self._joining if not s.gone()]
+        if not self._joining:
             return
+        prompts, stacks = [s.prompt for s in self._joining], [s.stack for s in self._joining]
+        columns = max(1, self.prefill_chunk_tokens // len(prompts))
         try:
-            joined, logits = DecodeBatch.prefill(
-                self.model, self.surgeon, [s.prompt for s in newcomers], [s.stack for s in newcomers], self._pad
-            )
+            self._prefilling = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns)
+        except Exception as error:
+            self._prefill_failed(error)
+
+    def _prefill_failed(self, error: Exception) -> None:
+        _LOG.exception("prefill of %d rows failed", len(self._joining))
+        for stream in self._joining:
+            stream.end(error)
+        self._joining, self._prefilling = [], None
+
+    def _prefill_chunk(self) -> None:
+        """Run the prefill's next chunk; after its last, merge its rows into the batch."""
+        assert self._prefilling is not None
+        newcomers = self._joining
+        try:
+            done = self._prefilling.advance()
             self.forwards += 1
+            if done is None:
+                return
+            joined, logits = done
             tokens = self._pick(logits, newcomers)
             now = time.monotonic()
         except Exception as error:
-            _LOG.exception("prefill of %d rows failed", len(newcomers))
-            for stream in newcomers:
-                stream.end(error)
+            self._prefill_failed(error)
             return
+        self._prefilling = None
         keep = [
             row
             for row, (s, (token, logprob)) in enumerate(zip(newcomers, tokens, strict=True))
             if s.accept(token, logprob, 1, now, self.max_hold_s)
         ]
-        if not keep:
-            return
-        if len(keep) < len(newcomers):
-            joined.keep(keep)
-        self._compact()  # the merge copies the cache anyway: leave no finished rows in it
-        if self._batch is None:
-            self._batch = joined
-        else:
-            self._batch.merge(joined)
-        self._rows += [newcomers[row] for row in keep]
-        self._row_stacks = None
+        if keep:
+            if len(keep) < len(newcomers):
+                joined.keep(keep)
+            self._compact()  # the merge copies the cache anyway: leave no finished rows in it
+            if self._batch is None:
+                self._batch = joined
+            else:
+                self._batch.merge(joined)
+            self._rows += [newcomers[row] for row in keep]
+            self._row_stacks = None
+        self._joining = []  # after the merge: a reader counting requests never misses them
 
     def _admitted(self, stream: _Stream, waited: float) -> None:
         """``stream`` leaves the queue for a prefill after ``waited`` seconds there."""
@@ -504,7 +532,8 @@ class Scheduler:
     def _shutdown(self) -> None:
         closed = SchedulerClosed("the model is shutting down; retry on another replica")
         with self._wake:
-            pending = [*self._waiting, *self._background, *(stream for stream in self._rows if stream is not None)]
+            rows = [stream for stream in self._rows if stream is not None]
+            pending = [*self._waiting, *self._background, *self._joining, *rows]
             self._waiting.clear()
             self._background.clear()
             jobs, self._jobs = self._jobs, []

@@ -77,6 +77,10 @@ class ServerConfig:
     # Generation streams per model in flight (in the batch or waiting to join it) beyond which a
     # new one is refused UNAVAILABLE (HTTP 503) at once, instead of queueing without bound.
     max_streams: int = 1024
+    # Positions (rows × columns) per prefill forward: a longer prefill runs in chunks, with the
+    # running rows' decode steps between them (chunked prefill), so a long prompt holds them up
+    # one chunk at a time.
+    prefill_chunk_tokens: int = 2048
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
@@ -88,8 +92,9 @@ class ServerConfig:
     locate_max_passes: int = DEFAULT_LOCATE_MAX_PASSES
 
     def __post_init__(self) -> None:
-        if self.max_streams < 1:
-            raise ValueError(f"max_streams must be at least 1, got {self.max_streams}")
+        for field_name in ("max_streams", "prefill_chunk_tokens"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -218,6 +223,7 @@ class ScalpelServer:
             local_files_only=local_files_only,
             engine_process=self.config.engine_process,
             max_streams=self.config.max_streams,
+            prefill_chunk_tokens=self.config.prefill_chunk_tokens,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:

@@ -97,6 +97,7 @@ class ModelHost:
         local_files_only: bool = False,
         engine_process: bool = False,
         max_streams: int | None = None,
+        prefill_chunk_tokens: int = 2048,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -148,6 +149,7 @@ class ModelHost:
             intra_op_threads=intra_op_threads,
             eos_ids=self.eos_ids,
             max_streams=max_streams,
+            prefill_chunk_tokens=prefill_chunk_tokens,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -160,7 +162,13 @@ class ModelHost:
         self.on_overloaded: Callable[[], None] = lambda: None
         self._dead_engines_counts = (0, 0)  # forwards and decode steps of replaced engine processes
         self._engine_settings = EngineSettings(
-            name, self.context_length, stream_interval, intra_op_threads, self.eos_ids, max_streams
+            name,
+            self.context_length,
+            stream_interval,
+            intra_op_threads,
+            self.eos_ids,
+            max_streams,
+            prefill_chunk_tokens,
         )
         if engine_process:
             try:

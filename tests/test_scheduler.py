@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import subprocess
 import sys
 import threading
@@ -61,6 +62,16 @@ def _solo(model, tokenizer, surgeon: Surgeon, edits: list, text: str, new_tokens
     produced = out[0, ids.shape[1] :].tolist()
     eos = tokenizer.eos_token_id
     return produced[: produced.index(eos)] if eos in produced else produced
+
+
+def _greedy_past_eos(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+    """Greedy tokens of ``prompt`` alone, one plain forward per token, going on past EOS."""
+    ids, made = prompt.unsqueeze(0).to(model.device), []
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            made.append(int(model(input_ids=ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, ids.new_tensor([[made[-1]]])], dim=1)
+    return made
 
 
 def _collect(events) -> tuple[list[int], Finished]:
@@ -244,6 +255,45 @@ def test_check_rows_wait_behind_streams_for_a_place_in_the_batch(toy) -> None:
         hook.remove()
         scheduler.close()
     assert prefills == [len(stream_prompt), len(check_prompt)]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_decode(toy) -> None:
+    """With a prefill chunk of 4 positions, a newcomer's prompt runs 4 positions per forward and
+    the running stream takes a decode step between two chunks; both streams still produce
+    exactly their solo output."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "chunked", prefill_chunk_tokens=4)
+    stack = surgeon.compile([])
+    short, long = _texts(world, 9)[0], " ".join(world.symbols[:12] * 2)
+    short_ids, long_ids = (tokenizer(t, return_tensors="pt")["input_ids"][0] for t in (short, long))
+    assert len(long_ids) > 12
+    widths: list[int] = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        widths.append(kwargs.get("input_ids", args[0] if args else None).shape[1])
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        running = scheduler.generate(short_ids, stack, Sampling(max_tokens=40, ignore_eos=True))
+        first = next(running)  # the short stream is decoding
+        joined_at = len(widths)
+        newcomer = list(scheduler.generate(long_ids, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
+        rest = list(running)
+    finally:
+        hook.remove()
+        scheduler.close()
+    after = widths[joined_at:]
+    chunks = [i for i, width in enumerate(after) if width == 4]
+    assert len(chunks) >= len(long_ids) // 4 - 1  # the long prompt took several forwards
+    assert any(1 in after[a + 1 : b] for a, b in itertools.pairwise(chunks))  # decode steps between
+    made = [t for event in [first, *rest] if isinstance(event, Token) for t in event.token_ids]
+    assert made == _greedy_past_eos(model, short_ids, 40)
+    assert [t for e in newcomer if isinstance(e, Token) for t in e.token_ids] == _greedy_past_eos(
+        model, long_ids, NEW_TOKENS
+    )
+    with pytest.raises(ValueError, match="prefill_chunk_tokens"):
+        Scheduler(model, surgeon, tokenizer, "bad", prefill_chunk_tokens=0)
 
 
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
