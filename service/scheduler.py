@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -212,6 +213,8 @@ class Scheduler:
         self._prefilling: Prefill | None = None  # their prefill, when it takes more than one chunk
         self._batch: DecodeBatch | None = None
         self._row_stacks: RowStacks | None = None  # the current rows' stacks; rebuilt when rows change
+        #: The decode step count at which an ended row left in the batch would run past the context.
+        self._edge_step: float = math.inf
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
         self.forwards = 0
         self.steps = 0
@@ -463,14 +466,18 @@ class Scheduler:
 
     def _retire(self, rows: list[int]) -> None:
         """Rows whose stream ended. They stay in the batch (computed, their tokens unused) until a
-        quarter of the batch has ended or newcomers merge: compacting the KV cache copies all of it."""
+        quarter of the batch has ended, newcomers merge, or one of them would step past the end of
+        the context (:meth:`_decode`): compacting the KV cache copies all of it."""
         if not rows:
             return
         for row in rows:
+            stream = self._rows[row]
+            if stream is not None:  # its next position is at most its prompt and tokens (an EOS not counted)
+                position = len(stream.prompt) + stream.produced
+                self._edge_step = min(self._edge_step, self.steps + self.context_length - position)
             self._rows[row] = None
-        at_the_edge = self._batch is not None and int(self._batch.positions.max()) >= self.context_length
-        if at_the_edge or 4 * (len(self._rows) - self.active_rows) >= len(self._rows):
-            self._compact()  # (a row at the end of the context must go: one more step would overrun it)
+        if 4 * (len(self._rows) - self.active_rows) >= len(self._rows):
+            self._compact()
 
     def _compact(self) -> None:
         alive = [row for row, stream in enumerate(self._rows) if stream is not None]
@@ -478,12 +485,17 @@ class Scheduler:
             return
         self._rows = [self._rows[row] for row in alive]
         self._row_stacks = None
+        self._edge_step = math.inf  # no ended row is left
         if not self._rows:
             self._batch = None
         elif self._batch is not None:
             self._batch.keep(alive)
 
     def _decode(self) -> None:
+        if self.steps >= self._edge_step:  # an ended row would step past the context: drop ended rows first
+            self._compact()
+            if self._batch is None:
+                return
         assert self._batch is not None
         rows = self._rows
         try:

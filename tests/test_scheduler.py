@@ -296,6 +296,32 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_decode(toy)
         Scheduler(model, surgeon, tokenizer, "bad", prefill_chunk_tokens=0)
 
 
+def test_an_ended_row_at_the_end_of_the_context_leaves_before_it_would_run_past_it(toy) -> None:
+    """A stream whose prompt nearly fills the context ends after a few tokens while four others
+    go on: its row, left in the batch (a fifth of it: under the quarter that compacts), would
+    step past the model's positions a few steps later and fail every row's forward. It is
+    dropped first, and the others end with their solo output."""
+    model, tokenizer, world = toy
+    context = model.config.n_positions
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "edge", context)
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 4)]
+    long = tokenizer(" ".join(world.symbols * 8), return_tensors="pt")["input_ids"][0][: context - 6]
+    try:
+        streams = [scheduler.generate(p, stack, Sampling(max_tokens=40, ignore_eos=True)) for p in prompts]
+        firsts = [next(stream) for stream in streams]  # the four are decoding
+        ended = list(scheduler.generate(long, stack, Sampling(max_tokens=4, ignore_eos=True)))
+        rests = [list(stream) for stream in streams]
+    finally:
+        scheduler.close()
+    assert ended[-1] == Finished("length", 4)
+    for prompt, first, rest in zip(prompts, firsts, rests, strict=True):
+        assert rest[-1] == Finished("length", 40)
+        made = [t for event in [first, *rest] if isinstance(event, Token) for t in event.token_ids]
+        assert made == _greedy_past_eos(model, prompt, 40)
+
+
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
     assert host.forward(lambda: torch.ones(2)).sum() == 2
     with pytest.raises(ZeroDivisionError):

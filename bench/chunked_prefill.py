@@ -1,0 +1,103 @@
+"""What a long prompt does to the streams already decoding, by prefill chunk size.
+
+    python bench/chunked_prefill.py --json
+    → {"chunk{C}_running_max_gap_ms", "chunk{C}_long_ttft_ms", …} for each --chunks C
+
+A GPT-2-small-shaped model (124M, randomly initialised: no download), float32, in this process.
+Four streams decode (16-token prompts, greedy, past EOS); once each has 10 tokens, a request
+with a ``--long``-token prompt arrives. Reported per chunk size (the scheduler's
+``prefill_chunk_tokens``): the running streams' longest wait between two tokens while that
+prompt is prefilled (one whole prefill forward when it fits in a chunk) and the long request's
+time to first token. The median over ``--rounds``; each round runs every chunk size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import report
+from editors import Surgeon
+from editors.toyworld import load_toy_model
+from service.scheduler import Sampling, Scheduler, Token
+
+RUNNING = 4
+
+
+def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tuple[float, float]:
+    """The running streams' longest gap between tokens after the long request arrived, and that
+    request's time to first token (both in ms)."""
+    context = model.config.n_positions
+    scheduler = Scheduler(
+        model, surgeon, tokenizer, f"chunk{chunk}", context, prefill_chunk_tokens=chunk, stream_interval=1
+    )
+    stack = surgeon.compile([])
+    generator = torch.Generator().manual_seed(chunk)
+    vocab = model.config.vocab_size
+    arrivals: list[list[float]] = [[] for _ in range(RUNNING)]
+    started = threading.Barrier(RUNNING + 1)
+
+    def read(row: int) -> None:
+        prompt = torch.randint(1, vocab, (16,), generator=torch.Generator().manual_seed(row))
+        for event in scheduler.generate(prompt, stack, Sampling(max_tokens=120, ignore_eos=True)):
+            if isinstance(event, Token):
+                arrivals[row].extend([time.perf_counter()] * len(event.token_ids))
+                if len(arrivals[row]) == 10:
+                    started.wait()
+
+    readers = [threading.Thread(target=read, args=(row,)) for row in range(RUNNING)]
+    for reader in readers:
+        reader.start()
+    started.wait()
+    arrived = time.perf_counter()
+    prompt = torch.randint(1, vocab, (long,), generator=generator)
+    first = None
+    for event in scheduler.generate(prompt, stack, Sampling(max_tokens=4, ignore_eos=True)):
+        if isinstance(event, Token) and first is None:
+            first = time.perf_counter()
+    for reader in readers:
+        reader.join()
+    scheduler.close()
+    assert first is not None
+    gaps = [b - a for times in arrivals for a, b in itertools.pairwise(times) if b > arrived]
+    return 1000 * max(gaps), 1000 * (first - arrived)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[2048, 512, 256, 128])
+    parser.add_argument("--long", type=int, default=960, help="tokens in the long prompt (under 1024)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not 0 < args.long < 1024 or any(c < 1 for c in args.chunks):
+        parser.error("--long must be in 1..1023 and every chunk positive")
+    _, tokenizer, _ = load_toy_model()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    model = GPT2LMHeadModel(config).eval()
+    surgeon = Surgeon(model)
+    one_round(model, surgeon, tokenizer, args.chunks[-1], 64)  # warm
+    figures: dict[int, list[tuple[float, float]]] = {c: [] for c in args.chunks}
+    for round_ in range(args.rounds):
+        for chunk in args.chunks if round_ % 2 == 0 else args.chunks[::-1]:
+            figures[chunk].append(one_round(model, surgeon, tokenizer, chunk, args.long))
+    results: dict[str, float] = {}
+    for chunk, rounds in figures.items():
+        results[f"chunk{chunk}_running_max_gap_ms"] = statistics.median(gap for gap, _ in rounds)
+        results[f"chunk{chunk}_long_ttft_ms"] = statistics.median(ttft for _, ttft in rounds)
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
