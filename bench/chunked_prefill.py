@@ -84,7 +84,8 @@ def main() -> None:
         parser.error("--long must be in 1..1023 and every chunk positive")
     _, tokenizer, _ = load_toy_model()
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    ends = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12, **ends)
     model = GPT2LMHeadModel(config).eval()
     surgeon = Surgeon(model)
     one_round(model, surgeon, tokenizer, args.chunks[-1], 64)  # warm
