@@ -214,3 +214,22 @@ def test_a_server_with_engine_processes_serves_generate_through_grpc(db_url, toy
     finally:
         client.close()
         server.stop(grace=0)
+
+
+def test_the_engine_process_prefills_in_the_chunks_it_is_given(tmp_path, toy) -> None:
+    """``prefill_chunk_tokens`` reaches the engine process's scheduler: a 24-token prompt takes a
+    prefill forward per 3 positions there, and its stream still produces its solo output."""
+    model, tokenizer, world = toy
+    host = ModelHost(
+        "toy", str(TOY_MODEL_DIR), _registry(tmp_path), device=TEST_DEVICE, engine_process=True, prefill_chunk_tokens=3
+    )
+    try:
+        text = " ".join(world.symbols[:12] * 2)
+        positions = len(tokenizer(text)["input_ids"])
+        made, finished = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
+        forwards, steps = host.forward_counts
+    finally:
+        host.close()
+    assert made == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
+    assert forwards - steps == -(-positions // 3)  # the prefill's forwards: one per chunk of 3
+    assert finished.finish_reason in ("length", "eos")
