@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -214,11 +216,11 @@ def test_a_refused_choice_takes_the_choices_already_started_with_it(gateway) -> 
     assert host.scheduler.cancelled >= 1
 
 
-def test_a_streamed_reply_starts_on_the_loop_when_its_set_up_reads_nothing(gateway) -> None:
-    """A streamed completion's set-up (tokenising, joining the batch) runs on the gateway's event
-    loop when its key was verified recently and its version is compiled (ModelHost.ready), as
-    gRPC's Generate does; a version not compiled yet, or a whole reply, on a worker thread. The
-    answers are the same either way."""
+def test_a_reply_starts_on_the_loop_when_its_set_up_reads_nothing(gateway) -> None:
+    """A completion's set-up (tokenising, joining the batch) runs on the gateway's event loop
+    when its key was verified recently and its version is compiled (ModelHost.ready), as gRPC's
+    Generate does, streamed or whole; a version not compiled yet on a worker thread. The answers
+    are the same either way."""
     server, http, grpc_client = gateway
     host = server.hosts["toy"]
     server.keys.cache_seconds = 600  # the key stays verified between the calls below, however slow the machine
@@ -244,7 +246,7 @@ def test_a_streamed_reply_starts_on_the_loop_when_its_set_up_reads_nothing(gatew
     loop = server.gateway._thread.name
     assert threads[0] != loop  # the version was compiled first, off the loop
     assert threads[1] == loop  # then compiled, and the key cached: nothing to read
-    assert threads[2] != loop  # a whole reply waits for its tokens on a worker thread
+    assert threads[2] == loop  # a whole reply too: it waits for its tokens on the loop
     assert texts[0] == texts[1] == texts[2] and texts[0]
 
 
@@ -266,3 +268,42 @@ def test_a_streamed_reply_interleaves_its_choices_as_they_are_made(gateway) -> N
     assert {index for index, _ in order[:first_end]} == {0, 1, 2}  # every choice had started by then
     assert [reason for _, reason in order].count("length") == 3
     assert all(texts[c.index] == c.text for c in whole.choices) and whole.choices[0].text
+
+
+def test_whole_replies_in_flight_hold_no_worker_thread(gateway) -> None:
+    """48 non-streamed completions are in the batch at once: a request waiting for its tokens holds
+    no thread (before, each held one of the worker pool's 40 and the rest waited for a thread)."""
+    server, _, grpc_client = gateway
+    host = server.hosts["toy"]
+    _, secret = server.registry.create_key("many", "reader", "bootstrap")
+    requests = 48
+
+    def slow(*_: object) -> None:  # each step takes 20 ms until all have joined: none can finish first
+        threading.Event().wait(0.02)
+
+    def complete(_: int) -> str:
+        body = {"model": "toy", "prompt": PROMPT, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+        call = urllib.request.Request(
+            f"http://127.0.0.1:{server.http_port}/v1/completions",
+            json.dumps(body).encode(),
+            {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(call, timeout=120) as reply:
+            return json.loads(reply.read())["choices"][0]["text"]
+
+    expected = grpc_client.generate("toy", PROMPT, version=0, max_tokens=60, ignore_eos=True).text
+    slowed = host.model.register_forward_pre_hook(slow)
+    try:
+        with ThreadPoolExecutor(requests) as pool:
+            texts = pool.map(complete, range(requests))
+            most = 0
+            for _ in range(1200):  # a bounded wait for the mechanism (every request joined), not a latency bar
+                most = max(most, host.scheduler.requests)
+                if most == requests:
+                    break
+                threading.Event().wait(0.05)
+            slowed.remove()
+            assert most == requests
+            assert set(texts) == {expected}
+    finally:
+        slowed.remove()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import threading
@@ -121,7 +122,7 @@ class _Choice:
         logprobs: int | None,
         index: int,
         gone: threading.Event,
-        bell: Doorbell | None,
+        bell: Doorbell,
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
@@ -152,13 +153,12 @@ def _start(
     max_tokens: int,
     logprobs: int | None,
     gone: threading.Event,
-    stream: bool,
 ) -> list[_Choice]:
     """One choice per prompt, each joining the batch as it is made; if one is refused (a prompt
-    too long), those already joined leave at the next step instead of running unread. A
-    streamed reply's choices are read on the event loop (one wake per decode step for all of
-    them, service.stream_reading); a whole one's on this worker thread."""
-    bell = _loop_doorbell() if stream else None
+    too long), those already joined leave at the next step instead of running unread. The
+    choices are read on the event loop (one wake per decode step for all of them,
+    service.stream_reading), whether the reply is streamed or whole."""
+    bell = _loop_doorbell()
     choices: list[_Choice] = []
     try:
         for index, prompt in enumerate(prompts):
@@ -270,6 +270,20 @@ def build_app(
                     log(200)
 
             response.body_iterator = finishing()
+        elif inspect.isawaitable(response):  # a whole reply, read on the event loop
+            pending = response
+
+            async def answered() -> Any:
+                try:
+                    whole = await pending
+                except Exception as error:
+                    refusal = _as_gateway_error(error)
+                    log(refusal.status)
+                    return JSONResponse(refusal.body(), status_code=refusal.status)
+                log(200)
+                return whole
+
+            return answered()
         else:
             log(200)
         return response
@@ -287,13 +301,16 @@ def build_app(
         return host.ready(None, int(selector)) if selector.isdigit() else host.ready(selector or None, None)
 
     async def answered(request: Request, body: CompletionRequest | ChatRequest, run: Callable[..., Any]) -> Any:
-        """A generation route's reply. A streamed one whose set-up needs only memory (tokenising
-        and a pipe write) starts on uvicorn's loop, as gRPC's Generate does on its own: a hop to
-        a worker thread and back would cost more. Anything else (a database read, a compilation,
-        a whole reply that waits for its tokens) runs on a worker thread."""
-        if body.stream and in_memory(request, body.model):
-            return logged(request, run)
-        return await run_in_threadpool(logged, request, run)
+        """A generation route's reply. Its set-up starts on uvicorn's loop when it needs only
+        memory (tokenising and a pipe write), as gRPC's Generate does: a hop to a worker thread
+        and back would cost more; otherwise (a database read, a compilation) on a worker thread.
+        Either way its tokens are read on the loop, whole or streamed: a request waiting for its
+        tokens holds no thread (the pool's 40 would otherwise cap the requests in flight)."""
+        if in_memory(request, body.model):
+            response = logged(request, run)
+        else:
+            response = await run_in_threadpool(logged, request, run)
+        return await response if inspect.isawaitable(response) else response
 
     @app.exception_handler(RequestValidationError)
     def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -336,11 +353,11 @@ def build_app(
             record["model"] = target.host.name
             gone = threading.Event()
             prompts = [p for p in body.prompts for _ in range(body.n)]
-            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone, body.stream)
+            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone)
             reply = _Reply(target, "cmpl", "text_completion", metrics)
             if body.stream:
                 return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
-            return reply.whole(choices, _completion_choice(body))
+            return reply.whole(choices, _completion_choice(body), gone)
 
         return await answered(request, body, run)
 
@@ -352,12 +369,12 @@ def build_app(
             prompt = chat_prompt(target.host, body.messages)
             top = (body.top_logprobs or 0) if body.logprobs else None
             gone = threading.Event()
-            choices = _start(target, [prompt] * body.n, body, body.token_limit, top, gone, body.stream)
+            choices = _start(target, [prompt] * body.n, body, body.token_limit, top, gone)
             if body.stream:
                 reply = _Reply(target, "chatcmpl", "chat.completion.chunk", metrics)
                 return reply.streamed(choices, body.include_usage, _chat_delta(body), gone)
             reply = _Reply(target, "chatcmpl", "chat.completion", metrics)
-            return reply.whole(choices, _chat_choice(body))
+            return reply.whole(choices, _chat_choice(body), gone)
 
         return await answered(request, body, run)
 
@@ -449,16 +466,23 @@ class _Reply:
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
-    def whole(self, choices: list[_Choice], build: Whole) -> JSONResponse:
+    async def whole(self, choices: list[_Choice], build: Whole, gone: threading.Event) -> JSONResponse:
+        """One JSON reply once every choice has ended, read on the event loop; if one fails, the
+        others' rows leave at the next step."""
         built, produced = [], 0
-        for choice in choices:
-            events = list(choice.events)
-            finished = events[-1]
-            assert isinstance(finished, Finished)
-            tokens = [e for e in events if isinstance(e, Token)]
-            self._counted(finished)
-            produced += finished.tokens
-            built.append(build(choice, "".join(t.text for t in tokens), tokens, finished))
+        try:
+            for choice in choices:  # all joined the batch already: later ones wait in their queues
+                events = [event async for event in choice.events]
+                finished = events[-1]
+                assert isinstance(finished, Finished)
+                tokens = [e for e in events if isinstance(e, Token)]
+                self._counted(finished)
+                produced += finished.tokens
+                built.append(build(choice, "".join(t.text for t in tokens), tokens, finished))
+        finally:
+            gone.set()
+            for choice in choices:
+                await choice.events.aclose()
         body = self._envelope(choices=built, usage=self._usage(choices, produced))
         return JSONResponse(body, headers={"x-scalpel-version": self.target.version_name})
 
