@@ -3,7 +3,8 @@
     python bench/chunked_prefill.py --json
     → {"chunk{C}_running_max_gap_ms", "chunk{C}_long_ttft_ms", …} for each --chunks C
 
-A GPT-2-small-shaped model (124M, randomly initialised: no download), float32, in this process.
+A GPT-2-small-shaped model (124M, randomly initialised: no download), float32, in this process
+(``--device``).
 Four streams decode (16-token prompts, greedy, past EOS); once each has 10 tokens, a request
 with a ``--long``-token prompt arrives. Reported per chunk size (the scheduler's
 ``prefill_chunk_tokens``): the running streams' longest wait between two tokens while that
@@ -48,7 +49,7 @@ def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tupl
     started = threading.Barrier(RUNNING + 1)
 
     def read(row: int) -> None:
-        prompt = torch.randint(1, vocab, (16,), generator=torch.Generator().manual_seed(row))
+        prompt = torch.randint(1, vocab, (16,), generator=torch.Generator().manual_seed(row)).to(model.device)
         for event in scheduler.generate(prompt, stack, Sampling(max_tokens=120, ignore_eos=True)):
             if isinstance(event, Token):
                 arrivals[row].extend([time.perf_counter()] * len(event.token_ids))
@@ -60,7 +61,7 @@ def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tupl
         reader.start()
     started.wait()
     arrived = time.perf_counter()
-    prompt = torch.randint(1, vocab, (long,), generator=generator)
+    prompt = torch.randint(1, vocab, (long,), generator=generator).to(model.device)
     first = None
     for event in scheduler.generate(prompt, stack, Sampling(max_tokens=4, ignore_eos=True)):
         if isinstance(event, Token) and first is None:
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[2048, 512, 256, 128])
     parser.add_argument("--long", type=int, default=960, help="tokens in the long prompt (under 1024)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not 0 < args.long < 1024 or any(c < 1 for c in args.chunks):
@@ -86,7 +88,7 @@ def main() -> None:
     torch.manual_seed(0)
     ends = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12, **ends)
-    model = GPT2LMHeadModel(config).eval()
+    model = GPT2LMHeadModel(config).eval().to(args.device)
     surgeon = Surgeon(model)
     one_round(model, surgeon, tokenizer, args.chunks[-1], 64)  # warm
     figures: dict[int, list[tuple[float, float]]] = {c: [] for c in args.chunks}

@@ -20,6 +20,9 @@ grep -E "passed|failed" "$out/tests.log" | tail -3
 timeout 300 "$python" bench/serving.py --device "$device" --rounds 2 --concurrency 64 8 1 >"$out/bench.log" 2>&1
 echo "bench/serving.py on $device: exit $?"
 grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/bench.log"
+timeout 90 "$python" bench/chunked_prefill.py --device "$device" --rounds 2 >"$out/chunked_prefill.log" 2>&1
+echo "bench/chunked_prefill.py on $device: exit $?"
+grep chunk "$out/chunked_prefill.log"
 if [ -d bench/.baseline/service ]; then  # the thread-per-stream server: git archive 9381b8b | tar -x -C bench/.baseline
     timeout 150 "$python" bench/request_cpu.py --baseline bench/.baseline --device "$device" --tokens 32 --threads 64 \
         --seconds 6 --rounds 4 >"$out/request_cpu.log" 2>&1
