@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
-# H200): the equivalence tests on the device, then the serving benchmark there, c64 first, then
+# H200): the equivalence tests on the device, then the serving benchmark there, c64 first (with
+# where its time to first token goes), a long prompt's effect on running streams by prefill chunk, then
 # (with the previous thread-per-stream server unpacked in bench/.baseline and carried along) the
 # serving process's CPU per request and tokens/s against it; without it, a model-less sync gRPC
 # server's CPU per call against grpc.aio's.
