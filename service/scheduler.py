@@ -396,14 +396,15 @@ class Scheduler:
 
     def _start_prefill(self) -> None:
         """Set up the prefill of the streams just admitted (those whose reader is still there)."""
-        now = time.monotonic()
+        now, live = time.monotonic(), []
         for stream in self._joining:
             if stream.gone():  # its reader went away while it waited
                 stream.end(Finished("cancelled", 0))
                 self.cancelled += 1
             else:
                 self._admitted(stream, now - stream.joined)
-        self._joining = [s for s in self._joining if not s.gone()]
+                live.append(stream)
+        self._joining = live  # (each stream judged once: one that leaves now still gets its end)
         if not self._joining:
             return
         prompts, stacks = [s.prompt for s in self._joining], [s.stack for s in self._joining]
