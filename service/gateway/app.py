@@ -244,7 +244,7 @@ def build_app(
 
     def logged(request: Request, run: Callable[[dict[str, str]], Any]) -> Any:
         """Run a route, answering errors in OpenAI's shape, with one access-log line per request (a
-        stream's when it ends)."""
+        stream's when it ends, a whole reply's once it is built: both on the event loop)."""
         started, record = time.perf_counter(), {"method": f"{request.method} {request.url.path}"}
 
         def log(status: int) -> None:
@@ -273,7 +273,7 @@ def build_app(
         elif inspect.isawaitable(response):  # a whole reply, read on the event loop
             pending = response
 
-            async def answered() -> Any:
+            async def awaited() -> Any:
                 try:
                     whole = await pending
                 except Exception as error:
@@ -283,7 +283,7 @@ def build_app(
                 log(200)
                 return whole
 
-            return answered()
+            return awaited()
         else:
             log(200)
         return response
