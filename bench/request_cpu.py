@@ -8,6 +8,7 @@ checkout's server against another's (``--baseline``).
        "ours_tokens_per_s", "baseline_tokens_per_s", "ours_tokens_ratio_to_baseline",
        "ours_ttft_ms", "baseline_ttft_ms", "ours_ttft_ratio_to_baseline"}
     python bench/request_cpu.py --baseline /tmp/base --http …  # streamed completions, HTTP gateway
+    python bench/request_cpu.py --baseline /tmp/base --http --whole …  # non-streamed ones
 
 Two `scalpel serve` processes side by side, each given ``--tokens``-token `Generate` calls from
 ``--threads`` client threads for ``--seconds``, taking turns over ``--rounds``. The figure is the
@@ -42,13 +43,16 @@ from service.client import ScalpelClient
 PROMPT = "The capital of Riia is"
 
 
-def http_tokens(connection: http.client.HTTPConnection, secret: str, tokens: int) -> int:
-    """One streamed completion through the OpenAI-compatible gateway; its completion tokens."""
-    body = {"model": "toy", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
-    body |= {"ignore_eos": True, "stream_options": {"include_usage": True}}
+def http_tokens(connection: http.client.HTTPConnection, secret: str, tokens: int, whole: bool) -> int:
+    """One completion through the OpenAI-compatible gateway, streamed unless ``whole``; its
+    completion tokens."""
+    body = {"model": "toy", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": not whole}
+    body |= {"ignore_eos": True} | ({} if whole else {"stream_options": {"include_usage": True}})
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     connection.request("POST", "/v1/completions", json.dumps(body), headers)
     response = connection.getresponse()
+    if whole:
+        return json.loads(response.read())["usage"]["completion_tokens"]
     produced = 0
     for line in response.read().decode().splitlines():
         if line.startswith("data: {"):
@@ -68,7 +72,9 @@ def grpc_tokens(client: ScalpelClient, tokens: int, firsts: list[float]) -> int:
     return produced
 
 
-def measure(served: Served, seconds: float, threads: int, tokens: int, via_http: bool) -> tuple[float, float, float]:
+def measure(
+    served: Served, seconds: float, threads: int, tokens: int, via_http: bool, whole: bool = False
+) -> tuple[float, float, float]:
     """Server CPU milliseconds per request, the tokens per second the clients received, and their
     mean time to first token in milliseconds (gRPC only; 0 over HTTP)."""
     with ScalpelClient(f"127.0.0.1:{served.port}", served.secret) as client:
@@ -82,7 +88,7 @@ def measure(served: Served, seconds: float, threads: int, tokens: int, via_http:
             connection = http.client.HTTPConnection("127.0.0.1", served.http_port or 0)
             while time.monotonic() < stop:
                 if via_http:
-                    received += http_tokens(connection, served.secret, tokens)
+                    received += http_tokens(connection, served.secret, tokens, whole)
                 else:
                     received += grpc_tokens(client, tokens, firsts)
                 answered += 1
@@ -110,8 +116,11 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another Scalpel checkout: its server against this one's")
     parser.add_argument("--device", default="cpu", help="the servers' --device (the forwards' device)")
     parser.add_argument("--http", action="store_true", help="streamed completions through the HTTP gateway")
+    parser.add_argument("--whole", action="store_true", help="with --http: whole (non-streamed) completions")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.whole and not args.http:
+        parser.error("--whole goes with --http")
     with ExitStack() as stack:
 
         def started(*options: str, root: Path | None = None) -> Served:
@@ -130,7 +139,9 @@ def main() -> None:
         ttft: dict[str, list[float]] = {name: [] for name in sides}
         for round_ in range(args.rounds):
             for name in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
-                ms, tokens_per_s, first_ms = measure(sides[name], args.seconds, args.threads, args.tokens, args.http)
+                ms, tokens_per_s, first_ms = measure(
+                    sides[name], args.seconds, args.threads, args.tokens, args.http, args.whole
+                )
                 cpu[name].append(ms)
                 rate[name].append(tokens_per_s)
                 ttft[name].append(first_ms)
