@@ -278,11 +278,11 @@ def test_whole_replies_in_flight_hold_no_worker_thread(gateway) -> None:
     _, secret = server.registry.create_key("many", "reader", "bootstrap")
     requests = 48
 
-    def slow(*_: object) -> None:  # each step takes 20 ms until all have joined: none can finish first
-        threading.Event().wait(0.02)
+    def slow(*_: object) -> None:  # each step takes 40 ms until all have joined: 100 tokens outlast
+        threading.Event().wait(0.04)  # the 48 requests' arrival by far
 
     def complete(_: int) -> str:
-        body = {"model": "toy", "prompt": PROMPT, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+        body = {"model": "toy", "prompt": PROMPT, "max_tokens": 100, "temperature": 0, "ignore_eos": True}
         call = urllib.request.Request(
             f"http://127.0.0.1:{server.http_port}/v1/completions",
             json.dumps(body).encode(),
@@ -291,7 +291,7 @@ def test_whole_replies_in_flight_hold_no_worker_thread(gateway) -> None:
         with urllib.request.urlopen(call, timeout=120) as reply:
             return json.loads(reply.read())["choices"][0]["text"]
 
-    expected = grpc_client.generate("toy", PROMPT, version=0, max_tokens=60, ignore_eos=True).text
+    expected = grpc_client.generate("toy", PROMPT, version=0, max_tokens=100, ignore_eos=True).text
     slowed = host.model.register_forward_pre_hook(slow)
     try:
         with ThreadPoolExecutor(requests) as pool:
