@@ -44,7 +44,7 @@ from service.intra_op import serial_thread
 from service.sampling import Sampling
 from service.scheduler import Scheduler, SchedulerClosed, _Stream, overloaded
 from service.startup_heap import freeze_startup_heap
-from service.stream_reading import Doorbell, Finished, LoopEvents, StreamReader, Token, _Event, _Made, read_on_loop
+from service.stream_reading import Doorbell, Finished, LoopEvents, Token, _Event, _Made, reader
 from service.stream_timing import StreamClock
 
 _LOG = logging.getLogger(__name__)
@@ -179,9 +179,7 @@ class EngineProcess:
             with self._lock:
                 self._streams.pop(key, None)
             raise
-        if isinstance(remote.events, LoopEvents):
-            return read_on_loop(self.tokenizer, sampling, remote.events, remote.abandoned, clock)
-        return StreamReader(self.tokenizer, sampling, remote.events, remote.abandoned, clock)
+        return reader(self.tokenizer, sampling, remote.events, remote.abandoned, clock)
 
     def close(self) -> None:
         """Stop the child; streams still in flight end with :class:`SchedulerClosed`."""

@@ -45,12 +45,11 @@ from service.stream_reading import (
     Doorbell,
     Finished,
     LoopEvents,
-    StreamReader,
     Token,
     _drain,
     _Event,
     _Made,
-    read_on_loop,
+    reader,
 )
 from service.stream_timing import StreamClock
 
@@ -244,9 +243,7 @@ class Scheduler:
         if bell is not None:
             stream.events = LoopEvents(bell)
         self._enqueue([stream], self.max_streams)
-        if isinstance(stream.events, LoopEvents):
-            return read_on_loop(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
-        return StreamReader(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
+        return reader(self.tokenizer, sampling, stream.events, stream.abandoned, clock)
 
     def complete(self, prompts: list[torch.Tensor], stack: EditStack, samplings: list[Sampling]) -> list[list[int]]:
         """The token ids each prompt produces under ``stack``: every prompt joins at once (one

@@ -234,6 +234,20 @@ class LoopEvents:
             await waiter
 
 
+def reader(
+    tokenizer: PreTrainedTokenizerBase,
+    sampling: Sampling,
+    events: queue.SimpleQueue[_Event] | LoopEvents,
+    abandoned: threading.Event,
+    clock: StreamClock | None,
+) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
+    """The reader for a stream's ``events``: on a loop (:func:`read_on_loop`) for
+    :class:`LoopEvents`, else a :class:`StreamReader`."""
+    if isinstance(events, LoopEvents):
+        return read_on_loop(tokenizer, sampling, events, abandoned, clock)
+    return StreamReader(tokenizer, sampling, events, abandoned, clock)
+
+
 async def read_on_loop(
     tokenizer: PreTrainedTokenizerBase,
     sampling: Sampling,

@@ -88,16 +88,29 @@ class Target:
         return f"models/{self.host.name}/versions/{self.version}"
 
 
+def _selected(field: str) -> tuple[str, str | None, int | None]:
+    """``model`` → (name, alias, version): ``model`` (production), ``model@alias``, ``model@N``
+    (a version number); the one of alias and version not named is None."""
+    name, _, selector = field.partition("@")
+    if selector.isdigit():
+        return name, None, int(selector)
+    return name, selector or None, None
+
+
 def resolve(hosts: Mapping[str, ModelHost], field: str) -> Target:
     """``model`` → production, ``model@alias``, ``model@N`` (a version number)."""
-    name, _, selector = field.partition("@")
+    name, alias, version = _selected(field)
     host = hosts.get(name)
     if host is None:
         served = ", ".join(sorted(hosts)) or "none yet"
         raise GatewayError(404, f"model {name!r} is not served here (served: {served})", code="model_not_found")
-    if selector.isdigit():
-        return Target(host, field, host.resolve(None, int(selector)))
-    return Target(host, field, host.resolve(selector or None, None))
+    return Target(host, field, host.resolve(alias, version))
+
+
+def _bearer(request: Request) -> str | None:
+    """The API key an ``Authorization: Bearer`` header carries, if any."""
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
 
 
 def chat_prompt(host: ModelHost, messages: list[ChatMessage]) -> str:
@@ -232,12 +245,12 @@ def build_app(
         """The calling key's name (every role may generate: reader is the least)."""
         if insecure:
             return "local"
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer "):
+        secret = _bearer(request)
+        if secret is None:
             raise GatewayError(
                 401, "send 'Authorization: Bearer <api key>' (the keys of the gRPC API)", code="invalid_api_key"
             )
-        key = keys.verify(header.removeprefix("Bearer ").strip())
+        key = keys.verify(secret)
         if key is None:
             raise GatewayError(401, "unknown or revoked API key", code="invalid_api_key")
         return key.name
@@ -291,14 +304,12 @@ def build_app(
     def in_memory(request: Request, model: str) -> bool:
         """Whether a request's set-up needs nothing but memory: its key verified recently, its
         version known and compiled (:meth:`ModelHost.ready`), or a refusal that reads nothing."""
-        header = request.headers.get("authorization", "")
-        if not insecure and header.startswith("Bearer ") and not keys.fresh(header.removeprefix("Bearer ").strip()):
+        secret = _bearer(request)
+        if not insecure and secret is not None and not keys.fresh(secret):
             return False
-        name, _, selector = model.partition("@")
+        name, alias, version = _selected(model)
         host = hosts.get(name)
-        if host is None:
-            return True  # refused: not served here
-        return host.ready(None, int(selector)) if selector.isdigit() else host.ready(selector or None, None)
+        return host is None or host.ready(alias, version)  # (not served here: refused from memory)
 
     async def answered(request: Request, body: CompletionRequest | ChatRequest, run: Callable[..., Any]) -> Any:
         """A generation route's reply. Its set-up starts on uvicorn's loop when it needs only
