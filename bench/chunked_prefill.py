@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.gpt2_small import gpt2_small_shaped
 from bench.report import report
 from editors import Surgeon
 from editors.toyworld import load_toy_model
@@ -85,10 +85,7 @@ def main() -> None:
     if not 0 < args.long < 1024 or any(c < 1 for c in args.chunks):
         parser.error("--long must be in 1..1023 and every chunk positive")
     _, tokenizer, _ = load_toy_model()
-    torch.manual_seed(0)
-    ends = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12, **ends)
-    model = GPT2LMHeadModel(config).eval().to(args.device)
+    model = gpt2_small_shaped(tokenizer, args.device)
     surgeon = Surgeon(model)
     one_round(model, surgeon, tokenizer, args.chunks[-1], 64)  # warm
     figures: dict[int, list[tuple[float, float]]] = {c: [] for c in args.chunks}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from editors.prefix_cache import CachedPrefix, LayerKV
 from editors.surgeon import EditStack, RowStacks, Surgeon
 
 
@@ -65,6 +66,12 @@ class DecodeBatch:
         self.cache, self.mask, self.positions = out.cache, mask, self.positions + 1
         return out.logits[:, -1]
 
+    def row_kv(self, row: int, tokens: slice) -> list[LayerKV]:
+        """Every layer's keys and values of row ``row``'s tokens ``tokens`` (counted over its real
+        tokens, whatever columns they sit in), each ``[heads, tokens, head dim]``."""
+        columns = self.mask[row].nonzero().squeeze(1)[tokens]
+        return [(layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in self.cache.layers]
+
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only ``rows`` (in that order) and drop the cache columns no kept row uses."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
@@ -105,7 +112,12 @@ class Prefill:
     between two chunks the scheduler runs a decode step for the rows already running, so a long
     prompt holds them up for one chunk at a time rather than for its whole prefill. Each chunk
     extends the same cache under the same attention mask and position ids, so the result is the
-    one-forward prefill's (up to the order of floating-point sums)."""
+    one-forward prefill's (up to the order of floating-point sums).
+
+    With ``cached`` (per row, a :class:`~editors.prefix_cache.CachedPrefix` or ``None``), a row's
+    first tokens come as keys and values already computed: the cache starts with them,
+    right-aligned, and only the rest of each prompt runs (left-padded after them: the gap is masked,
+    and position ids count real tokens, so a row computes what its full prefill computes)."""
 
     def __init__(
         self,
@@ -115,19 +127,25 @@ class Prefill:
         stacks: Sequence[EditStack],
         pad_id: int,
         columns: int | None = None,
+        cached: Sequence[CachedPrefix | None] | None = None,
     ) -> None:
         self.model, self.surgeon = model, surgeon
         device = next(model.parameters()).device
-        width = max(len(p) for p in prompts)
+        cached = cached or [None] * len(prompts)
+        done = [c.length if c is not None else 0 for c in cached]
+        width = max(len(p) - d for p, d in zip(prompts, done, strict=True))
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = prompt
-            mask[row, width - len(prompt) :] = 1
-        self.ids, self.mask = ids.to(device), mask.to(device)
-        self.position_ids = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        for row, (prompt, skip) in enumerate(zip(prompts, done, strict=True)):
+            ids[row, width - len(prompt) + skip :] = prompt[skip:]
+            mask[row, width - len(prompt) + skip :] = 1
+        self.ids = ids.to(device)
+        starts = torch.tensor(done).unsqueeze(1)
+        self.position_ids = (starts + mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        self.cache, cached_mask = _cache_of(cached, device)
+        self.past = cached_mask.shape[1]  # columns of cached prefixes, before the prompts' own
+        self.mask = torch.cat([cached_mask, mask.to(device)], dim=1)
         self.rows = surgeon.rows(stacks)
-        self.cache = DynamicCache()
         self.columns = columns or width
         self.done = 0  # columns run so far
 
@@ -142,7 +160,7 @@ class Prefill:
         with self.surgeon.apply_rows(self.rows):
             out = self.model(
                 input_ids=self.ids[:, self.done : end],
-                attention_mask=self.mask[:, :end],
+                attention_mask=self.mask[:, : self.past + end],
                 position_ids=self.position_ids[:, self.done : end],
                 cache=self.cache,
                 use_cache=True,
@@ -152,3 +170,26 @@ class Prefill:
         if end < self.width:
             return None
         return DecodeBatch(self.cache, self.mask, self.mask.sum(-1)), out.logits[:, -1]
+
+
+def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tuple[DynamicCache, torch.Tensor]:
+    """A cache holding each row's cached prefix right-aligned (empty without any), and its mask."""
+    longest = max((c.length for c in cached if c is not None), default=0)
+    mask = torch.zeros((len(cached), longest), dtype=torch.long, device=device)
+    if not longest:
+        return DynamicCache(), mask
+    template = next(c for c in cached if c is not None).layers
+    layers = []
+    for index, (keys, values) in enumerate(template):
+        heads, _, head_dim = keys.shape
+        k = keys.new_zeros((len(cached), heads, longest, head_dim))
+        v = values.new_zeros((len(cached), values.shape[0], longest, values.shape[2]))
+        for row, prefix in enumerate(cached):
+            if prefix is not None:
+                k[row, :, longest - prefix.length :] = prefix.layers[index][0]
+                v[row, :, longest - prefix.length :] = prefix.layers[index][1]
+        layers.append((k, v))
+    for row, prefix in enumerate(cached):
+        if prefix is not None:
+            mask[row, longest - prefix.length :] = 1
+    return DynamicCache(layers), mask

@@ -298,6 +298,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.engine_process = args.engine_process
     config.max_streams = args.max_streams or config.max_streams
     config.prefill_chunk_tokens = args.prefill_chunk_tokens or config.prefill_chunk_tokens
+    if args.prefix_cache_mb is not None:
+        config.prefix_cache_mb = args.prefix_cache_mb
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -463,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="positions (rows × columns) per prefill forward; a longer prefill runs in chunks with the running "
         "streams' decode steps between them, so a long prompt holds them up one chunk at a time (default 2048)",
+    )
+    serve.add_argument(
+        "--prefix-cache-mb",
+        type=_non_negative_int,
+        help="MiB of prompt prefixes' keys and values kept per model (and version) on its device, so that a "
+        "prompt starting like an earlier one (a shared system prompt) skips that part of its prefill; least "
+        "recently used first out (default 256; 0 turns it off)",
     )
     serve.add_argument(
         "--engine-process",

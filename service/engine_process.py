@@ -42,7 +42,7 @@ from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from service.intra_op import serial_thread
 from service.sampling import Sampling
-from service.scheduler import Scheduler, SchedulerClosed, _Stream, overloaded
+from service.scheduler import PREFIX_CACHE_BYTES, Scheduler, SchedulerClosed, _Stream, overloaded
 from service.startup_heap import freeze_startup_heap
 from service.stream_reading import Doorbell, Finished, LoopEvents, Token, _Event, _Made, reader
 from service.stream_timing import StreamClock
@@ -67,6 +67,7 @@ class EngineSettings:
     eos_ids: frozenset[int]
     max_streams: int | None = None  # streams in flight beyond which a new one is refused (Overloaded)
     prefill_chunk_tokens: int = 2048  # positions per prefill forward (service.scheduler)
+    prefix_cache_bytes: int = PREFIX_CACHE_BYTES  # stored prompt prefixes (editors.prefix_cache)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class EngineStats:
     cancelled: int = 0
     active_rows: int = 0
     waiting: int = 0
+    prefix_hit_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -354,6 +356,7 @@ def _engine_main(
             intra_op_threads=settings.intra_op_threads,
             eos_ids=settings.eos_ids,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            prefix_cache_bytes=settings.prefix_cache_bytes,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
@@ -392,5 +395,10 @@ def _engine_main(
 
 def _stats(scheduler: Scheduler) -> EngineStats:
     return EngineStats(
-        scheduler.forwards, scheduler.steps, scheduler.cancelled, scheduler.active_rows, scheduler.waiting
+        scheduler.forwards,
+        scheduler.steps,
+        scheduler.cancelled,
+        scheduler.active_rows,
+        scheduler.waiting,
+        scheduler.prefix_cache.hit_tokens,
     )

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import (
@@ -45,6 +45,9 @@ from service.api.handlers import (
     rewrapped,
     run_on_worker,
 )
+
+if TYPE_CHECKING:
+    from service.serving import GenerationCounts
 
 #: Seconds: time to first token and queue waits (a stream behind a long queue waits seconds).
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
@@ -133,8 +136,8 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
-        self._forward_counts = _ForwardCounts()
-        self.registry.register(self._forward_counts)
+        self._generation_counts = _GenerationCounts()
+        self.registry.register(self._generation_counts)
         self._http: Any = None
 
     def latency(self, model: str) -> ModelLatency:
@@ -148,10 +151,11 @@ class Metrics:
             with contextlib.suppress(KeyError):  # a model that never made a stream has none
                 metric.remove(model)
 
-    def watch_forwards(self, counts: Callable[[], dict[str, tuple[int, int]]]) -> None:
-        """Export ``counts()`` (per model: forwards, decode steps) as ``scalpel_forwards_total`` and
-        ``scalpel_decode_steps_total``, read at each scrape."""
-        self._forward_counts.counts = counts
+    def watch_generation(self, counts: Callable[[], dict[str, GenerationCounts]]) -> None:
+        """Export ``counts()`` (per model) as ``scalpel_forwards_total``,
+        ``scalpel_decode_steps_total`` and ``scalpel_prefix_cache_hit_tokens_total``, read at each
+        scrape."""
+        self._generation_counts.counts = counts
 
     def serve(self, address: str) -> int:
         """Start the /metrics endpoint on ``host:port`` (port 0 picks one); returns the port."""
@@ -175,23 +179,30 @@ class ModelLatency:
         self.per_output_token = metrics.per_output_token.labels(model).observe
 
 
-class _ForwardCounts(Collector):
-    """Each model's forwards and decode steps, read from the hosts when scraped (they are counted
-    where the forwards run, in engine processes too)."""
+class _GenerationCounts(Collector):
+    """Each model's generation counters, read from the hosts when scraped (they are counted where
+    the forwards run, in engine processes too)."""
 
     def __init__(self) -> None:
-        self.counts: Callable[[], dict[str, tuple[int, int]]] = dict
+        self.counts: Callable[[], dict[str, GenerationCounts]] = dict
 
     def collect(self) -> Any:
         forwards = CounterMetricFamily(
             "scalpel_forwards", "Generation forwards run (prefills and decode steps)", labels=["model"]
         )
         steps = CounterMetricFamily("scalpel_decode_steps", "Decode steps run (one forward each)", labels=["model"])
-        for model, (forward_count, step_count) in self.counts().items():
-            forwards.add_metric([model], forward_count)
-            steps.add_metric([model], step_count)
+        hits = CounterMetricFamily(
+            "scalpel_prefix_cache_hit_tokens",
+            "Prompt tokens whose keys and values came from the prefix cache instead of a prefill forward",
+            labels=["model"],
+        )
+        for model, counts in self.counts().items():
+            forwards.add_metric([model], counts.forwards)
+            steps.add_metric([model], counts.steps)
+            hits.add_metric([model], counts.prefix_hit_tokens)
         yield forwards
         yield steps
+        yield hits
 
 
 #: One line per call at INFO, JSON: method, code, milliseconds, the caller's key name (never its

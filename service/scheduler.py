@@ -8,8 +8,8 @@ A single thread owns the model's forwards. Between two forwards it
 2. admits waiting streams (up to ``max_rows`` rows and ``prefill_tokens`` prompt tokens per
    prefill; check runs' rows after every waiting stream), prefills them in batched forwards of at
    most ``prefill_chunk_tokens`` positions (a long prefill takes one chunk per iteration, so the
-   running rows decode between its chunks), samples their first token, and merges them into the
-   running batch;
+   running rows decode between its chunks; a prompt's start stored in the prefix cache is not run
+   again), samples their first token, and merges them into the running batch;
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
@@ -40,6 +40,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch, Prefill
+from editors.prefix_cache import PrefixCache
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
 from service.stream_reading import (
     Doorbell,
@@ -61,6 +62,9 @@ MAX_HOLD_S = 0.05
 #: ``stream_interval=0`` (auto): one more token per message for every 8 rows in the batch, up to 8.
 AUTO_ROWS_PER_TOKEN = 8
 AUTO_INTERVAL_MAX = 8
+
+#: Bytes of prompt prefixes' keys and values a scheduler keeps (editors.prefix_cache) unless told.
+PREFIX_CACHE_BYTES = 256 << 20
 
 #: Job priorities: lower runs first.
 INTERACTIVE = 0
@@ -91,6 +95,7 @@ class _Stream:
     caller's thread), so the scheduler thread spends its time between forwards on scheduling."""
 
     prompt: torch.Tensor
+    tokens: list[int]  # the prompt's ids (prefix cache keys)
     stack: EditStack
     sampling: Sampling
     is_active: Callable[[], bool]
@@ -176,6 +181,7 @@ class Scheduler:
         intra_op_threads: int | None = None,
         eos_ids: frozenset[int] | None = None,
         max_streams: int | None = None,
+        prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
     ) -> None:
         self.model = model
         self.name = name
@@ -191,6 +197,8 @@ class Scheduler:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ValueError(f"prefill_chunk_tokens must be a positive integer, got {prefill_chunk_tokens!r}")
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        #: Prompt prefixes already prefilled, per stack (editors.prefix_cache): 0 bytes turns it off.
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.admit_within = admit_within
         self.admit_ratio = admit_ratio
         if not isinstance(stream_interval, int) or isinstance(stream_interval, bool) or stream_interval < 0:
@@ -267,7 +275,7 @@ class Scheduler:
         self, prompt: torch.Tensor, stack: EditStack, sampling: Sampling, is_active: Callable[[], bool] = lambda: True
     ) -> _Stream:
         eos = frozenset() if sampling.ignore_eos else self.eos
-        return _Stream(prompt, stack, sampling, is_active, eos, self._outbox)
+        return _Stream(prompt, prompt.tolist(), stack, sampling, is_active, eos, self._outbox)
 
     def _enqueue(self, streams: list[_Stream], limit: int | None = None, background: bool = False) -> None:
         """Queue ``streams`` to join the batch, unless that would put more than ``limit`` in flight."""
@@ -407,7 +415,8 @@ class Scheduler:
         prompts, stacks = [s.prompt for s in self._joining], [s.stack for s in self._joining]
         columns = max(1, self.prefill_chunk_tokens // len(prompts))
         try:
-            self._prefilling = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns)
+            cached = [self.prefix_cache.lookup(s.stack, s.tokens) for s in self._joining] if self._caching else None
+            self._prefilling = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
         except Exception as error:
             self._prefill_failed(error)
 
@@ -427,6 +436,8 @@ class Scheduler:
             if done is None:
                 return
             joined, logits = done
+            if self._caching:
+                self._store_prefixes(joined, newcomers)
             tokens = self._pick(logits, newcomers)
             now = time.monotonic()
         except Exception as error:
@@ -449,6 +460,19 @@ class Scheduler:
             self._rows += [newcomers[row] for row in keep]
             self._row_stacks = None
         self._joining = []  # after the merge: a reader counting requests never misses them
+
+    @property
+    def _caching(self) -> bool:
+        return self.prefix_cache.max_bytes > 0
+
+    def _store_prefixes(self, joined: DecodeBatch, newcomers: list[_Stream]) -> None:
+        """Keep the newcomers' prompt blocks that the prefix cache lacks."""
+        block = self.prefix_cache.block
+        for row, stream in enumerate(newcomers):
+            blocks = self.prefix_cache.missing(stream.stack, stream.tokens)
+            if blocks:
+                layers = joined.row_kv(row, slice(blocks.start * block, blocks.stop * block))
+                self.prefix_cache.insert(stream.stack, stream.tokens, blocks, layers)
 
     def _admitted(self, stream: _Stream, waited: float) -> None:
         """``stream`` leaves the queue for a prefill after ``waited`` seconds there."""

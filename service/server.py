@@ -34,6 +34,7 @@ from service.intra_op import forward_threads, serial_thread
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.registry.registry import check_name
+from service.scheduler import PREFIX_CACHE_BYTES
 from service.serving import ModelHost, ModelSpec
 from service.startup_heap import freeze_startup_heap
 
@@ -81,6 +82,9 @@ class ServerConfig:
     # running rows' decode steps between them (chunked prefill), so a long prompt holds them up
     # one chunk at a time.
     prefill_chunk_tokens: int = 2048
+    # MiB of prompt prefixes' keys and values kept per model, per version (editors.prefix_cache):
+    # a prompt starting like an earlier one under the same version skips that part of its prefill.
+    prefix_cache_mb: int = PREFIX_CACHE_BYTES >> 20
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
@@ -95,6 +99,8 @@ class ServerConfig:
         for field_name in ("max_streams", "prefill_chunk_tokens"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
+        if self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {self.prefix_cache_mb}")
 
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
@@ -147,7 +153,7 @@ class ScalpelServer:
             NO_SHARED_PORT,
         ]
         self.metrics = Metrics()
-        self.metrics.watch_forwards(lambda: {name: host.forward_counts for name, host in list(self.hosts.items())})
+        self.metrics.watch_generation(lambda: {name: host.generation_counts for name, host in list(self.hosts.items())})
         #: one cache of verified API keys for gRPC and the HTTP gateway
         self.keys = VerifiedKeys(self.registry, config.key_cache_seconds)
         interceptors = [
@@ -224,6 +230,7 @@ class ScalpelServer:
             engine_process=self.config.engine_process,
             max_streams=self.config.max_streams,
             prefill_chunk_tokens=self.config.prefill_chunk_tokens,
+            prefix_cache_bytes=self.config.prefix_cache_mb << 20,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:

@@ -25,10 +25,10 @@ from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.checks.suite import Suite
-from service.engine_process import EngineProcess, EngineSettings
+from service.engine_process import EngineProcess, EngineSettings, EngineStats
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
-from service.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
+from service.scheduler import BACKGROUND, INTERACTIVE, PREFIX_CACHE_BYTES, Overloaded, Scheduler
 from service.stream_reading import Doorbell, Finished, Token
 from service.stream_timing import LatencySink, StreamClock
 
@@ -47,6 +47,25 @@ MAX_REPETITION_PENALTY = 10.0
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
 CHARS_PER_TOKEN = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GenerationCounts:
+    """Counters of a model's generation (Prometheus counters: they only grow)."""
+
+    forwards: int = 0  # prefills and decode steps
+    steps: int = 0  # decode steps alone: tokens generated / steps is the batch's mean width
+    prefix_hit_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
+
+    @classmethod
+    def of(cls, source: Scheduler | EngineStats) -> GenerationCounts:
+        hits = source.prefix_cache.hit_tokens if isinstance(source, Scheduler) else source.prefix_hit_tokens
+        return cls(source.forwards, source.steps, hits)
+
+    def __add__(self, other: GenerationCounts) -> GenerationCounts:
+        return GenerationCounts(
+            self.forwards + other.forwards, self.steps + other.steps, self.prefix_hit_tokens + other.prefix_hit_tokens
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class ModelHost:
         engine_process: bool = False,
         max_streams: int | None = None,
         prefill_chunk_tokens: int = 2048,
+        prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -150,6 +170,7 @@ class ModelHost:
             eos_ids=self.eos_ids,
             max_streams=max_streams,
             prefill_chunk_tokens=prefill_chunk_tokens,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -160,7 +181,7 @@ class ModelHost:
         self.latency: LatencySink | None = None
         #: Called each time a stream is refused because ``max_streams`` were in flight.
         self.on_overloaded: Callable[[], None] = lambda: None
-        self._dead_engines_counts = (0, 0)  # forwards and decode steps of replaced engine processes
+        self._dead_engines_counts = GenerationCounts()  # those of replaced engine processes
         self._engine_settings = EngineSettings(
             name,
             self.context_length,
@@ -169,6 +190,7 @@ class ModelHost:
             self.eos_ids,
             max_streams,
             prefill_chunk_tokens,
+            prefix_cache_bytes,
         )
         if engine_process:
             try:
@@ -187,9 +209,7 @@ class ModelHost:
             if not self.engine.died:  # another thread replaced it meanwhile
                 return False
             _LOG.warning("the engine process of model %r died; starting a new one", self.name)
-            dead = self.engine.stats
-            forwards, steps = self._dead_engines_counts
-            self._dead_engines_counts = (forwards + dead.forwards, steps + dead.steps)
+            self._dead_engines_counts += GenerationCounts.of(self.engine.stats)
             self.engine = EngineProcess(self.model, self.tokenizer, self._engine_settings)
         self.on_engine_restart()
         return True
@@ -205,16 +225,14 @@ class ModelHost:
         return self.engine.stats.waiting if self.engine is not None else self.scheduler.waiting
 
     @property
-    def forward_counts(self) -> tuple[int, int]:
-        """Generation forwards (prefills and decode steps) and decode steps alone, run for this model
-        so far, inline or in its engine processes (dead ones included), each as of its last step.
-        Tokens generated / decode steps is the batch's mean width."""
-        forwards, steps = self.scheduler.forwards, self.scheduler.steps
+    def generation_counts(self) -> GenerationCounts:
+        """Generation forwards, decode steps and prompt tokens taken from the prefix cache, run for
+        this model so far, inline or in its engine processes (dead ones included), each as of its
+        last step."""
+        counts = GenerationCounts.of(self.scheduler)
         if self.engine is not None:
-            dead_forwards, dead_steps = self._dead_engines_counts
-            stats = self.engine.stats
-            forwards, steps = forwards + dead_forwards + stats.forwards, steps + dead_steps + stats.steps
-        return forwards, steps
+            counts += self._dead_engines_counts + GenerationCounts.of(self.engine.stats)
+        return counts
 
     @property
     def requests(self) -> int:

@@ -7,6 +7,7 @@ import torch
 
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch, Prefill
+from editors.prefix_cache import PrefixCache
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
 from tests.test_surgeon import _rand, every_edit
 
@@ -32,11 +33,19 @@ def _prompt(row: int) -> list[int]:
     return torch.randint(1, VOCAB, (3 + (row * 5) % 9,), generator=generator).tolist()
 
 
-@pytest.mark.parametrize("columns", [None, 4], ids=["one-forward-prefill", "chunked-prefill"])
+@pytest.mark.parametrize(
+    ("columns", "cached"),
+    [(None, False), (4, False), (None, True)],
+    ids=["one-forward-prefill", "chunked-prefill", "prefix-cached"],
+)
 @pytest.mark.parametrize(("family", "dtype"), [(f, torch.float32) for f in FAMILIES] + [("llama", torch.bfloat16)])
-def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: torch.dtype, columns) -> None:
+def test_rows_joining_and_leaving_each_match_their_solo_run(
+    family: str, dtype: torch.dtype, columns: int | None, cached: bool
+) -> None:
     """With ``columns``, newcomers are prefilled 4 positions per forward, and the running rows take
-    a decode step between two chunks, as the scheduler interleaves them."""
+    a decode step between two chunks, as the scheduler interleaves them. With ``cached``, each
+    newcomer's prompt starts with an earlier prompt of its stack (whose prefill stored it in a
+    prefix cache of 2-token blocks) and runs only the rest, after that prefix's keys and values."""
     model = tiny_model(family).to(TEST_DEVICE, dtype)
     surgeon = Surgeon(model)
     base_hash = weights_sha256(model)
@@ -47,6 +56,7 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: 
     order: list[int] = []  # request number of each batch row
     batch: DecodeBatch | None = None
     worst = [0.0]
+    prefixes = PrefixCache(1 << 30, block=2) if cached else None
 
     def compare(logits: torch.Tensor, requests: list[int]) -> None:
         """Each request's row against its solo run; the solo argmax becomes its next token."""
@@ -59,16 +69,29 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(family: str, dtype: 
         nonlocal batch
         for request in requests:
             texts[request], stack_of[request] = _prompt(request), request % len(stacks)
+            if prefixes is not None and request >= len(stacks):  # the same stack as request - len(stacks)
+                texts[request] = _prompt(request - len(stacks)) + texts[request]
         prompts, requested = [torch.tensor(texts[r]) for r in requests], [stacks[stack_of[r]] for r in requests]
+        found = None
+        if prefixes is not None:
+            found = [prefixes.lookup(stack, texts[r]) for stack, r in zip(requested, requests, strict=True)]
         chunks = 1
         with torch.inference_mode():
-            pending = Prefill(model, surgeon, prompts, requested, 0, columns)
+            pending = Prefill(model, surgeon, prompts, requested, 0, columns, found)
             while (done := pending.advance()) is None:
                 chunks += 1
                 if batch is not None:
                     step()  # the running rows go on between two chunks
             joined, logits = done
         assert chunks == (1 if columns is None else -(-pending.width // columns)) and pending.width > 4
+        if prefixes is not None:
+            hits = [f.length if f is not None else 0 for f in found]
+            assert all(hits) == (requests[0] >= len(stacks))  # the newcomers each found their earlier prompt
+            assert pending.width == max(len(texts[r]) - h for r, h in zip(requests, hits, strict=True))
+            for row, request in enumerate(requests):
+                blocks = prefixes.missing(requested[row], texts[request])
+                layers = joined.row_kv(row, slice(blocks.start * 2, blocks.stop * 2))
+                prefixes.insert(requested[row], texts[request], blocks, layers)
         if batch is None:
             batch = joined
         else:

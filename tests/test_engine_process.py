@@ -116,8 +116,8 @@ def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_tak
         text = _texts(world, 1)[0]
         assert not host.revive_engine()  # alive: nothing to do
         first, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
-        counted = host.forward_counts  # the first engine's forwards, which its death must not undo
-        assert counted[1] >= len(first) - 1 > 0
+        counted = host.generation_counts  # the first engine's forwards, which its death must not undo
+        assert counted.steps >= len(first) - 1 > 0
         dead = host.engine
         os.kill(dead.pid, signal.SIGSTOP)  # frozen: the stream below is in flight when it dies
         stream = host.generate(0, text, max_tokens=NEW_TOKENS)
@@ -129,8 +129,8 @@ def test_a_dead_engine_process_ends_its_streams_as_unavailable_and_a_new_one_tak
         tokens, _ = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))  # a new engine takes it
         assert tokens == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
         assert host.engine is not dead and host.engine.pid != dead.pid and not host.revive_engine()
-        forwards, steps = host.forward_counts  # the dead engine's counts kept, the new one's added
-        assert steps >= counted[1] + len(tokens) - 1 and forwards >= counted[0] + len(tokens)
+        now = host.generation_counts  # the dead engine's counts kept, the new one's added
+        assert now.steps >= counted.steps + len(tokens) - 1 and now.forwards >= counted.forwards + len(tokens)
     finally:
         host.close()
 
@@ -227,9 +227,9 @@ def test_the_engine_process_prefills_in_the_chunks_it_is_given(tmp_path, toy) ->
         text = " ".join(world.symbols[:12] * 2)
         positions = len(tokenizer(text)["input_ids"])
         made, finished = _collect(host.generate(0, text, max_tokens=NEW_TOKENS))
-        forwards, steps = host.forward_counts
+        counts = host.generation_counts
     finally:
         host.close()
     assert made == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
-    assert forwards - steps == -(-positions // 3)  # the prefill's forwards: one per chunk of 3
+    assert counts.forwards - counts.steps == -(-positions // 3)  # the prefill's forwards: one per chunk of 3
     assert finished.finish_reason in ("length", "eos")

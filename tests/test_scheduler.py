@@ -296,6 +296,57 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_decode(toy)
         Scheduler(model, surgeon, tokenizer, "bad", prefill_chunk_tokens=0)
 
 
+def test_a_prompt_starting_like_an_earlier_one_runs_only_the_rest_and_makes_the_same_tokens(toy) -> None:
+    """Two prompts share a 34-token start: the second runs its prompt from position 32 (two stored
+    16-token blocks) and still produces its solo output. Under another version the same prompt
+    finds nothing (keys and values depend on the edits), nor with the cache turned off."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    base, steered = (
+        surgeon.compile([]),
+        surgeon.compile([Steering(site="blocks.1.hook_resid_post", vector=torch.ones(128) * 0.3)]),
+    )
+    shared = " ".join(world.symbols[:11] * 3)
+    first, second = (
+        tokenizer(f"{shared} {tail}", return_tensors="pt")["input_ids"][0]
+        for tail in (world.symbols[12], " ".join(world.symbols[13:15]))
+    )
+    common = next(i for i, (a, b) in enumerate(zip(first.tolist(), second.tolist(), strict=False)) if a != b)
+    assert 32 <= common < 48 and len(second) > common
+    widths: list[int] = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        widths.append(kwargs["input_ids"].shape[1])
+
+    def run(scheduler: Scheduler, prompt: torch.Tensor, stack) -> tuple[list[int], int]:
+        widths.clear()
+        events = list(scheduler.generate(prompt, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
+        return [t for e in events if isinstance(e, Token) for t in e.token_ids], widths[0]
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    caching, plain = (
+        Scheduler(model, surgeon, tokenizer, "cached"),
+        Scheduler(model, surgeon, tokenizer, "uncached", prefix_cache_bytes=0),
+    )
+    try:
+        made, width = run(caching, first, base)
+        assert width == len(first) and caching.prefix_cache.hit_tokens == 0  # nothing stored yet
+        assert made == _greedy_past_eos(model, first, NEW_TOKENS)
+        made, width = run(caching, second, base)
+        assert width == len(second) - 32 and caching.prefix_cache.hit_tokens == 32
+        assert made == _greedy_past_eos(model, second, NEW_TOKENS)
+        with surgeon.apply(steered):
+            expected = _greedy_past_eos(model, second, NEW_TOKENS)
+        made, width = run(caching, second, steered)
+        assert width == len(second) and made == expected  # another version: its own prefixes
+        assert run(plain, first, base)[1] == len(first) and run(plain, second, base)[1] == len(second)
+        assert plain.prefix_cache.hit_tokens == 0 and len(plain.prefix_cache) == 0
+    finally:
+        hook.remove()
+        caching.close()
+        plain.close()
+
+
 def test_an_ended_row_at_the_end_of_the_context_leaves_before_it_would_run_past_it(toy) -> None:
     """A stream whose prompt nearly fills the context ends after a few tokens while four others
     go on: its row, left in the batch (a fifth of it: under the quarter that compacts), would

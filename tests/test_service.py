@@ -418,6 +418,25 @@ def test_the_metrics_count_the_forwards_that_generation_runs(served) -> None:
     assert after_steps - steps >= 5 and after_forwards - forwards >= 6
 
 
+def test_the_metrics_count_prompt_tokens_taken_from_the_prefix_cache(served) -> None:
+    """A prompt that starts like an earlier one on the same version takes its stored blocks from
+    the engine process's prefix cache: 32 of a 35-token shared start, counted on /metrics, and the
+    same greedy tokens as with a cold cache."""
+    server, admin, _, _ = served
+    symbols = server.hosts["toy"].tokenizer.convert_ids_to_tokens(list(range(200, 235)))
+    shared = " ".join(symbol.lstrip("Ġ") for symbol in symbols)
+
+    def hits() -> float:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        return _series(body, "scalpel_prefix_cache_hit_tokens_total")
+
+    before = hits()
+    cold = admin.generate("toy", shared, max_tokens=4, ignore_eos=True)
+    assert hits() == before  # nothing stored for this start yet
+    warm = admin.generate("toy", shared, max_tokens=4, ignore_eos=True)
+    assert hits() - before >= 32 and warm.token_ids == cold.token_ids
+
+
 def _series(body: str, name: str) -> float:
     found = re.search(rf'^{name}\{{model="toy"\}} (\S+)$', body, re.M)
     assert found, f"{name} is missing from /metrics"

@@ -1,0 +1,151 @@
+"""The prefix cache: requests sharing a system prompt, and its cost where nothing is shared.
+
+    python bench/prefix_cache.py --json
+    → {"shared_ttft_ms_off", "shared_ttft_ms_on", "shared_ttft_ratio", "shared_tokens_per_s_ratio",
+       "shared_prefilled_tokens_off", "shared_prefilled_tokens_on", "distinct_tokens_per_s_ratio", …}
+
+Both sides are the same :class:`~service.scheduler.Scheduler` in this process (``--device``),
+one with the default prefix cache, one with ``prefix_cache_bytes=0``; each round runs both (order
+alternating) and a ratio is the median over rounds of on / off within a round.
+
+- **shared**: a GPT-2-small-shaped model (124M, randomly initialised: no download), float32.
+  ``--concurrency`` client threads send ``--requests`` requests in all; each prompt is the same
+  ``--shared``-token system prompt followed by a question of its own (``--own`` tokens); greedy,
+  16 new tokens. Reported: the mean time to first token, tokens/s and prompt tokens prefilled
+  (the prompt tokens less those taken from the cache). Each round starts with an empty cache, so
+  the first request of a round pays the full prefill.
+- **distinct**: the serving bench's shape on the toy model (64 streams, 4 requests each of 32
+  greedy tokens, prompts of 25 tokens that share nothing): the cost of storing every prompt's
+  blocks when none is ever reused, as tokens/s on / off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.gpt2_small import gpt2_small_shaped
+from bench.report import report
+from editors import Surgeon
+from editors.toyworld import load_toy_model
+from service.scheduler import PREFIX_CACHE_BYTES, Sampling, Scheduler, Token
+from service.startup_heap import freeze_startup_heap
+
+
+def run(scheduler: Scheduler, stack, prompts: list[torch.Tensor], concurrency: int, new_tokens: int) -> dict:
+    """Every prompt through ``scheduler`` from ``concurrency`` threads; time to first token (mean,
+    ms), tokens/s and prompt tokens prefilled."""
+    pending = list(prompts)
+    lock = threading.Lock()
+    ttfts: list[float] = []
+    made = [0]
+    hits_before = scheduler.prefix_cache.hit_tokens
+
+    def client() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                prompt = pending.pop(0)
+            sent, first = time.perf_counter(), None
+            for event in scheduler.generate(prompt, stack, Sampling(max_tokens=new_tokens, ignore_eos=True)):
+                if isinstance(event, Token):
+                    first = first or time.perf_counter()
+                    with lock:
+                        made[0] += len(event.token_ids)
+            with lock:
+                ttfts.append(first - sent)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    prompt_tokens = sum(len(p) for p in prompts)
+    return {
+        "ttft_ms": 1000 * statistics.mean(ttfts),
+        "tokens_per_s": made[0] / wall,
+        "prefilled_tokens": prompt_tokens - (scheduler.prefix_cache.hit_tokens - hits_before),
+    }
+
+
+def side_by_side(model, tokenizer, prompts: list[torch.Tensor], concurrency: int, new_tokens: int, rounds: int):
+    """Per round, the cached and the uncached scheduler's figures (each with a fresh cache)."""
+    surgeon = Surgeon(model)
+    stack = surgeon.compile([])
+    context = model.config.n_positions
+    figures: dict[bool, list[dict]] = {True: [], False: []}
+    for round_ in range(rounds + 1):  # round 0 warms up and is dropped
+        for cached in (True, False) if round_ % 2 else (False, True):
+            scheduler = Scheduler(
+                model,
+                surgeon,
+                tokenizer,
+                f"cache-{cached}",
+                context,
+                prefix_cache_bytes=PREFIX_CACHE_BYTES if cached else 0,
+            )
+            try:
+                result = run(scheduler, stack, prompts, concurrency, new_tokens)
+            finally:
+                scheduler.close()
+            if round_:
+                figures[cached].append(result)
+    return figures
+
+
+def ratio(figures: dict[bool, list[dict]], key: str) -> float:
+    return statistics.median(on[key] / off[key] for on, off in zip(figures[True], figures[False], strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=int, default=512, help="tokens of the shared system prompt")
+    parser.add_argument("--own", type=int, default=16, help="tokens of each request's own question")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.shared + args.own + 16 > 1024 or min(args.shared, args.own, args.requests, args.concurrency) < 1:
+        parser.error("--shared + --own + 16 must fit 1024 positions, and every count must be positive")
+    toy, tokenizer, world = load_toy_model()
+    model = gpt2_small_shaped(tokenizer, args.device)
+    toy = toy.to(args.device)
+    freeze_startup_heap()
+    generator = torch.Generator().manual_seed(1)
+    system = torch.randint(4, len(tokenizer), (args.shared,), generator=generator)
+    shared_prompts = [
+        torch.cat([system, torch.randint(4, len(tokenizer), (args.own,), generator=generator)]).to(args.device)
+        for _ in range(args.requests)
+    ]
+    shared = side_by_side(model, tokenizer, shared_prompts, args.concurrency, 16, args.rounds)
+    rng = random.Random(0)
+    texts = [" ".join((seq := rng.sample(world.symbols, 12)) + seq) for _ in range(256)]
+    distinct_prompts = [tokenizer(t, return_tensors="pt")["input_ids"][0].to(args.device) for t in texts]
+    distinct = side_by_side(toy, tokenizer, distinct_prompts, 64, 32, args.rounds)
+    results: dict[str, float] = {}
+    for side, name in ((False, "off"), (True, "on")):
+        for key in ("ttft_ms", "tokens_per_s", "prefilled_tokens"):
+            results[f"shared_{key}_{name}"] = statistics.median(r[key] for r in shared[side])
+        results[f"distinct_tokens_per_s_{name}"] = statistics.median(r["tokens_per_s"] for r in distinct[side])
+    results["shared_ttft_ratio"] = ratio(shared, "ttft_ms")
+    results["shared_tokens_per_s_ratio"] = ratio(shared, "tokens_per_s")
+    results["distinct_tokens_per_s_ratio"] = ratio(distinct, "tokens_per_s")
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
