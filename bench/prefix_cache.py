@@ -140,7 +140,8 @@ def main() -> None:
     for side, name in ((False, "off"), (True, "on")):
         for key in ("ttft_ms", "tokens_per_s", "prefilled_tokens"):
             results[f"shared_{key}_{name}"] = statistics.median(r[key] for r in shared[side])
-        results[f"distinct_tokens_per_s_{name}"] = statistics.median(r["tokens_per_s"] for r in distinct[side])
+        for key in ("tokens_per_s", "prefilled_tokens"):
+            results[f"distinct_{key}_{name}"] = statistics.median(r[key] for r in distinct[side])
     results["shared_ttft_ratio"] = ratio(shared, "ttft_ms")
     results["shared_tokens_per_s_ratio"] = ratio(shared, "tokens_per_s")
     results["distinct_tokens_per_s_ratio"] = ratio(distinct, "tokens_per_s")

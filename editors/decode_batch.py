@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from editors.prefix_cache import CachedPrefix, LayerKV
+from editors.prefix_cache import CachedPrefix
 from editors.surgeon import EditStack, RowStacks, Surgeon
 
 
@@ -65,12 +65,6 @@ class DecodeBatch:
             )
         self.cache, self.mask, self.positions = out.cache, mask, self.positions + 1
         return out.logits[:, -1]
-
-    def row_kv(self, row: int, tokens: slice) -> list[LayerKV]:
-        """Every layer's keys and values of row ``row``'s tokens ``tokens`` (counted over its real
-        tokens, whatever columns they sit in), each ``[heads, tokens, head dim]``."""
-        columns = self.mask[row].nonzero().squeeze(1)[tokens]
-        return [(layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in self.cache.layers]
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only ``rows`` (in that order) and drop the cache columns no kept row uses."""
@@ -140,6 +134,7 @@ class Prefill:
             ids[row, width - len(prompt) + skip :] = prompt[skip:]
             mask[row, width - len(prompt) + skip :] = 1
         self.ids = ids.to(device)
+        self.lengths, self.skipped = [len(p) for p in prompts], done
         starts = torch.tensor(done).unsqueeze(1)
         self.position_ids = (starts + mask.cumsum(-1) - 1).clamp(min=0).to(device)
         self.cache, cached_mask = _cache_of(cached, device)
@@ -171,6 +166,25 @@ class Prefill:
             return None
         return DecodeBatch(self.cache, self.mask, self.mask.sum(-1)), out.logits[:, -1]
 
+    def prompt_kv(self, spans: Sequence[tuple[int, int, int]]) -> list[torch.Tensor]:
+        """Once the last chunk ran: for each ``(row, start, stop)``, the keys and values of that
+        row's prompt tokens ``start..stop`` (none of them from its cached prefix) as
+        :attr:`CachedPrefix.kv` holds them, ``[2 × layers, heads, tokens, head dim]`` (every layer
+        of one shape, as in the GPT-2, GPT-NeoX and Llama families): views of one copy of the
+        columns the spans cover (the run tokens sit side by side, the last ones last)."""
+        columns = []
+        for row, start, stop in spans:
+            if not self.skipped[row] <= start <= stop <= self.lengths[row] or self.done < self.width:
+                raise ValueError(f"tokens {start}..{stop} of row {row} were not run by this prefill")
+            offset = self.past + self.width - self.lengths[row]
+            columns.append((offset + start, offset + stop))
+        first, last = min(a for a, _ in columns), max(b for _, b in columns)
+        layers = self.cache.layers
+        covered = torch.stack(
+            [layer.keys[:, :, first:last] for layer in layers] + [layer.values[:, :, first:last] for layer in layers]
+        )
+        return [covered[:, row, :, a - first : b - first] for (row, _, _), (a, b) in zip(spans, columns, strict=True)]
+
 
 def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tuple[DynamicCache, torch.Tensor]:
     """A cache holding each row's cached prefix right-aligned (empty without any), and its mask."""
@@ -178,18 +192,11 @@ def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tu
     mask = torch.zeros((len(cached), longest), dtype=torch.long, device=device)
     if not longest:
         return DynamicCache(), mask
-    template = next(c for c in cached if c is not None).layers
-    layers = []
-    for index, (keys, values) in enumerate(template):
-        heads, _, head_dim = keys.shape
-        k = keys.new_zeros((len(cached), heads, longest, head_dim))
-        v = values.new_zeros((len(cached), values.shape[0], longest, values.shape[2]))
-        for row, prefix in enumerate(cached):
-            if prefix is not None:
-                k[row, :, longest - prefix.length :] = prefix.layers[index][0]
-                v[row, :, longest - prefix.length :] = prefix.layers[index][1]
-        layers.append((k, v))
+    twice_layers, heads, _, head_dim = next(c for c in cached if c is not None).kv.shape
+    kv = next(c for c in cached if c is not None).kv.new_zeros((twice_layers, len(cached), heads, longest, head_dim))
     for row, prefix in enumerate(cached):
         if prefix is not None:
+            kv[:, row, :, longest - prefix.length :] = prefix.kv
             mask[row, longest - prefix.length :] = 1
-    return DynamicCache(layers), mask
+    layers = twice_layers // 2
+    return DynamicCache([(kv[i], kv[layers + i]) for i in range(layers)]), mask

@@ -33,18 +33,22 @@ LayerKV = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class CachedPrefix:
-    """The first ``length`` tokens of a prompt, as every layer's keys and values."""
+    """The first ``length`` tokens of a prompt: every layer's keys, then every layer's values,
+    ``[2 × layers, heads, length, head dim]``."""
 
     length: int
-    layers: tuple[LayerKV, ...]
+    kv: torch.Tensor
+
+    def layer(self, index: int) -> LayerKV:
+        layers = self.kv.shape[0] // 2
+        return self.kv[index], self.kv[layers + index]
 
 
 @dataclass(eq=False)
 class _Block:
     number: int
     root: int  # its stack's root number
-    layers: tuple[LayerKV, ...]
-    nbytes: int
+    kv: torch.Tensor  # as CachedPrefix.kv, one block's tokens, in memory of its own
 
 
 class PrefixCache:
@@ -74,14 +78,9 @@ class PrefixCache:
         if not keys:
             return None
         self._touch(keys)
-        blocks = [self._blocks[key] for key in keys]
-        layers = tuple(
-            (torch.cat([b.layers[i][0] for b in blocks], dim=1), torch.cat([b.layers[i][1] for b in blocks], dim=1))
-            for i in range(len(blocks[0].layers))
-        )
         length = len(keys) * self.block
         self.hit_tokens += length
-        return CachedPrefix(length, layers)
+        return CachedPrefix(length, torch.cat([self._blocks[key].kv for key in keys], dim=2))
 
     def missing(self, stack: EditStack, tokens: Sequence[int]) -> range:
         """The block numbers of ``tokens``' whole blocks that are not stored yet (those after its
@@ -93,9 +92,10 @@ class PrefixCache:
         stored = len(self._chain(root[1], tokens, whole)) if root is not None else 0
         return range(stored, whole)
 
-    def insert(self, stack: EditStack, tokens: Sequence[int], blocks: range, layers: Sequence[LayerKV]) -> None:
+    def insert(self, stack: EditStack, tokens: Sequence[int], blocks: range, kv: torch.Tensor) -> None:
         """Store blocks ``blocks`` (as :meth:`missing` gave them) of ``tokens`` under ``stack``;
-        ``layers`` hold their keys and values, ``blocks.start * block`` onwards, contiguous."""
+        ``kv`` holds their keys and values as :attr:`CachedPrefix.kv` does, from token
+        ``blocks.start * block`` on (each block is copied: evicting it frees its memory)."""
         if not blocks:
             return
         stack_key = id(stack)
@@ -107,15 +107,13 @@ class PrefixCache:
             return
         parent = self._blocks[chain[-1]].number if chain else root
         for offset, number in enumerate(blocks):
-            span = slice(offset * self.block, (offset + 1) * self.block)
-            kv = tuple((k[:, span].clone(), v[:, span].clone()) for k, v in layers)
-            nbytes = sum(k.nbytes + v.nbytes for k, v in kv)
-            if nbytes > self.max_bytes:
+            piece = kv[:, :, offset * self.block : (offset + 1) * self.block]
+            if piece.nbytes > self.max_bytes:  # a budget smaller than one block
                 break
             key = (parent, tuple(tokens[number * self.block : (number + 1) * self.block]))
             if key not in self._blocks:
-                self._blocks[key] = _Block(next(self._numbers), root, kv, nbytes)
-                self.nbytes += nbytes
+                self._blocks[key] = _Block(next(self._numbers), root, piece.clone())
+                self.nbytes += piece.nbytes
                 count += 1
             chain.append(key)
             parent = self._blocks[key].number
@@ -145,7 +143,7 @@ class PrefixCache:
         roots = {root: stack_key for stack_key, (_, root, _) in self._roots.items()}
         while self.nbytes > self.max_bytes:
             _, block = self._blocks.popitem(last=False)
-            self.nbytes -= block.nbytes
+            self.nbytes -= block.kv.nbytes
             stack_key = roots[block.root]
             stack, root, count = self._roots[stack_key]
             if count == 1:

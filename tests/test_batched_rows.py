@@ -88,10 +88,10 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
             hits = [f.length if f is not None else 0 for f in found]
             assert all(hits) == (requests[0] >= len(stacks))  # the newcomers each found their earlier prompt
             assert pending.width == max(len(texts[r]) - h for r, h in zip(requests, hits, strict=True))
-            for row, request in enumerate(requests):
-                blocks = prefixes.missing(requested[row], texts[request])
-                layers = joined.row_kv(row, slice(blocks.start * 2, blocks.stop * 2))
-                prefixes.insert(requested[row], texts[request], blocks, layers)
+            missing = [prefixes.missing(requested[row], texts[r]) for row, r in enumerate(requests)]
+            spans = [(row, blocks.start * 2, blocks.stop * 2) for row, blocks in enumerate(missing)]
+            for row, (blocks, kv) in enumerate(zip(missing, pending.prompt_kv(spans), strict=True)):
+                prefixes.insert(requested[row], texts[requests[row]], blocks, kv)
         if batch is None:
             batch = joined
         else:

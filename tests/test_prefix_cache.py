@@ -19,15 +19,16 @@ class _Stack:
     """Stands for an EditStack: the cache keys on its identity and keeps it alive while needed."""
 
 
-def _layers(tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys and values that encode each token (so a lookup's result can be checked)."""
+def _kv(tokens: list[int]) -> torch.Tensor:
+    """Keys and values ``[2 × layers, heads, tokens, head dim]`` that encode each token (so a
+    lookup's result can be checked)."""
     values = torch.tensor(tokens, dtype=torch.float32).view(1, -1, 1).expand(HEADS, -1, HEAD_DIM)
-    return [(values + layer, -values - layer) for layer in range(LAYERS)]
+    return torch.stack([values + layer for layer in range(LAYERS)] + [-values - layer for layer in range(LAYERS)])
 
 
 def _store(cache: PrefixCache, stack: _Stack, tokens: list[int]) -> None:
     blocks = cache.missing(stack, tokens)
-    cache.insert(stack, tokens, blocks, _layers(tokens[blocks.start * 2 : blocks.stop * 2]))
+    cache.insert(stack, tokens, blocks, _kv(tokens[blocks.start * 2 : blocks.stop * 2]))
 
 
 def test_a_lookup_finds_the_longest_stored_prefix_of_its_own_stack_and_leaves_a_token_to_run() -> None:
@@ -36,7 +37,7 @@ def test_a_lookup_finds_the_longest_stored_prefix_of_its_own_stack_and_leaves_a_
     assert len(cache) == 2 and cache.nbytes == 2 * BLOCK_BYTES
     found = cache.lookup(stack, [1, 2, 3, 4, 9, 9])
     assert found is not None and found.length == 4
-    assert found.layers[1][0][0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0]  # tokens 1..4, layer 1 adds 1
+    assert found.layer(1)[0][0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0]  # tokens 1..4, layer 1 adds 1
     assert cache.lookup(stack, [1, 2, 3, 4]).length == 2  # the last token always runs
     assert cache.lookup(stack, [1, 2, 7, 4, 5]).length == 2  # a different second block stops the chain
     assert cache.lookup(stack, [3, 4, 3, 4]) is None  # block [3, 4] follows [1, 2] only
