@@ -466,21 +466,15 @@ class Scheduler:
         return self.prefix_cache.max_bytes > 0
 
     def _store_prefixes(self, prefill: Prefill, newcomers: list[_Stream]) -> None:
-        """Keep the newcomers' prompt blocks that the prefix cache lacks. A model whose layers'
-        caches differ in shape cannot be stored that way: the cache turns itself off, the
-        streams go on."""
+        """Keep the newcomers' prompt blocks that the prefix cache lacks."""
         block, cache = self.prefix_cache.block, self.prefix_cache
-        try:
-            missing = [(row, cache.missing(s.stack, s.tokens)) for row, s in enumerate(newcomers)]
-            missing = [(row, blocks) for row, blocks in missing if blocks]
-            if not missing:
-                return
-            spans = [(row, blocks.start * block, blocks.stop * block) for row, blocks in missing]
-            for (row, blocks), kv in zip(missing, prefill.prompt_kv(spans), strict=True):
-                cache.insert(newcomers[row].stack, newcomers[row].tokens, blocks, kv)
-        except Exception:
-            _LOG.exception("the prefix cache of model %r cannot store this model's keys and values: off", self.name)
-            self.prefix_cache = PrefixCache(0)
+        missing = [(row, cache.missing(s.stack, s.tokens)) for row, s in enumerate(newcomers)]
+        missing = [(row, blocks) for row, blocks in missing if blocks]
+        if not missing:
+            return
+        spans = [(row, blocks.start * block, blocks.stop * block) for row, blocks in missing]
+        for (row, blocks), kv in zip(missing, prefill.prompt_kv(spans), strict=True):
+            cache.insert(newcomers[row].stack, newcomers[row].tokens, blocks, kv)
 
     def _admitted(self, stream: _Stream, waited: float) -> None:
         """``stream`` leaves the queue for a prefill after ``waited`` seconds there."""
