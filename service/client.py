@@ -32,6 +32,7 @@ class Generation:
     token_ids: list[int]
     version: str
     finish_reason: str
+    cached_prompt_tokens: int = 0  # prompt tokens the server's prefix cache gave
 
 
 class ExportDamaged(Exception):
@@ -278,7 +279,7 @@ class ScalpelClient:
             else:
                 done = event.done
         assert done is not None, "the stream ended without its final message"
-        return Generation(text, ids, done.version, done.finish_reason)
+        return Generation(text, ids, done.version, done.finish_reason, done.cached_prompt_tokens)
 
 
 def _receive(chunks: Iterator[pb.ExportChunk], directory: Path) -> dict[str, str]:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
@@ -110,6 +110,7 @@ class _Stream:
     pending: list[int] = field(default_factory=list)  # tokens made, not yet handed to the reader
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
+    cached: int = 0  # prompt tokens its prefill took from the prefix cache
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
     joined: float = 0.0  # and the time then (time.monotonic)
     clock: StreamClock | None = None  # the serving metrics' (service.stream_timing)
@@ -143,13 +144,16 @@ class _Stream:
 
     def _hand_over(self, now: float) -> None:
         if self.pending:
-            self.outbox.append((self, _Made(tuple(self.pending), tuple(self.pending_logprobs))))
+            cached = self.cached if self.produced == len(self.pending) else 0  # told with the first tokens
+            self.outbox.append((self, _Made(tuple(self.pending), tuple(self.pending_logprobs), cached)))
             self.pending, self.pending_logprobs = [], []
         self.handed_at = now
 
     def end(self, event: Finished | BaseException) -> None:
         """End the stream with ``event`` after the tokens still pending."""
         self._hand_over(0.0)
+        if isinstance(event, Finished):
+            event = replace(event, cached_prompt_tokens=self.cached)
         self.outbox.append((self, event))
 
 
@@ -264,8 +268,8 @@ class Scheduler:
             ids: list[int] = []
             end: object = None
             while end is None:
-                more, _, end = _drain(stream.events)
-                ids += more
+                gathered = _drain(stream.events)
+                ids, end = ids + gathered.ids, gathered.end
             if isinstance(end, BaseException):
                 raise end
             produced.append(ids)
@@ -416,6 +420,8 @@ class Scheduler:
         columns = max(1, self.prefill_chunk_tokens // len(prompts))
         try:
             cached = [self.prefix_cache.lookup(s.stack, s.tokens) for s in self._joining] if self._caching else None
+            for stream, prefix in zip(self._joining, cached or (), strict=False):
+                stream.cached = prefix.length if prefix is not None else 0
             self._prefilling = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
         except Exception as error:
             self._prefill_failed(error)

@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -43,34 +43,49 @@ class Token:
 class Finished:
     finish_reason: str  # length | stop | eos | cancelled
     tokens: int
+    cached_prompt_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
 
 
 @dataclass(frozen=True)
 class _Made:
-    """Tokens handed to a stream's reader at once (with their log-probabilities, if asked)."""
+    """Tokens handed to a stream's reader at once (with their log-probabilities, if asked); the
+    first also says how many prompt tokens the prefix cache gave."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprob, ...]
+    cached_prompt_tokens: int = 0
 
 
 #: What a stream's reader receives: new tokens, or its end.
 _Event = _Made | Finished | BaseException
 
 
-def _gather(events: Iterable[_Event]) -> tuple[list[int], list[TokenLogprob], object]:
-    """The new token ids in order, their log-probabilities (if the stream asked), and the end of
-    the stream (a :class:`Finished` or an exception) if it came: nothing follows an end."""
-    ids: list[int] = []
-    logprobs: list[TokenLogprob] = []
+@dataclass
+class _Gathered:
+    """A stream's events read at once: the new token ids in order, their log-probabilities (if
+    the stream asked), the prompt tokens the prefix cache gave (told with the first tokens), and
+    the end of the stream (a :class:`Finished` or an exception) if it came."""
+
+    ids: list[int]
+    logprobs: list[TokenLogprob]
+    cached_prompt_tokens: int = 0
+    end: object = None
+
+
+def _gather(events: Iterable[_Event]) -> _Gathered:
+    """:class:`_Gathered` of ``events``: nothing follows an end."""
+    gathered = _Gathered([], [])
     for event in events:
         if not isinstance(event, _Made):
-            return ids, logprobs, event
-        ids.extend(event.token_ids)
-        logprobs.extend(event.logprobs)
-    return ids, logprobs, None
+            gathered.end = event
+            return gathered
+        gathered.ids.extend(event.token_ids)
+        gathered.logprobs.extend(event.logprobs)
+        gathered.cached_prompt_tokens = max(gathered.cached_prompt_tokens, event.cached_prompt_tokens)
+    return gathered
 
 
-def _drain(events: queue.SimpleQueue[_Event]) -> tuple[list[int], list[TokenLogprob], object]:
+def _drain(events: queue.SimpleQueue[_Event]) -> _Gathered:
     """Wait for a stream's next event, then :func:`_gather` it with every event already queued."""
 
     def queued() -> Iterator[_Event]:
@@ -94,12 +109,15 @@ class _Reading:
         self._longest_stop = max(map(len, sampling.stop), default=0)
         self._text = ""
         self._produced = 0
+        self._cached = 0  # prompt tokens the prefix cache gave, told with the first tokens
         self.over = False
         self.failure: BaseException | None = None  # what ended the stream, to raise after its tokens
 
-    def feed(self, ids: list[int], logprobs: list[TokenLogprob], end: object) -> list[Token | Finished]:
+    def feed(self, gathered: _Gathered) -> list[Token | Finished]:
         """The caller's events for these tokens (and the stream's end, if it came); an exception
         that ended the stream is raised after them (``over`` is then set)."""
+        ids, logprobs, end = gathered.ids, gathered.logprobs, gathered.end
+        self._cached = max(self._cached, gathered.cached_prompt_tokens)
         out: list[Token | Finished] = []
         if ids and self._clock is not None:
             self._clock.tokens_read()
@@ -114,7 +132,7 @@ class _Reading:
                 self._finished()
                 return [
                     Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1])),
-                    Finished("stop", self._produced),
+                    Finished("stop", self._produced, self._cached),
                 ]
         if ids:
             out.append(Token(tuple(ids), "".join(pieces), tuple(logprobs)))
@@ -126,7 +144,7 @@ class _Reading:
                 assert isinstance(end, Finished)
                 if end.finish_reason != "cancelled":
                     self._finished()
-                out.append(end)
+                out.append(replace(end, cached_prompt_tokens=max(end.cached_prompt_tokens, self._cached)))
         return out
 
     def _finished(self) -> None:
@@ -163,7 +181,7 @@ def _read(
 ) -> Iterator[Token | Finished]:
     try:
         while not reading.over:
-            yield from reading.feed(*_drain(events))
+            yield from reading.feed(_drain(events))
         if reading.failure is not None:
             raise reading.failure
     finally:
@@ -223,7 +241,7 @@ class LoopEvents:
         if waiter is not None:
             self._bell.ring(waiter)
 
-    async def drain(self) -> tuple[list[int], list[TokenLogprob], object]:
+    async def drain(self) -> _Gathered:
         """Wait for the next event, then :func:`_gather` it with every event already queued."""
         while True:
             with self._lock:
@@ -260,7 +278,7 @@ async def read_on_loop(
     reading = _Reading(tokenizer, sampling, clock)
     try:
         while not reading.over:
-            for event in reading.feed(*await events.drain()):
+            for event in reading.feed(await events.drain()):
                 yield event
         if reading.failure is not None:
             raise reading.failure

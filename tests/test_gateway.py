@@ -79,6 +79,32 @@ def test_completions_equal_grpc_generate_and_name_the_version(gateway) -> None:
     assert {"toy", "toy@production", "toy@staging"} <= listed
 
 
+def test_usage_counts_the_prompt_tokens_that_the_prefix_cache_gave(gateway) -> None:
+    """A 36-token prompt sent again takes its first 32 tokens' keys and values from the prefix
+    cache: OpenAI's ``prompt_tokens_details.cached_tokens`` says so over HTTP (whole and streamed),
+    ``GenerateDone.cached_prompt_tokens`` over gRPC, also when a stop string ends the stream; the
+    text is the same as the first time."""
+    server, http, grpc_client = gateway
+    tokenizer = server.hosts["toy"].tokenizer
+    prompt = " ".join(token.lstrip("Ġ") for token in tokenizer.convert_ids_to_tokens(list(range(300, 335))))
+    assert len(tokenizer(prompt)["input_ids"]) == 36
+    first = http.completions.create(model="toy", prompt=prompt, max_tokens=4, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing stored for it yet
+    again = http.completions.create(model="toy", prompt=prompt, max_tokens=4, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens == 32 and again.choices[0].text == first.choices[0].text
+    chunks = list(
+        http.completions.create(
+            model="toy", prompt=prompt, max_tokens=4, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 32
+    generated = grpc_client.generate("toy", prompt, version=0, max_tokens=4)
+    assert generated.cached_prompt_tokens == 32 and generated.text == first.choices[0].text
+    stop = first.choices[0].text.split()[0]
+    stopped = grpc_client.generate("toy", prompt, version=0, max_tokens=4, stop=[stop])
+    assert stopped.finish_reason == "stop" and stopped.cached_prompt_tokens == 32
+
+
 def test_streamed_completions_and_chat_carry_the_same_text(gateway) -> None:
     _, http, grpc_client = gateway
     whole = http.completions.create(model="toy", prompt=PROMPT, max_tokens=8, temperature=0)

@@ -47,6 +47,7 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
                             version=f"models/{model}/versions/{version}",
                             finish_reason=event.finish_reason,
                             tokens=event.tokens,
+                            cached_prompt_tokens=event.cached_prompt_tokens,
                         )
                     )
                 else:

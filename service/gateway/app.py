@@ -469,18 +469,22 @@ class _Reply:
         if self.metrics is not None:
             self.metrics.tokens.labels(self.target.host.name, str(self.target.version)).inc(finished.tokens)
 
-    def _usage(self, choices: list[_Choice], completion_tokens: int) -> dict[str, int]:
+    def _usage(self, choices: list[_Choice], ends: list[Finished]) -> dict[str, Any]:
+        """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` counts the prompt tokens
+        the prefix cache gave (as OpenAI and vLLM report them)."""
         prompt_tokens = sum(choice.prompt_tokens for choice in choices)
+        completion_tokens = sum(end.tokens for end in ends)
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": sum(end.cached_prompt_tokens for end in ends)},
         }
 
     async def whole(self, choices: list[_Choice], build: Whole, gone: threading.Event) -> JSONResponse:
         """One JSON reply once every choice has ended, read on the event loop; if one fails, the
         others' rows leave at the next step."""
-        built, produced = [], 0
+        built, ends = [], []
         try:
             for choice in choices:  # all joined the batch already: later ones wait in their queues
                 events = [event async for event in choice.events]
@@ -488,13 +492,13 @@ class _Reply:
                 assert isinstance(finished, Finished)
                 tokens = [e for e in events if isinstance(e, Token)]
                 self._counted(finished)
-                produced += finished.tokens
+                ends.append(finished)
                 built.append(build(choice, "".join(t.text for t in tokens), tokens, finished))
         finally:
             gone.set()
             for choice in choices:
                 await choice.events.aclose()
-        body = self._envelope(choices=built, usage=self._usage(choices, produced))
+        body = self._envelope(choices=built, usage=self._usage(choices, ends))
         return JSONResponse(body, headers={"x-scalpel-version": self.target.version_name})
 
     def streamed(
@@ -504,18 +508,18 @@ class _Reply:
         up), ``gone`` and closing the readers tell the scheduler at once."""
 
         async def body() -> AsyncIterator[str]:
-            produced = 0
+            ends: list[Finished] = []
             started: set[int] = set()
             try:
                 async with contextlib.aclosing(_interleaved(choices)) as events:  # its readers stop first
                     async for choice, event in events:
                         if isinstance(event, Finished):
                             self._counted(event)
-                            produced += event.tokens
+                            ends.append(event)
                         yield _sse(self._envelope(choices=[delta(choice, event, choice.index not in started)]))
                         started.add(choice.index)
                 if include_usage:
-                    yield _sse(self._envelope(choices=[], usage=self._usage(choices, produced)))
+                    yield _sse(self._envelope(choices=[], usage=self._usage(choices, ends)))
                 yield "data: [DONE]\n\n"
             except Exception as error:  # the status line is gone: the error travels as an event
                 yield _sse(_as_gateway_error(error).body())

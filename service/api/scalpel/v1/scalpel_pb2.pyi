@@ -622,14 +622,16 @@ class TokenChunk(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("version", "finish_reason", "tokens")
+    __slots__ = ("version", "finish_reason", "tokens", "cached_prompt_tokens")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     version: str
     finish_reason: str
     tokens: int
-    def __init__(self, version: _Optional[str] = ..., finish_reason: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
+    cached_prompt_tokens: int
+    def __init__(self, version: _Optional[str] = ..., finish_reason: _Optional[str] = ..., tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("token", "done")
