@@ -79,7 +79,6 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     model, tokenizer, world = load_toy_model()
-    texts = prompts(world, args.requests)
 
     def in_process(text: str) -> int:
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
@@ -95,7 +94,7 @@ def main() -> None:
         def via_service(text: str) -> int:
             return len(client.generate("toy", text, max_tokens=NEW_TOKENS).token_ids)
 
-        for warm in texts[:4]:
+        for warm in prompts(world, 4):
             in_process(warm)
             via_service(warm)
         for concurrency in (1, 8):
@@ -104,14 +103,14 @@ def main() -> None:
             for round_ in range(args.rounds):
                 sides = [(plain, in_process), (served, via_service)]
                 for sink, run_one in sides if round_ % 2 == 0 else sides[::-1]:
-                    sink.append(tokens_per_second(run_one, texts, concurrency))
+                    sink.append(tokens_per_second(run_one, prompts(world, args.requests), concurrency))
                 ratios.append(served[-1] / plain[-1])
             results[f"inprocess_tokens_per_s_c{concurrency}"] = statistics.median(plain)
             results[f"service_tokens_per_s_c{concurrency}"] = statistics.median(served)
             results[f"throughput_ratio_c{concurrency}"] = statistics.median(ratios)
 
         ttft = []
-        for text in texts[:30]:
+        for text in prompts(world, 30):
             started = time.perf_counter()
             stream = client.stream("toy", text, max_tokens=NEW_TOKENS)
             next(iter(stream))

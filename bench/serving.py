@@ -4,7 +4,10 @@
     → {"c{N}_same_ratio_to_limit", "c{N}_mixed_ratio_to_limit", "c{N}_speedup_vs_turns",
        "ttft_p50_ms_c{N}", "ttft_p99_ms_c{N}", "c{N}_same_tokens_per_s", …} for N in 1, 8, 64
 
-Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol sequences).
+Greedy, 32 new tokens, prompts the toy model keeps continuing (repeated symbol sequences, 25
+tokens each). Every run of every side gets prompts of its own, so the server's prefix cache (on by
+default) never finds one it stored: the limit has no such cache, and `bench/prefix_cache.py`
+measures what it gives where prompts do share a start.
 
 - **limit**: `transformers`' own `generate` on the plain model, in this process, at batch =
   concurrency (left-padded): what the hardware gives with no service and no edits at all.
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import random
 import signal
 import statistics
@@ -81,8 +85,14 @@ CONCURRENCY = (1, 8, 64)
 VERSIONS = 8
 
 
-def prompts(world, n: int) -> list[str]:
-    rng = random.Random(0)
+#: Each batch of prompts gets a seed of its own: the server's prefix cache must never find a
+#: prompt it saw before (``generate``, the limit, has no such cache; every prompt has 25 tokens).
+_SEEDS = itertools.count(1)
+
+
+def prompts(world, n: int, seed: int | None = None) -> list[str]:
+    """``n`` prompts the toy model keeps continuing, each a fresh sequence (``seed``: the next one)."""
+    rng = random.Random(next(_SEEDS) if seed is None else seed)
     return [" ".join((seq := rng.sample(world.symbols, 12)) + seq) for _ in range(n)]
 
 
@@ -199,10 +209,10 @@ def engine_run(database: str, concurrency: int, per_stream: int, device: str, dt
         events = host.generate(0, text, max_tokens=NEW_TOKENS)
         return sum(len(event.token_ids) for event in events if isinstance(event, Token))
 
-    texts = prompts(world, concurrency * per_stream)
     freeze_startup_heap()  # as `scalpel serve` does
     run_concurrently(in_engine, prompts(world, 16), 8)
-    streams = run_concurrently(in_engine, texts, concurrency)
+    streams = run_concurrently(in_engine, prompts(world, concurrency * per_stream), concurrency)
+    texts = prompts(world, concurrency * per_stream)
     started = time.perf_counter()
     stack = host.stack(0)
     produced = 0
@@ -284,7 +294,7 @@ def main() -> None:
         run_concurrently(via_service(1, 8, inline_client), warm, 8)
         limit_tokens_per_second(model, tokenizer, warm, 8)
         for concurrency in args.concurrency:
-            texts = prompts(world, concurrency * args.per_stream)
+            count = concurrency * args.per_stream
             aligned: list[float] = []  # the engine process's second figure, measured with "engine"
 
             def engine(c: int = concurrency, aligned: list[float] = aligned) -> float:
@@ -292,21 +302,27 @@ def main() -> None:
                 aligned.append(in_batches)
                 return streams
 
-            def same(c: int = concurrency, t: list[str] = texts) -> float:
+            def same(c: int = concurrency, n: int = count) -> float:
                 before = server_latency(served.metrics_port)
-                rate = run_concurrently(via_service(1, c), t, c)
+                rate = run_concurrently(via_service(1, c), prompts(world, n), c)
                 for name, value in server_latency(served.metrics_port).items():
                     server_side[name] = server_side.get(name, 0.0) + value - before.get(name, 0.0)
                 return rate
 
             server_side.clear()
             sides: dict[str, Callable[[], float]] = {
-                "limit": lambda c=concurrency, t=texts: limit_tokens_per_second(model, tokenizer, t, c),
+                "limit": lambda c=concurrency, n=count: limit_tokens_per_second(model, tokenizer, prompts(world, n), c),
                 "same": same,
-                "mixed": lambda c=concurrency, t=texts: run_concurrently(via_service(VERSIONS, c), t, c),
-                "inline": lambda c=concurrency, t=texts: run_concurrently(via_service(1, c, inline_client), t, c),
+                "mixed": lambda c=concurrency, n=count: run_concurrently(
+                    via_service(VERSIONS, c), prompts(world, n), c
+                ),
+                "inline": lambda c=concurrency, n=count: run_concurrently(
+                    via_service(1, c, inline_client), prompts(world, n), c
+                ),
                 "engine": engine,
-                "turns": lambda c=concurrency, t=texts: turns_tokens_per_second(model, tokenizer, local_stacks, t, c),
+                "turns": lambda c=concurrency, n=count: turns_tokens_per_second(
+                    model, tokenizer, local_stacks, prompts(world, n), c
+                ),
             }
             figures: dict[str, list[float]] = {name: [] for name in sides}
             for round_ in range(args.rounds):
