@@ -1,15 +1,18 @@
 """What a long prompt does to the streams already decoding, by prefill chunk size.
 
     python bench/chunked_prefill.py --json
-    → {"chunk{C}_running_max_gap_ms", "chunk{C}_long_ttft_ms", …} for each --chunks C
+    → {"chunk{C}_running_max_gap_ms", "chunk{C}_long_ttft_ms", "chunk{C}_short_ttft_ms"} for each
+      --chunks C
 
 A GPT-2-small-shaped model (124M, randomly initialised: no download), float32, in this process
 (``--device``).
 Four streams decode (16-token prompts, greedy, past EOS); once each has 10 tokens, a request
 with a ``--long``-token prompt arrives. Reported per chunk size (the scheduler's
 ``prefill_chunk_tokens``): the running streams' longest wait between two tokens while that
-prompt is prefilled (one whole prefill forward when it fits in a chunk) and the long request's
-time to first token. The median over ``--rounds``; each round runs every chunk size.
+prompt is prefilled (one whole prefill forward when it fits in a chunk), the long request's
+time to first token, and that of a 16-token request sent once the long prompt is admitted (its
+prefill goes ahead of the long one's remaining chunks). The median over
+``--rounds``; each round runs every chunk size.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from service.scheduler import Sampling, Scheduler, Token
 RUNNING = 4
 
 
-def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tuple[float, float]:
-    """The running streams' longest gap between tokens after the long request arrived, and that
-    request's time to first token (both in ms)."""
+def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tuple[float, float, float]:
+    """The running streams' longest gap between tokens after the long request arrived, that
+    request's time to first token and the short request's (all in ms)."""
     context = model.config.n_positions
     scheduler = Scheduler(
         model, surgeon, tokenizer, f"chunk{chunk}", context, prefill_chunk_tokens=chunk, stream_interval=1
@@ -62,8 +65,16 @@ def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tupl
     started.wait()
     arrived = time.perf_counter()
     prompt = torch.randint(1, vocab, (long,), generator=generator).to(model.device)
+    events = scheduler.generate(prompt, stack, Sampling(max_tokens=4, ignore_eos=True))
+    while scheduler.waiting:  # until the long prompt is admitted (its prefill under way)
+        time.sleep(0.001)
+    short_sent = time.perf_counter()
+    short = torch.randint(1, vocab, (16,), generator=generator).to(model.device)
+    short_first = next(e for e in scheduler.generate(short, stack, Sampling(max_tokens=1)) if isinstance(e, Token))
+    short_ttft = time.perf_counter() - short_sent
+    assert short_first.token_ids
     first = None
-    for event in scheduler.generate(prompt, stack, Sampling(max_tokens=4, ignore_eos=True)):
+    for event in events:
         if isinstance(event, Token) and first is None:
             first = time.perf_counter()
     for reader in readers:
@@ -71,7 +82,7 @@ def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tupl
     scheduler.close()
     assert first is not None
     gaps = [b - a for times in arrivals for a, b in itertools.pairwise(times) if b > arrived]
-    return 1000 * max(gaps), 1000 * (first - arrived)
+    return 1000 * max(gaps), 1000 * (first - arrived), 1000 * short_ttft
 
 
 def main() -> None:
@@ -88,14 +99,15 @@ def main() -> None:
     model = gpt2_small_shaped(tokenizer, args.device)
     surgeon = Surgeon(model)
     one_round(model, surgeon, tokenizer, args.chunks[-1], 64)  # warm
-    figures: dict[int, list[tuple[float, float]]] = {c: [] for c in args.chunks}
+    figures: dict[int, list[tuple[float, float, float]]] = {c: [] for c in args.chunks}
     for round_ in range(args.rounds):
         for chunk in args.chunks if round_ % 2 == 0 else args.chunks[::-1]:
             figures[chunk].append(one_round(model, surgeon, tokenizer, chunk, args.long))
     results: dict[str, float] = {}
     for chunk, rounds in figures.items():
-        results[f"chunk{chunk}_running_max_gap_ms"] = statistics.median(gap for gap, _ in rounds)
-        results[f"chunk{chunk}_long_ttft_ms"] = statistics.median(ttft for _, ttft in rounds)
+        results[f"chunk{chunk}_running_max_gap_ms"] = statistics.median(gap for gap, _, _ in rounds)
+        results[f"chunk{chunk}_long_ttft_ms"] = statistics.median(ttft for _, ttft, _ in rounds)
+        results[f"chunk{chunk}_short_ttft_ms"] = statistics.median(short for _, _, short in rounds)
     report(results, args.json)
 
 

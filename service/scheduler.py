@@ -8,8 +8,9 @@ A single thread owns the model's forwards. Between two forwards it
 2. admits waiting streams (up to ``max_rows`` rows and ``prefill_tokens`` prompt tokens per
    prefill; check runs' rows after every waiting stream), prefills them in batched forwards of at
    most ``prefill_chunk_tokens`` positions (a long prefill takes one chunk per iteration, so the
-   running rows decode between its chunks; a prompt's start stored in the prefix cache is not run
-   again), samples their first token, and merges them into the running batch;
+   running rows decode between its chunks, and newcomers admitted meanwhile run their chunks first
+   rather than wait for its last; a prompt's start stored in the prefix cache is not run again),
+   samples their first token, and merges them into the running batch;
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
@@ -65,6 +66,11 @@ AUTO_INTERVAL_MAX = 8
 
 #: Bytes of prompt prefixes' keys and values a scheduler keeps (editors.prefix_cache) unless told.
 PREFIX_CACHE_BYTES = 256 << 20
+
+#: Prefills in flight at once: a long one advancing chunk by chunk, and newcomers admitted
+#: meanwhile, whose prefill (usually short) runs its chunks first instead of waiting for the long
+#: one's last. Each iteration still runs one prefill chunk.
+MAX_PREFILLS = 2
 
 #: Job priorities: lower runs first.
 INTERACTIVE = 0
@@ -157,6 +163,14 @@ class _Stream:
         self.outbox.append((self, event))
 
 
+@dataclass(eq=False)
+class _Joining:
+    """Streams admitted together, on their way into the batch, and their prefill once started."""
+
+    streams: list[_Stream]
+    prefill: Prefill | None = None
+
+
 @dataclass(order=True)
 class _Job:
     priority: int
@@ -220,8 +234,9 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._rows: list[_Stream | None] = []  # None: a row whose stream ended, not yet compacted away
-        self._joining: list[_Stream] = []  # admitted from the queue, being prefilled into the batch
-        self._prefilling: Prefill | None = None  # their prefill, when it takes more than one chunk
+        #: Streams admitted from the queue, being prefilled into the batch (the group whose chunk
+        #: runs next first; at most MAX_PREFILLS groups).
+        self._joining: deque[_Joining] = deque()
         self._batch: DecodeBatch | None = None
         self._row_stacks: RowStacks | None = None  # the current rows' stacks; rebuilt when rows change
         #: The decode step count at which an ended row left in the batch would run past the context.
@@ -324,7 +339,8 @@ class Scheduler:
     def requests(self) -> int:
         """Streams in the batch, joining it or waiting to (one being merged may count twice
         for a moment, never zero times)."""
-        return len(self._joining) + self.active_rows + self.waiting
+        joining = sum(len(group.streams) for group in list(self._joining))  # list(): one atomic copy
+        return joining + self.active_rows + self.waiting
 
     @property
     def abandoned(self) -> int:
@@ -350,33 +366,36 @@ class Scheduler:
                 job = heapq.heappop(self._jobs) if self._jobs else None
             if job is not None:  # between two steps: every stream is in the batch, joining it or waiting
                 self._run_job(job)
-            if not self._joining:  # one prefill at a time
+            if len(self._joining) < MAX_PREFILLS:
                 with self._wake:
-                    self._joining = self._admit()
+                    admitted = self._admit(gather=not self._joining)
+                if admitted:  # its chunks go first: a short prefill never waits for a long one
+                    self._joining.appendleft(_Joining(admitted))
             with torch.inference_mode():
-                if self._joining and self._prefilling is None:
-                    self._start_prefill()
-                if self._prefilling is not None:
-                    self._prefill_chunk()
+                if self._joining:
+                    self._prefill_step(self._joining[0])
                 self._drop_gone()
                 if self._batch is not None:
                     self._decode()
             self._deliver()
         self._shutdown()
 
-    def _admit(self) -> list[_Stream]:
+    def _admit(self, gather: bool = True) -> list[_Stream]:
         """Waiting streams that fit this step's prefill (called under the lock).
 
-        A prefill is a forward of its own, so while rows are decoding newcomers are gathered into
-        fewer, larger prefills: they are admitted once they are ``admit_ratio`` of the running rows,
-        or once the oldest has waited ``admit_within`` decode steps (its extra time to first token).
-        The defaults (half, 8 steps) measured best on ``bench/serving.py``: an eighth and 4 steps
-        made twice the prefills and ~10 % fewer tokens/s at concurrency 64. Streams go first,
+        A prefill is a forward of its own, so while rows are decoding newcomers are gathered
+        (``gather``) into fewer, larger prefills: they are admitted once they are ``admit_ratio``
+        of the running rows, or once the oldest has waited ``admit_within`` decode steps (its
+        extra time to first token). The defaults (half, 8 steps) measured best on
+        ``bench/serving.py``: an eighth and 4 steps made twice the prefills and ~10 % fewer
+        tokens/s at concurrency 64. While a long prefill runs chunk by chunk nothing is gathered:
+        the newcomers' prefill takes one of the turns that chunks run anyway. Streams go first,
         check runs' rows (background) after them."""
         active, lines = self.active_rows, (self._waiting, self._background)
         waiting = self.waiting
         if (
-            active
+            gather
+            and active
             and waiting
             and waiting < max(1, int(active * self.admit_ratio))
             and self.steps - min(line[0].queued_at for line in lines if line) < self.admit_within
@@ -403,53 +422,30 @@ class Scheduler:
         except BaseException as error:  # handed to the caller, who raises it in its own thread
             job.future.set_exception(error)
 
-    def _start_prefill(self) -> None:
-        """Set up the prefill of the streams just admitted (those whose reader is still there)."""
-        now, live = time.monotonic(), []
-        for stream in self._joining:
-            if stream.gone():  # its reader went away while it waited
-                stream.end(Finished("cancelled", 0))
-                self.cancelled += 1
-            else:
-                self._admitted(stream, now - stream.joined)
-                live.append(stream)
-        self._joining = live  # (each stream judged once: one that leaves now still gets its end)
-        if not self._joining:
-            return
-        prompts, stacks = [s.prompt for s in self._joining], [s.stack for s in self._joining]
-        columns = max(1, self.prefill_chunk_tokens // len(prompts))
+    def _prefill_step(self, group: _Joining) -> None:
+        """Run ``group``'s next prefill chunk (set up first if it has none); after its last, merge
+        its rows into the batch. A group with chunks left goes behind the other one, if any."""
+        if group.prefill is None:
+            self._start_prefill(group)
+            if group.prefill is None:  # every reader went away, or the set-up failed
+                self._leave(group)
+                return
+        newcomers = group.streams
         try:
-            cached = [self.prefix_cache.lookup(s.stack, s.tokens) for s in self._joining] if self._caching else None
-            for stream, prefix in zip(self._joining, cached or (), strict=False):
-                stream.cached = prefix.length if prefix is not None else 0
-            self._prefilling = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
-        except Exception as error:
-            self._prefill_failed(error)
-
-    def _prefill_failed(self, error: Exception) -> None:
-        _LOG.exception("prefill of %d rows failed", len(self._joining))
-        for stream in self._joining:
-            stream.end(error)
-        self._joining, self._prefilling = [], None
-
-    def _prefill_chunk(self) -> None:
-        """Run the prefill's next chunk; after its last, merge its rows into the batch."""
-        assert self._prefilling is not None
-        newcomers = self._joining
-        try:
-            done = self._prefilling.advance()
+            done = group.prefill.advance()
             self.forwards += 1
             if done is None:
+                self._joining.remove(group)
+                self._joining.append(group)
                 return
             joined, logits = done
             if self._caching:
-                self._store_prefixes(self._prefilling, newcomers)
+                self._store_prefixes(group.prefill, newcomers)
             tokens = self._pick(logits, newcomers)
             now = time.monotonic()
         except Exception as error:
-            self._prefill_failed(error)
+            self._prefill_failed(group, error)
             return
-        self._prefilling = None
         keep = [
             row
             for row, (s, (token, logprob)) in enumerate(zip(newcomers, tokens, strict=True))
@@ -465,7 +461,42 @@ class Scheduler:
                 self._batch.merge(joined)
             self._rows += [newcomers[row] for row in keep]
             self._row_stacks = None
-        self._joining = []  # after the merge: a reader counting requests never misses them
+        self._leave(group)  # after the merge: a reader counting requests never misses them
+
+    def _start_prefill(self, group: _Joining) -> None:
+        """Set up the prefill of ``group``'s streams (those whose reader is still there)."""
+        now, live = time.monotonic(), []
+        for stream in group.streams:
+            if stream.gone():  # its reader went away while it waited
+                stream.end(Finished("cancelled", 0))
+                self.cancelled += 1
+            else:
+                self._admitted(stream, now - stream.joined)
+                live.append(stream)
+        group.streams = live  # (each stream judged once: one that leaves now still gets its end)
+        if not live:
+            return
+        prompts, stacks = [s.prompt for s in live], [s.stack for s in live]
+        columns = max(1, self.prefill_chunk_tokens // len(prompts))
+        try:
+            cached = [self.prefix_cache.lookup(s.stack, s.tokens) for s in live] if self._caching else None
+            for stream, prefix in zip(live, cached or (), strict=False):
+                stream.cached = prefix.length if prefix is not None else 0
+            group.prefill = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
+        except Exception as error:
+            self._prefill_failed(group, error)
+
+    def _prefill_failed(self, group: _Joining, error: Exception) -> None:
+        _LOG.exception("prefill of %d rows failed", len(group.streams))
+        for stream in group.streams:
+            stream.end(error)
+        self._leave(group)
+        group.prefill = None
+
+    def _leave(self, group: _Joining) -> None:
+        """``group`` is no longer joining (merged, failed, or nobody left to prefill)."""
+        if group in self._joining:
+            self._joining.remove(group)
 
     @property
     def _caching(self) -> bool:
@@ -575,7 +606,8 @@ class Scheduler:
         closed = SchedulerClosed("the model is shutting down; retry on another replica")
         with self._wake:
             rows = [stream for stream in self._rows if stream is not None]
-            pending = [*self._waiting, *self._background, *self._joining, *rows]
+            joining = [stream for group in self._joining for stream in group.streams]
+            pending = [*self._waiting, *self._background, *joining, *rows]
             self._waiting.clear()
             self._background.clear()
             jobs, self._jobs = self._jobs, []

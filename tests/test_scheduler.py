@@ -347,6 +347,39 @@ def test_a_prompt_starting_like_an_earlier_one_runs_only_the_rest_and_makes_the_
         plain.close()
 
 
+def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_remaining_chunks(toy) -> None:
+    """A 4-token prompt arriving while a 28-token prompt is prefilled 4 positions at a time is
+    admitted at once and prefilled next, not after the long prompt's last chunk; both streams
+    still produce exactly their solo output."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "two-prefills", prefill_chunk_tokens=4)
+    stack = surgeon.compile([])
+    long = tokenizer(" ".join(world.symbols[:27]), return_tensors="pt")["input_ids"][0]
+    short = long.new_tensor(tokenizer.convert_tokens_to_ids(world.symbols[40:44]))
+    assert len(long) == 28 and len(short) == 4
+    chunks: list[list[int]] = []
+    arrived: list = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        chunks.append(kwargs["input_ids"][0].tolist())
+        if len(chunks) == 1:  # the long prompt's first chunk: the short request arrives now
+            arrived.append(scheduler.generate(short, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        long_events = list(scheduler.generate(long, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
+        short_events = list(arrived[0])
+    finally:
+        hook.remove()
+        scheduler.close()
+    assert chunks[0] == long[:4].tolist() and chunks[1] == short.tolist()  # next, not after chunk 7
+    assert chunks.index(long[-4:].tolist()) > 1
+    for events, prompt in ((long_events, long), (short_events, short)):
+        made = [t for e in events if isinstance(e, Token) for t in e.token_ids]
+        assert made == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
 def test_an_ended_row_at_the_end_of_the_context_leaves_before_it_would_run_past_it(toy) -> None:
     """A stream whose prompt nearly fills the context ends after a few tokens while four others
     go on: its row, left in the batch (a fifth of it: under the quarter that compacts), would
