@@ -348,36 +348,52 @@ def test_a_prompt_starting_like_an_earlier_one_runs_only_the_rest_and_makes_the_
 
 
 def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_remaining_chunks(toy) -> None:
-    """A 4-token prompt arriving while a 28-token prompt is prefilled 4 positions at a time is
-    admitted at once and prefilled next, not after the long prompt's last chunk; both streams
-    still produce exactly their solo output."""
+    """Four streams decode; a 48-token prompt is prefilled 8 positions at a time; a 4-token prompt
+    arriving after its first chunk is admitted at once (not gathered for 8 decode steps, as
+    newcomers are when a prefill would be a forward of its own) and prefilled next, not after the
+    long prompt's last chunk. Every stream still produces exactly its solo output."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
-    scheduler = Scheduler(model, surgeon, tokenizer, "two-prefills", prefill_chunk_tokens=4)
+    scheduler = Scheduler(model, surgeon, tokenizer, "two-prefills", prefill_chunk_tokens=8)
     stack = surgeon.compile([])
-    long = tokenizer(" ".join(world.symbols[:27]), return_tensors="pt")["input_ids"][0]
-    short = long.new_tensor(tokenizer.convert_tokens_to_ids(world.symbols[40:44]))
-    assert len(long) == 28 and len(short) == 4
-    chunks: list[list[int]] = []
+    long = tokenizer(" ".join(world.symbols[:47]), return_tensors="pt")["input_ids"][0]
+    short = long.new_tensor(tokenizer.convert_tokens_to_ids(world.symbols[60:64]))
+    running = [
+        long.new_tensor(tokenizer.convert_tokens_to_ids(world.symbols[70 + 4 * i : 74 + 4 * i])) for i in range(4)
+    ]
+    assert len(long) == 48 and len(short) == 4
+    prefills: list[list[int]] = []  # one-row forwards of more than one position: the two prompts' chunks
     arrived: list = []
 
     def record(_: object, args: tuple, kwargs: dict) -> None:
-        chunks.append(kwargs["input_ids"][0].tolist())
-        if len(chunks) == 1:  # the long prompt's first chunk: the short request arrives now
-            arrived.append(scheduler.generate(short, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
+        ids = kwargs["input_ids"]
+        if ids.shape[0] == 1 and ids.shape[1] > 1:
+            prefills.append(ids[0].tolist())
+            if prefills[0] == long[:8].tolist() and not arrived:  # the long prompt's first chunk ran
+                arrived.append(scheduler.generate(short, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
 
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    sampling = Sampling(max_tokens=40, ignore_eos=True)
     try:
-        long_events = list(scheduler.generate(long, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
-        short_events = list(arrived[0])
+        streams = [scheduler.generate(prompt, stack, sampling) for prompt in running]
+        firsts = [next(stream) for stream in streams]  # all four are decoding
+        hook = model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            long_events = list(scheduler.generate(long, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
+            short_events = list(arrived[0])
+        finally:
+            hook.remove()
+        rests = [list(stream) for stream in streams]
     finally:
-        hook.remove()
         scheduler.close()
-    assert chunks[0] == long[:4].tolist() and chunks[1] == short.tolist()  # next, not after chunk 7
-    assert chunks.index(long[-4:].tolist()) > 1
-    for events, prompt in ((long_events, long), (short_events, short)):
+    assert prefills[:2] == [long[:8].tolist(), short.tolist()]  # next, not after the long prompt's sixth chunk
+    assert long[-8:].tolist() in prefills[2:]
+    for events, prompt, new in [
+        (long_events, long, NEW_TOKENS),
+        (short_events, short, NEW_TOKENS),
+        *[([first, *rest], prompt, 40) for first, rest, prompt in zip(firsts, rests, running, strict=True)],
+    ]:
         made = [t for e in events if isinstance(e, Token) for t in e.token_ids]
-        assert made == _greedy_past_eos(model, prompt, NEW_TOKENS)
+        assert made == _greedy_past_eos(model, prompt, new)
 
 
 def test_an_ended_row_at_the_end_of_the_context_leaves_before_it_would_run_past_it(toy) -> None:
