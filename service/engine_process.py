@@ -364,7 +364,6 @@ def _engine_main(
     freeze_startup_heap()  # a full collection would otherwise stall the decode loop (service.startup_heap)
     _child_send(conn, lock, ("ready",))
     stacks: dict[int, Any] = {}
-    device = next(model.parameters()).device
     try:
         while True:
             command = pickle.loads(conn.recv_bytes())
@@ -374,7 +373,7 @@ def _engine_main(
                     stack = stacks[version]
                     if isinstance(stack, Exception):
                         raise stack
-                    scheduler.start(key, torch.tensor(ids, device=device), stack, sampling)
+                    scheduler.start(key, torch.tensor(ids), stack, sampling)
                 except Exception as error:  # this stream fails alone
                     _child_send(conn, lock, ([(key, _portable(error))], _stats(scheduler), []))
             elif command[0] == "version":

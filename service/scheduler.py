@@ -294,6 +294,7 @@ class Scheduler:
         self, prompt: torch.Tensor, stack: EditStack, sampling: Sampling, is_active: Callable[[], bool] = lambda: True
     ) -> _Stream:
         eos = frozenset() if sampling.ignore_eos else self.eos
+        prompt = prompt.cpu()  # a prefill moves its padded batch to the device in one copy
         return _Stream(prompt, prompt.tolist(), stack, sampling, is_active, eos, self._outbox)
 
     def _enqueue(self, streams: list[_Stream], limit: int | None = None, background: bool = False) -> None:

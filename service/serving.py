@@ -406,7 +406,7 @@ class ModelHost:
             if self.engine is not None:
                 self.revive_engine()
                 return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell, clock)
-            return self.scheduler.generate(ids.to(self.device), stack, sampling, is_active, bell, clock)
+            return self.scheduler.generate(ids, stack, sampling, is_active, bell, clock)
         except Overloaded:
             self.on_overloaded()
             raise
