@@ -504,10 +504,12 @@ class Scheduler:
         return self.prefix_cache.max_bytes > 0
 
     def _store_prefixes(self, prefill: Prefill, newcomers: list[_Stream]) -> None:
-        """Keep the newcomers' prompt blocks that the prefix cache lacks."""
+        """Keep the newcomers' prompt blocks that the prefix cache lacks. A row whose cached
+        prefix was evicted while it was prefilled (another prefill stored blocks meanwhile) keeps
+        nothing: its blocks would hang below one that is gone, and it did not run those tokens."""
         block, cache = self.prefix_cache.block, self.prefix_cache
         missing = [(row, cache.missing(s.stack, s.tokens)) for row, s in enumerate(newcomers)]
-        missing = [(row, blocks) for row, blocks in missing if blocks]
+        missing = [(row, blocks) for row, blocks in missing if blocks and blocks.start * block >= prefill.skipped[row]]
         if not missing:
             return
         spans = [(row, blocks.start * block, blocks.stop * block) for row, blocks in missing]

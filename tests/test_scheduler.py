@@ -396,6 +396,48 @@ def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_r
         assert made == _greedy_past_eos(model, prompt, new)
 
 
+def test_a_prefix_evicted_while_its_hit_is_prefilled_neither_fails_the_rows_nor_is_stored_broken(toy) -> None:
+    """A store of exactly three 16-token blocks holds a 48-token prompt. A longer prompt starting
+    with it takes all three and is prefilled in chunks; meanwhile a 16-token newcomer's block
+    pushes the third out. The longer prompt's own blocks would hang below the evicted one: they are
+    not stored, and its stream goes on with exactly its solo output."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    config = model.config
+    block_bytes = 2 * config.n_layer * 16 * config.n_embd * 4  # keys and values, float32
+    scheduler = Scheduler(
+        model, surgeon, tokenizer, "evicted", prefill_chunk_tokens=16, prefix_cache_bytes=3 * block_bytes
+    )
+    stack = surgeon.compile([])
+    ids = tokenizer.convert_tokens_to_ids
+    first = torch.tensor([tokenizer.bos_token_id, *ids(world.symbols[:47])])
+    longer = torch.cat([first, torch.tensor(ids(world.symbols[100:132]))])
+    newcomer = torch.tensor(ids(world.symbols[150:166]))
+    arrived: list = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        if kwargs["input_ids"][0].tolist() == longer[48:64].tolist() and not arrived:  # its first chunk
+            arrived.append(scheduler.generate(newcomer, stack, Sampling(max_tokens=2, ignore_eos=True)))
+
+    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
+    try:
+        list(scheduler.generate(first, stack, sampling))
+        assert len(scheduler.prefix_cache) == 3 and scheduler.prefix_cache.nbytes == 3 * block_bytes
+        hook = model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            events = list(scheduler.generate(longer, stack, sampling))
+            list(arrived[0])
+        finally:
+            hook.remove()
+    finally:
+        scheduler.close()
+    assert scheduler.prefix_cache.hit_tokens == 48
+    assert [t for e in events if isinstance(e, Token) for t in e.token_ids] == _greedy_past_eos(
+        model, longer, NEW_TOKENS
+    )
+    assert scheduler.prefix_cache.nbytes <= 3 * block_bytes
+
+
 def test_an_ended_row_at_the_end_of_the_context_leaves_before_it_would_run_past_it(toy) -> None:
     """A stream whose prompt nearly fills the context ends after a few tokens while four others
     go on: its row, left in the batch (a fifth of it: under the quarter that compacts), would
