@@ -19,6 +19,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,6 +50,17 @@ class _Block:
     number: int
     root: int  # its stack's root number
     kv: torch.Tensor  # as CachedPrefix.kv, one block's tokens, in memory of its own
+
+
+def reuse_is_exact(config: Any) -> bool:
+    """Whether a prefill from stored prefixes computes what a full one does for a model with this
+    ``config``. Not under a sliding window: a cached prefix is followed by a gap of masked cache
+    columns (the rest of its prompt is left-padded to the batch's), and ``transformers`` measures
+    the window in cache columns, so the gap would move tokens out of it."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return "sliding_attention" not in layer_types
+    return getattr(config, "sliding_window", None) is None
 
 
 class PrefixCache:

@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch, Prefill
-from editors.prefix_cache import PrefixCache
+from editors.prefix_cache import PrefixCache, reuse_is_exact
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
 from service.stream_reading import (
     Doorbell,
@@ -215,7 +215,11 @@ class Scheduler:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ValueError(f"prefill_chunk_tokens must be a positive integer, got {prefill_chunk_tokens!r}")
         self.prefill_chunk_tokens = prefill_chunk_tokens
-        #: Prompt prefixes already prefilled, per stack (editors.prefix_cache): 0 bytes turns it off.
+        #: Prompt prefixes already prefilled, per stack (editors.prefix_cache): 0 bytes turns it off,
+        #: and so does a sliding window (its prefills must run whole).
+        if prefix_cache_bytes and not reuse_is_exact(model.config):
+            _LOG.info("model %r attends over a sliding window: no prefix cache", name)
+            prefix_cache_bytes = 0
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.admit_within = admit_within
         self.admit_ratio = admit_ratio

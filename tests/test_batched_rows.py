@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import MistralConfig, MistralForCausalLM, Qwen2Config
 
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch, Prefill
-from editors.prefix_cache import PrefixCache
-from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
+from editors.prefix_cache import PrefixCache, reuse_is_exact
+from service.scheduler import Scheduler
+from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model, word_tokenizer
 from tests.test_surgeon import _rand, every_edit
 
 #: float32: a row's logits in a batch against its solo run (the bar is 1e-4)
@@ -172,3 +174,47 @@ def test_plain_forms_fuse_into_one_op_per_site_and_each_row_still_matches_its_so
                 prompts[row].append(int(solo.argmax()))
     assert worst <= F32_TOLERANCE, f"max |Δ| {worst:.2e} over rows against their solo runs"
     assert weights_sha256(model) == base_hash
+
+
+def test_under_a_sliding_window_a_cached_prefix_is_not_exact_so_the_scheduler_keeps_none() -> None:
+    """transformers measures a sliding window in cache columns, and a cached prefix is followed by
+    a gap of masked columns: with a 4-token window the row's logits move. So the prefix cache is
+    used only where reuse is exact, and a scheduler for such a model keeps no prefixes."""
+    config = MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        sliding_window=4,
+    )
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval().to(TEST_DEVICE)
+    surgeon = Surgeon(model)
+    stack = surgeon.compile([])
+    cached, short, long = _prompt(1)[:4], _prompt(2)[:3], _prompt(3)[:9]
+    prefixes = PrefixCache(1 << 20, block=2)
+    with torch.inference_mode():
+        first = Prefill(model, surgeon, [torch.tensor(cached + short)], [stack], 0)
+        first.advance()
+        blocks = prefixes.missing(stack, cached + short)
+        prefixes.insert(stack, cached + short, blocks, first.prompt_kv([(0, 0, blocks.stop * 2)])[0])
+        found = [prefixes.lookup(stack, cached + short), None]  # 4 tokens cached, then a gap of 6 columns
+        gapped = Prefill(
+            model, surgeon, [torch.tensor(cached + short), torch.tensor(long)], [stack] * 2, 0, None, found
+        )
+        _, logits = gapped.advance()
+    assert found[0] is not None and found[0].length == 6
+    solo = _solo_last_logits(model, surgeon, stack, cached + short)
+    assert float((logits[0].float() - solo).abs().max()) > 1e-3  # the gap moved tokens out of the window
+    assert not reuse_is_exact(config)
+    assert reuse_is_exact(MistralConfig(sliding_window=None)) and reuse_is_exact(Qwen2Config())
+    assert all(reuse_is_exact(tiny_model(family).config) for family in FAMILIES)
+    tokenizer = word_tokenizer()
+    scheduler = Scheduler(model, surgeon, tokenizer, "windowed")
+    try:
+        assert scheduler.prefix_cache.max_bytes == 0
+    finally:
+        scheduler.close()
