@@ -192,8 +192,9 @@ def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tu
     mask = torch.zeros((len(cached), longest), dtype=torch.long, device=device)
     if not longest:
         return DynamicCache(), mask
-    twice_layers, heads, _, head_dim = next(c for c in cached if c is not None).kv.shape
-    kv = next(c for c in cached if c is not None).kv.new_zeros((twice_layers, len(cached), heads, longest, head_dim))
+    template = next(c for c in cached if c is not None).kv
+    twice_layers, heads, _, head_dim = template.shape
+    kv = template.new_zeros((twice_layers, len(cached), heads, longest, head_dim))
     for row, prefix in enumerate(cached):
         if prefix is not None:
             kv[:, row, :, longest - prefix.length :] = prefix.kv

@@ -484,8 +484,8 @@ class Scheduler:
         prompts, stacks = [s.prompt for s in live], [s.stack for s in live]
         columns = max(1, self.prefill_chunk_tokens // len(prompts))
         try:
-            cached = [self.prefix_cache.lookup(s.stack, s.tokens) for s in live] if self._caching else None
-            for stream, prefix in zip(live, cached or (), strict=False):
+            cached = [self.prefix_cache.lookup(s.stack, s.tokens) if self._caching else None for s in live]
+            for stream, prefix in zip(live, cached, strict=True):
                 stream.cached = prefix.length if prefix is not None else 0
             group.prefill = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
         except Exception as error:
@@ -496,7 +496,6 @@ class Scheduler:
         for stream in group.streams:
             stream.end(error)
         self._leave(group)
-        group.prefill = None
 
     def _leave(self, group: _Joining) -> None:
         """``group`` is no longer joining (merged, failed, or nobody left to prefill)."""

@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
@@ -144,7 +144,7 @@ class _Reading:
                 assert isinstance(end, Finished)
                 if end.finish_reason != "cancelled":
                     self._finished()
-                out.append(replace(end, cached_prompt_tokens=max(end.cached_prompt_tokens, self._cached)))
+                out.append(end)  # the scheduler's end carries the stream's cached prompt tokens
         return out
 
     def _finished(self) -> None:

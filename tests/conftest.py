@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
 
 from editors import Surgeon
 from editors.toyworld import load_toy_model
@@ -45,6 +54,19 @@ def tiny_model(family: str, vocab: int = VOCAB) -> torch.nn.Module:
                 num_key_value_heads=2,
                 intermediate_size=64,
                 max_position_embeddings=64,
+            )
+        )
+    elif family == "mistral":  # a 4-token sliding window: not in FAMILIES, for what a window changes
+        model = MistralForCausalLM(
+            MistralConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                sliding_window=4,
             )
         )
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import MistralConfig, MistralForCausalLM, Qwen2Config
+from transformers import MistralConfig, Qwen2Config
 
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch, Prefill
@@ -180,18 +180,8 @@ def test_under_a_sliding_window_a_cached_prefix_is_not_exact_so_the_scheduler_ke
     """transformers measures a sliding window in cache columns, and a cached prefix is followed by
     a gap of masked columns: with a 4-token window the row's logits move. So the prefix cache is
     used only where reuse is exact, and a scheduler for such a model keeps no prefixes."""
-    config = MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        sliding_window=4,
-    )
-    torch.manual_seed(0)
-    model = MistralForCausalLM(config).eval().to(TEST_DEVICE)
+    model = tiny_model("mistral").to(TEST_DEVICE)
+    config = model.config
     surgeon = Surgeon(model)
     stack = surgeon.compile([])
     cached, short, long = _prompt(1)[:4], _prompt(2)[:3], _prompt(3)[:9]
@@ -201,7 +191,7 @@ def test_under_a_sliding_window_a_cached_prefix_is_not_exact_so_the_scheduler_ke
         first.advance()
         blocks = prefixes.missing(stack, cached + short)
         prefixes.insert(stack, cached + short, blocks, first.prompt_kv([(0, 0, blocks.stop * 2)])[0])
-        found = [prefixes.lookup(stack, cached + short), None]  # 4 tokens cached, then a gap of 6 columns
+        found = [prefixes.lookup(stack, cached + short), None]  # 6 tokens cached, then a gap of 8 columns
         gapped = Prefill(
             model, surgeon, [torch.tensor(cached + short), torch.tensor(long)], [stack] * 2, 0, None, found
         )
