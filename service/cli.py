@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from editors.toyworld import TOY_MODEL_DIR
 from service.cli_client import add_client_commands, add_export_arguments, print_export
 from service.cli_errors import UsageError, one_line, read_yaml, require_empty_directory
+from service.forkserver import start_early
 
 if TYPE_CHECKING:
     from service.server import ServerConfig
@@ -258,7 +259,17 @@ def _load_server_config(path: Path) -> ServerConfig:
     return config
 
 
+def _engine_processes_wanted(args: argparse.Namespace) -> bool:
+    """Whether ``serve`` will start engine processes (the flag, else the config file, else the default)."""
+    if args.engine_process is not None:
+        return args.engine_process
+    loaded = read_yaml(Path(args.config), "config file") if args.config else None
+    return not isinstance(loaded, dict) or loaded.get("engine_process", True) is not False
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if _engine_processes_wanted(args):
+        start_early()  # the fork server's imports overlap this process's (service.forkserver)
     from service.server import ServerConfig, serve
 
     config = ServerConfig()
@@ -360,6 +371,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    start_early()  # the demo's server runs generation in an engine process (service.forkserver)
     from service.demo import run_demo
 
     run_demo()

@@ -40,6 +40,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
+from service.forkserver import forkserver_context
 from service.intra_op import serial_thread
 from service.sampling import Sampling
 from service.scheduler import PREFIX_CACHE_BYTES, Scheduler, SchedulerClosed, _Stream, overloaded
@@ -104,7 +105,7 @@ class EngineProcess:
         self.tokenizer = tokenizer
         self.name, self.max_streams = settings.name, settings.max_streams
         self.stats = EngineStats()
-        context = _context()
+        context = forkserver_context()
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=_engine_main,
@@ -236,15 +237,6 @@ class EngineProcess:
             streams, self._streams = self._streams, {}
         for remote in streams.values():
             remote.events.put(closed)
-
-
-def _context() -> Any:
-    """Engine processes fork from a clean server process that imported torch, transformers and
-    this module once (``forkserver``): a model's engine starts in well under a second after the
-    first, and never inherits the serving process's threads (gRPC's, the schedulers')."""
-    context = torch.multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "transformers.modeling_utils", "service.engine_process"])
-    return context
 
 
 def _placed_tensors(model: nn.Module) -> list[_Placed]:

@@ -49,14 +49,14 @@ def replicas(
                 text=True,
                 cwd=ROOT,
             )
-            port = int(re.search(r"on port (\d+)", process.stdout.readline()).group(1))
-            started.append((process, port))
-        yield started
+            started.append(process)
+        # started together, read after: the servers' starts overlap
+        yield [(process, int(re.search(r"on port (\d+)", process.stdout.readline()).group(1))) for process in started]
     finally:
-        for process, _ in started:
+        for process in started:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process, _ in started:
+        for process in started:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

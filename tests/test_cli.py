@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import text
 
 
@@ -90,3 +92,50 @@ print(json.dumps({"code": code, "loaded": sorted({"torch", "transformers"} & set
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"code": 2, "loaded": []}, (report, done.stderr)
     assert "UNAVAILABLE" in done.stderr  # it did reach the client and map the error
+
+
+def test_the_engines_fork_server_starts_before_torch_is_imported() -> None:
+    """`scalpel serve` and `scalpel demo` start the engine processes' fork server first: it imports
+    torch and transformers on its own while the serving process imports its own, which is only an
+    overlap if starting it imports neither."""
+    script = """
+import json, os, sys
+from service.forkserver import start_early
+start_early()
+children = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        cmdline = open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        continue
+    if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+        children.append(cmdline)
+print(json.dumps({
+    "loaded": sorted({"torch", "transformers"} & set(sys.modules)),
+    "fork_server": any("forkserver" in c and "service.engine_process" in c for c in children),
+}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"loaded": [], "fork_server": True}, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "config", "wanted"),
+    [
+        (None, None, True),
+        (False, None, False),
+        (None, "engine_process: false\n", False),
+        (True, "engine_process: false\n", True),
+        (None, "max_streams: 8\n", True),
+    ],
+)
+def test_serve_starts_the_fork_server_only_for_engine_processes(tmp_path, flag, config, wanted) -> None:
+    from service.cli import _engine_processes_wanted
+
+    path = None
+    if config is not None:
+        path = tmp_path / "scalpel.yaml"
+        path.write_text(config)
+    args = argparse.Namespace(engine_process=flag, config=str(path) if path else None)
+    assert _engine_processes_wanted(args) is wanted
