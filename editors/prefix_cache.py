@@ -63,6 +63,18 @@ def reuse_is_exact(config: Any) -> bool:
     return getattr(config, "sliding_window", None) is None
 
 
+def block_chain(stack: EditStack, tokens: Sequence[int], block: int = BLOCK_TOKENS) -> list[int]:
+    """A hash per whole block of ``tokens`` under ``stack``, each naming the prompt's start up to
+    that block's end: two prompts' first ``b`` hashes agree when their first ``b`` blocks do (and,
+    rarely, by collision). For scheduling hints (service.shared_prefixes); the store's own keys are
+    exact."""
+    chain, parent = [], id(stack)
+    for start in range(0, len(tokens) - block + 1, block):
+        parent = hash((parent, tuple(tokens[start : start + block])))
+        chain.append(parent)
+    return chain
+
+
 class PrefixCache:
     """Stored prompt prefixes (see the module docstring); ``max_bytes`` bounds their tensors."""
 

@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -257,19 +257,31 @@ class ScalpelClient:
             raise
 
     def stream(
-        self, model: str, prompt: str, alias: str | None = None, version: int | None = None, **options: object
+        self,
+        model: str,
+        prompt: str | Sequence[int],
+        alias: str | None = None,
+        version: int | None = None,
+        **options: object,
     ) -> Iterator[pb.GenerateResponse]:
+        """``prompt``: text, or the model's token ids."""
         selector = (
             pb.VersionSelector(version=version)
             if version is not None
             else pb.VersionSelector(alias=alias or "production")
         )
+        given = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
         return self.inference.Generate(
-            pb.GenerateRequest(model=f"models/{model}", selector=selector, prompt=prompt, **options)
+            pb.GenerateRequest(model=f"models/{model}", selector=selector, **given, **options)
         )
 
     def generate(
-        self, model: str, prompt: str, alias: str | None = None, version: int | None = None, **options: object
+        self,
+        model: str,
+        prompt: str | Sequence[int],
+        alias: str | None = None,
+        version: int | None = None,
+        **options: object,
     ) -> Generation:
         text, ids, done = "", [], None
         for event in self.stream(model, prompt, alias, version, **options):

@@ -41,8 +41,9 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch, Prefill
-from editors.prefix_cache import PrefixCache, reuse_is_exact
+from editors.prefix_cache import PrefixCache, block_chain, reuse_is_exact
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
+from service.shared_prefixes import PendingPrefixes
 from service.stream_reading import (
     Doorbell,
     Finished,
@@ -117,6 +118,7 @@ class _Stream:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
     cached: int = 0  # prompt tokens its prefill took from the prefix cache
+    chain: list[int] = field(default_factory=list)  # its prompt's block hashes (editors.prefix_cache.block_chain)
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
     joined: float = 0.0  # and the time then (time.monotonic)
     clock: StreamClock | None = None  # the serving metrics' (service.stream_timing)
@@ -299,7 +301,9 @@ class Scheduler:
     ) -> _Stream:
         eos = frozenset() if sampling.ignore_eos else self.eos
         prompt = prompt.cpu()  # a prefill moves its padded batch to the device in one copy
-        return _Stream(prompt, prompt.tolist(), stack, sampling, is_active, eos, self._outbox)
+        tokens = prompt.tolist()
+        chain = block_chain(stack, tokens, self.prefix_cache.block) if self._caching else []
+        return _Stream(prompt, tokens, stack, sampling, is_active, eos, self._outbox, chain=chain)
 
     def _enqueue(self, streams: list[_Stream], limit: int | None = None, background: bool = False) -> None:
         """Queue ``streams`` to join the batch, unless that would put more than ``limit`` in flight."""
@@ -395,7 +399,8 @@ class Scheduler:
         ``bench/serving.py``: an eighth and 4 steps made twice the prefills and ~10 % fewer
         tokens/s at concurrency 64. While a long prefill runs chunk by chunk nothing is gathered:
         the newcomers' prefill takes one of the turns that chunks run anyway. Streams go first,
-        check runs' rows (background) after them."""
+        check runs' rows (background) after them. A stream whose prompt starts like one being
+        prefilled may wait for its stored start instead (:mod:`service.shared_prefixes`)."""
         active, lines = self.active_rows, (self._waiting, self._background)
         waiting = self.waiting
         if (
@@ -407,15 +412,35 @@ class Scheduler:
         ):
             return []
         admitted: list[_Stream] = []
-        tokens = 0
+        tokens, full = 0, False
+        pending = self._pending_prefixes()
         for line in lines:
-            while line and active + len(admitted) < self.max_rows:
-                length = len(line[0].prompt)
-                if admitted and tokens + length > self.prefill_tokens:
-                    return admitted
-                admitted.append(line.popleft())
-                tokens += length
+            waiting_for_blocks: list[_Stream] = []
+            while line and not full and active + len(admitted) < self.max_rows:
+                stream = line[0]
+                if pending is not None and pending.should_wait(stream.stack, stream.tokens, stream.chain):
+                    waiting_for_blocks.append(line.popleft())
+                    continue
+                full = bool(admitted) and tokens + len(stream.prompt) > self.prefill_tokens
+                if not full:
+                    admitted.append(line.popleft())
+                    tokens += len(stream.prompt)
+                    if pending is not None:
+                        pending.add(stream.chain, pending.uncached(stream.stack, stream.tokens))
+            line.extendleft(reversed(waiting_for_blocks))  # at the front still, in their order
         return admitted
+
+    def _pending_prefixes(self) -> PendingPrefixes | None:
+        """The prompt starts the prefills in flight will store (None: no prefix cache)."""
+        if not self._caching:
+            return None
+        pending = PendingPrefixes(self.prefix_cache)
+        for group in self._joining:
+            if group.prefill is not None:
+                left = group.prefill.width - group.prefill.done
+                for stream in group.streams:
+                    pending.add(stream.chain, left)
+        return pending
 
     @staticmethod
     def _run_job(job: _Job) -> None:

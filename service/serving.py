@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,6 +346,26 @@ class ModelHost:
             raise InvalidArgument(f"prompt is {ids.shape[1]} tokens; the model takes fewer than {self.context_length}")
         return ids
 
+    def prompt_ids(self, prompt: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """A prompt's token ids ``[tokens]``: text is tokenised; ids (as the OpenAI API allows a
+        prompt to be given) must be the model's and leave room in its context."""
+        if isinstance(prompt, str):
+            return self._encode(prompt)[0]
+        if isinstance(prompt, torch.Tensor):
+            ids = prompt
+        elif isinstance(prompt, Sequence) and all(type(i) is int for i in prompt):
+            ids = torch.tensor(prompt, dtype=torch.long)
+        else:
+            raise InvalidArgument("prompt must be a non-empty string or a list of token ids")
+        vocab = self.model.config.vocab_size
+        if ids.ndim != 1 or not len(ids) or ids.is_floating_point():
+            raise InvalidArgument("a prompt of token ids must be a non-empty list of integers")
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise InvalidArgument(f"prompt token ids must be in [0, {vocab}): the model's vocabulary")
+        if len(ids) >= self.context_length:
+            raise InvalidArgument(f"prompt is {len(ids)} tokens; the model takes fewer than {self.context_length}")
+        return ids
+
     def forward(self, run: Callable[[], torch.Tensor], background: bool = False) -> torch.Tensor:
         """Run a function of the model on its scheduler, between decode steps (checks: ``background``)."""
         return self.scheduler.call(run, BACKGROUND if background else INTERACTIVE)
@@ -353,7 +373,7 @@ class ModelHost:
     def generate(
         self,
         version: int,
-        prompt: str,
+        prompt: str | Sequence[int] | torch.Tensor,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -368,7 +388,8 @@ class ModelHost:
         bell: Doorbell | None = None,
     ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
         """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished` (with
-        ``bell``: an async iterator, read on that doorbell's loop). Greedy at
+        ``bell``: an async iterator, read on that doorbell's loop). ``prompt`` is text or token ids
+        (:meth:`prompt_ids`). Greedy at
         temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the
         context, with "eos" at any of the model's end-of-sequence ids (its generation config's and
         its tokenizer's). The sampling options are :class:`~service.sampling.Sampling`'s.
@@ -387,7 +408,7 @@ class ModelHost:
             raise InvalidArgument(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}] (1: off)")
         if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
-        ids = self._encode(prompt)[0]
+        ids = self.prompt_ids(prompt)
         sampling = Sampling(
             min(max_tokens, self.context_length - len(ids)),
             temperature,

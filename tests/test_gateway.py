@@ -9,11 +9,13 @@ import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import openai
 import pytest
 import torch
 
 from editors import Steering
+from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.gateway.app import FINISH_REASONS
 from service.server import ScalpelServer, ServerConfig
@@ -103,6 +105,41 @@ def test_usage_counts_the_prompt_tokens_that_the_prefix_cache_gave(gateway) -> N
     stop = first.choices[0].text.split()[0]
     stopped = grpc_client.generate("toy", prompt, version=0, max_tokens=4, stop=[stop])
     assert stopped.finish_reason == "stop" and stopped.cached_prompt_tokens == 32
+
+
+def test_a_prompt_given_as_token_ids_is_the_same_prompt_as_its_text(gateway) -> None:
+    """OpenAI's API takes a prompt as token ids, or a list of such prompts, and so does gRPC's
+    Generate (``prompt_token_ids``): each answers as its text does, and the usage counts its ids.
+    Ids outside the vocabulary, an empty list, a mix of text and ids, and both forms in one gRPC
+    request are refused (400, INVALID_ARGUMENT), naming the problem."""
+    server, http, grpc_client = gateway
+    host = server.hosts["toy"]
+    ids = host.tokenizer(PROMPT)["input_ids"]
+    other = host.tokenizer("The capital of Muford is")["input_ids"]
+    texts = http.completions.create(
+        model="toy", prompt=[PROMPT, "The capital of Muford is"], max_tokens=5, temperature=0
+    )
+    one = http.completions.create(model="toy", prompt=ids, max_tokens=5, temperature=0)
+    assert one.choices[0].text == texts.choices[0].text and one.usage.prompt_tokens == len(ids)
+    several = http.completions.create(model="toy", prompt=[ids, other], max_tokens=5, temperature=0)
+    assert [c.text for c in several.choices] == [c.text for c in texts.choices]
+    assert several.usage.prompt_tokens == texts.usage.prompt_tokens == len(ids) + len(other)
+    vocab = host.model.config.vocab_size
+    for prompt, message in (
+        ([*ids, vocab], f"in \\[0, {vocab}\\)"),
+        ([ids, []], "empty list"),
+        ([], "empty list"),
+        ([PROMPT, 5], "prompt"),
+        ([True, 3], "prompt"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=message):
+            http.completions.create(model="toy", prompt=prompt, max_tokens=2)
+    assert grpc_client.generate("toy", ids, version=0, max_tokens=5).text == texts.choices[0].text
+    for options in ({"prompt_token_ids": [*ids, vocab]}, {"prompt_token_ids": ids, "prompt": PROMPT}):
+        with pytest.raises(grpc.RpcError) as caught:
+            list(grpc_client.inference.Generate(pb.GenerateRequest(model="models/toy", max_tokens=2, **options)))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "token" in caught.value.details()
+    assert host.forward(lambda: host.scheduler.requests) == 0
 
 
 def test_streamed_completions_and_chat_carry_the_same_text(gateway) -> None:

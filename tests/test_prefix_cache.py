@@ -8,7 +8,8 @@ import weakref
 import pytest
 import torch
 
-from editors.prefix_cache import PrefixCache
+from editors.prefix_cache import PrefixCache, block_chain
+from service.shared_prefixes import PendingPrefixes
 
 LAYERS, HEADS, HEAD_DIM = 2, 2, 4
 #: Bytes of one 2-token block: keys and values of every layer, float32.
@@ -77,3 +78,27 @@ def test_a_stack_is_kept_alive_only_while_it_has_blocks_and_a_zero_budget_stores
     assert off.missing(_Stack(), [1, 2, 3]) == range(1, 1)
     with pytest.raises(ValueError, match="max_bytes"):
         PrefixCache(-1)
+
+
+def test_a_prompt_waits_for_a_pending_prefill_only_where_it_would_reuse_much_of_it_soon() -> None:
+    """(service.shared_prefixes) With 2-token blocks: a prompt sharing most of its uncached start
+    with a prefill that has little left to run waits for it; one sharing a small part, one whose
+    peer has far more left to run, one under another stack and one whose start is stored already
+    (nothing more to share) are admitted now."""
+    cache, stack, other = PrefixCache(1 << 20, block=2), _Stack(), _Stack()
+    peer = [1, 2, 3, 4, 5, 6, 7, 8]
+    pending = PendingPrefixes(cache)
+    pending.add(block_chain(stack, peer, 2), left=8)
+
+    def waits(tokens: list[int], under: _Stack = stack) -> bool:
+        return pending.should_wait(under, tokens, block_chain(under, tokens, 2))
+
+    assert waits([1, 2, 3, 4, 5, 6, 9])  # 6 of its 7 tokens will be stored, and 8 columns are left
+    assert not waits([1, 2, 9, 9, 9, 9, 9])  # 2 of 7: it runs as soon as it can
+    assert not waits([1, 2, 3, 4, 5, 6, 9], under=other)
+    far = PendingPrefixes(cache)
+    far.add(block_chain(stack, peer, 2), left=100)  # a long prompt, many chunks to go
+    assert not far.should_wait(stack, [1, 2, 3, 4, 5, 6, 9], block_chain(stack, [1, 2, 3, 4, 5, 6, 9], 2))
+    _store(cache, stack, peer)
+    assert pending.uncached(stack, [1, 2, 3, 4, 5, 6, 9]) == 1
+    assert not waits([1, 2, 3, 4, 5, 6, 9])  # its start is stored: its own lookup takes it now

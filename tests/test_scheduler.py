@@ -396,6 +396,46 @@ def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_r
         assert made == _greedy_past_eos(model, prompt, new)
 
 
+def test_a_burst_sharing_a_prompt_start_computes_it_once_and_each_stream_its_solo_output(toy) -> None:
+    """Six prompts arrive together: five share a 48-token start (three stored blocks' worth), the
+    sixth shares only its first 16 tokens with them. The first of the five runs with the sixth (too
+    little shared to wait for); the other four wait for its blocks and run only their own 4-token
+    tails, in one prefill after it. Each stream still produces exactly its solo greedy tokens."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "burst")
+    stack = surgeon.compile([])
+    ids = tokenizer.convert_tokens_to_ids
+    start = torch.tensor([tokenizer.bos_token_id, *ids(world.symbols[:47])])
+    sharing = [torch.cat([start, torch.tensor(ids(world.symbols[60 + 4 * i : 64 + 4 * i]))]) for i in range(5)]
+    partial = torch.cat([start[:16], torch.tensor(ids(world.symbols[100:140]))])
+    prompts = [*sharing, partial]
+    prefills: list[list[int]] = []  # each prefill forward's rows, as their real-token counts
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills.append(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1] :].sum(-1).tolist())
+
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
+    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        held.start()
+        assert holding.wait(60)
+        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]  # all queued at once
+        release.set()
+        made = [[t for e in stream if isinstance(e, Token) for t in e.token_ids] for stream in streams]
+    finally:
+        hook.remove()
+        held.join()
+        scheduler.close()
+    assert prefills == [[52, 56], [4, 4, 4, 4]]
+    assert scheduler.prefix_cache.hit_tokens == 4 * 48
+    for tokens, prompt in zip(made, prompts, strict=True):
+        assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
 def test_a_prefix_evicted_while_its_hit_is_prefilled_neither_fails_the_rows_nor_is_stored_broken(toy) -> None:
     """A store of exactly three 16-token blocks holds a 48-token prompt. A longer prompt starting
     with it takes all three and is prefilled in chunks; meanwhile a 16-token newcomer's block

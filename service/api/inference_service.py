@@ -14,6 +14,7 @@ from service.api.resources import parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
+from service.registry import InvalidArgument
 from service.serving import ModelHost
 from service.stream_reading import Doorbell, Finished, Token, doorbell
 
@@ -56,10 +57,13 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
     def _start_generate(
         self, host: ModelHost, request: pb.GenerateRequest, bell: Doorbell
     ) -> tuple[int, AsyncIterator[Token | Finished]]:
+        if request.prompt and request.prompt_token_ids:
+            raise InvalidArgument("give the prompt as text (prompt) or as token ids (prompt_token_ids), not both")
+        prompt = list(request.prompt_token_ids) if request.prompt_token_ids else request.prompt
         version = self._version(host, request.selector)
         stream = host.generate(
             version,
-            request.prompt,
+            prompt,
             request.max_tokens or 16,
             request.temperature,
             request.top_p or 1.0,

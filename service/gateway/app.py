@@ -129,7 +129,7 @@ class _Choice:
     def __init__(
         self,
         target: Target,
-        prompt: str,
+        prompt: str | list[int],
         sampling: SamplingFields,
         max_tokens: int,
         logprobs: int | None,
@@ -139,9 +139,10 @@ class _Choice:
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
+        ids = target.host.prompt_ids(prompt)  # tokenised once: its length is the usage's prompt_tokens
         self.events = target.host.generate(
             target.version,
-            prompt,
+            ids,
             max_tokens,
             sampling.temperature,
             sampling.top_p,
@@ -155,13 +156,13 @@ class _Choice:
             ignore_eos=sampling.ignore_eos,
             bell=bell,  # a stream's events are read on the server's event loop
         )
-        self.prompt_tokens = len(target.host.tokenizer(prompt)["input_ids"])
+        self.prompt_tokens = len(ids)
         self.texts = TokenTexts(target.host)
 
 
 def _start(
     target: Target,
-    prompts: list[str],
+    prompts: list[str | list[int]],
     sampling: SamplingFields,
     max_tokens: int,
     logprobs: int | None,

@@ -3,7 +3,7 @@ vLLM adds: ``top_k``, ``min_p``, ``repetition_penalty``), and what it refuses to
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,8 +56,13 @@ class SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
 
+#: A token id as a prompt may give it (strict: ``true`` is not token 1, nor "5" token 5).
+TokenId = Annotated[int, Field(strict=True, ge=0)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    #: text, texts, token ids, or lists of token ids (one prompt each), as OpenAI's API takes them
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
@@ -68,13 +73,16 @@ class CompletionRequest(SamplingFields):
     def _one_kind_of_prompt(self) -> CompletionRequest:
         if self.echo or (self.best_of or 1) > 1 or self.suffix:
             raise ValueError("echo, best_of and suffix are not supported")
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError("prompt must not be an empty list")
+        if isinstance(self.prompt, list) and (not self.prompt or any(p == [] for p in self.prompt)):
+            raise ValueError("prompt must not be an empty list, nor hold one")
         return self
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text or token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class TextPart(BaseModel):
