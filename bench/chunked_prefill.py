@@ -2,7 +2,8 @@
 
     python bench/chunked_prefill.py --json
     → {"chunk{C}_running_max_gap_ms", "chunk{C}_long_ttft_ms", "chunk{C}_short_ttft_ms"} for each
-      --chunks C
+      --chunks C, and {"together_{padded,split}_{long,short}_ttft_ms", "together_short_ttft_ratio",
+      "together_long_ttft_ratio"}
 
 A GPT-2-small-shaped model (124M, randomly initialised: no download), float32, in this process
 (``--device``).
@@ -13,6 +14,13 @@ prompt is prefilled (one whole prefill forward when it fits in a chunk), the lon
 time to first token, and that of a 16-token request sent once the long prompt is admitted (its
 prefill goes ahead of the long one's remaining chunks). The median over
 ``--rounds``; each round runs every chunk size.
+
+**together**: the long prompt and ``--shorts`` 16-token prompts join the queue within one decode
+step (queued while a job holds the scheduler, as a burst arriving during a step), with the
+default chunk (2048). Side by side per round: ``padded``, every one in one prefill padded to the
+long prompt (``max_padding`` unbounded, the behaviour before it), and ``split`` (the default: the
+short prompts leave the long one's prefill for one of their own). Reported: the short requests'
+mean time to first token and the long request's, from the release; ratios split / padded.
 """
 
 from __future__ import annotations
@@ -85,10 +93,52 @@ def one_round(model, surgeon: Surgeon, tokenizer, chunk: int, long: int) -> tupl
     return 1000 * max(gaps), 1000 * (first - arrived), 1000 * short_ttft
 
 
+def together_round(model, surgeon: Surgeon, tokenizer, long: int, shorts: int, padded: bool) -> tuple[float, float]:
+    """The short requests' mean time to first token and the long one's (ms), all queued at once
+    while ``RUNNING`` streams decode."""
+    scheduler = Scheduler(model, surgeon, tokenizer, "together", model.config.n_positions)
+    if padded:
+        scheduler.max_padding = 10**9
+    stack = surgeon.compile([])
+    vocab, room = model.config.vocab_size, model.config.n_positions - 17  # running streams stay in the context
+    generator = torch.Generator().manual_seed(long)
+    running = [
+        scheduler.generate(torch.randint(1, vocab, (16,), generator=generator), stack, Sampling(max_tokens=room))
+        for _ in range(RUNNING)
+    ]
+    for stream in running:
+        next(stream)  # decoding
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(600),))
+    held.start()
+    holding.wait()
+    prompts = [torch.randint(1, vocab, (n,), generator=generator) for n in [long] + [16] * shorts]
+    streams = [scheduler.generate(p, stack, Sampling(max_tokens=1, ignore_eos=True)) for p in prompts]
+    firsts = [0.0] * len(streams)
+
+    def read(i: int) -> None:
+        next(e for e in streams[i] if isinstance(e, Token))
+        firsts[i] = time.perf_counter()
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(len(streams))]
+    for reader in readers:
+        reader.start()
+    released = time.perf_counter()
+    release.set()
+    for reader in readers:
+        reader.join()
+    held.join()
+    for stream in running:
+        stream.close()
+    scheduler.close()
+    return 1000 * (statistics.mean(firsts[1:]) - released), 1000 * (firsts[0] - released)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, nargs="+", default=[2048, 512, 256, 128])
     parser.add_argument("--long", type=int, default=960, help="tokens in the long prompt (under 1024)")
+    parser.add_argument("--shorts", type=int, default=8, help="16-token prompts queued with the long one")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
@@ -108,6 +158,17 @@ def main() -> None:
         results[f"chunk{chunk}_running_max_gap_ms"] = statistics.median(gap for gap, _, _ in rounds)
         results[f"chunk{chunk}_long_ttft_ms"] = statistics.median(ttft for _, ttft, _ in rounds)
         results[f"chunk{chunk}_short_ttft_ms"] = statistics.median(short for _, _, short in rounds)
+    together: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for round_ in range(args.rounds):
+        for padded in (True, False) if round_ % 2 == 0 else (False, True):
+            together[padded].append(together_round(model, surgeon, tokenizer, args.long, args.shorts, padded))
+    for padded, name in ((True, "padded"), (False, "split")):
+        results[f"together_{name}_short_ttft_ms"] = statistics.median(short for short, _ in together[padded])
+        results[f"together_{name}_long_ttft_ms"] = statistics.median(long for _, long in together[padded])
+    for index, name in ((0, "short"), (1, "long")):
+        results[f"together_{name}_ttft_ratio"] = statistics.median(
+            split[index] / padded[index] for split, padded in zip(together[False], together[True], strict=True)
+        )
     report(results, args.json)
 
 

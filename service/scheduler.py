@@ -6,7 +6,8 @@ A single thread owns the model's forwards. Between two forwards it
    function of the model), interactive jobs before background ones, so checks never hold the
    model for more than one batch at a time;
 2. admits waiting streams (up to ``max_rows`` rows and ``prefill_tokens`` prompt tokens per
-   prefill; check runs' rows after every waiting stream), prefills them in batched forwards of at
+   prefill; check runs' rows after every waiting stream; prompts of very different lengths in
+   separate prefills), prefills them in batched forwards of at
    most ``prefill_chunk_tokens`` positions (a long prefill takes one chunk per iteration, so the
    running rows decode between its chunks, and newcomers admitted meanwhile run their chunks first
    rather than wait for its last; a prompt's start stored in the prefix cache is not run again),
@@ -217,6 +218,11 @@ class Scheduler:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ValueError(f"prefill_chunk_tokens must be a positive integer, got {prefill_chunk_tokens!r}")
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        #: Padding positions one prefill may run beside its prompts' own (rows are left-padded to
+        #: its longest): a prompt that would add more waits for the next prefill, which runs side
+        #: by side with this one (MAX_PREFILLS). A short prompt is not made to wait for a long one's
+        #: chunks, nor a long one to carry short ones' padding; prompts of similar lengths share.
+        self.max_padding = prefill_chunk_tokens // 4
         #: Prompt prefixes already prefilled, per stack (editors.prefix_cache): 0 bytes turns it off,
         #: and so does a sliding window (its prefills must run whole).
         if prefix_cache_bytes and not reuse_is_exact(model.config):
@@ -400,7 +406,8 @@ class Scheduler:
         tokens/s at concurrency 64. While a long prefill runs chunk by chunk nothing is gathered:
         the newcomers' prefill takes one of the turns that chunks run anyway. Streams go first,
         check runs' rows (background) after them. A stream whose prompt starts like one being
-        prefilled may wait for its stored start instead (:mod:`service.shared_prefixes`)."""
+        prefilled may wait for its stored start instead (:mod:`service.shared_prefixes`), and one
+        that would pad this prefill past ``max_padding`` waits for the next."""
         active, lines = self.active_rows, (self._waiting, self._background)
         waiting = self.waiting
         if (
@@ -412,22 +419,26 @@ class Scheduler:
         ):
             return []
         admitted: list[_Stream] = []
-        tokens, full = 0, False
-        pending = self._pending_prefixes()
+        tokens, width, runs, full = 0, 0, 0, False  # prompt tokens; the prefill's width; tokens it runs
+        pending, looked = self._pending_prefixes(), 0
         for line in lines:
-            waiting_for_blocks: list[_Stream] = []
-            while line and not full and active + len(admitted) < self.max_rows:
-                stream = line[0]
+            later: list[_Stream] = []  # left for a later prefill: at the front of their line still
+            while line and not full and active + len(admitted) < self.max_rows and looked < self.max_rows:
+                stream, looked = line.popleft(), looked + 1
                 if pending is not None and pending.should_wait(stream.stack, stream.tokens, stream.chain):
-                    waiting_for_blocks.append(line.popleft())
+                    later.append(stream)
                     continue
+                own = pending.uncached(stream.stack, stream.tokens) if pending is not None else len(stream.tokens)
+                padded = max(width, own) * (len(admitted) + 1) - (runs + own)
                 full = bool(admitted) and tokens + len(stream.prompt) > self.prefill_tokens
-                if not full:
-                    admitted.append(line.popleft())
-                    tokens += len(stream.prompt)
-                    if pending is not None:
-                        pending.add(stream.chain, pending.uncached(stream.stack, stream.tokens))
-            line.extendleft(reversed(waiting_for_blocks))  # at the front still, in their order
+                if full or (admitted and padded > self.max_padding):  # see max_padding
+                    later.append(stream)
+                    continue
+                admitted.append(stream)
+                tokens, width, runs = tokens + len(stream.prompt), max(width, own), runs + own
+                if pending is not None:
+                    pending.add(stream.chain, own)
+            line.extendleft(reversed(later))
         return admitted
 
     def _pending_prefixes(self) -> PendingPrefixes | None:

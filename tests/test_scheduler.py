@@ -436,6 +436,45 @@ def test_a_burst_sharing_a_prompt_start_computes_it_once_and_each_stream_its_sol
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
 
 
+def test_short_prompts_queued_with_a_long_one_are_not_padded_to_it(toy) -> None:
+    """A 100-token prompt and four short ones are queued together. Padded into one prefill, the
+    short rows would each run 100 positions and wait for all the long prompt's chunks; instead the
+    long one is prefilled alone, and the short ones, in a prefill of their own, run right after
+    its first chunk. Every stream still produces exactly its solo greedy tokens."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "padding", prefill_chunk_tokens=32)
+    stack = surgeon.compile([])
+    ids = tokenizer.convert_tokens_to_ids
+    long = torch.tensor(ids(world.symbols[:100]))
+    shorts = [torch.tensor(ids(world.symbols[150 + 6 * i : 156 + 6 * i])) for i in range(4)]
+    prompts = [long, *shorts]
+    prefills: list[tuple[int, int]] = []  # each prefill forward's (rows, positions)
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills.append(tuple(kwargs["input_ids"].shape))
+
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
+    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        held.start()
+        assert holding.wait(60)
+        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]  # queued together
+        release.set()
+        made = [[t for e in stream if isinstance(e, Token) for t in e.token_ids] for stream in streams]
+    finally:
+        hook.remove()
+        held.join()
+        scheduler.close()
+    assert prefills[:2] == [(1, 32), (4, 6)]  # the long prompt's first chunk, then the short ones
+    assert sum(columns for rows, columns in prefills if rows == 1) == 100
+    for tokens, prompt in zip(made, prompts, strict=True):
+        assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
 def test_a_prefix_evicted_while_its_hit_is_prefilled_neither_fails_the_rows_nor_is_stored_broken(toy) -> None:
     """A store of exactly three 16-token blocks holds a 48-token prompt. A longer prompt starting
     with it takes all three and is prefilled in chunks; meanwhile a 16-token newcomer's block
