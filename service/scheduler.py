@@ -410,10 +410,11 @@ class Scheduler:
         that would pad this prefill past ``max_padding`` waits for the next."""
         active, lines = self.active_rows, (self._waiting, self._background)
         waiting = self.waiting
+        if not waiting:
+            return []
         if (
             gather
             and active
-            and waiting
             and waiting < max(1, int(active * self.admit_ratio))
             and self.steps - min(line[0].queued_at for line in lines if line) < self.admit_within
         ):
