@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
 # H200): the equivalence tests on the device, then the serving benchmark there, c64 first (with
-# where its time to first token goes), a long prompt's effect on running streams by prefill chunk, the
-# prefix cache on a shared system prompt, then
+# where its time to first token goes), a long prompt's effect on running streams by prefill chunk
+# and on short prompts queued with it, the prefix cache on a shared system prompt (requests
+# arriving apart and in a burst), then
 # (with the previous thread-per-stream server unpacked in bench/.baseline and carried along) the
 # serving process's CPU per request and tokens/s against it; without it, a model-less sync gRPC
 # server's CPU per call against grpc.aio's.
@@ -24,7 +25,7 @@ echo "bench/serving.py on $device: exit $?"
 grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/bench.log"
 timeout 90 "$python" bench/chunked_prefill.py --device "$device" --rounds 2 >"$out/chunked_prefill.log" 2>&1
 echo "bench/chunked_prefill.py on $device: exit $?"
-grep chunk "$out/chunked_prefill.log"
+grep -E "chunk|together" "$out/chunked_prefill.log"
 timeout 90 "$python" bench/prefix_cache.py --device "$device" --rounds 2 >"$out/prefix_cache.log" 2>&1
 echo "bench/prefix_cache.py on $device: exit $?"
 cat "$out/prefix_cache.log"
