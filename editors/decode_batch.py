@@ -55,14 +55,18 @@ class DecodeBatch:
         """Feed each row its next token (``[rows]``) under ``rows`` (a :class:`RowStacks`); return the
         next logits ``[rows, vocab]``."""
         mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
-        with surgeon.apply_rows(rows):
-            out = model(
-                input_ids=tokens.unsqueeze(1),
-                attention_mask=mask,
-                position_ids=self.positions.unsqueeze(1),
-                cache=self.cache,
-                use_cache=True,
-            )
+        try:
+            with surgeon.apply_rows(rows):
+                out = model(
+                    input_ids=tokens.unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=self.positions.unsqueeze(1),
+                    cache=self.cache,
+                    use_cache=True,
+                )
+        except BaseException:  # the layers it reached appended this step's column: the batch stays as it was
+            self._crop_right(self.length)
+            raise
         self.cache, self.mask, self.positions = out.cache, mask, self.positions + 1
         return out.logits[:, -1]
 
@@ -93,6 +97,13 @@ class DecodeBatch:
             layer.keys = F.pad(layer.keys, (0, 0, columns, 0))
             layer.values = F.pad(layer.values, (0, 0, columns, 0))
         self.mask = F.pad(self.mask, (columns, 0))
+
+    def _crop_right(self, length: int) -> None:
+        """Drop cache columns past ``length`` (those a failed step appended in some layers)."""
+        for layer in self.cache.layers:
+            extra = layer.get_seq_length() - length
+            if extra > 0:
+                layer.crop(-extra)
 
     def _crop_left(self, columns: int) -> None:
         for layer in self.cache.layers:

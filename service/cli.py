@@ -309,6 +309,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.engine_process = args.engine_process
     config.max_streams = args.max_streams or config.max_streams
     config.prefill_chunk_tokens = args.prefill_chunk_tokens or config.prefill_chunk_tokens
+    config.max_batch_rows = args.max_batch_rows or config.max_batch_rows
     if args.prefix_cache_mb is not None:
         config.prefix_cache_mb = args.prefix_cache_mb
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -477,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="positions (rows × columns) per prefill forward; a longer prefill runs in chunks with the running "
         "streams' decode steps between them, so a long prompt holds them up one chunk at a time (default 2048)",
+    )
+    serve.add_argument(
+        "--max-batch-rows",
+        type=_positive_int,
+        help="rows one decode step may hold: the KV cache grows with them (default 256; a step that runs out of "
+        "device memory sends its newer half back to be prefilled again)",
     )
     serve.add_argument(
         "--prefix-cache-mb",

@@ -43,7 +43,7 @@ from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from service.forkserver import forkserver_context
 from service.intra_op import serial_thread
 from service.sampling import Sampling
-from service.scheduler import PREFIX_CACHE_BYTES, Scheduler, SchedulerClosed, _Stream, overloaded
+from service.scheduler import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES, Scheduler, SchedulerClosed, _Stream, overloaded
 from service.startup_heap import freeze_startup_heap
 from service.stream_reading import Doorbell, Finished, LoopEvents, Token, _Event, _Made, reader
 from service.stream_timing import StreamClock
@@ -69,6 +69,7 @@ class EngineSettings:
     max_streams: int | None = None  # streams in flight beyond which a new one is refused (Overloaded)
     prefill_chunk_tokens: int = 2048  # positions per prefill forward (service.scheduler)
     prefix_cache_bytes: int = PREFIX_CACHE_BYTES  # stored prompt prefixes (editors.prefix_cache)
+    max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.scheduler)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class EngineStats:
     active_rows: int = 0
     waiting: int = 0
     prefix_hit_tokens: int = 0
+    preempted: int = 0
 
 
 @dataclass(eq=False)
@@ -349,6 +351,7 @@ def _engine_main(
             eos_ids=settings.eos_ids,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             prefix_cache_bytes=settings.prefix_cache_bytes,
+            max_rows=settings.max_batch_rows,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
@@ -392,4 +395,5 @@ def _stats(scheduler: Scheduler) -> EngineStats:
         scheduler.active_rows,
         scheduler.waiting,
         scheduler.prefix_cache.hit_tokens,
+        scheduler.preempted,
     )

@@ -153,8 +153,8 @@ class Metrics:
 
     def watch_generation(self, counts: Callable[[], dict[str, GenerationCounts]]) -> None:
         """Export ``counts()`` (per model) as ``scalpel_forwards_total``,
-        ``scalpel_decode_steps_total`` and ``scalpel_prefix_cache_hit_tokens_total``, read at each
-        scrape."""
+        ``scalpel_decode_steps_total``, ``scalpel_prefix_cache_hit_tokens_total`` and
+        ``scalpel_preempted_rows_total``, read at each scrape."""
         self._generation_counts.counts = counts
 
     def serve(self, address: str) -> int:
@@ -196,13 +196,20 @@ class _GenerationCounts(Collector):
             "Prompt tokens whose keys and values came from the prefix cache instead of a prefill forward",
             labels=["model"],
         )
+        preempted = CounterMetricFamily(
+            "scalpel_preempted_rows",
+            "Rows a decode step that ran out of memory sent back to be prefilled again",
+            labels=["model"],
+        )
         for model, counts in self.counts().items():
             forwards.add_metric([model], counts.forwards)
             steps.add_metric([model], counts.steps)
             hits.add_metric([model], counts.prefix_hit_tokens)
+            preempted.add_metric([model], counts.preempted)
         yield forwards
         yield steps
         yield hits
+        yield preempted
 
 
 #: One line per call at INFO, JSON: method, code, milliseconds, the caller's key name (never its

@@ -69,6 +69,9 @@ AUTO_INTERVAL_MAX = 8
 #: Bytes of prompt prefixes' keys and values a scheduler keeps (editors.prefix_cache) unless told.
 PREFIX_CACHE_BYTES = 256 << 20
 
+#: Rows one decode step may hold unless told (``max_rows``; config ``max_batch_rows``).
+MAX_BATCH_ROWS = 256
+
 #: Prefills in flight at once: a long one advancing chunk by chunk, and newcomers admitted
 #: meanwhile, whose prefill (usually short) runs its chunks first instead of waiting for the long
 #: one's last. Each iteration still runs one prefill chunk.
@@ -95,6 +98,15 @@ def overloaded(model: str, limit: int) -> Overloaded:
     )
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device (or host) allocation that failed."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("out of memory", "can't allocate memory")
+    )
+
+
 @dataclass(eq=False)
 class _Stream:
     """One generation request in flight: its prompt, stack, sampling state and outbox of token ids.
@@ -115,6 +127,8 @@ class _Stream:
     abandoned: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     last: int = -1
+    made: list[int] = field(default_factory=list)  # every token it produced (a preempted row's prompt grows by them)
+    prompt_tokens: int = field(init=False)  # its prompt as asked (``prompt`` grows when the row is preempted)
     pending: list[int] = field(default_factory=list)  # tokens made, not yet handed to the reader
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
@@ -128,6 +142,7 @@ class _Stream:
 
     def __post_init__(self) -> None:
         self.sampler = RowSampler(self.sampling, self.prompt)
+        self.prompt_tokens = len(self.prompt)
 
     def gone(self) -> bool:
         return self.abandoned.is_set() or not self.is_active()
@@ -141,6 +156,7 @@ class _Stream:
             return False
         self.produced += 1
         self.last = token
+        self.made.append(token)
         self.pending.append(token)
         if logprob is not None:
             self.pending_logprobs.append(logprob)
@@ -192,7 +208,7 @@ class Scheduler:
         tokenizer: PreTrainedTokenizerBase,
         name: str = "model",
         context_length: int = 2048,
-        max_rows: int = 256,
+        max_rows: int = MAX_BATCH_ROWS,
         prefill_tokens: int = 8192,
         prefill_chunk_tokens: int = 2048,
         admit_within: int = 8,
@@ -213,6 +229,11 @@ class Scheduler:
         self.eos = eos_ids if eos_ids is not None else frozenset({tokenizer.eos_token_id} - {None})
         self.context_length = context_length
         self.max_rows = max_rows
+        #: Rows the batch may hold now: ``max_rows``, or fewer since a decode step ran out of
+        #: device memory (:meth:`_preempt`), until the batch next empties.
+        self.row_cap = max_rows
+        #: Rows taken out of the batch to be prefilled again because a step ran out of memory.
+        self.preempted = 0
         self.prefill_tokens = prefill_tokens
         chunk = prefill_chunk_tokens
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
@@ -424,7 +445,7 @@ class Scheduler:
         pending, looked = self._pending_prefixes(), 0
         for line in lines:
             later: list[_Stream] = []  # left for a later prefill: at the front of their line still
-            while line and not full and active + len(admitted) < self.max_rows and looked < self.max_rows:
+            while line and not full and active + len(admitted) < self.row_cap and looked < self.max_rows:
                 stream, looked = line.popleft(), looked + 1
                 if pending is not None and pending.should_wait(stream.stack, stream.tokens, stream.chain):
                     later.append(stream)
@@ -513,7 +534,8 @@ class Scheduler:
                 stream.end(Finished("cancelled", 0))
                 self.cancelled += 1
             else:
-                self._admitted(stream, now - stream.joined)
+                if not stream.produced:  # (a preempted row's wait was told the first time)
+                    self._admitted(stream, now - stream.joined)
                 live.append(stream)
         group.streams = live  # (each stream judged once: one that leaves now still gets its end)
         if not live:
@@ -523,7 +545,8 @@ class Scheduler:
         try:
             cached = [self.prefix_cache.lookup(s.stack, s.tokens) if self._caching else None for s in live]
             for stream, prefix in zip(live, cached, strict=True):
-                stream.cached = prefix.length if prefix is not None else 0
+                if not stream.produced:  # the count its first tokens told (not a preempted row's second)
+                    stream.cached = prefix.length if prefix is not None else 0
             group.prefill = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
         except Exception as error:
             self._prefill_failed(group, error)
@@ -577,7 +600,7 @@ class Scheduler:
         for row in rows:
             stream = self._rows[row]
             if stream is not None:  # its next position is at most its prompt and tokens (an EOS not counted)
-                position = len(stream.prompt) + stream.produced
+                position = stream.prompt_tokens + stream.produced
                 self._edge_step = min(self._edge_step, self.steps + self.context_length - position)
             self._rows[row] = None
         if 4 * (len(self._rows) - self.active_rows) >= len(self._rows):
@@ -592,6 +615,7 @@ class Scheduler:
         self._edge_step = math.inf  # no ended row is left
         if not self._rows:
             self._batch = None
+            self.row_cap = self.max_rows  # an empty batch holds no cache: the cap starts over
         elif self._batch is not None:
             self._batch.keep(alive)
 
@@ -612,6 +636,8 @@ class Scheduler:
             self.steps += 1
             tokens = self._pick(logits, rows)
         except Exception as error:
+            if out_of_memory(error) and self._preempt():
+                return  # the step runs again, over fewer rows
             _LOG.exception("decode step over %d rows failed", self.active_rows)
             for stream in rows:
                 if stream is not None:
@@ -626,6 +652,37 @@ class Scheduler:
         ]
         if ended:
             self._retire(ended)
+
+    def _preempt(self) -> bool:
+        """After a decode step ran out of device memory: the newer half of the live rows leave the
+        batch (freeing their cache) and wait at the front of the queue, each prompt now its prompt
+        and the tokens it made, and the batch holds at most the rows left until it next empties.
+        A preempted row is prefilled again when there is room: the same tokens give the same keys
+        and values, and its sampler goes on where it was, so its stream is what it would have been.
+        False (the step fails its rows) when a single live row is left."""
+        live = [row for row, stream in enumerate(self._rows) if stream is not None]
+        if len(live) < 2:
+            return False
+        keep = len(live) // 2
+        victims = [self._rows[row] for row in live[keep:]]  # rows join at the end: the newest
+        _LOG.warning(
+            "a decode step over %d rows ran out of memory: %d wait to be prefilled again", len(live), len(victims)
+        )
+        for row in live[keep:]:
+            self._rows[row] = None
+        self._compact()
+        self.row_cap = keep
+        self.preempted += len(victims)
+        now = time.monotonic()
+        for stream in victims:
+            stream._hand_over(now)  # its tokens so far leave now, not after its second prefill
+            stream.prompt = torch.cat([stream.prompt[: stream.prompt_tokens], torch.tensor(stream.made)])
+            stream.tokens = stream.prompt.tolist()
+            stream.chain = block_chain(stream.stack, stream.tokens, self.prefix_cache.block) if self._caching else []
+            stream.queued_at, stream.joined = self.steps, now
+        with self._wake:
+            self._waiting.extendleft(reversed(victims))
+        return True
 
     def _deliver(self) -> None:
         """Hand the streams the events this step made."""

@@ -34,7 +34,7 @@ from service.intra_op import forward_threads, serial_thread
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.registry.registry import check_name
-from service.scheduler import PREFIX_CACHE_BYTES
+from service.scheduler import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.serving import ModelHost, ModelSpec
 from service.startup_heap import freeze_startup_heap
 
@@ -82,6 +82,10 @@ class ServerConfig:
     # running rows' decode steps between them (chunked prefill), so a long prompt holds them up
     # one chunk at a time.
     prefill_chunk_tokens: int = 2048
+    # Rows one decode step may hold (each row a stream or a check's completion): the KV cache grows
+    # with them. A step that runs out of device memory anyway sends its newer half back to be
+    # prefilled again (scalpel_preempted_rows_total) and the batch holds the rest until it empties.
+    max_batch_rows: int = MAX_BATCH_ROWS
     # MiB of prompt prefixes' keys and values kept per model, per version (editors.prefix_cache):
     # a prompt starting like an earlier one under the same version skips that part of its prefill.
     prefix_cache_mb: int = PREFIX_CACHE_BYTES >> 20
@@ -96,7 +100,7 @@ class ServerConfig:
     locate_max_passes: int = DEFAULT_LOCATE_MAX_PASSES
 
     def __post_init__(self) -> None:
-        for field_name in ("max_streams", "prefill_chunk_tokens"):
+        for field_name in ("max_streams", "prefill_chunk_tokens", "max_batch_rows"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
         if self.prefix_cache_mb < 0:
@@ -230,6 +234,7 @@ class ScalpelServer:
             engine_process=self.config.engine_process,
             max_streams=self.config.max_streams,
             prefill_chunk_tokens=self.config.prefill_chunk_tokens,
+            max_batch_rows=self.config.max_batch_rows,
             prefix_cache_bytes=self.config.prefix_cache_mb << 20,
         )
 

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from service.checks.suite import Suite
 from service.engine_process import EngineProcess, EngineSettings, EngineStats
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
-from service.scheduler import BACKGROUND, INTERACTIVE, PREFIX_CACHE_BYTES, Overloaded, Scheduler
+from service.scheduler import BACKGROUND, INTERACTIVE, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES, Overloaded, Scheduler
 from service.stream_reading import Doorbell, Finished, Token
 from service.stream_timing import LatencySink, StreamClock
 
@@ -56,16 +56,15 @@ class GenerationCounts:
     forwards: int = 0  # prefills and decode steps
     steps: int = 0  # decode steps alone: tokens generated / steps is the batch's mean width
     prefix_hit_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    preempted: int = 0  # rows a step that ran out of memory sent back to be prefilled again
 
     @classmethod
     def of(cls, source: Scheduler | EngineStats) -> GenerationCounts:
         hits = source.prefix_cache.hit_tokens if isinstance(source, Scheduler) else source.prefix_hit_tokens
-        return cls(source.forwards, source.steps, hits)
+        return cls(source.forwards, source.steps, hits, source.preempted)
 
     def __add__(self, other: GenerationCounts) -> GenerationCounts:
-        return GenerationCounts(
-            self.forwards + other.forwards, self.steps + other.steps, self.prefix_hit_tokens + other.prefix_hit_tokens
-        )
+        return GenerationCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass(frozen=True)
@@ -118,6 +117,7 @@ class ModelHost:
         max_streams: int | None = None,
         prefill_chunk_tokens: int = 2048,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+        max_batch_rows: int = MAX_BATCH_ROWS,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -171,6 +171,7 @@ class ModelHost:
             max_streams=max_streams,
             prefill_chunk_tokens=prefill_chunk_tokens,
             prefix_cache_bytes=prefix_cache_bytes,
+            max_rows=max_batch_rows,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -191,6 +192,7 @@ class ModelHost:
             max_streams,
             prefill_chunk_tokens,
             prefix_cache_bytes,
+            max_batch_rows,
         )
         if engine_process:
             try:

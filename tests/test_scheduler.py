@@ -475,6 +475,47 @@ def test_short_prompts_queued_with_a_long_one_are_not_padded_to_it(toy) -> None:
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
 
 
+def test_a_decode_step_out_of_memory_prefills_the_newer_rows_again_and_fails_no_stream(toy) -> None:
+    """A decode step over more than four rows runs out of memory (raised in the second block,
+    after the first appended the step's column to its cache). The newer half of the rows leave the
+    batch and wait to be prefilled again from their prompt and tokens so far; the batch holds at
+    most four rows until it empties. No stream fails, and each produces exactly its solo greedy
+    tokens: the kept rows' cache lost the failed step's column, the others recomputed theirs."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "out-of-memory")
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
+    steps: list[int] = []  # rows of each decode step the second block saw
+
+    def run_out(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] == 1:
+            steps.append(hidden.shape[0])
+            if hidden.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
+    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
+    try:
+        held.start()
+        assert holding.wait(60)
+        streams = [
+            scheduler.generate(prompt, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)) for prompt in prompts
+        ]
+        release.set()
+        ends = [_collect(stream) for stream in streams]
+    finally:
+        hook.remove()
+        held.join()
+        scheduler.close()
+    assert steps[0] == 8 and max(steps[1:]) == 4 and scheduler.preempted == 4
+    for (tokens, end), prompt in zip(ends, prompts, strict=True):
+        assert end.finish_reason == "length"
+        assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
 def test_a_prefix_evicted_while_its_hit_is_prefilled_neither_fails_the_rows_nor_is_stored_broken(toy) -> None:
     """A store of exactly three 16-token blocks holds a 48-token prompt. A longer prompt starting
     with it takes all three and is prefilled in chunks; meanwhile a 16-token newcomer's block

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,7 @@ from service.registry.registry import ROLES
 from service.server import ScalpelServer, ServerConfig
 from tests.certificates import make_certificates
 from tests.conftest import TEST_DEVICE
+from tests.scheduler_hold import scheduler_held
 
 
 def _served(db_url: str, engine_process: bool):
@@ -435,6 +437,37 @@ def test_the_metrics_count_prompt_tokens_taken_from_the_prefix_cache(served) -> 
     assert hits() == before  # nothing stored for this start yet
     warm = admin.generate("toy", shared, max_tokens=4, ignore_eos=True)
     assert hits() - before >= 32 and warm.token_ids == cold.token_ids
+
+
+def test_rows_a_step_had_no_memory_for_are_counted_and_their_streams_answer_in_full(served_inline) -> None:
+    """Four gRPC streams join one batch whose decode steps over more than two rows run out of
+    memory (raised by a hook in the second block): two rows are prefilled again, counted as
+    ``scalpel_preempted_rows_total``, and every stream still answers exactly as it does alone."""
+    server, admin, _, _ = served_inline
+    host = server.hosts["toy"]
+    prompts = [f"The capital of {country} is" for country in ("Riia", "Muford", "Pimir", "Sondra")]
+    alone = [admin.generate("toy", prompt, max_tokens=8, ignore_eos=True).token_ids for prompt in prompts]
+
+    def run_out(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] == 1 and hidden.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    def preempted() -> float:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        return _series(body, "scalpel_preempted_rows_total")
+
+    assert preempted() == 0
+    hook = host.model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
+    try:
+        with ThreadPoolExecutor(4) as pool, scheduler_held(host):
+            futures = [pool.submit(admin.generate, "toy", p, max_tokens=8, ignore_eos=True) for p in prompts]
+            while host.scheduler.waiting < 4:  # all four queued: they join one batch
+                threading.Event().wait(0.01)
+        made = [future.result().token_ids for future in futures]
+    finally:
+        hook.remove()
+    assert made == alone and preempted() == 2
 
 
 def _series(body: str, name: str) -> float:
