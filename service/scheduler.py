@@ -72,6 +72,10 @@ PREFIX_CACHE_BYTES = 256 << 20
 #: Rows one decode step may hold unless told (``max_rows``; config ``max_batch_rows``).
 MAX_BATCH_ROWS = 256
 
+#: After a step ran out of memory, the batch may hold one more row per this many decode steps
+#: that did not (until ``max_rows``, or another shortage halves it again).
+CAP_REGROWTH_STEPS = 64
+
 #: Prefills in flight at once: a long one advancing chunk by chunk, and newcomers admitted
 #: meanwhile, whose prefill (usually short) runs its chunks first instead of waiting for the long
 #: one's last. Each iteration still runs one prefill chunk.
@@ -230,8 +234,10 @@ class Scheduler:
         self.context_length = context_length
         self.max_rows = max_rows
         #: Rows the batch may hold now: ``max_rows``, or fewer since a decode step ran out of
-        #: device memory (:meth:`_preempt`), until the batch next empties.
+        #: device memory (:meth:`_preempt`); one more per ``CAP_REGROWTH_STEPS`` steps since, and
+        #: all of them once the batch empties.
         self.row_cap = max_rows
+        self._capped_at = 0  # the decode step count when the cap was last lowered or raised
         #: Rows taken out of the batch to be prefilled again because a step ran out of memory.
         self.preempted = 0
         self.prefill_tokens = prefill_tokens
@@ -644,6 +650,8 @@ class Scheduler:
                     stream.end(error)
             self._retire(list(range(len(rows))))
             return
+        if self.row_cap < self.max_rows and self.steps - self._capped_at >= CAP_REGROWTH_STEPS:
+            self.row_cap, self._capped_at = self.row_cap + 1, self.steps
         interval, now = self._stream_interval(), time.monotonic()
         ended = [
             row
@@ -656,7 +664,7 @@ class Scheduler:
     def _preempt(self) -> bool:
         """After a decode step ran out of device memory: the newer half of the live rows leave the
         batch (freeing their cache) and wait at the front of the queue, each prompt now its prompt
-        and the tokens it made, and the batch holds at most the rows left until it next empties.
+        and the tokens it made, and the batch holds at most the rows left (``row_cap``).
         A preempted row is prefilled again when there is room: the same tokens give the same keys
         and values, and its sampler goes on where it was, so its stream is what it would have been.
         False (the step fails its rows) when a single live row is left."""
@@ -671,7 +679,7 @@ class Scheduler:
         for row in live[keep:]:
             self._rows[row] = None
         self._compact()
-        self.row_cap = keep
+        self.row_cap, self._capped_at = keep, self.steps
         self.preempted += len(victims)
         now = time.monotonic()
         for stream in victims:

@@ -84,7 +84,7 @@ class ServerConfig:
     prefill_chunk_tokens: int = 2048
     # Rows one decode step may hold (each row a stream or a check's completion): the KV cache grows
     # with them. A step that runs out of device memory anyway sends its newer half back to be
-    # prefilled again (scalpel_preempted_rows_total) and the batch holds the rest until it empties.
+    # prefilled again (scalpel_preempted_rows_total); the batch takes rows back one per 64 steps.
     max_batch_rows: int = MAX_BATCH_ROWS
     # MiB of prompt prefixes' keys and values kept per model, per version (editors.prefix_cache):
     # a prompt starting like an earlier one under the same version skips that part of its prefill.

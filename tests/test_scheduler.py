@@ -23,7 +23,7 @@ from editors.toyworld.counterfact import edit_cases
 from service.db.migrate import upgrade
 from service.intra_op import forward_threads
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import Finished, Sampling, Scheduler, SchedulerClosed, Token
+from service.scheduler import CAP_REGROWTH_STEPS, Finished, Sampling, Scheduler, SchedulerClosed, Token
 from service.server import ModelSpec
 from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE
@@ -514,6 +514,49 @@ def test_a_decode_step_out_of_memory_prefills_the_newer_rows_again_and_fails_no_
     for (tokens, end), prompt in zip(ends, prompts, strict=True):
         assert end.finish_reason == "length"
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
+def test_after_running_out_of_memory_the_batch_takes_rows_back_one_at_a_time(toy) -> None:
+    """Decode steps over more than four rows run out of memory. After the first shortage halves
+    the batch to four rows, it may hold one more per CAP_REGROWTH_STEPS steps: a preempted row
+    rejoins while the first four still decode (and is sent back again: five is too many), instead
+    of waiting for the batch to empty. Every stream still produces exactly its solo greedy tokens."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "regrowth")
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
+    new_tokens = CAP_REGROWTH_STEPS + 30
+    assert max(len(p) for p in prompts) + new_tokens < model.config.n_positions
+    steps: list[int] = []
+
+    def run_out(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] == 1:
+            steps.append(hidden.shape[0])
+            if hidden.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
+    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
+    sampling = Sampling(max_tokens=new_tokens, ignore_eos=True)
+    try:
+        held.start()
+        assert holding.wait(60)
+        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]
+        release.set()
+        ends = [_collect(stream) for stream in streams]
+    finally:
+        hook.remove()
+        held.join()
+        scheduler.close()
+    first_five = steps.index(5)  # the cap grew back while the first four rows were mid-stream
+    assert steps[0] == 8 and steps[1:first_five] == [4] * (first_five - 1)
+    assert CAP_REGROWTH_STEPS <= first_five < new_tokens
+    for (tokens, end), prompt in zip(ends, prompts, strict=True):
+        assert end.finish_reason == "length"
+        assert tokens == _greedy_past_eos(model, prompt, new_tokens)
 
 
 def test_a_prefix_evicted_while_its_hit_is_prefilled_neither_fails_the_rows_nor_is_stored_broken(toy) -> None:
