@@ -45,7 +45,8 @@ from bench.gpt2_small import gpt2_small_shaped
 from bench.report import report
 from editors import Surgeon
 from editors.toyworld import load_toy_model
-from service.scheduler import PREFIX_CACHE_BYTES, Sampling, Scheduler, Token
+from service.defaults import PREFIX_CACHE_BYTES
+from service.scheduler import Sampling, Scheduler, Token
 from service.shared_prefixes import PendingPrefixes
 from service.startup_heap import freeze_startup_heap
 

@@ -10,15 +10,13 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from editors.toyworld import TOY_MODEL_DIR
 from service.cli_client import add_client_commands, add_export_arguments, print_export
 from service.cli_errors import UsageError, one_line, read_yaml, require_empty_directory
 from service.forkserver import start_early
-
-if TYPE_CHECKING:
-    from service.server import ServerConfig
+from service.server_config import ModelSpec, ServerConfig
 
 
 def _positive_int(text: str) -> int:
@@ -235,9 +233,6 @@ def _check_types(path: Path, loaded: dict[str, Any], hints: dict[str, Any]) -> N
 
 def _load_server_config(path: Path) -> ServerConfig:
     """A ``ServerConfig`` from YAML; unknown keys are an error (a typo must not pass silently)."""
-
-    from service.server import ServerConfig
-
     loaded = read_yaml(path, "config file") or {}
     if not isinstance(loaded, dict):
         raise SystemExit(f"scalpel: {path} must hold a mapping of ServerConfig fields")
@@ -249,8 +244,6 @@ def _load_server_config(path: Path) -> ServerConfig:
     for field in ("tls_cert", "tls_key", "tls_client_ca"):
         if loaded.get(field):
             loaded[field] = Path(loaded[field])
-    from service.server import ModelSpec
-
     try:
         config = ServerConfig(**loaded)
         config.models = {name: ModelSpec.parse(name, value) for name, value in dict(config.models).items()}
@@ -259,19 +252,9 @@ def _load_server_config(path: Path) -> ServerConfig:
     return config
 
 
-def _engine_processes_wanted(args: argparse.Namespace) -> bool:
-    """Whether ``serve`` will start engine processes (the flag, else the config file, else the default)."""
-    if args.engine_process is not None:
-        return args.engine_process
-    loaded = read_yaml(Path(args.config), "config file") if args.config else None
-    return not isinstance(loaded, dict) or loaded.get("engine_process", True) is not False
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
-    if _engine_processes_wanted(args):
-        start_early()  # the fork server's imports overlap this process's (service.forkserver)
-    from service.server import ServerConfig, serve
-
+    """Read and check the configuration (torch-free: a mistake is reported in a fraction of a
+    second), start the engine processes' fork server if there will be any, then the server."""
     config = ServerConfig()
     if args.config:
         config = _load_server_config(Path(args.config))
@@ -283,8 +266,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     f"scalpel: --model takes NAME=PATH or toy (e.g. --model mymodel={item} --model toy), got {item!r}"
                 )
         config.models = dict(item.split("=", 1) for item in items)
-    from service.serving import ModelSpec
-
     for name, value in config.models.items():
         spec = ModelSpec.parse(name, value)
         if spec.missing_directory:
@@ -320,6 +301,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.tls_client_ca = Path(args.tls_client_ca)
     if config.tls_client_ca and not (config.tls_cert and config.tls_key):
         raise SystemExit("scalpel: --tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+    if config.engine_process:
+        start_early()  # its imports overlap this process's own (service.forkserver)
+    from service.server import serve
+
     serve(config)
     return 0
 

@@ -40,10 +40,11 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
+from service.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.forkserver import forkserver_context
 from service.intra_op import serial_thread
 from service.sampling import Sampling
-from service.scheduler import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES, Scheduler, SchedulerClosed, _Stream, overloaded
+from service.scheduler import Scheduler, SchedulerClosed, _Stream, overloaded
 from service.startup_heap import freeze_startup_heap
 from service.stream_reading import Doorbell, Finished, LoopEvents, Token, _Event, _Made, reader
 from service.stream_timing import StreamClock

@@ -43,6 +43,7 @@ from transformers import PreTrainedTokenizerBase
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch, Prefill
 from editors.prefix_cache import PrefixCache, block_chain, reuse_is_exact
+from service.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
 from service.shared_prefixes import PendingPrefixes
 from service.stream_reading import (
@@ -65,12 +66,6 @@ MAX_HOLD_S = 0.05
 #: ``stream_interval=0`` (auto): one more token per message for every 8 rows in the batch, up to 8.
 AUTO_ROWS_PER_TOKEN = 8
 AUTO_INTERVAL_MAX = 8
-
-#: Bytes of prompt prefixes' keys and values a scheduler keeps (editors.prefix_cache) unless told.
-PREFIX_CACHE_BYTES = 256 << 20
-
-#: Rows one decode step may hold unless told (``max_rows``; config ``max_batch_rows``).
-MAX_BATCH_ROWS = 256
 
 #: After a step ran out of memory, the batch may hold one more row per this many decode steps
 #: that did not (until ``max_rows``, or another shortage halves it again).

@@ -25,10 +25,12 @@ from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.checks.suite import Suite
+from service.defaults import DTYPE_NAMES, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.engine_process import EngineProcess, EngineSettings, EngineStats
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling
-from service.scheduler import BACKGROUND, INTERACTIVE, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES, Overloaded, Scheduler
+from service.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
+from service.server_config import ModelSpec
 from service.stream_reading import Doorbell, Finished, Token
 from service.stream_timing import LatencySink, StreamClock
 
@@ -46,7 +48,7 @@ MIN_TEMPERATURE = 1e-3
 MAX_REPETITION_PENALTY = 10.0
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
 CHARS_PER_TOKEN = 64
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -65,37 +67,6 @@ class GenerationCounts:
 
     def __add__(self, other: GenerationCounts) -> GenerationCounts:
         return GenerationCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a hosted model comes from and where it runs (``None``: the server's defaults)."""
-
-    source: str
-    device: str | None = None
-    dtype: str | None = None
-
-    @classmethod
-    def parse(cls, name: str, value: object) -> ModelSpec:
-        """``path-or-hub-id`` or ``{source, device, dtype}`` (config files); errors name the model."""
-        if isinstance(value, ModelSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - {"source", "device", "dtype"})
-            if unknown or not isinstance(value.get("source"), str):
-                raise ValueError(f"models.{name}: expected {{source, device, dtype}} with a source, got {value!r}")
-            dtype = value.get("dtype")
-            if dtype is not None and dtype not in DTYPES:
-                raise ValueError(f"models.{name}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-            return cls(value["source"], value.get("device"), dtype)
-        raise ValueError(f"models.{name}: expected a path, a hub id or {{source, device, dtype}}, got {value!r}")
-
-    @property
-    def missing_directory(self) -> bool:
-        """The source is written as a local path (not a hub id) and no directory is there."""
-        return self.source.startswith(("/", "./", "../", "~")) and not Path(self.source).expanduser().is_dir()
 
 
 class ModelHost:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 
-import pytest
 from sqlalchemy import text
 
 
@@ -120,22 +118,26 @@ print(json.dumps({
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"loaded": [], "fork_server": True}, done.stderr
 
 
-@pytest.mark.parametrize(
-    ("flag", "config", "wanted"),
-    [
-        (None, None, True),
-        (False, None, False),
-        (None, "engine_process: false\n", False),
-        (True, "engine_process: false\n", True),
-        (None, "max_streams: 8\n", True),
-    ],
-)
-def test_serve_starts_the_fork_server_only_for_engine_processes(tmp_path, flag, config, wanted) -> None:
-    from service.cli import _engine_processes_wanted
-
-    path = None
-    if config is not None:
-        path = tmp_path / "scalpel.yaml"
-        path.write_text(config)
-    args = argparse.Namespace(engine_process=flag, config=str(path) if path else None)
-    assert _engine_processes_wanted(args) is wanted
+def test_a_config_mistake_is_reported_before_torch_or_the_fork_server_start(tmp_path) -> None:
+    """`scalpel serve --config` reads and checks its file torch-free (service.server_config): a
+    mistake is one line and exit 2, with neither torch nor transformers imported and no engine
+    fork server started for a server that will not run."""
+    config = tmp_path / "scalpel.yaml"
+    config.write_text("max_batch_rows: 0\n")
+    script = f"""
+import json, os, sys
+from service.cli import main
+code = main(["serve", "--config", {str(config)!r}])
+parents = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        parents.append(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:  # (it ended meanwhile)
+        pass
+loaded = sorted({{"torch", "transformers"}} & set(sys.modules))
+print(json.dumps({{"code": code, "loaded": loaded, "children": parents.count(str(os.getpid()))}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"code": 2, "loaded": [], "children": 0}, (report, done.stderr)
+    assert "max_batch_rows must be at least 1, got 0" in done.stderr

@@ -13,7 +13,7 @@ from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
 from service.registry import InvalidArgument
 from service.registry.infos import ModelInfo
-from service.serving import ModelSpec
+from service.server_config import ModelSpec
 
 
 class ModelService(rpc.ModelServiceServicer, ServicerBase):

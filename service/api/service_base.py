@@ -7,12 +7,13 @@ from typing import Protocol
 
 from service.aliases import AliasCache
 from service.check_runs import CheckScheduler
+from service.defaults import DEFAULT_LOCATE_MAX_PASSES
 from service.metrics import Metrics
 from service.registry import NotFound, Registry
-from service.serving import ModelHost, ModelSpec
+from service.server_config import ModelSpec
+from service.serving import ModelHost
 
 #: Most passes (forwards and backwards over one batch of pairs) one DiscoverCircuit may run.
-DEFAULT_LOCATE_MAX_PASSES = 2000
 
 
 class ModelLoader(Protocol):

@@ -1,0 +1,20 @@
+"""Default sizes shared by the server's configuration and the parts it configures. Torch-free, so
+that a configuration is read and checked before the seconds that torch and transformers take to
+import (service.server_config)."""
+
+from __future__ import annotations
+
+#: Bytes of prompt prefixes' keys and values a scheduler keeps (editors.prefix_cache) unless told.
+PREFIX_CACHE_BYTES = 256 << 20
+
+#: Rows one decode step may hold unless told (the scheduler's ``max_rows``; config ``max_batch_rows``).
+MAX_BATCH_ROWS = 256
+
+#: The most passes one DiscoverCircuit may run unless configured (config ``locate_max_passes``).
+DEFAULT_LOCATE_MAX_PASSES = 2000
+
+#: The largest message the server accepts and sends unless configured.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: The weight dtypes a hosted model may be loaded in.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
