@@ -134,6 +134,7 @@ class _Stream:
     cached: int = 0  # prompt tokens its prefill took from the prefix cache
     chain: list[int] = field(default_factory=list)  # its prompt's block hashes (editors.prefix_cache.block_chain)
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
+    background: bool = False  # a check run's row: it waits behind every waiting stream
     joined: float = 0.0  # and the time then (time.monotonic)
     clock: StreamClock | None = None  # the serving metrics' (service.stream_timing)
     key: int = -1  # the stream's number in an engine process (service.engine_process)
@@ -342,7 +343,7 @@ class Scheduler:
                 raise overloaded(self.name, limit)
             now = time.monotonic()
             for stream in streams:
-                stream.queued_at, stream.joined = self.steps, now
+                stream.queued_at, stream.joined, stream.background = self.steps, now, background
             (self._background if background else self._waiting).extend(streams)
             self._wake.notify()
 
@@ -658,7 +659,7 @@ class Scheduler:
 
     def _preempt(self) -> bool:
         """After a decode step ran out of device memory: the newer half of the live rows leave the
-        batch (freeing their cache) and wait at the front of the queue, each prompt now its prompt
+        batch (freeing their cache) and wait at the front of their queue, each prompt now its prompt
         and the tokens it made, and the batch holds at most the rows left (``row_cap``).
         A preempted row is prefilled again when there is room: the same tokens give the same keys
         and values, and its sampler goes on where it was, so its stream is what it would have been.
@@ -684,7 +685,8 @@ class Scheduler:
             stream.chain = block_chain(stream.stack, stream.tokens, self.prefix_cache.block) if self._caching else []
             stream.queued_at, stream.joined = self.steps, now
         with self._wake:
-            self._waiting.extendleft(reversed(victims))
+            for line, background in ((self._waiting, False), (self._background, True)):
+                line.extendleft(reversed([stream for stream in victims if stream.background == background]))
         return True
 
     def _deliver(self) -> None:

@@ -516,6 +516,51 @@ def test_a_decode_step_out_of_memory_prefills_the_newer_rows_again_and_fails_no_
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
 
 
+def test_check_rows_sent_back_by_a_memory_shortage_wait_behind_streams_again(toy) -> None:
+    """Four streams and four check-run rows (``complete``: background) share a batch whose decode
+    steps over four rows run out of memory. The newer half, the check rows, go back to the
+    background queue, not ahead of streams; every row still produces its solo greedy tokens."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "background-preempted")
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
+    queues: list[tuple[int, int]] = []  # (streams waiting, check rows waiting) at each 4-row step
+
+    def run_out(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] == 1:
+            if hidden.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+            queues.append((len(scheduler._waiting), len(scheduler._background)))
+
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
+    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
+    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
+    checks: list[list[int]] = []
+    try:
+        held.start()
+        assert holding.wait(60)
+        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts[:4]]
+        completing = threading.Thread(
+            target=lambda: checks.extend(scheduler.complete(prompts[4:], stack, [sampling] * 4))
+        )
+        completing.start()
+        while scheduler.waiting < 8:  # the check rows are queued too
+            threading.Event().wait(0.01)
+        release.set()
+        made = [_collect(stream)[0] for stream in streams]
+        completing.join()
+    finally:
+        hook.remove()
+        held.join()
+        scheduler.close()
+    assert queues[0] == (0, 4) and scheduler.preempted == 4
+    for tokens, prompt in zip([*made, *checks], prompts, strict=True):
+        assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
 def test_after_running_out_of_memory_the_batch_takes_rows_back_one_at_a_time(toy) -> None:
     """Decode steps over more than four rows run out of memory. After the first shortage halves
     the batch to four rows, it may hold one more per CAP_REGROWTH_STEPS steps: a preempted row
