@@ -135,6 +135,7 @@ class _Stream:
     chain: list[int] = field(default_factory=list)  # its prompt's block hashes (editors.prefix_cache.block_chain)
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
     background: bool = False  # a check run's row: it waits behind every waiting stream
+    queue_told: bool = False  # its wait in the queue was told (to its clock), once
     joined: float = 0.0  # and the time then (time.monotonic)
     clock: StreamClock | None = None  # the serving metrics' (service.stream_timing)
     key: int = -1  # the stream's number in an engine process (service.engine_process)
@@ -410,11 +411,14 @@ class Scheduler:
                 if admitted:  # its chunks go first: a short prefill never waits for a long one
                     self._joining.appendleft(_Joining(admitted))
             with torch.inference_mode():
-                if self._joining:
-                    self._prefill_step(self._joining[0])
-                self._drop_gone()
-                if self._batch is not None:
-                    self._decode()
+                try:
+                    if self._joining:
+                        self._prefill_step(self._joining[0])
+                    self._drop_gone()
+                    if self._batch is not None:
+                        self._decode()
+                except Exception as error:  # not one the steps handle: fail what is in flight, go on
+                    self._in_flight_failed(error)
             self._deliver()
         self._shutdown()
 
@@ -509,7 +513,8 @@ class Scheduler:
             tokens = self._pick(logits, newcomers)
             now = time.monotonic()
         except Exception as error:
-            self._prefill_failed(group, error)
+            if not (out_of_memory(error) and self._prefill_out_of_memory(group)):
+                self._prefill_failed(group, error)
             return
         keep = [
             row
@@ -517,15 +522,19 @@ class Scheduler:
             if s.accept(token, logprob, 1, now, self.max_hold_s)
         ]
         if keep:
-            if len(keep) < len(newcomers):
-                joined.keep(keep)
-            self._compact()  # the merge copies the cache anyway: leave no finished rows in it
-            if self._batch is None:
-                self._batch = joined
+            try:
+                if len(keep) < len(newcomers):
+                    joined.keep(keep)
+                self._compact()  # the merge copies the cache anyway: leave no finished rows in it
+                if self._batch is None:
+                    self._batch = joined
+                else:
+                    self._batch.merge(joined)
+            except Exception as error:  # the running batch may be half merged: every row starts over
+                self._batch_lost([*(s for s in self._rows if s is not None), *(newcomers[row] for row in keep)], error)
             else:
-                self._batch.merge(joined)
-            self._rows += [newcomers[row] for row in keep]
-            self._row_stacks = None
+                self._rows += [newcomers[row] for row in keep]
+                self._row_stacks = None
         self._leave(group)  # after the merge: a reader counting requests never misses them
 
     def _start_prefill(self, group: _Joining) -> None:
@@ -536,7 +545,8 @@ class Scheduler:
                 stream.end(Finished("cancelled", 0))
                 self.cancelled += 1
             else:
-                if not stream.produced:  # (a preempted row's wait was told the first time)
+                if not stream.queue_told:  # (a row sent back for memory told its wait the first time)
+                    stream.queue_told = True
                     self._admitted(stream, now - stream.joined)
                 live.append(stream)
         group.streams = live  # (each stream judged once: one that leaves now still gets its end)
@@ -552,6 +562,33 @@ class Scheduler:
             group.prefill = Prefill(self.model, self.surgeon, prompts, stacks, self._pad, columns, cached)
         except Exception as error:
             self._prefill_failed(group, error)
+
+    def _batch_lost(self, streams: list[_Stream], error: Exception) -> None:
+        """The batch's cache can no longer be trusted (a merge or compaction failed half done):
+        out of memory, every row waits to be prefilled again, and the batch takes back half of
+        them at first; otherwise every row fails."""
+        self._drop_batch()
+        if out_of_memory(error):
+            _LOG.warning("the batch ran out of memory while rows joined: its %d rows start over", len(streams))
+            self._lower_cap(len(streams) // 2)
+            self._send_back(streams)
+            return
+        _LOG.exception("the batch failed while rows joined: its %d rows fail", len(streams))
+        for stream in streams:
+            stream.end(error)
+
+    def _drop_batch(self) -> None:
+        self._rows, self._batch, self._row_stacks, self._edge_step = [], None, None, math.inf
+
+    def _in_flight_failed(self, error: Exception) -> None:
+        """Every row in the batch or joining it fails with ``error``; the model's thread goes on
+        (waiting streams, and those sent later, are served as before)."""
+        _LOG.exception("the scheduler failed its rows in flight")
+        streams = [s for s in self._rows if s is not None] + [s for group in self._joining for s in group.streams]
+        self._drop_batch()
+        self._joining.clear()
+        for stream in streams:
+            stream.end(error)
 
     def _prefill_failed(self, group: _Joining, error: Exception) -> None:
         _LOG.exception("prefill of %d rows failed", len(group.streams))
@@ -638,8 +675,14 @@ class Scheduler:
             self.steps += 1
             tokens = self._pick(logits, rows)
         except Exception as error:
-            if out_of_memory(error) and self._preempt():
-                return  # the step runs again, over fewer rows
+            if out_of_memory(error):
+                live = [stream for stream in rows if stream is not None]
+                try:
+                    if self._preempt():
+                        return  # the step runs again, over fewer rows
+                except Exception as again:  # compacting ran out too: the cache cannot be trusted
+                    self._batch_lost(live, again)
+                    return
             _LOG.exception("decode step over %d rows failed", self.active_rows)
             for stream in rows:
                 if stream is not None:
@@ -675,19 +718,42 @@ class Scheduler:
         for row in live[keep:]:
             self._rows[row] = None
         self._compact()
-        self.row_cap, self._capped_at = keep, self.steps
-        self.preempted += len(victims)
+        self._lower_cap(keep)
+        self._send_back(victims)
+        return True
+
+    def _prefill_out_of_memory(self, group: _Joining) -> bool:
+        """After a prefill (or its merge into the batch) ran out of memory: its rows wait at the
+        front of their queues again, and the batch takes no newcomers beyond the rows it has (half
+        the prefill's when it has none). False (the prefill fails its rows) for a lone row that
+        ran out alone."""
+        rows, active = group.streams, self.active_rows
+        if len(rows) < 2 and not active:
+            return False
+        _LOG.warning("a prefill of %d rows ran out of memory beside %d rows: it waits to run again", len(rows), active)
+        self._leave(group)
+        self._lower_cap(active or len(rows) // 2)
+        self._send_back(rows)
+        return True
+
+    def _lower_cap(self, rows: int) -> None:
+        self.row_cap, self._capped_at = max(1, rows), self.steps
+
+    def _send_back(self, streams: list[_Stream]) -> None:
+        """Rows that lost their place for want of memory wait at the front of their queues, each
+        prompt now its prompt and the tokens it made: a prefill recomputes their keys and values."""
+        self.preempted += len(streams)
         now = time.monotonic()
-        for stream in victims:
+        for stream in streams:
             stream._hand_over(now)  # its tokens so far leave now, not after its second prefill
-            stream.prompt = torch.cat([stream.prompt[: stream.prompt_tokens], torch.tensor(stream.made)])
+            made = torch.tensor(stream.made, dtype=stream.prompt.dtype)
+            stream.prompt = torch.cat([stream.prompt[: stream.prompt_tokens], made])
             stream.tokens = stream.prompt.tolist()
             stream.chain = block_chain(stream.stack, stream.tokens, self.prefix_cache.block) if self._caching else []
             stream.queued_at, stream.joined = self.steps, now
         with self._wake:
             for line, background in ((self._waiting, False), (self._background, True)):
-                line.extendleft(reversed([stream for stream in victims if stream.background == background]))
-        return True
+                line.extendleft(reversed([stream for stream in streams if stream.background == background]))
 
     def _deliver(self) -> None:
         """Hand the streams the events this step made."""

@@ -561,6 +561,83 @@ def test_check_rows_sent_back_by_a_memory_shortage_wait_behind_streams_again(toy
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
 
 
+def test_a_prefill_out_of_memory_runs_again_in_smaller_prefills_and_fails_no_stream(toy) -> None:
+    """Prefills of more than two rows run out of memory. Four prompts queued together: their
+    prefill is sent back, two of them run, and the other two once the batch has room; no stream
+    fails, each produces its solo greedy tokens."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "prefill-out-of-memory")
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 4)]
+    prefills: list[int] = []
+
+    def run_out(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] > 1:
+            prefills.append(hidden.shape[0])
+            if hidden.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    holding, release = threading.Event(), threading.Event()
+    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
+    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
+    try:
+        held.start()
+        assert holding.wait(60)
+        streams = [
+            scheduler.generate(prompt, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)) for prompt in prompts
+        ]
+        release.set()
+        ends = [_collect(stream) for stream in streams]
+    finally:
+        hook.remove()
+        held.join()
+        scheduler.close()
+    assert prefills[0] == 4 and max(prefills[1:]) <= 2 and scheduler.preempted == 4
+    for (tokens, end), prompt in zip(ends, prompts, strict=True):
+        assert end.finish_reason == "length" and tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
+def test_a_failure_no_step_handles_fails_the_rows_in_flight_and_the_model_serves_on(toy) -> None:
+    """Whatever fails between two forwards outside the steps' own handling (here, dropping the
+    rows whose caller left raises once), the rows in flight end with that error instead of waiting
+    forever on a dead thread, and the next request is served in full."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "safety-net")
+    stack = surgeon.compile([])
+    prompt = tokenizer(_texts(world, 1)[0], return_tensors="pt")["input_ids"][0]
+    drop_gone, raised = scheduler._drop_gone, []
+
+    def fails_once() -> None:
+        if scheduler.steps == 3 and not raised:
+            raised.append(True)
+            raise RuntimeError("a scheduling fault (raised by the test)")
+        drop_gone()
+
+    scheduler._drop_gone = fails_once  # type: ignore[method-assign]
+    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            list(scheduler.generate(prompt, stack, sampling))
+        except RuntimeError as error:
+            outcome.append(error)
+
+    try:
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        reading.join(60)  # (a guard: on a dead scheduler thread the stream would wait forever)
+        assert not reading.is_alive(), "the stream was left waiting on a dead scheduler thread"
+        assert raised and "scheduling fault" in str(outcome[0])
+        after = _collect(scheduler.generate(prompt, stack, sampling))
+    finally:
+        scheduler.close()
+    assert after[1].finish_reason == "length" and after[0] == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
 def test_after_running_out_of_memory_the_batch_takes_rows_back_one_at_a_time(toy) -> None:
     """Decode steps over more than four rows run out of memory. After the first shortage halves
     the batch to four rows, it may hold one more per CAP_REGROWTH_STEPS steps: a preempted row
