@@ -84,6 +84,7 @@ class EngineStats:
     waiting: int = 0
     prefix_hit_tokens: int = 0
     preempted: int = 0
+    row_cap: int = MAX_BATCH_ROWS
 
 
 @dataclass(eq=False)
@@ -107,7 +108,7 @@ class EngineProcess:
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, settings: EngineSettings) -> None:
         self.tokenizer = tokenizer
         self.name, self.max_streams = settings.name, settings.max_streams
-        self.stats = EngineStats()
+        self.stats = EngineStats(row_cap=settings.max_batch_rows)
         context = forkserver_context()
         self._conn, child = context.Pipe()
         self._process = context.Process(
@@ -397,4 +398,5 @@ def _stats(scheduler: Scheduler) -> EngineStats:
         scheduler.waiting,
         scheduler.prefix_cache.hit_tokens,
         scheduler.preempted,
+        scheduler.row_cap,
     )

@@ -94,6 +94,12 @@ class Metrics:
         self.batch_rows = Gauge(
             "scalpel_generation_rows", "Rows in the model's decode batch", ["model"], registry=self.registry
         )
+        self.row_cap = Gauge(
+            "scalpel_generation_row_cap",
+            "Rows the model's decode batch may hold now: max_batch_rows, or fewer since a step ran out of memory",
+            ["model"],
+            registry=self.registry,
+        )
         self.waiting = Gauge(
             "scalpel_generation_waiting",
             "Generation streams waiting to join the model's decode batch",
@@ -146,7 +152,7 @@ class Metrics:
 
     def forget_model(self, model: str) -> None:
         """Drop an unloaded model's per-model series."""
-        series = (self.batch_rows, self.waiting, self.refused, self.prompt_tokens, self.first_token)
+        series = (self.batch_rows, self.row_cap, self.waiting, self.refused, self.prompt_tokens, self.first_token)
         for metric in (*series, self.per_output_token, self.queue_wait):
             with contextlib.suppress(KeyError):  # a model that never made a stream has none
                 metric.remove(model)

@@ -174,6 +174,7 @@ class ScalpelServer:
             self.registry.set_suite(name, self._default_suite(host), "scalpel")
         self.hosts[name] = host
         self.metrics.batch_rows.labels(name).set_function(lambda: host.active_rows)
+        self.metrics.row_cap.labels(name).set_function(lambda: host.row_cap)
         self.metrics.waiting.labels(name).set_function(lambda: host.waiting)
         host.latency = self.metrics.latency(name)
         host.on_overloaded = self.metrics.refused.labels(name).inc

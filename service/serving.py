@@ -193,6 +193,12 @@ class ModelHost:
         return self.engine.stats.active_rows if self.engine is not None else self.scheduler.active_rows
 
     @property
+    def row_cap(self) -> int:
+        """Rows the generation batch may hold now (fewer than ``max_batch_rows`` for a while after
+        a step ran out of memory; the engine process's, as of its last step)."""
+        return self.engine.stats.row_cap if self.engine is not None else self.scheduler.row_cap
+
+    @property
     def waiting(self) -> int:
         """Generation streams waiting to join the batch (the engine process's, as of its last step)."""
         return self.engine.stats.waiting if self.engine is not None else self.scheduler.waiting

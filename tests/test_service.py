@@ -442,22 +442,29 @@ def test_the_metrics_count_prompt_tokens_taken_from_the_prefix_cache(served) -> 
 def test_rows_a_step_had_no_memory_for_are_counted_and_their_streams_answer_in_full(served_inline) -> None:
     """Four gRPC streams join one batch whose decode steps over more than two rows run out of
     memory (raised by a hook in the second block): two rows are prefilled again, counted as
-    ``scalpel_preempted_rows_total``, and every stream still answers exactly as it does alone."""
+    ``scalpel_preempted_rows_total``, the batch's ``scalpel_generation_row_cap`` reads 2 meanwhile
+    (256 again once it empties), and every stream still answers exactly as it does alone."""
     server, admin, _, _ = served_inline
     host = server.hosts["toy"]
     prompts = [f"The capital of {country} is" for country in ("Riia", "Muford", "Pimir", "Sondra")]
     alone = [admin.generate("toy", prompt, max_tokens=8, ignore_eos=True).token_ids for prompt in prompts]
 
+    caps: list[float] = []  # the gauge, scraped at the first step after the shortage
+
     def run_out(_: object, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[1] == 1 and hidden.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+        if hidden.shape[1] == 1 and not caps and preempted():
+            caps.append(_series(scrape(), "scalpel_generation_row_cap"))
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
 
     def preempted() -> float:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-        return _series(body, "scalpel_preempted_rows_total")
+        return _series(scrape(), "scalpel_preempted_rows_total")
 
-    assert preempted() == 0
+    assert preempted() == 0 and _series(scrape(), "scalpel_generation_row_cap") == 256
     hook = host.model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
     try:
         with ThreadPoolExecutor(4) as pool, scheduler_held(host):
@@ -467,7 +474,8 @@ def test_rows_a_step_had_no_memory_for_are_counted_and_their_streams_answer_in_f
         made = [future.result().token_ids for future in futures]
     finally:
         hook.remove()
-    assert made == alone and preempted() == 2
+    assert made == alone and preempted() == 2 and caps == [2]
+    assert _series(scrape(), "scalpel_generation_row_cap") == 256
 
 
 def _series(body: str, name: str) -> float:
