@@ -45,30 +45,9 @@ def tiny_model(family: str, vocab: int = VOCAB) -> torch.nn.Module:
             )
         )
     elif family == "llama":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=vocab,
-                hidden_size=32,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=64,
-            )
-        )
+        model = LlamaForCausalLM(LlamaConfig(**_llama_shaped(vocab)))
     elif family == "mistral":  # a 4-token sliding window: not in FAMILIES, for what a window changes
-        model = MistralForCausalLM(
-            MistralConfig(
-                vocab_size=vocab,
-                hidden_size=32,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=64,
-                sliding_window=4,
-            )
-        )
+        model = MistralForCausalLM(MistralConfig(**_llama_shaped(vocab), sliding_window=4))
     else:
         raise ValueError(family)
     return model.eval()
@@ -139,3 +118,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
         reset_postgres(url)
     upgrade("head", url)
     return url
+
+
+def _llama_shaped(vocab: int) -> dict[str, int]:
+    """The tiny Llama layout (grouped-query attention), which Mistral shares."""
+    return {
+        "vocab_size": vocab,
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    }

@@ -7,7 +7,8 @@ import itertools
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +28,7 @@ from service.scheduler import CAP_REGROWTH_STEPS, Finished, Sampling, Scheduler,
 from service.server import ModelSpec
 from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE
+from tests.scheduler_hold import scheduler_held
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 NEW_TOKENS = 12
@@ -82,6 +84,38 @@ def _collect(events) -> tuple[list[int], Finished]:
         else:
             return tokens, event
     raise AssertionError("the stream ended without a Finished event")
+
+
+def _queued_together(
+    scheduler: Scheduler, prompts: list[torch.Tensor], stack, new_tokens: int = NEW_TOKENS
+) -> list[tuple[list[int], Finished]]:
+    """Each prompt's greedy stream (past EOS), all queued while the scheduler is held so that they
+    are admitted together, each read to its end."""
+    sampling = Sampling(max_tokens=new_tokens, ignore_eos=True)
+    with scheduler_held(scheduler):
+        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]
+    return [_collect(stream) for stream in streams]
+
+
+@contextmanager
+def _running_out(model, rows: int, prefill: bool = False) -> Iterator[list[int]]:
+    """While inside, a decode step (with ``prefill``: a prefill) over more than ``rows`` rows runs
+    out of memory in the second block, after the first appended its keys and values; yields the
+    rows of each such forward, in order."""
+    seen: list[int] = []
+
+    def run_out(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if (hidden.shape[1] > 1) == prefill:
+            seen.append(hidden.shape[0])
+            if hidden.shape[0] > rows:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 def concurrently(run: Callable[[int], T], count: int) -> dict[int, T]:
@@ -416,19 +450,11 @@ def test_a_burst_sharing_a_prompt_start_computes_it_once_and_each_stream_its_sol
         if kwargs["input_ids"].shape[1] > 1:
             prefills.append(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1] :].sum(-1).tolist())
 
-    holding, release = threading.Event(), threading.Event()
-    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
-    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
     hook = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        held.start()
-        assert holding.wait(60)
-        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]  # all queued at once
-        release.set()
-        made = [[t for e in stream if isinstance(e, Token) for t in e.token_ids] for stream in streams]
+        made = [tokens for tokens, _ in _queued_together(scheduler, prompts, stack)]
     finally:
         hook.remove()
-        held.join()
         scheduler.close()
     assert prefills == [[52, 56], [4, 4, 4, 4]]
     assert scheduler.prefix_cache.hit_tokens == 4 * 48
@@ -455,19 +481,11 @@ def test_short_prompts_queued_with_a_long_one_are_not_padded_to_it(toy) -> None:
         if kwargs["input_ids"].shape[1] > 1:
             prefills.append(tuple(kwargs["input_ids"].shape))
 
-    holding, release = threading.Event(), threading.Event()
-    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
-    sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
     hook = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        held.start()
-        assert holding.wait(60)
-        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]  # queued together
-        release.set()
-        made = [[t for e in stream if isinstance(e, Token) for t in e.token_ids] for stream in streams]
+        made = [tokens for tokens, _ in _queued_together(scheduler, prompts, stack)]
     finally:
         hook.remove()
-        held.join()
         scheduler.close()
     assert prefills[:2] == [(1, 32), (4, 6)]  # the long prompt's first chunk, then the short ones
     assert sum(columns for rows, columns in prefills if rows == 1) == 100
@@ -486,29 +504,10 @@ def test_a_decode_step_out_of_memory_prefills_the_newer_rows_again_and_fails_no_
     scheduler = Scheduler(model, surgeon, tokenizer, "out-of-memory")
     stack = surgeon.compile([])
     prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
-    steps: list[int] = []  # rows of each decode step the second block saw
-
-    def run_out(_: object, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.shape[1] == 1:
-            steps.append(hidden.shape[0])
-            if hidden.shape[0] > 4:
-                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
-
-    holding, release = threading.Event(), threading.Event()
-    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
-    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
     try:
-        held.start()
-        assert holding.wait(60)
-        streams = [
-            scheduler.generate(prompt, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)) for prompt in prompts
-        ]
-        release.set()
-        ends = [_collect(stream) for stream in streams]
+        with _running_out(model, 4) as steps:  # rows of each decode step the second block saw
+            ends = _queued_together(scheduler, prompts, stack)
     finally:
-        hook.remove()
-        held.join()
         scheduler.close()
     assert steps[0] == 8 and max(steps[1:]) == 4 and scheduler.preempted == 4
     for (tokens, end), prompt in zip(ends, prompts, strict=True):
@@ -534,27 +533,22 @@ def test_check_rows_sent_back_by_a_memory_shortage_wait_behind_streams_again(toy
                 raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
             queues.append((len(scheduler._waiting), len(scheduler._background)))
 
-    holding, release = threading.Event(), threading.Event()
-    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
     hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
     sampling = Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
     checks: list[list[int]] = []
     try:
-        held.start()
-        assert holding.wait(60)
-        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts[:4]]
-        completing = threading.Thread(
-            target=lambda: checks.extend(scheduler.complete(prompts[4:], stack, [sampling] * 4))
-        )
-        completing.start()
-        while scheduler.waiting < 8:  # the check rows are queued too
-            threading.Event().wait(0.01)
-        release.set()
+        with scheduler_held(scheduler):
+            streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts[:4]]
+            completing = threading.Thread(
+                target=lambda: checks.extend(scheduler.complete(prompts[4:], stack, [sampling] * 4))
+            )
+            completing.start()
+            while scheduler.waiting < 8:  # the check rows are queued too
+                threading.Event().wait(0.01)
         made = [_collect(stream)[0] for stream in streams]
         completing.join()
     finally:
         hook.remove()
-        held.join()
         scheduler.close()
     assert queues[0] == (0, 4) and scheduler.preempted == 4
     for tokens, prompt in zip([*made, *checks], prompts, strict=True):
@@ -570,29 +564,10 @@ def test_a_prefill_out_of_memory_runs_again_in_smaller_prefills_and_fails_no_str
     scheduler = Scheduler(model, surgeon, tokenizer, "prefill-out-of-memory")
     stack = surgeon.compile([])
     prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 4)]
-    prefills: list[int] = []
-
-    def run_out(_: object, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.shape[1] > 1:
-            prefills.append(hidden.shape[0])
-            if hidden.shape[0] > 2:
-                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
-
-    holding, release = threading.Event(), threading.Event()
-    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
-    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
     try:
-        held.start()
-        assert holding.wait(60)
-        streams = [
-            scheduler.generate(prompt, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)) for prompt in prompts
-        ]
-        release.set()
-        ends = [_collect(stream) for stream in streams]
+        with _running_out(model, 2, prefill=True) as prefills:
+            ends = _queued_together(scheduler, prompts, stack)
     finally:
-        hook.remove()
-        held.join()
         scheduler.close()
     assert prefills[0] == 4 and max(prefills[1:]) <= 2 and scheduler.preempted == 4
     for (tokens, end), prompt in zip(ends, prompts, strict=True):
@@ -650,28 +625,10 @@ def test_after_running_out_of_memory_the_batch_takes_rows_back_one_at_a_time(toy
     prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
     new_tokens = CAP_REGROWTH_STEPS + 30
     assert max(len(p) for p in prompts) + new_tokens < model.config.n_positions
-    steps: list[int] = []
-
-    def run_out(_: object, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.shape[1] == 1:
-            steps.append(hidden.shape[0])
-            if hidden.shape[0] > 4:
-                raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
-
-    holding, release = threading.Event(), threading.Event()
-    held = threading.Thread(target=scheduler.call, args=(lambda: holding.set() or release.wait(60),))
-    hook = model.transformer.h[1].register_forward_pre_hook(run_out, with_kwargs=True)
-    sampling = Sampling(max_tokens=new_tokens, ignore_eos=True)
     try:
-        held.start()
-        assert holding.wait(60)
-        streams = [scheduler.generate(prompt, stack, sampling) for prompt in prompts]
-        release.set()
-        ends = [_collect(stream) for stream in streams]
+        with _running_out(model, 4) as steps:
+            ends = _queued_together(scheduler, prompts, stack, new_tokens)
     finally:
-        hook.remove()
-        held.join()
         scheduler.close()
     first_five = steps.index(5)  # the cap grew back while the first four rows were mid-stream
     assert steps[0] == 8 and steps[1:first_five] == [4] * (first_five - 1)
