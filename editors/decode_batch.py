@@ -3,8 +3,9 @@
 Rows join (a prefill of new prompts, merged into the running batch) and leave (finished or
 cancelled) between forwards. Every row is left-padded to the batch's cache length; the attention
 mask hides the padding and each row's ``position_ids`` count only its real tokens, so a row
-computes what it would compute alone. Caches are ``transformers``' :class:`DynamicCache`; only
-their row and padding layout is managed here, attention is the model's own.
+computes what it would compute alone. Caches are ``transformers``' :class:`DynamicCache` (with
+spare room per layer, :mod:`editors.growing_cache`); only their row and padding layout is managed
+here, attention is the model's own.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
+from editors.growing_cache import GrowingCache
 from editors.prefix_cache import CachedPrefix
 from editors.surgeon import EditStack, RowStacks, Surgeon
 
@@ -23,7 +24,7 @@ from editors.surgeon import EditStack, RowStacks, Surgeon
 class DecodeBatch:
     """A batch of rows with a shared KV cache. Build with :meth:`prefill`; grow with :meth:`merge`."""
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+    def __init__(self, cache: GrowingCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
         self.cache = cache
         self.mask = mask  # [rows, cache length], 1 for real tokens
         self.positions = positions  # [rows], the position id of each row's next token
@@ -82,21 +83,11 @@ class DecodeBatch:
     def merge(self, other: DecodeBatch) -> None:
         """Append ``other``'s rows after this batch's, padding the shorter cache on the left."""
         width = max(self.length, other.length)
-        for batch in (self, other):
-            batch._pad_left(width - batch.length)
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
-            mine.values = torch.cat([mine.values, theirs.values], dim=0)
-        self.mask = torch.cat([self.mask, other.mask], dim=0)
+            mine.stack_rows(theirs, width)
+        masks = [F.pad(batch.mask, (width - batch.length, 0)) for batch in (self, other)]
+        self.mask = torch.cat(masks, dim=0)
         self.positions = torch.cat([self.positions, other.positions], dim=0)
-
-    def _pad_left(self, columns: int) -> None:
-        if columns <= 0:
-            return
-        for layer in self.cache.layers:
-            layer.keys = F.pad(layer.keys, (0, 0, columns, 0))
-            layer.values = F.pad(layer.values, (0, 0, columns, 0))
-        self.mask = F.pad(self.mask, (columns, 0))
 
     def _crop_right(self, length: int) -> None:
         """Drop cache columns past ``length`` (those a failed step appended in some layers)."""
@@ -107,8 +98,7 @@ class DecodeBatch:
 
     def _crop_left(self, columns: int) -> None:
         for layer in self.cache.layers:
-            layer.keys = layer.keys[..., columns:, :]
-            layer.values = layer.values[..., columns:, :]
+            layer.drop_left(columns)
         self.mask = self.mask[:, columns:]
 
 
@@ -197,12 +187,12 @@ class Prefill:
         return [covered[:, row, :, a - first : b - first] for (row, _, _), (a, b) in zip(spans, columns, strict=True)]
 
 
-def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tuple[DynamicCache, torch.Tensor]:
+def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tuple[GrowingCache, torch.Tensor]:
     """A cache holding each row's cached prefix right-aligned (empty without any), and its mask."""
     longest = max((c.length for c in cached if c is not None), default=0)
     mask = torch.zeros((len(cached), longest), dtype=torch.long, device=device)
     if not longest:
-        return DynamicCache(), mask
+        return GrowingCache(), mask
     template = next(c for c in cached if c is not None).kv
     twice_layers, heads, _, head_dim = template.shape
     kv = template.new_zeros((twice_layers, len(cached), heads, longest, head_dim))
@@ -211,4 +201,4 @@ def _cache_of(cached: Sequence[CachedPrefix | None], device: torch.device) -> tu
             kv[:, row, :, longest - prefix.length :] = prefix.kv
             mask[row, longest - prefix.length :] = 1
     layers = twice_layers // 2
-    return DynamicCache([(kv[i], kv[layers + i]) for i in range(layers)]), mask
+    return GrowingCache((kv[i], kv[layers + i]) for i in range(layers)), mask

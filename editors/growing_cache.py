@@ -1,0 +1,135 @@
+"""A ``transformers`` KV cache whose layers keep spare room, so a decode step writes its column in
+place instead of copying the whole cache.
+
+``DynamicLayer.update`` concatenates: every decode step allocates each layer's keys and values
+anew and copies all of them, a cost that grows with rows × cache length (a quarter of a CPU decode
+step at 64 rows; ``bench/overhead.py``, ``cache_*``). :class:`GrowingLayer` holds each tensor in a
+buffer with room for more columns and hands the model views of the filled part; when the room runs
+out the buffer grows by a quarter of its length at once, so a column is copied a few times in its
+life rather than once per step. Everything else (``keys``/``values`` assigned whole, cropping,
+row selection, the attention and masks) behaves as for a ``DynamicLayer``, and the views are the
+same numbers: logits are bit-identical to the concatenating cache's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+#: Spare columns a buffer gets when it grows: a quarter of its filled length, at least this many.
+MIN_SPARE_COLUMNS = 8
+SPARE_FRACTION = 4  # length // SPARE_FRACTION
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's keys and values ``[rows, heads, length, head dim]``, as views of buffers with
+    spare columns after ``length``."""
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> None:
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self._length = self._value_length = 0  # filled columns (equal between assignments of the two)
+        super().__init__()  # sets keys and values to None through the properties below
+        if keys is not None and values is not None:
+            self.keys, self.values = keys, values
+            self.device, self.is_initialized = keys.device, True
+
+    # Assigning a tensor (a merge, a row selection, a crop from the left) makes it the buffer,
+    # with no room to spare: the next update grows it.
+    @property
+    def keys(self) -> torch.Tensor | None:  # type: ignore[override]
+        return None if self._keys is None else self._keys[..., : self._length, :]
+
+    @keys.setter
+    def keys(self, tensor: torch.Tensor | None) -> None:
+        self._keys = tensor if tensor is not None and tensor.dim() == 4 else None
+        self._length = 0 if self._keys is None else self._keys.shape[-2]
+
+    @property
+    def values(self) -> torch.Tensor | None:  # type: ignore[override]
+        return None if self._values is None else self._values[..., : self._value_length, :]
+
+    @values.setter
+    def values(self, tensor: torch.Tensor | None) -> None:
+        self._values = tensor if tensor is not None and tensor.dim() == 4 else None
+        self._value_length = 0 if self._values is None else self._values.shape[-2]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
+        """Write the new columns after the filled ones (growing the buffers if they lack room);
+        return the keys and values so far."""
+        if not self.is_initialized:
+            self.device, self.is_initialized = key_states.device, True
+        new = key_states.shape[-2]
+        if self._keys is None or self._values is None:
+            self._keys, self._values = self._room(key_states, 0, new), self._room(value_states, 0, new)
+        elif self._length + new > self._keys.shape[-2]:
+            self._keys, self._values = (self._room(buffer, self._length, new) for buffer in (self._keys, self._values))
+        end = self._length + new
+        self._keys[..., self._length : end, :] = key_states
+        self._values[..., self._length : end, :] = value_states
+        self._length = self._value_length = end
+        return self.keys, self.values
+
+    @staticmethod
+    def _room(buffer: torch.Tensor, filled: int, new: int) -> torch.Tensor:
+        """A buffer like ``buffer`` with its first ``filled`` columns and room for ``new`` more
+        and the spare."""
+        grown = _buffer(buffer, buffer.shape[0], filled + new)
+        if filled:
+            grown[..., :filled, :] = buffer[..., :filled, :]
+        return grown
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (their spare room too)."""
+        if self._keys is not None and self._values is not None:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+
+    def drop_left(self, columns: int) -> None:
+        """Drop the first ``columns`` columns (no copy: the buffers' views start later)."""
+        if self._keys is not None and self._values is not None:
+            self._keys, self._values = self._keys[..., columns:, :], self._values[..., columns:, :]
+            self._length = self._value_length = self._length - columns
+
+    def stack_rows(self, other: GrowingLayer, width: int) -> None:
+        """Append ``other``'s rows after these, both right-aligned in ``width`` columns (the
+        columns before a row's own are zeros, which the attention mask hides)."""
+        mine, theirs = (self.keys, self.values), (other.keys, other.values)
+        assert mine[0] is not None and theirs[0] is not None
+        buffers = [_buffer(a, a.shape[0] + b.shape[0], width) for a, b in zip(mine, theirs, strict=True)]
+        for buffer, parts in zip(buffers, zip(mine, theirs, strict=True), strict=True):
+            start = 0
+            for part in parts:
+                rows, pad = slice(start, start + part.shape[0]), width - part.shape[-2]
+                buffer[rows, :, :pad].zero_()
+                buffer[rows, :, pad:width] = part
+                start += part.shape[0]
+        self._keys, self._values = buffers
+        self._length = self._value_length = width
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` columns (their room is kept for the next update)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes the negative number of columns to drop, got {tokens_to_remove}")
+        self._length = self._value_length = max(0, self._length + tokens_to_remove)
+
+
+def _buffer(like: torch.Tensor, rows: int, filled: int) -> torch.Tensor:
+    """An uninitialised buffer for ``rows`` rows of ``filled`` columns and the spare room."""
+    spare = max(MIN_SPARE_COLUMNS, filled // SPARE_FRACTION)
+    return like.new_empty((rows, like.shape[1], filled + spare, like.shape[-1]))
+
+
+class GrowingCache(DynamicCache):
+    """A :class:`DynamicCache` of :class:`GrowingLayer` s: empty (layers made as the model writes
+    them) or holding ``kv``, one ``(keys, values)`` per layer."""
+
+    def __init__(self, kv: Iterable[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+        layers = [GrowingLayer(keys, values) for keys, values in kv]
+        if layers:
+            Cache.__init__(self, layers=layers)
+        else:
+            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
