@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -46,6 +46,11 @@ BACKGROUND_ROWS = 8  # rows per background scoring job: it holds the model betwe
 #: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
 MIN_TEMPERATURE = 1e-3
 MAX_REPETITION_PENALTY = 10.0
+#: OpenAI's bounds: presence and frequency penalties in [-2, 2]; a bias in [-100, 100] for at most
+#: 300 tokens.
+MAX_PENALTY = 2.0
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_TOKENS = 300
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
 CHARS_PER_TOKEN = 64
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -365,6 +370,9 @@ class ModelHost:
         logprobs: int | None = None,
         ignore_eos: bool = False,
         bell: Doorbell | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: Mapping[int, float] | None = None,
     ) -> Iterator[Token | Finished] | AsyncIterator[Token | Finished]:
         """Tokens under ``version`` as the scheduler makes them, then a :class:`Finished` (with
         ``bell``: an async iterator, read on that doorbell's loop). ``prompt`` is text or token ids
@@ -387,6 +395,9 @@ class ModelHost:
             raise InvalidArgument(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}] (1: off)")
         if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
+        if not (-MAX_PENALTY <= presence_penalty <= MAX_PENALTY and -MAX_PENALTY <= frequency_penalty <= MAX_PENALTY):
+            raise InvalidArgument(f"presence_penalty and frequency_penalty must be in [-{MAX_PENALTY}, {MAX_PENALTY}]")
+        bias = _logit_bias(logit_bias or {}, vocab)
         ids = self.prompt_ids(prompt)
         sampling = Sampling(
             min(max_tokens, self.context_length - len(ids)),
@@ -399,6 +410,9 @@ class ModelHost:
             repetition_penalty,
             logprobs,
             ignore_eos,
+            presence_penalty,
+            frequency_penalty,
+            bias,
         )
         stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
         clock = StreamClock(self.latency, len(ids), started) if self.latency is not None else None
@@ -518,6 +532,22 @@ class ModelHost:
             samplings = [Sampling(min(max_tokens, self.context_length - len(ids))) for ids in chunk]
             produced += self.scheduler.complete([ids.to(self.device) for ids in chunk], stack, samplings)
         return [self.tokenizer.decode(ids) for ids in produced]
+
+
+def _logit_bias(bias: Mapping[int, float], vocab: int) -> tuple[tuple[int, float], ...]:
+    """``bias`` checked (token ids in the vocabulary, biases in OpenAI's bounds), as sorted pairs."""
+    if len(bias) > MAX_LOGIT_BIAS_TOKENS:
+        raise InvalidArgument(f"logit_bias holds {len(bias)} tokens; at most {MAX_LOGIT_BIAS_TOKENS}")
+    for token, value in bias.items():
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+            raise InvalidArgument(f"logit_bias names token {token!r}: token ids must be in [0, {vocab})")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS
+        ):
+            raise InvalidArgument(f"logit_bias for token {token} is {value}; biases must be in [-100, 100]")
+    return tuple(sorted((token, float(value)) for token, value in bias.items()))
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

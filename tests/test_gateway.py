@@ -200,6 +200,13 @@ def test_logprobs_sampling_options_and_several_choices(gateway) -> None:
         penalised.choices[0].text
         == grpc_client.generate("toy", PROMPT, version=0, max_tokens=6, repetition_penalty=2.0).text
     )
+    first = grpc_client.generate("toy", PROMPT, version=0, max_tokens=1).token_ids[0]
+    openai_options = {"presence_penalty": 1.0, "frequency_penalty": 0.5, "logit_bias": {str(first): -100}}
+    adjusted = http.completions.create(model="toy", prompt=PROMPT, max_tokens=6, temperature=0, **openai_options)
+    over_grpc = grpc_client.generate(
+        "toy", PROMPT, version=0, max_tokens=6, presence_penalty=1.0, frequency_penalty=0.5, logit_bias={first: -100}
+    )
+    assert adjusted.choices[0].text == over_grpc.text and over_grpc.token_ids[0] != first
     two = http.completions.create(model="toy", prompt=PROMPT, max_tokens=5, temperature=1.0, top_p=0.9, n=2, seed=11)
     assert [c.index for c in two.choices] == [0, 1] and 2 <= two.usage.completion_tokens <= 10
     again = http.completions.create(model="toy", prompt=PROMPT, max_tokens=5, temperature=1.0, top_p=0.9, n=2, seed=11)
@@ -222,7 +229,14 @@ def test_refusals_are_openai_errors_and_change_nothing(gateway, caplog) -> None:
         http.completions.create(model="toy@nosuchalias", prompt=PROMPT)
     with pytest.raises(openai.NotFoundError):
         http.completions.create(model="toy@999", prompt=PROMPT)
-    for options in ({"temperature": -1}, {"presence_penalty": 0.5}, {"max_tokens": 100000}, {"n": 99}):
+    for options in (
+        {"temperature": -1},
+        {"presence_penalty": 2.5},
+        {"logit_bias": {"not a token": 1}},
+        {"logit_bias": {"999999": 1}},
+        {"max_tokens": 100000},
+        {"n": 99},
+    ):
         with pytest.raises(openai.BadRequestError):
             http.completions.create(model="toy", prompt=PROMPT, **options)
     with pytest.raises(openai.BadRequestError, match="tools"):

@@ -66,6 +66,58 @@ def test_repetition_penalty_matches_transformers_generate(host, toy) -> None:
     assert tokens != plain
 
 
+def _openai_penalised_greedy(model, tokenizer, text: str, presence: float, frequency: float) -> list[int]:
+    """Greedy decoding with OpenAI's presence and frequency penalties written out: a full forward
+    per token, each logit lowered by presence (if the output holds the token) + frequency × its
+    count there."""
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0].tolist()
+    produced: list[int] = []
+    with torch.inference_mode():
+        for _ in range(NEW_TOKENS):
+            logits = model(torch.tensor([ids + produced])).logits[0, -1].clone()
+            for token in set(produced):
+                logits[token] -= presence + frequency * produced.count(token)
+            token = int(logits.argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            produced.append(token)
+    return produced
+
+
+def test_presence_and_frequency_penalties_are_openais(host, toy) -> None:
+    model, tokenizer, _ = toy
+    text = _prompt(toy)
+    plain, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS))
+    outputs = []
+    for presence, frequency in ((1.5, 0.0), (0.0, 2.0), (-1.0, 0.7)):
+        tokens, _, _ = _run(
+            host.generate(0, text, max_tokens=NEW_TOKENS, presence_penalty=presence, frequency_penalty=frequency)
+        )
+        assert tokens == _openai_penalised_greedy(model, tokenizer, text, presence, frequency), (presence, frequency)
+        outputs.append(tokens)
+    # the toy model repeats its prompt's sequence: a strong presence penalty must change what it says
+    assert outputs[0] != plain
+
+
+def test_logit_bias_matches_transformers_sequence_bias(host, toy) -> None:
+    model, tokenizer, _ = toy
+    text = _prompt(toy)
+    plain, _, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS))
+    bias = {plain[1]: -100.0, plain[0]: -3.5, 5: 2.0}  # ban the second token, discourage the first
+    tokens, logprobs, _ = _run(host.generate(0, text, max_tokens=NEW_TOKENS, logit_bias=bias, logprobs=1))
+    expected = _generate(
+        model, tokenizer, text, do_sample=False, sequence_bias={(token,): value for token, value in bias.items()}
+    )
+    assert tokens == expected and plain[1] not in tokens
+    # log-probabilities are those of the biased distribution
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        first = model(ids).logits[0, -1].clone()
+        for token, value in bias.items():
+            first[token] += value
+    assert logprobs[0][0] == pytest.approx(float(first.log_softmax(-1)[tokens[0]]), abs=1e-4)
+
+
 def test_logprobs_are_the_models_and_rank_the_alternatives(host, toy) -> None:
     model, tokenizer, _ = toy
     text = _prompt(toy)
@@ -143,6 +195,14 @@ def test_eos_ids_come_from_the_generation_config_and_the_tokenizer(toy) -> None:
         ({"repetition_penalty": -1.0}, "repetition_penalty"),
         ({"repetition_penalty": 11.0}, "repetition_penalty"),
         ({"logprobs": 21}, "logprobs"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3.0}, "frequency_penalty"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty"),
+        ({"logit_bias": {401: 1.0}}, "token ids must be in"),
+        ({"logit_bias": {-1: 1.0}}, "token ids must be in"),
+        ({"logit_bias": {3: 101.0}}, r"\[-100, 100\]"),
+        ({"logit_bias": {3: float("nan")}}, r"\[-100, 100\]"),
+        ({"logit_bias": dict.fromkeys(range(301), 1.0)}, "at most 300"),
     ],
 )
 def test_bad_sampling_options_are_refused_before_joining(host, toy, options, message) -> None:
@@ -166,6 +226,15 @@ def test_the_generate_rpc_carries_the_options_and_the_logprobs(served, toy) -> N
     model, tokenizer, _ = toy
     produced = [token for chunk in chunks for token in chunk.token_ids]
     assert produced == _generate(model, tokenizer, text, do_sample=False, repetition_penalty=1.3)[:4]
+    penalised = client.generate("toy", text, version=0, max_tokens=NEW_TOKENS, presence_penalty=1.5)
+    assert penalised.token_ids == _openai_penalised_greedy(model, tokenizer, text, 1.5, 0.0)
+    plain = client.generate("toy", text, version=0, max_tokens=2)
+    biased = client.generate("toy", text, version=0, max_tokens=2, logit_bias={plain.token_ids[0]: -100.0})
+    assert biased.token_ids[0] != plain.token_ids[0]
+    for bad in ({"logit_bias": {10_000: 1.0}}, {"presence_penalty": 3.0}):
+        with pytest.raises(grpc.RpcError) as refused:
+            client.generate("toy", text, version=0, **bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as refused:
         list(client.stream("toy", text, version=0, top_k=-2))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

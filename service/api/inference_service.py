@@ -75,6 +75,9 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
             logprobs=request.logprobs if request.HasField("logprobs") else None,
             ignore_eos=request.ignore_eos,
             bell=bell,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logit_bias=dict(request.logit_bias),
         )
         return version, stream  # type: ignore[return-value]
 

@@ -155,6 +155,9 @@ class _Choice:
             logprobs=logprobs,
             ignore_eos=sampling.ignore_eos,
             bell=bell,  # a stream's events are read on the server's event loop
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            logit_bias=sampling.token_biases,
         )
         self.prompt_tokens = len(ids)
         self.texts = TokenTexts(target.host)

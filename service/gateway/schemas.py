@@ -1,5 +1,7 @@
 """The request bodies the gateway accepts, as OpenAI's API defines them (plus the sampling options
-vLLM adds: ``top_k``, ``min_p``, ``repetition_penalty``), and what it refuses to pretend it does."""
+vLLM adds: ``top_k``, ``min_p``, ``repetition_penalty``), and what it refuses to pretend it does.
+The bounds of the sampling options are the engine's (:meth:`service.serving.ModelHost.generate`):
+a value out of them is refused there, with the same message over HTTP and gRPC."""
 
 from __future__ import annotations
 
@@ -38,12 +40,16 @@ class SamplingFields(BaseModel):
     stream_options: dict[str, bool] | None = None
 
     @model_validator(mode="after")
-    def _refuse_what_is_not_implemented(self) -> SamplingFields:
-        if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported; use repetition_penalty")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported")
+    def _bias_keys_are_token_ids(self) -> SamplingFields:
+        for key in self.logit_bias or {}:
+            if not key.isdecimal():
+                raise ValueError(f'logit_bias keys are token ids (as strings, e.g. "50256"), got {key!r}')
         return self
+
+    @property
+    def token_biases(self) -> dict[int, float]:
+        """``logit_bias`` keyed by token id."""
+        return {int(key): value for key, value in (self.logit_bias or {}).items()}
 
     @property
     def stops(self) -> tuple[str, ...]:
