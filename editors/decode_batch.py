@@ -21,6 +21,15 @@ from editors.prefix_cache import CachedPrefix
 from editors.surgeon import EditStack, RowStacks, Surgeon
 
 
+def column_bytes(model: nn.Module) -> int:
+    """Bytes of keys and values one token of one row takes in ``model``'s KV cache (every layer),
+    read off the cache of a one-token forward."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        cache = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=True).cache
+    return sum(t[0, :, 0].numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
 class DecodeBatch:
     """A batch of rows with a shared KV cache. Build with :meth:`prefill`; grow with :meth:`merge`."""
 
@@ -35,6 +44,10 @@ class DecodeBatch:
     @property
     def length(self) -> int:
         return self.mask.shape[1]
+
+    def kv_bytes(self, column: int) -> int:
+        """The keys and values its rows hold (``column``: :func:`column_bytes`), spare room aside."""
+        return len(self) * self.length * column
 
     @classmethod
     def prefill(

@@ -293,6 +293,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config.max_batch_rows = args.max_batch_rows or config.max_batch_rows
     if args.prefix_cache_mb is not None:
         config.prefix_cache_mb = args.prefix_cache_mb
+    if args.kv_cache_mb is not None:
+        config.kv_cache_mb = args.kv_cache_mb
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("scalpel: --tls-cert and --tls-key go together")
     if args.tls_cert:
@@ -476,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="MiB of prompt prefixes' keys and values kept per model (and version) on its device, so that a "
         "prompt starting like an earlier one (a shared system prompt) skips that part of its prefill; least "
         "recently used first out (default 256; 0 turns it off)",
+    )
+    serve.add_argument(
+        "--kv-cache-mb",
+        type=_non_negative_int,
+        help="MiB the generation batch's keys and values may take per model: rows join while they fit, and a "
+        "step that would pass it sends its newest rows back to be prefilled again, before the device runs out; "
+        "a request that could not fit alone is refused (default 0: no budget)",
     )
     serve.add_argument(
         "--engine-process",

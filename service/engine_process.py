@@ -71,6 +71,7 @@ class EngineSettings:
     prefill_chunk_tokens: int = 2048  # positions per prefill forward (service.scheduler)
     prefix_cache_bytes: int = PREFIX_CACHE_BYTES  # stored prompt prefixes (editors.prefix_cache)
     max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.scheduler)
+    kv_cache_bytes: int = 0  # the batch's keys and values at most (0: no budget; service.scheduler)
 
 
 @dataclass
@@ -354,6 +355,7 @@ def _engine_main(
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             prefix_cache_bytes=settings.prefix_cache_bytes,
             max_rows=settings.max_batch_rows,
+            kv_cache_bytes=settings.kv_cache_bytes,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))

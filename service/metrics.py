@@ -204,7 +204,7 @@ class _GenerationCounts(Collector):
         )
         preempted = CounterMetricFamily(
             "scalpel_preempted_rows",
-            "Rows a decode step that ran out of memory sent back to be prefilled again",
+            "Rows sent back to be prefilled again: by a step that ran out of memory, or at the KV budget (kv_cache_mb)",
             labels=["model"],
         )
         for model, counts in self.counts().items():

@@ -41,7 +41,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
-from editors.decode_batch import DecodeBatch, Prefill
+from editors.decode_batch import DecodeBatch, Prefill, column_bytes
 from editors.prefix_cache import PrefixCache, block_chain, reuse_is_exact
 from service.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
@@ -70,6 +70,11 @@ AUTO_INTERVAL_MAX = 8
 #: After a step ran out of memory, the batch may hold one more row per this many decode steps
 #: that did not (until ``max_rows``, or another shortage halves it again).
 CAP_REGROWTH_STEPS = 64
+
+#: With a KV budget, rows join only while the batch would hold this many more steps' columns
+#: within it, and a step that would pass it sends newer rows back until that much room is free
+#: again: a batch at its budget does not send a row back every step.
+KV_HEADROOM_STEPS = 16
 
 #: Prefills in flight at once: a long one advancing chunk by chunk, and newcomers admitted
 #: meanwhile, whose prefill (usually short) runs its chunks first instead of waiting for the long
@@ -220,6 +225,7 @@ class Scheduler:
         eos_ids: frozenset[int] | None = None,
         max_streams: int | None = None,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+        kv_cache_bytes: int = 0,
     ) -> None:
         self.model = model
         self.name = name
@@ -253,6 +259,14 @@ class Scheduler:
             _LOG.info("model %r attends over a sliding window: no prefix cache", name)
             prefix_cache_bytes = 0
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        if not isinstance(kv_cache_bytes, int) or isinstance(kv_cache_bytes, bool) or kv_cache_bytes < 0:
+            raise ValueError(f"kv_cache_bytes must be 0 (no budget) or a positive integer, got {kv_cache_bytes!r}")
+        #: Bytes the batch's keys and values may take (rows × columns × ``column_bytes``; 0: as many
+        #: as the device holds). Rows join while they fit, with ``KV_HEADROOM_STEPS`` columns to
+        #: grow; a step that would pass it sends the newest rows back (as a shortage of memory
+        #: does, without lowering ``row_cap``). The cache's spare room is not counted.
+        self.kv_cache_bytes = kv_cache_bytes
+        self.column_bytes = column_bytes(model) if kv_cache_bytes else 0  # one row's token, every layer
         self.admit_within = admit_within
         self.admit_ratio = admit_ratio
         if not isinstance(stream_interval, int) or isinstance(stream_interval, bool) or stream_interval < 0:
@@ -449,6 +463,7 @@ class Scheduler:
         admitted: list[_Stream] = []
         tokens, width, runs, full = 0, 0, 0, False  # prompt tokens; the prefill's width; tokens it runs
         pending, looked = self._pending_prefixes(), 0
+        held_rows, held_width = self._held()
         for line in lines:
             later: list[_Stream] = []  # left for a later prefill: at the front of their line still
             while line and not full and active + len(admitted) < self.row_cap and looked < self.max_rows:
@@ -459,6 +474,9 @@ class Scheduler:
                 own = pending.uncached(stream.stack, stream.tokens) if pending is not None else len(stream.tokens)
                 padded = max(width, own) * (len(admitted) + 1) - (runs + own)
                 full = bool(admitted) and tokens + len(stream.prompt) > self.prefill_tokens
+                if not full and (held_rows or admitted):  # a lone stream always fits (ModelHost checks)
+                    rows, columns = held_rows + len(admitted) + 1, max(held_width, len(stream.prompt))
+                    full = not self._fits(rows, columns + KV_HEADROOM_STEPS)
                 if full or (admitted and padded > self.max_padding):  # see max_padding
                     later.append(stream)
                     continue
@@ -468,6 +486,19 @@ class Scheduler:
                     pending.add(stream.chain, own)
             line.extendleft(reversed(later))
         return admitted
+
+    def _fits(self, rows: int, columns: int) -> bool:
+        """Whether ``rows`` rows of ``columns`` columns fit the KV budget (always, without one)."""
+        return not self.kv_cache_bytes or rows * columns * self.column_bytes <= self.kv_cache_bytes
+
+    def _held(self) -> tuple[int, int]:
+        """Rows the batch holds or will once the prefills in flight merge, and its columns then."""
+        rows = self.active_rows + sum(len(group.streams) for group in self._joining)
+        width = self._batch.length if self._batch is not None else 0
+        for group in self._joining:
+            for stream in group.streams:
+                width = max(width, len(stream.prompt))
+        return rows, width
 
     def _pending_prefixes(self) -> PendingPrefixes | None:
         """The prompt starts the prefills in flight will store (None: no prefix cache)."""
@@ -664,6 +695,10 @@ class Scheduler:
             if self._batch is None:
                 return
         assert self._batch is not None
+        if not self._fits(len(self._rows), self._batch.length + 1):
+            self._make_room()
+        if self._batch is None:  # (every row had ended)
+            return
         rows = self._rows
         try:
             if self._row_stacks is None:  # rows that ended keep their stack until compacted
@@ -721,6 +756,29 @@ class Scheduler:
         self._lower_cap(keep)
         self._send_back(victims)
         return True
+
+    def _make_room(self) -> None:
+        """The next step would pass the KV budget: ended rows leave, then the newest live rows go
+        back to be prefilled again until the rest fit with ``KV_HEADROOM_STEPS`` columns to grow
+        (the oldest row always stays: ModelHost refused any request that could not fit alone)."""
+        self._compact()
+        batch = self._batch
+        if batch is None:
+            return
+        starts = (batch.mask.cumsum(dim=1) == 0).sum(dim=1).tolist()  # each row's masked columns before its own
+        keep = len(self._rows)
+        while keep > 1 and not self._fits(keep, batch.length - min(starts[:keep]) + KV_HEADROOM_STEPS):
+            keep -= 1
+        if keep == len(self._rows):
+            return
+        victims = self._rows[keep:]
+        _LOG.info(
+            "the batch of %d rows reached its KV budget: %d wait to be prefilled again", len(starts), len(victims)
+        )
+        for row in range(keep, len(self._rows)):
+            self._rows[row] = None
+        self._compact()
+        self._send_back(victims)  # type: ignore[arg-type]
 
     def _prefill_out_of_memory(self, group: _Joining) -> bool:
         """After a prefill (or its merge into the batch) ran out of memory: its rows wait at the

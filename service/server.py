@@ -164,6 +164,7 @@ class ScalpelServer:
             prefill_chunk_tokens=self.config.prefill_chunk_tokens,
             max_batch_rows=self.config.max_batch_rows,
             prefix_cache_bytes=self.config.prefix_cache_mb << 20,
+            kv_cache_bytes=self.config.kv_cache_mb << 20,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:

@@ -97,6 +97,11 @@ class ServerConfig:
     # MiB of prompt prefixes' keys and values kept per model, per version (editors.prefix_cache):
     # a prompt starting like an earlier one under the same version skips that part of its prefill.
     prefix_cache_mb: int = PREFIX_CACHE_BYTES >> 20
+    # MiB the generation batch's keys and values may take per model (0: no budget, as many rows as
+    # max_batch_rows and the device allow). Rows join while they fit; a step that would pass it
+    # sends its newest rows back to be prefilled again, before the device runs out; a request that
+    # could not fit alone (prompt + max_tokens) is refused INVALID_ARGUMENT.
+    kv_cache_mb: int = 0
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
@@ -113,3 +118,5 @@ class ServerConfig:
                 raise ValueError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
         if self.prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {self.prefix_cache_mb}")
+        if self.kv_cache_mb < 0:
+            raise ValueError(f"kv_cache_mb must be 0 (no budget) or more, got {self.kv_cache_mb}")

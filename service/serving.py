@@ -63,7 +63,7 @@ class GenerationCounts:
     forwards: int = 0  # prefills and decode steps
     steps: int = 0  # decode steps alone: tokens generated / steps is the batch's mean width
     prefix_hit_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
-    preempted: int = 0  # rows a step that ran out of memory sent back to be prefilled again
+    preempted: int = 0  # rows sent back to be prefilled again (out of memory, or at the KV budget)
 
     @classmethod
     def of(cls, source: Scheduler | EngineStats) -> GenerationCounts:
@@ -94,6 +94,7 @@ class ModelHost:
         prefill_chunk_tokens: int = 2048,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         max_batch_rows: int = MAX_BATCH_ROWS,
+        kv_cache_bytes: int = 0,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -148,6 +149,7 @@ class ModelHost:
             prefill_chunk_tokens=prefill_chunk_tokens,
             prefix_cache_bytes=prefix_cache_bytes,
             max_rows=max_batch_rows,
+            kv_cache_bytes=kv_cache_bytes,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -169,6 +171,7 @@ class ModelHost:
             prefill_chunk_tokens,
             prefix_cache_bytes,
             max_batch_rows,
+            kv_cache_bytes,
         )
         if engine_process:
             try:
@@ -399,8 +402,10 @@ class ModelHost:
             raise InvalidArgument(f"presence_penalty and frequency_penalty must be in [-{MAX_PENALTY}, {MAX_PENALTY}]")
         bias = _logit_bias(logit_bias or {}, vocab)
         ids = self.prompt_ids(prompt)
+        max_tokens = min(max_tokens, self.context_length - len(ids))
+        self._check_kv_budget(len(ids) + max_tokens)
         sampling = Sampling(
-            min(max_tokens, self.context_length - len(ids)),
+            max_tokens,
             temperature,
             top_p,
             seed,
@@ -424,6 +429,16 @@ class ModelHost:
         except Overloaded:
             self.on_overloaded()
             raise
+
+    def _check_kv_budget(self, tokens: int) -> None:
+        """Refuse a stream that could not fit the KV budget (``kv_cache_bytes``) alone at its
+        longest: the batch would have to send it back for ever."""
+        budget, column = self.scheduler.kv_cache_bytes, self.scheduler.column_bytes
+        if budget and tokens * column > budget:
+            raise InvalidArgument(
+                f"prompt and max_tokens make {tokens} tokens, {tokens * column:,} bytes of keys and values; "
+                f"model {self.name!r} may hold {budget:,} (kv_cache_mb): fewer tokens fit ({budget // column} at most)"
+            )
 
     def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.

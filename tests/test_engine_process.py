@@ -13,17 +13,18 @@ import torch
 
 from editors import HeadAblation, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
+from editors.decode_batch import column_bytes
 from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from service.client import ScalpelClient
 from service.db.migrate import upgrade
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import SchedulerClosed
+from service.scheduler import KV_HEADROOM_STEPS, SchedulerClosed
 from service.server import ScalpelServer, ServerConfig
 from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE, tiny_model, word_tokenizer
-from tests.test_scheduler import NEW_TOKENS, _collect, _solo, _texts, concurrently
+from tests.test_scheduler import NEW_TOKENS, _collect, _greedy_past_eos, _solo, _texts, concurrently
 
 
 def _registry(directory) -> Registry:
@@ -233,3 +234,27 @@ def test_the_engine_process_prefills_in_the_chunks_it_is_given(tmp_path, toy) ->
     assert made == _solo(model, tokenizer, Surgeon(model), [], text, NEW_TOKENS)
     assert counts.forwards - counts.steps == -(-positions // 3)  # the prefill's forwards: one per chunk of 3
     assert finished.finish_reason in ("length", "eos")
+
+
+def test_the_engine_process_keeps_to_the_kv_budget_it_is_given(tmp_path, toy) -> None:
+    """``kv_cache_bytes`` reaches the engine process's scheduler: under a budget of one and a half
+    24-token prompts (and KV_HEADROOM_STEPS columns each), two streams sent together never share a
+    decode step (19 steps each, 38 in all), and both produce their solo output."""
+    model, tokenizer, world = toy
+    texts = [" ".join(symbols * 2) for symbols in (world.symbols[:12], world.symbols[12:24])]
+    length = max(len(tokenizer(text)["input_ids"]) for text in texts)
+    budget = 3 * (length + KV_HEADROOM_STEPS) * column_bytes(model) // 2
+    host = ModelHost(
+        "toy", str(TOY_MODEL_DIR), _registry(tmp_path), device=TEST_DEVICE, engine_process=True, kv_cache_bytes=budget
+    )
+    try:
+        made = concurrently(lambda i: _collect(host.generate(0, texts[i], max_tokens=20, ignore_eos=True)), 2)
+        counts = host.generation_counts
+    finally:
+        host.close()
+    for i, text in enumerate(texts):
+        tokens, finished = made[i]
+        assert finished.finish_reason == "length" and tokens == _greedy_past_eos(
+            model, tokenizer(text, return_tensors="pt")["input_ids"][0], 20
+        )
+    assert counts.steps == 2 * 19 and counts.forwards == counts.steps + 2

@@ -18,13 +18,22 @@ import torch
 
 from editors import HeadAblation, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
+from editors.decode_batch import column_bytes
 from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from service.db.migrate import upgrade
 from service.intra_op import forward_threads
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import CAP_REGROWTH_STEPS, Finished, Sampling, Scheduler, SchedulerClosed, Token
+from service.scheduler import (
+    CAP_REGROWTH_STEPS,
+    KV_HEADROOM_STEPS,
+    Finished,
+    Sampling,
+    Scheduler,
+    SchedulerClosed,
+    Token,
+)
 from service.server import ModelSpec
 from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE
@@ -513,6 +522,71 @@ def test_a_decode_step_out_of_memory_prefills_the_newer_rows_again_and_fails_no_
     for (tokens, end), prompt in zip(ends, prompts, strict=True):
         assert end.finish_reason == "length"
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
+
+
+@contextmanager
+def _step_sizes(model) -> Iterator[list[tuple[int, int]]]:
+    """While inside, (rows, columns) of each decode step's attention mask, in order."""
+    seen: list[tuple[int, int]] = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            seen.append(tuple(kwargs["attention_mask"].shape))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def test_a_kv_budget_bounds_every_step_and_sends_rows_back_without_failing_one(toy) -> None:
+    """Eight streams of 30 tokens under a KV budget of four prompts and KV_HEADROOM_STEPS columns:
+    four join together (a fifth would leave no such room), and once their columns grow past it the
+    newest go back to be prefilled again. No decode step holds more keys and values than the budget,
+    no stream fails, and each produces exactly its solo greedy tokens."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
+    new_tokens = 30
+    assert max(map(len, prompts)) + new_tokens < model.config.n_positions
+    column = column_bytes(model)
+    budget = 4 * (max(map(len, prompts)) + KV_HEADROOM_STEPS) * column
+    scheduler = Scheduler(model, surgeon, tokenizer, "kv-budget", kv_cache_bytes=budget)
+    stack = surgeon.compile([])
+    try:
+        with _step_sizes(model) as steps:
+            ends = _queued_together(scheduler, prompts, stack, new_tokens)
+    finally:
+        scheduler.close()
+    assert scheduler.column_bytes == column
+    assert max(rows for rows, _ in steps) == 4  # four joined together, never more
+    assert all(rows * columns * column <= budget for rows, columns in steps)
+    assert scheduler.preempted > 0  # the budget, not the end of the streams, sent rows back
+    for (tokens, end), prompt in zip(ends, prompts, strict=True):
+        assert end.finish_reason == "length"
+        assert tokens == _greedy_past_eos(model, prompt, new_tokens)
+    with pytest.raises(ValueError, match="kv_cache_bytes"):
+        Scheduler(model, surgeon, tokenizer, "bad", kv_cache_bytes=-1)
+
+
+def test_a_request_that_could_not_fit_the_kv_budget_alone_is_refused_before_joining(tmp_path, toy) -> None:
+    model, tokenizer, world = toy
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade("head", url)
+    column = column_bytes(model)
+    host = ModelHost("toy", str(TOY_MODEL_DIR), Registry(url), kv_cache_bytes=40 * column)
+    try:
+        text = " ".join(world.symbols[:12])
+        length = len(tokenizer(text)["input_ids"])
+        with pytest.raises(InvalidArgument, match=f"{40} at most"):
+            host.generate(0, text, max_tokens=41 - length)
+        assert host.scheduler.waiting == 0
+        made, finished = _collect(host.generate(0, text, max_tokens=40 - length))
+    finally:
+        host.close()
+    assert finished.finish_reason in ("length", "eos") and len(made) <= 40 - length
 
 
 def test_check_rows_sent_back_by_a_memory_shortage_wait_behind_streams_again(toy) -> None:
