@@ -58,7 +58,13 @@ _SCALARS = {
 def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
     """Arbitrary messages of ``descriptor``'s type (nested messages to depth 2)."""
     fields = {}
+    maps = set()
     for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            key, value = (_SCALARS[field.message_type.fields_by_name[n].type] for n in ("key", "value"))
+            fields[field.name] = st.dictionaries(key, value, max_size=3)
+            maps.add(field.name)
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 2 or field.message_type.full_name.startswith("google.protobuf."):
                 continue
@@ -78,7 +84,9 @@ def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
         for name in sorted(chosen):
             value = draw(fields[name])
             field = descriptor.fields_by_name[name]
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if name in maps:
+                getattr(message, name).update(value)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
                 if field.is_repeated:
                     getattr(message, name).extend(value)
                 else:
