@@ -58,6 +58,11 @@ class GrowingLayer(DynamicLayer):
         self._values = tensor if tensor is not None and tensor.dim() == 4 else None
         self._value_length = 0 if self._values is None else self._values.shape[-2]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its keys and values, spare room included."""
+        return sum(t.nbytes for t in (self._keys, self._values) if t is not None)
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
         """Write the new columns after the filled ones (growing the buffers if they lack room);
         return the keys and values so far."""

@@ -86,6 +86,7 @@ class EngineStats:
     prefix_hit_tokens: int = 0
     preempted: int = 0
     row_cap: int = MAX_BATCH_ROWS
+    kv_held_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -401,4 +402,5 @@ def _stats(scheduler: Scheduler) -> EngineStats:
         scheduler.prefix_cache.hit_tokens,
         scheduler.preempted,
         scheduler.row_cap,
+        scheduler.kv_held_bytes,
     )

@@ -100,6 +100,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.kv_held = Gauge(
+            "scalpel_kv_cache_bytes",
+            "Bytes of keys and values the model's decode batch holds now (its spare room included)",
+            ["model"],
+            registry=self.registry,
+        )
         self.waiting = Gauge(
             "scalpel_generation_waiting",
             "Generation streams waiting to join the model's decode batch",
@@ -152,7 +158,8 @@ class Metrics:
 
     def forget_model(self, model: str) -> None:
         """Drop an unloaded model's per-model series."""
-        series = (self.batch_rows, self.row_cap, self.waiting, self.refused, self.prompt_tokens, self.first_token)
+        series = (self.batch_rows, self.row_cap, self.kv_held, self.waiting, self.refused, self.prompt_tokens)
+        series += (self.first_token,)
         for metric in (*series, self.per_output_token, self.queue_wait):
             with contextlib.suppress(KeyError):  # a model that never made a stream has none
                 metric.remove(model)

@@ -379,6 +379,12 @@ class Scheduler:
         return sum(stream is not None for stream in self._rows)
 
     @property
+    def kv_held_bytes(self) -> int:
+        """Bytes of keys and values the batch holds now (its cache's spare room included)."""
+        batch = self._batch  # (read from other threads: one reference, then its own layers)
+        return batch.held_bytes if batch is not None else 0
+
+    @property
     def waiting(self) -> int:
         """Streams waiting to join the batch."""
         return len(self._waiting) + len(self._background)

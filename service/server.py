@@ -176,6 +176,7 @@ class ScalpelServer:
         self.hosts[name] = host
         self.metrics.batch_rows.labels(name).set_function(lambda: host.active_rows)
         self.metrics.row_cap.labels(name).set_function(lambda: host.row_cap)
+        self.metrics.kv_held.labels(name).set_function(lambda: host.kv_held_bytes)
         self.metrics.waiting.labels(name).set_function(lambda: host.waiting)
         host.latency = self.metrics.latency(name)
         host.on_overloaded = self.metrics.refused.labels(name).inc

@@ -207,6 +207,12 @@ class ModelHost:
         return self.engine.stats.row_cap if self.engine is not None else self.scheduler.row_cap
 
     @property
+    def kv_held_bytes(self) -> int:
+        """Bytes of keys and values the generation batch holds (the engine process's, as of its
+        last step)."""
+        return self.engine.stats.kv_held_bytes if self.engine is not None else self.scheduler.kv_held_bytes
+
+    @property
     def waiting(self) -> int:
         """Generation streams waiting to join the batch (the engine process's, as of its last step)."""
         return self.engine.stats.waiting if self.engine is not None else self.scheduler.waiting

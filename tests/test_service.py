@@ -443,20 +443,24 @@ def test_rows_a_step_had_no_memory_for_are_counted_and_their_streams_answer_in_f
     """Four gRPC streams join one batch whose decode steps over more than two rows run out of
     memory (raised by a hook in the second block): two rows are prefilled again, counted as
     ``scalpel_preempted_rows_total``, the batch's ``scalpel_generation_row_cap`` reads 2 meanwhile
-    (256 again once it empties), and every stream still answers exactly as it does alone."""
+    (256 again once it empties) and ``scalpel_kv_cache_bytes`` two rows' keys and values (0 once it
+    empties), and every stream still answers exactly as it does alone."""
     server, admin, _, _ = served_inline
     host = server.hosts["toy"]
     prompts = [f"The capital of {country} is" for country in ("Riia", "Muford", "Pimir", "Sondra")]
     alone = [admin.generate("toy", prompt, max_tokens=8, ignore_eos=True).token_ids for prompt in prompts]
 
     caps: list[float] = []  # the gauge, scraped at the first step after the shortage
+    held: list[float] = []  # and the batch's keys and values then
 
     def run_out(_: object, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[1] == 1 and hidden.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
         if hidden.shape[1] == 1 and not caps and preempted():
-            caps.append(_series(scrape(), "scalpel_generation_row_cap"))
+            body = scrape()
+            caps.append(_series(body, "scalpel_generation_row_cap"))
+            held.append(_series(body, "scalpel_kv_cache_bytes"))
 
     def scrape() -> str:
         return urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
@@ -476,6 +480,10 @@ def test_rows_a_step_had_no_memory_for_are_counted_and_their_streams_answer_in_f
         hook.remove()
     assert made == alone and preempted() == 2 and caps == [2]
     assert _series(scrape(), "scalpel_generation_row_cap") == 256
+    # two rows' keys and values (every layer, the cache's spare room too) while they decoded, none after
+    layers, config = host.model.config.n_layer, host.model.config
+    assert held[0] >= 2 * 2 * layers * config.n_embd * 4 * len(host.tokenizer(prompts[0])["input_ids"])
+    assert _series(scrape(), "scalpel_kv_cache_bytes") == 0
 
 
 def _series(body: str, name: str) -> float:
