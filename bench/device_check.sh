@@ -3,7 +3,8 @@
 # H200): the equivalence tests on the device, then the serving benchmark there, c64 first (with
 # where its time to first token goes), a long prompt's effect on running streams by prefill chunk
 # and on short prompts queued with it, the prefix cache on a shared system prompt (requests
-# arriving apart and in a burst), decode steps on the growing KV cache against DynamicCache, then
+# arriving apart and in a burst), decode steps on the growing KV cache against DynamicCache, sampling 64 rows against
+# transformers' warpers, then
 # (with the previous thread-per-stream server unpacked in bench/.baseline and carried along) the
 # serving process's CPU per request and tokens/s against it; without it, a model-less sync gRPC
 # server's CPU per call against grpc.aio's.
@@ -29,6 +30,9 @@ grep -E "chunk|together" "$out/chunked_prefill.log"
 timeout 60 "$python" bench/kv_cache.py --device "$device" --rounds 3 >"$out/kv_cache.log" 2>&1
 echo "bench/kv_cache.py on $device: exit $?"
 cat "$out/kv_cache.log"
+timeout 60 "$python" bench/sampling.py --device "$device" --rounds 2 >"$out/sampling.log" 2>&1
+echo "bench/sampling.py on $device: exit $?"
+cat "$out/sampling.log"
 timeout 90 "$python" bench/prefix_cache.py --device "$device" --rounds 2 >"$out/prefix_cache.log" 2>&1
 echo "bench/prefix_cache.py on $device: exit $?"
 cat "$out/prefix_cache.log"
