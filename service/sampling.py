@@ -83,12 +83,15 @@ class RowSampler:
             seed = sampling.seed if sampling.seed is not None else torch.seed()
             self.generator = torch.Generator().manual_seed(seed)
         self.seen: set[int] = set(prompt.tolist()) if sampling.repetition_penalty != 1.0 else set()
+        #: ``seen`` as a tensor of ids (kept as tokens come: a long prompt is not listed every step)
+        self.seen_ids = torch.tensor(sorted(self.seen), dtype=torch.long)
         self.output_counts: dict[int, int] = {}  # with the presence or frequency penalty on
 
     def took(self, token: int) -> None:
         """Remember ``token`` for the penalties."""
-        if self.sampling.repetition_penalty != 1.0:
+        if self.sampling.repetition_penalty != 1.0 and token not in self.seen:
             self.seen.add(token)
+            self.seen_ids = torch.cat([self.seen_ids, torch.tensor([token])])
         if self.sampling.counts_output:
             self.output_counts[token] = self.output_counts.get(token, 0) + 1
 
@@ -147,13 +150,15 @@ def _adjusted(logits: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:
     penalty, presence and frequency penalties and logit bias, each applied to all rows at once by
     flat index (on a copy; ``logits`` itself when none applies)."""
     vocab = logits.shape[1]
-    repeat: list[tuple[int, int, float]] = []
+    repeat: list[torch.Tensor] = []  # flat indices of seen tokens
+    penalties: list[torch.Tensor] = []
     lowered: list[tuple[int, int, float]] = []
     biased: list[tuple[int, int, float]] = []
     for i, sampler in enumerate(samplers):
         sampling = sampler.sampling
-        if sampling.repetition_penalty != 1.0:
-            repeat += [(i, token, sampling.repetition_penalty) for token in sampler.seen]
+        if sampling.repetition_penalty != 1.0 and len(sampler.seen_ids):
+            repeat.append(sampler.seen_ids + i * vocab)
+            penalties.append(torch.full((len(sampler.seen_ids),), sampling.repetition_penalty))
         for token, count in sampler.output_counts.items():
             lowered.append((i, token, count * sampling.frequency_penalty + sampling.presence_penalty))
         biased += [(i, token, bias) for token, bias in sampling.logit_bias]
@@ -162,7 +167,7 @@ def _adjusted(logits: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:
     logits = logits.clone()  # (the model's output, or the rows taken from it)
     flat = logits.view(-1)
     if repeat:
-        index, penalty = _flat(repeat, vocab, logits.device)
+        index, penalty = torch.cat(repeat).to(logits.device), torch.cat(penalties).to(logits.device)
         scores = flat[index]
         flat[index] = torch.where(scores < 0, scores * penalty, scores / penalty)
     if lowered:
