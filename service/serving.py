@@ -471,10 +471,13 @@ class ModelHost:
             last = last_token_index(encoded["attention_mask"])
             stacks = self.surgeon.rows([base_stack] * len(chunk) + [candidate_stack] * len(chunk))
 
-            def run(encoded=encoded, stacks=stacks, last=last) -> torch.Tensor:
+            # logits only at the positions some row ends on (not at every position of every row)
+            ends, where = torch.unique(last, return_inverse=True)
+
+            def run(encoded=encoded, stacks=stacks, ends=ends, where=where) -> torch.Tensor:
                 with self.surgeon.apply_rows(stacks):
-                    logits = self.model(**encoded).logits
-                return logits[torch.arange(len(last), device=self.device), last].float()
+                    logits = self.model(**encoded, logits_to_keep=ends).logits
+                return logits[torch.arange(len(where), device=self.device), where].float()
 
             p, q = self.forward(run).log_softmax(dim=-1).split(len(chunk))
             kl = (p.exp() * (p - q)).sum(dim=-1)
@@ -527,13 +530,17 @@ class ModelHost:
         rows = self.surgeon.rows([stack for stack in stacks for _ in sequences])
         starts = [prompt_length for _, prompt_length in sequences] * len(stacks)
         targets = [ids for ids, _ in sequences] * len(stacks)
+        # only the positions that predict a continuation token get logits: [rows, span, vocab]
+        # rather than [rows, width, vocab] (a long prompt's logits are never read)
+        first = min(starts) - 1
+        span = torch.arange(first, width - 1, device=self.device)
 
         def run() -> torch.Tensor:
             with self.surgeon.apply_rows(rows):
-                logits = self.model(input_ids=batch, attention_mask=mask).logits
+                logits = self.model(input_ids=batch, attention_mask=mask, logits_to_keep=span).logits
             sums = []
             for row, (ids, start) in enumerate(zip(targets, starts, strict=True)):
-                steps = torch.arange(start - 1, len(ids) - 1, device=logits.device)
+                steps = torch.arange(start - 1 - first, len(ids) - 1 - first, device=logits.device)
                 picked = logits[row, steps].float().log_softmax(dim=-1)
                 sums.append(picked.gather(-1, ids[start:].to(logits.device).unsqueeze(-1)).sum())
             return torch.stack(sums).cpu()

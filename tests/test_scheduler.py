@@ -780,6 +780,29 @@ def test_an_ended_row_at_the_end_of_the_context_leaves_before_it_would_run_past_
         assert made == _greedy_past_eos(model, prompt, 40)
 
 
+def test_scores_and_comparisons_equal_their_values_from_every_positions_logits(host, toy) -> None:
+    """Score and CompareVersions compute logits only where they are read (the continuation's
+    positions; each prompt's last): their values equal those from the full logits of each
+    sequence alone, for prompts and continuations of different lengths in one forward."""
+    model, tokenizer, world = toy
+    pairs = [(" ".join(world.symbols[:n]), " ".join(world.symbols[n : n + k])) for n, k in ((3, 1), (9, 4), (5, 7))]
+    got = host.logprob_sums([0], pairs)[0]
+    with torch.inference_mode():
+        for (prompt, continuation), value in zip(pairs, got.tolist(), strict=True):
+            prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+            extra = tokenizer(" " + continuation, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            ids = torch.cat([prompt_ids, extra])
+            logprobs = model(ids.unsqueeze(0)).logits[0].log_softmax(-1)
+            expected = sum(float(logprobs[i - 1, ids[i]]) for i in range(len(prompt_ids), len(ids)))
+            assert value == pytest.approx(expected, abs=1e-4)
+    prompts = [" ".join(world.symbols[:n]) for n in (2, 11, 6)]
+    for prompt, kl, top, _ in host.compare(0, 0, prompts):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            last = model(ids).logits[0, -1]
+        assert kl == pytest.approx(0.0, abs=1e-6) and top == tokenizer.convert_ids_to_tokens(int(last.argmax()))
+
+
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
     assert host.forward(lambda: torch.ones(2)).sum() == 2
     with pytest.raises(ZeroDivisionError):
