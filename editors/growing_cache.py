@@ -5,8 +5,8 @@ place instead of copying the whole cache.
 anew and copies all of them, a cost that grows with rows × cache length (a quarter of a CPU decode
 step at 64 rows; ``bench/overhead.py``, ``cache_*``). :class:`GrowingLayer` holds each tensor in a
 buffer with room for more columns and hands the model views of the filled part; when the room runs
-out the buffer grows by a quarter of its length at once, so a column is copied a few times in its
-life rather than once per step. Everything else (``keys``/``values`` assigned whole, cropping,
+out the buffer grows by a quarter of its length at once (64 columns at most), so a column is copied
+a few times in its life rather than once per step. Everything else (``keys``/``values`` assigned whole, cropping,
 row selection, the attention and masks) behaves as for a ``DynamicLayer``, and the views are the
 same numbers: logits are bit-identical to the concatenating cache's.
 """
@@ -20,8 +20,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-#: Spare columns a buffer gets when it grows: a quarter of its filled length, at least this many.
+#: Spare columns a buffer gets when it grows: a quarter of its filled length, at least
+#: ``MIN_SPARE_COLUMNS`` and at most ``MAX_SPARE_COLUMNS`` (a long batch's room costs at most that
+#: many columns of memory, and a copy of the cache every that many steps).
 MIN_SPARE_COLUMNS = 8
+MAX_SPARE_COLUMNS = 64
 SPARE_FRACTION = 4  # length // SPARE_FRACTION
 
 
@@ -124,7 +127,7 @@ class GrowingLayer(DynamicLayer):
 
 def _buffer(like: torch.Tensor, rows: int, filled: int) -> torch.Tensor:
     """An uninitialised buffer for ``rows`` rows of ``filled`` columns and the spare room."""
-    spare = max(MIN_SPARE_COLUMNS, filled // SPARE_FRACTION)
+    spare = min(MAX_SPARE_COLUMNS, max(MIN_SPARE_COLUMNS, filled // SPARE_FRACTION))
     return like.new_empty((rows, like.shape[1], filled + spare, like.shape[-1]))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from editors.growing_cache import MIN_SPARE_COLUMNS, GrowingCache, GrowingLayer
+from editors.growing_cache import MAX_SPARE_COLUMNS, MIN_SPARE_COLUMNS, GrowingCache, GrowingLayer
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
 
 ROWS, PREFIX, STEPS, PADDING = 3, 6, 12, 2
@@ -77,3 +77,11 @@ def test_row_selection_cropping_and_stacking_match_the_plain_tensors() -> None:
     assert torch.equal(layer.values, torch.cat([torch.cat([pad, values], -2), other.values]))
     with pytest.raises(ValueError, match="negative"):
         layer.crop(1)
+
+
+def test_the_spare_room_is_a_quarter_of_the_length_within_its_bounds() -> None:
+    short, long = GrowingLayer(), GrowingLayer()
+    short.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+    long.update(torch.zeros(1, 1, 1000, 2), torch.zeros(1, 1, 1000, 2))
+    assert short._keys.shape[-2] == 4 + MIN_SPARE_COLUMNS
+    assert long._keys.shape[-2] == 1000 + MAX_SPARE_COLUMNS
