@@ -28,7 +28,7 @@ from service.checks.suite import Suite
 from service.defaults import DTYPE_NAMES, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.engine_process import EngineProcess, EngineSettings, EngineStats
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
-from service.sampling import MAX_TOP_LOGPROBS, Sampling
+from service.sampling import MAX_TOP_LOGPROBS, Sampling, TokenLogprob
 from service.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
 from service.server_config import ModelSpec
 from service.stream_reading import Doorbell, Finished, Token
@@ -484,6 +484,31 @@ class ModelHost:
             tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in (p, q)]
             rows += [(chunk[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(chunk))]
         return rows
+
+    def prompt_logprobs(self, version: int, ids: torch.Tensor, top: int) -> list[TokenLogprob]:
+        """Under ``version``, each prompt token's log-probability given the tokens before it (from
+        the second token on: ``len(ids) - 1`` entries) and the ``top`` likeliest tokens at its
+        position with theirs: the completions API's ``echo`` with ``logprobs``. One forward on the
+        model's scheduler, between decode steps."""
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
+        stack = self.stack(version)
+        if len(ids) < 2:
+            return []
+
+        def run() -> tuple[list[float], list[list[int]], list[list[float]]]:
+            with self.surgeon.apply(stack):
+                logits = self.model(input_ids=ids.unsqueeze(0).to(self.device)).logits[0, :-1]
+            logprobs = logits.float().log_softmax(dim=-1)
+            chosen = logprobs.gather(1, ids[1:].to(logprobs.device).unsqueeze(1)).squeeze(1)
+            values, alternatives = logprobs.topk(top, dim=-1)
+            return chosen.tolist(), alternatives.tolist(), values.tolist()
+
+        chosen, alternatives, values = self.forward(run)
+        return [
+            (logprob, tuple(zip(tokens, scores, strict=True)))
+            for logprob, tokens, scores in zip(chosen, alternatives, values, strict=True)
+        ]
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) for each continuation, under ``version``."""

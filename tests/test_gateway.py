@@ -169,6 +169,47 @@ def test_streamed_completions_and_chat_carry_the_same_text(gateway) -> None:
     assert deltas[-1].choices[0].finish_reason == FINISH_REASONS[expected.finish_reason]
 
 
+def test_echo_scores_the_prompt_as_lm_eval_asks_and_prefixes_the_completion(gateway) -> None:
+    """``echo`` with ``logprobs`` and ``max_tokens`` 0 (how lm-evaluation-harness scores a context
+    and continuation through the completions API): the prompt comes back with each token's
+    log-probability under the version (the first has none), summing over a continuation's tokens
+    to what Score gives; with tokens to make, the completion follows the echoed prompt, whole or
+    streamed; max_tokens 0 without echo is refused."""
+    server, http, grpc_client = gateway
+    steered = _steered_version(grpc_client)
+    host = server.hosts["toy"]
+    context, continuation = PROMPT, "Pimir"
+    scored = http.completions.create(
+        model=f"toy@{steered}", prompt=f"{context} {continuation}", max_tokens=0, echo=True, logprobs=2, temperature=0
+    )
+    choice = scored.choices[0]
+    assert choice.text == f"{context} {continuation}" and choice.finish_reason == "length"
+    assert scored.usage.completion_tokens == 0
+    lp = choice.logprobs
+    ids = host.tokenizer(f"{context} {continuation}")["input_ids"]
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(ids) and lp.token_logprobs[0] is None
+    assert "".join(lp.tokens) == choice.text and lp.text_offset[1] == len(lp.tokens[0])
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:]) and lp.top_logprobs[0] is None
+    context_tokens = len(host.tokenizer(context)["input_ids"])
+    expected = host.score(steered, context, [continuation])[0]
+    assert sum(lp.token_logprobs[context_tokens:]) == pytest.approx(expected, abs=1e-4)
+    assert all(t <= 0 for t in lp.token_logprobs[1:])
+
+    plain = http.completions.create(model="toy", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1)
+    echoed = http.completions.create(model="toy", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1, echo=True)
+    prompt_tokens = len(host.tokenizer(PROMPT)["input_ids"])
+    assert echoed.choices[0].text == PROMPT + plain.choices[0].text
+    assert echoed.choices[0].logprobs.token_logprobs[prompt_tokens:] == pytest.approx(
+        plain.choices[0].logprobs.token_logprobs, abs=1e-5
+    )
+    options = {"max_tokens": 4, "temperature": 0, "echo": True, "stream": True}
+    streamed = list(http.completions.create(model="toy", prompt=PROMPT, **options))
+    assert streamed[0].choices[0].text.startswith(PROMPT)
+    assert "".join(c.choices[0].text for c in streamed) == PROMPT + plain.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        http.completions.create(model="toy", prompt=PROMPT, max_tokens=0)
+
+
 def test_logprobs_sampling_options_and_several_choices(gateway) -> None:
     _, http, grpc_client = gateway
     reply = http.completions.create(model="toy", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)

@@ -136,10 +136,21 @@ class _Choice:
         index: int,
         gone: threading.Event,
         bell: Doorbell,
+        echo: bool = False,
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
         ids = target.host.prompt_ids(prompt)  # tokenised once: its length is the usage's prompt_tokens
+        self.prompt_tokens = len(ids)
+        self.texts = TokenTexts(target.host)
+        #: with echo, the prompt as this choice's first text (and its tokens' log-probabilities)
+        self.echo: Token | None = None
+        if echo:
+            scored = target.host.prompt_logprobs(target.version, ids, logprobs) if logprobs is not None else []
+            self.echo = Token(tuple(ids.tolist()), "", tuple(scored))
+        if max_tokens == 0:  # echo alone: nothing joins the batch
+            self.events = _nothing_made()
+            return
         self.events = target.host.generate(
             target.version,
             ids,
@@ -159,8 +170,11 @@ class _Choice:
             frequency_penalty=sampling.frequency_penalty,
             logit_bias=sampling.token_biases,
         )
-        self.prompt_tokens = len(ids)
-        self.texts = TokenTexts(target.host)
+
+
+async def _nothing_made() -> AsyncIterator[Token | Finished]:
+    """A choice's events when it makes no token (``max_tokens`` 0, with echo)."""
+    yield Finished("length", 0)
 
 
 def _start(
@@ -170,6 +184,7 @@ def _start(
     max_tokens: int,
     logprobs: int | None,
     gone: threading.Event,
+    echo: bool = False,
 ) -> list[_Choice]:
     """One choice per prompt, each joining the batch as it is made; if one is refused (a prompt
     too long), those already joined leave at the next step instead of running unread. The
@@ -179,7 +194,7 @@ def _start(
     choices: list[_Choice] = []
     try:
         for index, prompt in enumerate(prompts):
-            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell))
+            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell, echo))
     except Exception:
         gone.set()
         raise
@@ -209,17 +224,36 @@ class TokenTexts:
 
     def completion_logprobs(self, event: Token) -> dict[str, Any]:
         """OpenAI's legacy completions ``logprobs`` for the tokens of one event."""
-        tokens, offsets = [], []
-        for token in event.token_ids:
-            offsets.append(self.offset)
-            tokens.append(self.pieces.add(token))
-            self.offset += len(tokens[-1])
+        tokens, offsets = self._pieces(event.token_ids)
         return {
             "tokens": tokens,
             "token_logprobs": [chosen for chosen, _ in event.logprobs],
             "top_logprobs": [{self.alternative(t): lp for t, lp in top} for _, top in event.logprobs],
             "text_offset": offsets,
         }
+
+    def echoed(self, prompt: Token, with_logprobs: bool) -> tuple[str, dict[str, Any] | None]:
+        """The echoed prompt's text (its tokens' pieces, so that offsets count in it) and, if
+        asked, its legacy ``logprobs``: the first token has none (nothing comes before it)."""
+        tokens, offsets = self._pieces(prompt.token_ids)
+        if not with_logprobs:
+            return "".join(tokens), None
+        scored = [(None, None), *prompt.logprobs]
+        return "".join(tokens), {
+            "tokens": tokens,
+            "token_logprobs": [chosen for chosen, _ in scored],
+            "top_logprobs": [None if top is None else {self.alternative(t): lp for t, lp in top} for _, top in scored],
+            "text_offset": offsets,
+        }
+
+    def _pieces(self, ids: tuple[int, ...]) -> tuple[list[str], list[int]]:
+        """Each token's text and where it starts in the choice's text so far."""
+        pieces, offsets = [], []
+        for token in ids:
+            offsets.append(self.offset)
+            pieces.append(self.pieces.add(token))
+            self.offset += len(pieces[-1])
+        return pieces, offsets
 
     def chat_logprobs(self, event: Token) -> list[dict[str, Any]]:
         """OpenAI's chat ``logprobs.content`` entries for the tokens of one event."""
@@ -321,7 +355,8 @@ def build_app(
         and back would cost more; otherwise (a database read, a compilation) on a worker thread.
         Either way its tokens are read on the loop, whole or streamed: a request waiting for its
         tokens holds no thread (the pool's 40 would otherwise cap the requests in flight)."""
-        if in_memory(request, body.model):
+        scores_prompt = isinstance(body, CompletionRequest) and body.echo and body.logprobs is not None
+        if in_memory(request, body.model) and not scores_prompt:  # (a prompt's scoring is a forward)
             response = logged(request, run)
         else:
             response = await run_in_threadpool(logged, request, run)
@@ -368,7 +403,7 @@ def build_app(
             record["model"] = target.host.name
             gone = threading.Event()
             prompts = [p for p in body.prompts for _ in range(body.n)]
-            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone)
+            choices = _start(target, prompts, body, body.max_tokens, body.logprobs, gone, body.echo)
             reply = _Reply(target, "cmpl", "text_completion", metrics)
             if body.stream:
                 return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
@@ -404,27 +439,47 @@ Whole = Callable[["_Choice", str, list[Token], Finished], dict[str, Any]]
 
 def _completion_delta(body: CompletionRequest) -> Delta:
     def delta(choice: _Choice, event: Token | Finished, first: bool) -> dict[str, Any]:
+        echo, echo_logprobs = _echo(choice, body) if first else ("", None)
         if isinstance(event, Finished):
             reason = FINISH_REASONS[event.finish_reason]
-            return {"index": choice.index, "text": "", "logprobs": None, "finish_reason": reason}
+            return {"index": choice.index, "text": echo, "logprobs": echo_logprobs, "finish_reason": reason}
         logprobs = choice.texts.completion_logprobs(event) if body.logprobs is not None else None
-        return {"index": choice.index, "text": event.text, "logprobs": logprobs, "finish_reason": None}
+        text = echo + event.text
+        return {
+            "index": choice.index,
+            "text": text,
+            "logprobs": _joined(echo_logprobs, logprobs),
+            "finish_reason": None,
+        }
 
     return delta
 
 
 def _completion_choice(body: CompletionRequest) -> Whole:
     def whole(choice: _Choice, text: str, events: list[Token], finished: Finished) -> dict[str, Any]:
-        logprobs = None
+        echo, logprobs = _echo(choice, body)
         if body.logprobs is not None:
             ids = tuple(t for e in events for t in e.token_ids)
-            logprobs = choice.texts.completion_logprobs(
-                Token(ids, text, tuple(lp for e in events for lp in e.logprobs))
-            )
+            made = choice.texts.completion_logprobs(Token(ids, text, tuple(lp for e in events for lp in e.logprobs)))
+            logprobs = _joined(logprobs, made)
         reason = FINISH_REASONS[finished.finish_reason]
-        return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+        return {"index": choice.index, "text": echo + text, "logprobs": logprobs, "finish_reason": reason}
 
     return whole
+
+
+def _echo(choice: _Choice, body: CompletionRequest) -> tuple[str, dict[str, Any] | None]:
+    """The choice's echoed prompt and its ``logprobs`` (empty and None without echo)."""
+    if choice.echo is None:
+        return "", None
+    return choice.texts.echoed(choice.echo, body.logprobs is not None)
+
+
+def _joined(first: dict[str, Any] | None, then: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two legacy ``logprobs`` objects one after the other (either may be None)."""
+    if first is None or then is None:
+        return then if first is None else first
+    return {key: first[key] + then[key] for key in first}
 
 
 def _chat_delta(body: ChatRequest) -> Delta:

@@ -69,7 +69,7 @@ TokenId = Annotated[int, Field(strict=True, ge=0)]
 class CompletionRequest(SamplingFields):
     #: text, texts, token ids, or lists of token ids (one prompt each), as OpenAI's API takes them
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: int = Field(16, ge=0)  # 0 with echo: score the prompt only
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
     best_of: int | None = None
@@ -77,8 +77,10 @@ class CompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _one_kind_of_prompt(self) -> CompletionRequest:
-        if self.echo or (self.best_of or 1) > 1 or self.suffix:
-            raise ValueError("echo, best_of and suffix are not supported")
+        if (self.best_of or 1) > 1 or self.suffix:
+            raise ValueError("best_of and suffix are not supported")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 makes nothing: it is for echo (the prompt's log-probabilities alone)")
         if isinstance(self.prompt, list) and (not self.prompt or any(p == [] for p in self.prompt)):
             raise ValueError("prompt must not be an empty list, nor hold one")
         return self
