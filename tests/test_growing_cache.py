@@ -85,3 +85,17 @@ def test_the_spare_room_is_a_quarter_of_the_length_within_its_bounds() -> None:
     long.update(torch.zeros(1, 1, 1000, 2), torch.zeros(1, 1, 1000, 2))
     assert short._keys.shape[-2] == 4 + MIN_SPARE_COLUMNS
     assert long._keys.shape[-2] == 1000 + MAX_SPARE_COLUMNS
+
+
+def test_transformers_generate_takes_it_and_makes_the_same_tokens(toy) -> None:
+    """Notebooks can hand it to ``generate`` (``past_key_values=GrowingCache()``): left-padded
+    rows, the same greedy tokens as its own cache."""
+    model, tokenizer, world = toy
+    texts = [" ".join(world.symbols[:12]), " ".join(world.symbols[3:8])]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+    assert not encoded["attention_mask"][1, 0]  # (left-padded)
+    options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.inference_mode():
+        plain = model.generate(**encoded, **options)
+        growing = model.generate(**encoded, **options, past_key_values=GrowingCache())
+    assert torch.equal(plain, growing)
