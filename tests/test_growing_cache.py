@@ -88,7 +88,7 @@ def test_the_spare_room_is_a_quarter_of_the_length_within_its_bounds() -> None:
 
 
 def test_transformers_generate_takes_it_and_makes_the_same_tokens(toy) -> None:
-    """Notebooks can hand it to ``generate`` (``past_key_values=GrowingCache()``): left-padded
+    """Notebooks can hand it to ``generate`` (``cache=GrowingCache()``): left-padded
     rows, the same greedy tokens as its own cache."""
     model, tokenizer, world = toy
     texts = [" ".join(world.symbols[:12]), " ".join(world.symbols[3:8])]
@@ -97,5 +97,5 @@ def test_transformers_generate_takes_it_and_makes_the_same_tokens(toy) -> None:
     options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     with torch.inference_mode():
         plain = model.generate(**encoded, **options)
-        growing = model.generate(**encoded, **options, past_key_values=GrowingCache())
+        growing = model.generate(**encoded, **options, cache=GrowingCache())
     assert torch.equal(plain, growing)
