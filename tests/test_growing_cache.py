@@ -97,5 +97,7 @@ def test_transformers_generate_takes_it_and_makes_the_same_tokens(toy) -> None:
     options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     with torch.inference_mode():
         plain = model.generate(**encoded, **options)
-        growing = model.generate(**encoded, **options, cache=GrowingCache())
+        cache = GrowingCache()
+        growing = model.generate(**encoded, **options, cache=cache)
     assert torch.equal(plain, growing)
+    assert cache.get_seq_length() == growing.shape[1] - 1  # generate wrote its keys and values there
