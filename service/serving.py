@@ -25,7 +25,7 @@ from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from service.aliases import AliasCache
 from service.checks.suite import Suite
-from service.defaults import DTYPE_NAMES, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
+from service.defaults import DTYPE_NAMES, LOGIT_BUDGET, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.engine_process import EngineProcess, EngineSettings, EngineStats
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.sampling import MAX_TOP_LOGPROBS, Sampling, TokenLogprob
@@ -485,29 +485,47 @@ class ModelHost:
             rows += [(chunk[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(chunk))]
         return rows
 
-    def prompt_logprobs(self, version: int, ids: torch.Tensor, top: int) -> list[TokenLogprob]:
-        """Under ``version``, each prompt token's log-probability given the tokens before it (from
-        the second token on: ``len(ids) - 1`` entries) and the ``top`` likeliest tokens at its
-        position with theirs: the completions API's ``echo`` with ``logprobs``. One forward on the
-        model's scheduler, between decode steps."""
+    def prompt_logprobs(self, version: int, prompts: list[torch.Tensor], top: int) -> list[list[TokenLogprob]]:
+        """Under ``version``, for each prompt (token ids), each token's log-probability given the
+        tokens before it (from the second token on: ``len(ids) - 1`` entries) and the ``top``
+        likeliest tokens at its position with theirs: the completions API's ``echo`` with
+        ``logprobs``. Right-padded prompts share forwards (as many rows as ``LOGIT_BUDGET``
+        allows), each on the model's scheduler between decode steps."""
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
         stack = self.stack(version)
-        if len(ids) < 2:
-            return []
+        width, vocab = max(len(ids) for ids in prompts), self.model.config.vocab_size
+        rows = max(1, min(COMPARE_BATCH, LOGIT_BUDGET // (width * vocab)))
+        scored: list[list[TokenLogprob]] = []
+        for start in range(0, len(prompts), rows):
+            scored += self._prompt_logprobs_chunk(stack, prompts[start : start + rows], top)
+        return scored
 
-        def run() -> tuple[list[float], list[list[int]], list[list[float]]]:
+    def _prompt_logprobs_chunk(
+        self, stack: EditStack, prompts: list[torch.Tensor], top: int
+    ) -> list[list[TokenLogprob]]:
+        width = max(len(ids) for ids in prompts)
+        batch = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, ids in enumerate(prompts):
+            batch[row, : len(ids)], mask[row, : len(ids)] = ids, 1
+        batch, mask = batch.to(self.device), mask.to(self.device)
+
+        def run() -> tuple[list[list[float]], list[list[list[int]]], list[list[list[float]]]]:
             with self.surgeon.apply(stack):
-                logits = self.model(input_ids=ids.unsqueeze(0).to(self.device)).logits[0, :-1]
+                logits = self.model(input_ids=batch, attention_mask=mask).logits[:, :-1]
             logprobs = logits.float().log_softmax(dim=-1)
-            chosen = logprobs.gather(1, ids[1:].to(logprobs.device).unsqueeze(1)).squeeze(1)
+            chosen = logprobs.gather(2, batch[:, 1:].unsqueeze(2)).squeeze(2)
             values, alternatives = logprobs.topk(top, dim=-1)
             return chosen.tolist(), alternatives.tolist(), values.tolist()
 
         chosen, alternatives, values = self.forward(run)
         return [
-            (logprob, tuple(zip(tokens, scores, strict=True)))
-            for logprob, tokens, scores in zip(chosen, alternatives, values, strict=True)
+            [
+                (chosen[row][i], tuple(zip(alternatives[row][i], values[row][i], strict=True)))
+                for i in range(len(ids) - 1)
+            ]
+            for row, ids in enumerate(prompts)
         ]
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:

@@ -208,6 +208,13 @@ def test_echo_scores_the_prompt_as_lm_eval_asks_and_prefixes_the_completion(gate
     assert "".join(c.choices[0].text for c in streamed) == PROMPT + plain.choices[0].text
     with pytest.raises(openai.BadRequestError, match="echo"):
         http.completions.create(model="toy", prompt=PROMPT, max_tokens=0)
+    # a batch of prompts of different lengths (as lm-eval sends them) shares forwards: each as alone
+    batch = [PROMPT, f"{context} {continuation}", "Riia"]
+    together = http.completions.create(model="toy", prompt=batch, max_tokens=0, echo=True, logprobs=1)
+    for text, choice in zip(batch, sorted(together.choices, key=lambda c: c.index), strict=True):
+        alone = http.completions.create(model="toy", prompt=text, max_tokens=0, echo=True, logprobs=1).choices[0]
+        assert choice.text == text and choice.logprobs.tokens == alone.logprobs.tokens
+        assert choice.logprobs.token_logprobs[1:] == pytest.approx(alone.logprobs.token_logprobs[1:], abs=1e-5)
 
 
 def test_logprobs_sampling_options_and_several_choices(gateway) -> None:

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from editors import Edit
+from service.defaults import LOGIT_BUDGET
 from service.registry import InvalidArgument, NotFound, Registry
 
 if TYPE_CHECKING:
     from service.serving import ModelHost
 
-#: Floats of logits one corpus job may hold (rows × positions × vocabulary): ~256 MB.
-LOGIT_BUDGET = 1 << 26
 MAX_TEXT_TOKENS = 256
 #: Texts per background job: each job holds the model between two decode steps of the served
 #: streams, so it must stay short (bench/checks.py measures the streams' p99 gap during a run).

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio import from_thread
 from fastapi import FastAPI, Request
@@ -37,6 +37,9 @@ from service.registry.errors import InvalidArgument, NotFound, PermissionDenied
 from service.scheduler import Overloaded, SchedulerClosed
 from service.serving import Finished, ModelHost, Token
 from service.stream_reading import Doorbell, doorbell
+
+if TYPE_CHECKING:
+    import torch
 
 _LOG = logging.getLogger(__name__)
 
@@ -129,14 +132,14 @@ class _Choice:
     def __init__(
         self,
         target: Target,
-        prompt: str | list[int],
+        prompt: str | list[int] | torch.Tensor,
         sampling: SamplingFields,
         max_tokens: int,
         logprobs: int | None,
         index: int,
         gone: threading.Event,
         bell: Doorbell,
-        echo: bool = False,
+        echo: Token | None = None,
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
@@ -144,10 +147,7 @@ class _Choice:
         self.prompt_tokens = len(ids)
         self.texts = TokenTexts(target.host)
         #: with echo, the prompt as this choice's first text (and its tokens' log-probabilities)
-        self.echo: Token | None = None
-        if echo:
-            scored = target.host.prompt_logprobs(target.version, ids, logprobs) if logprobs is not None else []
-            self.echo = Token(tuple(ids.tolist()), "", tuple(scored))
+        self.echo = echo
         if max_tokens == 0:  # echo alone: nothing joins the batch
             self.events = _nothing_made()
             return
@@ -179,7 +179,7 @@ async def _nothing_made() -> AsyncIterator[Token | Finished]:
 
 def _start(
     target: Target,
-    prompts: list[str | list[int]],
+    prompts: list[str | list[int]] | list[torch.Tensor],
     sampling: SamplingFields,
     max_tokens: int,
     logprobs: int | None,
@@ -191,10 +191,16 @@ def _start(
     choices are read on the event loop (one wake per decode step for all of them,
     service.stream_reading), whether the reply is streamed or whole."""
     bell = _loop_doorbell()
+    echoes: list[Token | None] = [None] * len(prompts)
+    if echo:  # the prompts' log-probabilities in shared forwards, before any choice joins the batch
+        ids = [target.host.prompt_ids(prompt) for prompt in prompts]
+        scored = target.host.prompt_logprobs(target.version, ids, logprobs) if logprobs is not None else [[]] * len(ids)
+        echoes = [Token(tuple(i.tolist()), "", tuple(s)) for i, s in zip(ids, scored, strict=True)]
+        prompts = ids  # (tokenised once)
     choices: list[_Choice] = []
     try:
         for index, prompt in enumerate(prompts):
-            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell, echo))
+            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell, echoes[index]))
     except Exception:
         gone.set()
         raise
