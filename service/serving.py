@@ -597,6 +597,8 @@ class ModelHost:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
         stack = self.stack(version)
         encoded = [self._encode(prompt)[0] for prompt in prompts]
+        for ids in encoded:  # (each must fit the KV budget alone, as a stream must)
+            self._check_kv_budget(len(ids) + min(max_tokens, self.context_length - len(ids)))
         produced: list[list[int]] = []
         for start in range(0, len(encoded), COMPLETE_CHUNK):
             chunk = encoded[start : start + COMPLETE_CHUNK]

@@ -582,6 +582,8 @@ def test_a_request_that_could_not_fit_the_kv_budget_alone_is_refused_before_join
         length = len(tokenizer(text)["input_ids"])
         with pytest.raises(InvalidArgument, match=f"{40} at most"):
             host.generate(0, text, max_tokens=41 - length)
+        with pytest.raises(InvalidArgument, match=f"{40} at most"):  # a check run's completions too
+            host.complete(0, [" ".join(world.symbols[:3]), text], max_tokens=41 - length)
         assert host.scheduler.waiting == 0
         made, finished = _collect(host.generate(0, text, max_tokens=40 - length))
     finally:
