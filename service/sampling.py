@@ -258,7 +258,7 @@ def _logprobs(
 ) -> list[TokenLogprob]:
     """For rows ``asked`` (indices into ``adjusted``), the chosen token's log-probability and each
     row's likeliest alternatives with theirs, from ``log_softmax(adjusted)``."""
-    at = torch.tensor(asked, device=adjusted.device)
+    at = _index(asked, adjusted.device)
     logprobs = adjusted.index_select(0, at).log_softmax(dim=-1)
     chosen = logprobs.gather(1, picked[at].unsqueeze(1)).squeeze(1).tolist()
     most = max(samplers[i].sampling.logprobs or 0 for i in asked)
