@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 "$python" -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')" | tee "$out/env.txt"
 SCALPEL_TEST_DEVICE="$device" timeout 200 "$python" -m pytest -q -p no:cacheprovider -rA \
-    tests/test_batched_rows.py tests/test_engine_process.py tests/test_scheduler.py >"$out/tests.log" 2>&1
+    tests/test_batched_rows.py tests/test_engine_process.py tests/test_scheduler.py tests/test_growing_cache.py \
+    >"$out/tests.log" 2>&1
 echo "equivalence tests on $device: exit $?"
 grep -E "passed|failed" "$out/tests.log" | tail -3
 timeout 300 "$python" bench/serving.py --device "$device" --rounds 2 --concurrency 64 8 1 >"$out/bench.log" 2>&1
