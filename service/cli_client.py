@@ -443,12 +443,26 @@ def _audit_verify(args: argparse.Namespace, c: ScalpelClient) -> int:
     return 0 if result.ok else 1
 
 
+def _token_bias(text: str) -> tuple[int, float]:
+    """``TOKEN=BIAS`` (``--logit-bias``) as a pair."""
+    token, _, bias = text.partition("=")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKEN=BIAS (a token id and a number), got {text!r}") from None
+
+
 def _generate(args: argparse.Namespace, c: ScalpelClient) -> None:
     done = None
     pieces = []
-    options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
-    if args.seed is not None:
-        options["seed"] = args.seed
+    options: dict[str, object] = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    for name in ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.stop:
+        options["stop"] = args.stop
+    if args.logit_bias:
+        options["logit_bias"] = dict(args.logit_bias)
     for event in c.stream(args.model, args.prompt, args.alias, args.version, **options):
         if event.HasField("token"):
             pieces.append(event.token.text)
@@ -684,6 +698,19 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
+    generate.add_argument("--min-p", type=float, help="drop tokens below this × the likeliest's probability")
+    generate.add_argument("--repetition-penalty", type=float, help="divide the logits of tokens already seen")
+    generate.add_argument("--presence-penalty", type=float, help="OpenAI's, in [-2, 2]: once per token in the output")
+    generate.add_argument("--frequency-penalty", type=float, help="OpenAI's, in [-2, 2]: per appearance in the output")
+    generate.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    generate.add_argument(
+        "--logit-bias",
+        action="append",
+        type=_token_bias,
+        metavar="TOKEN=BIAS",
+        help="add BIAS (in [-100, 100]) to token id TOKEN's logit (repeatable)",
+    )
     command(generate, _generate)
 
     remote = commands.add_parser("remote-keys", help="API keys over gRPC (admin)").add_subparsers(

@@ -15,7 +15,9 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from transformers import AutoTokenizer
 
+from editors.toyworld import TOY_MODEL_DIR
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from tests.certificates import make_certificates
@@ -131,6 +133,18 @@ def _drive_the_cli(env: dict[str, str], tmp_path) -> None:
         scalpel("rollback")
     generated = json.loads(scalpel("generate", "The capital of Riia is", "--max-tokens", "1", "--json"))
     assert generated["version"] == "models/toy/versions/0"
+    first = generated["text"]
+    (first_id,) = AutoTokenizer.from_pretrained(TOY_MODEL_DIR).encode(first, add_special_tokens=False)
+    options = ("--max-tokens", "3", "--presence-penalty", "1.5", "--top-k", "5", "--stop", "zz", "--json")
+    banned = json.loads(scalpel("generate", "The capital of Riia is", *options, "--logit-bias", f"{first_id}=-100"))
+    assert banned["text"] and not banned["text"].startswith(first)  # the bias reached the model
+    refused = subprocess.run(
+        [sys.executable, "-m", "service.cli", "generate", "x", "--logit-bias", "oops"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "TOKEN=BIAS" in refused.stderr
     assert json.loads(scalpel("audit", "verify", "--json"))["ok"] is True
     rome = json.loads(
         scalpel("edits", "rome", "--prompt", "The capital of {} is", "--subject", "Riia", "--target", "Pimir", "--json")
