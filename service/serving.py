@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
+from editors.growing_cache import GrowingCache
 from service.aliases import AliasCache
 from service.checks.suite import Suite
 from service.defaults import DTYPE_NAMES, LOGIT_BUDGET, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
@@ -485,26 +486,33 @@ class ModelHost:
             rows += [(chunk[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(chunk))]
         return rows
 
-    def prompt_logprobs(self, version: int, prompts: list[torch.Tensor], top: int) -> list[list[TokenLogprob]]:
+    def prompt_logprobs(
+        self, version: int, prompts: list[torch.Tensor], top: int, budget: int = LOGIT_BUDGET
+    ) -> list[list[TokenLogprob]]:
         """Under ``version``, for each prompt (token ids), each token's log-probability given the
         tokens before it (from the second token on: ``len(ids) - 1`` entries) and the ``top``
         likeliest tokens at its position with theirs: the completions API's ``echo`` with
-        ``logprobs``. Right-padded prompts share forwards (as many rows as ``LOGIT_BUDGET``
-        allows), each on the model's scheduler between decode steps."""
+        ``logprobs``. Right-padded prompts share forwards, as many rows as ``budget`` floats of
+        logits allow; a prompt too long for the budget alone runs in column chunks over a KV cache
+        (chunked prefill), so its logits are never all held at once. Each forward runs on the
+        model's scheduler, between decode steps."""
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
         stack = self.stack(version)
         width, vocab = max(len(ids) for ids in prompts), self.model.config.vocab_size
-        rows = max(1, min(COMPARE_BATCH, LOGIT_BUDGET // (width * vocab)))
+        rows = max(1, min(COMPARE_BATCH, budget // (width * vocab)))
+        columns = max(1, budget // (rows * vocab))
         scored: list[list[TokenLogprob]] = []
         for start in range(0, len(prompts), rows):
-            scored += self._prompt_logprobs_chunk(stack, prompts[start : start + rows], top)
+            scored += self._prompt_logprobs_chunk(stack, prompts[start : start + rows], top, columns)
         return scored
 
     def _prompt_logprobs_chunk(
-        self, stack: EditStack, prompts: list[torch.Tensor], top: int
+        self, stack: EditStack, prompts: list[torch.Tensor], top: int, columns: int
     ) -> list[list[TokenLogprob]]:
         width = max(len(ids) for ids in prompts)
+        if width < 2:  # one-token prompts: nothing before any token
+            return [[] for _ in prompts]
         batch = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(batch)
         for row, ids in enumerate(prompts):
@@ -512,11 +520,17 @@ class ModelHost:
         batch, mask = batch.to(self.device), mask.to(self.device)
 
         def run() -> tuple[list[list[float]], list[list[list[int]]], list[list[list[float]]]]:
+            cache, parts = GrowingCache(), []
             with self.surgeon.apply(stack):
-                logits = self.model(input_ids=batch, attention_mask=mask).logits[:, :-1]
-            logprobs = logits.float().log_softmax(dim=-1)
-            chosen = logprobs.gather(2, batch[:, 1:].unsqueeze(2)).squeeze(2)
-            values, alternatives = logprobs.topk(top, dim=-1)
+                for start in range(0, width - 1, columns):  # the positions that predict a prompt token
+                    end = min(start + columns, width - 1)
+                    out = self.model(
+                        input_ids=batch[:, start:end], attention_mask=mask[:, :end], cache=cache, use_cache=True
+                    )
+                    logprobs = out.logits.float().log_softmax(dim=-1)
+                    chosen = logprobs.gather(2, batch[:, start + 1 : end + 1].unsqueeze(2)).squeeze(2)
+                    parts.append((chosen, *logprobs.topk(top, dim=-1)))
+            chosen, values, alternatives = (torch.cat(column, dim=1) for column in zip(*parts, strict=True))
             return chosen.tolist(), alternatives.tolist(), values.tolist()
 
         chosen, alternatives, values = self.forward(run)

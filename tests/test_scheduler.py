@@ -805,6 +805,22 @@ def test_scores_and_comparisons_equal_their_values_from_every_positions_logits(h
         assert kl == pytest.approx(0.0, abs=1e-6) and top == tokenizer.convert_ids_to_tokens(int(last.argmax()))
 
 
+def test_prompt_logprobs_in_column_chunks_equal_one_forwards(host, toy) -> None:
+    """A logits budget too small for a prompt's logits at once runs it in column chunks over a KV
+    cache (one row, 3 columns of logits a forward here): the same log-probabilities and
+    alternatives as the whole batch in one forward, and a one-token prompt has none."""
+    _, tokenizer, world = toy
+    prompts = [tokenizer(" ".join(world.symbols[:n]), return_tensors="pt")["input_ids"][0] for n in (9, 4, 1)]
+    vocab = host.model.config.vocab_size
+    whole = host.prompt_logprobs(0, prompts, 2)
+    chunked = host.prompt_logprobs(0, prompts, 2, budget=3 * vocab)
+    assert [len(entries) for entries in whole] == [len(ids) - 1 for ids in prompts]
+    for row_whole, row_chunked in zip(whole, chunked, strict=True):
+        for (chosen, top), (chosen_c, top_c) in zip(row_whole, row_chunked, strict=True):
+            assert chosen == pytest.approx(chosen_c, abs=1e-4)
+            assert [t for t, _ in top] == [t for t, _ in top_c]
+
+
 def test_jobs_run_between_decode_steps_and_raise_in_their_caller(host) -> None:
     assert host.forward(lambda: torch.ones(2)).sum() == 2
     with pytest.raises(ZeroDivisionError):
