@@ -34,6 +34,9 @@ cat "$out/kv_cache.log"
 timeout 60 "$python" bench/sampling.py --device "$device" --rounds 2 >"$out/sampling.log" 2>&1
 echo "bench/sampling.py on $device: exit $?"
 cat "$out/sampling.log"
+timeout 90 "$python" bench/sampled_batch.py --device "$device" --rounds 2 >"$out/sampled_batch.log" 2>&1
+echo "bench/sampled_batch.py on $device: exit $?"
+cat "$out/sampled_batch.log"
 timeout 90 "$python" bench/prefix_cache.py --device "$device" --rounds 2 >"$out/prefix_cache.log" 2>&1
 echo "bench/prefix_cache.py on $device: exit $?"
 cat "$out/prefix_cache.log"
