@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
-# H200): the equivalence tests on the device, then the serving benchmark there, c64 first (with
-# where its time to first token goes), a long prompt's effect on running streams by prefill chunk
-# and on short prompts queued with it, the prefix cache on a shared system prompt (requests
-# arriving apart and in a burst), decode steps on the growing KV cache against DynamicCache, sampling 64 rows against
-# transformers' warpers, then
+# H200 before the KV cache and sampling benches joined): the equivalence tests on the device,
+# then the serving benchmark there, c64 first (with where its time to first token goes), a long
+# prompt's effect on running streams by prefill chunk and on short prompts queued with it, decode
+# steps on the growing KV cache against DynamicCache, sampling 64 rows against transformers'
+# warpers (alone, and through the scheduler on a GPT-2-sized vocabulary), the prefix cache on a
+# shared system prompt (requests arriving apart and in a burst), then
 # (with the previous thread-per-stream server unpacked in bench/.baseline and carried along) the
 # serving process's CPU per request and tokens/s against it; without it, a model-less sync gRPC
 # server's CPU per call against grpc.aio's.
