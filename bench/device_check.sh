@@ -23,28 +23,23 @@ SCALPEL_TEST_DEVICE="$device" timeout 200 "$python" -m pytest -q -p no:cacheprov
     >"$out/tests.log" 2>&1
 echo "equivalence tests on $device: exit $?"
 grep -E "passed|failed" "$out/tests.log" | tail -3
-timeout 300 "$python" bench/serving.py --device "$device" --rounds 2 --concurrency 64 8 1 >"$out/bench.log" 2>&1
-echo "bench/serving.py on $device: exit $?"
-grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/bench.log"
-timeout 90 "$python" bench/chunked_prefill.py --device "$device" --rounds 2 >"$out/chunked_prefill.log" 2>&1
-echo "bench/chunked_prefill.py on $device: exit $?"
+# bench SECONDS NAME [ARGS…]: bench/NAME.py on the device within SECONDS, its output in $out/NAME.log
+bench() {
+    local seconds="$1" name="$2"
+    shift 2
+    timeout "$seconds" "$python" "bench/$name.py" --device "$device" "$@" >"$out/$name.log" 2>&1
+    echo "bench/$name.py on $device: exit $?"
+}
+bench 300 serving --rounds 2 --concurrency 64 8 1
+grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/serving.log"
+bench 90 chunked_prefill --rounds 2
 grep -E "chunk|together" "$out/chunked_prefill.log"
-timeout 60 "$python" bench/kv_cache.py --device "$device" --rounds 3 >"$out/kv_cache.log" 2>&1
-echo "bench/kv_cache.py on $device: exit $?"
-cat "$out/kv_cache.log"
-timeout 60 "$python" bench/sampling.py --device "$device" --rounds 2 >"$out/sampling.log" 2>&1
-echo "bench/sampling.py on $device: exit $?"
-cat "$out/sampling.log"
-timeout 90 "$python" bench/sampled_batch.py --device "$device" --rounds 2 >"$out/sampled_batch.log" 2>&1
-echo "bench/sampled_batch.py on $device: exit $?"
-cat "$out/sampled_batch.log"
-timeout 90 "$python" bench/prefix_cache.py --device "$device" --rounds 2 >"$out/prefix_cache.log" 2>&1
-echo "bench/prefix_cache.py on $device: exit $?"
-cat "$out/prefix_cache.log"
+bench 60 kv_cache --rounds 3 && cat "$out/kv_cache.log"
+bench 60 sampling --rounds 2 && cat "$out/sampling.log"
+bench 90 sampled_batch --rounds 2 && cat "$out/sampled_batch.log"
+bench 90 prefix_cache --rounds 2 && cat "$out/prefix_cache.log"
 if [ -d bench/.baseline/service ]; then  # the thread-per-stream server: git archive 9381b8b | tar -x -C bench/.baseline
-    timeout 150 "$python" bench/request_cpu.py --baseline bench/.baseline --device "$device" --tokens 32 --threads 64 \
-        --seconds 6 --rounds 4 >"$out/request_cpu.log" 2>&1
-    echo "bench/request_cpu.py --baseline on $device: exit $?"
+    bench 150 request_cpu --baseline bench/.baseline --tokens 32 --threads 64 --seconds 6 --rounds 4
     cat "$out/request_cpu.log"
 else
     timeout 60 "$python" bench/grpc_ceiling.py --servers >"$out/grpc_servers.log" 2>&1

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gpt2_small import GPT2_VOCAB, gpt2_small_shaped
 from report import report
 
 from editors import Surgeon
@@ -34,7 +34,7 @@ from editors.toyworld import load_toy_model
 from service.sampling import Sampling
 from service.scheduler import Scheduler
 
-VOCAB, PROMPT = 50257, 16
+PROMPT = 16
 
 
 def main() -> None:
@@ -47,16 +47,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     _, tokenizer, _ = load_toy_model()  # (the scheduler needs a tokenizer; the ids here are its own)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
-    model = GPT2LMHeadModel(config).eval().to(args.device)
+    model = gpt2_small_shaped(tokenizer, args.device, GPT2_VOCAB)
     surgeon = Surgeon(model)
     stack = surgeon.compile([])
     scheduler = Scheduler(
         model, surgeon, tokenizer, "gpt2-small-shaped", eos_ids=frozenset(), intra_op_threads=args.threads
     )
-    prompts = torch.randint(0, VOCAB, (args.rows, PROMPT))
+    prompts = torch.randint(0, GPT2_VOCAB, (args.rows, PROMPT))
     samplings = [Sampling(args.new_tokens, temperature=0.8, top_p=0.95, seed=i) for i in range(args.rows)]
 
     def ours() -> int:

@@ -18,14 +18,16 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gpt2_small import GPT2_VOCAB, gpt2_small_shaped
 from report import report
 
-ROWS, CONTINUATION, VOCAB = 32, 5, 50257
+from editors.toyworld import load_toy_model
+
+ROWS, CONTINUATION = 32, 5
 
 
 def main() -> None:
@@ -37,11 +39,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
-    model = GPT2LMHeadModel(config).eval().to(args.device)
+    _, tokenizer, _ = load_toy_model()
+    model = gpt2_small_shaped(tokenizer, args.device, GPT2_VOCAB)
     width = args.prompt + CONTINUATION
-    ids = torch.randint(0, VOCAB, (ROWS, width), device=args.device)
+    ids = torch.randint(0, GPT2_VOCAB, (ROWS, width), device=args.device)
     mask = torch.ones_like(ids)
     span = torch.arange(args.prompt - 1, width - 1, device=args.device)
     times: dict[str, list[float]] = {"kept": [], "full": []}

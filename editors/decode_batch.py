@@ -50,10 +50,6 @@ class DecodeBatch:
         """Bytes its cache's buffers take, spare room included."""
         return sum(layer.nbytes for layer in self.cache.layers)
 
-    def kv_bytes(self, column: int) -> int:
-        """The keys and values its rows hold (``column``: :func:`column_bytes`), spare room aside."""
-        return len(self) * self.length * column
-
     @classmethod
     def prefill(
         cls,

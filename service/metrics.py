@@ -158,9 +158,18 @@ class Metrics:
 
     def forget_model(self, model: str) -> None:
         """Drop an unloaded model's per-model series."""
-        series = (self.batch_rows, self.row_cap, self.kv_held, self.waiting, self.refused, self.prompt_tokens)
-        series += (self.first_token,)
-        for metric in (*series, self.per_output_token, self.queue_wait):
+        series = (
+            self.batch_rows,
+            self.row_cap,
+            self.kv_held,
+            self.waiting,
+            self.refused,
+            self.prompt_tokens,
+            self.first_token,
+            self.per_output_token,
+            self.queue_wait,
+        )
+        for metric in series:
             with contextlib.suppress(KeyError):  # a model that never made a stream has none
                 metric.remove(model)
 

@@ -513,11 +513,7 @@ class ModelHost:
         width = max(len(ids) for ids in prompts)
         if width < 2:  # one-token prompts: nothing before any token
             return [[] for _ in prompts]
-        batch = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for row, ids in enumerate(prompts):
-            batch[row, : len(ids)], mask[row, : len(ids)] = ids, 1
-        batch, mask = batch.to(self.device), mask.to(self.device)
+        batch, mask = (t.to(self.device) for t in self._right_padded(prompts))
 
         def run() -> tuple[list[list[float]], list[list[list[int]]], list[list[list[float]]]]:
             cache, parts = GrowingCache(), []
@@ -541,6 +537,14 @@ class ModelHost:
             ]
             for row, ids in enumerate(prompts)
         ]
+
+    def _right_padded(self, sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sequences`` (token ids) as one right-padded batch ``[rows, longest]`` and its mask."""
+        batch = torch.full((len(sequences), max(map(len, sequences))), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, ids in enumerate(sequences):
+            batch[row, : len(ids)], mask[row, : len(ids)] = ids, 1
+        return batch, mask
 
     def score(self, version: int, prompt: str, continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) for each continuation, under ``version``."""
@@ -578,11 +582,8 @@ class ModelHost:
         self, stacks: list[EditStack], sequences: list[tuple[torch.Tensor, int]], background: bool
     ) -> torch.Tensor:
         """One forward over right-padded sequences, repeated once per stack."""
-        width = max(len(ids) for ids, _ in sequences)
-        batch = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for row, (ids, _) in enumerate(sequences):
-            batch[row, : len(ids)], mask[row, : len(ids)] = ids, 1
+        batch, mask = self._right_padded([ids for ids, _ in sequences])
+        width = batch.shape[1]
         batch, mask = batch.repeat(len(stacks), 1).to(self.device), mask.repeat(len(stacks), 1).to(self.device)
         rows = self.surgeon.rows([stack for stack in stacks for _ in sequences])
         starts = [prompt_length for _, prompt_length in sequences] * len(stacks)

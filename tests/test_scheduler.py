@@ -107,6 +107,21 @@ def _queued_together(
 
 
 @contextmanager
+def _forward_inputs(model) -> Iterator[list[tuple[torch.Size, torch.Tensor]]]:
+    """While inside, each forward's input ids' shape and its attention mask, in order."""
+    seen: list[tuple[torch.Size, torch.Tensor]] = []
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        seen.append((kwargs["input_ids"].shape, kwargs["attention_mask"]))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+@contextmanager
 def _running_out(model, rows: int, prefill: bool = False) -> Iterator[list[int]]:
     """While inside, a decode step (with ``prefill``: a prefill) over more than ``rows`` rows runs
     out of memory in the second block, after the first appended its keys and values; yields the
@@ -453,18 +468,13 @@ def test_a_burst_sharing_a_prompt_start_computes_it_once_and_each_stream_its_sol
     sharing = [torch.cat([start, torch.tensor(ids(world.symbols[60 + 4 * i : 64 + 4 * i]))]) for i in range(5)]
     partial = torch.cat([start[:16], torch.tensor(ids(world.symbols[100:140]))])
     prompts = [*sharing, partial]
-    prefills: list[list[int]] = []  # each prefill forward's rows, as their real-token counts
-
-    def record(_: object, args: tuple, kwargs: dict) -> None:
-        if kwargs["input_ids"].shape[1] > 1:
-            prefills.append(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1] :].sum(-1).tolist())
-
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        made = [tokens for tokens, _ in _queued_together(scheduler, prompts, stack)]
+        with _forward_inputs(model) as forwards:
+            made = [tokens for tokens, _ in _queued_together(scheduler, prompts, stack)]
     finally:
-        hook.remove()
         scheduler.close()
+    # each prefill forward's rows, as their real-token counts
+    prefills = [mask[:, -shape[1] :].sum(-1).tolist() for shape, mask in forwards if shape[1] > 1]
     assert prefills == [[52, 56], [4, 4, 4, 4]]
     assert scheduler.prefix_cache.hit_tokens == 4 * 48
     for tokens, prompt in zip(made, prompts, strict=True):
@@ -484,18 +494,12 @@ def test_short_prompts_queued_with_a_long_one_are_not_padded_to_it(toy) -> None:
     long = torch.tensor(ids(world.symbols[:100]))
     shorts = [torch.tensor(ids(world.symbols[150 + 6 * i : 156 + 6 * i])) for i in range(4)]
     prompts = [long, *shorts]
-    prefills: list[tuple[int, int]] = []  # each prefill forward's (rows, positions)
-
-    def record(_: object, args: tuple, kwargs: dict) -> None:
-        if kwargs["input_ids"].shape[1] > 1:
-            prefills.append(tuple(kwargs["input_ids"].shape))
-
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        made = [tokens for tokens, _ in _queued_together(scheduler, prompts, stack)]
+        with _forward_inputs(model) as forwards:
+            made = [tokens for tokens, _ in _queued_together(scheduler, prompts, stack)]
     finally:
-        hook.remove()
         scheduler.close()
+    prefills = [tuple(shape) for shape, _ in forwards if shape[1] > 1]  # each prefill forward's (rows, positions)
     assert prefills[:2] == [(1, 32), (4, 6)]  # the long prompt's first chunk, then the short ones
     assert sum(columns for rows, columns in prefills if rows == 1) == 100
     for tokens, prompt in zip(made, prompts, strict=True):
@@ -524,23 +528,6 @@ def test_a_decode_step_out_of_memory_prefills_the_newer_rows_again_and_fails_no_
         assert tokens == _greedy_past_eos(model, prompt, NEW_TOKENS)
 
 
-@contextmanager
-def _step_sizes(model) -> Iterator[list[tuple[int, int]]]:
-    """While inside, (rows, columns) of each decode step's attention mask, in order."""
-    seen: list[tuple[int, int]] = []
-
-    def record(_: object, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids")
-        if ids is not None and ids.shape[1] == 1:
-            seen.append(tuple(kwargs["attention_mask"].shape))
-
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        yield seen
-    finally:
-        hook.remove()
-
-
 def test_a_kv_budget_bounds_every_step_and_sends_rows_back_without_failing_one(toy) -> None:
     """Eight streams of 30 tokens under a KV budget of four prompts and KV_HEADROOM_STEPS columns:
     four join together (a fifth would leave no such room), and once their columns grow past it the
@@ -556,10 +543,11 @@ def test_a_kv_budget_bounds_every_step_and_sends_rows_back_without_failing_one(t
     scheduler = Scheduler(model, surgeon, tokenizer, "kv-budget", kv_cache_bytes=budget)
     stack = surgeon.compile([])
     try:
-        with _step_sizes(model) as steps:
+        with _forward_inputs(model) as forwards:
             ends = _queued_together(scheduler, prompts, stack, new_tokens)
     finally:
         scheduler.close()
+    steps = [tuple(mask.shape) for shape, mask in forwards if shape[1] == 1]  # decode steps' (rows, columns)
     assert scheduler.column_bytes == column
     assert max(rows for rows, _ in steps) == 4  # four joined together, never more
     assert all(rows * columns * column <= budget for rows, columns in steps)
