@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -396,6 +396,55 @@ class ModelHost:
         started = time.monotonic()
         if not 0 < max_tokens <= MAX_TOKENS_LIMIT:
             raise InvalidArgument(f"max_tokens must be 1..{MAX_TOKENS_LIMIT}")
+        sampling = self.sampling(
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            top_k,
+            min_p,
+            repetition_penalty,
+            logprobs,
+            ignore_eos,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+        )
+        ids = self.prompt_ids(prompt)
+        sampling = replace(sampling, max_tokens=min(max_tokens, self.context_length - len(ids)))
+        self._check_kv_budget(len(ids) + sampling.max_tokens)
+        stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
+        clock = StreamClock(self.latency, len(ids), started) if self.latency is not None else None
+        try:
+            if self.engine is not None:
+                self.revive_engine()
+                return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell, clock)
+            return self.scheduler.generate(ids, stack, sampling, is_active, bell, clock)
+        except Overloaded:
+            self.on_overloaded()
+            raise
+
+    def sampling(
+        self,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: tuple[str, ...] = (),
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        logprobs: int | None = None,
+        ignore_eos: bool = False,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: Mapping[int, float] | None = None,
+    ) -> Sampling:
+        """The :class:`~service.sampling.Sampling` these options make, each checked against this
+        model (its vocabulary for ``top_k`` and ``logit_bias``): :meth:`generate` asks it before a
+        stream joins, and a request that makes no token (echo alone) asks it too, so that it is
+        refused where a stream with the same options would be. ``max_tokens`` is the caller's."""
         if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 10) or not 0 <= top_p <= 1:
             raise InvalidArgument(f"temperature must be 0 or in [{MIN_TEMPERATURE}, 10], and top_p in [0, 1]")
         vocab = self.model.config.vocab_size
@@ -407,11 +456,7 @@ class ModelHost:
             raise InvalidArgument(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]: the alternatives per token")
         if not (-MAX_PENALTY <= presence_penalty <= MAX_PENALTY and -MAX_PENALTY <= frequency_penalty <= MAX_PENALTY):
             raise InvalidArgument(f"presence_penalty and frequency_penalty must be in [-{MAX_PENALTY}, {MAX_PENALTY}]")
-        bias = _logit_bias(logit_bias or {}, vocab)
-        ids = self.prompt_ids(prompt)
-        max_tokens = min(max_tokens, self.context_length - len(ids))
-        self._check_kv_budget(len(ids) + max_tokens)
-        sampling = Sampling(
+        return Sampling(
             max_tokens,
             temperature,
             top_p,
@@ -424,18 +469,8 @@ class ModelHost:
             ignore_eos,
             presence_penalty,
             frequency_penalty,
-            bias,
+            _logit_bias(logit_bias or {}, vocab),
         )
-        stack = self.stack(version)  # compiled here too: a bad stack fails its request before it leaves
-        clock = StreamClock(self.latency, len(ids), started) if self.latency is not None else None
-        try:
-            if self.engine is not None:
-                self.revive_engine()
-                return self.engine.generate(ids, version, stack.edits, sampling, is_active, bell, clock)
-            return self.scheduler.generate(ids, stack, sampling, is_active, bell, clock)
-        except Overloaded:
-            self.on_overloaded()
-            raise
 
     def _check_kv_budget(self, tokens: int) -> None:
         """Refuse a stream that could not fit the KV budget (``kv_cache_bytes``) alone at its

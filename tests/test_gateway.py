@@ -208,6 +208,15 @@ def test_echo_scores_the_prompt_as_lm_eval_asks_and_prefixes_the_completion(gate
     assert "".join(c.choices[0].text for c in streamed) == PROMPT + plain.choices[0].text
     with pytest.raises(openai.BadRequestError, match="echo"):
         http.completions.create(model="toy", prompt=PROMPT, max_tokens=0)
+    # echo alone makes no token, yet options a stream would refuse are refused for it too
+    vocab = host.model.config.vocab_size
+    for bad, match in (
+        ({"presence_penalty": 3.0}, "presence_penalty"),
+        ({"logit_bias": {str(vocab): 1.0}}, "logit_bias"),
+        ({"extra_body": {"top_k": vocab + 1}}, "top_k"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=match):
+            http.completions.create(model="toy", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, **bad)
     # a batch of prompts of different lengths (as lm-eval sends them) shares forwards: each as alone
     batch = [PROMPT, f"{context} {continuation}", "Riia"]
     together = http.completions.create(model="toy", prompt=batch, max_tokens=0, echo=True, logprobs=1)

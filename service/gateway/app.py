@@ -139,36 +139,40 @@ class _Choice:
         index: int,
         gone: threading.Event,
         bell: Doorbell,
-        echo: Token | None = None,
     ) -> None:
         self.index = index
         seed = None if sampling.seed is None else sampling.seed + index  # n choices, n different draws
-        ids = target.host.prompt_ids(prompt)  # tokenised once: its length is the usage's prompt_tokens
+        #: tokenised once: its length is the usage's prompt_tokens
+        self.ids = ids = target.host.prompt_ids(prompt)
         self.prompt_tokens = len(ids)
         self.texts = TokenTexts(target.host)
         #: with echo, the prompt as this choice's first text (and its tokens' log-probabilities)
-        self.echo = echo
-        if max_tokens == 0:  # echo alone: nothing joins the batch
+        self.echo: Token | None = None
+        options: dict[str, Any] = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": seed,
+            "stop": sampling.stops,
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+            "repetition_penalty": sampling.repetition_penalty,
+            "logprobs": logprobs,
+            "ignore_eos": sampling.ignore_eos,
+            "presence_penalty": sampling.presence_penalty,
+            "frequency_penalty": sampling.frequency_penalty,
+            "logit_bias": sampling.token_biases,
+        }
+        if max_tokens == 0:  # echo alone: nothing joins the batch, but its options are checked all the same
+            target.host.sampling(max_tokens, **options)
             self.events = _nothing_made()
             return
         self.events = target.host.generate(
             target.version,
             ids,
             max_tokens,
-            sampling.temperature,
-            sampling.top_p,
-            seed,
-            sampling.stops,
-            lambda: not gone.is_set(),  # the client hung up: the row leaves at the next step
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repetition_penalty=sampling.repetition_penalty,
-            logprobs=logprobs,
-            ignore_eos=sampling.ignore_eos,
+            is_active=lambda: not gone.is_set(),  # the client hung up: the row leaves at the next step
             bell=bell,  # a stream's events are read on the server's event loop
-            presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty,
-            logit_bias=sampling.token_biases,
+            **options,
         )
 
 
@@ -191,16 +195,16 @@ def _start(
     choices are read on the event loop (one wake per decode step for all of them,
     service.stream_reading), whether the reply is streamed or whole."""
     bell = _loop_doorbell()
-    echoes: list[Token | None] = [None] * len(prompts)
-    if echo:  # the prompts' log-probabilities in shared forwards, before any choice joins the batch
-        ids = [target.host.prompt_ids(prompt) for prompt in prompts]
-        scored = target.host.prompt_logprobs(target.version, ids, logprobs) if logprobs is not None else [[]] * len(ids)
-        echoes = [Token(tuple(i.tolist()), "", tuple(s)) for i, s in zip(ids, scored, strict=True)]
-        prompts = ids  # (tokenised once)
     choices: list[_Choice] = []
     try:
         for index, prompt in enumerate(prompts):
-            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell, echoes[index]))
+            choices.append(_Choice(target, prompt, sampling, max_tokens, logprobs, index, gone, bell))
+        if echo:  # the prompts' log-probabilities in shared forwards, once every choice's options passed
+            ids = [choice.ids for choice in choices]
+            host = target.host
+            scored = host.prompt_logprobs(target.version, ids, logprobs) if logprobs is not None else [[]] * len(ids)
+            for choice, prompt_ids, prompt_scores in zip(choices, ids, scored, strict=True):
+                choice.echo = Token(tuple(prompt_ids.tolist()), "", tuple(prompt_scores))
     except Exception:
         gone.set()
         raise
