@@ -187,22 +187,28 @@ def per_round_ratio(figures: dict[str, list[float]], top: str, bottom: str) -> f
 
 
 def engine_tokens_per_second(
-    database: str, concurrency: int, per_stream: int, device: str, dtype: str
+    database: str, concurrency: int, per_stream: int, device: str, dtype: str, riding: list[str]
 ) -> tuple[float, float]:
     """The scheduler read straight from its streams, no gRPC, in a process of its own (a second
     model in this process would slow the in-process limit measured here)."""
     command = [sys.executable, __file__, "--engine-run", str(concurrency), "--per-stream", str(per_stream)]
-    command += ["--device", device, "--dtype", dtype]
+    command += ["--device", device, "--dtype", dtype, *riding]
     done = subprocess.run([*command, "--database", database], check=True, capture_output=True, text=True, cwd=ROOT)
     streams, aligned = done.stdout.strip().splitlines()[-1].split()
     return float(streams), float(aligned)
 
 
-def engine_run(database: str, concurrency: int, per_stream: int, device: str, dtype: str) -> None:
+def engine_run(database: str, concurrency: int, per_stream: int, device: str, dtype: str, ride: bool) -> None:
     threads = serial_thread()  # as `scalpel serve` does: the scheduler's thread gets the cores
     _, _, world = load_toy_model()
     host = ModelHost(
-        "toy", str(TOY_MODEL_DIR), Registry(database), device=device, dtype=dtype, intra_op_threads=threads
+        "toy",
+        str(TOY_MODEL_DIR),
+        Registry(database),
+        device=device,
+        dtype=dtype,
+        intra_op_threads=threads,
+        ride_prefill=ride,
     )
 
     def in_engine(stream: int, text: str) -> int:
@@ -232,12 +238,18 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--stream-interval", type=int, default=0, help="the server's --stream-interval")
     parser.add_argument("--server-torch-threads", type=int, help="the server's --torch-threads (default: its own)")
+    parser.add_argument(
+        "--ride-prefill",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the servers' and the in-process engine's --ride-prefill (prefill chunks in decode steps' forwards)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--engine-run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_run:
-        engine_run(args.database, args.engine_run, args.per_stream, args.device, args.dtype)
+        engine_run(args.database, args.engine_run, args.per_stream, args.device, args.dtype, args.ride_prefill)
         return
     model, tokenizer, world = load_toy_model()
     version_edits = edits_for_versions(model, tokenizer, world)  # derived in float32 on the CPU
@@ -248,6 +260,8 @@ def main() -> None:
     device = ["--device", args.device, "--dtype", args.dtype, "--stream-interval", str(args.stream_interval)]
     if args.server_torch_threads:
         device += ["--torch-threads", str(args.server_torch_threads)]
+    riding = ["--ride-prefill" if args.ride_prefill else "--no-ride-prefill"]
+    device += riding
     with contextlib.ExitStack() as stack:
         served = stack.enter_context(
             serve_process(
@@ -298,7 +312,9 @@ def main() -> None:
             aligned: list[float] = []  # the engine process's second figure, measured with "engine"
 
             def engine(c: int = concurrency, aligned: list[float] = aligned) -> float:
-                streams, in_batches = engine_tokens_per_second(database, c, args.per_stream, args.device, args.dtype)
+                streams, in_batches = engine_tokens_per_second(
+                    database, c, args.per_stream, args.device, args.dtype, riding
+                )
                 aligned.append(in_batches)
                 return streams
 

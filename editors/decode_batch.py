@@ -79,11 +79,21 @@ class DecodeBatch:
                     cache=self.cache,
                     use_cache=True,
                 )
-        except BaseException:  # the layers it reached appended this step's column: the batch stays as it was
-            self._crop_right(self.length)
+        except BaseException:
+            self.rewind()
             raise
-        self.cache, self.mask, self.positions = out.cache, mask, self.positions + 1
+        self.cache = out.cache
+        self.advanced(mask)
         return out.logits[:, -1]
+
+    def advanced(self, mask: torch.Tensor) -> None:
+        """A step ran: its column is in the cache, ``mask`` covers it, positions move on."""
+        self.mask, self.positions = mask, self.positions + 1
+
+    def rewind(self) -> None:
+        """After a failed step: the layers it reached appended its column; drop it (the batch stays
+        as it was)."""
+        self._crop_right(self.length)
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only ``rows`` (in that order) and drop the cache columns no kept row uses."""
@@ -166,7 +176,7 @@ class Prefill:
     def advance(self) -> tuple[DecodeBatch, torch.Tensor] | None:
         """Run the next chunk; after the last one, the new batch and its last position's logits
         ``[rows, vocab]``."""
-        end = min(self.done + self.columns, self.width)
+        end = self.chunk_end()
         with self.surgeon.apply_rows(self.rows):
             out = self.model(
                 input_ids=self.ids[:, self.done : end],
@@ -176,10 +186,30 @@ class Prefill:
                 use_cache=True,
                 logits_to_keep=1,  # only the last position's logits: [rows, vocab] instead of [rows, width, vocab]
             )
-        self.cache, self.done = out.cache, end
+        self.cache = out.cache
+        return self.ran(end, out.logits[:, -1])
+
+    def chunk_end(self) -> int:
+        """The column the next chunk runs to."""
+        return min(self.done + self.columns, self.width)
+
+    def ran(self, end: int, logits: torch.Tensor) -> tuple[DecodeBatch, torch.Tensor] | None:
+        """The columns up to ``end`` ran (their keys and values are in the cache) and ``logits``
+        are the last one's: what :meth:`advance` returns."""
+        self.done = end
         if end < self.width:
             return None
-        return DecodeBatch(self.cache, self.mask, self.mask.sum(-1)), out.logits[:, -1]
+        return DecodeBatch(self.cache, self.mask, self.mask.sum(-1)), logits
+
+    def rewind(self) -> None:
+        """After a failed chunk: drop the columns the layers it reached appended."""
+        kept = self.past + self.done
+        if not kept:
+            self.cache = GrowingCache()
+            return
+        for layer in self.cache.layers:
+            if layer.get_seq_length() > kept:
+                layer.crop(kept - layer.get_seq_length())
 
     def prompt_kv(self, spans: Sequence[tuple[int, int, int]]) -> list[torch.Tensor]:
         """Once the last chunk ran: for each ``(row, start, stop)``, the keys and values of that

@@ -288,6 +288,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.stream_interval = args.stream_interval
     if args.engine_process is not None:
         config.engine_process = args.engine_process
+    if args.ride_prefill is not None:
+        config.ride_prefill = args.ride_prefill
     config.max_streams = args.max_streams or config.max_streams
     config.prefill_chunk_tokens = args.prefill_chunk_tokens or config.prefill_chunk_tokens
     config.max_batch_rows = args.max_batch_rows or config.max_batch_rows
@@ -492,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each model's generation streams in a process of its own over the same (shared) weights, so "
         "gRPC's Python work never holds up a decode step (default: on; --no-engine-process runs them on a "
         "thread of the serving process)",
+    )
+    serve.add_argument(
+        "--ride-prefill",
+        action=argparse.BooleanOptionalAction,
+        help="run a prefill chunk in the same forward as the running streams' decode step, instead of a forward "
+        "of its own between two steps (default: on, for models attending with SDPA over their whole context)",
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")

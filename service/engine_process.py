@@ -72,6 +72,7 @@ class EngineSettings:
     prefix_cache_bytes: int = PREFIX_CACHE_BYTES  # stored prompt prefixes (editors.prefix_cache)
     max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.scheduler)
     kv_cache_bytes: int = 0  # the batch's keys and values at most (0: no budget; service.scheduler)
+    ride_prefill: bool = True  # prefill chunks in decode steps' forwards (service.scheduler)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class EngineStats:
     preempted: int = 0
     row_cap: int = MAX_BATCH_ROWS
     kv_held_bytes: int = 0
+    ridden: int = 0
 
 
 @dataclass(eq=False)
@@ -357,6 +359,7 @@ def _engine_main(
             prefix_cache_bytes=settings.prefix_cache_bytes,
             max_rows=settings.max_batch_rows,
             kv_cache_bytes=settings.kv_cache_bytes,
+            ride_prefill=settings.ride_prefill,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
@@ -403,4 +406,5 @@ def _stats(scheduler: Scheduler) -> EngineStats:
         scheduler.preempted,
         scheduler.row_cap,
         scheduler.kv_held_bytes,
+        scheduler.ridden,
     )

@@ -175,8 +175,9 @@ class Metrics:
 
     def watch_generation(self, counts: Callable[[], dict[str, GenerationCounts]]) -> None:
         """Export ``counts()`` (per model) as ``scalpel_forwards_total``,
-        ``scalpel_decode_steps_total``, ``scalpel_prefix_cache_hit_tokens_total`` and
-        ``scalpel_preempted_rows_total``, read at each scrape."""
+        ``scalpel_decode_steps_total``, ``scalpel_prefix_cache_hit_tokens_total``,
+        ``scalpel_preempted_rows_total`` and ``scalpel_prefill_chunks_ridden_total``, read at each
+        scrape."""
         self._generation_counts.counts = counts
 
     def serve(self, address: str) -> int:
@@ -223,7 +224,13 @@ class _GenerationCounts(Collector):
             "Rows sent back to be prefilled again: by a step that ran out of memory, or at the KV budget (kv_cache_mb)",
             labels=["model"],
         )
+        ridden = CounterMetricFamily(
+            "scalpel_prefill_chunks_ridden",
+            "Prefill chunks run in a decode step's forward instead of a forward of their own (ride_prefill)",
+            labels=["model"],
+        )
         for model, counts in self.counts().items():
+            ridden.add_metric([model], counts.ridden)
             forwards.add_metric([model], counts.forwards)
             steps.add_metric([model], counts.steps)
             hits.add_metric([model], counts.prefix_hit_tokens)
@@ -232,6 +239,7 @@ class _GenerationCounts(Collector):
         yield steps
         yield hits
         yield preempted
+        yield ridden
 
 
 #: One line per call at INFO, JSON: method, code, milliseconds, the caller's key name (never its

@@ -43,6 +43,7 @@ from transformers import PreTrainedTokenizerBase
 from editors import EditStack, RowStacks, Surgeon
 from editors.decode_batch import DecodeBatch, Prefill, column_bytes
 from editors.prefix_cache import PrefixCache, block_chain, reuse_is_exact
+from editors.ragged import can_ride, ride
 from service.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
 from service.shared_prefixes import PendingPrefixes
@@ -226,6 +227,7 @@ class Scheduler:
         max_streams: int | None = None,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         kv_cache_bytes: int = 0,
+        ride_prefill: bool = True,
     ) -> None:
         self.model = model
         self.name = name
@@ -267,6 +269,10 @@ class Scheduler:
         #: does, without lowering ``row_cap``). The cache's spare room is not counted.
         self.kv_cache_bytes = kv_cache_bytes
         self.column_bytes = column_bytes(model) if kv_cache_bytes else 0  # one row's token, every layer
+        #: Whether a prefill chunk runs in the decode step's forward while rows decode
+        #: (:mod:`editors.ragged`; models attending with SDPA over their whole context), rather
+        #: than in a forward of its own between two steps.
+        self.ride_prefill = bool(ride_prefill) and can_ride(model)
         self.admit_within = admit_within
         self.admit_ratio = admit_ratio
         if not isinstance(stream_interval, int) or isinstance(stream_interval, bool) or stream_interval < 0:
@@ -294,6 +300,7 @@ class Scheduler:
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
         self.forwards = 0
         self.steps = 0
+        self.ridden = 0  # decode steps that carried a prefill chunk
         #: Rows dropped because their reader went away (a client hung up, a stop string was met).
         self.cancelled = 0
         self._thread = threading.Thread(target=self._loop, name=f"scheduler-{name}", daemon=True)
@@ -432,11 +439,10 @@ class Scheduler:
                     self._joining.appendleft(_Joining(admitted))
             with torch.inference_mode():
                 try:
-                    if self._joining:
-                        self._prefill_step(self._joining[0])
-                    self._drop_gone()
-                    if self._batch is not None:
-                        self._decode()
+                    if self._joining and self._batch is not None and self.ride_prefill:
+                        self._ride(self._joining[0])
+                    else:
+                        self._apart()
                 except Exception as error:  # not one the steps handle: fail what is in flight, go on
                     self._in_flight_failed(error)
             self._deliver()
@@ -528,30 +534,85 @@ class Scheduler:
         except BaseException as error:  # handed to the caller, who raises it in its own thread
             job.future.set_exception(error)
 
-    def _prefill_step(self, group: _Joining) -> None:
-        """Run ``group``'s next prefill chunk (set up first if it has none); after its last, merge
-        its rows into the batch. A group with chunks left goes behind the other one, if any."""
+    def _apart(self) -> None:
+        """The next prefill chunk, if any, then the decode step: a forward each."""
+        if self._joining:
+            self._prefill_step(self._joining[0])
+        self._drop_gone()
+        if self._batch is not None:
+            self._decode()
+
+    def _ride(self, group: _Joining) -> None:
+        """``group``'s next prefill chunk in the decode step's forward (:mod:`editors.ragged`). If
+        that forward fails, both are as they were and run apart, so a fault fails only the rows it
+        would have failed alone."""
+        if not self._prefill_ready(group):
+            self._apart()
+            return
+        self._drop_gone()
+        rows = self._ready_rows()
+        if rows is None:  # (every row had ended)
+            self._apart()
+            return
+        try:
+            assert self._batch is not None and self._row_stacks is not None and group.prefill is not None
+            logits, done = ride(
+                self.model, self.surgeon, self._batch, self._row_stacks, self._last_tokens(rows), group.prefill
+            )
+        except Exception:
+            _LOG.warning("a prefill chunk riding in a decode step failed: the two run apart", exc_info=True)
+            self._apart()
+            return
+        self.forwards += 1
+        self.steps += 1
+        self.ridden += 1
+        try:
+            tokens = self._pick(logits, rows)
+        except Exception as error:
+            self._step_failed(rows, error)
+        else:
+            self._accept(rows, tokens)
+        self._prefilled(group, done)
+
+    def _prefill_ready(self, group: _Joining) -> bool:
+        """Set up ``group``'s prefill if it has none; False (and it leaves) if nobody is left."""
         if group.prefill is None:
             self._start_prefill(group)
             if group.prefill is None:  # every reader went away, or the set-up failed
                 self._leave(group)
-                return
-        newcomers = group.streams
+                return False
+        return True
+
+    def _prefill_step(self, group: _Joining) -> None:
+        """Run ``group``'s next prefill chunk (set up first if it has none)."""
+        if not self._prefill_ready(group):
+            return
+        assert group.prefill is not None
         try:
             done = group.prefill.advance()
-            self.forwards += 1
-            if done is None:
-                self._joining.remove(group)
-                self._joining.append(group)
-                return
+        except Exception as error:
+            self._prefill_error(group, error)
+            return
+        self.forwards += 1
+        self._prefilled(group, done)
+
+    def _prefilled(self, group: _Joining, done: tuple[DecodeBatch, torch.Tensor] | None) -> None:
+        """A chunk of ``group``'s prefill ran; after its last, merge its rows into the batch. A
+        group with chunks left goes behind the other one, if any."""
+        newcomers = group.streams
+        if done is None:
+            self._joining.remove(group)
+            self._joining.append(group)
+            return
+        try:
             joined, logits = done
             if self._caching:
+                assert group.prefill is not None
                 self._store_prefixes(group.prefill, newcomers)
             tokens = self._pick(logits, newcomers)
             now = time.monotonic()
         except Exception as error:
-            if not (out_of_memory(error) and self._prefill_out_of_memory(group)):
-                self._prefill_failed(group, error)
+            self._prefill_error(group, error)
             return
         keep = [
             row
@@ -573,6 +634,10 @@ class Scheduler:
                 self._rows += [newcomers[row] for row in keep]
                 self._row_stacks = None
         self._leave(group)  # after the merge: a reader counting requests never misses them
+
+    def _prefill_error(self, group: _Joining, error: Exception) -> None:
+        if not (out_of_memory(error) and self._prefill_out_of_memory(group)):
+            self._prefill_failed(group, error)
 
     def _start_prefill(self, group: _Joining) -> None:
         """Set up the prefill of ``group``'s streams (those whose reader is still there)."""
@@ -696,40 +761,60 @@ class Scheduler:
             self._batch.keep(alive)
 
     def _decode(self) -> None:
-        if self.steps >= self._edge_step:  # an ended row would step past the context: drop ended rows first
-            self._compact()
-            if self._batch is None:
-                return
-        assert self._batch is not None
-        if not self._fits(len(self._rows), self._batch.length + 1):
-            self._make_room()
-        if self._batch is None:  # (every row had ended)
+        rows = self._ready_rows()
+        if rows is None:
             return
-        rows = self._rows
         try:
-            if self._row_stacks is None:  # rows that ended keep their stack until compacted
-                # rebuilt only after a compaction or a merge, when every row is live
-                self._row_stacks = self.surgeon.rows([stream.stack for stream in rows])  # type: ignore[union-attr]
-            last = torch.tensor([s.last if s is not None else self._pad for s in rows], device=self._device)
-            logits = self._batch.step(self.model, self.surgeon, self._row_stacks, last)
+            assert self._batch is not None and self._row_stacks is not None
+            logits = self._batch.step(self.model, self.surgeon, self._row_stacks, self._last_tokens(rows))
             self.forwards += 1
             self.steps += 1
             tokens = self._pick(logits, rows)
         except Exception as error:
-            if out_of_memory(error):
-                live = [stream for stream in rows if stream is not None]
-                try:
-                    if self._preempt():
-                        return  # the step runs again, over fewer rows
-                except Exception as again:  # compacting ran out too: the cache cannot be trusted
-                    self._batch_lost(live, again)
-                    return
-            _LOG.exception("decode step over %d rows failed", self.active_rows)
-            for stream in rows:
-                if stream is not None:
-                    stream.end(error)
-            self._retire(list(range(len(rows))))
+            self._step_failed(rows, error)
             return
+        self._accept(rows, tokens)
+
+    def _ready_rows(self) -> list[_Stream | None] | None:
+        """The rows the next decode step feeds, their stacks built (None: no batch is left). Ended
+        rows leave first if one would step past the context, and newer rows go back if the step
+        would pass the KV budget."""
+        if self.steps >= self._edge_step:  # an ended row would step past the context: drop ended rows first
+            self._compact()
+        if self._batch is None:
+            return None
+        if not self._fits(len(self._rows), self._batch.length + 1):
+            self._make_room()
+        if self._batch is None:  # (every row had ended)
+            return None
+        if self._row_stacks is None:  # rows that ended keep their stack until compacted
+            # rebuilt only after a compaction or a merge, when every row is live
+            self._row_stacks = self.surgeon.rows([stream.stack for stream in self._rows])  # type: ignore[union-attr]
+        return self._rows
+
+    def _last_tokens(self, rows: list[_Stream | None]) -> torch.Tensor:
+        """Each row's latest token (the pad id for ended rows)."""
+        return torch.tensor([s.last if s is not None else self._pad for s in rows], device=self._device)
+
+    def _step_failed(self, rows: list[_Stream | None], error: Exception) -> None:
+        """A decode step failed: out of memory, newer rows go back and the step runs again next
+        iteration; otherwise its rows fail."""
+        if out_of_memory(error):
+            live = [stream for stream in rows if stream is not None]
+            try:
+                if self._preempt():
+                    return  # the step runs again, over fewer rows
+            except Exception as again:  # compacting ran out too: the cache cannot be trusted
+                self._batch_lost(live, again)
+                return
+        _LOG.exception("decode step over %d rows failed", self.active_rows, exc_info=error)
+        for stream in rows:
+            if stream is not None:
+                stream.end(error)
+        self._retire(list(range(len(rows))))
+
+    def _accept(self, rows: list[_Stream | None], tokens: list[tuple[int, TokenLogprob | None]]) -> None:
+        """Hand each row its new token; retire the rows that ended."""
         if self.row_cap < self.max_rows and self.steps - self._capped_at >= CAP_REGROWTH_STEPS:
             self.row_cap, self._capped_at = self.row_cap + 1, self.steps
         interval, now = self._stream_interval(), time.monotonic()

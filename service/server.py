@@ -165,6 +165,7 @@ class ScalpelServer:
             max_batch_rows=self.config.max_batch_rows,
             prefix_cache_bytes=self.config.prefix_cache_mb << 20,
             kv_cache_bytes=self.config.kv_cache_mb << 20,
+            ride_prefill=self.config.ride_prefill,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:

@@ -102,6 +102,9 @@ class ServerConfig:
     # sends its newest rows back to be prefilled again, before the device runs out; a request that
     # could not fit alone (prompt + max_tokens) is refused INVALID_ARGUMENT.
     kv_cache_mb: int = 0
+    # A prefill chunk runs in the running rows' decode step, one forward for both (editors.ragged;
+    # models attending with SDPA over their whole context), instead of a forward of its own.
+    ride_prefill: bool = True
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None

@@ -65,11 +65,12 @@ class GenerationCounts:
     steps: int = 0  # decode steps alone: tokens generated / steps is the batch's mean width
     prefix_hit_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
     preempted: int = 0  # rows sent back to be prefilled again (out of memory, or at the KV budget)
+    ridden: int = 0  # prefill chunks run in a decode step's forward (editors.ragged)
 
     @classmethod
     def of(cls, source: Scheduler | EngineStats) -> GenerationCounts:
         hits = source.prefix_cache.hit_tokens if isinstance(source, Scheduler) else source.prefix_hit_tokens
-        return cls(source.forwards, source.steps, hits, source.preempted)
+        return cls(source.forwards, source.steps, hits, source.preempted, source.ridden)
 
     def __add__(self, other: GenerationCounts) -> GenerationCounts:
         return GenerationCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -96,6 +97,7 @@ class ModelHost:
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         max_batch_rows: int = MAX_BATCH_ROWS,
         kv_cache_bytes: int = 0,
+        ride_prefill: bool = True,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -151,6 +153,7 @@ class ModelHost:
             prefix_cache_bytes=prefix_cache_bytes,
             max_rows=max_batch_rows,
             kv_cache_bytes=kv_cache_bytes,
+            ride_prefill=ride_prefill,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -173,6 +176,7 @@ class ModelHost:
             prefix_cache_bytes,
             max_batch_rows,
             kv_cache_bytes,
+            ride_prefill,
         )
         if engine_process:
             try:

@@ -9,6 +9,7 @@ from transformers import MistralConfig, Qwen2Config
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch, Prefill
 from editors.prefix_cache import PrefixCache, reuse_is_exact
+from editors.ragged import can_ride, ride
 from service.scheduler import Scheduler
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model, word_tokenizer
 from tests.test_surgeon import _rand, every_edit
@@ -36,18 +37,20 @@ def _prompt(row: int) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("columns", "cached"),
-    [(None, False), (4, False), (None, True)],
-    ids=["one-forward-prefill", "chunked-prefill", "prefix-cached"],
+    ("columns", "cached", "riding"),
+    [(None, False, False), (4, False, False), (None, True, False), (4, False, True), (4, True, True)],
+    ids=["one-forward-prefill", "chunked-prefill", "prefix-cached", "riding", "riding-prefix-cached"],
 )
 @pytest.mark.parametrize(("family", "dtype"), [(f, torch.float32) for f in FAMILIES] + [("llama", torch.bfloat16)])
 def test_rows_joining_and_leaving_each_match_their_solo_run(
-    family: str, dtype: torch.dtype, columns: int | None, cached: bool
+    family: str, dtype: torch.dtype, columns: int | None, cached: bool, riding: bool
 ) -> None:
     """With ``columns``, newcomers are prefilled 4 positions per forward, and the running rows take
     a decode step between two chunks, as the scheduler interleaves them. With ``cached``, each
     newcomer's prompt starts with an earlier prompt of its stack (whose prefill stored it in a
-    prefix cache of 2-token blocks) and runs only the rest, after that prefix's keys and values."""
+    prefix cache of 2-token blocks) and runs only the rest, after that prefix's keys and values.
+    With ``riding``, each chunk runs in the same forward as the running rows' decode step
+    (editors.ragged), the last chunk included."""
     model = tiny_model(family).to(TEST_DEVICE, dtype)
     surgeon = Surgeon(model)
     base_hash = weights_sha256(model)
@@ -77,14 +80,24 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
         found = None
         if prefixes is not None:
             found = [prefixes.lookup(stack, texts[r]) for stack, r in zip(requested, requests, strict=True)]
-        chunks = 1
+        chunks, rode = 1, 0
         with torch.inference_mode():
             pending = Prefill(model, surgeon, prompts, requested, 0, columns, found)
-            while (done := pending.advance()) is None:
+            while True:
+                if riding and batch is not None:  # the running rows' step and the chunk in one forward
+                    assert can_ride(model)
+                    running, done = ride(model, surgeon, batch, *_step_inputs(), pending)
+                    compare(running, order)
+                    rode += 1
+                else:
+                    done = pending.advance()
+                if done is not None:
+                    break
                 chunks += 1
-                if batch is not None:
+                if batch is not None and not riding:
                     step()  # the running rows go on between two chunks
             joined, logits = done
+        assert rode == (chunks if riding and batch is not None else 0)
         assert chunks == (1 if columns is None else -(-pending.width // columns)) and pending.width > 4
         if prefixes is not None:
             hits = [f.length if f is not None else 0 for f in found]
@@ -102,11 +115,14 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
         assert len(batch) == len(order)
         compare(logits, requests)
 
-    def step() -> None:
+    def _step_inputs() -> tuple:
+        """The running rows' stacks and the tokens they take next."""
         tokens = torch.tensor([texts[r][-1] for r in order], device=model.device)
-        rows = surgeon.rows([stacks[stack_of[r]] for r in order])
+        return surgeon.rows([stacks[stack_of[r]] for r in order]), tokens
+
+    def step() -> None:
         with torch.inference_mode():
-            logits = batch.step(model, surgeon, rows, tokens)
+            logits = batch.step(model, surgeon, *_step_inputs())
         compare(logits, order)
 
     join(list(range(8)))  # eight prompts of different lengths: left padding, every stack

@@ -61,6 +61,7 @@ def test_bad_files_and_flags_are_one_line_with_the_fix(files, capsys) -> None:
         ("prefill_chunk_tokens: 0\n", "prefill_chunk_tokens must be at least 1, got 0"),
         ("prefix_cache_mb: -1\n", "prefix_cache_mb must be 0 (off) or more, got -1"),
         ("kv_cache_mb: -1\n", "kv_cache_mb must be 0 (no budget) or more, got -1"),
+        ("ride_prefill: 'no'\n", "ride_prefill must be true or false"),
         ("max_batch_rows: 0\n", "max_batch_rows must be at least 1, got 0"),
     ):
         (files / "typed.yaml").write_text(text)

@@ -315,43 +315,81 @@ def test_check_rows_wait_behind_streams_for_a_place_in_the_batch(toy) -> None:
     assert prefills == [len(stream_prompt), len(check_prompt)]
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_decode(toy) -> None:
-    """With a prefill chunk of 4 positions, a newcomer's prompt runs 4 positions per forward and
-    the running stream takes a decode step between two chunks; both streams still produce
-    exactly their solo output."""
+def _long_prompt_joins_a_running_stream(
+    scheduler: Scheduler, toy, module: torch.nn.Module, hook: Callable, joining: Callable[[], None] = lambda: None
+) -> int:
+    """A 25-token prompt joins (``joining`` is called as it is sent) while a short stream decodes,
+    ``hook`` a forward pre-hook (with kwargs) on ``module`` meanwhile; both streams must produce
+    exactly their solo output. Returns the long prompt's length."""
     model, tokenizer, world = toy
-    surgeon = Surgeon(model)
-    scheduler = Scheduler(model, surgeon, tokenizer, "chunked", prefill_chunk_tokens=4)
-    stack = surgeon.compile([])
+    stack = scheduler.surgeon.compile([])
     short, long = _texts(world, 9)[0], " ".join(world.symbols[:12] * 2)
     short_ids, long_ids = (tokenizer(t, return_tensors="pt")["input_ids"][0] for t in (short, long))
     assert len(long_ids) > 12
-    widths: list[int] = []
-
-    def record(_: object, args: tuple, kwargs: dict) -> None:
-        widths.append(kwargs.get("input_ids", args[0] if args else None).shape[1])
-
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         running = scheduler.generate(short_ids, stack, Sampling(max_tokens=40, ignore_eos=True))
         first = next(running)  # the short stream is decoding
-        joined_at = len(widths)
+        joining()
         newcomer = list(scheduler.generate(long_ids, stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)))
         rest = list(running)
     finally:
-        hook.remove()
+        handle.remove()
         scheduler.close()
-    after = widths[joined_at:]
-    chunks = [i for i, width in enumerate(after) if width == 4]
-    assert len(chunks) >= len(long_ids) // 4 - 1  # the long prompt took several forwards
-    assert any(1 in after[a + 1 : b] for a, b in itertools.pairwise(chunks))  # decode steps between
     made = [t for event in [first, *rest] if isinstance(event, Token) for t in event.token_ids]
     assert made == _greedy_past_eos(model, short_ids, 40)
     assert [t for e in newcomer if isinstance(e, Token) for t in e.token_ids] == _greedy_past_eos(
         model, long_ids, NEW_TOKENS
     )
+    return len(long_ids)
+
+
+@pytest.mark.parametrize("riding", [False, True], ids=["apart", "riding"])
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_decode(toy, riding: bool) -> None:
+    """With a prefill chunk of 4 positions, a newcomer's prompt runs 4 positions per forward and
+    the running stream takes a decode step between two chunks, or (``riding``) each chunk runs in
+    the running stream's decode step, one forward of 1 + 4 tokens; both streams still produce
+    exactly their solo output."""
+    model, tokenizer, _ = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "chunked", prefill_chunk_tokens=4, ride_prefill=riding)
+    assert scheduler.ride_prefill == riding
+    widths: list[int] = []  # each forward's positions per row, from the newcomer's arrival on
+
+    def record(_: object, args: tuple, kwargs: dict) -> None:
+        widths.append(kwargs["input_ids"].shape[1])
+
+    long_tokens = _long_prompt_joins_a_running_stream(scheduler, toy, model, record, widths.clear)
+    if riding:  # every chunk rode in a decode step (one position per token), none ran alone
+        assert set(widths) == {1} and scheduler.ridden == -(-long_tokens // 4)
+    else:
+        chunks = [i for i, width in enumerate(widths) if width == 4]
+        assert len(chunks) >= long_tokens // 4 - 1  # the long prompt took several forwards
+        assert any(1 in widths[a + 1 : b] for a, b in itertools.pairwise(chunks))  # decode steps between
+        assert scheduler.ridden == 0
     with pytest.raises(ValueError, match="prefill_chunk_tokens"):
         Scheduler(model, surgeon, tokenizer, "bad", prefill_chunk_tokens=0)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a fault (raised by the test)"), torch.OutOfMemoryError("CUDA oom")])
+def test_a_ride_that_fails_leaves_both_sides_as_they_were_and_they_run_apart(toy, error: Exception) -> None:
+    """The first forward carrying a prefill chunk fails in its second block, after the first
+    wrote its keys and values to both caches: the running rows and the prefill are rewound and
+    run apart (a chunk, then a decode step), later chunks ride again, and no stream fails: both
+    produce exactly their solo output."""
+    model, tokenizer, _ = toy
+    scheduler = Scheduler(model, Surgeon(model), tokenizer, "ride-fails", prefill_chunk_tokens=4)
+    failed: list[torch.Size] = []
+
+    def fail_once(_: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if not failed and hidden.shape[0] > 2 and hidden.shape[1] == 1:  # a ride: 1 + 4 tokens
+            failed.append(hidden.shape)
+            raise error
+
+    long_tokens = _long_prompt_joins_a_running_stream(scheduler, toy, model.transformer.h[1], fail_once)
+    assert failed == [torch.Size([5, 1, model.config.n_embd])]
+    assert scheduler.ridden == -(-long_tokens // 4) - 1  # the failed chunk ran apart; the others rode
 
 
 def test_a_prompt_starting_like_an_earlier_one_runs_only_the_rest_and_makes_the_same_tokens(toy) -> None:
@@ -412,7 +450,7 @@ def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_r
     long prompt's last chunk. Every stream still produces exactly its solo output."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
-    scheduler = Scheduler(model, surgeon, tokenizer, "two-prefills", prefill_chunk_tokens=8)
+    scheduler = Scheduler(model, surgeon, tokenizer, "two-prefills", prefill_chunk_tokens=8, ride_prefill=False)
     stack = surgeon.compile([])
     long = tokenizer(" ".join(world.symbols[:47]), return_tensors="pt")["input_ids"][0]
     short = long.new_tensor(tokenizer.convert_tokens_to_ids(world.symbols[60:64]))
@@ -461,7 +499,7 @@ def test_a_burst_sharing_a_prompt_start_computes_it_once_and_each_stream_its_sol
     tails, in one prefill after it. Each stream still produces exactly its solo greedy tokens."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
-    scheduler = Scheduler(model, surgeon, tokenizer, "burst")
+    scheduler = Scheduler(model, surgeon, tokenizer, "burst", ride_prefill=False)
     stack = surgeon.compile([])
     ids = tokenizer.convert_tokens_to_ids
     start = torch.tensor([tokenizer.bos_token_id, *ids(world.symbols[:47])])
@@ -488,7 +526,7 @@ def test_short_prompts_queued_with_a_long_one_are_not_padded_to_it(toy) -> None:
     its first chunk. Every stream still produces exactly its solo greedy tokens."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
-    scheduler = Scheduler(model, surgeon, tokenizer, "padding", prefill_chunk_tokens=32)
+    scheduler = Scheduler(model, surgeon, tokenizer, "padding", prefill_chunk_tokens=32, ride_prefill=False)
     stack = surgeon.compile([])
     ids = tokenizer.convert_tokens_to_ids
     long = torch.tensor(ids(world.symbols[:100]))
@@ -684,7 +722,7 @@ def test_after_running_out_of_memory_the_batch_takes_rows_back_one_at_a_time(toy
     of waiting for the batch to empty. Every stream still produces exactly its solo greedy tokens."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
-    scheduler = Scheduler(model, surgeon, tokenizer, "regrowth")
+    scheduler = Scheduler(model, surgeon, tokenizer, "regrowth", ride_prefill=False)  # (decode steps counted apart)
     stack = surgeon.compile([])
     prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
     new_tokens = CAP_REGROWTH_STEPS + 30

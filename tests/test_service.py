@@ -405,7 +405,9 @@ def _forward_counts(metrics_port: int) -> tuple[float, float]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     forwards = re.search(r'^scalpel_forwards_total\{model="toy"\} (\S+)$', body, re.M)
     steps = re.search(r'^scalpel_decode_steps_total\{model="toy"\} (\S+)$', body, re.M)
-    assert forwards and steps, "the forward counters are missing from /metrics"
+    ridden = re.search(r'^scalpel_prefill_chunks_ridden_total\{model="toy"\} (\S+)$', body, re.M)
+    assert forwards and steps and ridden, "the forward counters are missing from /metrics"
+    assert float(ridden.group(1)) <= float(steps.group(1)) <= float(forwards.group(1))  # a ride is a decode step
     return float(forwards.group(1)), float(steps.group(1))
 
 
