@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
 # H200 before the KV cache and sampling benches joined): the equivalence tests on the device,
-# then the serving benchmark there, c64 first (with where its time to first token goes), a long
+# then the serving benchmark there, c64 first (with where its time to first token goes), again
+# with prefill chunks run in forwards of their own (--no-ride-prefill) for the A/B, a long
 # prompt's effect on running streams by prefill chunk and on short prompts queued with it, decode
 # steps on the growing KV cache against DynamicCache, sampling 64 rows against transformers'
 # warpers (alone, and through the scheduler on a GPT-2-sized vocabulary), the prefix cache on a
@@ -23,15 +24,19 @@ SCALPEL_TEST_DEVICE="$device" timeout 200 "$python" -m pytest -q -p no:cacheprov
     >"$out/tests.log" 2>&1
 echo "equivalence tests on $device: exit $?"
 grep -E "passed|failed" "$out/tests.log" | tail -3
-# bench SECONDS NAME [ARGS…]: bench/NAME.py on the device within SECONDS, its output in $out/NAME.log
+# [LOG=NAME] bench SECONDS NAME [ARGS…]: bench/NAME.py on the device within SECONDS, its output in
+# $out/NAME.log ($LOG.log with LOG)
 bench() {
     local seconds="$1" name="$2"
     shift 2
-    timeout "$seconds" "$python" "bench/$name.py" --device "$device" "$@" >"$out/$name.log" 2>&1
-    echo "bench/$name.py on $device: exit $?"
+    timeout "$seconds" "$python" "bench/$name.py" --device "$device" "$@" >"$out/${LOG:-$name}.log" 2>&1
+    echo "bench/$name.py $* on $device: exit $?"
 }
-bench 300 serving --rounds 2 --concurrency 64 8 1
+bench 240 serving --rounds 2 --concurrency 64 8 1
 grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/serving.log"
+# the same without prefill chunks riding in decode steps (editors/ragged.py), for the A/B
+LOG=serving-apart bench 180 serving --rounds 2 --concurrency 64 8 --no-ride-prefill
+grep -E "ratio|speedup" "$out/serving-apart.log"
 bench 90 chunked_prefill --rounds 2
 grep -E "chunk|together" "$out/chunked_prefill.log"
 bench 60 kv_cache --rounds 3 && cat "$out/kv_cache.log"
