@@ -2,7 +2,8 @@
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
 # H200 before the KV cache and sampling benches joined): the equivalence tests on the device,
 # then the serving benchmark there, c64 first (with where its time to first token goes), again
-# with prefill chunks run in forwards of their own (--no-ride-prefill) for the A/B, a long
+# with prefill chunks run in forwards of their own (--no-ride-prefill) for the A/B, a ride
+# against the two forwards it replaces, a long
 # prompt's effect on running streams by prefill chunk and on short prompts queued with it, decode
 # steps on the growing KV cache against DynamicCache, sampling 64 rows against transformers'
 # warpers (alone, and through the scheduler on a GPT-2-sized vocabulary), the prefix cache on a
@@ -39,6 +40,7 @@ LOG=serving-apart bench 180 serving --rounds 2 --concurrency 64 8 --no-ride-pref
 grep -E "ratio|speedup" "$out/serving-apart.log"
 bench 90 chunked_prefill --rounds 2
 grep -E "chunk|together" "$out/chunked_prefill.log"
+bench 90 ragged_step --rounds 3 && cat "$out/ragged_step.log"
 bench 60 kv_cache --rounds 3 && cat "$out/kv_cache.log"
 bench 60 sampling --rounds 2 && cat "$out/sampling.log"
 bench 90 sampled_batch --rounds 2 && cat "$out/sampled_batch.log"

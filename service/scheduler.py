@@ -10,8 +10,10 @@ A single thread owns the model's forwards. Between two forwards it
    separate prefills), prefills them in batched forwards of at
    most ``prefill_chunk_tokens`` positions (a long prefill takes one chunk per iteration, so the
    running rows decode between its chunks, and newcomers admitted meanwhile run their chunks first
-   rather than wait for its last; a prompt's start stored in the prefix cache is not run again),
-   samples their first token, and merges them into the running batch;
+   rather than wait for its last; a prompt's start stored in the prefix cache is not run again;
+   while rows decode, a chunk runs inside their decode step's forward instead of one of its own:
+   ``ride_prefill``, :mod:`editors.ragged`), samples their first token, and merges them into the
+   running batch;
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
