@@ -206,6 +206,12 @@ def _check_residual_site(field_name: str, site: Site, dims: ModelDims) -> None:
         )
 
 
+def add_product(y: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``y + h @ w`` (``y`` ``[..., n]``, ``h`` ``[..., k]``, ``w`` ``[k, n]``) as one GEMM over the
+    flattened rows, where the two-step form launches a matmul and an add."""
+    return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), w).view(y.shape)
+
+
 def _position_mask(positions: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
     return torch.isin(positions, wanted).unsqueeze(-1)
 
@@ -543,8 +549,10 @@ class LowRank(Edit):
         U = self.U.to(device, dtype)
         V = self.V.to(device, dtype)
 
+        Ut = U.T
+
         def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return y + (x @ V) @ U.T
+            return add_product(y, x @ V, Ut)
 
         return [(self.parsed_site, Op(fn, form=AddLowRank(U, V)))]
 

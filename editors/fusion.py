@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from editors.edits import AddLowRank, AddVector, Op, ZeroUnits
+from editors.edits import AddLowRank, AddVector, Op, ZeroUnits, add_product
 
 
 def fused_op(ops: Sequence[Op], rows: Sequence[torch.Tensor], batch: int) -> Op | None:
@@ -42,19 +42,19 @@ def _add_vectors(forms: Sequence[AddVector], rows: Sequence[torch.Tensor], batch
             return x + table.view(batch, *([1] * (x.dim() - 2)), table.shape[-1])
 
         return Op(everywhere)
-    # a row's wanted positions, -1 padded; rows whose vector goes everywhere are marked apart
-    width = max(len(form.positions) for form in forms if form.positions is not None)
-    wanted = torch.full((batch, width), -1, dtype=torch.long, device=first.device)
-    anywhere = torch.zeros(batch, dtype=torch.bool, device=first.device)
+    # gain[row, p]: 1 where the row's vector is added at position p, 0 elsewhere; the last column
+    # stands for every position past the last one named (1 for rows whose vector goes everywhere)
+    last = max(int(form.positions.max()) for form in forms if form.positions is not None) + 1
+    gain = table.new_zeros(batch, last + 1)
     for form, where in zip(forms, rows, strict=True):
         if form.positions is None:
-            anywhere[where] = True
+            gain[where] = 1
         else:
-            wanted[where.unsqueeze(1), torch.arange(len(form.positions), device=first.device)] = form.positions
+            gain[where.unsqueeze(1), form.positions] = 1
 
     def at_positions(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        hit = anywhere.unsqueeze(1) | (positions.unsqueeze(-1) == wanted.unsqueeze(1)).any(-1)  # [batch, seq]
-        return torch.where(hit.unsqueeze(-1), x + table.unsqueeze(1), x)
+        hit = gain.gather(1, positions.expand(batch, -1).clamp(max=last))  # [batch, seq]: 0 or 1
+        return torch.addcmul(x, hit.unsqueeze(-1), table.unsqueeze(1))  # x + 1·vector, or x + 0 (x itself)
 
     return Op(at_positions, needs_positions=True)
 
@@ -89,6 +89,6 @@ def _add_low_ranks(forms: Sequence[AddLowRank], rows: Sequence[torch.Tensor], ba
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         columns = x @ V
-        return y + (columns * mask.view(batch, *([1] * (columns.dim() - 2)), mask.shape[1])) @ Ut
+        return add_product(y, columns * mask.view(batch, *([1] * (columns.dim() - 2)), mask.shape[1]), Ut)
 
     return Op(fn)
