@@ -1,7 +1,9 @@
-"""Kernels per decode step: one version against 8 versions mixed in one batch.
+"""Kernels per decode step: one version against 8 versions mixed in one batch; and a prefill
+riding in a decode step against the two forwards apart.
 
     python bench/step_ops.py --json
-    → {"c{N}_same_ops", "c{N}_mixed_ops", "c{N}_mixed_ops_ratio"} for N in 8, 64
+    → {"c{N}_same_ops", "c{N}_mixed_ops", "c{N}_mixed_ops_ratio",
+       "c{N}_apart_ops", "c{N}_ride_ops", "c{N}_ride_ops_ratio"} for N in 8, 64
 
 Counts the aten operators that launch work (views and no-op dropouts left out) in one decode step
 of the serving engine's batch (``DecodeBatch.step`` under ``Surgeon.rows``), on the toy model
@@ -25,7 +27,8 @@ from report import report
 from serving import VERSIONS, edits_for_versions, prompts
 
 from editors import Surgeon
-from editors.decode_batch import DecodeBatch
+from editors.decode_batch import DecodeBatch, Prefill
+from editors.ragged import ride
 from editors.toyworld import load_toy_model
 
 #: operators that only reinterpret a tensor (no kernel), and dropout, a no-op in eval mode
@@ -56,6 +59,26 @@ def step_ops(model, surgeon: Surgeon, ids: list[torch.Tensor], stacks: list) -> 
     return count.ops
 
 
+def ride_ops(model, surgeon: Surgeon, ids: list[torch.Tensor], stacks: list, joining: int) -> tuple[int, int]:
+    """Ops of the last ``joining`` prompts' prefill and the other rows' decode step: run apart (a
+    step, then the prefill), and riding in one forward (``editors.ragged``)."""
+    counts = []
+    for riding in (False, True):
+        with torch.inference_mode():
+            batch, logits = DecodeBatch.prefill(model, surgeon, ids[:-joining], stacks[:-joining], 0)
+            rows = surgeon.rows(stacks[:-joining])
+            logits = batch.step(model, surgeon, rows, logits.argmax(-1))
+            with _Count() as count:  # (the prefill's set-up counts: alone, it builds its rows' stacks)
+                prefill = Prefill(model, surgeon, ids[-joining:], stacks[-joining:], 0)
+                if riding:
+                    ride(model, surgeon, batch, rows, logits.argmax(-1), prefill)
+                else:
+                    batch.step(model, surgeon, rows, logits.argmax(-1))
+                    prefill.advance()
+        counts.append(count.ops)
+    return counts[0], counts[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -69,6 +92,8 @@ def main() -> None:
         same = step_ops(model, surgeon, ids, [stacks[0]] * n)
         mixed = step_ops(model, surgeon, ids, [stacks[i % VERSIONS] for i in range(n)])
         results |= {f"c{n}_same_ops": same, f"c{n}_mixed_ops": mixed, f"c{n}_mixed_ops_ratio": mixed / same}
+        apart, riding = ride_ops(model, surgeon, ids, [stacks[i % VERSIONS] for i in range(n)], max(1, n // 4))
+        results |= {f"c{n}_apart_ops": apart, f"c{n}_ride_ops": riding, f"c{n}_ride_ops_ratio": riding / apart}
     report(results, args.json)
 
 

@@ -11,6 +11,7 @@ here, attention is the model's own.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -165,13 +166,19 @@ class Prefill:
         self.cache, cached_mask = _cache_of(cached, device)
         self.past = cached_mask.shape[1]  # columns of cached prefixes, before the prompts' own
         self.mask = torch.cat([cached_mask, mask.to(device)], dim=1)
-        self.rows = surgeon.rows(stacks)
+        self.stacks = tuple(stacks)
         self.columns = columns or width
         self.done = 0  # columns run so far
 
     @property
     def width(self) -> int:
         return self.ids.shape[1]
+
+    @cached_property
+    def rows(self) -> RowStacks:
+        """Its rows' stacks, built for its first chunk run alone (a chunk riding in a decode step
+        builds its own: editors.ragged)."""
+        return self.surgeon.rows(self.stacks)
 
     def advance(self) -> tuple[DecodeBatch, torch.Tensor] | None:
         """Run the next chunk; after the last one, the new batch and its last position's logits

@@ -73,6 +73,7 @@ class AddVector:
 
     delta: torch.Tensor
     positions: torch.Tensor | None = None
+    last: int = -1  # the largest of ``positions`` (known without reading the device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -488,7 +489,7 @@ class Steering(Edit):
                 return change(x)
             return torch.where(_position_mask(positions, wanted), change(x), x)
 
-        form = AddVector(delta, wanted) if direction is None else None
+        form = AddVector(delta, wanted, max(self.positions or (-1,))) if direction is None else None
         return [(self.parsed_site, Op(fn, needs_positions=wanted is not None, form=form))]
 
 

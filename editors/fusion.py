@@ -44,7 +44,7 @@ def _add_vectors(forms: Sequence[AddVector], rows: Sequence[torch.Tensor], batch
         return Op(everywhere)
     # gain[row, p]: 1 where the row's vector is added at position p, 0 elsewhere; the last column
     # stands for every position past the last one named (1 for rows whose vector goes everywhere)
-    last = max(int(form.positions.max()) for form in forms if form.positions is not None) + 1
+    last = max(form.last for form in forms if form.positions is not None) + 1
     gain = table.new_zeros(batch, last + 1)
     for form, where in zip(forms, rows, strict=True):
         if form.positions is None:

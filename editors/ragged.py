@@ -149,7 +149,7 @@ def ride(
     ids = torch.cat([tokens, prefill.ids[:, start:end].reshape(-1)]).unsqueeze(1)
     positions = torch.cat([batch.positions, prefill.position_ids[:, start:end].reshape(-1)]).unsqueeze(1)
     # every token is a row of its own, under its row's stack
-    stacks = rows.stacks + tuple(stack for stack in prefill.rows.stacks for _ in range(columns))
+    stacks = rows.stacks + tuple(stack for stack in prefill.stacks for _ in range(columns))
     last_columns = len(batch) + columns * torch.arange(1, prompts + 1, device=ids.device) - 1
     keep = torch.cat([torch.arange(len(batch), device=ids.device), last_columns])
     try:

@@ -186,19 +186,26 @@ class Surgeon:
         if not stacks:
             raise ValueError("rows() needs at least one stack")
         device = self.device_dtype[0]
-        key_tensor = torch.tensor(list(keys) if keys is not None else [0] * len(stacks), device=device)
         by_stack: dict[int, list[int]] = {}
         for row, stack in enumerate(stacks):
-            by_stack.setdefault(id(stack), []).append(row)
+            if stack.ops:
+                by_stack.setdefault(id(stack), []).append(row)
+        # the rows of the groups that gather, their keys and every row's key reach the device in
+        # one copy, split into views there: on a GPU a copy from host memory waits for queued work
+        every = list(keys) if keys is not None else [0] * len(stacks)
+        partial = [row_list for row_list in by_stack.values() if len(row_list) < len(stacks)]
+        flat = [row for row_list in partial for row in row_list]
+        sizes = [len(row_list) for row_list in partial]
+        moved = torch.tensor([*flat, *(every[row] for row in flat), *every], dtype=torch.long).to(device)
+        rows_of = dict(zip(map(id, partial), moved[: len(flat)].split(sizes), strict=True))
+        keys_of = dict(zip(map(id, partial), moved[len(flat) : 2 * len(flat)].split(sizes), strict=True))
+        every_key = moved[2 * len(flat) :]
         groups: dict[Site, list[RowGroup]] = {}
         for row_list in by_stack.values():
-            stack = stacks[row_list[0]]
-            if not stack.ops:
-                continue
-            rows = None if len(row_list) == len(stacks) else torch.tensor(row_list, device=device)
-            keys_here = key_tensor if rows is None else key_tensor[rows]
+            stack, group = stacks[row_list[0]], id(row_list)
             for site, ops in stack.ops.items():
-                groups.setdefault(site, []).append(RowGroup(ops, rows, keys_here))
+                row_group = RowGroup(ops, rows_of.get(group), keys_of.get(group, every_key))
+                groups.setdefault(site, []).append(row_group)
         position_layers = frozenset().union(*(stack.position_layers for stack in stacks))
         return RowStacks(stacks, {site: _fuse(g, len(stacks)) for site, g in groups.items()}, position_layers)
 

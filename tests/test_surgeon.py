@@ -217,6 +217,30 @@ def test_positioned_edits_use_absolute_positions_under_a_kv_cache(tiny, token_id
     torch.testing.assert_close(torch.cat(stepwise, dim=1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_rows_sample_keys_pick_each_rows_resample_draws(tiny, token_ids) -> None:
+    """By default every row draws as the only row of a batch (key 0); with ``keys`` row ``i``
+    draws as row ``keys[i]`` would, so two rows of one prompt under one resample ablation differ
+    exactly when their keys do, and a row keyed 0 equals its solo run."""
+    model, surgeon = tiny
+    d = surgeon.dims
+    stack = surgeon.compile([HeadAblation(layer=0, heads=(1,), mode="resample", pool=_rand(7, 1, d.d_head), seed=1)])
+    token_ids = token_ids[:1]
+    twice = token_ids.expand(2, -1)
+    with torch.no_grad():
+        with surgeon.apply(stack):
+            solo = model(input_ids=token_ids).logits[0]
+        with surgeon.apply_rows(surgeon.rows([stack, stack])):
+            default = model(input_ids=twice).logits
+        with surgeon.apply_rows(surgeon.rows([stack, stack, surgeon.compile([])], keys=[0, 5, 9])):
+            keyed = model(input_ids=token_ids.expand(3, -1)).logits
+    torch.testing.assert_close(default[0], solo)
+    torch.testing.assert_close(default[1], solo)
+    torch.testing.assert_close(keyed[0], solo)
+    assert not torch.allclose(keyed[1], solo)  # key 5 draws other pool rows
+    with surgeon.apply(surgeon.compile([])), torch.no_grad():
+        torch.testing.assert_close(keyed[2], model(input_ids=token_ids).logits[0])  # the empty stack
+
+
 def test_steering_at_chosen_positions_changes_only_those_positions(tiny, token_ids) -> None:
     model, surgeon = tiny
     site = "blocks.1.hook_resid_post"
