@@ -42,9 +42,10 @@ _riding: ContextVar[_RidingForward | None] = ContextVar("scalpel_riding", defaul
 def can_ride(model: nn.Module) -> bool:
     """Whether ``model``'s prefills may ride in its decode steps: it attends with SDPA over the
     whole context (a sliding window is measured in cache columns, which this layout does not
-    keep in step with the rows' own)."""
+    keep in step with the rows' own) and has an output head to take the kept positions."""
     config = model.config
-    return config._attn_implementation == BASE_ATTENTION and reuse_is_exact(config)
+    has_head = model.get_output_embeddings() is not None
+    return config._attn_implementation == BASE_ATTENTION and reuse_is_exact(config) and has_head
 
 
 class _Riding:

@@ -236,6 +236,42 @@ def test_the_engine_process_prefills_in_the_chunks_it_is_given(tmp_path, toy) ->
     assert finished.finish_reason in ("length", "eos")
 
 
+@pytest.mark.parametrize("riding", [True, False], ids=["riding", "apart"])
+def test_the_engine_process_rides_prefill_chunks_in_decode_steps_as_it_is_told(tmp_path, toy, riding) -> None:
+    """``ride_prefill`` reaches the engine process's scheduler: a 24-token prompt sent (the engine
+    stopped meanwhile) while another stream decodes runs its chunks of 3 positions inside that
+    stream's decode steps, every one of them (or none, told not to), and both streams produce
+    their solo output."""
+    model, tokenizer, world = toy
+    host = ModelHost(
+        "toy",
+        str(TOY_MODEL_DIR),
+        _registry(tmp_path),
+        device=TEST_DEVICE,
+        engine_process=True,
+        prefill_chunk_tokens=3,
+        ride_prefill=riding,
+    )
+    short, long = _texts(world, 1)[0], " ".join(world.symbols[:12] * 2)
+    try:
+        running = host.generate(0, short, max_tokens=80, ignore_eos=True)
+        first = next(running)  # decoding, with 79 steps to go
+        os.kill(host.engine.pid, signal.SIGSTOP)
+        try:
+            joining = host.generate(0, long, max_tokens=NEW_TOKENS, ignore_eos=True)
+        finally:
+            os.kill(host.engine.pid, signal.SIGCONT)
+        (made, _), (rest, _) = _collect(joining), _collect(running)
+        counts = host.generation_counts
+    finally:
+        host.close()
+    chunks = -(-len(tokenizer(long)["input_ids"]) // 3)
+    assert counts.ridden == (chunks if riding else 0)
+    ids = {text: tokenizer(text, return_tensors="pt")["input_ids"][0] for text in (short, long)}
+    assert made == _greedy_past_eos(model, ids[long], NEW_TOKENS)
+    assert [*first.token_ids, *rest] == _greedy_past_eos(model, ids[short], 80)
+
+
 def test_the_engine_process_keeps_to_the_kv_budget_it_is_given(tmp_path, toy) -> None:
     """``kv_cache_bytes`` reaches the engine process's scheduler: under a budget of one and a half
     24-token prompts (and KV_HEADROOM_STEPS columns each), two streams sent together never share a
