@@ -31,6 +31,16 @@ def column_bytes(model: nn.Module) -> int:
     return sum(t[0, :, 0].numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
+def step_mask(model: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask of a decode step (one query per row) over ``mask`` ``[rows, columns]``.
+    For SDPA it is handed over in its 4D form, which ``transformers`` uses as it is: built from
+    the 2D mask, it first asks whether every column is real (a read back from the device, which
+    waits for all the work queued, every step on a GPU)."""
+    if model.config._attn_implementation == "sdpa":
+        return mask.bool()[:, None, None, :]
+    return mask
+
+
 class DecodeBatch:
     """A batch of rows with a shared KV cache. Build with :meth:`prefill`; grow with :meth:`merge`."""
 
@@ -75,7 +85,7 @@ class DecodeBatch:
             with surgeon.apply_rows(rows):
                 out = model(
                     input_ids=tokens.unsqueeze(1),
-                    attention_mask=mask,
+                    attention_mask=step_mask(model, mask),
                     position_ids=self.positions.unsqueeze(1),
                     cache=self.cache,
                     use_cache=True,

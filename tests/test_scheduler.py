@@ -585,7 +585,8 @@ def test_a_kv_budget_bounds_every_step_and_sends_rows_back_without_failing_one(t
             ends = _queued_together(scheduler, prompts, stack, new_tokens)
     finally:
         scheduler.close()
-    steps = [tuple(mask.shape) for shape, mask in forwards if shape[1] == 1]  # decode steps' (rows, columns)
+    # decode steps' (rows, columns)
+    steps = [(mask.shape[0], mask.shape[-1]) for shape, mask in forwards if shape[1] == 1]
     assert scheduler.column_bytes == column
     assert max(rows for rows, _ in steps) == 4  # four joined together, never more
     assert all(rows * columns * column <= budget for rows, columns in steps)
