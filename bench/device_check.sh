@@ -2,7 +2,8 @@
 # The checks issue 14 asks for whenever a GPU is at hand, in one command (about 7 minutes on an
 # H200 before the KV cache and sampling benches joined): the equivalence tests on the device,
 # then the serving benchmark there, c64 first (with where its time to first token goes), again
-# with prefill chunks run in forwards of their own (--no-ride-prefill) for the A/B, a ride
+# with prefill chunks run in forwards of their own (--no-ride-prefill) and with newcomers
+# admitted at every step (--admit-within-steps 0) for the A/Bs, a ride
 # against the two forwards it replaces, a long
 # prompt's effect on running streams by prefill chunk and on short prompts queued with it, decode
 # steps on the growing KV cache against DynamicCache, sampling 64 rows against transformers'
@@ -35,9 +36,12 @@ bench() {
 }
 bench 240 serving --rounds 2 --concurrency 64 8 1
 grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/serving.log"
-# the same without prefill chunks riding in decode steps (editors/ragged.py), for the A/B
-LOG=serving-apart bench 180 serving --rounds 2 --concurrency 64 8 --no-ride-prefill
-grep -E "ratio|speedup" "$out/serving-apart.log"
+# c64 again without prefill chunks riding in decode steps (editors/ragged.py), and riding with
+# newcomers admitted at every step (fewer forwards per token; a loss on the CPU box), for the A/Bs
+LOG=serving-apart bench 150 serving --rounds 2 --concurrency 64 --no-ride-prefill
+grep -E "ratio|speedup|ttft_p" "$out/serving-apart.log"
+LOG=serving-admit0 bench 150 serving --rounds 2 --concurrency 64 --admit-within-steps 0
+grep -E "ratio|speedup|ttft_p" "$out/serving-admit0.log"
 bench 90 chunked_prefill --rounds 2
 grep -E "chunk|together" "$out/chunked_prefill.log"
 bench 90 ragged_step --rounds 3 && cat "$out/ragged_step.log"

@@ -198,17 +198,21 @@ def engine_tokens_per_second(
     return float(streams), float(aligned)
 
 
-def engine_run(database: str, concurrency: int, per_stream: int, device: str, dtype: str, ride: bool) -> None:
+def engine_run(args: argparse.Namespace) -> None:
+    """The ``--engine-run`` child: ``--engine-run`` streams, then aligned batches of that many."""
+    concurrency, per_stream = args.engine_run, args.per_stream
     threads = serial_thread()  # as `scalpel serve` does: the scheduler's thread gets the cores
     _, _, world = load_toy_model()
+    admission = {} if args.admit_within_steps is None else {"admit_within_steps": args.admit_within_steps}
     host = ModelHost(
         "toy",
         str(TOY_MODEL_DIR),
-        Registry(database),
-        device=device,
-        dtype=dtype,
+        Registry(args.database),
+        device=args.device,
+        dtype=args.dtype,
         intra_op_threads=threads,
-        ride_prefill=ride,
+        ride_prefill=args.ride_prefill,
+        **admission,
     )
 
     def in_engine(stream: int, text: str) -> int:
@@ -238,6 +242,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--stream-interval", type=int, default=0, help="the server's --stream-interval")
     parser.add_argument("--server-torch-threads", type=int, help="the server's --torch-threads (default: its own)")
+    parser.add_argument("--admit-within-steps", type=int, help="the servers' and the engine's --admit-within-steps")
     parser.add_argument(
         "--ride-prefill",
         action=argparse.BooleanOptionalAction,
@@ -249,7 +254,7 @@ def main() -> None:
     parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_run:
-        engine_run(args.database, args.engine_run, args.per_stream, args.device, args.dtype, args.ride_prefill)
+        engine_run(args)
         return
     model, tokenizer, world = load_toy_model()
     version_edits = edits_for_versions(model, tokenizer, world)  # derived in float32 on the CPU
@@ -261,6 +266,8 @@ def main() -> None:
     if args.server_torch_threads:
         device += ["--torch-threads", str(args.server_torch_threads)]
     riding = ["--ride-prefill" if args.ride_prefill else "--no-ride-prefill"]
+    if args.admit_within_steps is not None:
+        riding += ["--admit-within-steps", str(args.admit_within_steps)]
     device += riding
     with contextlib.ExitStack() as stack:
         served = stack.enter_context(

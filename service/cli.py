@@ -290,6 +290,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.engine_process = args.engine_process
     if args.ride_prefill is not None:
         config.ride_prefill = args.ride_prefill
+    if args.admit_within_steps is not None:
+        config.admit_within_steps = args.admit_within_steps
     config.max_streams = args.max_streams or config.max_streams
     config.prefill_chunk_tokens = args.prefill_chunk_tokens or config.prefill_chunk_tokens
     config.max_batch_rows = args.max_batch_rows or config.max_batch_rows
@@ -494,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each model's generation streams in a process of its own over the same (shared) weights, so "
         "gRPC's Python work never holds up a decode step (default: on; --no-engine-process runs them on a "
         "thread of the serving process)",
+    )
+    serve.add_argument(
+        "--admit-within-steps",
+        type=_non_negative_int,
+        help="decode steps a new stream may wait while others decode, to be gathered with later ones into one "
+        "prefill (default 8; 0 admits it at the next step: a shorter time to first token, more prefills)",
     )
     serve.add_argument(
         "--ride-prefill",

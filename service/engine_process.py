@@ -73,6 +73,7 @@ class EngineSettings:
     max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.scheduler)
     kv_cache_bytes: int = 0  # the batch's keys and values at most (0: no budget; service.scheduler)
     ride_prefill: bool = True  # prefill chunks in decode steps' forwards (service.scheduler)
+    admit_within_steps: int = 8  # decode steps a newcomer may wait to be gathered (service.scheduler)
 
 
 @dataclass
@@ -360,6 +361,7 @@ def _engine_main(
             max_rows=settings.max_batch_rows,
             kv_cache_bytes=settings.kv_cache_bytes,
             ride_prefill=settings.ride_prefill,
+            admit_within=settings.admit_within_steps,
         )
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))

@@ -275,6 +275,8 @@ class Scheduler:
         #: (:mod:`editors.ragged`; models attending with SDPA over their whole context), rather
         #: than in a forward of its own between two steps.
         self.ride_prefill = bool(ride_prefill) and can_ride(model)
+        if not isinstance(admit_within, int) or isinstance(admit_within, bool) or admit_within < 0:
+            raise ValueError(f"admit_within must be 0 (at once) or a positive integer, got {admit_within!r}")
         self.admit_within = admit_within
         self.admit_ratio = admit_ratio
         if not isinstance(stream_interval, int) or isinstance(stream_interval, bool) or stream_interval < 0:

@@ -166,6 +166,7 @@ class ScalpelServer:
             prefix_cache_bytes=self.config.prefix_cache_mb << 20,
             kv_cache_bytes=self.config.kv_cache_mb << 20,
             ride_prefill=self.config.ride_prefill,
+            admit_within_steps=self.config.admit_within_steps,
         )
 
     def _serve(self, name: str, host: ModelHost) -> None:

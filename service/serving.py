@@ -98,6 +98,7 @@ class ModelHost:
         max_batch_rows: int = MAX_BATCH_ROWS,
         kv_cache_bytes: int = 0,
         ride_prefill: bool = True,
+        admit_within_steps: int = 8,
     ) -> None:
         self.name = name
         self.aliases = aliases
@@ -154,6 +155,7 @@ class ModelHost:
             max_rows=max_batch_rows,
             kv_cache_bytes=kv_cache_bytes,
             ride_prefill=ride_prefill,
+            admit_within=admit_within_steps,
         )
         #: Generation streams' own process over the same weights (service.engine_process), if asked.
         self.engine: EngineProcess | None = None
@@ -177,6 +179,7 @@ class ModelHost:
             max_batch_rows,
             kv_cache_bytes,
             ride_prefill,
+            admit_within_steps,
         )
         if engine_process:
             try:

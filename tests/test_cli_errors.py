@@ -62,6 +62,7 @@ def test_bad_files_and_flags_are_one_line_with_the_fix(files, capsys) -> None:
         ("prefix_cache_mb: -1\n", "prefix_cache_mb must be 0 (off) or more, got -1"),
         ("kv_cache_mb: -1\n", "kv_cache_mb must be 0 (no budget) or more, got -1"),
         ("ride_prefill: 'no'\n", "ride_prefill must be true or false"),
+        ("admit_within_steps: -1\n", "admit_within_steps must be 0 (at once) or more, got -1"),
         ("max_batch_rows: 0\n", "max_batch_rows must be at least 1, got 0"),
     ):
         (files / "typed.yaml").write_text(text)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -441,6 +441,41 @@ def test_a_prompt_starting_like_an_earlier_one_runs_only_the_rest_and_makes_the_
         hook.remove()
         caching.close()
         plain.close()
+
+
+@pytest.mark.parametrize("within", [8, 0])
+def test_a_newcomer_waits_at_most_admit_within_steps_to_be_gathered(toy, within: int) -> None:
+    """Four streams decode; a fifth arrives alone (fewer than half the running rows). It is left
+    to gather company for ``admit_within`` decode steps (8 by default), then its prefill rides in
+    the next one; with 0 it rides in the very next step. Every stream still produces exactly its
+    solo output."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "admission", admit_within=within)
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 5)]
+    sampling = Sampling(max_tokens=60, ignore_eos=True)
+    rows_per_forward: list[int] = []
+    try:
+        with scheduler_held(scheduler):
+            running = [scheduler.generate(prompt, stack, sampling) for prompt in prompts[:4]]
+        firsts = [next(stream) for stream in running]  # decoding, with 59 steps to go
+        with ExitStack() as recording:
+            with scheduler_held(scheduler):  # forwards are recorded from this point between two steps on
+                newcomer = scheduler.generate(prompts[4], stack, Sampling(max_tokens=NEW_TOKENS, ignore_eos=True))
+                forwards = recording.enter_context(_forward_inputs(model))
+            late, _ = _collect(newcomer)
+        rows_per_forward = [shape[0] for shape, _ in forwards]
+        rests = [_collect(stream)[0] for stream in running]
+    finally:
+        scheduler.close()
+    ride = next(i for i, rows in enumerate(rows_per_forward) if rows > 4)  # 4 rows + the prompt's tokens
+    assert ride == within and rows_per_forward[:ride] == [4] * ride  # decode steps alone until then
+    assert late == _greedy_past_eos(model, prompts[4], NEW_TOKENS)
+    for prompt, first, rest in zip(prompts[:4], firsts, rests, strict=True):
+        assert [*first.token_ids, *rest] == _greedy_past_eos(model, prompt, 60)
+    with pytest.raises(ValueError, match="admit_within"):
+        Scheduler(model, surgeon, tokenizer, "bad", admit_within=-1)
 
 
 def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_remaining_chunks(toy) -> None:
