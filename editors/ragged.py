@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -102,6 +103,22 @@ def _riding_attention(
 AttentionInterface.register(RIDING_ATTENTION, _riding_attention)
 
 
+#: Per prefill in flight: the running rows and chunk width its token stacks were built for, and them.
+_built: WeakKeyDictionary[Prefill, tuple[RowStacks, int, RowStacks]] = WeakKeyDictionary()
+
+
+def _token_stacks(surgeon: Surgeon, rows: RowStacks, prefill: Prefill, columns: int) -> RowStacks:
+    """Every token's stack: each running row's, then each prompt's once per chunk column (every
+    token is a row of its own). Kept while the running rows and the chunk width stay the same,
+    as they do for a long prompt's chunks riding step after step."""
+    built = _built.get(prefill)
+    if built is not None and built[0] is rows and built[1] == columns:
+        return built[2]
+    stacks = surgeon.rows(rows.stacks + tuple(stack for stack in prefill.stacks for _ in range(columns)))
+    _built[prefill] = (rows, columns, stacks)
+    return stacks
+
+
 class _RidingForward:
     """What the attention function needs during one riding forward."""
 
@@ -149,12 +166,10 @@ def ride(
     riding = _RidingForward(cache, decode_mask.bool()[:, None, None, :], seen[:, None, None, :] & causal)
     ids = torch.cat([tokens, prefill.ids[:, start:end].reshape(-1)]).unsqueeze(1)
     positions = torch.cat([batch.positions, prefill.position_ids[:, start:end].reshape(-1)]).unsqueeze(1)
-    # every token is a row of its own, under its row's stack
-    stacks = rows.stacks + tuple(stack for stack in prefill.stacks for _ in range(columns))
     last_columns = len(batch) + columns * torch.arange(1, prompts + 1, device=ids.device) - 1
     keep = torch.cat([torch.arange(len(batch), device=ids.device), last_columns])
     try:
-        with _switched(model, riding, keep), surgeon.apply_rows(surgeon.rows(stacks)):
+        with _switched(model, riding, keep), surgeon.apply_rows(_token_stacks(surgeon, rows, prefill, columns)):
             logits = model(
                 input_ids=ids,
                 attention_mask=decode_mask.new_ones((1, 1, 1, 1), dtype=torch.bool),  # (the 4D form: used as is)

@@ -359,9 +359,13 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_rows_decode(toy,
     def record(_: object, args: tuple, kwargs: dict) -> None:
         widths.append(kwargs["input_ids"].shape[1])
 
+    built: list[int] = []  # the rows of each set of per-row stacks built
+    rows = surgeon.rows
+    surgeon.rows = lambda stacks, *args: built.append(len(stacks)) or rows(stacks, *args)  # type: ignore[method-assign]
     long_tokens = _long_prompt_joins_a_running_stream(scheduler, toy, model, record, widths.clear)
     if riding:  # every chunk rode in a decode step (one position per token), none ran alone
         assert set(widths) == {1} and scheduler.ridden == -(-long_tokens // 4)
+        assert built.count(1 + 4) == 1  # the chunks of 4 beside the same running row share their token stacks
     else:
         chunks = [i for i, width in enumerate(widths) if width == 4]
         assert len(chunks) >= long_tokens // 4 - 1  # the long prompt took several forwards
