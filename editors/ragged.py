@@ -37,7 +37,7 @@ RIDING_ATTENTION = "scalpel_riding"
 #: The implementation whose kernel both halves run (and the one the model must be set to).
 BASE_ATTENTION = "sdpa"
 
-_riding: ContextVar[_RidingForward | None] = ContextVar("scalpel_riding", default=None)
+_riding: ContextVar[_Riding | None] = ContextVar("scalpel_riding", default=None)
 
 
 def can_ride(model: nn.Module) -> bool:
@@ -50,14 +50,18 @@ def can_ride(model: nn.Module) -> bool:
 
 
 class _Riding:
-    """The cache the model writes to during a riding forward: each layer's new keys and values
-    (``[decode rows + chunk tokens, heads, 1, head dim]``) go to the batch's cache and to the
-    prefill's, and the attention function reads both back. (Not a ``Cache``: it holds no layers
-    of its own, and the models only call :meth:`update` and :meth:`get_seq_length`.)"""
+    """One riding forward's state, and the cache the model writes to during it: each layer's new
+    keys and values (``[decode rows + chunk tokens, heads, 1, head dim]``) go to the batch's cache
+    and to the prefill's, and the attention function reads both back with each side's mask. (Not
+    a ``Cache``: it holds no layers of its own, and the models only call :meth:`update` and
+    :meth:`get_seq_length`.)"""
 
-    def __init__(self, batch: DecodeBatch, prefill: Prefill, columns: int) -> None:
+    def __init__(
+        self, batch: DecodeBatch, prefill: Prefill, columns: int, decode_mask: torch.Tensor, chunk_mask: torch.Tensor
+    ) -> None:
         self.batch, self.prefill = batch, prefill
         self.rows, self.prompts, self.columns = len(batch), prefill.ids.shape[0], columns
+        self.decode_mask, self.chunk_mask = decode_mask, chunk_mask  # 4D, True where a query may look
         self.sides: tuple[torch.Tensor, ...] = ()  # the layer being run: both sides' keys and values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
@@ -88,13 +92,12 @@ def _riding_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """The decode rows' attention and the chunk's, each by the model's SDPA over its own cache."""
-    riding = _riding.get()
+    riding, base = _riding.get(), ALL_ATTENTION_FUNCTIONS[BASE_ATTENTION]
     assert riding is not None, "the riding attention runs only inside ride()"
-    state, base = riding.cache, ALL_ATTENTION_FUNCTIONS[BASE_ATTENTION]
-    keys, values, chunk_keys, chunk_values = state.sides
-    n = state.rows
+    keys, values, chunk_keys, chunk_values = riding.sides
+    n = riding.rows
     decoded, _ = base(module, query[:n], keys, values, riding.decode_mask, scaling=scaling, is_causal=False)
-    chunk = state._as_chunk(query[n:])
+    chunk = riding._as_chunk(query[n:])
     prefilled, _ = base(module, chunk, chunk_keys, chunk_values, riding.chunk_mask, scaling=scaling, is_causal=False)
     # both come back [rows, positions, heads, dim]: one position per token again
     return torch.cat([decoded, prefilled.reshape(-1, 1, *prefilled.shape[2:])]), None
@@ -119,15 +122,8 @@ def _token_stacks(surgeon: Surgeon, rows: RowStacks, prefill: Prefill, columns: 
     return stacks
 
 
-class _RidingForward:
-    """What the attention function needs during one riding forward."""
-
-    def __init__(self, cache: _Riding, decode_mask: torch.Tensor, chunk_mask: torch.Tensor) -> None:
-        self.cache, self.decode_mask, self.chunk_mask = cache, decode_mask, chunk_mask
-
-
 @contextmanager
-def _switched(model: nn.Module, riding: _RidingForward, keep: torch.Tensor) -> Iterator[None]:
+def _switched(model: nn.Module, riding: _Riding, keep: torch.Tensor) -> Iterator[None]:
     """The model attends with the riding function and its head computes logits only at ``keep``
     (the decode rows and each prompt's last chunk position), for one forward."""
     config, head = model.config, model.get_output_embeddings()
@@ -162,8 +158,7 @@ def ride(
     causal = (
         torch.arange(width, device=seen.device) <= torch.arange(width - columns, width, device=seen.device)[:, None]
     )
-    cache = _Riding(batch, prefill, columns)
-    riding = _RidingForward(cache, decode_mask.bool()[:, None, None, :], seen[:, None, None, :] & causal)
+    riding = _Riding(batch, prefill, columns, decode_mask.bool()[:, None, None, :], seen[:, None, None, :] & causal)
     ids = torch.cat([tokens, prefill.ids[:, start:end].reshape(-1)]).unsqueeze(1)
     positions = torch.cat([batch.positions, prefill.position_ids[:, start:end].reshape(-1)]).unsqueeze(1)
     last_columns = len(batch) + columns * torch.arange(1, prompts + 1, device=ids.device) - 1
@@ -174,7 +169,7 @@ def ride(
                 input_ids=ids,
                 attention_mask=decode_mask.new_ones((1, 1, 1, 1), dtype=torch.bool),  # (the 4D form: used as is)
                 position_ids=positions,
-                cache=cache,
+                cache=riding,
                 use_cache=True,
             ).logits[:, -1]
     except BaseException:
