@@ -31,12 +31,17 @@ def column_bytes(model: nn.Module) -> int:
     return sum(t[0, :, 0].numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
+#: ``transformers``' name for torch's scaled-dot-product attention, the one implementation whose
+#: masks the engine hands over in their 4D form (and the one a prefill chunk can ride with).
+SDPA = "sdpa"
+
+
 def step_mask(model: nn.Module, mask: torch.Tensor) -> torch.Tensor:
     """The attention mask of a decode step (one query per row) over ``mask`` ``[rows, columns]``.
     For SDPA it is handed over in its 4D form, which ``transformers`` uses as it is: built from
     the 2D mask, it first asks whether every column is real (a read back from the device, which
     waits for all the work queued, every step on a GPU)."""
-    if model.config._attn_implementation == "sdpa":
+    if model.config._attn_implementation == SDPA:
         return mask.bool()[:, None, None, :]
     return mask
 

@@ -28,14 +28,12 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from editors.decode_batch import DecodeBatch, Prefill
+from editors.decode_batch import SDPA, DecodeBatch, Prefill
 from editors.prefix_cache import reuse_is_exact
 from editors.surgeon import RowStacks, Surgeon
 
 #: The attention implementation a riding forward switches the model to, for that forward only.
 RIDING_ATTENTION = "scalpel_riding"
-#: The implementation whose kernel both halves run (and the one the model must be set to).
-BASE_ATTENTION = "sdpa"
 
 _riding: ContextVar[_Riding | None] = ContextVar("scalpel_riding", default=None)
 
@@ -46,7 +44,7 @@ def can_ride(model: nn.Module) -> bool:
     keep in step with the rows' own) and has an output head to take the kept positions."""
     config = model.config
     has_head = model.get_output_embeddings() is not None
-    return config._attn_implementation == BASE_ATTENTION and reuse_is_exact(config) and has_head
+    return config._attn_implementation == SDPA and reuse_is_exact(config) and has_head
 
 
 class _Riding:
@@ -92,7 +90,7 @@ def _riding_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """The decode rows' attention and the chunk's, each by the model's SDPA over its own cache."""
-    riding, base = _riding.get(), ALL_ATTENTION_FUNCTIONS[BASE_ATTENTION]
+    riding, base = _riding.get(), ALL_ATTENTION_FUNCTIONS[SDPA]
     assert riding is not None, "the riding attention runs only inside ride()"
     keys, values, chunk_keys, chunk_values = riding.sides
     n = riding.rows
