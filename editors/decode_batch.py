@@ -120,14 +120,38 @@ class DecodeBatch:
         if first:
             self._crop_left(first)
 
-    def merge(self, other: DecodeBatch) -> None:
-        """Append ``other``'s rows after this batch's, padding the shorter cache on the left."""
+    def merge(self, other: DecodeBatch, spare_rows: int = 0) -> None:
+        """Append ``other``'s rows after this batch's, padding the shorter cache on the left: a
+        copy of both caches, into buffers with room for ``spare_rows`` more rows (:meth:`place`)."""
         width = max(self.length, other.length)
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.stack_rows(theirs, width)
+            mine.stack_rows(theirs, width, spare_rows)
         masks = [F.pad(batch.mask, (width - batch.length, 0)) for batch in (self, other)]
         self.mask = torch.cat(masks, dim=0)
         self.positions = torch.cat([self.positions, other.positions], dim=0)
+
+    def slots(self, other: DecodeBatch, ended: Sequence[int]) -> list[int] | None:
+        """The rows :meth:`place` would write ``other``'s rows to: rows in ``ended`` (rows whose
+        stream ended) first, then new rows after the last, in the cache's spare rows. None where
+        it cannot: ``other``'s cache is longer than this one, or the spare rows are too few."""
+        reused = list(ended[: len(other)])
+        new = range(len(self), len(self) + len(other) - len(reused))
+        if other.length > self.length or len(self) + len(new) > self.cache.layers[0].row_room:
+            return None
+        return reused + list(new)
+
+    def place(self, other: DecodeBatch, rows: Sequence[int]) -> None:
+        """Write ``other``'s rows into ``rows`` (from :meth:`slots`) in place: a copy of
+        ``other``'s cache only, where :meth:`merge` copies this one's too."""
+        filled = max(len(self), max(rows) + 1)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.place_rows(theirs, index, filled)
+        added = filled - len(self)  # (new tensors: a mask handed out before is left as it was)
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((added, self.length))])
+        self.mask[index] = F.pad(other.mask, (self.length - other.length, 0))
+        self.positions = torch.cat([self.positions, self.positions.new_zeros(added)])
+        self.positions[index] = other.positions
 
     def _crop_right(self, length: int) -> None:
         """Drop cache columns past ``length`` (those a failed step appended in some layers)."""

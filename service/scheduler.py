@@ -79,6 +79,12 @@ CAP_REGROWTH_STEPS = 64
 #: again: a batch at its budget does not send a row back every step.
 KV_HEADROOM_STEPS = 16
 
+#: A merge that copies the whole cache leaves room for this share of its rows more (at least
+#: ``MIN_SPARE_ROWS``, within the row cap and the KV budget): newcomers are then written into those
+#: rows, or into the rows of streams that ended, copying only their own keys and values.
+SPARE_ROWS_FRACTION = 4
+MIN_SPARE_ROWS = 4
+
 #: Prefills in flight at once: a long one advancing chunk by chunk, and newcomers admitted
 #: meanwhile, whose prefill (usually short) runs its chunks first instead of waiting for the long
 #: one's last. Each iteration still runs one prefill chunk.
@@ -299,6 +305,7 @@ class Scheduler:
         self._joining: deque[_Joining] = deque()
         self._batch: DecodeBatch | None = None
         self._row_stacks: RowStacks | None = None  # the current rows' stacks; rebuilt when rows change
+        self._no_edits = surgeon.compile([])  # the stack of an ended row left in the batch
         #: The decode step count at which an ended row left in the batch would run past the context.
         self._edge_step: float = math.inf
         #: Forwards run so far (decode steps and prefills), and decode steps alone.
@@ -624,20 +631,43 @@ class Scheduler:
             if s.accept(token, logprob, 1, now, self.max_hold_s)
         ]
         if keep:
+            joining = [newcomers[row] for row in keep]
             try:
                 if len(keep) < len(newcomers):
                     joined.keep(keep)
-                self._compact()  # the merge copies the cache anyway: leave no finished rows in it
-                if self._batch is None:
-                    self._batch = joined
-                else:
-                    self._batch.merge(joined)
+                self._join(joined, joining)
             except Exception as error:  # the running batch may be half merged: every row starts over
-                self._batch_lost([*(s for s in self._rows if s is not None), *(newcomers[row] for row in keep)], error)
+                self._batch_lost([*(s for s in self._rows if s is not None), *joining], error)
             else:
-                self._rows += [newcomers[row] for row in keep]
                 self._row_stacks = None
         self._leave(group)  # after the merge: a reader counting requests never misses them
+
+    def _join(self, joined: DecodeBatch, streams: list[_Stream]) -> None:
+        """Bring ``joined``'s rows (``streams``) into the batch: written in place into the rows of
+        streams that ended and the cache's spare rows where they fit (a copy of the newcomers'
+        keys and values alone), or else merged (a copy of the whole cache, ended rows left out,
+        into buffers with spare rows for the next newcomers)."""
+        ended = [row for row, stream in enumerate(self._rows) if stream is None]
+        slots = self._batch.slots(joined, ended) if self._batch is not None else None
+        if slots is not None:
+            assert self._batch is not None
+            self._batch.place(joined, slots)
+            for row, stream in zip(slots, streams, strict=True):
+                if row < len(self._rows):
+                    self._rows[row] = stream
+                else:
+                    self._rows.append(stream)
+            return
+        self._compact()  # the merge copies the cache anyway: leave no finished rows in it
+        if self._batch is None:
+            self._batch = joined
+        else:
+            rows = len(self._rows) + len(streams)
+            spare = min(max(MIN_SPARE_ROWS, rows // SPARE_ROWS_FRACTION), self.row_cap - rows)
+            if spare > 0 and not self._fits(rows + spare, self._batch.length + KV_HEADROOM_STEPS):
+                spare = 0
+            self._batch.merge(joined, max(0, spare))
+        self._rows += streams
 
     def _prefill_error(self, group: _Joining, error: Exception) -> None:
         if not (out_of_memory(error) and self._prefill_out_of_memory(group)):
@@ -791,9 +821,9 @@ class Scheduler:
             self._make_room()
         if self._batch is None:  # (every row had ended)
             return None
-        if self._row_stacks is None:  # rows that ended keep their stack until compacted
-            # rebuilt only after a compaction or a merge, when every row is live
-            self._row_stacks = self.surgeon.rows([stream.stack for stream in self._rows])  # type: ignore[union-attr]
+        if self._row_stacks is None:  # rows that ended keep their stack until the rows change
+            # (rebuilt after a compaction or a merge: rows that ended then run no edits)
+            self._row_stacks = self.surgeon.rows([s.stack if s is not None else self._no_edits for s in self._rows])
         return self._rows
 
     def _last_tokens(self, rows: list[_Stream | None]) -> torch.Tensor:

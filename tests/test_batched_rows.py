@@ -50,7 +50,9 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     newcomer's prompt starts with an earlier prompt of its stack (whose prefill stored it in a
     prefix cache of 2-token blocks) and runs only the rest, after that prefix's keys and values.
     With ``riding``, each chunk runs in the same forward as the running rows' decode step
-    (editors.ragged), the last chunk included."""
+    (editors.ragged), the last chunk included. Later newcomers are written in place
+    (:meth:`DecodeBatch.place`), into the row of a request that ended (still computed, under no
+    edits) and into the spare rows an earlier merge left."""
     model = tiny_model(family).to(TEST_DEVICE, dtype)
     surgeon = Surgeon(model)
     base_hash = weights_sha256(model)
@@ -58,7 +60,8 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     tolerance = F32_TOLERANCE if dtype == torch.float32 else BF16_TOLERANCE
     texts: dict[int, list[int]] = {}  # request number → its ids so far
     stack_of: dict[int, int] = {}
-    order: list[int] = []  # request number of each batch row
+    order: list[int | None] = []  # request number of each batch row (None: ended, still in the batch)
+    no_edits = surgeon.compile([])
     batch: DecodeBatch | None = None
     worst = [0.0]
     prefixes = PrefixCache(1 << 30, block=2) if cached else None
@@ -66,11 +69,15 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     def compare(logits: torch.Tensor, requests: list[int]) -> None:
         """Each request's row against its solo run; the solo argmax becomes its next token."""
         for row, request in enumerate(requests):
+            if request is None:
+                continue
             solo = _solo_last_logits(model, surgeon, stacks[stack_of[request]], texts[request])
             worst[0] = max(worst[0], float((logits[row].float() - solo).abs().max()))
             texts[request].append(int(solo.argmax()))
 
-    def join(requests: list[int]) -> None:
+    def join(requests: list[int], spare_rows: int = 0) -> None:
+        """Prefill ``requests`` and bring them into the batch: written in place into ended rows
+        and spare rows if there are any, else merged (with ``spare_rows`` of room)."""
         nonlocal batch
         for request in requests:
             texts[request], stack_of[request] = _prompt(request), request % len(stacks)
@@ -107,18 +114,27 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
             spans = [(row, blocks.start * 2, blocks.stop * 2) for row, blocks in enumerate(missing)]
             for row, (blocks, kv) in enumerate(zip(missing, pending.prompt_kv(spans), strict=True)):
                 prefixes.insert(requested[row], texts[requests[row]], blocks, kv)
+        ended = [row for row, request in enumerate(order) if request is None]
         if batch is None:
             batch = joined
+            order.extend(requests)
+        elif ended or len(batch) < batch.cache.layers[0].row_room:
+            slots = batch.slots(joined, ended)
+            assert slots is not None, "the newcomers fit the ended and spare rows"
+            batch.place(joined, slots)
+            order.extend([None] * (max(slots) + 1 - len(order)))
+            for row, request in zip(slots, requests, strict=True):
+                order[row] = request
         else:
-            batch.merge(joined)
-        order.extend(requests)
+            batch.merge(joined, spare_rows)
+            order.extend(requests)
         assert len(batch) == len(order)
         compare(logits, requests)
 
     def _step_inputs() -> tuple:
         """The running rows' stacks and the tokens they take next."""
-        tokens = torch.tensor([texts[r][-1] for r in order], device=model.device)
-        return surgeon.rows([stacks[stack_of[r]] for r in order]), tokens
+        tokens = torch.tensor([texts[r][-1] if r is not None else 0 for r in order], device=model.device)
+        return surgeon.rows([stacks[stack_of[r]] if r is not None else no_edits for r in order]), tokens
 
     def step() -> None:
         with torch.inference_mode():
@@ -131,8 +147,14 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     batch.keep([1, 3, 4, 6])  # rows 0, 2, 5 and 7 finish; the longest prompt among them leaves
     order[:] = [order[i] for i in (1, 3, 4, 6)]
     step()
-    join([8, 9, 10])  # newcomers mid-stream, prefilled and merged
+    join([8, 9, 10], spare_rows=2)  # newcomers mid-stream, prefilled and merged, with room for two more
     for _ in range(3):
+        step()
+    order[1] = None  # its request ended: the row stays in the batch
+    step()
+    join([11, 12])  # written in place: into the ended row and a spare one
+    assert order == [1, 11, 4, 6, 8, 9, 10, 12] and batch.cache.layers[0].row_room == 9
+    for _ in range(2):
         step()
     batch.keep([4, 0, 2])
     order[:] = [order[i] for i in (4, 0, 2)]

@@ -79,6 +79,23 @@ def test_row_selection_cropping_and_stacking_match_the_plain_tensors() -> None:
         layer.crop(1)
 
 
+def test_rows_placed_in_place_replace_a_row_and_fill_a_spare_one_without_a_new_buffer() -> None:
+    keys, values = torch.randn(2, 2, 3, 8), torch.randn(2, 2, 3, 8)
+    layer = GrowingLayer(keys.clone(), values.clone())
+    layer.stack_rows(GrowingLayer(torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)), 5, spare_rows=2)
+    assert layer.row_room == 5 and layer.keys.shape == (3, 2, 5, 8)
+    before, buffer = layer.keys.clone(), layer._keys
+    newcomer = GrowingLayer(torch.randn(2, 2, 4, 8), torch.randn(2, 2, 4, 8))
+    layer.place_rows(newcomer, torch.tensor([1, 3]), 4)  # over row 1, and into the first spare row
+    assert layer._keys is buffer and layer.keys.shape == (4, 2, 5, 8)
+    placed = torch.cat([torch.zeros(2, 2, 1, 8), newcomer.keys], -2)  # right-aligned after zeros
+    assert torch.equal(layer.keys[[0, 2]], before[[0, 2]]) and torch.equal(layer.keys[[1, 3]], placed)
+    assert torch.equal(layer.values[[1, 3]], torch.cat([torch.zeros(2, 2, 1, 8), newcomer.values], -2))
+    column = torch.randn(4, 2, 1, 8)
+    layer.update(column, column)  # a step writes every filled row's column, the placed ones too
+    assert torch.equal(layer.keys, torch.cat([torch.cat([before[:1], placed[:1], before[2:], placed[1:]]), column], -2))
+
+
 def test_the_spare_room_is_a_quarter_of_the_length_within_its_bounds() -> None:
     short, long = GrowingLayer(), GrowingLayer()
     short.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))

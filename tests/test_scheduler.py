@@ -18,7 +18,7 @@ import torch
 
 from editors import HeadAblation, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
-from editors.decode_batch import column_bytes
+from editors.decode_batch import DecodeBatch, column_bytes
 from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases
@@ -28,6 +28,7 @@ from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import (
     CAP_REGROWTH_STEPS,
     KV_HEADROOM_STEPS,
+    MIN_SPARE_ROWS,
     Finished,
     Sampling,
     Scheduler,
@@ -480,6 +481,62 @@ def test_a_newcomer_waits_at_most_admit_within_steps_to_be_gathered(toy, within:
         assert [*first.token_ids, *rest] == _greedy_past_eos(model, prompt, 60)
     with pytest.raises(ValueError, match="admit_within"):
         Scheduler(model, surgeon, tokenizer, "bad", admit_within=-1)
+
+
+@contextmanager
+def _joins() -> Iterator[list[tuple[str, int]]]:
+    """While inside, how each prefill's rows joined the batch, in order: ``("merge", cache
+    buffers' rows after)`` for a copy of the whole cache, ``("place", rows written)`` in place."""
+    seen: list[tuple[str, int]] = []
+    merge, place = DecodeBatch.merge, DecodeBatch.place
+
+    def merging(batch: DecodeBatch, other: DecodeBatch, spare_rows: int = 0) -> None:
+        merge(batch, other, spare_rows)
+        seen.append(("merge", batch.cache.layers[0].row_room))
+
+    def placing(batch: DecodeBatch, other: DecodeBatch, rows) -> None:
+        seen.append(("place", len(rows)))
+        place(batch, other, rows)
+
+    DecodeBatch.merge, DecodeBatch.place = merging, placing  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        DecodeBatch.merge, DecodeBatch.place = merge, place  # type: ignore[method-assign]
+
+
+def test_newcomers_take_the_rows_of_ended_streams_and_spare_rows_in_place(toy) -> None:
+    """Five streams start together; the short one ends and its row stays in the batch (a fifth of
+    it, under the quarter that compacts). A newcomer is written into that row in place. The next
+    has no ended row to take: the whole cache is copied once, with spare rows, and the one after
+    it is written into a spare row. Every stream produces exactly its solo output."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "in-place", admit_within=0)
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
+    long, late = Sampling(max_tokens=90, ignore_eos=True), Sampling(max_tokens=NEW_TOKENS, ignore_eos=True)
+    try:
+        with scheduler_held(scheduler):
+            running = [scheduler.generate(prompt, stack, long) for prompt in prompts[:4]]
+            short = scheduler.generate(prompts[4], stack, Sampling(max_tokens=2, ignore_eos=True))
+        firsts = [next(stream) for stream in running]
+        ended, _ = _collect(short)
+        newcomers = []
+        with _joins() as joins:
+            for prompt in prompts[5:]:  # each in the batch once its first token is out
+                newcomers.append(scheduler.generate(prompt, stack, late))
+                newcomers[-1] = (next(newcomers[-1]), newcomers[-1])
+        lates = [[*first.token_ids, *_collect(rest)[0]] for first, rest in newcomers]
+        rests = [_collect(stream)[0] for stream in running]
+    finally:
+        scheduler.close()
+    assert joins == [("place", 1), ("merge", 6 + MIN_SPARE_ROWS), ("place", 1)]
+    assert ended == _greedy_past_eos(model, prompts[4], 2)
+    for prompt, made in zip(prompts[5:], lates, strict=True):
+        assert made == _greedy_past_eos(model, prompt, NEW_TOKENS)
+    for prompt, first, rest in zip(prompts[:4], firsts, rests, strict=True):
+        assert [*first.token_ids, *rest] == _greedy_past_eos(model, prompt, 90)
 
 
 def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_remaining_chunks(toy) -> None:
