@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--admit-within-steps",
         type=_non_negative_int,
         help="decode steps a new stream may wait while others decode, to be gathered with later ones into one "
-        "prefill (default 8; 0 admits it at the next step: a shorter time to first token, more prefills)",
+        "prefill (0 admits it at the next step: a shorter time to first token, more prefills; default: 0 where "
+        "prefill chunks ride in decode steps, 8 where they run apart)",
     )
     serve.add_argument(
         "--ride-prefill",

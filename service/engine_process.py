@@ -73,7 +73,7 @@ class EngineSettings:
     max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.scheduler)
     kv_cache_bytes: int = 0  # the batch's keys and values at most (0: no budget; service.scheduler)
     ride_prefill: bool = True  # prefill chunks in decode steps' forwards (service.scheduler)
-    admit_within_steps: int = 8  # decode steps a newcomer may wait to be gathered (service.scheduler)
+    admit_within_steps: int | None = None  # decode steps a newcomer may wait to be gathered (None: the scheduler's)
 
 
 @dataclass

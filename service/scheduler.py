@@ -12,8 +12,8 @@ A single thread owns the model's forwards. Between two forwards it
    running rows decode between its chunks, and newcomers admitted meanwhile run their chunks first
    rather than wait for its last; a prompt's start stored in the prefix cache is not run again;
    while rows decode, a chunk runs inside their decode step's forward instead of one of its own:
-   ``ride_prefill``, :mod:`editors.ragged`), samples their first token, and merges them into the
-   running batch;
+   ``ride_prefill``, :mod:`editors.ragged`), samples their first token, and brings them into the
+   running batch (in place, into the rows of ended streams and spare rows, where they fit);
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
@@ -78,6 +78,12 @@ CAP_REGROWTH_STEPS = 64
 #: within it, and a step that would pass it sends newer rows back until that much room is free
 #: again: a batch at its budget does not send a row back every step.
 KV_HEADROOM_STEPS = 16
+
+#: ``admit_within`` where prefills run apart: a newcomer waits up to this many decode steps to be
+#: gathered with others into one prefill forward. Where they ride in the decode step (and join the
+#: batch in place) it is admitted at the next step: that made as many tokens/s at 64 gRPC streams on
+#: the CPU box, with 10-15 % fewer forwards and a shorter time to first token (BENCHMARKS.md).
+GATHER_STEPS = 8
 
 #: A merge that copies the whole cache leaves room for this share of its rows more (at least
 #: ``MIN_SPARE_ROWS``, within the row cap and the KV budget): newcomers are then written into those
@@ -226,7 +232,7 @@ class Scheduler:
         max_rows: int = MAX_BATCH_ROWS,
         prefill_tokens: int = 8192,
         prefill_chunk_tokens: int = 2048,
-        admit_within: int = 8,
+        admit_within: int | None = None,
         admit_ratio: float = 0.5,
         stream_interval: int = 0,
         max_hold_s: float = MAX_HOLD_S,
@@ -281,6 +287,8 @@ class Scheduler:
         #: (:mod:`editors.ragged`; models attending with SDPA over their whole context), rather
         #: than in a forward of its own between two steps.
         self.ride_prefill = bool(ride_prefill) and can_ride(model)
+        if admit_within is None:  # see GATHER_STEPS
+            admit_within = 0 if self.ride_prefill else GATHER_STEPS
         if not isinstance(admit_within, int) or isinstance(admit_within, bool) or admit_within < 0:
             raise ValueError(f"admit_within must be 0 (at once) or a positive integer, got {admit_within!r}")
         self.admit_within = admit_within
@@ -462,14 +470,15 @@ class Scheduler:
     def _admit(self, gather: bool = True) -> list[_Stream]:
         """Waiting streams that fit this step's prefill (called under the lock).
 
-        A prefill is a forward of its own, so while rows are decoding newcomers are gathered
-        (``gather``) into fewer, larger prefills: they are admitted once they are ``admit_ratio``
-        of the running rows, or once the oldest has waited ``admit_within`` decode steps (its
-        extra time to first token). The defaults (half, 8 steps) measured best on
+        A prefill running apart is a forward of its own, so while rows are decoding newcomers are
+        gathered (``gather``) into fewer, larger prefills: they are admitted once they are
+        ``admit_ratio`` of the running rows, or once the oldest has waited ``admit_within`` decode
+        steps (its extra time to first token). The defaults there (half, 8 steps) measured best on
         ``bench/serving.py``: an eighth and 4 steps made twice the prefills and ~10 % fewer
-        tokens/s at concurrency 64. While a long prefill runs chunk by chunk nothing is gathered:
-        the newcomers' prefill takes one of the turns that chunks run anyway. Streams go first,
-        check runs' rows (background) after them. A stream whose prompt starts like one being
+        tokens/s at concurrency 64. Where prefills ride, ``admit_within`` is 0 by default. While
+        a long prefill runs chunk by chunk nothing is gathered: the newcomers' prefill takes one of
+        the turns that chunks run anyway. Streams go first, check runs' rows (background) after
+        them. A stream whose prompt starts like one being
         prefilled may wait for its stored start instead (:mod:`service.shared_prefixes`), and one
         that would pad this prefill past ``max_padding`` waits for the next."""
         active, lines = self.active_rows, (self._waiting, self._background)
@@ -783,11 +792,11 @@ class Scheduler:
 
     def _compact(self) -> None:
         alive = [row for row, stream in enumerate(self._rows) if stream is not None]
+        self._edge_step = math.inf  # no ended row is left (newcomers may have taken their rows)
         if len(alive) == len(self._rows):
             return
         self._rows = [self._rows[row] for row in alive]
         self._row_stacks = None
-        self._edge_step = math.inf  # no ended row is left
         if not self._rows:
             self._batch = None
             self.row_cap = self.max_rows  # an empty batch holds no cache: the cap starts over

@@ -107,8 +107,9 @@ class ServerConfig:
     ride_prefill: bool = True
     # Decode steps a newcomer may wait while rows decode, to be gathered with others into one
     # prefill (admitted sooner once they are half the running rows); 0 admits it at the next step:
-    # more prefills (or rides) for a shorter time to first token.
-    admit_within_steps: int = 8
+    # more prefills (or rides) for a shorter time to first token. None: 0 where prefill chunks ride
+    # in decode steps, 8 where they run apart (service.scheduler.GATHER_STEPS).
+    admit_within_steps: int | None = None
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.
     http_address: str | None = None
@@ -125,7 +126,7 @@ class ServerConfig:
                 raise ValueError(f"{field_name} must be at least 1, got {getattr(self, field_name)}")
         if self.prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {self.prefix_cache_mb}")
-        if self.admit_within_steps < 0:
+        if self.admit_within_steps is not None and self.admit_within_steps < 0:
             raise ValueError(f"admit_within_steps must be 0 (at once) or more, got {self.admit_within_steps}")
         if self.kv_cache_mb < 0:
             raise ValueError(f"kv_cache_mb must be 0 (no budget) or more, got {self.kv_cache_mb}")

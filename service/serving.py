@@ -98,7 +98,7 @@ class ModelHost:
         max_batch_rows: int = MAX_BATCH_ROWS,
         kv_cache_bytes: int = 0,
         ride_prefill: bool = True,
-        admit_within_steps: int = 8,
+        admit_within_steps: int | None = None,
     ) -> None:
         self.name = name
         self.aliases = aliases

@@ -8,6 +8,7 @@ from transformers import MistralConfig, Qwen2Config
 
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
 from editors.decode_batch import DecodeBatch, Prefill
+from editors.growing_cache import GrowingCache
 from editors.prefix_cache import PrefixCache, reuse_is_exact
 from editors.ragged import can_ride, ride
 from service.scheduler import Scheduler
@@ -161,6 +162,25 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     step()
     assert worst[0] <= tolerance, f"max |Δ| {worst[0]:.2e} over rows against their solo runs"
     assert weights_sha256(model) == base_hash
+
+
+def test_newcomers_go_in_place_only_into_ended_or_spare_rows_and_when_no_longer_than_the_batch() -> None:
+    def batch(rows: int, length: int) -> DecodeBatch:
+        kv = [(torch.randn(rows, 2, length, 4), torch.randn(rows, 2, length, 4))]
+        return DecodeBatch(GrowingCache(kv), torch.ones((rows, length), dtype=torch.long), torch.arange(rows) + length)
+
+    running = batch(3, 6)
+    running.merge(batch(1, 6), spare_rows=2)  # 4 rows, room for 6
+    assert running.slots(batch(2, 6), ended=[1]) == [1, 4]  # an ended row first, then a spare one
+    assert running.slots(batch(3, 5), ended=[0, 2]) == [0, 2, 4]
+    assert running.slots(batch(3, 5), ended=[]) is None  # two spare rows only
+    assert running.slots(batch(1, 7), ended=[1]) is None  # longer than the batch: a merge widens it
+    newcomers, before = batch(2, 4), running.mask.clone()
+    running.place(newcomers, [1, 4])
+    assert len(running) == 5 and torch.equal(before, torch.ones((4, 6), dtype=torch.long))  # (a new mask)
+    assert running.mask[[1, 4]].tolist() == [[0, 0, 1, 1, 1, 1]] * 2 and running.mask[[0, 2, 3]].all()
+    assert running.positions[[1, 4]].tolist() == newcomers.positions.tolist()
+    assert torch.equal(running.cache.layers[0].keys[[1, 4], :, 2:], newcomers.cache.layers[0].keys)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

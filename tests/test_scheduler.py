@@ -27,6 +27,7 @@ from service.intra_op import forward_threads
 from service.registry import InvalidArgument, NotFound, Registry
 from service.scheduler import (
     CAP_REGROWTH_STEPS,
+    GATHER_STEPS,
     KV_HEADROOM_STEPS,
     MIN_SPARE_ROWS,
     Finished,
@@ -448,15 +449,19 @@ def test_a_prompt_starting_like_an_earlier_one_runs_only_the_rest_and_makes_the_
         plain.close()
 
 
-@pytest.mark.parametrize("within", [8, 0])
-def test_a_newcomer_waits_at_most_admit_within_steps_to_be_gathered(toy, within: int) -> None:
+@pytest.mark.parametrize("within", [8, 0, None])
+def test_a_newcomer_waits_at_most_admit_within_steps_to_be_gathered(toy, within: int | None) -> None:
     """Four streams decode; a fifth arrives alone (fewer than half the running rows). It is left
-    to gather company for ``admit_within`` decode steps (8 by default), then its prefill rides in
-    the next one; with 0 it rides in the very next step. Every stream still produces exactly its
-    solo output."""
+    to gather company for ``admit_within`` decode steps, then its prefill rides in the next one;
+    with 0 it rides in the very next step. By default (None) a model whose prefills ride admits at
+    once (0), and one whose prefills run apart gathers for ``GATHER_STEPS``. Every stream still
+    produces exactly its solo output."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
     scheduler = Scheduler(model, surgeon, tokenizer, "admission", admit_within=within)
+    apart = Scheduler(model, surgeon, tokenizer, "apart", admit_within=within, ride_prefill=False)
+    apart.close()
+    assert apart.admit_within == (GATHER_STEPS if within is None else within)
     stack = surgeon.compile([])
     prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 5)]
     sampling = Sampling(max_tokens=60, ignore_eos=True)
@@ -475,7 +480,7 @@ def test_a_newcomer_waits_at_most_admit_within_steps_to_be_gathered(toy, within:
     finally:
         scheduler.close()
     ride = next(i for i, rows in enumerate(rows_per_forward) if rows > 4)  # 4 rows + the prompt's tokens
-    assert ride == within and rows_per_forward[:ride] == [4] * ride  # decode steps alone until then
+    assert ride == (within or 0) and rows_per_forward[:ride] == [4] * ride  # decode steps alone until then
     assert late == _greedy_past_eos(model, prompts[4], NEW_TOKENS)
     for prompt, first, rest in zip(prompts[:4], firsts, rests, strict=True):
         assert [*first.token_ids, *rest] == _greedy_past_eos(model, prompt, 60)
