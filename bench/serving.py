@@ -29,7 +29,9 @@ measures what it gives where prompts do share a start.
 
 Also printed: the "same" side's time to first token (p50, p99) and its tokens per message (1.0
 when every token travelled alone; more when a stream's tokens were coalesced because its
-handler fell behind the engine); and where its time to first token goes, as means
+handler fell behind the engine); the server's forwards per 1,000 of its tokens
+(`c{N}_forwards_per_1000_tokens`, read off `scalpel_forwards_total`; `generate`'s aligned batches
+of 25-token prompts and 32 new tokens run 15.6); and where its time to first token goes, as means
 (`c{N}_ttft_ms_mean`: the client's; `c{N}_server_ttft_ms_mean`: the server's, from the request
 reaching its model to the first token reaching the stream's reader; `c{N}_queue_wait_ms_mean`:
 the part of that spent in the scheduler's queue before the prefill), read from the server's
@@ -167,17 +169,20 @@ def run_concurrently(run_one: Callable[[int, str], int], texts: list[str], concu
 
 #: The server's histograms the "same" side reads around each run (sums in seconds, counts in streams).
 LATENCIES = ("scalpel_time_to_first_token_seconds", "scalpel_queue_wait_seconds")
+#: And its count of forwards (prefills and decode steps, a ride counted once).
+FORWARDS = "scalpel_forwards"
 
 
-def server_latency(metrics_port: int) -> dict[str, float]:
-    """The ``LATENCIES`` histograms' ``_sum`` and ``_count`` samples on the server's /metrics now."""
+def server_counts(metrics_port: int) -> dict[str, float]:
+    """The ``LATENCIES`` histograms' ``_sum`` and ``_count`` samples and the ``FORWARDS``
+    counter on the server's /metrics now."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     return {
         sample.name: sample.value
         for family in text_string_to_metric_families(body)
-        if family.name in LATENCIES
+        if family.name in (*LATENCIES, FORWARDS)
         for sample in family.samples
-        if sample.name.endswith(("_sum", "_count"))
+        if sample.name.endswith(("_sum", "_count", "_total"))
     }
 
 
@@ -326,9 +331,9 @@ def main() -> None:
                 return streams
 
             def same(c: int = concurrency, n: int = count) -> float:
-                before = server_latency(served.metrics_port)
+                before = server_counts(served.metrics_port)
                 rate = run_concurrently(via_service(1, c), prompts(world, n), c)
-                for name, value in server_latency(served.metrics_port).items():
+                for name, value in server_counts(served.metrics_port).items():
                     server_side[name] = server_side.get(name, 0.0) + value - before.get(name, 0.0)
                 return rate
 
@@ -378,6 +383,8 @@ def main() -> None:
                 results[f"c{concurrency}_{key}_ms_mean"] = 1000 * server_side.get(f"{name}_sum", 0.0) / max(count, 1)
             messages, tokens = chunks.get(concurrency, [1, 0])
             results[f"c{concurrency}_tokens_per_message"] = tokens / messages
+            forwards = server_side.get(f"{FORWARDS}_total", 0.0)
+            results[f"c{concurrency}_forwards_per_1000_tokens"] = 1000 * forwards / max(tokens, 1)
             if not args.json:  # each concurrency's figures as soon as they are in
                 mine = {
                     k: v

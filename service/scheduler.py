@@ -82,7 +82,7 @@ KV_HEADROOM_STEPS = 16
 #: ``admit_within`` where prefills run apart: a newcomer waits up to this many decode steps to be
 #: gathered with others into one prefill forward. Where they ride in the decode step (and join the
 #: batch in place) it is admitted at the next step: that made as many tokens/s at 64 gRPC streams on
-#: the CPU box, with 10-15 % fewer forwards and a shorter time to first token (BENCHMARKS.md).
+#: the CPU box, with 5-12 % fewer forwards and a 45 % shorter time to first token (BENCHMARKS.md).
 GATHER_STEPS = 8
 
 #: A merge that copies the whole cache leaves room for this share of its rows more (at least
