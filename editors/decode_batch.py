@@ -116,9 +116,7 @@ class DecodeBatch:
         index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask, self.positions = self.mask[index], self.positions[index]
-        first = int(self.mask.any(dim=0).int().argmax()) if len(self) else self.length
-        if first:
-            self._crop_left(first)
+        self._drop_unused_columns()
 
     def merge(self, other: DecodeBatch, spare_rows: int = 0) -> None:
         """Append ``other``'s rows after this batch's, padding the shorter cache on the left: a
@@ -142,7 +140,9 @@ class DecodeBatch:
 
     def place(self, other: DecodeBatch, rows: Sequence[int]) -> None:
         """Write ``other``'s rows into ``rows`` (from :meth:`slots`) in place: a copy of
-        ``other``'s cache only, where :meth:`merge` copies this one's too."""
+        ``other``'s cache only, where :meth:`merge` copies this one's too. Columns that only the
+        replaced rows used are dropped (without it, a batch that newcomers keep joining in place
+        would grow a column per step for as long as it runs)."""
         filled = max(len(self), max(rows) + 1)
         index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
@@ -152,6 +152,13 @@ class DecodeBatch:
         self.mask[index] = F.pad(other.mask, (self.length - other.length, 0))
         self.positions = torch.cat([self.positions, self.positions.new_zeros(added)])
         self.positions[index] = other.positions
+        self._drop_unused_columns()
+
+    def _drop_unused_columns(self) -> None:
+        """Drop the columns on the left that no row's mask uses (no copy: views start later)."""
+        first = int(self.mask.any(dim=0).int().argmax()) if len(self) else self.length
+        if first:
+            self._crop_left(first)
 
     def _crop_right(self, length: int) -> None:
         """Drop cache columns past ``length`` (those a failed step appended in some layers)."""

@@ -182,6 +182,13 @@ def test_newcomers_go_in_place_only_into_ended_or_spare_rows_and_when_no_longer_
     assert running.positions[[1, 4]].tolist() == newcomers.positions.tolist()
     assert torch.equal(running.cache.layers[0].keys[[1, 4], :, 2:], newcomers.cache.layers[0].keys)
 
+    running.mask[[0, 2, 3, 4], :3] = 0  # only row 1 uses the first 3 columns
+    running.mask[1] = 1
+    old = running.cache.layers[0].keys[[0, 2, 3, 4]].clone()
+    running.place(batch(1, 2), [1])  # replaced by a row of 2 columns
+    assert running.length == 3 and running.mask[[0, 2, 3, 4]].all()  # columns no row uses are dropped
+    assert torch.equal(running.cache.layers[0].keys[[0, 2, 3, 4]], old[..., 3:, :])
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plain_forms_fuse_into_one_op_per_site_and_each_row_still_matches_its_solo_run(family: str) -> None:

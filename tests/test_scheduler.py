@@ -532,6 +532,8 @@ def test_newcomers_take_the_rows_of_ended_streams_and_spare_rows_in_place(toy) -
             for prompt in prompts[5:]:  # each in the batch once its first token is out
                 newcomers.append(scheduler.generate(prompt, stack, late))
                 newcomers[-1] = (next(newcomers[-1]), newcomers[-1])
+        with scheduler_held(scheduler):  # its first column is some row's: no column is left unused
+            assert scheduler._batch is not None and bool(scheduler._batch.mask[:, 0].any())
         lates = [[*first.token_ids, *_collect(rest)[0]] for first, rest in newcomers]
         rests = [_collect(stream)[0] for stream in running]
     finally:
