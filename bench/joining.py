@@ -1,18 +1,22 @@
-"""Newcomers joining a running batch: a merge (the whole KV cache copied, twice where a row has
-ended: compacted, then merged) against writing them in place (``DecodeBatch.place``: into the row
-of the stream that ended and the spare rows), side by side in one process.
+"""The batch's rows changing in place against copying the whole KV cache, side by side in one
+process: newcomers joining (a merge copies the cache twice where a row has ended, compacted then
+merged; ``DecodeBatch.place`` writes them into the row of the stream that ended and spare rows),
+and a quarter of the rows ending (``DecodeBatch.keep`` copies the live rows into new buffers;
+``DecodeBatch.compact`` moves the last live rows into the ended ones).
 
     python bench/joining.py --json
-    → {"<case>_place_ratio_to_merge", "<case>_merge_ms", "<case>_place_ms"}
+    → {"<case>_join_ratio", "<case>_join_copy_ms", "<case>_join_in_place_ms",
+       "<case>_compact_ratio", "<case>_compact_copy_ms", "<case>_compact_in_place_ms"}
 
-Each case brings ``newcomers`` rows of a prompt's length into a batch of ``rows`` rows of
-``columns`` columns, one of whose rows has ended, in the layer shapes of a model (layers, heads,
-head dim). Each join starts from a fresh batch (made untimed, with spare rows for the newcomers);
-the two ways take turns over ``--rounds`` of ``--joins`` joins each, and the ratio is the median
-over rounds of the in-place time over the merge's. Both must leave every live row with the same
-keys, values, mask and position (the script fails otherwise). Cases: the toy model at the serving
-bench's c64 load (64 rows × 40 columns, 4 newcomers of 25 tokens), and a GPT-2-small-shaped
-model at 32 rows × 200 columns (4 newcomers of 100 tokens).
+A join brings ``newcomers`` rows of a prompt's length into a batch of ``rows`` rows of
+``columns`` columns, one of whose rows has ended; a compaction drops every fourth row of such a
+batch. Shapes are a model's layers (layers, heads, head dim). Each operation starts from a fresh
+batch (made untimed, with spare rows for the newcomers); the two ways take turns over
+``--rounds`` of ``--joins`` operations each, and a ratio is the median over rounds of the
+in-place time over the copy's. Both must leave every live row with the same keys, values, mask
+and position (the script fails otherwise). Cases: the toy model at the serving bench's c64 load
+(64 rows × 40 columns, 4 newcomers of 25 tokens), and a GPT-2-small-shaped model at 32 rows ×
+200 columns (4 newcomers of 100 tokens).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,6 +78,19 @@ def join(running: DecodeBatch, newcomers: DecodeBatch, in_place: bool) -> list[i
     return [placed.get(row) for row in range(len(kept) + 1)] + [*range(len(kept), len(running))]
 
 
+def compacting(running: DecodeBatch, in_place: bool) -> list[int | None]:
+    """Drop every fourth row of ``running`` (a quarter ended, when the scheduler compacts); each
+    row's new index (None for the dropped ones)."""
+    rows = len(running)
+    alive = [row for row in range(rows) if row % 4 != 1]
+    if in_place:
+        now = {old: new for new, old in enumerate(running.compact(alive))}
+    else:
+        running.keep(alive)
+        now = {old: new for new, old in enumerate(alive)}
+    return [now.get(row) for row in range(rows)]
+
+
 def rows_of(batch: DecodeBatch, index: list[int | None]) -> list[tuple[torch.Tensor, ...]]:
     """Each live row's keys, values, mask and position, its real columns only."""
     rows = []
@@ -84,36 +102,58 @@ def rows_of(batch: DecodeBatch, index: list[int | None]) -> list[tuple[torch.Ten
     return rows
 
 
-def case(name: str, rounds: int, joins: int, device: str) -> dict[str, float]:
-    layers, heads, head_dim, rows, columns, count, their_columns = CASES[name]
-    shape = (layers, heads, head_dim)
-    newcomers = random_batch(shape, count, their_columns, device, seed=3)
-    results = {}
-    for in_place in (False, True):  # both leave the same rows
-        running = running_batch(shape, rows, columns, count, device)
-        results[in_place] = rows_of(running, join(running, newcomers, in_place))
-    for merged, placed in zip(results[False], results[True], strict=True):
-        if not all(torch.equal(a, b) for a, b in zip(merged, placed, strict=True)):
-            raise SystemExit(f"{name}: a row differs between the merge and the in-place join")
+def side_by_side(
+    label: str, make: Callable[[], DecodeBatch], run: Callable[[DecodeBatch, bool], list[int | None]], args
+) -> dict[str, float]:
+    """``run`` by copy and in place on fresh batches from ``make``: the same rows after, then
+    times over ``args.rounds`` of ``args.joins`` each."""
+    after = {}
+    for in_place in (False, True):
+        running = make()
+        after[in_place] = rows_of(running, run(running, in_place))
+    same = len(after[False]) == len(after[True]) and all(
+        torch.equal(a, b)
+        for copied, placed in zip(after[False], after[True], strict=True)
+        for a, b in zip(copied, placed, strict=True)
+    )
+    if not same:
+        raise SystemExit(f"{label}: the rows differ between the copy and the in-place way")
     times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         for in_place in (False, True):
             spent = 0.0
-            for _ in range(joins):
-                running = running_batch(shape, rows, columns, count, device)
-                if device != "cpu":
+            for _ in range(args.joins):
+                running = make()
+                if args.device != "cpu":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-                join(running, newcomers, in_place)
-                if device != "cpu":
+                run(running, in_place)
+                if args.device != "cpu":
                     torch.cuda.synchronize()
                 spent += time.perf_counter() - started
-            times[in_place].append(spent / joins)
-    ratios = [placed / merged for placed, merged in zip(times[True], times[False], strict=True)]
+            times[in_place].append(spent / args.joins)
+    ratios = [fast / slow for fast, slow in zip(times[True], times[False], strict=True)]
     return {
-        f"{name}_place_ratio_to_merge": statistics.median(ratios),
-        f"{name}_merge_ms": statistics.median(times[False]) * 1e3,
-        f"{name}_place_ms": statistics.median(times[True]) * 1e3,
+        f"{label}_ratio": statistics.median(ratios),
+        f"{label}_copy_ms": statistics.median(times[False]) * 1e3,
+        f"{label}_in_place_ms": statistics.median(times[True]) * 1e3,
+    }
+
+
+def case(name: str, args) -> dict[str, float]:
+    layers, heads, head_dim, rows, columns, count, their_columns = CASES[name]
+    shape = (layers, heads, head_dim)
+    newcomers = random_batch(shape, count, their_columns, args.device, seed=3)
+    return {
+        **side_by_side(
+            f"{name}_join",
+            lambda: running_batch(shape, rows, columns, count, args.device),
+            lambda running, in_place: join(running, newcomers, in_place),
+            args,
+        ),
+        **side_by_side(
+            f"{name}_compact", lambda: random_batch(shape, rows, columns, args.device, seed=4), compacting, args
+        ),
     }
 
 
@@ -129,7 +169,7 @@ def main() -> None:
     results: dict[str, float] = {}
     with torch.inference_mode():
         for name in CASES:
-            results.update(case(name, args.rounds, args.joins, args.device))
+            results.update(case(name, args))
     report(results, args.json)
 
 

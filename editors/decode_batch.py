@@ -118,6 +118,26 @@ class DecodeBatch:
         self.mask, self.positions = self.mask[index], self.positions[index]
         self._drop_unused_columns()
 
+    def compact(self, alive: Sequence[int]) -> list[int]:
+        """Keep only the rows ``alive`` (ascending), in place: the live rows past the first
+        ``len(alive)`` move into the rows of the others (a copy of those rows alone, where
+        :meth:`keep` copies the whole cache into new buffers), and the rows after them become spare
+        rows. Return the row each row held before. (The buffers keep their size: :meth:`keep`
+        is the one that frees memory.)"""
+        count, live = len(alive), set(alive)
+        holes = [row for row in range(count) if row not in live]
+        movers = [row for row in alive if row >= count]
+        order = list(range(count))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        sources = torch.tensor(movers, dtype=torch.long, device=self.mask.device)
+        targets = torch.tensor(holes, dtype=torch.long, device=self.mask.device)
+        for layer in self.cache.layers:
+            layer.move_rows(sources, targets, count)
+        self.mask, self.positions = self.mask[order], self.positions[order]  # (gathers: new tensors)
+        self._drop_unused_columns()
+        return order
+
     def merge(self, other: DecodeBatch, spare_rows: int = 0) -> None:
         """Append ``other``'s rows after this batch's, padding the shorter cache on the left: a
         copy of both caches, into buffers with room for ``spare_rows`` more rows (:meth:`place`)."""

@@ -109,6 +109,16 @@ class GrowingLayer(DynamicLayer):
             self._keys, self._values = self._keys[indices], self._values[indices]
             self._rows = len(indices)
 
+    def move_rows(self, sources: torch.Tensor, targets: torch.Tensor, filled: int) -> None:
+        """Copy rows ``sources`` onto rows ``targets`` in place; the filled rows are then the first
+        ``filled`` (those after them become spare rows)."""
+        if self._keys is not None and self._values is not None:
+            if len(sources):
+                for buffer in (self._keys, self._values):
+                    columns = buffer[:, :, : self._length]
+                    columns.index_copy_(0, targets, columns.index_select(0, sources))
+            self._rows = filled
+
     def drop_left(self, columns: int) -> None:
         """Drop the first ``columns`` columns (no copy: the buffers' views start later)."""
         if self._keys is not None and self._values is not None:

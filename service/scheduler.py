@@ -790,18 +790,32 @@ class Scheduler:
         if 4 * (len(self._rows) - self.active_rows) >= len(self._rows):
             self._compact()
 
-    def _compact(self) -> None:
+    def _compact(self, release: bool = False) -> None:
+        """Drop the rows whose stream ended: in place, the last live rows moving into their rows
+        (``DecodeBatch.compact``: the buffers keep their room for newcomers), or, to ``release``
+        memory, into new buffers of the live rows alone (``DecodeBatch.keep``)."""
         alive = [row for row, stream in enumerate(self._rows) if stream is not None]
         self._edge_step = math.inf  # no ended row is left (newcomers may have taken their rows)
         if len(alive) == len(self._rows):
             return
-        self._rows = [self._rows[row] for row in alive]
         self._row_stacks = None
-        if not self._rows:
-            self._batch = None
+        if not alive:
+            self._rows, self._batch = [], None
             self.row_cap = self.max_rows  # an empty batch holds no cache: the cap starts over
-        elif self._batch is not None:
+            return
+        assert self._batch is not None
+        if release:
             self._batch.keep(alive)
+            self._rows = [self._rows[row] for row in alive]
+        else:
+            self._rows = [self._rows[row] for row in self._batch.compact(alive)]
+
+    def _newest_last(self) -> list[int]:
+        """The live rows, the stream that joined first first (a shortage of memory sends the
+        newest back: they have the least to prefill again). Newcomers may take any free row, so
+        a row's place says nothing of its age."""
+        live = [row for row, stream in enumerate(self._rows) if stream is not None]
+        return sorted(live, key=lambda row: self._rows[row].joined)  # type: ignore[union-attr]
 
     def _decode(self) -> None:
         rows = self._ready_rows()
@@ -876,17 +890,17 @@ class Scheduler:
         A preempted row is prefilled again when there is room: the same tokens give the same keys
         and values, and its sampler goes on where it was, so its stream is what it would have been.
         False (the step fails its rows) when a single live row is left."""
-        live = [row for row, stream in enumerate(self._rows) if stream is not None]
+        live = self._newest_last()
         if len(live) < 2:
             return False
         keep = len(live) // 2
-        victims = [self._rows[row] for row in live[keep:]]  # rows join at the end: the newest
+        victims = [self._rows[row] for row in live[keep:]]
         _LOG.warning(
             "a decode step over %d rows ran out of memory: %d wait to be prefilled again", len(live), len(victims)
         )
         for row in live[keep:]:
             self._rows[row] = None
-        self._compact()
+        self._compact(release=True)
         self._lower_cap(keep)
         self._send_back(victims)
         return True
@@ -895,23 +909,26 @@ class Scheduler:
         """The next step would pass the KV budget: ended rows leave, then the newest live rows go
         back to be prefilled again until the rest fit with ``KV_HEADROOM_STEPS`` columns to grow
         (the oldest row always stays: ModelHost refused any request that could not fit alone)."""
-        self._compact()
+        self._compact(release=True)
         batch = self._batch
         if batch is None:
             return
         starts = (batch.mask.cumsum(dim=1) == 0).sum(dim=1).tolist()  # each row's masked columns before its own
-        keep = len(self._rows)
-        while keep > 1 and not self._fits(keep, batch.length - min(starts[:keep]) + KV_HEADROOM_STEPS):
+        order = self._newest_last()
+        keep = len(order)
+        while keep > 1 and not self._fits(
+            keep, batch.length - min(starts[row] for row in order[:keep]) + KV_HEADROOM_STEPS
+        ):
             keep -= 1
-        if keep == len(self._rows):
+        if keep == len(order):
             return
-        victims = self._rows[keep:]
+        victims = [self._rows[row] for row in order[keep:]]
         _LOG.info(
             "the batch of %d rows reached its KV budget: %d wait to be prefilled again", len(starts), len(victims)
         )
-        for row in range(keep, len(self._rows)):
+        for row in order[keep:]:
             self._rows[row] = None
-        self._compact()
+        self._compact(release=True)
         self._send_back(victims)  # type: ignore[arg-type]
 
     def _prefill_out_of_memory(self, group: _Joining) -> bool:

@@ -164,11 +164,25 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     assert weights_sha256(model) == base_hash
 
 
-def test_newcomers_go_in_place_only_into_ended_or_spare_rows_and_when_no_longer_than_the_batch() -> None:
-    def batch(rows: int, length: int) -> DecodeBatch:
-        kv = [(torch.randn(rows, 2, length, 4), torch.randn(rows, 2, length, 4))]
-        return DecodeBatch(GrowingCache(kv), torch.ones((rows, length), dtype=torch.long), torch.arange(rows) + length)
+def batch(rows: int, length: int) -> DecodeBatch:
+    """``rows`` rows of random keys and values, ``length`` columns each, no padding."""
+    kv = [(torch.randn(rows, 2, length, 4), torch.randn(rows, 2, length, 4))]
+    return DecodeBatch(GrowingCache(kv), torch.ones((rows, length), dtype=torch.long), torch.arange(rows) + length)
 
+
+def test_compacting_in_place_moves_only_the_last_live_rows_into_the_ended_ones() -> None:
+    running = batch(6, 5)
+    keys, buffer = running.cache.layers[0].keys.clone(), running.cache.layers[0]._keys
+    positions = running.positions.clone()
+    order = running.compact([0, 2, 4, 5])  # rows 1 and 3 ended: rows 4 and 5 take their places
+    assert order == [0, 4, 2, 5] and len(running) == 4
+    assert running.cache.layers[0]._keys is buffer and running.cache.layers[0].row_room == 6  # spare rows now
+    assert torch.equal(running.cache.layers[0].keys, keys[order]) and torch.equal(running.positions, positions[order])
+    assert running.compact([0, 1, 2]) == [0, 1, 2] and len(running) == 3  # the last row ended: nothing moves
+    assert torch.equal(running.cache.layers[0].keys, keys[[0, 4, 2]])
+
+
+def test_newcomers_go_in_place_only_into_ended_or_spare_rows_and_when_no_longer_than_the_batch() -> None:
     running = batch(3, 6)
     running.merge(batch(1, 6), spare_rows=2)  # 4 rows, room for 6
     assert running.slots(batch(2, 6), ended=[1]) == [1, 4]  # an ended row first, then a spare one
