@@ -62,6 +62,11 @@ class DecodeBatch:
         return self.mask.shape[1]
 
     @property
+    def row_room(self) -> int:
+        """Rows its cache's buffers hold, spare rows included."""
+        return self.cache.layers[0].row_room
+
+    @property
     def held_bytes(self) -> int:
         """Bytes its cache's buffers take, spare room included."""
         return sum(layer.nbytes for layer in self.cache.layers)
@@ -154,7 +159,7 @@ class DecodeBatch:
         it cannot: ``other``'s cache is longer than this one, or the spare rows are too few."""
         reused = list(ended[: len(other)])
         new = range(len(self), len(self) + len(other) - len(reused))
-        if other.length > self.length or len(self) + len(new) > self.cache.layers[0].row_room:
+        if other.length > self.length or len(self) + len(new) > self.row_room:
             return None
         return reused + list(new)
 

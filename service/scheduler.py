@@ -90,6 +90,9 @@ GATHER_STEPS = 8
 #: rows, or into the rows of streams that ended, copying only their own keys and values.
 SPARE_ROWS_FRACTION = 4
 MIN_SPARE_ROWS = 4
+#: A compaction leaving the live rows at most this fraction of the buffers' rows copies them
+#: into new buffers of their own size, rather than moving them in place (see ``_compact``).
+SHRINK_BELOW = 4
 
 #: Prefills in flight at once: a long one advancing chunk by chunk, and newcomers admitted
 #: meanwhile, whose prefill (usually short) runs its chunks first instead of waiting for the long
@@ -793,7 +796,9 @@ class Scheduler:
     def _compact(self, release: bool = False) -> None:
         """Drop the rows whose stream ended: in place, the last live rows moving into their rows
         (``DecodeBatch.compact``: the buffers keep their room for newcomers), or, to ``release``
-        memory, into new buffers of the live rows alone (``DecodeBatch.keep``)."""
+        memory, into new buffers of the live rows alone (``DecodeBatch.keep``). Those are also
+        taken when the live rows would fill at most ``1 / SHRINK_BELOW`` of the buffers' rows
+        (a copy of few rows), so spare rows stay within a few times the rows in use."""
         alive = [row for row, stream in enumerate(self._rows) if stream is not None]
         self._edge_step = math.inf  # no ended row is left (newcomers may have taken their rows)
         if len(alive) == len(self._rows):
@@ -804,7 +809,7 @@ class Scheduler:
             self.row_cap = self.max_rows  # an empty batch holds no cache: the cap starts over
             return
         assert self._batch is not None
-        if release:
+        if release or SHRINK_BELOW * len(alive) <= self._batch.row_room:
             self._batch.keep(alive)
             self._rows = [self._rows[row] for row in alive]
         else:

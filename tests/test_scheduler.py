@@ -546,6 +546,32 @@ def test_newcomers_take_the_rows_of_ended_streams_and_spare_rows_in_place(toy) -
         assert [*first.token_ids, *rest] == _greedy_past_eos(model, prompt, 90)
 
 
+@pytest.mark.parametrize(("short", "room"), [(2, 8), (6, 2)])
+def test_a_compaction_moves_rows_in_place_unless_few_are_left(toy, short: int, room: int) -> None:
+    """Eight streams start together; ``short`` of them end after two tokens (a quarter or more:
+    the batch compacts). With 6 rows left the last live rows move into the ended ones and the
+    buffers keep their 8 rows for newcomers; with 2 left (a quarter of the rows or fewer) they are
+    copied into buffers of 2 rows. Every stream produces exactly its solo output."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    scheduler = Scheduler(model, surgeon, tokenizer, "compacting")
+    stack = surgeon.compile([])
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"][0] for text in _texts(world, 8)]
+    long, brief = Sampling(max_tokens=60, ignore_eos=True), Sampling(max_tokens=2, ignore_eos=True)
+    try:
+        with scheduler_held(scheduler):
+            streams = [scheduler.generate(p, stack, brief if i < short else long) for i, p in enumerate(prompts)]
+        made = [_collect(stream)[0] for stream in streams[:short]]
+        with scheduler_held(scheduler):
+            assert scheduler._batch is not None and len(scheduler._batch) == 8 - short
+            assert scheduler._batch.row_room == room
+        made += [_collect(stream)[0] for stream in streams[short:]]
+    finally:
+        scheduler.close()
+    for i, (prompt, tokens) in enumerate(zip(prompts, made, strict=True)):
+        assert tokens == _greedy_past_eos(model, prompt, 2 if i < short else 60)
+
+
 def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_remaining_chunks(toy) -> None:
     """Four streams decode; a 48-token prompt is prefilled 8 positions at a time; a 4-token prompt
     arriving after its first chunk is admitted at once (not gathered for 8 decode steps, as
