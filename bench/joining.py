@@ -63,7 +63,7 @@ def running_batch(shape: tuple[int, int, int], rows: int, columns: int, spare: i
     return running
 
 
-def join(running: DecodeBatch, newcomers: DecodeBatch, in_place: bool) -> list[int]:
+def join(running: DecodeBatch, newcomers: DecodeBatch, in_place: bool) -> list[int | None]:
     """Bring ``newcomers`` into ``running`` (whose row ``ENDED_ROW`` ended); each running row's
     new index (None for the ended one), then each newcomer's."""
     if in_place:

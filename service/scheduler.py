@@ -481,9 +481,9 @@ class Scheduler:
         tokens/s at concurrency 64. Where prefills ride, ``admit_within`` is 0 by default. While
         a long prefill runs chunk by chunk nothing is gathered: the newcomers' prefill takes one of
         the turns that chunks run anyway. Streams go first, check runs' rows (background) after
-        them. A stream whose prompt starts like one being
-        prefilled may wait for its stored start instead (:mod:`service.shared_prefixes`), and one
-        that would pad this prefill past ``max_padding`` waits for the next."""
+        them. A stream whose prompt starts like one being prefilled may wait for its stored start
+        instead (:mod:`service.shared_prefixes`), and one that would pad this prefill past
+        ``max_padding`` waits for the next."""
         active, lines = self.active_rows, (self._waiting, self._background)
         waiting = self.waiting
         if not waiting:
@@ -675,10 +675,10 @@ class Scheduler:
             self._batch = joined
         else:
             rows = len(self._rows) + len(streams)
-            spare = min(max(MIN_SPARE_ROWS, rows // SPARE_ROWS_FRACTION), self.row_cap - rows)
-            if spare > 0 and not self._fits(rows + spare, self._batch.length + KV_HEADROOM_STEPS):
+            spare = max(0, min(max(MIN_SPARE_ROWS, rows // SPARE_ROWS_FRACTION), self.row_cap - rows))
+            if not self._fits(rows + spare, self._batch.length + KV_HEADROOM_STEPS):
                 spare = 0
-            self._batch.merge(joined, max(0, spare))
+            self._batch.merge(joined, spare)
         self._rows += streams
 
     def _prefill_error(self, group: _Joining, error: Exception) -> None:
