@@ -24,6 +24,12 @@ measures what it gives where prompts do share a start.
 - **aligned**: the same scheduler process given `generate`'s own batches (N prompts joining at
   once, one reader thread): the forward path alone, without arrivals spread over steps and
   without a reader thread per stream.
+- **limit at engine threads**: the limit again, in a process of its own whose torch runs on the
+  engine process's intra-op threads (the server's ``--torch-threads``, by default one per core but
+  one: `service.intra_op.forward_threads`). The limit has every core for its forward, while the
+  engine process leaves one to the serving process and the client; this side shows, in every
+  run, how much of the gap to the limit is that split of the cores
+  (``c{N}_same_ratio_to_limit_at_engine_threads``; the headline ratio stays the one to the limit).
 - **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
   in this process with no gRPC at all, so its figure is an upper bound for the old service.
 
@@ -76,7 +82,7 @@ from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus  # 
 from editors.toyworld.counterfact import edit_cases  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
-from service.intra_op import serial_thread  # noqa: E402
+from service.intra_op import forward_threads, serial_thread  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.scheduler import Sampling, Token  # noqa: E402
 from service.serving import ModelHost  # noqa: E402
@@ -125,6 +131,24 @@ def limit_tokens_per_second(model, tokenizer, texts: list[str], concurrency: int
             )
         produced += (out.shape[1] - encoded["input_ids"].shape[1]) * out.shape[0]
     return produced / (time.perf_counter() - started)
+
+
+def limit_at_threads(concurrency: int, per_stream: int, threads: int, device: str, dtype: str) -> float:
+    """The limit on ``threads`` intra-op threads, in a child process (a thread count set and reset
+    in this process would leave the in-process limit's own threads slower: service.intra_op)."""
+    command = [sys.executable, __file__, "--limit-run", str(concurrency), "--per-stream", str(per_stream)]
+    command += ["--threads", str(threads), "--device", device, "--dtype", dtype]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def limit_run(args: argparse.Namespace) -> None:
+    """The ``--limit-run`` child: the limit at ``--limit-run`` on ``--threads`` threads."""
+    torch.set_num_threads(args.threads)  # before any parallel team opens
+    model, tokenizer, world = load_toy_model()
+    model = model.to(args.device, getattr(torch, args.dtype))
+    limit_tokens_per_second(model, tokenizer, prompts(world, 16), 8)  # warm up
+    print(limit_tokens_per_second(model, tokenizer, prompts(world, args.limit_run * args.per_stream), args.limit_run))
 
 
 def turns_tokens_per_second(model, tokenizer, stacks: list, texts: list[str], concurrency: int) -> float:
@@ -257,10 +281,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--engine-run", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_run:
         engine_run(args)
         return
+    if args.limit_run:
+        limit_run(args)
+        return
+    engine_threads = args.server_torch_threads or forward_threads(torch.get_num_threads(), engine_process=True)
     model, tokenizer, world = load_toy_model()
     version_edits = edits_for_versions(model, tokenizer, world)  # derived in float32 on the CPU
     model = model.to(args.device, getattr(torch, args.dtype))
@@ -340,6 +370,9 @@ def main() -> None:
             server_side.clear()
             sides: dict[str, Callable[[], float]] = {
                 "limit": lambda c=concurrency, n=count: limit_tokens_per_second(model, tokenizer, prompts(world, n), c),
+                "limit_at_engine_threads": lambda c=concurrency: limit_at_threads(
+                    c, args.per_stream, engine_threads, args.device, args.dtype
+                ),
                 "same": same,
                 "mixed": lambda c=concurrency, n=count: run_concurrently(
                     via_service(VERSIONS, c), prompts(world, n), c
@@ -363,6 +396,12 @@ def main() -> None:
                 results[f"c{concurrency}_{name}_tokens_per_s"] = value
 
             results[f"c{concurrency}_same_ratio_to_limit"] = per_round_ratio(figures, "same", "limit")
+            results[f"c{concurrency}_same_ratio_to_limit_at_engine_threads"] = per_round_ratio(
+                figures, "same", "limit_at_engine_threads"
+            )
+            results[f"c{concurrency}_limit_at_engine_threads_ratio_to_limit"] = per_round_ratio(
+                figures, "limit_at_engine_threads", "limit"
+            )
             results[f"c{concurrency}_mixed_ratio_to_limit"] = per_round_ratio(figures, "mixed", "limit")
             results[f"c{concurrency}_mixed_ratio_to_same"] = per_round_ratio(figures, "mixed", "same")
             results[f"c{concurrency}_inline_ratio_to_limit"] = per_round_ratio(figures, "inline", "limit")
