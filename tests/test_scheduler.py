@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import random
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ import grpc
 import pytest
 import torch
 
-from editors import HeadAblation, Steering, Surgeon, weights_sha256
+from editors import HeadAblation, LowRank, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
 from editors.decode_batch import DecodeBatch, column_bytes
 from editors.rome import compute_rome
@@ -570,6 +571,85 @@ def test_a_compaction_moves_rows_in_place_unless_few_are_left(toy, short: int, r
         scheduler.close()
     for i, (prompt, tokens) in enumerate(zip(prompts, made, strict=True)):
         assert tokens == _greedy_past_eos(model, prompt, 2 if i < short else 60)
+
+
+def _churn_prompts(world, tokenizer, rng: random.Random) -> list[torch.Tensor]:
+    """Prompts of 6 to 40 tokens, some sharing a start of one or two prefix-cache blocks."""
+    symbols = world.symbols
+    starts = [tokenizer(" ".join(rng.choices(symbols, k=n)), return_tensors="pt")["input_ids"][0] for n in (16, 32)]
+    prompts = []
+    for _ in range(24):
+        own = tokenizer(" ".join(rng.choices(symbols, k=rng.randint(6, 20))), return_tensors="pt")["input_ids"][0]
+        shared = rng.choice([None, *starts])
+        prompts.append(own if shared is None else torch.cat([shared, own[: 40 - len(shared)]]))
+    return prompts
+
+
+@pytest.mark.parametrize(("seed", "budget"), [(11, 0), (12, 0), (13, 0), (14, 160), (15, 200)])
+def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_output(
+    toy, seed: int, budget: int
+) -> None:
+    """A seeded random schedule: bursts of streams (some queued together while the scheduler is
+    held), decode steps passing, cancellations; prompts of 6 to 40 tokens (chunked prefill at 8,
+    prompts sharing prefix-cache blocks), five versions (steering, head ablation, a low-rank
+    delta, a mix, the base), at most 6 rows at once, 1 to 30 new tokens. With a ``budget`` the
+    KV cache holds that many row-columns (one or two full rows) and streams make up to 60
+    tokens, so rows that grew past their headroom go back to be prefilled again (one or two per
+    run when this was written). Whatever joins in place, merges, compacts, rides, waits or goes back,
+    every stream read at the end makes exactly its solo greedy output (a cancelled one a start
+    of it), and nothing is left in the batch."""
+    model, tokenizer, world = toy
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    steer = Steering(site="blocks.2.hook_resid_pre", vector=torch.randn(128, generator=generator))
+    heads = HeadAblation(layer=1, heads=(0, 3))
+    delta = LowRank(
+        site="blocks.1.mlp.W_out",
+        U=torch.randn(128, 2, generator=generator) / 4,
+        V=torch.randn(512, 2, generator=generator) / 4,
+    )
+    edit_lists = [[], [steer], [heads], [delta], [steer, heads, delta]]
+    surgeon = Surgeon(model)
+    stacks = [surgeon.compile(edits) for edits in edit_lists]
+    scheduler = Scheduler(
+        model,
+        surgeon,
+        tokenizer,
+        "churn",
+        max_rows=6,
+        prefill_chunk_tokens=8,
+        kv_cache_bytes=budget * column_bytes(model),
+    )
+    prompts = _churn_prompts(world, tokenizer, rng)
+    started: list[tuple[int, int, int, threading.Event, Iterator]] = []  # prompt, version, tokens, cancel, events
+    try:
+        while len(started) < len(prompts):
+            action = rng.random()
+            if action < 0.5:  # a burst of streams, queued together or one after another
+                with scheduler_held(scheduler) if rng.random() < 0.5 else nullcontext():
+                    for _ in range(min(rng.randint(1, 4), len(prompts) - len(started))):
+                        version, tokens = rng.randrange(len(stacks)), rng.randint(1, 60 if budget else 30)
+                        cancel, sampling = threading.Event(), Sampling(max_tokens=tokens, ignore_eos=True)
+                        active = lambda c=cancel: not c.is_set()  # noqa: E731
+                        events = scheduler.generate(prompts[len(started)], stacks[version], sampling, active)
+                        started.append((len(started), version, tokens, cancel, events))
+            elif action < 0.65 and started:  # a stream's caller goes away
+                rng.choice(started)[3].set()
+            else:  # decode steps pass (one job runs per loop iteration, each followed by a step)
+                for _ in range(rng.randint(1, 6)):
+                    scheduler.call(lambda: None)
+        made = [_collect(events) for *_, events in started]
+        left = scheduler.call(lambda: (scheduler.active_rows, scheduler.waiting, len(scheduler._joining)))
+    finally:
+        scheduler.close()
+    assert left == (0, 0, 0)
+    for (index, version, tokens, cancel, _), (ids, finished) in zip(started, made, strict=True):
+        with surgeon.apply(edit_lists[version]):
+            solo = _greedy_past_eos(model, prompts[index], tokens)
+        if finished.finish_reason == "cancelled":
+            assert cancel.is_set() and ids == solo[: len(ids)] and len(ids) < tokens, index
+        else:
+            assert (finished.finish_reason, ids) == ("length", solo), (index, version)
 
 
 def test_a_short_prompt_admitted_during_a_long_chunked_prefill_runs_before_its_remaining_chunks(toy) -> None:
