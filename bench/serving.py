@@ -24,7 +24,7 @@ measures what it gives where prompts do share a start.
 - **aligned**: the same scheduler process given `generate`'s own batches (N prompts joining at
   once, one reader thread): the forward path alone, without arrivals spread over steps and
   without a reader thread per stream.
-- **limit at engine threads**: the limit again, in a process of its own whose torch runs on the
+- **limit at engine threads** (on the CPU): the limit again, in a process of its own whose torch runs on the
   engine process's intra-op threads (the server's ``--torch-threads``, by default one per core but
   one: `service.intra_op.forward_threads`). The limit has every core for its forward, while the
   engine process leaves one to the serving process and the client; this side shows, in every
@@ -370,9 +370,6 @@ def main() -> None:
             server_side.clear()
             sides: dict[str, Callable[[], float]] = {
                 "limit": lambda c=concurrency, n=count: limit_tokens_per_second(model, tokenizer, prompts(world, n), c),
-                "limit_at_engine_threads": lambda c=concurrency: limit_at_threads(
-                    c, args.per_stream, engine_threads, args.device, args.dtype
-                ),
                 "same": same,
                 "mixed": lambda c=concurrency, n=count: run_concurrently(
                     via_service(VERSIONS, c), prompts(world, n), c
@@ -385,6 +382,10 @@ def main() -> None:
                     model, tokenizer, local_stacks, prompts(world, n), c
                 ),
             }
+            if args.device == "cpu":  # (on a device the forward's ops do not run on these threads)
+                sides["limit_at_engine_threads"] = lambda c=concurrency: limit_at_threads(
+                    c, args.per_stream, engine_threads, args.device, args.dtype
+                )
             figures: dict[str, list[float]] = {name: [] for name in sides}
             for round_ in range(args.rounds):
                 order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
@@ -396,12 +397,13 @@ def main() -> None:
                 results[f"c{concurrency}_{name}_tokens_per_s"] = value
 
             results[f"c{concurrency}_same_ratio_to_limit"] = per_round_ratio(figures, "same", "limit")
-            results[f"c{concurrency}_same_ratio_to_limit_at_engine_threads"] = per_round_ratio(
-                figures, "same", "limit_at_engine_threads"
-            )
-            results[f"c{concurrency}_limit_at_engine_threads_ratio_to_limit"] = per_round_ratio(
-                figures, "limit_at_engine_threads", "limit"
-            )
+            if "limit_at_engine_threads" in figures:
+                results[f"c{concurrency}_same_ratio_to_limit_at_engine_threads"] = per_round_ratio(
+                    figures, "same", "limit_at_engine_threads"
+                )
+                results[f"c{concurrency}_limit_at_engine_threads_ratio_to_limit"] = per_round_ratio(
+                    figures, "limit_at_engine_threads", "limit"
+                )
             results[f"c{concurrency}_mixed_ratio_to_limit"] = per_round_ratio(figures, "mixed", "limit")
             results[f"c{concurrency}_mixed_ratio_to_same"] = per_round_ratio(figures, "mixed", "same")
             results[f"c{concurrency}_inline_ratio_to_limit"] = per_round_ratio(figures, "inline", "limit")
