@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from editors import HeadAblation, Steering, Surgeon, weights_sha256
+from editors import HeadAblation, LowRank, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
 from editors.decode_batch import column_bytes
 from editors.rome import compute_rome
@@ -24,7 +26,15 @@ from service.scheduler import KV_HEADROOM_STEPS, SchedulerClosed
 from service.server import ScalpelServer, ServerConfig
 from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE, tiny_model, word_tokenizer
-from tests.test_scheduler import NEW_TOKENS, _collect, _greedy_past_eos, _solo, _texts, concurrently
+from tests.test_scheduler import (
+    NEW_TOKENS,
+    _churn_prompts,
+    _collect,
+    _greedy_past_eos,
+    _solo,
+    _texts,
+    concurrently,
+)
 
 
 def _registry(directory) -> Registry:
@@ -94,6 +104,73 @@ def test_a_cancelled_stream_is_dropped_in_the_engine_process(host, toy) -> None:
     assert done.finish_reason == "length" and len(other) == NEW_TOKENS
     assert host.engine.stats.cancelled == cancelled_before + 2
     assert host.requests == 0
+
+
+def test_streams_arriving_ending_and_cancelled_at_random_in_the_engine_process_each_make_their_solo_output(
+    host, toy
+) -> None:
+    """The scheduler's random churn test (``tests/test_scheduler.py``) through the engine process:
+    seeded bursts of streams, some queued together while the engine is stopped (SIGSTOP), short
+    pauses, callers going away (one of a burst at once, or one of the latest streams later);
+    five versions from the registry (steering, head ablation, a low-rank delta, a mix, the base),
+    prompts of 6 to 40 tokens, some sharing prefix-cache blocks. Every stream makes exactly its
+    solo greedy output (a cancelled one a start of it), the engine counts the cancellations, and
+    nothing is left in flight."""
+    model, tokenizer, world = toy
+    rng = random.Random(21)
+    generator = torch.Generator().manual_seed(21)
+    steer = Steering(site="blocks.2.hook_resid_pre", vector=torch.randn(128, generator=generator))
+    heads = HeadAblation(layer=1, heads=(0, 3))
+    delta = LowRank(
+        site="blocks.1.mlp.W_out",
+        U=torch.randn(128, 2, generator=generator) / 4,
+        V=torch.randn(512, 2, generator=generator) / 4,
+    )
+    edit_lists = [[], [steer], [heads], [delta], [steer, heads, delta]]
+    versions = [0]
+    for edits in edit_lists[1:]:
+        ids = [host.registry.create_edit("toy", edit, "test").id for edit in edits]
+        versions.append(host.registry.create_version("toy", 0, "test", append=ids).number)
+    prompts = _churn_prompts(world, tokenizer, rng)
+    cancelled_before = host.engine.stats.cancelled
+    started: list[tuple[int, int, threading.Event, Iterator]] = []  # version, tokens, cancel, events
+    while len(started) < len(prompts):
+        action = rng.random()
+        if action < 0.5:  # a burst of streams, queued together or one after another
+            together = rng.random() < 0.5
+            if together:
+                os.kill(host.engine.pid, signal.SIGSTOP)
+            try:
+                burst = min(rng.randint(1, 4), len(prompts) - len(started))
+                for _ in range(burst):
+                    version, tokens, cancel = rng.randrange(len(versions)), rng.randint(1, 30), threading.Event()
+                    active = lambda c=cancel: not c.is_set()  # noqa: E731
+                    prompt = prompts[len(started)]
+                    events = host.generate(
+                        versions[version], prompt, max_tokens=tokens, ignore_eos=True, is_active=active
+                    )
+                    started.append((version, tokens, cancel, events))
+                if rng.random() < 0.4:  # one of them is given up at once (before it runs, if queued together)
+                    rng.choice(started[-burst:])[2].set()
+            finally:
+                if together:
+                    os.kill(host.engine.pid, signal.SIGCONT)
+        elif action < 0.65 and started:  # a stream's caller goes away
+            rng.choice(started[-4:])[2].set()  # one of the latest: likely still in flight
+        else:
+            time.sleep(rng.uniform(0.001, 0.03))
+    made = [_collect(events) for *_, events in started]
+    surgeon, cancelled = Surgeon(model), 0
+    for prompt, (version, tokens, cancel, _), (ids, finished) in zip(prompts, started, made, strict=True):
+        with surgeon.apply(edit_lists[version]):
+            solo = _greedy_past_eos(model, prompt, tokens)
+        if finished.finish_reason == "cancelled":
+            assert cancel.is_set() and ids == solo[: len(ids)] and len(ids) < tokens
+            cancelled += 1
+        else:
+            assert (finished.finish_reason, ids) == ("length", solo), version
+    _until(lambda: host.engine.stats.cancelled == cancelled_before + cancelled)  # (told with a later step)
+    assert host.engine.stats.cancelled == cancelled_before + cancelled and host.requests == 0
 
 
 def test_a_bad_request_fails_alone_with_an_engine_process(host, toy) -> None:

@@ -581,7 +581,7 @@ def _churn_prompts(world, tokenizer, rng: random.Random) -> list[torch.Tensor]:
     for _ in range(24):
         own = tokenizer(" ".join(rng.choices(symbols, k=rng.randint(6, 20))), return_tensors="pt")["input_ids"][0]
         shared = rng.choice([None, *starts])
-        prompts.append(own if shared is None else torch.cat([shared, own[: 40 - len(shared)]]))
+        prompts.append(own if shared is None else torch.cat([shared, own[1 : 41 - len(shared)]]))  # (one BOS)
     return prompts
 
 
