@@ -10,6 +10,8 @@ character (one cut off by the end of the generation is never shown).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from transformers import PreTrainedTokenizerBase
 
 _INCOMPLETE = "\ufffd"
@@ -26,7 +28,12 @@ class Detokenizer:
 
     def add(self, token_id: int) -> str:
         """The text that ``token_id`` completes ("" while a character is incomplete)."""
-        self.ids.append(token_id)
+        return self.extend((token_id,))
+
+    def extend(self, token_ids: Sequence[int]) -> str:
+        """The text that ``token_ids`` complete, in one decode: a stream's tokens that arrive
+        together (coalesced for a reader that fell behind) cost one call, not one per token."""
+        self.ids.extend(token_ids)
         text = self._decode(self.ids[self._start :])
         complete = text.rstrip(_INCOMPLETE)
         piece = complete[self._shown :]

@@ -121,21 +121,13 @@ class _Reading:
         out: list[Token | Finished] = []
         if ids and self._clock is not None:
             self._clock.tokens_read()
-        pieces = []
-        for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
-            self._produced += 1
-            piece = self._detokenizer.add(token)
-            pieces.append(piece)
-            self._text += piece
-            if piece and self._stop and any(s in self._text[-(len(piece) + self._longest_stop) :] for s in self._stop):
+        if ids:
+            token, stopped = self._decoded(ids, logprobs)
+            if stopped:
                 self.over = True
                 self._finished()
-                return [
-                    Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1])),
-                    Finished("stop", self._produced, self._cached),
-                ]
-        if ids:
-            out.append(Token(tuple(ids), "".join(pieces), tuple(logprobs)))
+                return [token, Finished("stop", self._produced, self._cached)]
+            out.append(token)
         if end is not None:
             self.over = True
             if isinstance(end, BaseException):
@@ -146,6 +138,22 @@ class _Reading:
                     self._finished()
                 out.append(end)  # the scheduler's end carries the stream's cached prompt tokens
         return out
+
+    def _decoded(self, ids: list[int], logprobs: list[TokenLogprob]) -> tuple[Token, bool]:
+        """``ids`` as the caller's token event, and whether a stop string ended the stream in them
+        (the event then ends at the token that completed it)."""
+        if not self._stop:  # nothing to cut at: the tokens decode together, in one call
+            self._produced += len(ids)
+            return Token(tuple(ids), self._detokenizer.extend(ids), tuple(logprobs)), False
+        pieces = []
+        for i, token in enumerate(ids):  # one at a time: a stop string ends the stream at its token
+            self._produced += 1
+            piece = self._detokenizer.add(token)
+            pieces.append(piece)
+            self._text += piece
+            if piece and any(s in self._text[-(len(piece) + self._longest_stop) :] for s in self._stop):
+                return Token(tuple(ids[: i + 1]), "".join(pieces), tuple(logprobs[: i + 1])), True
+        return Token(tuple(ids), "".join(pieces), tuple(logprobs)), False
 
     def _finished(self) -> None:
         if self._clock is not None:

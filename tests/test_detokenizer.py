@@ -59,6 +59,23 @@ def test_random_token_sequences_stream_as_they_decode(make) -> None:
         assert full.startswith(streamed) and full[len(streamed) :].strip("\ufffd") == ""
 
 
+@pytest.mark.parametrize("make", [byte_level_bpe, metaspace_bpe])
+def test_tokens_arriving_together_decode_at_once_to_the_same_text(make) -> None:
+    """``extend`` (a coalesced chunk, one decode) gives, chunk by chunk, the text ``add`` gives
+    token by token, whatever the chunks: the window slides at a chunk's end instead of inside."""
+    tokenizer = make()
+    rng = random.Random(1)
+    for _ in range(100):
+        ids = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.randrange(1, 60))]
+        chunked, start = Detokenizer(tokenizer), 0
+        pieces = []
+        while start < len(ids):
+            size = rng.choice([1, 2, 3, 5, 8, 20])
+            pieces.append(chunked.extend(ids[start : start + size]))
+            start += size
+        assert "".join(pieces) == _stream(tokenizer, ids)
+
+
 def test_word_level_toy_tokenizer_keeps_its_spaces(toy) -> None:
     _, tokenizer, world = toy
     fact = world.facts[0]
