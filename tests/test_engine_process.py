@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from editors import HeadAblation, LowRank, Steering, Surgeon, weights_sha256
+from editors import HeadAblation, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
 from editors.decode_batch import column_bytes
 from editors.rome import compute_rome
@@ -28,6 +28,7 @@ from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE, tiny_model, word_tokenizer
 from tests.test_scheduler import (
     NEW_TOKENS,
+    _churn_edits,
     _churn_prompts,
     _collect,
     _greedy_past_eos,
@@ -118,15 +119,7 @@ def test_streams_arriving_ending_and_cancelled_at_random_in_the_engine_process_e
     nothing is left in flight."""
     model, tokenizer, world = toy
     rng = random.Random(21)
-    generator = torch.Generator().manual_seed(21)
-    steer = Steering(site="blocks.2.hook_resid_pre", vector=torch.randn(128, generator=generator))
-    heads = HeadAblation(layer=1, heads=(0, 3))
-    delta = LowRank(
-        site="blocks.1.mlp.W_out",
-        U=torch.randn(128, 2, generator=generator) / 4,
-        V=torch.randn(512, 2, generator=generator) / 4,
-    )
-    edit_lists = [[], [steer], [heads], [delta], [steer, heads, delta]]
+    edit_lists = _churn_edits(21)
     versions = [0]
     for edits in edit_lists[1:]:
         ids = [host.registry.create_edit("toy", edit, "test").id for edit in edits]

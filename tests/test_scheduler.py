@@ -585,6 +585,19 @@ def _churn_prompts(world, tokenizer, rng: random.Random) -> list[torch.Tensor]:
     return prompts
 
 
+def _churn_edits(seed: int) -> list[list]:
+    """Five versions' edits: the base, steering, head ablation, a low-rank delta, and all three."""
+    generator = torch.Generator().manual_seed(seed)
+    steer = Steering(site="blocks.2.hook_resid_pre", vector=torch.randn(128, generator=generator))
+    heads = HeadAblation(layer=1, heads=(0, 3))
+    delta = LowRank(
+        site="blocks.1.mlp.W_out",
+        U=torch.randn(128, 2, generator=generator) / 4,
+        V=torch.randn(512, 2, generator=generator) / 4,
+    )
+    return [[], [steer], [heads], [delta], [steer, heads, delta]]
+
+
 @pytest.mark.parametrize(("seed", "budget"), [(11, 0), (12, 0), (13, 0), (14, 160), (15, 200)])
 def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_output(
     toy, seed: int, budget: int
@@ -600,15 +613,7 @@ def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_ou
     of it), and nothing is left in the batch."""
     model, tokenizer, world = toy
     rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
-    steer = Steering(site="blocks.2.hook_resid_pre", vector=torch.randn(128, generator=generator))
-    heads = HeadAblation(layer=1, heads=(0, 3))
-    delta = LowRank(
-        site="blocks.1.mlp.W_out",
-        U=torch.randn(128, 2, generator=generator) / 4,
-        V=torch.randn(512, 2, generator=generator) / 4,
-    )
-    edit_lists = [[], [steer], [heads], [delta], [steer, heads, delta]]
+    edit_lists = _churn_edits(seed)
     surgeon = Surgeon(model)
     stacks = [surgeon.compile(edits) for edits in edit_lists]
     scheduler = Scheduler(
