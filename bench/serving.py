@@ -24,11 +24,11 @@ measures what it gives where prompts do share a start.
 - **aligned**: the same scheduler process given `generate`'s own batches (N prompts joining at
   once, one reader thread): the forward path alone, without arrivals spread over steps and
   without a reader thread per stream.
-- **limit at engine threads** (on the CPU): the limit again, in a process of its own whose torch runs on the
-  engine process's intra-op threads (the server's ``--torch-threads``, by default one per core but
-  one: `service.intra_op.forward_threads`). The limit has every core for its forward, while the
-  engine process leaves one to the serving process and the client; this side shows, in every
-  run, how much of the gap to the limit is that split of the cores
+- **limit at engine threads** (on the CPU): the limit again, in a process of its own whose torch
+  runs on the engine process's intra-op threads (the server's ``--torch-threads``, by default one
+  per core but one: `service.intra_op.forward_threads`). The limit has every core for its forward,
+  while the engine process leaves one to the serving process and the client; this side shows, in
+  every run, how much of the gap to the limit is that split of the cores
   (``c{N}_same_ratio_to_limit_at_engine_threads``; the headline ratio stays the one to the limit).
 - **turns**: the previous path (one sequence per forward, streams taking turns on a lock), run
   in this process with no gRPC at all, so its figure is an upper bound for the old service.
