@@ -608,9 +608,9 @@ def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_ou
     delta, a mix, the base), at most 6 rows at once, 1 to 30 new tokens. With a ``budget`` the
     KV cache holds that many row-columns (one or two full rows) and streams make up to 60
     tokens, so rows that grew past their headroom go back to be prefilled again (one or two per
-    run when this was written). Whatever joins in place, merges, compacts, rides, waits or goes back,
-    every stream read at the end makes exactly its solo greedy output (a cancelled one a start
-    of it), and nothing is left in the batch."""
+    run when this was written). Whatever joins in place, merges, compacts, rides, waits or goes
+    back, every stream read at the end makes exactly its solo greedy output (a cancelled one a
+    start of it), and nothing is left in the batch."""
     model, tokenizer, world = toy
     rng = random.Random(seed)
     edit_lists = _churn_edits(seed)
@@ -626,7 +626,7 @@ def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_ou
         kv_cache_bytes=budget * column_bytes(model),
     )
     prompts = _churn_prompts(world, tokenizer, rng)
-    started: list[tuple[int, int, int, threading.Event, Iterator]] = []  # prompt, version, tokens, cancel, events
+    started: list[tuple[int, int, threading.Event, Iterator]] = []  # version, tokens, cancel, events
     try:
         while len(started) < len(prompts):
             action = rng.random()
@@ -637,9 +637,9 @@ def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_ou
                         cancel, sampling = threading.Event(), Sampling(max_tokens=tokens, ignore_eos=True)
                         active = lambda c=cancel: not c.is_set()  # noqa: E731
                         events = scheduler.generate(prompts[len(started)], stacks[version], sampling, active)
-                        started.append((len(started), version, tokens, cancel, events))
+                        started.append((version, tokens, cancel, events))
             elif action < 0.65 and started:  # a stream's caller goes away
-                rng.choice(started)[3].set()
+                rng.choice(started)[2].set()
             else:  # decode steps pass (one job runs per loop iteration, each followed by a step)
                 for _ in range(rng.randint(1, 6)):
                     scheduler.call(lambda: None)
@@ -648,9 +648,11 @@ def test_streams_arriving_ending_and_cancelled_at_random_each_make_their_solo_ou
     finally:
         scheduler.close()
     assert left == (0, 0, 0)
-    for (index, version, tokens, cancel, _), (ids, finished) in zip(started, made, strict=True):
+    for index, (prompt, (version, tokens, cancel, _), (ids, finished)) in enumerate(
+        zip(prompts, started, made, strict=True)
+    ):
         with surgeon.apply(edit_lists[version]):
-            solo = _greedy_past_eos(model, prompts[index], tokens)
+            solo = _greedy_past_eos(model, prompt, tokens)
         if finished.finish_reason == "cancelled":
             assert cancel.is_set() and ids == solo[: len(ids)] and len(ids) < tokens, index
         else:
