@@ -1,10 +1,10 @@
 # `make demo`: set up .venv from nothing and run the end-to-end demo.
-# `make test`: set up .venv from nothing and run the whole test suite (ruff + pytest).
+# `make test`: set up .venv from nothing and run the whole test suite (ruff, the docs build, pytest).
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint browser bench toymodel protos
+.PHONY: demo test lint docs browser bench toymodel protos
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,7 +19,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint browser
+# The manual (docs/, MkDocs): a broken link or a page missing from the nav fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs browser
 	$(BIN)/python -m pytest
 
 # Headless Chromium for the check-report rendering test (best effort: without it that test checks

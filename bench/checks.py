@@ -40,9 +40,9 @@ from editors.toyworld.evaluate import induction_sequences, sentiment_pairs  # no
 from service.checks import KINDS, CheckRunner, Suite, default_toy_suite  # noqa: E402
 from service.checks.stats import mean  # noqa: E402
 from service.db.migrate import upgrade  # noqa: E402
+from service.engine.scheduler import Token  # noqa: E402
+from service.hosting import ModelHost  # noqa: E402
 from service.registry import Registry  # noqa: E402
-from service.scheduler import Token  # noqa: E402
-from service.serving import ModelHost  # noqa: E402
 
 STREAMS = 8
 

@@ -41,7 +41,7 @@ from bench.gpt2_small import gpt2_small_shaped
 from bench.report import report
 from editors import Surgeon
 from editors.toyworld import load_toy_model
-from service.scheduler import Sampling, Scheduler, Token
+from service.engine.scheduler import Sampling, Scheduler, Token
 
 RUNNING = 4
 

@@ -42,7 +42,7 @@ bench 420 serving --rounds 2 --concurrency 64 8
 grep -E "ratio|per_message|ttft|queue_wait|speedup" "$out/serving.log"
 fi
 if wanted 2; then
-# c64 again without prefill chunks riding in decode steps (editors/ragged.py), and riding with
+# c64 again without prefill chunks riding in decode steps (service/engine/ragged.py), and riding with
 # newcomers gathered for up to 8 decode steps (more tokens per forward, later first tokens; a tie
 # in tokens/s on the CPU box), for the A/Bs
 LOG=serving-apart bench 240 serving --rounds 2 --concurrency 64 --no-ride-prefill

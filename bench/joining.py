@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report import report
 
-from editors.decode_batch import DecodeBatch
-from editors.growing_cache import GrowingCache
+from service.engine.decode_batch import DecodeBatch
+from service.engine.growing_cache import GrowingCache
 
 #: name: (layers, heads, head dim, rows, columns, newcomers, their columns)
 CASES = {"toy": (4, 4, 32, 64, 40, 4, 25), "gpt2_small": (12, 12, 64, 32, 200, 4, 100)}

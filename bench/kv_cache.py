@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpt2_small import gpt2_small_shaped
 from report import report
 
-from editors.growing_cache import GrowingCache
 from editors.toyworld import load_toy_model
+from service.engine.growing_cache import GrowingCache
 
 PADDING = 3  # masked columns at the start of every row
 #: On the CPU the logits are equal bit for bit; a GPU's attention may pick another kernel for the

@@ -6,7 +6,7 @@
        "burst_prefilled_tokens_{off,nowait,on}", "burst_ttft_ms_ratio_on_to_{off,nowait}",
        "distinct_tokens_per_s_ratio", …}
 
-Both sides are the same :class:`~service.scheduler.Scheduler` in this process (``--device``),
+Both sides are the same :class:`~service.engine.scheduler.Scheduler` in this process (``--device``),
 one with the default prefix cache, one with ``prefix_cache_bytes=0``; each round runs both (order
 alternating) and a ratio is the median over rounds of on / off within a round.
 
@@ -20,7 +20,7 @@ alternating) and a ratio is the median over rounds of on / off within a round.
   released at once) while ``--busy`` other streams decode, so the scheduler admits them together
   into one prefill. Sides: no cache (off), the cache without newcomers waiting for a prefill's
   blocks (``nowait``: :meth:`PendingPrefixes.should_wait` answers no, as before
-  service.shared_prefixes), and the default (on). Reported: the burst's mean time to first token,
+  service.engine.shared_prefixes), and the default (on). Reported: the burst's mean time to first token,
   prompt tokens prefilled, and the busy streams' longest gap between two tokens.
 - **distinct**: the serving bench's shape on the toy model (64 streams, 4 requests each of 32
   greedy tokens, prompts of 25 tokens that share nothing): the cost of storing every prompt's
@@ -45,10 +45,10 @@ from bench.gpt2_small import gpt2_small_shaped
 from bench.report import report
 from editors import Surgeon
 from editors.toyworld import load_toy_model
-from service.defaults import PREFIX_CACHE_BYTES
-from service.scheduler import Sampling, Scheduler, Token
-from service.shared_prefixes import PendingPrefixes
-from service.startup_heap import freeze_startup_heap
+from service.engine.defaults import PREFIX_CACHE_BYTES
+from service.engine.scheduler import Sampling, Scheduler, Token
+from service.engine.shared_prefixes import PendingPrefixes
+from service.engine.startup_heap import freeze_startup_heap
 
 
 def run(scheduler: Scheduler, stack, prompts: list[torch.Tensor], concurrency: int, new_tokens: int) -> dict:

@@ -1,4 +1,4 @@
-"""A prefill chunk riding in the decode step's forward (``editors.ragged.ride``) against the two
+"""A prefill chunk riding in the decode step's forward (``service.engine.ragged.ride``) against the two
 forwards it replaces (``DecodeBatch.step``, then ``Prefill.advance``), side by side in one process.
 
     python bench/ragged_step.py --json
@@ -32,9 +32,9 @@ from report import report
 from serving import VERSIONS, edits_for_versions, prompts
 
 from editors import Surgeon
-from editors.decode_batch import DecodeBatch, Prefill
-from editors.ragged import can_ride, ride
 from editors.toyworld import load_toy_model
+from service.engine.decode_batch import DecodeBatch, Prefill
+from service.engine.ragged import can_ride, ride
 
 MAX_DIFFERENCE = 1e-3
 STEPS_BEFORE = 4  # decode steps the running rows take before the newcomers arrive

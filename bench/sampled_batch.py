@@ -31,8 +31,8 @@ from report import report
 
 from editors import Surgeon
 from editors.toyworld import load_toy_model
-from service.sampling import Sampling
-from service.scheduler import Scheduler
+from service.engine.sampling import Sampling
+from service.engine.scheduler import Scheduler
 
 PROMPT = 16
 

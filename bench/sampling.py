@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report import report
 
-from service.sampling import RowSampler, Sampling, pick_tokens
+from service.engine.sampling import RowSampler, Sampling, pick_tokens
 
 ROWS, PROMPT = 64, 256
 CASES: dict[str, tuple[Sampling, list]] = {

@@ -26,7 +26,7 @@ measures what it gives where prompts do share a start.
   without a reader thread per stream.
 - **limit at engine threads** (on the CPU): the limit again, in a process of its own whose torch
   runs on the engine process's intra-op threads (the server's ``--torch-threads``, by default one
-  per core but one: `service.intra_op.forward_threads`). The limit has every core for its forward,
+  per core but one: `service.engine.intra_op.forward_threads`). The limit has every core for its forward,
   while the engine process leaves one to the serving process and the client; this side shows, in
   every run, how much of the gap to the limit is that split of the cores
   (``c{N}_same_ratio_to_limit_at_engine_threads``; the headline ratio stays the one to the limit).
@@ -82,11 +82,11 @@ from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus  # 
 from editors.toyworld.counterfact import edit_cases  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 from service.client import ScalpelClient  # noqa: E402
-from service.intra_op import forward_threads, serial_thread  # noqa: E402
+from service.engine.intra_op import forward_threads, serial_thread  # noqa: E402
+from service.engine.scheduler import Sampling, Token  # noqa: E402
+from service.engine.startup_heap import freeze_startup_heap  # noqa: E402
+from service.hosting import ModelHost  # noqa: E402
 from service.registry import Registry  # noqa: E402
-from service.scheduler import Sampling, Token  # noqa: E402
-from service.serving import ModelHost  # noqa: E402
-from service.startup_heap import freeze_startup_heap  # noqa: E402
 
 NEW_TOKENS = 32
 CONCURRENCY = (1, 8, 64)
@@ -135,7 +135,7 @@ def limit_tokens_per_second(model, tokenizer, texts: list[str], concurrency: int
 
 def limit_at_threads(concurrency: int, per_stream: int, threads: int, device: str, dtype: str) -> float:
     """The limit on ``threads`` intra-op threads, in a child process (a thread count set and reset
-    in this process would leave the in-process limit's own threads slower: service.intra_op)."""
+    in this process would leave the in-process limit's own threads slower: service.engine.intra_op)."""
     command = [sys.executable, __file__, "--limit-run", str(concurrency), "--per-stream", str(per_stream)]
     command += ["--threads", str(threads), "--device", device, "--dtype", dtype]
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)

@@ -27,9 +27,9 @@ from report import report
 from serving import VERSIONS, edits_for_versions, prompts
 
 from editors import Surgeon
-from editors.decode_batch import DecodeBatch, Prefill
-from editors.ragged import ride
 from editors.toyworld import load_toy_model
+from service.engine.decode_batch import DecodeBatch, Prefill
+from service.engine.ragged import ride
 
 #: operators that only reinterpret a tensor (no kernel), and dropout, a no-op in eval mode
 NO_KERNEL = {
@@ -61,7 +61,7 @@ def step_ops(model, surgeon: Surgeon, ids: list[torch.Tensor], stacks: list) -> 
 
 def ride_ops(model, surgeon: Surgeon, ids: list[torch.Tensor], stacks: list, joining: int) -> tuple[int, int]:
     """Ops of the last ``joining`` prompts' prefill and the other rows' decode step: run apart (a
-    step, then the prefill), and riding in one forward (``editors.ragged``)."""
+    step, then the prefill), and riding in one forward (``service.engine.ragged``)."""
     counts = []
     for riding in (False, True):
         with torch.inference_mode():

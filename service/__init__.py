@@ -1,1 +1,2 @@
-"""Scalpel's service side: the command line now; the gRPC server, registry and checks later."""
+"""Scalpel's service side: the gRPC server (server, api), hosting (hosting), the serving engine
+(engine), the registry and database (registry, db), checks, the gateway, the CLI (cli)."""

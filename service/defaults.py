@@ -1,14 +1,8 @@
 """Default sizes shared by the server's configuration and the parts it configures. Torch-free, so
 that a configuration is read and checked before the seconds that torch and transformers take to
-import (service.server_config)."""
+import (service.server_config). The engine's own sizes are in ``service.engine.defaults``."""
 
 from __future__ import annotations
-
-#: Bytes of prompt prefixes' keys and values a scheduler keeps (editors.prefix_cache) unless told.
-PREFIX_CACHE_BYTES = 256 << 20
-
-#: Rows one decode step may hold unless told (the scheduler's ``max_rows``; config ``max_batch_rows``).
-MAX_BATCH_ROWS = 256
 
 #: The most passes one DiscoverCircuit may run unless configured (config ``locate_max_passes``).
 DEFAULT_LOCATE_MAX_PASSES = 2000

@@ -6,7 +6,7 @@ The usual gRPC server family of go-grpc-prometheus (``grpc_server_started_total`
 metrics labelled by model: tokens generated (by version), the version each alias points at (as
 every replica's alias cache knows it), check runs by result, and the generation streams'
 latencies (time to first token, time per output token, wait in the scheduler's queue: see
-:mod:`service.stream_timing`) with the prompt tokens prefilled and the streams waiting to join.
+:mod:`service.engine.stream_timing`) with the prompt tokens prefilled and the streams waiting to join.
 The registry is the server's own, so it also carries what prometheus-client's default one
 would: the serving process's CPU, memory and file descriptors (``process_*``), ``python_info``,
 and the garbage collector's collections by generation (``python_gc_*``).
@@ -47,7 +47,7 @@ from service.api.handlers import (
 )
 
 if TYPE_CHECKING:
-    from service.serving import GenerationCounts
+    from service.hosting import GenerationCounts
 
 #: Seconds: time to first token and queue waits (a stream behind a long queue waits seconds).
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
@@ -153,7 +153,7 @@ class Metrics:
         self._http: Any = None
 
     def latency(self, model: str) -> ModelLatency:
-        """The sink for ``model``'s stream latencies (service.stream_timing)."""
+        """The sink for ``model``'s stream latencies (service.engine.stream_timing)."""
         return ModelLatency(self, model)
 
     def forget_model(self, model: str) -> None:
@@ -193,7 +193,7 @@ class Metrics:
 
 
 class ModelLatency:
-    """One model's :class:`~service.stream_timing.LatencySink`: its labelled series, looked up once."""
+    """One model's :class:`~service.engine.stream_timing.LatencySink`: its labelled series, looked up once."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.prompt = metrics.prompt_tokens.labels(model).inc

@@ -22,18 +22,18 @@ from service.api.malformed import TRANSPORT_HEADROOM, MalformedRequestIntercepto
 from service.api.reflection_v1 import enable_reflection
 from service.api.servicers import Servicers, add_to_server
 from service.api.verified_keys import VerifiedKeys
-from service.check_runs import CheckScheduler
 from service.checks import default_suite, default_toy_suite
+from service.checks.runs import CheckScheduler
 from service.db.migrate import require_current_schema
-from service.event_loop import LoopThread
+from service.engine.event_loop import LoopThread
+from service.engine.intra_op import forward_threads, serial_thread
+from service.engine.startup_heap import freeze_startup_heap
 from service.gateway import HttpGateway, build_app
-from service.intra_op import forward_threads, serial_thread
+from service.hosting import ModelHost
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.registry.registry import check_name
 from service.server_config import ModelSpec, ServerConfig
-from service.serving import ModelHost
-from service.startup_heap import freeze_startup_heap
 
 #: gRPC lets several processes share a port by default (SO_REUSEPORT): a second `scalpel serve`
 #: on a taken port would silently split the traffic. Binding must fail instead.
@@ -187,7 +187,7 @@ class ScalpelServer:
 
     def load_model(self, name: str, spec: ModelSpec, actor: str) -> ModelHost:
         """Load and serve ``name`` while the server runs. The weights load on the calling thread
-        (serially: see service.intra_op), under no lock the other models' schedulers take, so the
+        (serially: see service.engine.intra_op), under no lock the other models' schedulers take, so the
         models already served keep serving meanwhile."""
         check_name("model", name)
         if spec.missing_directory:

@@ -1,7 +1,7 @@
 """What `scalpel serve` is configured with: the hosted models and the server's settings.
 
 Torch-free: the CLI reads and checks a configuration, and starts the engine processes' fork
-server (service.forkserver), before importing the server, torch and transformers."""
+server (service.engine.forkserver), before importing the server, torch and transformers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from service.defaults import (
     DEFAULT_LOCATE_MAX_PASSES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DTYPE_NAMES,
-    MAX_BATCH_ROWS,
-    PREFIX_CACHE_BYTES,
 )
+from service.engine.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
 
 
 @dataclass(frozen=True)
@@ -74,14 +73,14 @@ class ServerConfig:
     # A plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (Kubernetes).
     health_address: str | None = None
     # Intra-op threads per forward (None: one per core, less one left to this process when
-    # generation runs in engine processes; service.intra_op.forward_threads), set by each model's
-    # scheduler thread for itself (service.intra_op): all the parallelism a forward gets.
+    # generation runs in engine processes; service.engine.intra_op.forward_threads), set by each model's
+    # scheduler thread for itself (service.engine.intra_op): all the parallelism a forward gets.
     torch_threads: int | None = None
     # Tokens a stream gathers into one message while the batch is busy (0: automatic, see
-    # service.scheduler; 1: one message per token). Fewer messages leave more CPU for forwards.
+    # service.engine.scheduler; 1: one message per token). Fewer messages leave more CPU for forwards.
     stream_interval: int = 0
     # Each model's generation streams in a process of their own over the shared weights
-    # (service.engine_process): gRPC's Python work stops sharing a GIL with the decode steps.
+    # (service.engine.process): gRPC's Python work stops sharing a GIL with the decode steps.
     engine_process: bool = True
     # Generation streams per model in flight (in the batch or waiting to join it) beyond which a
     # new one is refused UNAVAILABLE (HTTP 503) at once, instead of queueing without bound.
@@ -94,7 +93,7 @@ class ServerConfig:
     # with them. A step that runs out of device memory anyway sends its newer half back to be
     # prefilled again (scalpel_preempted_rows_total); the batch takes rows back one per 64 steps.
     max_batch_rows: int = MAX_BATCH_ROWS
-    # MiB of prompt prefixes' keys and values kept per model, per version (editors.prefix_cache):
+    # MiB of prompt prefixes' keys and values kept per model, per version (service.engine.prefix_cache):
     # a prompt starting like an earlier one under the same version skips that part of its prefill.
     prefix_cache_mb: int = PREFIX_CACHE_BYTES >> 20
     # MiB the generation batch's keys and values may take per model (0: no budget, as many rows as
@@ -102,13 +101,13 @@ class ServerConfig:
     # sends its newest rows back to be prefilled again, before the device runs out; a request that
     # could not fit alone (prompt + max_tokens) is refused INVALID_ARGUMENT.
     kv_cache_mb: int = 0
-    # A prefill chunk runs in the running rows' decode step, one forward for both (editors.ragged;
+    # A prefill chunk runs in the running rows' decode step, one forward for both (service.engine.ragged;
     # models attending with SDPA over their whole context), instead of a forward of its own.
     ride_prefill: bool = True
     # Decode steps a newcomer may wait while rows decode, to be gathered with others into one
     # prefill (admitted sooner once they are half the running rows); 0 admits it at the next step:
     # more prefills (or rides) for a shorter time to first token. None: 0 where prefill chunks ride
-    # in decode steps, 8 where they run apart (service.scheduler.GATHER_STEPS).
+    # in decode steps, 8 where they run apart (service.engine.scheduler.GATHER_STEPS).
     admit_within_steps: int | None = None
     # The OpenAI-compatible HTTP gateway (service.gateway) on host:port, beside gRPC (None: off).
     # Same keys, same engine; TLS when tls_cert/tls_key are set.

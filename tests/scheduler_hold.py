@@ -7,8 +7,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from service.scheduler import Scheduler
-from service.serving import ModelHost
+from service.engine.scheduler import Scheduler
+from service.hosting import ModelHost
 
 
 @contextmanager

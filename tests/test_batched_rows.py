@@ -7,11 +7,11 @@ import torch
 from transformers import MistralConfig, Qwen2Config
 
 from editors import HeadAblation, LowRank, NeuronAblation, Steering, Surgeon, weights_sha256
-from editors.decode_batch import DecodeBatch, Prefill
-from editors.growing_cache import GrowingCache
-from editors.prefix_cache import PrefixCache, reuse_is_exact
-from editors.ragged import can_ride, ride
-from service.scheduler import Scheduler
+from service.engine.decode_batch import DecodeBatch, Prefill
+from service.engine.growing_cache import GrowingCache
+from service.engine.prefix_cache import PrefixCache, reuse_is_exact
+from service.engine.ragged import can_ride, ride
+from service.engine.scheduler import Scheduler
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model, word_tokenizer
 from tests.test_surgeon import _rand, every_edit
 
@@ -51,7 +51,7 @@ def test_rows_joining_and_leaving_each_match_their_solo_run(
     newcomer's prompt starts with an earlier prompt of its stack (whose prefill stored it in a
     prefix cache of 2-token blocks) and runs only the rest, after that prefix's keys and values.
     With ``riding``, each chunk runs in the same forward as the running rows' decode step
-    (editors.ragged), the last chunk included. Later newcomers are written in place
+    (service.engine.ragged), the last chunk included. Later newcomers are written in place
     (:meth:`DecodeBatch.place`), into the row of a request that ended (still computed, under no
     edits) and into the spare rows an earlier merge left."""
     model = tiny_model(family).to(TEST_DEVICE, dtype)

@@ -21,13 +21,13 @@ from editors.toyworld import TOY_MODEL_DIR, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from editors.toyworld.evaluate import induction_sequences, sentiment_pairs
 from editors.toyworld.world import TEMPLATES
-from service.check_report import find_browser
 from service.checks import KINDS, CheckRunner, Suite, default_toy_suite
 from service.checks.stats import mean, ratio_of_sums
-from service.cli_checks import inline_item_files
+from service.cli.check_report import find_browser
+from service.cli.checks import inline_item_files
 from service.db.migrate import upgrade
+from service.hosting import ModelHost
 from service.registry import InvalidArgument, Registry
-from service.serving import ModelHost
 from tests.test_service import run_checks, served  # noqa: F401  (the gRPC server fixture)
 
 

@@ -82,7 +82,7 @@ def test_client_commands_start_without_torch_or_transformers() -> None:
     torch nor transformers: it starts in a fraction of a second, not the seconds they take."""
     script = """
 import json, sys
-from service.cli import main
+from service.cli.main import main
 code = main(["models", "list", "--address", "127.0.0.1:1"])
 print(json.dumps({"code": code, "loaded": sorted({"torch", "transformers"} & set(sys.modules))}))
 """
@@ -98,7 +98,7 @@ def test_the_engines_fork_server_starts_before_torch_is_imported() -> None:
     overlap if starting it imports neither."""
     script = """
 import json, os, sys
-from service.forkserver import start_early
+from service.engine.forkserver import start_early
 start_early()
 children = []
 for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -111,7 +111,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         children.append(cmdline)
 print(json.dumps({
     "loaded": sorted({"torch", "transformers"} & set(sys.modules)),
-    "fork_server": any("forkserver" in c and "service.engine_process" in c for c in children),
+    "fork_server": any("forkserver" in c and "service.engine.process" in c for c in children),
 }))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -126,7 +126,7 @@ def test_a_config_mistake_is_reported_before_torch_or_the_fork_server_start(tmp_
     config.write_text("max_batch_rows: 0\n")
     script = f"""
 import json, os, sys
-from service.cli import main
+from service.cli.main import main
 code = main(["serve", "--config", {str(config)!r}])
 parents = []
 for pid in filter(str.isdigit, os.listdir("/proc")):

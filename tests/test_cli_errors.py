@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 

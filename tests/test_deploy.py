@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from service.cli import build_parser
+from service.cli.main import build_parser
 from service.server import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent

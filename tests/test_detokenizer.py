@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from service.detokenizer import Detokenizer
+from service.engine.detokenizer import Detokenizer
 
 TEXT = "Le café coûte 3 €, ça dépend. 日本語のテキスト 🙂 naïve façade — straße ü ö ä " * 20
 

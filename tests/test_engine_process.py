@@ -15,16 +15,16 @@ import torch
 
 from editors import HeadAblation, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
-from editors.decode_batch import column_bytes
 from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from service.client import ScalpelClient
 from service.db.migrate import upgrade
+from service.engine.decode_batch import column_bytes
+from service.engine.scheduler import KV_HEADROOM_STEPS, SchedulerClosed
+from service.hosting import ModelHost
 from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import KV_HEADROOM_STEPS, SchedulerClosed
 from service.server import ScalpelServer, ServerConfig
-from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE, tiny_model, word_tokenizer
 from tests.test_scheduler import (
     NEW_TOKENS,

@@ -99,7 +99,7 @@ def test_a_peft_adapter_gives_the_served_logits(toy, rome_edits, tmp_path) -> No
 def test_scalpel_export_writes_a_registered_version_and_audits_its_hashes(toy, rome_edits, db_url, tmp_path, capsys):
     import hashlib
 
-    from service.cli import main
+    from service.cli.main import main
     from service.registry import Registry
 
     model, tokenizer, _ = toy
@@ -145,7 +145,7 @@ def test_export_over_grpc_streams_the_files_in_checked_chunks_and_audits_them(
     from editors.steering_files import read_gguf
     from service.api import version_service
     from service.api.scalpel.v1 import scalpel_pb2 as pb
-    from service.cli import main
+    from service.cli.main import main
     from tests.test_registry import snapshot
 
     server, admin, reader, address = served

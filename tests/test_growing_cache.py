@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from editors.growing_cache import MAX_SPARE_COLUMNS, MIN_SPARE_COLUMNS, GrowingCache, GrowingLayer
+from service.engine.growing_cache import MAX_SPARE_COLUMNS, MIN_SPARE_COLUMNS, GrowingCache, GrowingLayer
 from tests.conftest import FAMILIES, TEST_DEVICE, VOCAB, tiny_model
 
 ROWS, PREFIX, STEPS, PADDING = 3, 6, 12, 2

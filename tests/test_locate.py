@@ -183,7 +183,7 @@ def test_discover_circuit_over_the_api_streams_proposes_and_stays_in_budget(
     import grpc
 
     from service.api.scalpel.v1 import scalpel_pb2 as pb
-    from service.cli import main
+    from service.cli.main import main
     from tests.test_registry import snapshot
 
     server, admin, reader, address = served

@@ -132,7 +132,7 @@ def test_a_missing_covariance_is_refused(toy, covariances) -> None:
 
 
 def test_compute_memit_over_the_api_streams_progress_and_serves(served, toy, tmp_path, monkeypatch, capsys) -> None:  # noqa: F811
-    from service.cli import main
+    from service.cli.main import main
 
     server, admin, reader, address = served
     _, _, world = toy

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import service.serving as serving
+import service.hosting as serving
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from tests.conftest import save_tiny_llama
 from tests.scheduler_hold import scheduler_held
@@ -25,7 +25,7 @@ def _health(address: str, name: str) -> int:
 
 
 def test_a_model_loads_while_the_others_keep_serving(served, tmp_path, monkeypatch, capsys) -> None:  # noqa: F811
-    from service.cli import main
+    from service.cli.main import main
 
     server, admin, reader, address = served
     path = str(save_tiny_llama(tmp_path / "llama"))

@@ -8,8 +8,8 @@ import weakref
 import pytest
 import torch
 
-from editors.prefix_cache import PrefixCache, block_chain
-from service.shared_prefixes import PendingPrefixes
+from service.engine.prefix_cache import PrefixCache, block_chain
+from service.engine.shared_prefixes import PendingPrefixes
 
 LAYERS, HEADS, HEAD_DIM = 2, 2, 4
 #: Bytes of one 2-token block: keys and values of every layer, float32.
@@ -81,7 +81,7 @@ def test_a_stack_is_kept_alive_only_while_it_has_blocks_and_a_zero_budget_stores
 
 
 def test_a_prompt_waits_for_a_pending_prefill_only_where_it_would_reuse_much_of_it_soon() -> None:
-    """(service.shared_prefixes) With 2-token blocks: a prompt sharing most of its uncached start
+    """(service.engine.shared_prefixes) With 2-token blocks: a prompt sharing most of its uncached start
     with a prefill that has little left to run waits for it; one sharing a small part, one whose
     peer has far more left to run, one under another stack and one whose start is stored already
     (nothing more to share) are admitted now."""

@@ -13,10 +13,10 @@ from transformers import GenerationConfig
 from editors import Surgeon
 from editors.toyworld import TOY_MODEL_DIR
 from service.db.migrate import upgrade
+from service.engine.sampling import RowSampler, Sampling, pick_tokens
+from service.engine.scheduler import Finished, Scheduler, Token
+from service.hosting import ModelHost, eos_ids
 from service.registry import InvalidArgument, Registry
-from service.sampling import RowSampler, Sampling, pick_tokens
-from service.scheduler import Finished, Scheduler, Token
-from service.serving import ModelHost, eos_ids
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
 
 NEW_TOKENS = 10

@@ -19,14 +19,13 @@ import torch
 
 from editors import HeadAblation, LowRank, Steering, Surgeon, weights_sha256
 from editors.covariance import key_covariance
-from editors.decode_batch import DecodeBatch, column_bytes
 from editors.rome import compute_rome
 from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases
 from service.db.migrate import upgrade
-from service.intra_op import forward_threads
-from service.registry import InvalidArgument, NotFound, Registry
-from service.scheduler import (
+from service.engine.decode_batch import DecodeBatch, column_bytes
+from service.engine.intra_op import forward_threads
+from service.engine.scheduler import (
     CAP_REGROWTH_STEPS,
     GATHER_STEPS,
     KV_HEADROOM_STEPS,
@@ -37,8 +36,9 @@ from service.scheduler import (
     SchedulerClosed,
     Token,
 )
+from service.hosting import ModelHost
+from service.registry import InvalidArgument, NotFound, Registry
 from service.server import ModelSpec
-from service.serving import ModelHost
 from tests.conftest import TEST_DEVICE
 from tests.scheduler_hold import scheduler_held
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
@@ -1156,13 +1156,13 @@ def test_a_closed_scheduler_answers_that_it_is_shutting_down(toy) -> None:
 
 def test_the_scheduler_thread_owns_the_intra_op_threads(tmp_path) -> None:
     """`scalpel serve` keeps its main thread serial and gives the cores to each scheduler's thread
-    (libgomp runs only the first thread's parallel team at full speed: see service.intra_op).
+    (libgomp runs only the first thread's parallel team at full speed: see service.engine.intra_op).
     Checked in a child process, so this test process keeps its own thread settings."""
     script = """
 import torch
 from editors.toyworld import load_toy_model
-from service.intra_op import serial_thread
-from service.scheduler import Scheduler
+from service.engine.intra_op import serial_thread
+from service.engine.scheduler import Scheduler
 from editors import Surgeon
 
 threads = serial_thread(3)
@@ -1191,7 +1191,7 @@ def test_the_start_up_heap_leaves_the_collectors_walk(tmp_path) -> None:
     script = """
 import gc
 from editors.toyworld import load_toy_model
-from service.startup_heap import freeze_startup_heap
+from service.engine.startup_heap import freeze_startup_heap
 
 model, tokenizer, _ = load_toy_model()
 gc.collect()

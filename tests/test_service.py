@@ -873,7 +873,7 @@ def test_every_call_leaves_one_access_log_line_with_its_caller_and_never_a_secre
 
 
 def test_edits_and_aliases_are_listed_newest_first_in_pages(served, capsys, monkeypatch) -> None:
-    from service.cli import main
+    from service.cli.main import main
 
     server, admin, reader, address = served
     made = [
@@ -899,7 +899,7 @@ def test_edits_and_aliases_are_listed_newest_first_in_pages(served, capsys, monk
 
 
 def test_an_alias_deleted_over_the_api_stops_serving_at_once(served, capsys, monkeypatch) -> None:
-    from service.cli import main
+    from service.cli.main import main
 
     server, admin, reader, address = served
     admin.promote("toy", 0, alias="canary")

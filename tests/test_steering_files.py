@@ -59,7 +59,7 @@ def test_only_block_output_additions_are_control_vectors() -> None:
 
 
 def test_import_over_the_api_and_export_as_gguf(served, toy, tmp_path, monkeypatch, capsys) -> None:  # noqa: F811
-    from service.cli import main
+    from service.cli.main import main
 
     server, admin, _, address = served
     model, _, _ = toy

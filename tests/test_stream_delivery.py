@@ -1,5 +1,5 @@
 """Generate on the grpc.aio server: streams wait on the event loop, not on worker threads, and a
-decode step wakes that loop once for all the streams it fed (service.stream_reading)."""
+decode step wakes that loop once for all the streams it fed (service.engine.stream_reading)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from editors import HeadAblation
 from editors.toyworld import load_toy_model
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import RETRY_SERVICE_CONFIG, ScalpelClient
-from service.sampling import Sampling
+from service.engine.sampling import Sampling
+from service.engine.stream_reading import Doorbell, Finished, LoopEvents, _Made, read_on_loop
+from service.hosting import ModelHost
 from service.server import ScalpelServer, ServerConfig
-from service.serving import ModelHost
-from service.stream_reading import Doorbell, Finished, LoopEvents, _Made, read_on_loop
 from tests.conftest import TEST_DEVICE
 from tests.scheduler_hold import scheduler_held
 

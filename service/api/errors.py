@@ -18,8 +18,8 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from editors import InvalidEditError
 from editors.errors import Cancelled, NotExportable
 from service.api.handlers import CallAborted
+from service.engine.scheduler import Overloaded, SchedulerClosed
 from service.registry import RegistryError
-from service.scheduler import Overloaded, SchedulerClosed
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,9 +14,9 @@ from service.api.resources import parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
+from service.engine.stream_reading import Doorbell, Finished, Token, doorbell
+from service.hosting import ModelHost
 from service.registry import InvalidArgument
-from service.serving import ModelHost
-from service.stream_reading import Doorbell, Finished, Token, doorbell
 
 
 class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
@@ -31,7 +31,7 @@ class InferenceService(rpc.InferenceServiceServicer, ServicerBase):
     ) -> AsyncIterator[pb.GenerateResponse]:
         """On the server's event loop: the request's set-up (version, stack, tokenising) runs on a
         worker thread when it needs the database or a compilation, here otherwise; then its tokens
-        arrive through the loop's doorbell (service.stream_reading), with no thread held per stream."""
+        arrive through the loop's doorbell (service.engine.stream_reading), with no thread held per stream."""
         (model,) = parse("model", request.model)
         host = self._host(model)
         start = functools.partial(self._start_generate, host, request, doorbell())

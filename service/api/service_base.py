@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from service.aliases import AliasCache
-from service.check_runs import CheckScheduler
+from service.checks.runs import CheckScheduler
 from service.defaults import DEFAULT_LOCATE_MAX_PASSES
+from service.hosting import ModelHost
 from service.metrics import Metrics
 from service.registry import NotFound, Registry
 from service.server_config import ModelSpec
-from service.serving import ModelHost
 
 #: Most passes (forwards and backwards over one batch of pairs) one DiscoverCircuit may run.
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from service.intra_op import serial_thread
+from service.engine.intra_op import serial_thread
 
 
 def reported(compute: Callable[[Callable[[Any], None]], Any], name: str) -> Generator[Any, None, Any]:
@@ -21,7 +21,7 @@ def reported(compute: Callable[[Callable[[Any], None]], Any], name: str) -> Gene
     call = contextvars.copy_context()
 
     def run() -> None:
-        serial_thread()  # a second OpenMP team would slow the schedulers' for good (service.intra_op)
+        serial_thread()  # a second OpenMP team would slow the schedulers' for good (service.engine.intra_op)
         try:
             outcome["result"] = call.run(compute, reports.put)
         except BaseException as error:  # handed to the stream, which raises it in the call's thread

@@ -14,7 +14,7 @@ from service.defaults import LOGIT_BUDGET
 from service.registry import InvalidArgument, NotFound, Registry
 
 if TYPE_CHECKING:
-    from service.serving import ModelHost
+    from service.hosting import ModelHost
 
 MAX_TEXT_TOKENS = 256
 #: Texts per background job: each job holds the model between two decode steps of the served

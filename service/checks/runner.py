@@ -13,7 +13,7 @@ from service.checks.suite import Suite
 from service.registry import InvalidArgument, Registry
 
 if TYPE_CHECKING:
-    from service.serving import ModelHost
+    from service.hosting import ModelHost
 
 
 class CheckRunner:

@@ -29,14 +29,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import DBAPIError
 
 from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
-from service.detokenizer import Detokenizer
+from service.engine.detokenizer import Detokenizer
+from service.engine.scheduler import Overloaded, SchedulerClosed
+from service.engine.stream_reading import Doorbell, doorbell
 from service.gateway.schemas import ChatMessage, ChatRequest, CompletionRequest, SamplingFields
+from service.hosting import Finished, ModelHost, Token
 from service.metrics import ACCESS_LOG, Metrics
 from service.registry import Registry
 from service.registry.errors import InvalidArgument, NotFound, PermissionDenied
-from service.scheduler import Overloaded, SchedulerClosed
-from service.serving import Finished, ModelHost, Token
-from service.stream_reading import Doorbell, doorbell
 
 if TYPE_CHECKING:
     import torch
@@ -193,7 +193,7 @@ def _start(
     """One choice per prompt, each joining the batch as it is made; if one is refused (a prompt
     too long), those already joined leave at the next step instead of running unread. The
     choices are read on the event loop (one wake per decode step for all of them,
-    service.stream_reading), whether the reply is streamed or whole."""
+    service.engine.stream_reading), whether the reply is streamed or whole."""
     bell = _loop_doorbell()
     choices: list[_Choice] = []
     try:

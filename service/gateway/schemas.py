@@ -1,6 +1,6 @@
 """The request bodies the gateway accepts, as OpenAI's API defines them (plus the sampling options
 vLLM adds: ``top_k``, ``min_p``, ``repetition_penalty``), and what it refuses to pretend it does.
-The bounds of the sampling options are the engine's (:meth:`service.serving.ModelHost.generate`):
+The bounds of the sampling options are the engine's (:meth:`service.hosting.ModelHost.generate`):
 a value out of them is refused there, with the same message over HTTP and gRPC."""
 
 from __future__ import annotations

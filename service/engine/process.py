@@ -5,7 +5,7 @@ In one process, every stream's handler thread (interceptors, key check, detokeni
 gRPC's send path) takes the interpreter lock between the scheduler's ops: at 64 streams a decode
 step cost ~13 ms of wall time against 3.1 ms alone. Here the model's weights are *shared* with a
 child process (CPU tensors move to shared memory, CUDA tensors travel as IPC handles: one copy in
-memory), which runs a :class:`~service.scheduler.Scheduler` of its own over them for the
+memory), which runs a :class:`~service.engine.scheduler.Scheduler` of its own over them for the
 generation streams. The two talk over one pipe:
 
     Generate (event loop) ──generate/cancel──▶ pipe ──▶ child: command thread ─▶ scheduler thread
@@ -14,7 +14,7 @@ generation streams. The two talk over one pipe:
 
 Per step the child sends one message holding every stream's new tokens, so the serving process
 wakes once per step, not once per token (and its event loop once per step: see
-:mod:`service.stream_reading`). Detokenising and stop strings stay with the readers, as in one
+:mod:`service.engine.stream_reading`). Detokenising and stop strings stay with the readers, as in one
 process. Everything else that uses the model (Score,
 CompareVersions, checks, ROME, MEMIT, DiscoverCircuit) runs in the serving process as before, on
 the same weights. Versions reach the child as their edits (plain pickles, compiled there once per
@@ -40,14 +40,14 @@ from transformers import PreTrainedTokenizerBase
 
 from editors import Edit, Surgeon
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
-from service.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
-from service.forkserver import forkserver_context
-from service.intra_op import serial_thread
-from service.sampling import Sampling
-from service.scheduler import Scheduler, SchedulerClosed, _Stream, overloaded
-from service.startup_heap import freeze_startup_heap
-from service.stream_reading import Doorbell, Finished, LoopEvents, Token, _Event, _Made, reader
-from service.stream_timing import StreamClock
+from service.engine.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
+from service.engine.forkserver import forkserver_context
+from service.engine.intra_op import serial_thread
+from service.engine.sampling import Sampling
+from service.engine.scheduler import Scheduler, SchedulerClosed, _Stream, overloaded
+from service.engine.startup_heap import freeze_startup_heap
+from service.engine.stream_reading import Doorbell, Finished, LoopEvents, Token, _Event, _Made, reader
+from service.engine.stream_timing import StreamClock
 
 _LOG = logging.getLogger(__name__)
 #: How long the serving process waits for a new engine process to import torch and take the weights.
@@ -68,11 +68,11 @@ class EngineSettings:
     intra_op_threads: int | None
     eos_ids: frozenset[int]
     max_streams: int | None = None  # streams in flight beyond which a new one is refused (Overloaded)
-    prefill_chunk_tokens: int = 2048  # positions per prefill forward (service.scheduler)
-    prefix_cache_bytes: int = PREFIX_CACHE_BYTES  # stored prompt prefixes (editors.prefix_cache)
-    max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.scheduler)
-    kv_cache_bytes: int = 0  # the batch's keys and values at most (0: no budget; service.scheduler)
-    ride_prefill: bool = True  # prefill chunks in decode steps' forwards (service.scheduler)
+    prefill_chunk_tokens: int = 2048  # positions per prefill forward (service.engine.scheduler)
+    prefix_cache_bytes: int = PREFIX_CACHE_BYTES  # stored prompt prefixes (service.engine.prefix_cache)
+    max_batch_rows: int = MAX_BATCH_ROWS  # rows one decode step may hold (service.engine.scheduler)
+    kv_cache_bytes: int = 0  # the batch's keys and values at most (0: no budget; service.engine.scheduler)
+    ride_prefill: bool = True  # prefill chunks in decode steps' forwards (service.engine.scheduler)
     admit_within_steps: int | None = None  # decode steps a newcomer may wait to be gathered (None: the scheduler's)
 
 
@@ -340,7 +340,7 @@ def _engine_main(
     settings: EngineSettings,
 ) -> None:
     """The child: rebuild the model over the shared weights, then run commands until "close"."""
-    serial_thread()  # the scheduler thread opens this process's one parallel team (service.intra_op)
+    serial_thread()  # the scheduler thread opens this process's one parallel team (service.engine.intra_op)
     lock = threading.Lock()
     try:
         model = _rebuild(model_class, config, placed)
@@ -366,7 +366,7 @@ def _engine_main(
     except Exception as error:  # reported to the serving process, which refuses the model
         _child_send(conn, lock, ("failed", f"{type(error).__name__}: {error}"))
         return
-    freeze_startup_heap()  # a full collection would otherwise stall the decode loop (service.startup_heap)
+    freeze_startup_heap()  # a full collection would otherwise stall the decode loop (service.engine.startup_heap)
     _child_send(conn, lock, ("ready",))
     stacks: dict[int, Any] = {}
     try:

@@ -12,13 +12,13 @@ A single thread owns the model's forwards. Between two forwards it
    running rows decode between its chunks, and newcomers admitted meanwhile run their chunks first
    rather than wait for its last; a prompt's start stored in the prefix cache is not run again;
    while rows decode, a chunk runs inside their decode step's forward instead of one of its own:
-   ``ride_prefill``, :mod:`editors.ragged`), samples their first token, and brings them into the
+   ``ride_prefill``, :mod:`service.engine.ragged`), samples their first token, and brings them into the
    running batch (in place, into the rows of ended streams and spare rows, where they fit);
 3. drops rows that finished or whose caller went away, and runs **one decode forward over all
    active rows**, each row under its version's compiled stack (:meth:`Surgeon.rows`).
 
 Tokens leave as they are made: each stream has its own queue that its reader drains
-(:mod:`service.stream_reading`).
+(:mod:`service.engine.stream_reading`).
 A request is validated (prompt length, version, stack) before it joins, so a bad request fails
 alone; an unexpected failure in a forward fails the rows of that forward and the loop goes on.
 """
@@ -43,13 +43,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editors import EditStack, RowStacks, Surgeon
-from editors.decode_batch import DecodeBatch, Prefill, column_bytes
-from editors.prefix_cache import PrefixCache, block_chain, reuse_is_exact
-from editors.ragged import can_ride, ride
-from service.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
-from service.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
-from service.shared_prefixes import PendingPrefixes
-from service.stream_reading import (
+from service.engine.decode_batch import DecodeBatch, Prefill, column_bytes
+from service.engine.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
+from service.engine.prefix_cache import PrefixCache, block_chain, reuse_is_exact
+from service.engine.ragged import can_ride, ride
+from service.engine.sampling import RowSampler, Sampling, TokenLogprob, pick_tokens
+from service.engine.shared_prefixes import PendingPrefixes
+from service.engine.stream_reading import (
     Doorbell,
     Finished,
     LoopEvents,
@@ -59,7 +59,7 @@ from service.stream_reading import (
     _Made,
     reader,
 )
-from service.stream_timing import StreamClock
+from service.engine.stream_timing import StreamClock
 
 T = TypeVar("T")
 _LOG = logging.getLogger(__name__)
@@ -155,13 +155,13 @@ class _Stream:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if the stream asked
     handed_at: float = 0.0
     cached: int = 0  # prompt tokens its prefill took from the prefix cache
-    chain: list[int] = field(default_factory=list)  # its prompt's block hashes (editors.prefix_cache.block_chain)
+    chain: list[int] = field(default_factory=list)  # its prompt's block hashes (prefix_cache.block_chain)
     queued_at: int = 0  # the scheduler's decode step count when the stream joined the queue
     background: bool = False  # a check run's row: it waits behind every waiting stream
     queue_told: bool = False  # its wait in the queue was told (to its clock), once
     joined: float = 0.0  # and the time then (time.monotonic)
-    clock: StreamClock | None = None  # the serving metrics' (service.stream_timing)
-    key: int = -1  # the stream's number in an engine process (service.engine_process)
+    clock: StreamClock | None = None  # the serving metrics' (service.engine.stream_timing)
+    key: int = -1  # the stream's number in an engine process (service.engine.process)
     sampler: RowSampler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -272,7 +272,7 @@ class Scheduler:
         #: by side with this one (MAX_PREFILLS). A short prompt is not made to wait for a long one's
         #: chunks, nor a long one to carry short ones' padding; prompts of similar lengths share.
         self.max_padding = prefill_chunk_tokens // 4
-        #: Prompt prefixes already prefilled, per stack (editors.prefix_cache): 0 bytes turns it off,
+        #: Prompt prefixes already prefilled, per stack (service.engine.prefix_cache): 0 bytes turns it off,
         #: and so does a sliding window (its prefills must run whole).
         if prefix_cache_bytes and not reuse_is_exact(model.config):
             _LOG.info("model %r attends over a sliding window: no prefix cache", name)
@@ -287,7 +287,7 @@ class Scheduler:
         self.kv_cache_bytes = kv_cache_bytes
         self.column_bytes = column_bytes(model) if kv_cache_bytes else 0  # one row's token, every layer
         #: Whether a prefill chunk runs in the decode step's forward while rows decode
-        #: (:mod:`editors.ragged`; models attending with SDPA over their whole context), rather
+        #: (:mod:`service.engine.ragged`; models attending with SDPA over their whole context), rather
         #: than in a forward of its own between two steps.
         self.ride_prefill = bool(ride_prefill) and can_ride(model)
         if admit_within is None:  # see GATHER_STEPS
@@ -443,7 +443,7 @@ class Scheduler:
 
     # -- the scheduler thread ---------------------------------------------------------------------
     def _loop(self) -> None:
-        if self.intra_op_threads:  # this thread's own OpenMP team (see service.intra_op)
+        if self.intra_op_threads:  # this thread's own OpenMP team (see service.engine.intra_op)
             torch.set_num_threads(self.intra_op_threads)
         while True:
             with self._wake:
@@ -482,7 +482,7 @@ class Scheduler:
         a long prefill runs chunk by chunk nothing is gathered: the newcomers' prefill takes one of
         the turns that chunks run anyway. Streams go first, check runs' rows (background) after
         them. A stream whose prompt starts like one being prefilled may wait for its stored start
-        instead (:mod:`service.shared_prefixes`), and one that would pad this prefill past
+        instead (:mod:`service.engine.shared_prefixes`), and one that would pad this prefill past
         ``max_padding`` waits for the next."""
         active, lines = self.active_rows, (self._waiting, self._background)
         waiting = self.waiting
@@ -566,7 +566,7 @@ class Scheduler:
             self._decode()
 
     def _ride(self, group: _Joining) -> None:
-        """``group``'s next prefill chunk in the decode step's forward (:mod:`editors.ragged`). If
+        """``group``'s next prefill chunk in the decode step's forward (:mod:`service.engine.ragged`). If
         that forward fails, both are as they were and run apart, so a fault fails only the rows it
         would have failed alone."""
         if not self._prefill_ready(group):

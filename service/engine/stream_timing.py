@@ -5,7 +5,7 @@ the time per output token after that.
 A :class:`StreamClock` starts when a request reaches its model host (after authentication and
 the version's resolution, before tokenising). The scheduler tells it the queue wait, from the
 engine process too (the wait travels back with the step's events); the stream's reader tells it
-of the tokens as the caller receives them (:mod:`service.stream_reading`), so the times include
+of the tokens as the caller receives them (:mod:`service.engine.stream_reading`), so the times include
 the hand-over from the scheduler to the reader, where a busy serving process shows.
 """
 

@@ -4,7 +4,7 @@ Rows join (a prefill of new prompts, merged into the running batch) and leave (f
 cancelled) between forwards. Every row is left-padded to the batch's cache length; the attention
 mask hides the padding and each row's ``position_ids`` count only its real tokens, so a row
 computes what it would compute alone. Caches are ``transformers``' :class:`DynamicCache` (with
-spare room per layer, :mod:`editors.growing_cache`); only their row and padding layout is managed
+spare room per layer, :mod:`service.engine.growing_cache`); only their row and padding layout is managed
 here, attention is the model's own.
 """
 
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editors.growing_cache import GrowingCache
-from editors.prefix_cache import CachedPrefix
 from editors.surgeon import EditStack, RowStacks, Surgeon
+from service.engine.growing_cache import GrowingCache
+from service.engine.prefix_cache import CachedPrefix
 
 
 def column_bytes(model: nn.Module) -> int:
@@ -205,7 +205,7 @@ class Prefill:
     extends the same cache under the same attention mask and position ids, so the result is the
     one-forward prefill's (up to the order of floating-point sums).
 
-    With ``cached`` (per row, a :class:`~editors.prefix_cache.CachedPrefix` or ``None``), a row's
+    With ``cached`` (per row, a :class:`~service.engine.prefix_cache.CachedPrefix` or ``None``), a row's
     first tokens come as keys and values already computed: the cache starts with them,
     right-aligned, and only the rest of each prompt runs (left-padded after them: the gap is masked,
     and position ids count real tokens, so a row computes what its full prefill computes)."""
@@ -248,7 +248,7 @@ class Prefill:
     @cached_property
     def rows(self) -> RowStacks:
         """Its rows' stacks, built for its first chunk run alone (a chunk riding in a decode step
-        builds its own: editors.ragged)."""
+        builds its own: service.engine.ragged)."""
         return self.surgeon.rows(self.stacks)
 
     def advance(self) -> tuple[DecodeBatch, torch.Tensor] | None:

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from editors.choices import DIRECTIONS, EXPORT_FORMATS, METRICS, NODE_KINDS, PROPOSALS
 from service.api.scalpel.v1 import scalpel_pb2 as pb
-from service.check_report import find_browser, render_html, screenshot
-from service.cli_checks import format_run, inline_item_files, run_dict
-from service.cli_errors import UsageError, read_yaml, require_empty_directory
+from service.cli.check_report import find_browser, render_html, screenshot
+from service.cli.checks import format_run, inline_item_files, run_dict
+from service.cli.errors import UsageError, read_yaml, require_empty_directory
 from service.client import ScalpelClient
 
 

@@ -3,7 +3,7 @@ instead of computing the same start again (deduplication within a burst).
 
 Requests that share a system prompt often arrive together: after a start, after a version
 changes, from a check run's template. Without this they would all be admitted before any of them
-stored the shared start (editors.prefix_cache), and each would compute it. A newcomer waits for a
+stored the shared start (service.engine.prefix_cache), and each would compute it. A newcomer waits for a
 prefill in flight (or one admitted just before it) when that prefill will store at least half of
 the newcomer's uncached prompt and has at most twice that much left to run: it then starts no
 later than it would have finished alone, and computes only the rest. A short prompt that shares
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from editors import EditStack
-from editors.prefix_cache import PrefixCache
+from service.engine.prefix_cache import PrefixCache
 
 
 class PendingPrefixes:

@@ -28,9 +28,9 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from editors.decode_batch import SDPA, DecodeBatch, Prefill
-from editors.prefix_cache import reuse_is_exact
 from editors.surgeon import RowStacks, Surgeon
+from service.engine.decode_batch import SDPA, DecodeBatch, Prefill
+from service.engine.prefix_cache import reuse_is_exact
 
 #: The attention implementation a riding forward switches the model to, for that forward only.
 RIDING_ATTENTION = "scalpel_riding"

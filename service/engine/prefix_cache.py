@@ -66,7 +66,7 @@ def reuse_is_exact(config: Any) -> bool:
 def block_chain(stack: EditStack, tokens: Sequence[int], block: int = BLOCK_TOKENS) -> list[int]:
     """A hash per whole block of ``tokens`` under ``stack``, each naming the prompt's start up to
     that block's end: two prompts' first ``b`` hashes agree when their first ``b`` blocks do (and,
-    rarely, by collision). For scheduling hints (service.shared_prefixes); the store's own keys are
+    rarely, by collision). For scheduling hints (service.engine.shared_prefixes); the store's own keys are
     exact."""
     chain, parent = [], id(stack)
     for start in range(0, len(tokens) - block + 1, block):

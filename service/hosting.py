@@ -3,7 +3,7 @@
 A :class:`ModelHost` loads a model once (on its device, in its dtype), registers it in the
 registry (version 0 = the base), and serves any version by compiling that version's edit stack
 (cached per version; versions are immutable). Every forward of the model runs on its
-:class:`~service.scheduler.Scheduler`: generation streams share one batched forward per decode
+:class:`~service.engine.scheduler.Scheduler`: generation streams share one batched forward per decode
 step, each row under its own version, and Score, CompareVersions and check runs queue as jobs
 between steps. Promotion and rollback are alias moves in the database: nothing here reloads or
 copies weights.
@@ -23,17 +23,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
-from editors.growing_cache import GrowingCache
 from service.aliases import AliasCache
 from service.checks.suite import Suite
-from service.defaults import DTYPE_NAMES, LOGIT_BUDGET, MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
-from service.engine_process import EngineProcess, EngineSettings, EngineStats
+from service.defaults import DTYPE_NAMES, LOGIT_BUDGET
+from service.engine.defaults import MAX_BATCH_ROWS, PREFIX_CACHE_BYTES
+from service.engine.growing_cache import GrowingCache
+from service.engine.process import EngineProcess, EngineSettings, EngineStats
+from service.engine.sampling import MAX_TOP_LOGPROBS, Sampling, TokenLogprob
+from service.engine.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
+from service.engine.stream_reading import Doorbell, Finished, Token
+from service.engine.stream_timing import LatencySink, StreamClock
 from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
-from service.sampling import MAX_TOP_LOGPROBS, Sampling, TokenLogprob
-from service.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
 from service.server_config import ModelSpec
-from service.stream_reading import Doorbell, Finished, Token
-from service.stream_timing import LatencySink, StreamClock
 
 __all__ = ["DTYPES", "Finished", "ModelHost", "ModelSpec", "Token"]
 
@@ -65,7 +66,7 @@ class GenerationCounts:
     steps: int = 0  # decode steps alone: tokens generated / steps is the batch's mean width
     prefix_hit_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
     preempted: int = 0  # rows sent back to be prefilled again (out of memory, or at the KV budget)
-    ridden: int = 0  # prefill chunks run in a decode step's forward (editors.ragged)
+    ridden: int = 0  # prefill chunks run in a decode step's forward (service.engine.ragged)
 
     @classmethod
     def of(cls, source: Scheduler | EngineStats) -> GenerationCounts:
@@ -157,7 +158,7 @@ class ModelHost:
             ride_prefill=ride_prefill,
             admit_within=admit_within_steps,
         )
-        #: Generation streams' own process over the same weights (service.engine_process), if asked.
+        #: Generation streams' own process over the same weights (service.engine.process), if asked.
         self.engine: EngineProcess | None = None
         self._engine_lock = threading.Lock()
         #: Called each time a dead engine process is replaced (the server counts them).
@@ -396,7 +397,7 @@ class ModelHost:
         (:meth:`prompt_ids`). Greedy at
         temperature 0. Ends with "length" at ``max_tokens`` or when prompt and output fill the
         context, with "eos" at any of the model's end-of-sequence ids (its generation config's and
-        its tokenizer's). The sampling options are :class:`~service.sampling.Sampling`'s.
+        its tokenizer's). The sampling options are :class:`~service.engine.sampling.Sampling`'s.
 
         Everything is validated before the request joins the batch, so a bad request fails alone;
         with ``max_streams`` already in flight the request is refused (:class:`Overloaded`)."""
@@ -448,7 +449,7 @@ class ModelHost:
         frequency_penalty: float = 0.0,
         logit_bias: Mapping[int, float] | None = None,
     ) -> Sampling:
-        """The :class:`~service.sampling.Sampling` these options make, each checked against this
+        """The :class:`~service.engine.sampling.Sampling` these options make, each checked against this
         model (its vocabulary for ``top_k`` and ``logit_bias``): :meth:`generate` asks it before a
         stream joins, and a request that makes no token (echo alone) asks it too, so that it is
         refused where a stream with the same options would be. ``max_tokens`` is the caller's."""

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from editors.toyworld import TOY_MODEL_DIR
-from service.cli_client import add_client_commands, add_export_arguments, print_export
-from service.cli_errors import UsageError, one_line, read_yaml, require_empty_directory
-from service.forkserver import start_early
+from service.cli.errors import UsageError, one_line, read_yaml, require_empty_directory
+from service.cli.remote import add_client_commands, add_export_arguments, print_export
+from service.engine.forkserver import start_early
 from service.server_config import ModelSpec, ServerConfig
 
 
@@ -308,7 +308,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if config.tls_client_ca and not (config.tls_cert and config.tls_key):
         raise SystemExit("scalpel: --tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
     if config.engine_process:
-        start_early()  # its imports overlap this process's own (service.forkserver)
+        start_early()  # its imports overlap this process's own (service.engine.forkserver)
     from service.server import serve
 
     serve(config)
@@ -363,15 +363,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    start_early()  # the demo's server runs generation in an engine process (service.forkserver)
-    from service.demo import run_demo
+    start_early()  # the demo's server runs generation in an engine process (service.engine.forkserver)
+    from service.cli.demo import run_demo
 
     run_demo()
     return 0
 
 
 def _cmd_walkthrough(args: argparse.Namespace) -> int:
-    from service.walkthrough import run_walkthrough
+    from service.cli.walkthrough import run_walkthrough
 
     run_walkthrough()
     return 0
@@ -614,7 +614,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"scalpel: {line}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

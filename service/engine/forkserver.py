@@ -2,7 +2,7 @@
 own imports.
 
 Engine processes fork from a clean server process that imported torch, transformers and
-``service.engine_process`` once (``forkserver``): a model's engine starts in well under a second
+``service.engine.process`` once (``forkserver``): a model's engine starts in well under a second
 after the first, and never inherits the serving process's threads (gRPC's, the schedulers').
 Those imports take seconds; started first (:func:`start_early`), the fork server makes them on
 one core while the serving process makes its own on another, instead of after them. This module
@@ -15,7 +15,7 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 
-PRELOAD = ["torch", "transformers.modeling_utils", "service.engine_process"]
+PRELOAD = ["torch", "transformers.modeling_utils", "service.engine.process"]
 
 
 def forkserver_context() -> multiprocessing.context.ForkServerContext:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from service.detokenizer import Detokenizer
-from service.sampling import Sampling, TokenLogprob
-from service.stream_timing import StreamClock
+from service.engine.detokenizer import Detokenizer
+from service.engine.sampling import Sampling, TokenLogprob
+from service.engine.stream_timing import StreamClock
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from service.checks import CheckResult, CheckRunner, Suite
+from service.hosting import ModelHost
 from service.metrics import Metrics
 from service.registry import Registry
 from service.registry.registry import RunInfo
-from service.serving import ModelHost
 
 #: How often a running check refreshes its claim (keep well under ServerConfig.stale_run_seconds).
 HEARTBEAT_SECONDS = 3.0

@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from service.intra_op import serial_thread
+from service.engine.intra_op import serial_thread
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ class LoopThread:
     def __init__(self, name: str, executor: Executor) -> None:
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(executor)
-        self.loop.call_soon(serial_thread)  # a second OpenMP team would slow the schedulers' (service.intra_op)
+        self.loop.call_soon(serial_thread)  # a second OpenMP team would slow the schedulers' (service.engine.intra_op)
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
