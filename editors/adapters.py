@@ -175,5 +175,5 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     raise UnsupportedArchitectureError(
         f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}. "
         "Another decoder-only family works with an adapter of your own: Surgeon(model, adapter=MyAdapter()), "
-        "an ArchitectureAdapter naming its blocks, attention and MLP modules (README: Other architectures)"
+        "an ArchitectureAdapter naming its blocks, attention and MLP modules (docs/surgery-kit.md: Other architectures)"
     )

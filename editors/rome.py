@@ -113,7 +113,7 @@ class RomeHyperParams:
         return self
 
 
-#: The formulation switches (see the README's ROME section for what each changes and the figures):
+#: The formulation switches (see docs/fact-surgery.md's ROME section for what each changes and the figures):
 #: ``kl_direction``: "init_new" = KL(unedited ‖ edited) on the essence prompt, "new_init" = KL(edited ‖
 #: unedited) (the reference code's); ``weight_decay_form``: "squared" = ‖δ‖²/‖v‖², "linear" =
 #: ‖δ‖/‖v‖² (the reference's); ``clamp_radius`` and ``denominator_key``: which key and output set

@@ -613,10 +613,10 @@ def _rpcs() -> list[tuple[str, object, bool]]:
 
 
 def test_every_rpc_has_its_documented_role() -> None:
-    """The interceptor's table covers every RPC in the protos and matches the README's table."""
+    """The interceptor's table covers every RPC in the protos and matches the manual's table."""
     declared = {path.rsplit("/", 1)[-1] for path, _, _ in _rpcs()}
     assert declared == set(REQUIRED_ROLES)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "service.md").read_text()
     documented = {}
     for rpcs, role in re.findall(r"^\| \w+Service \| ([^|]+) \| (\w+) \|$", readme, re.MULTILINE):
         for rpc in re.findall(r"\b[A-Z]\w+", rpcs):

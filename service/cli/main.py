@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--role",
         required=True,
         choices=["reader", "editor", "approver", "admin"],
-        help="what the key may do: reader < editor < approver < admin (see the README's table)",
+        help="what the key may do: reader < editor < approver < admin (see docs/service.md's table)",
     )
     keys_create.add_argument("--database-url", default=None)
     keys_create.add_argument("--json", action="store_true")
