@@ -5,6 +5,10 @@ re-reads the alias it names, re-reads everything on every (re)connect and every
 ``refresh_seconds`` as a safety net; on SQLite the thread polls every ``poll_seconds``. Requests
 resolve aliases from memory, so a replica that loses the database keeps serving what it last
 knew; :attr:`AliasCache.healthy` turns false only after ``unhealthy_after`` seconds without it.
+
+Every target read from the database is checked against the audit log's latest move of that alias:
+a row changed outside Scalpel is refused (DATA_LOSS) by every replica that reads it, as versions,
+edits and check runs are. A move made through this replica is its own write and needs no check.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable
 import psycopg
 from sqlalchemy.engine import make_url
 
-from service.registry import NotFound, Registry
+from service.registry import ArtifactIntegrityError, NotFound, Registry
 from service.registry.registry import ALIAS_CHANNEL
 
 
@@ -39,6 +43,8 @@ class AliasCache:
         self.refresh_seconds = refresh_seconds
         self.unhealthy_after = unhealthy_after
         self._versions: dict[tuple[str, str], int | None] = {}  # None: deleted here, ask the database
+        #: Aliases whose row disagrees with the audit log, and why: requests through them are refused.
+        self._refused: dict[tuple[str, str], str] = {}
         #: When each alias was last set from a fresher source than a full re-read (a move made
         #: through this replica, a NOTIFY), on a counter that every such write advances.
         self._written_at: dict[tuple[str, str], int] = {}
@@ -58,13 +64,26 @@ class AliasCache:
             return self._versions.get((model, alias))
 
     def version(self, model: str, alias: str) -> int:
+        """The alias's version; DATA_LOSS when its row disagrees with the audit log."""
         with self._lock:
-            known = self._versions.get((model, alias))
+            known, refused = self._versions.get((model, alias)), self._refused.get((model, alias))
+        if refused:
+            raise ArtifactIntegrityError(refused)
         if known is not None:
             return known
         version = self.registry.get_alias(model, alias).version  # NotFound propagates
+        self._set_read(model, alias, version)
+        return self.version(model, alias)
+
+    def _set_read(self, model: str, alias: str, version: int) -> None:
+        """Record a version read from the database, refused if the audit log disagrees with it."""
+        problem = self.registry.alias_problem(model, alias, version)
+        with self._lock:
+            if problem:
+                self._refused[(model, alias)] = problem
+            else:
+                self._refused.pop((model, alias), None)
         self.set(model, alias, version)
-        return version
 
     def set(self, model: str, alias: str, version: int) -> None:
         """Record a version read or written after everything this cache knew (a caller reads its
@@ -74,6 +93,12 @@ class AliasCache:
             self._versions[(model, alias)] = version
             self._written_at[(model, alias)] = self._writes
         self.observe(model, alias, version)
+
+    def wrote(self, model: str, alias: str, version: int) -> None:
+        """This replica moved the alias (row and audit event in one transaction): serve it."""
+        with self._lock:
+            self._refused.pop((model, alias), None)
+        self.set(model, alias, version)
 
     def forget(self, model: str, alias: str) -> None:
         """The alias was deleted through this replica: resolve it from the database from now on
@@ -95,10 +120,20 @@ class AliasCache:
         with self._lock:
             started = self._writes
         versions: dict[tuple[str, str], int | None] = dict(self.registry.all_aliases())
+        refused = {
+            key: problem
+            for key, version in versions.items()
+            if version is not None and (problem := self.registry.alias_problem(*key, version))
+        }
         with self._lock:
             for key, written in self._written_at.items():
                 if written > started:
                     versions[key] = self._versions[key]
+                    if key in self._refused:
+                        refused[key] = self._refused[key]
+                    else:
+                        refused.pop(key, None)
+            self._refused = refused
             gone = [key for key in self._versions if versions.get(key) is None]
             self._versions = versions
             self._written_at = {key: at for key, at in self._written_at.items() if at > started}
@@ -117,9 +152,10 @@ class AliasCache:
             with self._lock:
                 self._versions.pop((model, alias), None)
                 self._written_at.pop((model, alias), None)
+                self._refused.pop((model, alias), None)
             self.forgotten(model, alias)
             return
-        self.set(model, alias, version)
+        self._set_read(model, alias, version)
         self.last_contact = time.monotonic()
 
     def _poll(self) -> None:

@@ -33,7 +33,7 @@ from service.engine.sampling import MAX_TOP_LOGPROBS, Sampling, TokenLogprob
 from service.engine.scheduler import BACKGROUND, INTERACTIVE, Overloaded, Scheduler
 from service.engine.stream_reading import Doorbell, Finished, Token
 from service.engine.stream_timing import LatencySink, StreamClock
-from service.registry import FailedPrecondition, InvalidArgument, NotFound, Registry
+from service.registry import ArtifactIntegrityError, FailedPrecondition, InvalidArgument, NotFound, Registry
 from service.server_config import ModelSpec
 
 __all__ = ["DTYPES", "Finished", "ModelHost", "ModelSpec", "Token"]
@@ -268,7 +268,11 @@ class ModelHost:
             return version
         if self.aliases is not None:
             return self.aliases.version(self.name, alias or "production")
-        return self.registry.get_alias(self.name, alias or "production").version
+        target = self.registry.get_alias(self.name, alias or "production").version
+        problem = self.registry.alias_problem(self.name, alias or "production", target)
+        if problem:
+            raise ArtifactIntegrityError(problem)
+        return target
 
     def ready(self, alias: str | None, version: int | None) -> bool:
         """Whether a stream of that version could start without waiting: its number known without

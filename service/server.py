@@ -32,6 +32,7 @@ from service.gateway import HttpGateway, build_app
 from service.hosting import ModelHost
 from service.metrics import Metrics, MetricsInterceptor
 from service.registry import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Registry
+from service.registry.audit_keys import load_keyring
 from service.registry.registry import check_name
 from service.server_config import ModelSpec, ServerConfig
 
@@ -76,8 +77,13 @@ class ScalpelServer:
         self.config = config
         # the schedulers' intra-op threads, fixed now: the serial handler threads change torch's default
         config.torch_threads = config.torch_threads or forward_threads(torch.get_num_threads(), config.engine_process)
-        self.registry = registry or Registry(config.database_url, max_artifact_bytes=config.max_message_bytes)
+        self.registry = registry or Registry(
+            config.database_url,
+            max_artifact_bytes=config.max_message_bytes,
+            audit_keys=load_keyring(config.audit_key_file),
+        )
         require_current_schema(self.registry.engine)
+        self.registry.adopt_signing("scalpel")  # a log from before signing: sign its head once
         credentials = _server_credentials(config)  # read the TLS files before anything starts
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes * TRANSPORT_HEADROOM),
@@ -194,9 +200,16 @@ class ScalpelServer:
             raise InvalidArgument(f"no model directory at {spec.source} (a hub id looks like org/name)")
         device = spec.device or self.config.device
         try:
-            torch.empty(0, device=device)
+            torch.device(device)
         except (RuntimeError, ValueError) as error:
-            raise InvalidArgument(f"device {device!r} cannot be used here: {str(error).splitlines()[0]}") from None
+            raise InvalidArgument(f"device {device!r} is not a device name: {str(error).splitlines()[0]}") from None
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError, NotImplementedError) as error:  # a CPU build asserts on CUDA
+            raise FailedPrecondition(
+                f"device {device!r} is not available on this replica ({str(error).splitlines()[0]}); "
+                "load the model on a device it has, or on a replica that has this one"
+            ) from None
         with self._loading_lock:
             if name in self.hosts or name in self._loading:
                 raise AlreadyExists(f"model {name!r} is already served (or loading) here")

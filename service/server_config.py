@@ -56,6 +56,9 @@ class ServerConfig:
     dtype: str = "float32"  # for models that name none: float32, bfloat16, float16
     address: str = "127.0.0.1:50051"
     database_url: str | None = None
+    # The audit chain's Ed25519 signing key (service.registry.audit_keys; $SCALPEL_AUDIT_KEY and
+    # $SCALPEL_AUDIT_KEY_FILE take precedence). None: <data dir>.keys/audit_ed25519.pem, made on first use.
+    audit_key_file: Path | None = None
     insecure: bool = False
     # A verified API key is trusted this long before the database is asked again (0: every call).
     # A revocation through this replica counts at once; one made elsewhere within this many seconds.

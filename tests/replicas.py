@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service.client import ScalpelClient
 from service.db.engine import make_engine
+from service.registry.audit_keys import key_file as audit_key_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,14 @@ def replicas(
 ) -> Iterator[list[tuple[subprocess.Popen, int]]]:
     """``count`` server processes on ``database_url`` (already migrated); yields (process, port) pairs.
     Each server's log is appended to ``data_dir/serve-N.log``."""
-    env = {**os.environ, "SCALPEL_DATA_DIR": str(data_dir), "SCALPEL_DATABASE_URL": database_url}
+    # every replica signs the audit chain with the key this test process signs with, as a deployment's
+    # replicas share one key (service.registry.audit_keys)
+    env = {
+        **os.environ,
+        "SCALPEL_DATA_DIR": str(data_dir),
+        "SCALPEL_DATABASE_URL": database_url,
+        "SCALPEL_AUDIT_KEY_FILE": str(audit_key_file()),
+    }
     extra = ["--config", str(config)] if config else []
     started = []
     logs = []

@@ -109,5 +109,10 @@ def test_bad_loads_and_unloads_are_refused_and_change_nothing(served, tmp_path) 
     )
     assert _code(lambda: admin.load_model("llama", "")) == grpc.StatusCode.INVALID_ARGUMENT
     assert _code(lambda: admin.unload_model("nosuch")) == grpc.StatusCode.NOT_FOUND
+    llama = str(save_tiny_llama(tmp_path / "l2"))
+    assert _code(lambda: admin.load_model("llama", llama, device="gpu7")) == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as absent:  # a device this replica lacks: not the caller's typo, not a bug
+        admin.load_model("llama", llama, device="cuda:99")
+    assert absent.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'cuda:99'" in absent.value.details()
     assert snapshot(server.registry) == before
     assert set(server.hosts) == {"toy"}

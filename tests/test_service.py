@@ -31,7 +31,7 @@ from editors.toyworld.evaluate import sentiment_pairs
 from service.api.auth import REQUIRED_ROLES
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
-from service.registry import Registry
+from service.registry import ArtifactIntegrityError, Registry
 from service.registry.registry import ROLES
 from service.server import ScalpelServer, ServerConfig
 from tests.certificates import make_certificates
@@ -984,3 +984,91 @@ def test_a_verified_key_is_trusted_for_key_cache_seconds_and_a_revocation_here_c
             client.close()
         for server in servers:
             server.stop(grace=0)
+
+
+def test_a_checkpoint_over_grpc_verifies_later_and_catches_a_forged_tail(served, capsys, monkeypatch, tmp_path) -> None:
+    """`scalpel audit checkpoint` keeps a signed head outside the database; `verify --checkpoint`
+    passes while the log grows and fails, naming the event, once a database writer forges one."""
+    from service.cli.main import main
+    from service.registry.audit import event_hash
+
+    server, admin, _, address = served
+    monkeypatch.setenv("SCALPEL_ADDRESS", address)
+    _, secret = server.registry.create_key("auditor", "reader", "test")
+    monkeypatch.setenv("SCALPEL_API_KEY", secret)
+    kept = tmp_path / "head.json"
+    assert main(["audit", "checkpoint", "--out", str(kept), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    checkpoint = json.loads(kept.read_text())
+    assert checkpoint["key_id"] == server.registry.audit_keys.key_id == written["key_id"]
+    admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128), scale=1.0))
+    assert main(["audit", "verify", "--checkpoint", str(kept), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    with server.registry.engine.begin() as connection:  # a database writer appends an event with a valid hash
+        seq, prev = connection.execute(text("SELECT seq, hash FROM audit_head")).one()
+        row = dict(
+            seq=seq + 1,
+            created_at="2026-12-07T00:00:00.000000Z",
+            actor="admin",
+            action="key.created",
+            subject="keys/mallory",
+            payload_json="{}",
+            prev_hash=prev,
+        )
+        row["hash"] = event_hash(*row.values())
+        connection.execute(
+            text(
+                "INSERT INTO audit_events (seq, created_at, actor, action, subject, payload_json, prev_hash, hash) "
+                "VALUES (:seq, :created_at, :actor, :action, :subject, :payload_json, :prev_hash, :hash)"
+            ),
+            row,
+        )
+        connection.execute(text("UPDATE audit_head SET seq = :seq, hash = :hash"), row)
+    assert main(["audit", "verify", "--checkpoint", str(kept), "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["ok"] is False and f"event {seq + 1}" in failed["problem"] and "not signed" in failed["problem"]
+    assert any(f"audit event {seq + 1} (key.created)" in line for line in failed["mismatches"])  # named, no crash
+    assert main(["audit", "checkpoint", "--out", str(tmp_path / "again.json")]) == 1  # no checkpoint of a forgery
+    assert not (tmp_path / "again.json").exists()
+    assert (
+        _code(
+            lambda: admin.create_edit(
+                "toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128), scale=2.0)
+            )
+        )
+        == grpc.StatusCode.DATA_LOSS
+    )
+    kept.write_text(kept.read_text().replace(checkpoint["hash"], "0" * 64))
+    assert main(["audit", "verify", "--checkpoint", str(kept)]) == 1
+    assert "does not verify" in capsys.readouterr().err
+
+
+def test_an_alias_row_changed_in_the_database_is_refused_by_every_replica(served) -> None:
+    """As a rewritten version, edit or run is: DATA_LOSS through the alias, here and on a replica
+    that reads the row afresh, until a move through the API writes row and event together again."""
+    from service.aliases import AliasCache
+
+    server, admin, reader, _ = served
+    edit = admin.create_edit("toy", Steering(site="blocks.1.hook_resid_pre", vector=torch.ones(128), scale=1.0))
+    version = admin.create_version("toy", parent=0, append=[edit.id]).number
+    assert reader.generate("toy", "The capital of Riia is", max_tokens=2).version.endswith("/0")
+    with server.registry.engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE number = :n) WHERE name = 'production'"
+            ),
+            {"n": version},
+        )
+    server.aliases.refresh()  # what the poll (SQLite) or the NOTIFY re-read (PostgreSQL) does next
+    with pytest.raises(grpc.RpcError) as refused:
+        reader.generate("toy", "The capital of Riia is", max_tokens=2)
+    assert refused.value.code() == grpc.StatusCode.DATA_LOSS and "outside Scalpel" in refused.value.details()
+    assert reader.generate("toy", "The capital of Riia is", max_tokens=2, version=0).version.endswith("/0")
+    elsewhere = AliasCache(server.registry, poll_seconds=0.2)  # another replica, starting now
+    with pytest.raises(ArtifactIntegrityError, match="audit log last moved it to 0"):
+        elsewhere.version("toy", "production")
+    admin.promote("toy", 0, force=True, reason="restore the row the database lost")
+    assert reader.generate("toy", "The capital of Riia is", max_tokens=2).version.endswith("/0")
+    elsewhere.refresh()
+    assert elsewhere.version("toy", "production") == 0
+    elsewhere.close()

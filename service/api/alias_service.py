@@ -19,7 +19,7 @@ class AliasService(rpc.AliasServiceServicer, ServicerBase):
 
     def _moved(self, info: AliasInfo) -> pb.Alias:
         if self.aliases is not None:  # this replica serves the move at once; others hear the NOTIFY / poll
-            self.aliases.set(info.model, info.name, info.version)  # (and the cache sets the gauge)
+            self.aliases.wrote(info.model, info.name, info.version)  # (and the cache sets the gauge)
         return alias_pb(info)
 
     @abort_on_errors

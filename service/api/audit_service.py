@@ -52,4 +52,7 @@ class AuditService(rpc.AuditServiceServicer, ServicerBase):
             head_seq=result.head_seq,
             head_hash=result.head_hash,
             mismatches=list(result.mismatches),
+            head_key_id=result.head_key_id,
+            head_signature=result.head_signature,
+            head_public_key=self.registry.audit_keys.public_key_of(result.head_key_id),
         )

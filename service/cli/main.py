@@ -198,7 +198,25 @@ def _cmd_db(args: argparse.Namespace) -> int:
     else:
         downgrade(args.revision, args.url)
     print(f"scalpel: database {args.db_command}d to {args.revision}")
+    if args.db_command == "upgrade" and args.revision == "head":
+        _sign_audit_log(args.url)
     return 0
+
+
+def _sign_audit_log(url: str | None) -> None:
+    """Make this host's audit signing key if there is none, and sign a log from before signing."""
+    from service.registry import Registry
+    from service.registry.audit_keys import key_file
+
+    registry = Registry(url)
+    try:
+        adopted = registry.adopt_signing(os.environ.get("USER", "cli"))
+    finally:
+        registry.engine.dispose()
+    where = "$SCALPEL_AUDIT_KEY" if os.environ.get("SCALPEL_AUDIT_KEY") else key_file()
+    print(f"scalpel: audit events are signed with key {registry.audit_keys.key_id} ({where})")
+    if adopted:
+        print("scalpel: the audit log from before signing now ends in a signed event naming that key")
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}

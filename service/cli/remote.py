@@ -25,6 +25,7 @@ from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser, render_html, screenshot
 from service.cli.checks import format_run, inline_item_files, run_dict
 from service.cli.errors import UsageError, read_yaml, require_empty_directory
+from service.cli.signing import audit_pubkey, audit_rotate_key, read_checkpoint, write_checkpoint
 from service.client import ScalpelClient
 
 
@@ -438,9 +439,39 @@ def _audit_list(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _audit_verify(args: argparse.Namespace, c: ScalpelClient) -> int:
-    result = c.audit.VerifyAudit(pb.VerifyAuditRequest(expect_head=args.expect_head or ""))
-    _print(args, result, ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash"))
+    expect_head = args.expect_head or ""
+    if args.checkpoint:
+        head = read_checkpoint(Path(args.checkpoint))
+        problem = head.problem()
+        if problem:
+            print(f"scalpel: the checkpoint {args.checkpoint} does not verify: {problem}", file=sys.stderr)
+            return 1
+        expect_head = f"{head.seq}:{head.hash}"
+    result = c.audit.VerifyAudit(pb.VerifyAuditRequest(expect_head=expect_head))
+    _print(
+        args, result, ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash", "head_key_id")
+    )
     return 0 if result.ok else 1
+
+
+def _audit_checkpoint(args: argparse.Namespace, c: ScalpelClient) -> int:
+    from service.registry.audit_keys import SignedHead
+
+    result = c.audit.VerifyAudit(pb.VerifyAuditRequest())
+    if not result.ok:
+        print(f"scalpel: the audit log does not verify, no checkpoint written: {result.problem}", file=sys.stderr)
+        return 1
+    head = SignedHead(
+        result.head_seq, result.head_hash, result.head_key_id, result.head_signature, result.head_public_key
+    )
+    problem = head.problem()
+    if problem:
+        print(f"scalpel: the server's signed head does not verify, no checkpoint written: {problem}", file=sys.stderr)
+        return 1
+    write_checkpoint(head, Path(args.out))
+    shown = {"seq": head.seq, "hash": head.hash, "key_id": head.key_id, "file": args.out}
+    print(json.dumps(shown) if args.json else f"checkpoint {head.seq}:{head.hash} (key {head.key_id}) → {args.out}")
+    return 0
 
 
 def _token_bias(text: str) -> tuple[int, float]:
@@ -685,9 +716,26 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     events.add_argument("--subject", default="")
     events.add_argument("--actor", default="")
     command(events, _audit_list, paged=True)
-    verify = audit.add_parser("verify", help="recompute the hash chain; prints the head to pin outside the database")
-    verify.add_argument("--expect-head", help="SEQ:HASH printed by an earlier verify: it must still be in the log")
+    verify = audit.add_parser(
+        "verify", help="recompute the hash chain and check the head's signature; prints the head to pin elsewhere"
+    )
+    pinned = verify.add_mutually_exclusive_group()
+    pinned.add_argument("--expect-head", help="SEQ:HASH printed by an earlier verify: it must still be in the log")
+    pinned.add_argument("--checkpoint", help="a file `audit checkpoint` wrote: valid, and its head still in the log")
     command(verify, _audit_verify)
+    checkpoint = audit.add_parser(
+        "checkpoint", help="verify the log and write its signed head to a file to keep outside the database"
+    )
+    checkpoint.add_argument("--out", required=True, help="the checkpoint file to write")
+    command(checkpoint, _audit_checkpoint)
+    pubkey = audit.add_parser("pubkey", help="this host's audit signing key: its id and public key (no server)")
+    pubkey.add_argument("--json", action="store_true")
+    pubkey.set_defaults(func=audit_pubkey)
+    rotate = audit.add_parser(
+        "rotate-key", help="retire this host's signing key (it still verifies old heads) and make a new one"
+    )
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(func=audit_rotate_key)
 
     generate = commands.add_parser("generate", help="stream a generation")
     generate.add_argument("prompt")

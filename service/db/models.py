@@ -222,3 +222,10 @@ class AuditEvent(Base):
     payload_json: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(SHA)
     hash: Mapped[str] = mapped_column(SHA)
+    # Ed25519 over "seq:hash" by the key outside the database (service.registry.audit_keys); NULL
+    # only for events from before signing.
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    signature: Mapped[str | None] = mapped_column(String(88), nullable=True)
+
+    # A resource's latest event (the alias's last move, a version's edit list) without a scan of the log.
+    __table_args__ = (Index("ix_audit_events_subject_seq", "subject", "seq"),)

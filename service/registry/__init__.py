@@ -3,6 +3,7 @@
 from service.registry.errors import (
     AlreadyExists,
     ArtifactIntegrityError,
+    AuditTampered,
     Conflict,
     FailedPrecondition,
     InvalidArgument,
@@ -16,6 +17,7 @@ from service.registry.registry import Registry
 __all__ = [
     "AlreadyExists",
     "ArtifactIntegrityError",
+    "AuditTampered",
     "Conflict",
     "FailedPrecondition",
     "InvalidArgument",

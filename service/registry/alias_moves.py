@@ -6,6 +6,7 @@ target (``rollback_to`` in the history) it moves the alias there, a move that ca
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select, text, update
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from service.db.models import (
     AliasMove,
     AliasRow,
+    AuditEvent,
     ModelRow,
     VersionRow,
 )
@@ -88,6 +90,32 @@ class AliasMoves(UnitOfWork):
                 .where(AliasRow.deleted_at.is_(None))
             ).all()
         return {(model, alias): number for model, alias, number in rows}
+
+    def alias_problem(self, model: str, alias: str, version: int) -> str:
+        """ "" when the audit log's latest move of the alias is to ``version`` (its row's target);
+        else why no replica may serve through it (the row was changed outside Scalpel)."""
+        subject = f"models/{model}/aliases/{alias}"
+        with self._read() as session:
+            latest = session.execute(
+                select(AuditEvent.action, AuditEvent.payload_json)
+                .where(AuditEvent.subject == subject, AuditEvent.action.startswith("alias."))
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            ).one_or_none()
+        try:
+            if latest is None:
+                logged = 0 if alias == "production" else None  # registering a model points production at 0
+            else:
+                logged = None if latest.action == "alias.deleted" else json.loads(latest.payload_json)["to"]
+        except (ValueError, KeyError, TypeError):
+            logged = "an unreadable event"
+        if logged == version:
+            return ""
+        return (
+            f"alias {alias!r} of model {model!r} points at version {version}, but the audit log last moved it to "
+            f"{'no version' if logged is None else logged}: the row was changed outside Scalpel, so no request is "
+            "served through it (VerifyAudit lists the row; move the alias again to restore it)"
+        )
 
     def get_alias(self, model: str, name: str) -> AliasInfo:
         with self._read() as session:

@@ -45,3 +45,9 @@ class ArtifactIntegrityError(RegistryError):
     """Stored artifact bytes no longer match their SHA-256."""
 
     code = "DATA_LOSS"
+
+
+class AuditTampered(RegistryError):
+    """The audit log's head is not signed by a trusted key: a write would vouch for a forgery."""
+
+    code = "DATA_LOSS"

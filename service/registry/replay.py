@@ -28,40 +28,49 @@ from service.db.models import (
 )
 
 
-def expected_state(connection: Connection) -> dict[str, Any]:
-    """The state the audit log describes, keyed by resource name."""
+def expected_state(connection: Connection) -> tuple[dict[str, Any], list[str]]:
+    """The state the audit log describes, keyed by resource name, and the events whose payload
+    does not hold what their action records (a forged or damaged event: named, never a crash)."""
     state: dict[str, Any] = {}
+    malformed: list[str] = []
     events = connection.execute(
-        select(AuditEvent.action, AuditEvent.subject, AuditEvent.payload_json).order_by(AuditEvent.seq)
+        select(AuditEvent.seq, AuditEvent.action, AuditEvent.subject, AuditEvent.payload_json).order_by(AuditEvent.seq)
     )
-    for action, subject, payload_json in events:
-        payload = json.loads(payload_json)
-        if action == "model.registered":
-            state[subject] = payload["weights_sha256"]
-            state[f"{subject}/versions/0"] = []
-            state[f"{subject}/aliases/production"] = 0
-        elif action == "edit.created":
-            state[subject] = payload["spec_sha256"]
-        elif action == "version.created":
-            state[subject] = list(payload["edits"])
-        elif action == "alias.deleted":
-            state.pop(subject, None)
-        elif action.startswith("alias."):
-            state[subject] = payload["to"]
-        elif action == "suite.set":
-            state[f"{subject}/suite"] = payload["suite_sha256"]
-        elif action == "checks.started":
-            state[f"runs/{payload['run']}"] = "running"
-        elif action in ("checks.finished", "checks.run"):
-            state[f"runs/{payload['run']}"] = payload["state"]
-        elif action == "checks.interrupted":
-            state[f"runs/{payload['run']}"] = "interrupted"
-        elif action == "key.created":
-            state[subject] = (payload["role"], payload["prefix"], False)
-        elif action == "key.revoked":
-            role, prefix, _ = state.get(subject, ("?", payload["prefix"], True))
-            state[subject] = (role, prefix, True)
-    return state
+    for seq, action, subject, payload_json in events:
+        try:
+            _apply(state, action, subject, json.loads(payload_json))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            malformed.append(f"audit event {seq} ({action}): its payload lacks what the action records ({exc!r})")
+    return state, malformed
+
+
+def _apply(state: dict[str, Any], action: str, subject: str, payload: dict[str, Any]) -> None:
+    """One event's effect on the described state."""
+    if action == "model.registered":
+        state[subject] = payload["weights_sha256"]
+        state[f"{subject}/versions/0"] = []
+        state[f"{subject}/aliases/production"] = 0
+    elif action == "edit.created":
+        state[subject] = payload["spec_sha256"]
+    elif action == "version.created":
+        state[subject] = list(payload["edits"])
+    elif action == "alias.deleted":
+        state.pop(subject, None)
+    elif action.startswith("alias."):
+        state[subject] = payload["to"]
+    elif action == "suite.set":
+        state[f"{subject}/suite"] = payload["suite_sha256"]
+    elif action == "checks.started":
+        state[f"runs/{payload['run']}"] = "running"
+    elif action in ("checks.finished", "checks.run"):
+        state[f"runs/{payload['run']}"] = payload["state"]
+    elif action == "checks.interrupted":
+        state[f"runs/{payload['run']}"] = "interrupted"
+    elif action == "key.created":
+        state[subject] = (payload["role"], payload["prefix"], False)
+    elif action == "key.revoked":
+        role, prefix, _ = state.get(subject, ("?", payload["prefix"], True))
+        state[subject] = (role, prefix, True)
 
 
 def actual_state(connection: Connection) -> dict[str, Any]:
@@ -107,8 +116,7 @@ def actual_state(connection: Connection) -> dict[str, Any]:
 
 def replay(connection: Connection) -> list[str]:
     """Every resource whose row disagrees with the audit log, one line each, by name."""
-    expected, actual = expected_state(connection), actual_state(connection)
-    problems = []
+    (expected, problems), actual = expected_state(connection), actual_state(connection)
     for name in sorted(expected.keys() | actual.keys()):
         if name not in actual:
             problems.append(f"{name}: the audit log records it but its row is missing")

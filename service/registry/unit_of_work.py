@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.engine import make_engine, read_only
@@ -29,6 +29,7 @@ from service.db.models import (
     ModelRow,
 )
 from service.registry import audit
+from service.registry.audit_keys import AuditKeyring, load_keyring
 from service.registry.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -96,10 +97,19 @@ def decode_page_token(token: str) -> int | None:
 class UnitOfWork:
     """Sessions, transactions, idempotency and paging over one database (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine | str | None = None, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
+    def __init__(
+        self,
+        engine: Engine | str | None = None,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+        audit_keys: AuditKeyring | None = None,
+    ):
+        """``audit_keys``: the keyring that signs and verifies the audit chain (default: the one in
+        force, see :mod:`service.registry.audit_keys`, its key made on first use)."""
         self.engine = engine if isinstance(engine, Engine) else make_engine(engine)
         self.max_artifact_bytes = max_artifact_bytes
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.audit_keys = audit_keys if audit_keys is not None else load_keyring()
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={audit.KEYS: self.audit_keys})
+        event.listen(self._sessions, "after_commit", audit.remember_signed_head)
         self._read_engine = read_only(self.engine)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 

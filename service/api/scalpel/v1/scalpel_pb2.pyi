@@ -725,7 +725,7 @@ class VerifyAuditRequest(_message.Message):
     def __init__(self, expect_head: _Optional[str] = ...) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
-    __slots__ = ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash", "mismatches")
+    __slots__ = ("ok", "events_checked", "first_broken_seq", "problem", "head_seq", "head_hash", "mismatches", "head_key_id", "head_signature", "head_public_key")
     OK_FIELD_NUMBER: _ClassVar[int]
     EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BROKEN_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -733,6 +733,9 @@ class VerifyAuditResponse(_message.Message):
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     events_checked: int
     first_broken_seq: int
@@ -740,7 +743,10 @@ class VerifyAuditResponse(_message.Message):
     head_seq: int
     head_hash: str
     mismatches: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_broken_seq: _Optional[int] = ..., problem: _Optional[str] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., mismatches: _Optional[_Iterable[str]] = ...) -> None: ...
+    head_key_id: str
+    head_signature: str
+    head_public_key: str
+    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., first_broken_seq: _Optional[int] = ..., problem: _Optional[str] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., mismatches: _Optional[_Iterable[str]] = ..., head_key_id: _Optional[str] = ..., head_signature: _Optional[str] = ..., head_public_key: _Optional[str] = ...) -> None: ...
 
 class ApiKey(_message.Message):
     __slots__ = ("name", "prefix", "role", "created_by", "create_time", "revoke_time")
