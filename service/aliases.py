@@ -45,10 +45,11 @@ class AliasCache:
         self._versions: dict[tuple[str, str], int | None] = {}  # None: deleted here, ask the database
         #: Aliases whose row disagrees with the audit log, and why: requests through them are refused.
         self._refused: dict[tuple[str, str], str] = {}
-        #: When each alias was last set from a fresher source than a full re-read (a move made
-        #: through this replica, a NOTIFY), on a counter that every such write advances.
-        self._written_at: dict[tuple[str, str], int] = {}
-        self._writes = 0
+        #: How fresh each alias's entry is, on a clock that every move through this replica and the
+        #: start of every read advance: a read that started before a newer entry was made (a slow
+        #: NOTIFY re-read, a full re-read) never replaces it, so a caller always reads its own move.
+        self._as_of: dict[tuple[str, str], int] = {}
+        self._clock = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.last_contact = time.monotonic()
@@ -71,43 +72,36 @@ class AliasCache:
             raise ArtifactIntegrityError(refused)
         if known is not None:
             return known
-        version = self.registry.get_alias(model, alias).version  # NotFound propagates
-        self._set_read(model, alias, version)
+        self._read_one(model, alias, missing_raises=True)
         return self.version(model, alias)
 
-    def _set_read(self, model: str, alias: str, version: int) -> None:
-        """Record a version read from the database, refused if the audit log disagrees with it."""
-        problem = self.registry.alias_problem(model, alias, version)
-        with self._lock:
-            if problem:
-                self._refused[(model, alias)] = problem
-            else:
-                self._refused.pop((model, alias), None)
-        self.set(model, alias, version)
-
-    def set(self, model: str, alias: str, version: int) -> None:
-        """Record a version read or written after everything this cache knew (a caller reads its
-        own write at once; a re-read that started earlier never undoes it)."""
-        with self._lock:
-            self._writes += 1
-            self._versions[(model, alias)] = version
-            self._written_at[(model, alias)] = self._writes
-        self.observe(model, alias, version)
-
     def wrote(self, model: str, alias: str, version: int) -> None:
-        """This replica moved the alias (row and audit event in one transaction): serve it."""
+        """This replica moved the alias (row and audit event in one transaction): serve it now."""
         with self._lock:
-            self._refused.pop((model, alias), None)
-        self.set(model, alias, version)
+            self._record((model, alias), version, "", self._tick())
+        self.observe(model, alias, version)
 
     def forget(self, model: str, alias: str) -> None:
         """The alias was deleted through this replica: resolve it from the database from now on
-        (a re-read that started earlier cannot bring it back: it is marked as written now)."""
+        (a re-read that started earlier cannot bring it back)."""
         with self._lock:
-            self._writes += 1
-            self._versions[(model, alias)] = None
-            self._written_at[(model, alias)] = self._writes
+            self._record((model, alias), None, "", self._tick())
         self.forgotten(model, alias)
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _record(self, key: tuple[str, str], version: int | None, refused: str, as_of: int) -> bool:
+        """Take ``version`` for ``key`` unless the entry is fresher than ``as_of`` (caller holds the lock)."""
+        if self._as_of.get(key, 0) > as_of:
+            return False
+        self._versions[key], self._as_of[key] = version, as_of
+        if refused:
+            self._refused[key] = refused
+        else:
+            self._refused.pop(key, None)
+        return True
 
     @property
     def healthy(self) -> bool:
@@ -115,47 +109,52 @@ class AliasCache:
 
     # -- keeping up -----------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-read every alias. An alias set while the read was under way keeps that newer value:
-        the snapshot is older than it, and replacing the map wholesale would move it backwards."""
+        """Re-read every alias. An entry made while the read was under way (a move through this
+        replica, a NOTIFY re-read that started later) keeps its newer value."""
         with self._lock:
-            started = self._writes
-        versions: dict[tuple[str, str], int | None] = dict(self.registry.all_aliases())
-        refused = {
-            key: problem
-            for key, version in versions.items()
-            if version is not None and (problem := self.registry.alias_problem(*key, version))
-        }
+            as_of = self._tick()
+        versions = dict(self.registry.all_aliases())
+        refused = {key: self.registry.alias_problem(*key, version) for key, version in versions.items()}
+        learned, gone = [], []
         with self._lock:
-            for key, written in self._written_at.items():
-                if written > started:
-                    versions[key] = self._versions[key]
-                    if key in self._refused:
-                        refused[key] = self._refused[key]
-                    else:
-                        refused.pop(key, None)
-            self._refused = refused
-            gone = [key for key in self._versions if versions.get(key) is None]
-            self._versions = versions
-            self._written_at = {key: at for key, at in self._written_at.items() if at > started}
-        for (model, alias), version in versions.items():
-            if version is not None:
-                self.observe(model, alias, version)
-        for model, alias in gone:  # deleted through another replica
+            for key in self._versions.keys() | versions.keys():
+                if key in versions:
+                    if self._record(key, versions[key], refused[key], as_of):
+                        learned.append((key, versions[key]))
+                elif self._as_of.get(key, 0) <= as_of:  # deleted through another replica
+                    if self._versions.pop(key, None) is not None:
+                        gone.append(key)
+                    self._as_of.pop(key, None)
+                    self._refused.pop(key, None)
+        for (model, alias), version in learned:
+            self.observe(model, alias, version)
+        for model, alias in gone:
             self.forgotten(model, alias)
         self.last_contact = time.monotonic()
 
-    def _refresh_one(self, payload: str) -> None:
-        model, _, alias = payload.partition("/")
+    def _read_one(self, model: str, alias: str, missing_raises: bool = False) -> None:
+        """Re-read one alias (a NOTIFY named it, or a request asked for one this cache lacks)."""
+        key = (model, alias)
+        with self._lock:
+            as_of = self._tick()
         try:
             version = self.registry.get_alias(model, alias).version
         except NotFound:
             with self._lock:
-                self._versions.pop((model, alias), None)
-                self._written_at.pop((model, alias), None)
-                self._refused.pop((model, alias), None)
-            self.forgotten(model, alias)
+                dropped = self._as_of.get(key, 0) <= as_of and self._versions.pop(key, None) is not None
+                if self._as_of.get(key, 0) <= as_of:
+                    self._as_of.pop(key, None)
+                    self._refused.pop(key, None)
+            if dropped:
+                self.forgotten(model, alias)
+            if missing_raises:
+                raise
             return
-        self._set_read(model, alias, version)
+        problem = self.registry.alias_problem(model, alias, version)
+        with self._lock:
+            taken = self._record(key, version, problem, as_of)
+        if taken:
+            self.observe(model, alias, version)
         self.last_contact = time.monotonic()
 
     def _poll(self) -> None:
@@ -176,7 +175,8 @@ class AliasCache:
                     next_refresh = time.monotonic() + self.refresh_seconds
                     while not self._stop.is_set():
                         for notify in connection.notifies(timeout=self.poll_seconds, stop_after=1):
-                            self._refresh_one(notify.payload)
+                            model, _, alias = notify.payload.partition("/")
+                            self._read_one(model, alias)
                         self.last_contact = time.monotonic()  # the listening connection is alive
                         if time.monotonic() >= next_refresh:
                             self.refresh()

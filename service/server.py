@@ -23,7 +23,7 @@ from service.api.reflection_v1 import enable_reflection
 from service.api.servicers import Servicers, add_to_server
 from service.api.verified_keys import VerifiedKeys
 from service.checks import default_suite, default_toy_suite
-from service.checks.runs import CheckScheduler
+from service.checks.runs import HEARTBEAT_SECONDS, CheckScheduler
 from service.db.migrate import require_current_schema
 from service.engine.event_loop import LoopThread
 from service.engine.intra_op import forward_threads, serial_thread
@@ -122,7 +122,9 @@ class ScalpelServer:
             app = build_app(self.registry, self.hosts, self.metrics, insecure=config.insecure, keys=self.keys)
             self.gateway = HttpGateway(app, config.http_address, config.tls_cert, config.tls_key)
         self.http_port = self.gateway.port if self.gateway is not None else None
-        self.checks = CheckScheduler(self.registry, self.hosts, self.metrics)
+        # every held run beats well inside the sweep's window, queued ones too
+        beat = min(HEARTBEAT_SECONDS, config.stale_run_seconds / 5)
+        self.checks = CheckScheduler(self.registry, self.hosts, self.metrics, heartbeat_seconds=beat)
         self.servicers = Servicers(self.registry, self.hosts, self.checks, self.metrics)
         self.servicers.loader = self
         self.servicers.locate_max_passes = config.locate_max_passes

@@ -1072,3 +1072,42 @@ def test_an_alias_row_changed_in_the_database_is_refused_by_every_replica(served
     elsewhere.refresh()
     assert elsewhere.version("toy", "production") == 0
     elsewhere.close()
+
+
+def test_queued_runs_stay_alive_and_runs_cut_by_a_stop_end_interrupted(db_url) -> None:
+    """Issue 37, defect 4: runs waiting for the one worker keep their claim fresh, so the sweep
+    leaves them alone; a stop mid-run ends runs `interrupted` (rerun them), never `failed`."""
+    config = ServerConfig(
+        address="127.0.0.1:0", database_url=db_url, metrics_address=None, device=TEST_DEVICE, stale_run_seconds=2.0
+    )
+    server = ScalpelServer(config)
+    server.load_models()
+    _, secret = server.registry.create_key("admin", "admin", "bootstrap")
+    client = ScalpelClient(f"127.0.0.1:{server.port}", secret)
+    try:
+        with scheduler_held(server.hosts["toy"]):  # the first run waits on the model, the others in the queue
+            runs = [client.checks.StartRun(pb.StartRunRequest(version="models/toy/versions/0")).id for _ in range(3)]
+            time.sleep(config.stale_run_seconds + 0.5)  # every start is now older than the sweep's window
+            assert server.registry.interrupt_stale_runs("sweep", config.stale_run_seconds) == []
+            with server.registry.engine.connect() as connection:
+                beats = connection.execute(
+                    text("SELECT heartbeat_at > started_at FROM check_runs WHERE id IN (:a, :b, :c)"),
+                    dict(zip("abc", runs, strict=True)),
+                ).scalars()
+                assert all(beats)  # queued ones too
+    finally:
+        client.close()
+        server.stop(grace=0)
+    with server.registry.engine.connect() as connection:
+        for _ in range(600):  # the worker records the cut run after the stop returns
+            rows = connection.execute(text("SELECT id, state, results_json FROM check_runs")).all()
+            if all(state != "running" for _, state, _ in rows):
+                break
+            time.sleep(0.1)
+    assert sorted(run_id for run_id, _, _ in rows) == sorted(runs)
+    for _, state, results in rows:
+        assert state in ("interrupted", "passed"), (state, results)
+        if state == "interrupted":
+            assert "SchedulerClosed" in results
+    assert any(state == "interrupted" for _, state, _ in rows)
+    server.registry.engine.dispose()

@@ -228,6 +228,15 @@ class CheckStore(UnitOfWork):
         with self._sessions.begin() as session:
             session.execute(update(CheckRun).where(CheckRun.id == run_id, CheckRun.state == "running").values(**values))
 
+    def heartbeat_runs(self, run_ids: list[int]) -> None:
+        """The replica holding these runs (queued or running) is alive: one write for all of them."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(CheckRun)
+                .where(CheckRun.id.in_(run_ids), CheckRun.state == "running")
+                .values(heartbeat_at=utc_now())
+            )
+
     def run_progress(self, run_id: int) -> tuple[str, int, int, str]:
         """(state, done, total, current) of a run, as its executing replica last reported."""
         with self._read() as session:
