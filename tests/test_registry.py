@@ -540,3 +540,45 @@ def test_a_deleted_alias_is_gone_its_name_free_and_its_history_audited(registry)
     with pytest.raises(FailedPrecondition):
         registry.rollback("m", "staging", "carol", again.etag)  # nothing before the new alias to undo
     assert registry.verify_audit().ok and not registry.verify_audit().mismatches
+
+
+def test_free_text_is_bounded_and_a_refused_text_writes_nothing(registry) -> None:
+    """Issue 37, defect 7: descriptions and reasons have a documented size; past it, INVALID_ARGUMENT
+    naming the field, and nothing changes."""
+    from service.registry.unit_of_work import MAX_TEXT_CHARS
+
+    registry.register_model("m", "hub/m", SHA, "alice")
+    registry.set_suite("m", {}, "alice")
+    edit = registry.create_edit("m", steering(1.0), "alice", description="d" * MAX_TEXT_CHARS)
+    before = snapshot(registry)
+    long = "x" * (MAX_TEXT_CHARS + 1)
+    refusals = {
+        "edit description": lambda: registry.create_edit("m", steering(2.0), "alice", description=long),
+        "version description": lambda: registry.create_version("m", 0, "alice", append=[edit.id], description=long),
+        "promote reason": lambda: registry.promote(
+            "m", "canary", 0, "carol", None, reason=long, actor_role="admin", force=True
+        ),
+        "delete reason": lambda: registry.delete_alias("m", "canary", "carol", None, reason=long),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(InvalidArgument, match=f"{MAX_TEXT_CHARS:,}"):
+            call()
+        assert snapshot(registry) == before, what
+
+
+def test_a_page_of_large_rows_ends_early_and_the_pages_still_cover_everything(db_url) -> None:
+    """Every List page fits its message limit: rows are counted as they are stored, and a page
+    that would pass half the limit ends with a token for the rest."""
+    small = Registry(db_url, max_artifact_bytes=40_000)
+    small.register_model("m", "hub/m", SHA, "alice")
+    made = [small.create_edit("m", steering(float(s)), "alice", description=f"{s:02}" * 2000).id for s in range(1, 13)]
+    seen, token, pages = [], "", 0
+    while True:
+        page = small.list_edits("m", page_size=1000, page_token=token)
+        assert sum(len(e.description) + len(e.spec_json) for e in page.items) <= 20_000 or len(page.items) == 1
+        seen += [e.id for e in page.items]
+        pages, token = pages + 1, page.next_page_token
+        if not token:
+            break
+    assert seen == made[::-1] and pages > 1
+    small.engine.dispose()

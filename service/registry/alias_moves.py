@@ -35,6 +35,7 @@ from service.registry.unit_of_work import (
     Page,
     UnitOfWork,
     check_name,
+    check_text,
     new_etag,
     utc_now,
 )
@@ -135,6 +136,7 @@ class AliasMoves(UnitOfWork):
     ) -> AliasInfo:
         """Every alias move goes through here: etag first, then :meth:`_admit`, then the write."""
         check_name("alias", name)  # before any query: PostgreSQL cannot even compare a NUL byte
+        check_text("reason", move.reason)
         row = self._alias_row(session, model_row.id, name)
         self._check_etag(name, row, move.expected_etag)
         forced = self._admit(session, model, row, target, move)
@@ -287,6 +289,7 @@ class AliasMoves(UnitOfWork):
         """Delete ``alias``: requests naming it fail NOT_FOUND from then on, its name is free for a
         new alias (whose history starts empty), and its row and history stay for the audit.
         ``production`` is every request's default and cannot be deleted, only moved."""
+        check_text("reason", reason)
         with self._write() as session:
             model_row = self._model(session, model)
             check_name("alias", alias)

@@ -28,6 +28,7 @@ from service.registry.infos import (
 from service.registry.unit_of_work import (
     Page,
     UnitOfWork,
+    check_text,
     utc_now,
 )
 
@@ -83,6 +84,7 @@ class EditStore(UnitOfWork):
 
         if not isinstance(edit, Edit):
             raise InvalidArgument("edit must be an editors.Edit value")
+        check_text("description", description)
         spec_json = edit.to_json()
         names = {name: ref["sha256"] for name, ref in edit.spec()["artifacts"].items()}
         blobs = artifact_blobs_by_hash(edit)

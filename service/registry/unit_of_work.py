@@ -44,6 +44,13 @@ RUN_STATES = ("running", "passed", "failed", "interrupted")
 
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
+#: The longest free text a caller may store (descriptions, reasons): a page of 1,000 stays small.
+MAX_TEXT_CHARS = 4096
+
+#: Every List page holds at most this share of the message limit (``max_artifact_bytes``), counted
+#: as the stored text and bytes of its rows: a page of large rows ends early, with a token for the rest.
+PAGE_SHARE_OF_MESSAGE = 0.5
+
 
 T = TypeVar("T")
 
@@ -62,6 +69,21 @@ def check_name(kind: str, name: object) -> str:
             "starting and ending with a letter or digit"
         )
     return name
+
+
+def check_text(field: str, value: object) -> str:
+    """``value`` if it is a string of at most :data:`MAX_TEXT_CHARS` characters; else InvalidArgument."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string")
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidArgument(f"{field} is {len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
+    return value
+
+
+def _stored_size(row: Any) -> int:
+    """About how many bytes a row takes in a response: its text and bytes columns, plus a little."""
+    values = (getattr(row, column.key) for column in row.__table__.columns)
+    return 64 + sum(len(value) for value in values if isinstance(value, str | bytes))
 
 
 def utc_now() -> datetime:
@@ -183,16 +205,25 @@ class UnitOfWork:
     def _page(
         self, query: Any, id_column: Any, page_size: int, page_token: str, convert: Callable[[Session, Any], Any]
     ) -> Page:
-        """Newest first; the token is opaque to callers (it encodes the last id returned)."""
+        """Newest first; the token is opaque to callers (it encodes the last id returned). A page
+        ends early (with a token) where its rows would pass its share of the message limit."""
         if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
             raise InvalidArgument("page_size must be between 1 and 1000")
         after = decode_page_token(page_token)
         if after is not None:
             query = query.where(id_column < after)
+        budget, taken = int(self.max_artifact_bytes * PAGE_SHARE_OF_MESSAGE), 0
         with self._read() as session:
             rows = session.execute(query.order_by(id_column.desc()).limit(page_size + 1)).scalars().all()
-            items = [convert(session, row) for row in rows[:page_size]]
-            last_id = getattr(rows[page_size - 1], id_column.key) if len(rows) > page_size else None
+            kept = []
+            for row in rows[:page_size]:
+                taken += _stored_size(row)
+                if kept and taken > budget:
+                    break
+                kept.append(row)
+            items = [convert(session, row) for row in kept]
+            more = len(rows) > len(kept)
+            last_id = getattr(kept[-1], id_column.key) if more else None
         return Page(items, encode_page_token(last_id) if last_id is not None else "")
 
     def _logged_payload(self, action: str, subject: str) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from service.registry.infos import (
 from service.registry.unit_of_work import (
     Page,
     UnitOfWork,
+    check_text,
     utc_now,
 )
 
@@ -148,6 +149,7 @@ class VersionStore(UnitOfWork):
         """A new version from ``parent``: its edits with ``remove`` taken out, then ``append`` added."""
         if not append and remove is None:
             raise InvalidArgument("a new version must append edits or remove one")
+        check_text("description", description)
 
         def create(session: Session) -> int:
             model_row = self._model(session, model)
