@@ -64,9 +64,30 @@ class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClien
         return continuation(self._details(details), request)
 
 
+class _RequestIds(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Gives every request that has a ``request_id`` field and leaves it empty a fresh one, before
+    gRPC's retries see it: a retried create (StartRun, DeriveSteering, ComputeRome, …) returns what
+    the first attempt made instead of making a second, however the caller built the request."""
+
+    @staticmethod
+    def _with_id(request):  # type: ignore[no-untyped-def]
+        if "request_id" not in type(request).DESCRIPTOR.fields_by_name or request.request_id:
+            return request
+        stamped = type(request)()
+        stamped.CopyFrom(request)
+        stamped.request_id = uuid.uuid4().hex
+        return stamped
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(details, self._with_id(request))
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(details, self._with_id(request))
+
+
 #: gRPC's own retries, for UNAVAILABLE only (the server restarting, a replica going away). A retry
-#: resends the same message, so it is safe: creates carry a request_id (the conveniences below
-#: always set one) and alias moves an etag (a repeated move after a lost reply is ABORTED, never a
+#: resends the same message, so it is safe: creates carry a request_id (set on every request that
+#: has one, by _RequestIds) and alias moves an etag (a repeated move after a lost reply is ABORTED, never a
 #: second move).
 RETRY_SERVICE_CONFIG = json.dumps(
     {
@@ -119,6 +140,7 @@ class ScalpelClient:
             self.channel = grpc.insecure_channel(address, options)
             if api_key:
                 self.channel = grpc.intercept_channel(self.channel, _BearerInterceptor(api_key))
+        self.channel = grpc.intercept_channel(self.channel, _RequestIds())
         self.models = rpc.ModelServiceStub(self.channel)
         self.edits = rpc.EditServiceStub(self.channel)
         self.versions = rpc.VersionServiceStub(self.channel)
@@ -139,10 +161,10 @@ class ScalpelClient:
 
     # -- conveniences -------------------------------------------------------------------------
     def create_edit(self, model: str, edit: Edit, description: str = "", request_id: str = "") -> pb.Edit:
-        """``request_id`` defaults to a fresh one, so gRPC's retries of this call never create twice."""
+        """``request_id`` defaults to a fresh one (every request's, see _RequestIds), so gRPC's
+        retries of this call never create twice."""
         from editors import artifact_blobs_by_hash
 
-        request_id = request_id or uuid.uuid4().hex
         return self.edits.CreateEdit(
             pb.CreateEditRequest(
                 parent=f"models/{model}",
@@ -162,14 +184,14 @@ class ScalpelClient:
         description: str = "",
         request_id: str = "",
     ) -> pb.Version:
-        """``request_id`` defaults to a fresh one, so gRPC's retries of this call never create twice."""
+        """``request_id`` defaults to a fresh one, as for :meth:`create_edit`."""
         return self.versions.CreateVersion(
             pb.CreateVersionRequest(
                 parent=f"models/{model}/versions/{parent}",
                 append_edit_ids=append or [],
                 remove_edit_id=remove,
                 description=description,
-                request_id=request_id or uuid.uuid4().hex,
+                request_id=request_id,
             )
         )
 

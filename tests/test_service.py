@@ -1111,3 +1111,27 @@ def test_queued_runs_stay_alive_and_runs_cut_by_a_stop_end_interrupted(db_url) -
             assert "SchedulerClosed" in results
     assert any(state == "interrupted" for _, state, _ in rows)
     server.registry.engine.dispose()
+
+
+def test_the_client_stamps_every_create_so_a_resent_request_returns_the_first(served, toy) -> None:
+    """Issue 37, defect 5: a request built by hand on the client's stubs (no request_id) still
+    carries one, so gRPC's retry on UNAVAILABLE, which resends the same bytes, makes nothing twice."""
+    server, admin, _, _ = served
+    steer = pb.DeriveSteeringRequest(parent="models/toy", layer=1, scale=1.0)
+    for positive, negative in sentiment_pairs(toy[2])[:4]:
+        steer.pairs.add(positive=positive, negative=negative)
+    made = {
+        "run": admin.checks.StartRun(pb.StartRunRequest(version="models/toy/versions/0")).id,
+        "steering": admin.edits.DeriveSteering(steer).id,
+    }
+    with server.registry.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT operation, result_id, request_id FROM idempotency_keys WHERE actor = 'admin'")
+        ).all()
+    stamped = {(operation, result): request_id for operation, result, request_id in rows}
+    run_id, steering_id = stamped[("start_check_run", made["run"])], stamped[("create_edit", made["steering"])]
+    assert run_id != steering_id  # each create got an id of its own, which the caller never set
+    resent_run = pb.StartRunRequest(version="models/toy/versions/0", request_id=run_id)
+    assert admin.checks.StartRun(resent_run).id == made["run"]  # what a retry of those bytes gets
+    steer.request_id = steering_id
+    assert admin.edits.DeriveSteering(steer).id == made["steering"]
