@@ -357,13 +357,15 @@ class ModelHost:
         prompt to be given) must be the model's and leave room in its context."""
         if isinstance(prompt, str):
             return self._encode(prompt)[0]
+        vocab = self.model.config.vocab_size
         if isinstance(prompt, torch.Tensor):
             ids = prompt
         elif isinstance(prompt, Sequence) and all(type(i) is int for i in prompt):
+            if any(not 0 <= i < vocab for i in prompt):  # before a tensor: a huge int would overflow it
+                raise InvalidArgument(f"prompt token ids must be in [0, {vocab}): the model's vocabulary")
             ids = torch.tensor(prompt, dtype=torch.long)
         else:
             raise InvalidArgument("prompt must be a non-empty string or a list of token ids")
-        vocab = self.model.config.vocab_size
         if ids.ndim != 1 or not len(ids) or ids.is_floating_point():
             raise InvalidArgument("a prompt of token ids must be a non-empty list of integers")
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:

@@ -119,7 +119,14 @@ class ScalpelServer:
         self._stopping = threading.Event()
         self.gateway: HttpGateway | None = None
         if config.http_address:
-            app = build_app(self.registry, self.hosts, self.metrics, insecure=config.insecure, keys=self.keys)
+            app = build_app(
+                self.registry,
+                self.hosts,
+                self.metrics,
+                insecure=config.insecure,
+                keys=self.keys,
+                max_body_bytes=config.max_message_bytes,
+            )
             self.gateway = HttpGateway(app, config.http_address, config.tls_cert, config.tls_key)
         self.http_port = self.gateway.port if self.gateway is not None else None
         # every held run beats well inside the sweep's window, queued ones too

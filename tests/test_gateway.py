@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -441,3 +443,110 @@ def test_whole_replies_in_flight_hold_no_worker_thread(gateway) -> None:
             assert set(texts) == {expected}
     finally:
         slowed.remove()
+
+
+def _raw_post(port: int, path: str, body: bytes, api_key: str, length: int | None = None) -> socket.socket:
+    """A request on a plain socket, so a test can hang up (or never send the body it announced)."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body) if length is None else length}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + body)
+    return connection
+
+
+def test_a_client_that_hangs_up_before_a_whole_reply_frees_its_rows(gateway) -> None:
+    """Issue 37, defect 8: a non-streaming request whose client went away stops at the next step,
+    as a stream does, instead of running to its end unread."""
+    server, http, _ = gateway
+    host = server.hosts["toy"]
+    scheduler = host.scheduler
+
+    def slow(*_: object) -> None:  # until the hold below, each step takes 20 ms: 100 tokens outlast the hang-up
+        threading.Event().wait(0.02)
+
+    slowed = host.model.register_forward_pre_hook(slow)
+    body = {"model": "toy", "prompt": PROMPT, "max_tokens": 100, "temperature": 0, "ignore_eos": True}
+    connection = _raw_post(server.http_port, "/v1/completions", json.dumps(body).encode(), http.api_key)
+    for _ in range(400):  # bounded wait for the mechanism: the row joined the batch
+        if host.forward(lambda: scheduler.requests) == 1:
+            break
+    with scheduler_held(host):  # the row cannot finish meanwhile
+        slowed.remove()
+        assert scheduler.requests == 1
+        cancelled = scheduler.cancelled
+        connection.close()  # the client goes away
+        for _ in range(400):
+            if scheduler.abandoned == 1:
+                break
+            threading.Event().wait(0.05)
+        assert scheduler.abandoned == 1
+    assert host.forward(lambda: scheduler.requests) == 0  # dropped at the next step, unfinished
+    assert scheduler.cancelled == cancelled + 1
+
+
+def test_the_gateways_edges_answer_in_openais_shape_and_never_500(gateway) -> None:
+    """Issue 37, defect 8: integers past int64, huge version numbers, bad JSON, wrong methods,
+    unknown routes and bodies over the limit are each a 4xx with OpenAI's error body."""
+    server, http, _ = gateway
+    before = snapshot(server.registry)
+    auth = {"Authorization": f"Bearer {http.api_key}", "Content-Type": "application/json"}
+    base = f"http://127.0.0.1:{server.http_port}"
+
+    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(base + path, data=body, method=method, headers=auth)
+        try:
+            with urllib.request.urlopen(request) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def completion(**fields: object) -> bytes:
+        return json.dumps({"model": "toy", "prompt": PROMPT, "max_tokens": 2, **fields}).encode()
+
+    cases = {
+        "token id past int64": ("POST", "/v1/completions", completion(prompt=[2**70]), 400),
+        "token id past the vocabulary": ("POST", "/v1/completions", completion(prompt=[2**40]), 400),
+        "seed past int64": ("POST", "/v1/completions", completion(seed=2**70), 400),
+        "version past any number": ("POST", "/v1/completions", completion(model="toy@99999999999999999999"), 404),
+        "body not JSON": ("POST", "/v1/completions", b'{"model": "toy", prompt', 400),
+        "wrong method": ("GET", "/v1/completions", None, 405),
+        "unknown route": ("GET", "/v1/nothing", None, 404),
+        "unknown route, POST": ("POST", "/v2/completions", completion(), 404),
+    }
+    for what, (method, path, body, status) in cases.items():
+        code, reply = call(method, path, body)
+        assert code == status, (what, code, reply)
+        assert set(reply) == {"error"} and reply["error"]["message"] and reply["error"]["type"], (what, reply)
+    limit = server.config.max_message_bytes
+    connection = _raw_post(server.http_port, "/v1/completions", b"", http.api_key, length=limit + 1)
+    reply = connection.makefile("rb").read().decode()
+    connection.close()
+    assert reply.startswith("HTTP/1.1 413") and '"request_too_large"' in reply  # refused before the body came
+    assert snapshot(server.registry) == before
+
+
+def test_alternatives_read_as_the_chosen_token_does(gateway) -> None:
+    """Issue 37, defect 8: a greedy token is its own top alternative, with the same text (the
+    leading space included), in completions and chat alike."""
+    _, http, _ = gateway
+    more = {"ignore_eos": True}  # past the fact's full stop, into words that start with a space
+    reply = http.completions.create(
+        model="toy", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, extra_body=more
+    )
+    logprobs = reply.choices[0].logprobs
+    assert any(token.startswith(" ") for token in logprobs.tokens)  # the case that differed
+    for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True):
+        assert max(top, key=top.get) == token, (token, top)
+    chat = http.chat.completions.create(
+        model="toy",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body=more,
+    )
+    for entry in chat.choices[0].logprobs.content:
+        assert max(entry.top_logprobs, key=lambda alt: alt.logprob).token == entry.token

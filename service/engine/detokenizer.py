@@ -43,5 +43,10 @@ class Detokenizer:
             self._shown = len(self._decode(self.ids[self._start :]))
         return piece
 
+    def peek(self, token_id: int) -> str:
+        """The text ``token_id`` would add after the ids so far, recording nothing: an
+        alternative's text in the chosen token's place (with the leading space it would have)."""
+        return self._decode([*self.ids[self._start :], token_id])[self._shown :]
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

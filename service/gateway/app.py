@@ -27,6 +27,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.verified_keys import DatabaseUnreachable, VerifiedKeys
 from service.engine.detokenizer import Detokenizer
@@ -58,6 +60,10 @@ class GatewayError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
 
 
+class ClientGone(Exception):
+    """The client went away before its whole reply was ready (HTTP 499, as nginx logs it)."""
+
+
 def _as_gateway_error(error: Exception) -> GatewayError:
     if isinstance(error, GatewayError):
         return error
@@ -67,6 +73,8 @@ def _as_gateway_error(error: Exception) -> GatewayError:
         return GatewayError(404, str(error), code="not_found")
     if isinstance(error, PermissionDenied):
         return GatewayError(403, str(error), "permission_error")
+    if isinstance(error, ClientGone):
+        return GatewayError(499, "the client closed the connection before the reply was ready", code="client_gone")
     if isinstance(error, Overloaded):
         return GatewayError(503, str(error), "api_error", code="overloaded")
     if isinstance(error, SchedulerClosed | DBAPIError | DatabaseUnreachable):
@@ -221,49 +229,38 @@ def _loop_doorbell() -> Doorbell:
 
 
 class TokenTexts:
-    """The text each token of a choice adds (its pieces join to the choice's text), and a lone
-    token's text for the alternatives."""
+    """The text each token of a choice adds (its pieces join to the choice's text), and what each
+    alternative would have added in its place (so " Paris" and its rival " Rome" both keep the
+    leading space that the chosen token's text has)."""
 
     def __init__(self, host: ModelHost) -> None:
-        self.tokenizer = host.tokenizer
         self.pieces = Detokenizer(host.tokenizer)
         self.offset = 0  # characters of the choice's text so far
 
-    def alternative(self, token: int) -> str:
-        return self.tokenizer.decode([token])
-
     def completion_logprobs(self, event: Token) -> dict[str, Any]:
         """OpenAI's legacy completions ``logprobs`` for the tokens of one event."""
-        tokens, offsets = self._pieces(event.token_ids)
+        walked = self._walk(event.token_ids, [top for _, top in event.logprobs])
         return {
-            "tokens": tokens,
+            "tokens": [piece for piece, _, _ in walked],
             "token_logprobs": [chosen for chosen, _ in event.logprobs],
-            "top_logprobs": [{self.alternative(t): lp for t, lp in top} for _, top in event.logprobs],
-            "text_offset": offsets,
+            "top_logprobs": [dict(alternatives) for _, _, alternatives in walked],
+            "text_offset": [offset for _, offset, _ in walked],
         }
 
     def echoed(self, prompt: Token, with_logprobs: bool) -> tuple[str, dict[str, Any] | None]:
         """The echoed prompt's text (its tokens' pieces, so that offsets count in it) and, if
         asked, its legacy ``logprobs``: the first token has none (nothing comes before it)."""
-        tokens, offsets = self._pieces(prompt.token_ids)
+        scored = [(None, None), *prompt.logprobs] if with_logprobs else [(None, None)] * len(prompt.token_ids)
+        walked = self._walk(prompt.token_ids, [top for _, top in scored])
+        text = "".join(piece for piece, _, _ in walked)
         if not with_logprobs:
-            return "".join(tokens), None
-        scored = [(None, None), *prompt.logprobs]
-        return "".join(tokens), {
-            "tokens": tokens,
+            return text, None
+        return text, {
+            "tokens": [piece for piece, _, _ in walked],
             "token_logprobs": [chosen for chosen, _ in scored],
-            "top_logprobs": [None if top is None else {self.alternative(t): lp for t, lp in top} for _, top in scored],
-            "text_offset": offsets,
+            "top_logprobs": [None if top is None else dict(top) for _, _, top in walked],
+            "text_offset": [offset for _, offset, _ in walked],
         }
-
-    def _pieces(self, ids: tuple[int, ...]) -> tuple[list[str], list[int]]:
-        """Each token's text and where it starts in the choice's text so far."""
-        pieces, offsets = [], []
-        for token in ids:
-            offsets.append(self.offset)
-            pieces.append(self.pieces.add(token))
-            self.offset += len(pieces[-1])
-        return pieces, offsets
 
     def chat_logprobs(self, event: Token) -> list[dict[str, Any]]:
         """OpenAI's chat ``logprobs.content`` entries for the tokens of one event."""
@@ -271,10 +268,52 @@ class TokenTexts:
         def entry(text: str, logprob: float) -> dict[str, Any]:
             return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
+        walked = self._walk(event.token_ids, [top for _, top in event.logprobs])
         return [
-            {**entry(self.pieces.add(token), chosen), "top_logprobs": [entry(self.alternative(t), lp) for t, lp in top]}
-            for token, (chosen, top) in zip(event.token_ids, event.logprobs, strict=True)
+            {**entry(piece, chosen), "top_logprobs": [entry(text, lp) for text, lp in alternatives]}
+            for (piece, _, alternatives), (chosen, _) in zip(walked, event.logprobs, strict=True)
         ]
+
+    def _walk(self, ids: tuple[int, ...], tops: list[Any]) -> list[tuple[str, int, list[tuple[str, float]] | None]]:
+        """For each token: its text, where it starts in the choice's text, and its alternatives'
+        texts at that same place (None where it has no alternatives)."""
+        walked = []
+        for token, top in zip(ids, tops, strict=True):
+            alternatives = None if top is None else [(self.pieces.peek(other), lp) for other, lp in top]
+            piece = self.pieces.add(token)
+            walked.append((piece, self.offset, alternatives))
+            self.offset += len(piece)
+        return walked
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes (413, in OpenAI's shape) before it is parsed:
+    by its Content-Length at once, else as its chunks arrive."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is over {self.limit:,} bytes (the server's max_message_bytes)"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            refusal = GatewayError(413, message, code="request_too_large")
+            await JSONResponse(refusal.body(), status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            arrived = await receive()
+            received += len(arrived.get("body", b""))
+            if received > self.limit:  # a body without a length: refused where it passes the limit
+                raise HTTPException(413, message)
+            return arrived
+
+        await self.app(scope, counted, send)
 
 
 def build_app(
@@ -283,11 +322,14 @@ def build_app(
     metrics: Metrics | None = None,
     insecure: bool = False,
     keys: VerifiedKeys | None = None,
+    max_body_bytes: int = 64 * 1024 * 1024,
 ) -> FastAPI:
     """The gateway's ASGI app over ``hosts`` (read at each request: models loaded later appear).
-    ``keys``: the server's cache of verified API keys (default: a cache of the gateway's own)."""
+    ``keys``: the server's cache of verified API keys (default: a cache of the gateway's own);
+    ``max_body_bytes``: the largest request body accepted (the server passes max_message_bytes)."""
     keys = keys or VerifiedKeys(registry)
     app = FastAPI(title="Scalpel OpenAI-compatible gateway", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     def caller(request: Request) -> str:
         """The calling key's name (every role may generate: reader is the least)."""
@@ -375,9 +417,33 @@ def build_app(
     @app.exception_handler(RequestValidationError)
     def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "body"
-        message = f"{where}: {first.get('msg', 'invalid')}"
+        if first.get("type") == "json_invalid":
+            position = first.get("loc", ("body", "?"))[-1]
+            detail = first.get("ctx", {}).get("error", "not JSON")
+            message = f"the request body is not valid JSON ({detail} at character {position})"
+        elif tuple(first.get("loc", ()))[:2] == ("body", "prompt"):  # a union: pydantic names its first branch
+            message = (
+                "prompt must be a string, a list of strings, a list of token ids (integers from 0 below 2**63) "
+                "or a list of such lists"
+            )
+        else:
+            where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "body"
+            message = f"{where}: {first.get('msg', 'invalid')}"
         return JSONResponse(GatewayError(400, message).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    def routing_error(request: Request, error: HTTPException) -> JSONResponse:
+        """Unknown routes, wrong methods, bodies over the limit: OpenAI's shape, like every refusal."""
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(error.status_code)
+        message = {
+            404: f"no route {request.url.path} (the gateway serves /v1/models, /v1/completions, /v1/chat/completions)",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(error.status_code, str(error.detail))
+        return JSONResponse(
+            GatewayError(error.status_code, message, code=code).body(),
+            status_code=error.status_code,
+            headers=error.headers,
+        )
 
     @app.get("/v1/models")
     def list_models(request: Request) -> Any:
@@ -417,7 +483,7 @@ def build_app(
             reply = _Reply(target, "cmpl", "text_completion", metrics)
             if body.stream:
                 return reply.streamed(choices, body.include_usage, _completion_delta(body), gone)
-            return reply.whole(choices, _completion_choice(body), gone)
+            return reply.whole(choices, _completion_choice(body), gone, request.receive)
 
         return await answered(request, body, run)
 
@@ -434,7 +500,7 @@ def build_app(
                 reply = _Reply(target, "chatcmpl", "chat.completion.chunk", metrics)
                 return reply.streamed(choices, body.include_usage, _chat_delta(body), gone)
             reply = _Reply(target, "chatcmpl", "chat.completion", metrics)
-            return reply.whole(choices, _chat_choice(body), gone)
+            return reply.whole(choices, _chat_choice(body), gone, request.receive)
 
         return await answered(request, body, run)
 
@@ -550,11 +616,15 @@ class _Reply:
             "prompt_tokens_details": {"cached_tokens": sum(end.cached_prompt_tokens for end in ends)},
         }
 
-    async def whole(self, choices: list[_Choice], build: Whole, gone: threading.Event) -> JSONResponse:
-        """One JSON reply once every choice has ended, read on the event loop; if one fails, the
-        others' rows leave at the next step."""
+    async def whole(
+        self, choices: list[_Choice], build: Whole, gone: threading.Event, receive: Receive
+    ) -> JSONResponse:
+        """One JSON reply once every choice has ended, read on the event loop; if one fails, or
+        the client goes away first (``receive`` says ``http.disconnect``), every row leaves at the
+        next step instead of running to its end unread."""
         built, ends = [], []
-        try:
+
+        async def read_all() -> None:
             for choice in choices:  # all joined the batch already: later ones wait in their queues
                 events = [event async for event in choice.events]
                 finished = events[-1]
@@ -563,8 +633,18 @@ class _Reply:
                 self._counted(finished)
                 ends.append(finished)
                 built.append(build(choice, "".join(t.text for t in tokens), tokens, finished))
+
+        reading, watching = asyncio.ensure_future(read_all()), asyncio.ensure_future(_hung_up(receive))
+        try:
+            await asyncio.wait((reading, watching), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():  # the client is gone: nobody will read this reply
+                raise ClientGone()
+            reading.result()  # a choice's failure
         finally:
             gone.set()
+            for task in (reading, watching):
+                task.cancel()
+            await asyncio.gather(reading, watching, return_exceptions=True)
             for choice in choices:
                 await choice.events.aclose()
         body = self._envelope(choices=built, usage=self._usage(choices, ends))
@@ -635,6 +715,12 @@ async def _interleaved(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, T
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def _hung_up(receive: Receive) -> None:
+    """Returns once the client has disconnected (its body was read already: nothing else comes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _sse(payload: dict[str, Any]) -> str:

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Most choices one request may ask for (each is a row in the batch).
 MAX_CHOICES = 8
+#: The integers the engine takes (a seed, a token id): 64-bit, signed.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 #: OpenAI's own bounds on alternatives per token.
 MAX_COMPLETION_LOGPROBS = 5
 MAX_CHAT_TOP_LOGPROBS = 20
@@ -29,7 +32,7 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
@@ -63,7 +66,7 @@ class SamplingFields(BaseModel):
 
 
 #: A token id as a prompt may give it (strict: ``true`` is not token 1, nor "5" token 5).
-TokenId = Annotated[int, Field(strict=True, ge=0)]
+TokenId = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)]
 
 
 class CompletionRequest(SamplingFields):

@@ -34,6 +34,9 @@ from service.registry.unit_of_work import (
     utc_now,
 )
 
+#: The largest version number the database holds (a 32-bit INTEGER column).
+MAX_VERSION_NUMBER = 2**31 - 1
+
 
 class VersionStore(UnitOfWork):
     """Versions (ordered edit lists over the base) and their check status."""
@@ -45,6 +48,8 @@ class VersionStore(UnitOfWork):
             audit.append(session, actor, "version.exported", f"models/{model}/versions/{version}", payload)
 
     def _version_row(self, session: Session, model_id: int, number: int) -> VersionRow:
+        if not 0 <= number <= MAX_VERSION_NUMBER:  # no such row, and the drivers cannot even bind it
+            raise NotFound(f"version {number} does not exist")
         row = session.execute(
             select(VersionRow).where(VersionRow.model_id == model_id, VersionRow.number == number)
         ).scalar_one_or_none()
