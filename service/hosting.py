@@ -44,7 +44,7 @@ MAX_TOKENS_LIMIT = 512
 MAX_PROMPTS = 1024  # per CompareVersions or Score call
 COMPARE_BATCH = 32  # rows per forward in CompareVersions and scoring
 COMPLETE_CHUNK = 8  # greedy completions (checks) joining the running batch at a time
-BACKGROUND_ROWS = 8  # rows per background scoring job: it holds the model between two decode steps
+BACKGROUND_ROWS = 4  # rows per background scoring job: it holds the model between two decode steps
 #: The smallest non-zero temperature: below it softmax(logits / T) overflows to NaN.
 MIN_TEMPERATURE = 1e-3
 MAX_REPETITION_PENALTY = 10.0
