@@ -51,7 +51,8 @@ def append(session: Session, actor: str, action: str, subject: str, payload: dic
     head = lock_head(session)
     keys: AuditKeyring | None = session.info.get(KEYS)
     signing = keys is not None and keys.signer is not None
-    if signing and head.seq:
+    own = keys.own_head(head.seq, head.hash) if signing else None
+    if signing and head.seq and own is None:
         problem = head_trust_problem(session.connection(), keys, head.seq, head.hash)
         if problem:
             raise AuditTampered(f"{problem}: writes are refused until the audit log is restored (VerifyAudit)")
@@ -71,7 +72,7 @@ def append(session: Session, actor: str, action: str, subject: str, payload: dic
     )
     if signing:
         event.key_id, event.signature = keys.sign(seq, digest)
-        chain = digest if seq == 1 else chain_id(session.connection())
+        chain = digest if seq == 1 else (own or chain_id(session.connection()))
         session.info[SIGNED] = (chain, seq, digest)
     session.add(event)
     head.seq, head.hash = seq, digest

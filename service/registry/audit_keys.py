@@ -129,6 +129,14 @@ class AuditKeyring:
     trusted: dict[str, Ed25519PublicKey]
     witness_file: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: (chain, seq, hash) of the last head this process committed: a write on top of it needs no
+    #: look-up (the head is this process's own signed event), only a write after another's does.
+    _committed: tuple[str, int, str] | None = field(default=None, repr=False)
+
+    def own_head(self, seq: int, digest: str) -> str | None:
+        """The chain id if ``seq:digest`` is the head this process last committed, else None."""
+        committed = self._committed
+        return committed[0] if committed is not None and committed[1:] == (seq, digest) else None
 
     @property
     def key_id(self) -> str:
@@ -178,6 +186,7 @@ class AuditKeyring:
     def remember(self, chain: str, seq: int, digest: str) -> None:
         """Record ``seq:digest`` as the newest head of ``chain`` this host committed (never lowers
         it). Runs after the commit: a file that cannot be written is logged, not raised."""
+        self._committed = (chain, seq, digest)
         if self.witness_file is None:
             return
         try:
