@@ -9,17 +9,20 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import openai
 import pytest
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from editors import Steering
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.client import ScalpelClient
 from service.gateway.app import FINISH_REASONS
+from service.hosting import ModelHost
 from service.server import ScalpelServer, ServerConfig
 from tests.scheduler_hold import scheduler_held
 from tests.test_registry import snapshot
@@ -316,28 +319,36 @@ def test_refusals_are_openai_errors_and_change_nothing(gateway, caplog) -> None:
 def test_a_client_that_hangs_up_mid_stream_frees_its_rows(gateway) -> None:
     server, http, _ = gateway
     host = server.hosts["toy"]
-    scheduler = host.scheduler
-
-    def slow(*_: object) -> None:  # until the hold below, each step takes 20 ms: 100 tokens outlast
-        threading.Event().wait(0.02)  # the client's first read by far
-
-    slowed = host.model.register_forward_pre_hook(slow)
+    slowed = host.model.register_forward_pre_hook(_slow)
     stream = http.completions.create(
         model="toy", prompt=PROMPT, max_tokens=100, temperature=0, stream=True, n=2, extra_body={"ignore_eos": True}
     )
     assert next(iter(stream)).choices[0].text
+    _hanging_up_frees(host, slowed, rows=2, hang_up=stream.close)  # both choices still have most tokens to make
+
+
+def _slow(*_: object) -> None:
+    """A forward pre-hook: until it is removed, each step takes 20 ms, so 100 tokens outlast the
+    client's first read (or its hang-up) by far."""
+    threading.Event().wait(0.02)
+
+
+def _hanging_up_frees(host: ModelHost, slowed: RemovableHandle, rows: int, hang_up: Callable[[], None]) -> None:
+    """With ``rows`` rows of one request in flight: ``hang_up`` (the client goes away) drops them
+    all at the next step, unfinished, and counts them cancelled."""
+    scheduler = host.scheduler
     with scheduler_held(host):  # the rows cannot finish meanwhile
         slowed.remove()
-        assert scheduler.requests == 2  # both choices still have most of their 100 tokens to make
+        assert scheduler.requests == rows
         cancelled = scheduler.cancelled
-        stream.close()  # the client goes away
-        for _ in range(400):  # a bounded wait for the mechanism (the hang-up reaching both rows), not a latency bar
-            if scheduler.abandoned == 2:
+        hang_up()
+        for _ in range(400):  # a bounded wait for the mechanism (the hang-up reaching the rows), not a latency bar
+            if scheduler.abandoned == rows:
                 break
             threading.Event().wait(0.05)
-        assert scheduler.abandoned == 2
+        assert scheduler.abandoned == rows
     assert host.forward(lambda: scheduler.requests) == 0  # dropped at the next step, unfinished
-    assert scheduler.cancelled == cancelled + 2
+    assert scheduler.cancelled == cancelled + rows
 
 
 def test_a_refused_choice_takes_the_choices_already_started_with_it(gateway) -> None:
@@ -461,29 +472,13 @@ def test_a_client_that_hangs_up_before_a_whole_reply_frees_its_rows(gateway) -> 
     as a stream does, instead of running to its end unread."""
     server, http, _ = gateway
     host = server.hosts["toy"]
-    scheduler = host.scheduler
-
-    def slow(*_: object) -> None:  # until the hold below, each step takes 20 ms: 100 tokens outlast the hang-up
-        threading.Event().wait(0.02)
-
-    slowed = host.model.register_forward_pre_hook(slow)
+    slowed = host.model.register_forward_pre_hook(_slow)
     body = {"model": "toy", "prompt": PROMPT, "max_tokens": 100, "temperature": 0, "ignore_eos": True}
     connection = _raw_post(server.http_port, "/v1/completions", json.dumps(body).encode(), http.api_key)
     for _ in range(400):  # bounded wait for the mechanism: the row joined the batch
-        if host.forward(lambda: scheduler.requests) == 1:
+        if host.forward(lambda: host.scheduler.requests) == 1:
             break
-    with scheduler_held(host):  # the row cannot finish meanwhile
-        slowed.remove()
-        assert scheduler.requests == 1
-        cancelled = scheduler.cancelled
-        connection.close()  # the client goes away
-        for _ in range(400):
-            if scheduler.abandoned == 1:
-                break
-            threading.Event().wait(0.05)
-        assert scheduler.abandoned == 1
-    assert host.forward(lambda: scheduler.requests) == 0  # dropped at the next step, unfinished
-    assert scheduler.cancelled == cancelled + 1
+    _hanging_up_frees(host, slowed, rows=1, hang_up=connection.close)
 
 
 def test_the_gateways_edges_answer_in_openais_shape_and_never_500(gateway) -> None:
