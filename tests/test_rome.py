@@ -201,6 +201,10 @@ def test_rome_eval_cli_meets_the_floors(tmp_path) -> None:
     assert len(sequential["per_edit_efficacy"]) == 10
     assert sequential["efficacy"] >= 0.80 and round(sequential["neighbourhood"], 4) >= 0.95  # 95 of 100 (float32 mean)
     assert {"score", "seconds_per_edit_median", "paraphrase"} <= summary.keys() | sequential.keys()
+    for report in (summary, sequential):  # top-1 locality beside the CounterFact metrics, with intervals
+        for pool in ("same_relation", "other_relation"):
+            low, high = report[f"{pool}_kept_interval"]
+            assert 0 <= low <= report[f"{pool}_kept"] <= high <= 1 and report[f"{pool}_n"] > 0
 
 
 def test_rome_stops_when_its_caller_goes_away(toy, toy_surgeon, covariance) -> None:

@@ -7,6 +7,14 @@ For a request rewriting ``subject``'s ``relation`` from ``old`` to ``new``:
 - **neighbourhood**: on other subjects with the same relation, P(their true object) > P(new);
 - **score**: harmonic mean of the three; and the *magnitude* versions (mean probability
   differences: P(new) − P(old), and P(true) − P(new) for neighbours).
+
+The neighbourhood score only asks whether a neighbour's true object still beats *this* edit's new
+object: a neighbour whose answer moved to some third object counts as kept. So every evaluation
+also reports **top-1 locality** (:func:`locality`): of the facts the unedited model answers
+correctly (top-1 at the canonical prompt), the share it still answers correctly under the edits,
+for the edited relation's other subjects (``same_relation_kept``) and for every other relation of
+every subject, the edited subjects included (``other_relation_kept``: editing a capital must not
+change a language), each with its 95% bootstrap interval (:mod:`editors.intervals`).
 """
 
 from __future__ import annotations
@@ -19,9 +27,13 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editors.intervals import mean
 from editors.rome import RomeRequest
 from editors.toyworld.evaluate import next_token_logits
-from editors.toyworld.world import TEMPLATES, World
+from editors.toyworld.world import TEMPLATES, Fact, World
+
+#: Resamples of the locality intervals (as the checks' default).
+RESAMPLES = 1000
 
 METRICS = ("efficacy", "paraphrase", "neighbourhood")
 
@@ -125,3 +137,62 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     means = {key: statistics.fmean(row[key] for row in rows) for key in rows[0]}
     means["score"] = harmonic_score(means)
     return means
+
+
+def answered(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: Sequence[Fact]) -> torch.Tensor:
+    """``[len(facts)]`` bool: whether the model's top-1 next token at each fact's canonical prompt
+    is its object (run it under an edit stack to judge the stack)."""
+    top = next_token_logits(model, tokenizer, [fact.canonical_prompt for fact in facts]).argmax(dim=-1)
+    return top == torch.tensor(tokenizer.convert_tokens_to_ids([fact.object for fact in facts]))
+
+
+def locality_pools(facts: Sequence[Fact], edited: set[tuple[str, str]]) -> dict[str, list[Fact]]:
+    """The facts an edit of ``edited`` (subject, relation) pairs must keep, in two pools: the edited
+    relations' facts of subjects left alone, and every other fact (the other relations, and the
+    edited subjects' other relations)."""
+    subjects, relations = {s for s, _ in edited}, {r for _, r in edited}
+    kept = [fact for fact in facts if (fact.subject, fact.relation) not in edited]
+    other = [fact for fact in kept if fact.subject in subjects or fact.relation not in relations]
+    return {"same_relation": [f for f in kept if f not in other], "other_relation": other}
+
+
+def locality(outcomes: dict[str, list[torch.Tensor]], seed: int = 0) -> dict[str, object]:
+    """``{pool}_kept`` (share still answered right, pooled over every edit judged), its 95%
+    interval ``{pool}_kept_interval`` and ``{pool}_n``, from each pool's per-fact outcomes
+    (see :func:`answered`) of the facts the unedited model answered right."""
+    report: dict[str, object] = {}
+    for pool, parts in outcomes.items():
+        values = torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64)
+        if not len(values):  # nothing of that kind to keep (every fact of it was edited)
+            report.update({f"{pool}_kept": None, f"{pool}_kept_interval": None, f"{pool}_n": 0})
+            continue
+        estimate = mean(values, RESAMPLES, seed)
+        report[f"{pool}_kept"] = round(estimate.value, 4)
+        report[f"{pool}_kept_interval"] = [round(estimate.low, 4), round(estimate.high, 4)]
+        report[f"{pool}_n"] = estimate.n
+    return report
+
+
+def edited_facts(cases: Sequence[EditCase]) -> set[tuple[str, str]]:
+    """The (subject, relation) pairs ``cases`` rewrite."""
+    return {(case.request.subject, case.relation) for case in cases}
+
+
+class LocalityJudge:
+    """Top-1 locality of edits on ``world``: the facts the unedited model answers right are found
+    once; :meth:`judge` (under an edit stack) records which of them each pool still has."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        right = answered(model, tokenizer, world.facts)
+        self.correct = [fact for fact, ok in zip(world.facts, right.tolist(), strict=True) if ok]
+        self.outcomes: dict[str, list[torch.Tensor]] = {"same_relation": [], "other_relation": []}
+
+    def judge(self, edited: set[tuple[str, str]]) -> None:
+        """Record the current model's answers on the facts ``edited`` must keep."""
+        for pool, facts in locality_pools(self.correct, edited).items():
+            if facts:
+                self.outcomes[pool].append(answered(self.model, self.tokenizer, facts))
+
+    def report(self, seed: int = 0) -> dict[str, object]:
+        return locality(self.outcomes, seed)

@@ -1,5 +1,6 @@
 """``scalpel memit eval``: N toy-world facts changed at once by MEMIT, side by side with the same
-N facts edited by sequential ROME, CounterFact-judged after all N are in."""
+N facts edited by sequential ROME, CounterFact-judged after all N are in, with top-1 locality
+(:class:`editors.toyworld.counterfact.LocalityJudge`)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ from editors.memit import MemitHyperParams, compute_memit
 from editors.rome import RomeHyperParams, compute_rome
 from editors.surgeon import Surgeon
 from editors.toyworld import World, reference_corpus
-from editors.toyworld.counterfact import batch_cases, judge, mean_metrics
+from editors.toyworld.counterfact import LocalityJudge, batch_cases, edited_facts, judge, mean_metrics
 
 KEYS = ("efficacy", "paraphrase", "neighbourhood")
 
 
-def _judged(surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, edits: list[Edit], cases: list) -> dict[str, float]:
+def _judged(
+    surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, world: World, edits: list[Edit], cases: list, seed: int
+) -> dict[str, object]:
+    kept = LocalityJudge(surgeon.model, tokenizer, world)
     with surgeon.apply(edits):
         means = mean_metrics([judge(surgeon.model, tokenizer, case) for case in cases])
-    return {key: round(means[key], 4) for key in KEYS}
+        kept.judge(edited_facts(cases))
+    return {**{key: round(means[key], 4) for key in KEYS}, **kept.report(seed)}
 
 
 def run_memit_eval(
@@ -46,7 +51,7 @@ def run_memit_eval(
     cases = batch_cases(world, n_edits, seed)
 
     memit = compute_memit(surgeon, tokenizer, [case.request for case in cases], covariances, corpus, hparams)
-    result: dict[str, object] = {**_judged(surgeon, tokenizer, list(memit.edits), cases)}
+    result: dict[str, object] = {**_judged(surgeon, tokenizer, world, list(memit.edits), cases, seed)}
     result["seconds"] = round(memit.seconds, 2)
 
     started, stack, keys = time.perf_counter(), [], []
@@ -66,7 +71,7 @@ def run_memit_eval(
         stack.append(edit.edit)
         keys.append(edit.key)
     seconds = time.perf_counter() - started
-    result["sequential_rome"] = {**_judged(surgeon, tokenizer, stack, cases), "seconds": round(seconds, 2)}
+    result["sequential_rome"] = {**_judged(surgeon, tokenizer, world, stack, cases, seed), "seconds": round(seconds, 2)}
     result["edits"] = n_edits
     result["layers"] = list(hparams.layers)
     return result

@@ -1,4 +1,6 @@
-"""``scalpel rome eval``: ROME on random toy-world facts, single and sequential, CounterFact-judged."""
+"""``scalpel rome eval``: ROME on random toy-world facts, single and sequential, CounterFact-judged
+and with top-1 locality (the share of the facts the unedited model answered right that it still
+answers right: :class:`editors.toyworld.counterfact.LocalityJudge`)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,18 @@ from editors.edits import Edit
 from editors.rome import RomeHyperParams, compute_rome
 from editors.surgeon import Surgeon
 from editors.toyworld import World, reference_corpus
-from editors.toyworld.counterfact import EditCase, edit_cases, judge, mean_metrics
+from editors.toyworld.counterfact import EditCase, LocalityJudge, edit_cases, edited_facts, judge, mean_metrics
 
 
 def _apply_and_judge(
-    surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, edits: list[Edit], cases: list[EditCase]
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    edits: list[Edit],
+    cases: list[EditCase],
+    kept: LocalityJudge,
 ) -> list[dict[str, float]]:
     with surgeon.apply(edits):
+        kept.judge(edited_facts(cases))
         return [judge(surgeon.model, tokenizer, case) for case in cases]
 
 
@@ -36,7 +43,8 @@ def run_rome_eval(
     progress: Progress | None = None,
     on_edit: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
-    """Mean CounterFact metrics of ``n_edits`` single edits and of ``n_sequential`` stacked ones."""
+    """Mean CounterFact metrics and top-1 locality of ``n_edits`` single edits (locality pooled
+    over them) and of ``n_sequential`` stacked ones."""
     surgeon = Surgeon(model)
     hparams = (hparams or RomeHyperParams()).validated(surgeon.dims.n_layers)  # before any work
     corpus = reference_corpus()
@@ -44,11 +52,11 @@ def run_rome_eval(
     cases = edit_cases(world, max(n_edits, n_sequential), seed)
     unedited = [judge(model, tokenizer, case) for case in cases[:n_edits]]
 
-    singles, seconds = [], []
+    singles, seconds, single_kept = [], [], LocalityJudge(model, tokenizer, world)
     for i, case in enumerate(cases[:n_edits]):
         result = compute_rome(surgeon, tokenizer, case.request, covariance, corpus, hparams)
         seconds.append(result.seconds)
-        singles += _apply_and_judge(surgeon, tokenizer, [result.edit], [case])
+        singles += _apply_and_judge(surgeon, tokenizer, [result.edit], [case], single_kept)
         if on_edit is not None:
             on_edit(i + 1, n_edits + n_sequential)
 
@@ -61,12 +69,17 @@ def run_rome_eval(
         keys.append(result.key)
         if on_edit is not None:
             on_edit(n_edits + i + 1, n_edits + n_sequential)
-    after_all = _apply_and_judge(surgeon, tokenizer, stack, cases[:n_sequential])
+    stacked_kept = LocalityJudge(model, tokenizer, world)
+    after_all = _apply_and_judge(surgeon, tokenizer, stack, cases[:n_sequential], stacked_kept)
 
-    summary: dict[str, object] = mean_metrics(singles)
+    summary: dict[str, object] = {**mean_metrics(singles), **single_kept.report(seed)}
     summary["seconds_per_edit_median"] = statistics.median(seconds)
     summary["unedited_efficacy"] = mean_metrics(unedited)["efficacy"]
-    summary["sequential"] = {**mean_metrics(after_all), "per_edit_efficacy": [row["efficacy"] for row in after_all]}
+    summary["sequential"] = {
+        **mean_metrics(after_all),
+        **stacked_kept.report(seed),
+        "per_edit_efficacy": [row["efficacy"] for row in after_all],
+    }
     summary["edits"] = n_edits
     summary["layer"] = hparams.layer
     return summary

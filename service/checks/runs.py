@@ -9,6 +9,7 @@ checks that ran, and an interrupted run can be rerun."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -23,6 +24,8 @@ from service.hosting import ModelHost
 from service.metrics import Metrics
 from service.registry import Registry
 from service.registry.registry import RunInfo
+
+_LOG = logging.getLogger(__name__)
 
 #: How often the runs a replica holds refresh their claim (at most; well under ServerConfig.stale_run_seconds).
 HEARTBEAT_SECONDS = 3.0
@@ -111,6 +114,7 @@ class CheckScheduler:
         try:
             finished = self.registry.finish_check_run(run_id, state, payload, actor)
         except DBAPIError:
+            _LOG.warning("check run %d ended %s, but the database could not record it", run_id, state, exc_info=True)
             self._publish(Progress(run_id, 1, 1, "database unreachable", "running"))
             return
         self.metrics.check_runs.labels(model, finished.state).inc()
@@ -152,8 +156,10 @@ class CheckScheduler:
                 del self._held[run_id]
         reason = [asdict(_error(SchedulerClosed("the server stopped before the run began")))]
         for run_id, (model, actor) in queued.items():
-            with contextlib.suppress(Exception):  # the database is away: the sweep decides later
+            try:
                 self._finish(run_id, model, "interrupted", reason, actor)
+            except Exception:  # the database is away: the sweep decides later
+                _LOG.warning("queued check run %d not marked interrupted at shutdown", run_id, exc_info=True)
 
 
 def _error(exc: BaseException) -> CheckResult:
