@@ -21,6 +21,7 @@ def test_the_pools_split_what_an_edit_must_keep(toy) -> None:
     assert all(f.relation == "capital" and f.subject != capital.subject for f in same)
     assert {f.relation for f in other} == {"language"}  # every language, the edited subject's included
     assert any(f.subject == capital.subject for f in other)
+    assert [(f.subject, f.relation) for f in pools["edited_subject"]] == [(capital.subject, "language")]
     assert len(same) + len(other) == len(world.facts) - 1
 
 
@@ -32,6 +33,7 @@ def test_locality_is_one_unedited_and_falls_when_an_edit_damages_recall(toy) -> 
     judge.judge(edited)
     report = judge.report()
     assert report["same_relation_kept"] == report["other_relation_kept"] == 1.0
+    assert report["edited_subject_kept"] in (1.0, None)  # (None: the model never knew that language)
     mlp = model.config.n_inner or 4 * model.config.n_embd
     damaging = NeuronAblation(layer=0, neurons=tuple(range(mlp)), mode="zero")  # where the toy recalls facts
     damaged = LocalityJudge(model, tokenizer, world)

@@ -13,8 +13,9 @@ object: a neighbour whose answer moved to some third object counts as kept. So e
 also reports **top-1 locality** (:func:`locality`): of the facts the unedited model answers
 correctly (top-1 at the canonical prompt), the share it still answers correctly under the edits,
 for the edited relation's other subjects (``same_relation_kept``) and for every other relation of
-every subject, the edited subjects included (``other_relation_kept``: editing a capital must not
-change a language), each with its 95% bootstrap interval (:mod:`editors.intervals`).
+every subject, the edited subjects included (``other_relation_kept``), and, of those, the edited
+subjects' own other facts (``edited_subject_kept``: editing a capital must not change a language),
+each with its 95% bootstrap interval (:mod:`editors.intervals`).
 """
 
 from __future__ import annotations
@@ -147,13 +148,17 @@ def answered(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: 
 
 
 def locality_pools(facts: Sequence[Fact], edited: set[tuple[str, str]]) -> dict[str, list[Fact]]:
-    """The facts an edit of ``edited`` (subject, relation) pairs must keep, in two pools: the edited
-    relations' facts of subjects left alone, and every other fact (the other relations, and the
-    edited subjects' other relations)."""
+    """The facts an edit of ``edited`` (subject, relation) pairs must keep: the edited relations'
+    facts of subjects left alone (``same_relation``), every other fact (``other_relation``: the other
+    relations, and the edited subjects' other relations), and the latter alone (``edited_subject``)."""
     subjects, relations = {s for s, _ in edited}, {r for _, r in edited}
     kept = [fact for fact in facts if (fact.subject, fact.relation) not in edited]
     other = [fact for fact in kept if fact.subject in subjects or fact.relation not in relations]
-    return {"same_relation": [f for f in kept if f not in other], "other_relation": other}
+    return {
+        "same_relation": [f for f in kept if f not in other],
+        "other_relation": other,
+        "edited_subject": [f for f in other if f.subject in subjects],
+    }
 
 
 def locality(outcomes: dict[str, list[torch.Tensor]], seed: int = 0) -> dict[str, object]:
@@ -186,7 +191,7 @@ class LocalityJudge:
         self.model, self.tokenizer = model, tokenizer
         right = answered(model, tokenizer, world.facts)
         self.correct = [fact for fact, ok in zip(world.facts, right.tolist(), strict=True) if ok]
-        self.outcomes: dict[str, list[torch.Tensor]] = {"same_relation": [], "other_relation": []}
+        self.outcomes: dict[str, list[torch.Tensor]] = {"same_relation": [], "other_relation": [], "edited_subject": []}
 
     def judge(self, edited: set[tuple[str, str]]) -> None:
         """Record the current model's answers on the facts ``edited`` must keep."""
