@@ -103,6 +103,15 @@ class AliasCache:
             self._refused.pop(key, None)
         return True
 
+    def _drop(self, key: tuple[str, str], as_of: int) -> bool:
+        """Forget ``key``, deleted in the database, unless the entry is fresher than ``as_of``
+        (caller holds the lock); True if it had a version (its gauge goes)."""
+        if self._as_of.get(key, 0) > as_of:
+            return False
+        self._as_of.pop(key, None)
+        self._refused.pop(key, None)
+        return self._versions.pop(key, None) is not None
+
     @property
     def healthy(self) -> bool:
         return time.monotonic() - self.last_contact < self.unhealthy_after
@@ -121,11 +130,8 @@ class AliasCache:
                 if key in versions:
                     if self._record(key, versions[key], refused[key], as_of):
                         learned.append((key, versions[key]))
-                elif self._as_of.get(key, 0) <= as_of:  # deleted through another replica
-                    if self._versions.pop(key, None) is not None:
-                        gone.append(key)
-                    self._as_of.pop(key, None)
-                    self._refused.pop(key, None)
+                elif self._drop(key, as_of):  # deleted through another replica
+                    gone.append(key)
         for (model, alias), version in learned:
             self.observe(model, alias, version)
         for model, alias in gone:
@@ -141,10 +147,7 @@ class AliasCache:
             version = self.registry.get_alias(model, alias).version
         except NotFound:
             with self._lock:
-                dropped = self._as_of.get(key, 0) <= as_of and self._versions.pop(key, None) is not None
-                if self._as_of.get(key, 0) <= as_of:
-                    self._as_of.pop(key, None)
-                    self._refused.pop(key, None)
+                dropped = self._drop(key, as_of)
             if dropped:
                 self.forgotten(model, alias)
             if missing_raises:

@@ -140,8 +140,8 @@ def verify(
     expect_head: tuple[int, str] | None = None,
 ) -> VerifyResult:
     """Recompute every event's hash and link; report the first broken one. Then, in this order: a
-    pinned head (``expect_head``) must still be in the log; with ``keys``, the head must carry a
-    trusted signature, and the log must still hold the newest head this host signed (its witness)."""
+    pinned head (``expect_head``) must still be in the log; with ``keys``, so must the newest head
+    this host signed (its witness), and the head must carry a trusted signature."""
     witness = keys.witness(chain_id(connection)) if keys is not None else None
     kept = {head[0] for head in (expect_head, witness) if head}
     chain = _verify_chain(connection, batch, kept)
