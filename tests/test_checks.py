@@ -15,10 +15,11 @@ import torch
 
 from editors import HeadAblation, LowRank, Steering, Surgeon
 from editors.covariance import key_covariance
+from editors.memit import MemitHyperParams, compute_memit
 from editors.rome import compute_rome
 from editors.steering import derive_steering
 from editors.toyworld import TOY_MODEL_DIR, reference_corpus
-from editors.toyworld.counterfact import edit_cases
+from editors.toyworld.counterfact import batch_cases, edit_cases
 from editors.toyworld.evaluate import induction_sequences, sentiment_pairs
 from editors.toyworld.world import TEMPLATES
 from service.checks import KINDS, CheckRunner, Suite, default_toy_suite
@@ -43,17 +44,21 @@ def host(tmp_path_factory) -> ModelHost:
 @pytest.fixture(scope="module")
 def edits(host, toy) -> dict[str, list]:
     """A good fact edit, a fact edit that claims a target it does not produce, the same edit at an
-    absurd strength, an induction-head ablation, a derived steering vector and one at scale 1000."""
+    absurd strength, a MEMIT batch of four capitals (its two layer edits), an induction-head
+    ablation, a derived steering vector and one at scale 1000."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
     case = edit_cases(world, 1, seed=4)[0]
     covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
     rome = compute_rome(surgeon, tokenizer, case.request, covariance, reference_corpus()).edit
+    batch = [c.request for c in batch_cases(world, 4, seed=4)]
+    memit = compute_memit(surgeon, tokenizer, batch, {0: covariance}, reference_corpus(), MemitHyperParams())
     steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2)
     return {
         "rome": [rome],
         "hollow rome": [LowRank(site=rome.site, U=torch.zeros_like(rome.U), V=rome.V, provenance=rome.provenance)],
         "absurd rome": [LowRank(site=rome.site, U=rome.U * 40, V=rome.V, provenance=rome.provenance)],
+        "memit": list(memit.edits),
         "induction ablation": [HeadAblation(layer=1, heads=(0,))],
         "steering": [steer],
         "huge steering": [Steering(site=steer.site, vector=steer.vector, scale=1000.0)],
@@ -219,11 +224,31 @@ def test_edit_intent_and_locality_are_derived_from_the_versions_own_edits(host, 
     portability = _run(host, ported, versions["hollow rome"])["edit_intent"]
     assert portability.n == 1 and not portability.passed and portability.worst[0]["case"] == "portability"
     nothing = _run(host, spec, versions["induction ablation"])
-    assert (
-        nothing["edit_intent"].passed
-        and nothing["edit_intent"].n == 0
-        and "claim nothing" in nothing["edit_intent"].reason
-    )
+    assert all(not r.applicable and r.passed and r.n == 0 for r in nothing.values())  # n/a, not a failure
+    assert "not applicable" in nothing["edit_intent"].reason and "claim nothing" in nothing["edit_intent"].reason
+
+
+def test_a_memit_batch_is_judged_fact_by_fact_and_fact_recall_expects_its_new_answers(host, toy, edits, versions):
+    """The gate reads each request of a MEMIT batch: intent per fact (4 capitals x 6 phrasings),
+    locality around each (its subject's language always among the neighbours), and the shipped
+    fact-recall task expecting the new capitals, not counting them as regressions."""
+    suite = default_toy_suite(toy[2], reference_corpus())
+    by_name = {check.get("name", check["kind"]): check for check in suite["checks"]}
+    spec = {**suite, "checks": [by_name[name] for name in ("edit_intent", "edit_locality", "fact_recall")]}
+    results = _run(host, spec, versions["memit"])
+    requests = edits["memit"][0].provenance["requests"]
+    intent, locality, recall = (results[name] for name in ("edit_intent", "edit_locality", "fact_recall"))
+    assert intent.applicable and intent.n == 4 and intent.passed  # efficacy only in the default suite
+    assert locality.applicable and locality.n == 4 * 40
+    shipped = (TOY_MODEL_DIR / "task_fact_recall.jsonl").read_text().splitlines()
+    assert recall.n == len(shipped)  # every item judged, none left out
+    assert not any(row.get("edited_fact") for row in recall.worst)  # the new capitals count as answers
+    hollow = [LowRank(site=e.site, U=torch.zeros_like(e.U), V=e.V, provenance=e.provenance) for e in edits["memit"]]
+    ids = [host.registry.create_edit("toy", edit, "test").id for edit in hollow]
+    claims = _run(host, spec, host.registry.create_version("toy", 0, "test", append=ids).number)
+    assert not claims["edit_intent"].passed and claims["edit_intent"].metric == 0.0
+    missed = {row["prompt"] for row in claims["fact_recall"].worst if row.get("edited_fact")}
+    assert missed == {f"The capital of {r['subject']} is" for r in requests}  # expected their new answers
 
 
 def test_a_reference_alias_that_never_passed_is_replaced_by_the_last_version_that_did(host, versions) -> None:
@@ -417,6 +442,11 @@ def test_a_run_report_is_one_page_whose_numbers_are_the_runs(served, tmp_path) -
     assert cells.estimates == {r.name: r.metric for r in run.results if r.rule != "error"}
     assert html.count('class="fail"') == sum(not r.passed for r in run.results) and "<svg" in html
     assert f"<code>{huge.kind}</code>" in html and huge.spec_sha256[:16] in html  # the version's edits
+    # a steering vector without pairs gives the edit-aware checks nothing to judge: n/a, and said so
+    unjudged = sum(r.not_applicable for r in run.results)
+    assert unjudged >= 2 and html.count('class="na">n/a<') == unjudged and 'id="edit-aware"' in html
+    text = subprocess.run([*command[:4], "get", str(run.id)], env=env, capture_output=True, text=True).stdout
+    assert text.count("\n  n/a  ") == unjudged and "no edit-aware check had anything to judge" in text
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium): the page was checked by parsing only")
     dom = subprocess.run(

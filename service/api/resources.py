@@ -134,6 +134,7 @@ def run_pb(info: RunInfo) -> pb.CheckRun:
             passed=bool(r.get("passed")),
             reason=r.get("reason", r.get("error", "")),
             reference=r.get("reference", ""),
+            not_applicable=not r.get("applicable", True),
             worst_json=json.dumps(r.get("worst", [])),
         )
         for r in info.results

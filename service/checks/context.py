@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from editors import Edit
+from service.checks.edit_facts import fact_edits
 from service.defaults import LOGIT_BUDGET
 from service.registry import InvalidArgument, NotFound, Registry
 
@@ -136,10 +137,5 @@ class CheckContext:
         return self.host.complete(version, prompts, max_tokens)
 
     def targeted_subjects(self) -> set[str]:
-        """Subjects the candidate's fact edits rewrite: texts about them are meant to change."""
-        subjects = set()
-        for edit in self.edits:
-            request = (getattr(edit, "provenance", None) or {}).get("request") or {}
-            if isinstance(request.get("subject"), str):
-                subjects.add(request["subject"])
-        return subjects
+        """Subjects the candidate's fact edits (ROME or MEMIT) rewrite: texts about them are meant to change."""
+        return {fact.subject for fact in fact_edits(self.edits)}

@@ -30,11 +30,17 @@ class CheckResult:
     reason: str
     reference: str = ""
     worst: list[dict[str, Any]] = field(default_factory=list)
+    #: False when the version gave the check nothing to measure (n = 0): neither a pass nor a
+    #: failure; it does not block the gate, and reports show it as not applicable, never as ok
+    applicable: bool = True
 
 
 def nothing_to_check(name: str, kind: str, reason: str) -> CheckResult:
-    """A pass with n = 0: the version gives this check nothing to measure, and ``reason`` says why."""
-    return CheckResult(name, kind, 1.0, 1.0, 1.0, 0, 0.0, ">=", "estimate", True, reason)
+    """Not applicable (n = 0): the version gives this check nothing to measure, and ``reason`` says
+    why. It does not block the gate (``passed``), and says it measured nothing (``applicable``)."""
+    return CheckResult(
+        name, kind, 0.0, 0.0, 0.0, 0, 0.0, ">=", "estimate", True, f"not applicable: {reason}", applicable=False
+    )
 
 
 def judge(

@@ -25,10 +25,34 @@ h1 { font-size: 1.5em; margin-bottom: .2em; } .verdict { font-weight: 600; paddi
 table { border-collapse: collapse; width: 100%; margin: .8em 0 1.4em; }
 th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #e3e3e6; vertical-align: top; }
 th { background: #f5f5f7; font-weight: 600; } td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
-.ok { color: #14522a; font-weight: 600; } .fail { color: #a1150d; font-weight: 600; }
+.ok { color: #14522a; font-weight: 600; } .na { color: #666; font-weight: 600; }
+.fail { color: #a1150d; font-weight: 600; }
 .reason { color: #444; font-size: .92em; } .examples td { font-size: .9em; }
 code { font-size: .9em; } svg text { font: 10px system-ui, sans-serif; fill: #555; }
 """
+
+
+#: The check kinds that judge a version's own edits; when none had anything to judge, reports say so.
+EDIT_AWARE_KINDS = ("edit_intent", "edit_locality")
+
+
+def verdict_word(result: pb.CheckResult) -> str:
+    """``ok``, ``FAIL`` or ``n/a`` (the version gave the check nothing to measure)."""
+    if result.not_applicable:
+        return "n/a"
+    return "ok" if result.passed else "FAIL"
+
+
+def edit_aware_note(run: pb.CheckRun) -> str | None:
+    """A sentence when every edit-aware check of the run was not applicable: the verdict then rests
+    on the generic checks alone, and a reader must not take it for evidence about the edits."""
+    aware = [r for r in run.results if r.kind in EDIT_AWARE_KINDS]
+    if aware and all(r.not_applicable for r in aware):
+        return (
+            "no edit-aware check had anything to judge (the version's edits carry no fact request, "
+            "stated intent or steering pairs): the verdict rests on the generic checks alone"
+        )
+    return None
 
 
 def _number(value: float) -> str:
@@ -76,13 +100,14 @@ def _examples(rows: list[dict[str, Any]]) -> str:
 def render_html(run: pb.CheckRun, edits: list[pb.Edit]) -> str:
     rows, details = [], []
     for result in run.results:
-        mark = '<span class="ok">ok</span>' if result.passed else '<span class="fail">FAIL</span>'
-        measured = result.rule != "error" and math.isfinite(result.metric)
+        word = verdict_word(result)
+        mark = f'<span class="{"fail" if word == "FAIL" else "ok" if word == "ok" else "na"}">{word}</span>'
+        measured = result.rule != "error" and not result.not_applicable and math.isfinite(result.metric)
         rows.append(
             f'<tr data-check="{escape(result.name)}"><td>{mark}</td><td><b>{escape(result.name)}</b><br>'
             f"<code>{escape(result.kind)}</code></td>"
             f'<td class="num" data-estimate="{result.metric!r}">{_number(result.metric) if measured else "–"}</td>'
-            f'<td class="num">[{_number(result.ci_low)}, {_number(result.ci_high)}]</td>'
+            f'<td class="num">{f"[{_number(result.ci_low)}, {_number(result.ci_high)}]" if measured else "–"}</td>'
             f'<td class="num">{result.n}</td>'
             f'<td class="num">{escape(result.comparison)} {_number(result.threshold)}<br>{escape(result.rule)}</td>'
             f"<td>{interval_plot(result) if measured and result.n else ''}</td>"
@@ -102,6 +127,8 @@ def render_html(run: pb.CheckRun, edits: list[pb.Edit]) -> str:
         if edits
         else "<p>No edits: this is the base.</p>"
     )
+    note = edit_aware_note(run)
+    note_html = f'<p class="reason" id="edit-aware">{escape(note)}</p>' if note else ""
     started = run.start_time.ToDatetime().isoformat(timespec="seconds") if run.HasField("start_time") else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -109,7 +136,9 @@ def render_html(run: pb.CheckRun, edits: list[pb.Edit]) -> str:
         f"<h1>Check run {run.id} of <code>{escape(run.version)}</code></h1>"
         f'<p><span class="verdict {escape(run.state)}" id="verdict">{escape(run.state.upper())}</span> '
         f"· suite <code>{escape(run.suite_sha256[:16])}</code> · started {escape(started)} · "
-        f"{sum(not r.passed for r in run.results)} of {len(run.results)} checks failed</p>"
+        f"{sum(not r.passed for r in run.results)} of {len(run.results)} checks failed, "
+        f"{sum(r.not_applicable for r in run.results)} not applicable</p>"
+        f"{note_html}"
         "<h2>Checks</h2><table><tr><th></th><th>check</th><th>estimate</th><th>95% interval</th><th>n</th>"
         f"<th>threshold, rule</th><th>interval vs threshold</th><th>why</th></tr>{''.join(rows)}</table>"
         f"{''.join(details)}<h2>Edits of the version</h2>{edits_table}</body></html>"

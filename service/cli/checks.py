@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.cli.check_report import edit_aware_note, verdict_word
 
 SHOWN_EXAMPLES = 3
 
@@ -28,8 +29,8 @@ def format_run(run: pb.CheckRun) -> str:
     lines = [f"run {run.id} of {run.version} (suite {run.suite_sha256[:12]}): {run.state.upper()}"]
     width = max((len(r.name) for r in run.results), default=4)
     for result in run.results:
-        mark = "ok  " if result.passed else "FAIL"
-        if result.rule == "error":
+        mark = f"{verdict_word(result):<4}"
+        if result.rule == "error" or result.not_applicable:
             lines.append(f"  {mark} {result.name:<{width}}  {result.reason}")
             continue
         interval = f"{result.metric:.4g} [{result.ci_low:.4g}, {result.ci_high:.4g}] n={result.n}"
@@ -42,7 +43,8 @@ def format_run(run: pb.CheckRun) -> str:
                 lines.append(f"       against: {result.reference}")
             for example in json.loads(result.worst_json or "[]")[:SHOWN_EXAMPLES]:
                 lines.append("       - " + "; ".join(f"{k}: {v}" for k, v in example.items()))
-    return "\n".join(lines)
+    note = edit_aware_note(run)
+    return "\n".join(lines + ([f"  note: {note}"] if note else []))
 
 
 def inline_item_files(spec: Any, base: Path) -> Any:

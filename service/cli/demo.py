@@ -15,6 +15,7 @@ from tqdm import tqdm
 from editors.toyworld import load_toy_model
 from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.cli.check_report import verdict_word
 from service.client import ScalpelClient
 from service.db.engine import database_url
 from service.db.migrate import upgrade
@@ -49,7 +50,7 @@ def run_checks(client: ScalpelClient, version: int) -> pb.CheckRun:
     bar.close()
     expect(final is not None, "the check-run stream ended without the finished run")
     for result in final.results:
-        mark = "ok  " if result.passed else "FAIL"
+        mark = f"{verdict_word(result):<4}"
         interval = f"{result.metric:.4f} [{result.ci_low:.4f}, {result.ci_high:.4f}]"
         print(f"  {mark} {result.name:<20} {interval:<26} {result.comparison} {result.threshold:<5g} ({result.rule})")
     return final

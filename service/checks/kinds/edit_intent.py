@@ -15,7 +15,8 @@ Params: ``include`` (which of ``efficacy``, ``generalisation``, ``portability``,
 ``steering`` to count;
 default all: list the kind twice to hold generalisation to a lower bar), ``steering_pairs``,
 ``steering_margin``, ``max_tokens`` (default 4), ``min_pass_rate`` (default 1.0, rule
-``estimate``). A version whose edits claim nothing of what is included passes with n = 0.
+``estimate``). A version whose edits claim nothing of what is included has nothing to check (not
+applicable). A MEMIT batch counts each of its requests as a fact edit.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 import torch
 
 from service.checks.context import CheckContext
+from service.checks.edit_facts import fact_edits, relation_of
 from service.checks.expect import EXPECTATIONS, meets, parse_expectation
-from service.checks.kinds.edit_facts import fact_edits, relation_of
 from service.checks.params import Params, item_text
 from service.checks.result import CheckResult, judge, nothing_to_check
 from service.checks.stats import mean

@@ -1,11 +1,13 @@
 """``edit_locality``: a fact edit changes its fact and nothing near it. Generated from each fact
 edit's own request: the same relation for other subjects (the suite's ``subjects``) and the
-other relations of the same subject (the suite's ``relations``), each prompt's greedy
+other relations of the same subject (the suite's ``relations``) that no edit of the version
+rewrites (always included: editing a capital must not change a language), each prompt's greedy
 continuation compared with the reference version's on the same prompt.
 
 Params: ``against`` (default the suite's ``reference``), ``max_neighbours`` per edit (default 40,
 drawn with the suite's seed), ``max_tokens`` (default 2), ``min_unchanged`` (default 0.95, rule
-``estimate``). A version without fact edits passes with n = 0.
+``estimate``). A version without fact edits has nothing to check (not applicable). A MEMIT batch
+counts each of its requests as a fact edit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from service.checks.context import CheckContext
-from service.checks.kinds.edit_facts import fact_edits, relation_of
+from service.checks.edit_facts import fact_edits, relation_of
 from service.checks.params import Params
 from service.checks.result import CheckResult, judge, nothing_to_check
 from service.checks.stats import mean
@@ -54,15 +56,19 @@ def parse(params: Params, suite: SuiteBasics) -> Config:
 def neighbours(context: CheckContext, config: Config) -> list[tuple[str, str]]:
     """(kind of neighbour, prompt) for every fact edit: same relation, other subjects; same
     subject, other relations. Subjects another edit of the version rewrites are left out."""
-    edited = context.targeted_subjects()
+    facts = fact_edits(context.edits)
+    edited = {fact.subject for fact in facts}
+    rewritten = {(fact.subject, relation_of(fact.template, config.relations)) for fact in facts}
     rng = random.Random(context.seed)
     found: list[tuple[str, str]] = []
-    for fact in fact_edits(context.edits):
-        group = relation_of(fact.template, config.relations)
+    for fact in facts:
         others = [s for s in config.subjects if s not in edited]
+        own = [
+            ("same subject", g[0].format(fact.subject)) for g in config.relations if (fact.subject, g) not in rewritten
+        ]
+        own = own[: config.max_neighbours]  # the edited subject's other facts always count
         near = [("same relation", fact.template.format(s)) for s in others]
-        near += [("same subject", g[0].format(fact.subject)) for g in config.relations if g is not group]
-        found += rng.sample(near, min(len(near), config.max_neighbours))
+        found += own + rng.sample(near, min(len(near), config.max_neighbours - len(own)))
     return found
 
 

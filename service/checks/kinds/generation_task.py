@@ -3,8 +3,14 @@
 Params: ``items`` (``[{prompt, starts_with | contains | not_contains}]``) or ``shipped: NAME`` (the
 model's ``task_NAME.jsonl``); ``max_tokens`` (default 8); either ``min_pass_rate`` (default 1.0,
 rule ``estimate``) or ``max_drop`` of the pass rate against ``against`` (paired, rule ``lenient``:
-fail when the drop is significantly larger); ``skip_edited_subjects`` (default true: items about a
-subject the version's fact edits rewrite are left out, since changing them is the point).
+fail when the drop is significantly larger); ``skip_edited_subjects`` (default false).
+
+Items about a subject the version's fact edits (ROME, MEMIT) rewrite: an item asking an edited fact
+(its prompt or a phrasing of its relation, from the suite's ``relations``) expects the edit's new
+target under ``min_pass_rate`` (a ``max_drop`` comparison leaves it out: the reference cannot know
+it); an item asking another relation of that subject is judged as written (a capital edit must
+keep the language); an item no relation places is left out. ``skip_edited_subjects: true`` leaves
+out every item about an edited subject instead.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 import torch
 
 from service.checks.context import CheckContext
+from service.checks.edit_facts import edited_answer, fact_edits
 from service.checks.expect import meets, prompted_items
 from service.checks.params import Params
 from service.checks.result import CheckResult, judge
@@ -35,6 +42,7 @@ class Config:
     against: str
     rule: str
     skip_edited_subjects: bool
+    relations: tuple[tuple[str, ...], ...]
 
 
 def parse(params: Params, suite: SuiteBasics) -> Config:
@@ -48,14 +56,28 @@ def parse(params: Params, suite: SuiteBasics) -> Config:
         min_pass_rate = 1.0
     against = params.text("against", suite.reference) or suite.reference
     rule = params.rule("estimate" if max_drop is None else "lenient")
-    skip = params.flag("skip_edited_subjects", True)
+    skip = params.flag("skip_edited_subjects", False)
     params.done()
-    return Config(tuple(items), source, max_tokens, min_pass_rate, max_drop, against, rule, skip)
+    return Config(tuple(items), source, max_tokens, min_pass_rate, max_drop, against, rule, skip, suite.relations)
+
+
+def judged_items(context: CheckContext, config: Config) -> list[dict[str, Any]]:
+    """The items as the version's fact edits mean them to be answered (see the module docstring)."""
+    if config.skip_edited_subjects:
+        skip = context.targeted_subjects()
+        return [item for item in config.items if not any(subject in item["prompt"] for subject in skip)]
+    facts, items = fact_edits(context.edits), []
+    for item in config.items:
+        answer = edited_answer(item["prompt"], facts, config.relations)
+        if answer is None:
+            items.append(item)
+        elif answer and config.max_drop is None:
+            items.append({"prompt": item["prompt"], "starts_with": answer, "edited_fact": True})
+    return items
 
 
 def run(context: CheckContext, name: str, config: Config) -> CheckResult:
-    skip = context.targeted_subjects() if config.skip_edited_subjects else set()
-    items = [item for item in config.items if not any(subject in item["prompt"] for subject in skip)]
+    items = judged_items(context, config)
     prompts = [item["prompt"] for item in items]
     produced = context.complete(context.version, prompts, config.max_tokens)
     passed = torch.tensor([meets(text, item) for text, item in zip(produced, items, strict=True)], dtype=torch.float64)

@@ -827,7 +827,7 @@ class SetSuiteRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
 
 class CheckResult(_message.Message):
-    __slots__ = ("name", "metric", "threshold", "comparison", "passed", "worst_json", "kind", "ci_low", "ci_high", "n", "rule", "reason", "reference")
+    __slots__ = ("name", "metric", "threshold", "comparison", "passed", "worst_json", "kind", "ci_low", "ci_high", "n", "rule", "reason", "reference", "not_applicable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -841,6 +841,7 @@ class CheckResult(_message.Message):
     RULE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    NOT_APPLICABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     metric: float
     threshold: float
@@ -854,7 +855,8 @@ class CheckResult(_message.Message):
     rule: str
     reason: str
     reference: str
-    def __init__(self, name: _Optional[str] = ..., metric: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ..., worst_json: _Optional[str] = ..., kind: _Optional[str] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., n: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
+    not_applicable: bool
+    def __init__(self, name: _Optional[str] = ..., metric: _Optional[float] = ..., threshold: _Optional[float] = ..., comparison: _Optional[str] = ..., passed: _Optional[bool] = ..., worst_json: _Optional[str] = ..., kind: _Optional[str] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., n: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., reference: _Optional[str] = ..., not_applicable: _Optional[bool] = ...) -> None: ...
 
 class CheckRun(_message.Message):
     __slots__ = ("id", "version", "suite_sha256", "state", "results", "start_time", "finish_time")
