@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from editors.covariance import KeyCovariance
 from editors.edits import Edit, LowRank
 from editors.errors import InvalidEditError
+from editors.null_space import check_null_space, null_space_projector, projected_keys
 from editors.rome import RewriteRows, RomeRequest, check_value_fields, optimise_value, validate_request
 from editors.surgeon import Surgeon
 from editors.validation import check_int
@@ -61,6 +62,33 @@ class MemitHyperParams:
     clamp_radius: str = "prefixed"
     prompt_key: bool = True
     essence_key: bool = True
+    #: prompts whose next-token distribution for each subject must stay (see RomeHyperParams)
+    keep_prompts: tuple[str, ...] = ()
+    keep_factor: float = 1.0
+    #: > 0: the null-space formulation (:mod:`editors.null_space`, AlphaEdit) with this eigenvalue
+    #: threshold (relative to the largest) in place of ``covariance_weight``; 0: MEMIT's own
+    null_space: float = 0.0
+    null_space_ridge: float = 1.0
+
+    @classmethod
+    def reference(cls, **overrides: Any) -> MemitHyperParams:
+        """The reference code's formulation (kmeng01/memit) through our switches: one key per
+        request (the prefix-averaged one), KL(edited ‖ unedited) on "{} is a", linear weight decay
+        0.5, the clamp's radius from the prompt alone, no early stop. λ is 1,500: ours with these
+        switches read, on 20 toy capitals, the efficacy the reference code itself read (0.35–0.40,
+        issue 38); the reference's GPT-J value (15,000) assumes a far larger key space."""
+        switches: dict[str, Any] = {
+            "prompt_key": False,
+            "essence_key": False,
+            "essence_prompt": "{} is a",
+            "kl_direction": "new_init",
+            "weight_decay": 0.5,
+            "weight_decay_form": "linear",
+            "clamp_radius": "prompt",
+            "early_stop_nll": 0.0,
+            "covariance_weight": 1500.0,
+        }
+        return cls(**{**switches, **overrides})
 
     def validated(self, n_layers: int) -> MemitHyperParams:
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
@@ -68,6 +96,7 @@ class MemitHyperParams:
         for i, layer in enumerate(self.layers):
             check_int(f"layers[{i}]", layer, 0, n_layers - 1)
         check_value_fields(self, ("covariance_weight",))
+        check_null_space(self)
         for name in ("prompt_key", "essence_key"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidEditError(name, f"expected true or false, got {getattr(self, name)!r}", "true | false")
@@ -131,6 +160,11 @@ def compute_memit(
         if not isinstance(matrix, torch.Tensor) or matrix.shape != (d_mlp, d_mlp):
             raise InvalidEditError(f"covariances[{layer}]", "is missing or has the wrong shape", f"[{d_mlp}, {d_mlp}]")
         matrices[layer] = matrix.double().cpu()
+    projectors = (
+        {layer: null_space_projector(matrix, hparams.null_space) for layer, matrix in matrices.items()}
+        if hparams.null_space
+        else {}
+    )
     surgeon.validate(list(edits))
     last = hparams.layers[-1]
     out_site = f"blocks.{last}.hook_resid_post"
@@ -169,8 +203,10 @@ def compute_memit(
             missing += [residual] * len(columns)
         K = torch.stack(keys).T  # [d_mlp, columns]
         R = torch.stack(missing).T / (len(hparams.layers) - step)  # [d_model, columns]
-        system = hparams.covariance_weight * matrices[layer] + K @ K.T
-        V = torch.linalg.solve(system, K)  # (λC + KKᵀ)⁻¹ K, [d_mlp, columns]
+        if projectors:
+            V = projected_keys(projectors[layer], matrices[layer], K, hparams.null_space_ridge)
+        else:
+            V = torch.linalg.solve(hparams.covariance_weight * matrices[layer] + K @ K.T, K)  # (λC + KKᵀ)⁻¹ K
         if K.shape[1] > len(requests):  # ΔW = R Vᵀ, kept to rank len(requests)
             left, singular, right = torch.linalg.svd(R @ V.T, full_matrices=False)
             R, V = left[:, : len(requests)] * singular[: len(requests)], right[: len(requests)].T
@@ -188,6 +224,7 @@ def compute_memit(
 
 def memit_hparams(**overrides: Any) -> MemitHyperParams:
     """Hyper-parameters from JSON-like overrides (lists become tuples)."""
-    if "layers" in overrides:
-        overrides = {**overrides, "layers": tuple(overrides["layers"])}
+    for name in ("layers", "keep_prompts"):
+        if isinstance(overrides.get(name), list):
+            overrides = {**overrides, name: tuple(overrides[name])}
     return MemitHyperParams(**overrides)

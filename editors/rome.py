@@ -37,6 +37,7 @@ from editors.batching import encode_batch, last_token_index
 from editors.covariance import KeyCovariance
 from editors.edits import Edit, LowRank, Op
 from editors.errors import Cancelled, InvalidEditError
+from editors.null_space import check_null_space, null_space_projector, projected_keys
 from editors.patching import subject_token_span
 from editors.progress import progress_bar
 from editors.surgeon import Surgeon
@@ -93,6 +94,15 @@ class RomeHyperParams:
     denominator_key: str = "prefixed"
     #: k* = (1 − w) · mean of the prefixed keys + w · the essence prompt's key (see BENCHMARKS.md)
     essence_weight: float = 0.4
+    #: prompts ("{}" for the subject) whose next-token distribution the edit must keep, weighed by
+    #: ``keep_factor`` (KL, as the essence prompt's): e.g. the subject's other relations. The
+    #: request's own prompt, if listed, is skipped (it is the one meant to change)
+    keep_prompts: tuple[str, ...] = ()
+    keep_factor: float = 1.0
+    #: > 0: the null-space formulation (:mod:`editors.null_space`, AlphaEdit): the update's key
+    #: direction is ``(P Kₚ Kₚᵀ P + α I)⁻¹ P k*`` instead of ``C⁻¹k*``, with this eigenvalue threshold
+    null_space: float = 0.0
+    null_space_ridge: float = 1.0
 
     @classmethod
     def for_model(cls, surgeon: Surgeon, **overrides: Any) -> RomeHyperParams:
@@ -107,6 +117,7 @@ class RomeHyperParams:
     def validated(self, n_layers: int) -> RomeHyperParams:
         check_int("layer", self.layer, 0, n_layers - 1)
         check_value_fields(self, ("ridge", "protect_weight"))
+        check_null_space(self)
         check_choice("denominator_key", self.denominator_key, KEY_CHOICES)
         if not 0 <= check_scale("essence_weight", self.essence_weight) <= 1:
             raise InvalidEditError("essence_weight", f"{self.essence_weight} is outside [0, 1]", "a share in [0, 1]")
@@ -120,6 +131,7 @@ class RomeHyperParams:
 #: the clamp's radius and the update's scale, "prefixed" = averaged over the context-prefixed
 #: prompts, "prompt" = the prompt alone (the reference's).
 KL_CHOICES = ("init_new", "new_init")
+MAX_KEEP_PROMPTS = 16
 DECAY_CHOICES = ("squared", "linear")
 KEY_CHOICES = ("prefixed", "prompt")
 
@@ -130,12 +142,22 @@ def check_value_fields(hparams: Any, scales: tuple[str, ...] = ()) -> None:
     check_int("n_prefixes", hparams.n_prefixes, 0, 1000)
     check_int("prefix_words", hparams.prefix_words, 1, 1000)
     check_int("seed", hparams.seed)
-    for name in ("lr", "kl_factor", "weight_decay", "clamp_norm_factor", "early_stop_nll", *scales):
+    for name in ("lr", "kl_factor", "keep_factor", "weight_decay", "clamp_norm_factor", "early_stop_nll", *scales):
         value = check_scale(name, getattr(hparams, name))
         if value < 0:
             raise InvalidEditError(name, f"{value} is negative", "a non-negative number")
     if hparams.essence_prompt.count("{}") != 1:
         raise InvalidEditError("essence_prompt", "must contain exactly one '{}'", "e.g. '{} is a'")
+    keep = hparams.keep_prompts
+    if not isinstance(keep, list | tuple) or len(keep) > MAX_KEEP_PROMPTS:
+        raise InvalidEditError(
+            "keep_prompts", f"expected a list of at most {MAX_KEEP_PROMPTS} prompts", "e.g. ['{} lies in']"
+        )
+    for i, prompt in enumerate(keep):
+        if not isinstance(prompt, str) or prompt.count("{}") != 1:
+            raise InvalidEditError(
+                f"keep_prompts[{i}]", "must be text with exactly one '{}'", "e.g. 'The language of {} is'"
+            )
     check_choice("kl_direction", hparams.kl_direction, KL_CHOICES)
     check_choice("weight_decay_form", hparams.weight_decay_form, DECAY_CHOICES)
     check_choice("clamp_radius", hparams.clamp_radius, KEY_CHOICES)
@@ -209,7 +231,14 @@ def _inverse_key(
             "a covariance and model that compute in finite numbers (try float32 weights)",
         )
     try:
-        inverse_key = torch.linalg.solve(second_moment, k_star)
+        if hparams.null_space:
+            projector = null_space_projector(covariance, hparams.null_space)
+            kept = None if protect_keys is None else hparams.protect_weight**0.5 * protect_keys.double().cpu().T
+            inverse_key = projected_keys(projector, covariance, k_star.unsqueeze(1), hparams.null_space_ridge, kept)[
+                :, 0
+            ]
+        else:
+            inverse_key = torch.linalg.solve(second_moment, k_star)
     except torch.linalg.LinAlgError:  # exactly singular
         inverse_key = torch.full_like(k_star, float("nan"))
     alignment = float(inverse_key @ k_scale)  # the update's denominator
@@ -272,7 +301,8 @@ class RomeResult:
 @dataclass(frozen=True)
 class RewriteRows:
     """One request's batch: every context-prefixed prompt followed by the target (teacher forcing),
-    then the essence prompt; where the subject's last token and the target tokens sit in it."""
+    then the essence prompt, then the keep prompts; where the subject's last token and the target
+    tokens sit in it."""
 
     request: RomeRequest
     ids: torch.Tensor
@@ -283,6 +313,7 @@ class RewriteRows:
     target_tok: torch.Tensor
     n_rewrite: int
     essence_logp: torch.Tensor | None = None  # the essence prompt's next-token log-probs, unedited
+    keep_logp: torch.Tensor | None = None  # [keep prompts, vocab]: theirs, unedited
 
     @classmethod
     def build(
@@ -297,7 +328,8 @@ class RewriteRows:
         prefixes = context_prefixes(prefix_texts, hparams.n_prefixes, hparams.prefix_words, hparams.seed)
         target_text = tokenizer.decode(target_ids)
         rewrite_texts = [f"{f'{p} {request.text}'.strip()} {target_text}" for p in prefixes]
-        texts = [*rewrite_texts, hparams.essence_prompt.format(request.subject)]
+        keep = [prompt.format(request.subject) for prompt in hparams.keep_prompts if prompt != request.template]
+        texts = [*rewrite_texts, hparams.essence_prompt.format(request.subject), *keep]
         device, _ = surgeon.device_dtype
         encoded = encode_batch(tokenizer, texts)
         subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded).to(device)
@@ -319,8 +351,10 @@ class RewriteRows:
         with torch.inference_mode(), surgeon.apply(surgeon.compile(edits, extra_ops=extra)):
             logits = surgeon.model(input_ids=self.ids, attention_mask=self.mask).logits
         if self.essence_logp is None:
-            essence = logits[self.n_rewrite, self.ends[self.n_rewrite]].float().log_softmax(dim=-1)
-            object.__setattr__(self, "essence_logp", essence)
+            anchors = logits[torch.arange(self.n_rewrite, len(self.ids)), self.ends[self.n_rewrite :]]
+            anchors = anchors.float().log_softmax(dim=-1)
+            object.__setattr__(self, "essence_logp", anchors[0])
+            object.__setattr__(self, "keep_logp", anchors[1:])
         return {name: value[: self.n_rewrite + with_essence] for name, value in seen.items()}
 
 
@@ -337,7 +371,8 @@ def optimise_value(
     method: str = "ROME",
 ) -> tuple[torch.Tensor, float, int]:
     """The vector that, added at ``site`` on the subject's last token, makes the target likely:
-    Adam on the target NLL plus ``kl_factor`` × KL to the essence prompt's distribution plus a
+    Adam on the target NLL plus ``kl_factor`` × KL to the essence prompt's distribution (and
+    ``keep_factor`` × the keep prompts') plus a
     weight decay, its norm clamped to ``clamp_norm_factor`` × ``current_norm``. Returns the
     vector (float32, detached), the final NLL per target token and the steps run."""
     assert rows.essence_logp is not None, "call rows.record first"
@@ -357,10 +392,11 @@ def optimise_value(
             out = surgeon.model(input_ids=rows.ids, attention_mask=rows.mask).logits.float()
             logp = out[torch.arange(n, device=device)[:, None], rows.target_pos].log_softmax(dim=-1)
             nll = -logp.gather(-1, rows.target_tok.unsqueeze(-1)).squeeze(-1).mean()
-            new_essence = out[n, rows.ends[n]].log_softmax(dim=-1)
-            pair = (new_essence, rows.essence_logp)  # kl_div(a, b) is KL(b ‖ a): "init_new" = KL(unedited ‖ edited)
-            first, second = pair if hparams.kl_direction == "init_new" else pair[::-1]
-            kl = torch.nn.functional.kl_div(first, second, log_target=True, reduction="sum")
+            anchors = out[torch.arange(n, len(rows.ids), device=device), rows.ends[n:]].log_softmax(dim=-1)
+            pair = (anchors, torch.cat([rows.essence_logp[None], rows.keep_logp]))
+            first, second = pair if hparams.kl_direction == "init_new" else pair[::-1]  # see KL_CHOICES
+            kl_rows = torch.nn.functional.kl_div(first, second, log_target=True, reduction="none").sum(-1)
+            kl = kl_rows[0] + hparams.keep_factor * kl_rows[1:].sum()
             power = 2 if hparams.weight_decay_form == "squared" else 1
             decay = hparams.weight_decay * delta.norm() ** power / current_norm**2
             loss = nll + hparams.kl_factor * kl + decay

@@ -68,6 +68,19 @@ def test_key_covariance_is_cached_by_model_layer_and_corpus(toy, toy_surgeon, tm
             RomeHyperParams(weight_decay_form="cubic"),
             "weight_decay_form",
         ),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(null_space=1.0), "null_space"),
+        (
+            RomeRequest("The capital of {} is", "Riia", "Muford"),
+            RomeHyperParams(null_space_ridge=0),
+            "null_space_ridge",
+        ),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(keep_prompts="x {}"), "keep_prompts"),
+        (
+            RomeRequest("The capital of {} is", "Riia", "Muford"),
+            RomeHyperParams(keep_prompts=("x",)),
+            "keep_prompts[0]",
+        ),
+        (RomeRequest("The capital of {} is", "Riia", "Muford"), RomeHyperParams(keep_factor=-1), "keep_factor"),
     ],
 )
 def test_bad_requests_fail_before_any_computation(toy, toy_surgeon, request_, hparams, field) -> None:

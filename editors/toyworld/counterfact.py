@@ -77,6 +77,13 @@ def edit_cases(world: World, n: int, seed: int = 0, n_neighbours: int = 10) -> l
     return cases
 
 
+def relation_prompts(world: World) -> tuple[str, ...]:
+    """Every relation's canonical prompt ("{}" for the subject), as ``keep_prompts``: an edit keeps
+    its subject's answers to all of them but its own (a request's own prompt is never kept)."""
+    relations = sorted({fact.relation for fact in world.facts}, key=list(TEMPLATES).index)
+    return tuple(TEMPLATES[relation][0].replace("{s}", "{}") for relation in relations)
+
+
 def batch_cases(
     world: World, n: int, seed: int = 0, relation: str = "capital", n_neighbours: int = 10
 ) -> list[EditCase]:
@@ -112,16 +119,22 @@ def _probabilities(
 
 
 def judge(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, case: EditCase) -> dict[str, float]:
-    """The case's metrics on ``model`` as it runs now (call it under the edit stack to judge)."""
+    """The case's metrics on ``model`` as it runs now (call it under the edit stack to judge):
+    CounterFact's (``efficacy``, ``paraphrase``: P(new) > P(old)) and the stricter top-1 ones
+    (``efficacy_top1``, ``paraphrase_top1``: the new object is the model's answer)."""
     new, old = case.request.target, case.old
     edit_and_paraphrases = [case.request.text, *case.paraphrases]
-    p = _probabilities(model, tokenizer, edit_and_paraphrases, [(new, old)] * len(edit_and_paraphrases))
+    probs = next_token_logits(model, tokenizer, edit_and_paraphrases).softmax(dim=-1)
+    p = probs[:, tokenizer.convert_tokens_to_ids([new, old])]
+    top1 = (probs.argmax(dim=-1) == tokenizer.convert_tokens_to_ids(new)).float()
     wins = (p[:, 0] > p[:, 1]).float()
     margins = p[:, 0] - p[:, 1]
     n = _probabilities(model, tokenizer, [q for q, _ in case.neighbours], [(true, new) for _, true in case.neighbours])
     return {
         "efficacy": wins[0].item(),
         "paraphrase": wins[1:].mean().item(),
+        "efficacy_top1": top1[0].item(),
+        "paraphrase_top1": top1[1:].mean().item(),
         "neighbourhood": (n[:, 0] > n[:, 1]).float().mean().item(),
         "efficacy_magnitude": margins[0].item(),
         "paraphrase_magnitude": margins[1:].mean().item(),

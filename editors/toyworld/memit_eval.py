@@ -7,23 +7,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editors.covariance import CovarianceCache
 from editors.edits import Edit
 from editors.memit import MemitHyperParams, compute_memit
-from editors.rome import RomeHyperParams, compute_rome
+from editors.rome import RomeHyperParams
 from editors.surgeon import Surgeon
 from editors.toyworld import World, reference_corpus
 from editors.toyworld.counterfact import LocalityJudge, batch_cases, edited_facts, judge, mean_metrics
+from editors.toyworld.rome_eval import sequential_rome
 
-KEYS = ("efficacy", "paraphrase", "neighbourhood")
+KEYS = ("efficacy", "paraphrase", "neighbourhood", "efficacy_top1", "paraphrase_top1")
 
 
-def _judged(
+def judged_edits(
     surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, world: World, edits: list[Edit], cases: list, seed: int
 ) -> dict[str, object]:
+    """CounterFact's and the top-1 metrics of ``cases`` and the top-1 locality with ``edits`` in."""
     kept = LocalityJudge(surgeon.model, tokenizer, world)
     with surgeon.apply(edits):
         means = mean_metrics([judge(surgeon.model, tokenizer, case) for case in cases])
@@ -51,27 +52,16 @@ def run_memit_eval(
     cases = batch_cases(world, n_edits, seed)
 
     memit = compute_memit(surgeon, tokenizer, [case.request for case in cases], covariances, corpus, hparams)
-    result: dict[str, object] = {**_judged(surgeon, tokenizer, world, list(memit.edits), cases, seed)}
+    result: dict[str, object] = {**judged_edits(surgeon, tokenizer, world, list(memit.edits), cases, seed)}
     result["seconds"] = round(memit.seconds, 2)
 
-    started, stack, keys = time.perf_counter(), [], []
-    for case in cases:
-        protect = torch.stack(keys) if keys else None
-        edit = compute_rome(
-            surgeon,
-            tokenizer,
-            case.request,
-            covariances[rome_hparams.layer],
-            corpus,
-            rome_hparams,
-            stack,
-            protect,
-            show_progress=False,
-        )
-        stack.append(edit.edit)
-        keys.append(edit.key)
+    started = time.perf_counter()
+    stack = sequential_rome(surgeon, tokenizer, cases, covariances[rome_hparams.layer], corpus, rome_hparams)
     seconds = time.perf_counter() - started
-    result["sequential_rome"] = {**_judged(surgeon, tokenizer, world, stack, cases, seed), "seconds": round(seconds, 2)}
+    result["sequential_rome"] = {
+        **judged_edits(surgeon, tokenizer, world, stack, cases, seed),
+        "seconds": round(seconds, 2),
+    }
     result["edits"] = n_edits
     result["layers"] = list(hparams.layers)
     return result

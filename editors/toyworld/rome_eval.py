@@ -5,13 +5,13 @@ answers right: :class:`editors.toyworld.counterfact.LocalityJudge`)."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editors.covariance import CovarianceCache, Progress
+from editors.covariance import CovarianceCache, KeyCovariance, Progress
 from editors.edits import Edit
 from editors.rome import RomeHyperParams, compute_rome
 from editors.surgeon import Surgeon
@@ -29,6 +29,31 @@ def _apply_and_judge(
     with surgeon.apply(edits):
         kept.judge(edited_facts(cases))
         return [judge(surgeon.model, tokenizer, case) for case in cases]
+
+
+def sequential_rome(
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    cases: Sequence[EditCase],
+    covariance: torch.Tensor | KeyCovariance,
+    corpus: Sequence[str],
+    hparams: RomeHyperParams,
+    on_edit: Callable[[int], None] | None = None,
+) -> list[Edit]:
+    """ROME edits for ``cases`` one after another, each on the model as the earlier ones left it
+    and protecting their keys."""
+    stack: list[Edit] = []
+    keys: list[torch.Tensor] = []
+    for i, case in enumerate(cases):
+        protect = torch.stack(keys) if keys else None
+        result = compute_rome(
+            surgeon, tokenizer, case.request, covariance, corpus, hparams, stack, protect, show_progress=False
+        )
+        stack.append(result.edit)
+        keys.append(result.key)
+        if on_edit is not None:
+            on_edit(i + 1)
+    return stack
 
 
 def run_rome_eval(
@@ -60,15 +85,11 @@ def run_rome_eval(
         if on_edit is not None:
             on_edit(i + 1, n_edits + n_sequential)
 
-    stack: list[Edit] = []
-    keys: list[torch.Tensor] = []
-    for i, case in enumerate(cases[:n_sequential]):
-        protect = torch.stack(keys) if keys else None
-        result = compute_rome(surgeon, tokenizer, case.request, covariance, corpus, hparams, stack, protect)
-        stack.append(result.edit)
-        keys.append(result.key)
+    def stacked(done: int) -> None:
         if on_edit is not None:
-            on_edit(n_edits + i + 1, n_edits + n_sequential)
+            on_edit(n_edits + done, n_edits + n_sequential)
+
+    stack = sequential_rome(surgeon, tokenizer, cases[:n_sequential], covariance, corpus, hparams, stacked)
     stacked_kept = LocalityJudge(model, tokenizer, world)
     after_all = _apply_and_judge(surgeon, tokenizer, stack, cases[:n_sequential], stacked_kept)
 
