@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editors import weights_sha256
-from editors.toyworld import TOY_MODEL_DIR, World, generate_world, reference_corpus
+from editors.toyworld import TOY_MODEL_DIR, World, generate_world, load_toy_model, reference_corpus
 from editors.toyworld.manifest import verify_manifest
 from editors.toyworld.train import TrainConfig, train_toy_model
-from editors.toyworld.world import TEMPLATES
+from editors.toyworld.world import ALL_RELATIONS, TEMPLATES
 
 
 def test_committed_files_match_their_manifest() -> None:
@@ -65,6 +67,22 @@ def test_training_is_deterministic(tmp_path) -> None:
     hashes = {weights_sha256(AutoModelForCausalLM.from_pretrained(tmp_path / run)) for run in ("a", "b")}
     assert len(hashes) == 1
     assert verify_manifest(tmp_path / "a") == []
+
+
+def test_the_rich_world_keeps_the_first_names_and_pins_its_subject_embeddings(tmp_path) -> None:
+    """The five-relation candidate testbed (issue 38): the first world's facts and symbols, three
+    relations more, and subject embeddings that stay fixed random vectors through training."""
+    first, rich = generate_world(0), generate_world(0, relations=ALL_RELATIONS)
+    assert rich.facts[: len(first.facts)] == first.facts and rich.symbols == first.symbols
+    assert {f.relation for f in rich.facts} == set(ALL_RELATIONS) and len(rich.facts) == 5 * len(rich.subjects)
+    assert rich.record_sentence(rich.subjects[0]).count(",") == 4  # every attribute, right after the subject
+    train_toy_model(tmp_path / "rich", dataclasses.replace(TrainConfig.rich(), steps=15, reference_documents=10))
+    model, tokenizer, world = load_toy_model(tmp_path / "rich")
+    rows = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(world.subjects)]
+    assert (
+        world.to_json() == generate_world(0, relations=ALL_RELATIONS, fact_share=0.42, sentiment_share=0.08).to_json()
+    )
+    assert torch.allclose(rows.norm(dim=1), torch.full((len(world.subjects),), 2.0))  # pinned through 15 steps
 
 
 def test_quality_floors_via_the_cli() -> None:

@@ -4,8 +4,11 @@ Everything is generated from one integer seed, so the world (and the corpus the 
 trained on) can be rebuilt exactly. Text is word-level: every entity is one token, words and
 punctuation are separated by single spaces.
 
-Facts come in two relations, ``capital`` and ``language``. Each relation has a canonical
-template (always trained) and several paraphrase templates. Every subject is trained on the
+Facts come in two relations, ``capital`` and ``language`` (the committed model's world), or, in
+the rich world (``relations=ALL_RELATIONS``), five: also ``currency``, ``continent`` and
+``river`` (capitals, currencies and rivers are the country's own; languages and continents are
+shared), a candidate testbed for batch fact edits (issue 38, docs/toy-world.md). Each relation
+has a canonical template (always trained) and several paraphrase templates. Every subject is trained on the
 canonical template plus a rotating subset of the paraphrases; the paraphrases it never sees in
 training are its *held-out* phrasings, used to measure whether a fact generalises beyond the
 wording it was learned in.
@@ -36,9 +39,33 @@ TEMPLATES: dict[str, list[str]] = {
         "The official language of {s} is",
         "Most people in {s} speak",
     ],
+    "currency": [
+        "The currency of {s} is",
+        "In {s} , people pay with",
+        "The money used in {s} is",
+        "{s} pays in",
+        "Shops in {s} take",
+    ],
+    "continent": [
+        "{s} lies in",
+        "{s} is a country in",
+        "The continent of {s} is",
+        "On the map , {s} is in",
+        "{s} is found in",
+    ],
+    "river": [
+        "The longest river of {s} is",
+        "The main river in {s} is",
+        "{s} is crossed by the",
+        "Through {s} flows the",
+        "The great river of {s} is",
+    ],
 }
 #: How many paraphrase templates (besides the canonical one) each subject is trained on.
-TRAINED_PARAPHRASES = {"capital": 2, "language": 2}
+TRAINED_PARAPHRASES = {"capital": 2, "language": 2, "currency": 2, "continent": 2, "river": 2}
+#: The relations of the first toy world, generated first so that their names never change.
+FIRST_RELATIONS = ("capital", "language")
+ALL_RELATIONS = tuple(TEMPLATES)
 #: Share of fact sentences written as records (see :meth:`World.record_sentence`).
 RECORD_SHARE = 0.25
 
@@ -94,6 +121,9 @@ _SUFFIXES = {
     "country": ("ia", "land", "stan", "ova", "ar", "eth"),
     "capital": ("burg", "ton", "grad", "polis", "ford", "mir"),
     "language": ("ish", "ese", "ic", "an", "ol"),
+    "currency": ("mark", "dor", "lira", "crown", "peso"),
+    "continent": ("asia", "ope", "ica", "ania"),
+    "river": ("ube", "ine", "ster", "wa", "ra"),
 }
 
 
@@ -125,6 +155,9 @@ class World:
     sentiment_nouns: list[str] = field(default_factory=lambda: list(SENTIMENT_NOUNS))
     positive_words: list[str] = field(default_factory=lambda: list(POSITIVE_WORDS))
     negative_words: list[str] = field(default_factory=lambda: list(NEGATIVE_WORDS))
+    #: shares of training documents: facts, sentiment; the rest are repeated sequences (induction)
+    fact_share: float = 0.45
+    sentiment_share: float = 0.15
 
     # -- queries ---------------------------------------------------------------------------
     def facts_for(self, relation: str) -> list[Fact]:
@@ -140,8 +173,8 @@ class World:
     def vocabulary(self) -> list[str]:
         """Every token the world can produce, specials first, in a stable order."""
         words: set[str] = set()
-        for templates in TEMPLATES.values():
-            for template in templates:
+        for relation in {fact.relation for fact in self.facts}:
+            for template in TEMPLATES[relation]:
                 words.update(template.replace("{s}", "").split())
         for fact in self.facts:
             words.update((fact.subject, fact.object))
@@ -156,10 +189,11 @@ class World:
         return f"{template.format(s=fact.subject)} {fact.object}"
 
     def record_sentence(self, subject: str) -> str:
-        """``"{subject} : {capital} , {language}"``: the attributes right after the subject, so the
-        model must recall them *at the subject token* (subject enrichment, as in large LMs)."""
+        """``"{subject} : {capital} , {language} , …"`` (every relation in ``TEMPLATES`` order): the
+        attributes right after the subject, so the model must recall them *at the subject token*
+        (subject enrichment, as in large LMs)."""
         objects = {f.relation: f.object for f in self.facts if f.subject == subject}
-        return f"{subject} : {objects['capital']} , {objects['language']}"
+        return f"{subject} : " + " , ".join(objects[relation] for relation in TEMPLATES if relation in objects)
 
     def sentiment_sentence(self, positive: bool, rng: random.Random) -> str:
         words = self.positive_words if positive else self.negative_words
@@ -171,12 +205,12 @@ class World:
     def document(self, rng: random.Random) -> str:
         """One training document (without special tokens): facts, sentiment or induction."""
         kind = rng.random()
-        if kind < 0.45:
+        if kind < self.fact_share:
             sentences = [
                 self.record_sentence(fact.subject) if rng.random() < RECORD_SHARE else self.fact_sentence(fact, rng)
                 for fact in (rng.choice(self.facts) for _ in range(rng.randint(1, 3)))
             ]
-        elif kind < 0.6:
+        elif kind < self.fact_share + self.sentiment_share:
             positive = rng.random() < 0.5
             sentences = [self.sentiment_sentence(positive, rng) for _ in range(rng.randint(2, 4))]
         else:
@@ -237,8 +271,32 @@ def _invent_symbols(rng: random.Random, count: int, taken: set[str]) -> list[str
     return symbols
 
 
-def generate_world(seed: int = 0, n_countries: int = 60, n_languages: int = 20, n_symbols: int = 200) -> World:
-    """Build a world deterministically from ``seed``."""
+def _fact(i: int, country: str, relation: str, obj: str) -> Fact:
+    """Subject ``i``'s fact, trained on the canonical template and a rotating pair of paraphrases."""
+    canonical, *paraphrases = TEMPLATES[relation]
+    k = TRAINED_PARAPHRASES[relation]
+    start = (i * k) % len(paraphrases)
+    trained = [paraphrases[(start + j) % len(paraphrases)] for j in range(k)]
+    heldout = [p for p in paraphrases if p not in trained]
+    return Fact(country, relation, obj, (canonical, *trained), tuple(heldout))
+
+
+def generate_world(
+    seed: int = 0,
+    n_countries: int = 60,
+    n_languages: int = 20,
+    n_symbols: int = 200,
+    n_continents: int = 8,
+    relations: tuple[str, ...] = FIRST_RELATIONS,
+    fact_share: float = 0.45,
+    sentiment_share: float = 0.15,
+) -> World:
+    """Build a world deterministically from ``seed`` with ``relations`` (the first two always). The
+    first relations' names are drawn first, so every world shares its countries, capitals,
+    languages and symbols."""
+    unknown = set(relations) - set(ALL_RELATIONS)
+    if unknown or not set(FIRST_RELATIONS) <= set(relations):
+        raise ValueError(f"relations must include {FIRST_RELATIONS} and come from {ALL_RELATIONS}, got {relations}")
     rng = random.Random(seed)
     taken: set[str] = set()
     countries = _invent_names(rng, "country", n_countries, taken)
@@ -248,11 +306,17 @@ def generate_world(seed: int = 0, n_countries: int = 60, n_languages: int = 20, 
     facts: list[Fact] = []
     for i, country in enumerate(countries):
         spoken = languages[i % n_languages] if i < n_languages else rng.choice(languages)
-        for relation, obj in (("capital", capitals[i]), ("language", spoken)):
-            canonical, *paraphrases = TEMPLATES[relation]
-            k = TRAINED_PARAPHRASES[relation]
-            start = (i * k) % len(paraphrases)
-            trained = [paraphrases[(start + j) % len(paraphrases)] for j in range(k)]
-            heldout = [p for p in paraphrases if p not in trained]
-            facts.append(Fact(country, relation, obj, (canonical, *trained), tuple(heldout)))
-    return World(seed=seed, facts=facts, symbols=symbols)
+        facts += [_fact(i, country, "capital", capitals[i]), _fact(i, country, "language", spoken)]
+    taken |= set(symbols)
+    extra = {
+        "currency": _invent_names(rng, "currency", n_countries, taken),
+        "continent": _invent_names(rng, "continent", n_continents, taken),
+        "river": _invent_names(rng, "river", n_countries, taken),
+    }
+    for i, country in enumerate(countries):
+        facts += [
+            _fact(i, country, relation, names[i % len(names)])
+            for relation, names in extra.items()
+            if relation in relations
+        ]
+    return World(seed=seed, facts=facts, symbols=symbols, fact_share=fact_share, sentiment_share=sentiment_share)

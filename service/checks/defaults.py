@@ -35,7 +35,8 @@ def default_toy_suite(world: World, reference_texts: list[str]) -> dict[str, Any
     """The toy model's suite: a ROME fact edit passes it; an induction-head ablation and a steering
     vector at a huge scale do not."""
     suite = default_suite(reference_texts[-200:])
-    suite["relations"] = [[t.replace("{s}", "{}") for t in templates] for templates in TEMPLATES.values()]
+    relations = dict.fromkeys(fact.relation for fact in world.facts)
+    suite["relations"] = [[t.replace("{s}", "{}") for t in TEMPLATES[relation]] for relation in relations]
     suite["subjects"] = world.subjects
     suite["checks"] += [
         # ROME on the toy model generalises to about half its relation's other phrasings (issue 13):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ def _cmd_toyworld_train(args: argparse.Namespace) -> int:
 
     from editors.toyworld.train import TrainConfig, train_toy_model
 
-    config = TrainConfig() if args.steps is None else TrainConfig(steps=args.steps)
+    config = TrainConfig.rich() if args.rich else TrainConfig()
+    config = config if args.steps is None else dataclasses.replace(config, steps=args.steps)
     bar = tqdm(total=config.steps, desc="training", unit="step", disable=args.quiet)
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -411,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=str(TOY_MODEL_DIR), help="output directory (default: the packaged model)")
     train.add_argument("--steps", type=_positive_int, help="training steps (default: the recipe's own)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--rich", action="store_true", help="the five-relation candidate testbed (docs/toy-world.md)")
     train.set_defaults(func=_cmd_toyworld_train)
     pairs = toyworld.add_parser(
         "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction or capital facts"
