@@ -25,19 +25,21 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editors import Surgeon
-from editors.covariance import CovarianceCache
+from editors.covariance import CovarianceCache, KeyCovariance
 from editors.memit import MemitHyperParams, compute_memit
 from editors.rome import RomeHyperParams, compute_rome
-from editors.toyworld import TOY_MODEL_DIR, load_toy_model, reference_corpus
-from editors.toyworld.counterfact import batch_cases, edit_cases, relation_prompts
+from editors.toyworld import TOY_MODEL_DIR, World, load_toy_model, reference_corpus
+from editors.toyworld.counterfact import EditCase, batch_cases, edit_cases, relation_prompts
 from editors.toyworld.key_stats import key_statistics, subject_keys
 from editors.toyworld.memit_eval import judged_edits
 from editors.toyworld.rome_eval import sequential_rome
@@ -52,7 +54,16 @@ def _figures(judged: dict[str, object]) -> dict[str, float | None]:
     return out
 
 
-def _pooled_singles(surgeon, tokenizer, world, cases, covariance, corpus, hparams, seed) -> dict[str, float | None]:
+def _pooled_singles(
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    world: World,
+    cases: Sequence[EditCase],
+    covariance: KeyCovariance,
+    corpus: Sequence[str],
+    hparams: RomeHyperParams,
+    seed: int,
+) -> dict[str, float | None]:
     """Single edits judged one at a time; every figure pooled over them (weighted by n)."""
     rows = []
     for case in cases:
@@ -67,7 +78,10 @@ def _pooled_singles(surgeon, tokenizer, world, cases, covariance, corpus, hparam
     return pooled
 
 
-def run_seed(model, tokenizer, world, seed: int, alpha: float) -> dict[str, dict[str, float | None]]:
+def run_seed(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World, seed: int, alpha: float
+) -> dict[str, dict[str, float | None]]:
+    """Every method's figures on one seed's facts."""
     surgeon = Surgeon(model)
     corpus = reference_corpus()
     rome, memit = RomeHyperParams(), MemitHyperParams()
