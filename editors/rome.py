@@ -194,7 +194,7 @@ def context_prefixes(texts: Sequence[str], n: int, words: int, seed: int) -> lis
     return prefixes
 
 
-def _subject_positions(
+def subject_positions(
     tokenizer: PreTrainedTokenizerBase, texts: list[str], subject: str, encoded: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """Position of the subject's last token in each (padded) row."""
@@ -234,9 +234,8 @@ def _inverse_key(
         if hparams.null_space:
             projector = null_space_projector(covariance, hparams.null_space)
             kept = None if protect_keys is None else hparams.protect_weight**0.5 * protect_keys.double().cpu().T
-            inverse_key = projected_keys(projector, covariance, k_star.unsqueeze(1), hparams.null_space_ridge, kept)[
-                :, 0
-            ]
+            key = k_star.unsqueeze(1)
+            inverse_key = projected_keys(projector, covariance, key, hparams.null_space_ridge, kept).squeeze(1)
         else:
             inverse_key = torch.linalg.solve(second_moment, k_star)
     except torch.linalg.LinAlgError:  # exactly singular
@@ -332,7 +331,7 @@ class RewriteRows:
         texts = [*rewrite_texts, hparams.essence_prompt.format(request.subject), *keep]
         device, _ = surgeon.device_dtype
         encoded = encode_batch(tokenizer, texts)
-        subject_pos = _subject_positions(tokenizer, texts, request.subject, encoded).to(device)
+        subject_pos = subject_positions(tokenizer, texts, request.subject, encoded).to(device)
         ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
         n_rewrite, ends, n_target = len(rewrite_texts), last_token_index(mask), len(target_ids)
         # logits predicting target token j of row r sit at position ends[r] - n_target + j

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from editors.batching import encode_batch
+from editors.rome import subject_positions
 from editors.surgeon import Surgeon
 from editors.toyworld.world import World
 
@@ -19,16 +21,15 @@ def subject_keys(surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, world: Wo
     """``[subjects, d_mlp]``: each subject's key on its first relation's canonical prompt."""
     relation = world.facts[0].relation
     facts = world.facts_for(relation)
-    prompts = [fact.canonical_prompt for fact in facts]
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
-    positions = [
-        encoded["input_ids"][i].tolist().index(tokenizer.convert_tokens_to_ids(fact.subject))
-        for i, fact in enumerate(facts)
-    ]
+    keys = []
     site = f"blocks.{layer}.mlp.hook_post"
-    with surgeon.trace([site]) as cache:
-        surgeon.model(**encoded.to(surgeon.device_dtype[0]))
-    return cache[site][torch.arange(len(facts)), torch.tensor(positions)].double().cpu()
+    for fact in facts:  # one prompt at a time: subject_positions places one subject per call
+        encoded = encode_batch(tokenizer, [fact.canonical_prompt], surgeon.device_dtype[0])
+        (position,) = subject_positions(tokenizer, [fact.canonical_prompt], fact.subject, encoded)
+        with surgeon.trace([site]) as cache:
+            surgeon.model(**encoded)
+        keys.append(cache[site][0, position])
+    return torch.stack(keys).double().cpu()
 
 
 def key_statistics(keys: torch.Tensor, share: float = 0.9) -> dict[str, float]:

@@ -22,10 +22,6 @@ class FactEdit:
     subject: str
     target: str
 
-    @property
-    def prompt(self) -> str:
-        return self.template.format(self.subject)
-
 
 def _requests(provenance: Mapping[str, Any]) -> Iterable[Any]:
     if provenance.get("method") not in FACT_METHODS:
