@@ -181,7 +181,7 @@ def main() -> None:
     case = edit_cases(world, 1, seed=4)[0]
     covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
     rome = compute_rome(surgeon, tokenizer, case.request, covariance, reference_corpus()).edit
-    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2)
+    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=1)
     candidates = {
         "good_rome": [rome],
         "induction_ablation": [HeadAblation(layer=1, heads=(0,))],

@@ -7,11 +7,12 @@
 
 ``method`` is one of ``rome_single`` (20 single edits of random facts, judged one at a time and
 pooled), ``rome_seq10`` (10 of them stacked, judged after the tenth), ``memit20`` / ``memit60``
-(20 / 60 capitals at once), ``ref_memit20`` (the reference code's formulation,
-:meth:`MemitHyperParams.reference`), and the null-space (AlphaEdit) formulation's
-``alpha_memit20``, ``alpha_memit60`` and ``alpha_rome_seq10``, and with keep prompts (every
-relation's canonical prompt: the value optimisation keeps the subject's other facts)
-``keep_memit20``, ``keep_memit60`` and ``keep_rome_seq10``. Efficacy and paraphrase are top-1
+(20 / 60 capitals at once), all with the model's shipped defaults (:mod:`editors.edit_defaults`:
+for the toy model, keep prompts for every relation's canonical prompt); ``ref_memit20`` (the
+reference code's formulation, :meth:`MemitHyperParams.reference`); the null-space (AlphaEdit)
+formulation's ``alpha_rome_seq10``, ``alpha_memit20`` and ``alpha_memit60``; and the defaults
+without keep prompts, ``nokeep_rome_single``, ``nokeep_rome_seq10``, ``nokeep_memit20`` and
+``nokeep_memit60``. Efficacy and paraphrase are top-1
 (the new object is the model's answer at the edit prompt / its held-out phrasings); "kept" is the
 share of the facts the unedited model answered right that it still answers right
 (:mod:`editors.toyworld.counterfact`): the edited relation's other subjects, every other
@@ -36,10 +37,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editors import Surgeon
 from editors.covariance import CovarianceCache, KeyCovariance
+from editors.edit_defaults import hparams_from
 from editors.memit import MemitHyperParams, compute_memit
 from editors.rome import RomeHyperParams, compute_rome
 from editors.toyworld import TOY_MODEL_DIR, World, load_toy_model, reference_corpus
-from editors.toyworld.counterfact import EditCase, batch_cases, edit_cases, relation_prompts
+from editors.toyworld.counterfact import EditCase, batch_cases, edit_cases
 from editors.toyworld.key_stats import key_statistics, subject_keys
 from editors.toyworld.memit_eval import judged_edits
 from editors.toyworld.rome_eval import sequential_rome
@@ -79,26 +81,33 @@ def _pooled_singles(
 
 
 def run_seed(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World, seed: int, alpha: float
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    world: World,
+    model_dir: Path,
+    seed: int,
+    alpha: float,
 ) -> dict[str, dict[str, float | None]]:
     """Every method's figures on one seed's facts."""
     surgeon = Surgeon(model)
-    corpus = reference_corpus()
-    rome, memit = RomeHyperParams(), MemitHyperParams()
+    corpus = reference_corpus(model_dir)
+    rome = RomeHyperParams(**hparams_from(RomeHyperParams, model_dir, "rome"))
+    memit = MemitHyperParams(**hparams_from(MemitHyperParams, model_dir, "memit"))
     cache = CovarianceCache()
     layers = sorted({rome.layer, *memit.layers})
     covariances = {layer: cache.get_or_compute(surgeon, tokenizer, corpus, layer) for layer in layers}
-    keep = relation_prompts(world)
     formulations = {  # prefix: (ROME, MEMIT) hyper-parameters
         "": (rome, memit),
         "alpha_": (replace(rome, null_space=alpha), replace(memit, null_space=alpha)),
-        "keep_": (replace(rome, keep_prompts=keep), replace(memit, keep_prompts=keep)),
+        "nokeep_": (replace(rome, keep_prompts=()), replace(memit, keep_prompts=())),
     }
     singles = edit_cases(world, 20, seed)
-    results = {
-        "rome_single": _pooled_singles(surgeon, tokenizer, world, singles, covariances[rome.layer], corpus, rome, seed)
-    }
+    results = {}
     for prefix, (rome_hparams, _) in formulations.items():
+        if prefix != "alpha_":
+            cov = covariances[rome.layer]
+            pooled = _pooled_singles(surgeon, tokenizer, world, singles, cov, corpus, rome_hparams, seed)
+            results[f"{prefix}rome_single"] = pooled
         cases = singles[:10]
         stack = sequential_rome(surgeon, tokenizer, cases, covariances[rome.layer], corpus, rome_hparams)
         results[f"{prefix}rome_seq10"] = _figures(judged_edits(surgeon, tokenizer, world, stack, cases, seed))
@@ -124,7 +133,8 @@ def main() -> None:
     model, tokenizer, world = load_toy_model(Path(args.model))
     surgeon = Surgeon(model)
     stats = {layer: key_statistics(subject_keys(surgeon, tokenizer, world, layer)) for layer in range(2)}
-    per_seed = {seed: run_seed(model, tokenizer, world, seed, args.null_space) for seed in args.seeds}
+    model_dir = Path(args.model)
+    per_seed = {seed: run_seed(model, tokenizer, world, model_dir, seed, args.null_space) for seed in args.seeds}
     out: dict[str, object] = {}
     for method in per_seed[args.seeds[0]]:
         for figure in per_seed[args.seeds[0]][method]:

@@ -107,7 +107,7 @@ def prompts(world, n: int, seed: int | None = None) -> list[str]:
 def edits_for_versions(model, tokenizer, world) -> list[list]:
     """Eight edit lists: the base, then steering, head ablation and ROME edits, alone and mixed."""
     surgeon = Surgeon(model)
-    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2, scale=2.0)
+    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=1, scale=2.0)
     far = Steering(site="blocks.3.hook_resid_pre", vector=torch.ones(128) * 0.05, positions=tuple(range(0, 64, 2)))
     covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
     romes = [

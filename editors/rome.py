@@ -76,17 +76,17 @@ class RomeHyperParams:
     """Hyper-parameters; the defaults suit the toy model. Any of them can be overridden per request."""
 
     layer: int = 0
-    steps: int = 40
+    steps: int = 80
     lr: float = 0.5
     kl_factor: float = 0.0625
     weight_decay: float = 0.05
-    clamp_norm_factor: float = 0.6
+    clamp_norm_factor: float = 1.0
     n_prefixes: int = 10
     prefix_words: int = 8
     essence_prompt: str = "{}"
     ridge: float = 1e-4
     seed: int = 0
-    early_stop_nll: float = 0.05
+    early_stop_nll: float = 0.01
     protect_weight: float = 1.0
     kl_direction: str = "init_new"
     weight_decay_form: str = "squared"
@@ -96,7 +96,8 @@ class RomeHyperParams:
     essence_weight: float = 0.4
     #: prompts ("{}" for the subject) whose next-token distribution the edit must keep, weighed by
     #: ``keep_factor`` (KL, as the essence prompt's): e.g. the subject's other relations. The
-    #: request's own prompt, if listed, is skipped (it is the one meant to change)
+    #: request's own prompt, and any the unedited model answers as it answers the request's (another
+    #: phrasing of the edited fact), are skipped: they are the ones meant to change
     keep_prompts: tuple[str, ...] = ()
     keep_factor: float = 1.0
     #: > 0: the null-space formulation (:mod:`editors.null_space`, AlphaEdit): the update's key
@@ -313,6 +314,9 @@ class RewriteRows:
     n_rewrite: int
     essence_logp: torch.Tensor | None = None  # the essence prompt's next-token log-probs, unedited
     keep_logp: torch.Tensor | None = None  # [keep prompts, vocab]: theirs, unedited
+    #: [keep prompts]: 0 for a keep prompt the unedited model answers as it answers the request's
+    #: prompt (it asks the fact being edited, in other words), else 1
+    keep_weight: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -352,8 +356,10 @@ class RewriteRows:
         if self.essence_logp is None:
             anchors = logits[torch.arange(self.n_rewrite, len(self.ids)), self.ends[self.n_rewrite :]]
             anchors = anchors.float().log_softmax(dim=-1)
+            old_answer = logits[0, self.target_pos[0, 0]].argmax()  # row 0: the bare prompt
             object.__setattr__(self, "essence_logp", anchors[0])
             object.__setattr__(self, "keep_logp", anchors[1:])
+            object.__setattr__(self, "keep_weight", (anchors[1:].argmax(dim=-1) != old_answer).float())
         return {name: value[: self.n_rewrite + with_essence] for name, value in seen.items()}
 
 
@@ -395,7 +401,7 @@ def optimise_value(
             pair = (anchors, torch.cat([rows.essence_logp[None], rows.keep_logp]))
             first, second = pair if hparams.kl_direction == "init_new" else pair[::-1]  # see KL_CHOICES
             kl_rows = torch.nn.functional.kl_div(first, second, log_target=True, reduction="none").sum(-1)
-            kl = kl_rows[0] + hparams.keep_factor * kl_rows[1:].sum()
+            kl = kl_rows[0] + hparams.keep_factor * (kl_rows[1:] * rows.keep_weight).sum()
             power = 2 if hparams.weight_decay_form == "squared" else 1
             decay = hparams.weight_decay * delta.norm() ** power / current_norm**2
             loss = nll + hparams.kl_factor * kl + decay

@@ -18,7 +18,8 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from editors import Surgeon
+from editors import HeadAblation, Surgeon
+from editors.induction import induction_head_scores, repeated_token_batch, top_heads
 from editors.toyworld import load_toy_model
 
 VOCAB = 64
@@ -92,6 +93,25 @@ def toy():
 @pytest.fixture(scope="session")
 def toy_surgeon(toy) -> Surgeon:
     return Surgeon(toy[0])
+
+
+@pytest.fixture(scope="session")
+def induction_heads(toy) -> list[tuple[int, int]]:
+    """The toy model's induction heads as measured, strongest first: (layer, head)."""
+    model, tokenizer, world = toy
+    batch = repeated_token_batch(
+        tokenizer.convert_tokens_to_ids(world.symbols), n=32, length=10, seed=1, prefix_id=tokenizer.bos_token_id
+    )
+    heads = top_heads(induction_head_scores(model, batch.to(model.device), length=10))
+    assert heads
+    return heads
+
+
+@pytest.fixture(scope="session")
+def induction_ablation(induction_heads) -> HeadAblation:
+    """Zero ablation of the toy model's induction heads (one layer holds them)."""
+    (layer,) = {layer for layer, _ in induction_heads}
+    return HeadAblation(layer=layer, heads=tuple(sorted(head for _, head in induction_heads)))
 
 
 @pytest.fixture

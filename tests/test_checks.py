@@ -13,13 +13,13 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from editors import HeadAblation, LowRank, Steering, Surgeon
+from editors import LowRank, Steering, Surgeon
 from editors.covariance import key_covariance
 from editors.memit import MemitHyperParams, compute_memit
-from editors.rome import compute_rome
+from editors.rome import RomeHyperParams, compute_rome
 from editors.steering import derive_steering
 from editors.toyworld import TOY_MODEL_DIR, reference_corpus
-from editors.toyworld.counterfact import batch_cases, edit_cases
+from editors.toyworld.counterfact import batch_cases, edit_cases, relation_prompts
 from editors.toyworld.evaluate import induction_sequences, sentiment_pairs
 from editors.toyworld.world import TEMPLATES
 from service.checks import KINDS, CheckRunner, Suite, default_toy_suite
@@ -42,24 +42,27 @@ def host(tmp_path_factory) -> ModelHost:
 
 
 @pytest.fixture(scope="module")
-def edits(host, toy) -> dict[str, list]:
+def edits(host, toy, induction_ablation) -> dict[str, list]:
     """A good fact edit, a fact edit that claims a target it does not produce, the same edit at an
     absurd strength, a MEMIT batch of four capitals (its two layer edits), an induction-head
     ablation, a derived steering vector and one at scale 1000."""
     model, tokenizer, world = toy
     surgeon = Surgeon(model)
-    case = edit_cases(world, 1, seed=4)[0]
+    case = edit_cases(world, 1, seed=8)[0]  # a capital: the record "X : capital , …" asks it too
     covariance = key_covariance(surgeon, tokenizer, reference_corpus(), 0)[0]
-    rome = compute_rome(surgeon, tokenizer, case.request, covariance, reference_corpus()).edit
+    keep = relation_prompts(world)  # as the toy model ships them (edit_hparams.json)
+    rome_hparams = RomeHyperParams(keep_prompts=keep)
+    rome = compute_rome(surgeon, tokenizer, case.request, covariance, reference_corpus(), rome_hparams).edit
     batch = [c.request for c in batch_cases(world, 4, seed=4)]
-    memit = compute_memit(surgeon, tokenizer, batch, {0: covariance}, reference_corpus(), MemitHyperParams())
-    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2)
+    memit_hparams = MemitHyperParams(keep_prompts=keep)
+    memit = compute_memit(surgeon, tokenizer, batch, {0: covariance}, reference_corpus(), memit_hparams)
+    steer = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=1)
     return {
         "rome": [rome],
         "hollow rome": [LowRank(site=rome.site, U=torch.zeros_like(rome.U), V=rome.V, provenance=rome.provenance)],
         "absurd rome": [LowRank(site=rome.site, U=rome.U * 40, V=rome.V, provenance=rome.provenance)],
         "memit": list(memit.edits),
-        "induction ablation": [HeadAblation(layer=1, heads=(0,))],
+        "induction ablation": [induction_ablation],
         "steering": [steer],
         "huge steering": [Steering(site=steer.site, vector=steer.vector, scale=1000.0)],
     }
@@ -234,10 +237,22 @@ def test_a_memit_batch_is_judged_fact_by_fact_and_fact_recall_expects_its_new_an
     fact-recall task expecting the new capitals, not counting them as regressions."""
     suite = default_toy_suite(toy[2], reference_corpus())
     by_name = {check.get("name", check["kind"]): check for check in suite["checks"]}
-    spec = {**suite, "checks": [by_name[name] for name in ("edit_intent", "edit_locality", "fact_recall")]}
-    results = _run(host, spec, versions["memit"])
     requests = edits["memit"][0].provenance["requests"]
+    truth = {(fact.subject, fact.relation): fact.object for fact in toy[2].facts}
+    choices = [  # each edited capital (old answer first) and its subject's language
+        {
+            "prompt": TEMPLATES[relation][0].format(s=r["subject"]),
+            "choices": [truth[r["subject"], relation], other],
+            "answer": 0,
+        }
+        for r in requests
+        for relation, other in (("capital", r["target"]), ("language", truth[requests[0]["subject"], "capital"]))
+    ]
+    by_name["choices"] = {"kind": "choice_task", "name": "choices", "params": {"items": choices, "min_accuracy": 1.0}}
+    spec = {**suite, "checks": [by_name[name] for name in ("edit_intent", "edit_locality", "fact_recall", "choices")]}
+    results = _run(host, spec, versions["memit"])
     intent, locality, recall = (results[name] for name in ("edit_intent", "edit_locality", "fact_recall"))
+    assert results["choices"].n == 8 and results["choices"].passed  # the new capitals count as the right choice
     assert intent.applicable and intent.n == 4 and intent.passed  # efficacy only in the default suite
     assert locality.applicable and locality.n == 4 * 40
     shipped = (TOY_MODEL_DIR / "task_fact_recall.jsonl").read_text().splitlines()
@@ -249,6 +264,8 @@ def test_a_memit_batch_is_judged_fact_by_fact_and_fact_recall_expects_its_new_an
     assert not claims["edit_intent"].passed and claims["edit_intent"].metric == 0.0
     missed = {row["prompt"] for row in claims["fact_recall"].worst if row.get("edited_fact")}
     assert missed == {f"The capital of {r['subject']} is" for r in requests}  # expected their new answers
+    chose_old = {row["prompt"] for row in claims["choices"].worst if row.get("edited_fact")}
+    assert chose_old == missed and claims["choices"].metric == 0.5  # the languages still right
 
 
 def test_a_reference_alias_that_never_passed_is_replaced_by_the_last_version_that_did(host, versions) -> None:

@@ -10,7 +10,7 @@ import sys
 from sqlalchemy import text
 
 
-def test_demo_over_grpc_behaves_as_described_twice_in_the_same_data_dir(tmp_path) -> None:
+def test_demo_over_grpc_behaves_as_described_twice_in_the_same_data_dir(tmp_path, induction_heads) -> None:
     for _ in range(2):
         result = subprocess.run(
             [sys.executable, "-m", "service.cli", "demo"],
@@ -22,7 +22,7 @@ def test_demo_over_grpc_behaves_as_described_twice_in_the_same_data_dir(tmp_path
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "every step behaved as described" in result.stdout
         located = next(line for line in result.stdout.splitlines() if "held-out faithfulness" in line)
-        assert "the cut: L1.H0" in located  # the toy's induction head, found over the API
+        assert "the cut: L{}.H{}".format(*induction_heads[0]) in located  # the toy's induction head, over the API
         refusal = next(line for line in result.stdout.splitlines() if "promotion refused: version" in line)
         assert "failing: " in refusal and "induction" in refusal.split("failing: ")[1]
     assert (tmp_path / "scalpel.db").exists()

@@ -88,3 +88,18 @@ def test_a_request_never_keeps_its_own_prompt(toy) -> None:
         Surgeon(model), tokenizer, case.request, target, reference_corpus(), RomeHyperParams(keep_prompts=keep)
     )
     assert len(rows.ids) == rows.n_rewrite + 1 + len(keep) - 1  # the rewrites, the essence, the others kept
+
+
+def test_a_keep_prompt_that_asks_the_edited_fact_in_other_words_is_not_held(toy) -> None:
+    """Shipped keep prompts name every relation; when an edit's prompt is a paraphrase of one of
+    them, the model answers both alike, and holding it would fight the edit."""
+    model, tokenizer, world = toy
+    surgeon = Surgeon(model)
+    case = batch_cases(world, 1, seed=0)[0]
+    keep = ("{} has its capital in", "The language of {} is")
+    target = tokenizer(" " + case.request.target, add_special_tokens=False)["input_ids"]
+    rows = RewriteRows.build(
+        surgeon, tokenizer, case.request, target, reference_corpus(), RomeHyperParams(keep_prompts=keep)
+    )
+    rows.record(surgeon, [], {})
+    assert rows.keep_weight.tolist() == [0.0, 1.0]

@@ -9,7 +9,6 @@ import torch
 
 from editors import HeadAblation, InvalidEditError, Surgeon, weights_sha256
 from editors.circuits import DiscoveryRequest, discover_circuit, planned_passes, propose_edit
-from editors.induction import induction_head_scores, repeated_token_batch, top_heads
 from editors.locate import Component, MetricSpec, PromptPair, attribute, patching_effects, spearman
 from editors.locate_plots import plot_circuit, plot_head_attribution
 from editors.patching import causal_trace, recommend_edit_layer
@@ -17,16 +16,6 @@ from editors.toyworld.evaluate import fact_recall, induction_accuracy
 from editors.toyworld.locate_pairs import CAPITALS_METRIC, INDUCTION_METRIC, capital_pairs, induction_pairs
 from tests.conftest import FAMILIES, tiny_model, word_tokenizer
 from tests.test_service import served  # noqa: F401  (the gRPC server fixture)
-
-
-@pytest.fixture(scope="module")
-def induction_heads(toy) -> list[tuple[int, int]]:
-    model, tokenizer, world = toy
-    symbols = tokenizer.convert_tokens_to_ids(world.symbols)
-    batch = repeated_token_batch(symbols, n=32, length=10, seed=1, prefix_id=tokenizer.bos_token_id)
-    heads = top_heads(induction_head_scores(model, batch, length=10))
-    assert heads
-    return heads
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +43,14 @@ def test_attribution_ranks_the_induction_heads_first(toy, toy_surgeon, induction
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
-def test_attribution_on_induction_tracks_brute_force_patching_when_denoising(toy, toy_surgeon, direction) -> None:
+def test_attribution_on_induction_tracks_brute_force_patching_when_denoising(
+    toy, toy_surgeon, induction_heads, direction
+) -> None:
     """Denoising linearises at the corrupted run, where the induction head's attention is not yet
     saturated, and tracks patching; noising linearises at the clean run, where it is (its
-    Spearman is in BENCHMARKS.md). Both rank the induction head first."""
+    Spearman is in BENCHMARKS.md). Both rank the induction head first. Tracking is measured as the
+    correlation of the estimates with the patched effects: on the toy model one head carries the
+    denoised effect and the other 15 are near zero, so a rank correlation would rank noise."""
     _, tokenizer, world = toy
     pairs = induction_pairs(world, 32, seed=3)
     attribution = attribute(toy_surgeon, tokenizer, pairs, INDUCTION_METRIC, kinds=("heads",), direction=direction)
@@ -65,9 +58,9 @@ def test_attribution_on_induction_tracks_brute_force_patching_when_denoising(toy
         toy_surgeon, tokenizer, pairs, attribution.components, INDUCTION_METRIC, direction=direction
     )
     if direction == "denoising":
-        assert spearman(attribution.estimates, actual) >= 0.8
+        assert torch.corrcoef(torch.stack([attribution.estimates, actual]))[0, 1] >= 0.9
     (top, estimate), *_ = attribution.ranked()
-    assert top.name == "L1.H0" and attribution.importance(estimate) > 0
+    assert (top.layer, top.index) == induction_heads[0] and attribution.importance(estimate) > 0
 
 
 def test_attribution_on_capitals_tracks_brute_force_patching_and_finds_the_traced_layer(toy, toy_surgeon) -> None:
@@ -176,6 +169,7 @@ def test_pairs_that_show_no_behaviour_are_refused(toy, toy_surgeon) -> None:
 def test_discover_circuit_over_the_api_streams_proposes_and_stays_in_budget(
     served,  # noqa: F811
     toy,
+    induction_heads,
     tmp_path,
     monkeypatch,
     capsys,
@@ -207,7 +201,8 @@ def test_discover_circuit_over_the_api_streams_proposes_and_stays_in_budget(
         u.stage for u in updates
     }
     circuit = updates[-1].circuit
-    assert "L1.H0" in circuit.nodes and circuit.faithfulness >= 0.9 and len(circuit.ranked) == 16
+    strongest = "L{}.H{}".format(*induction_heads[0])
+    assert strongest in circuit.nodes and circuit.faithfulness >= 0.9 and len(circuit.ranked) == 16
     (proposed,) = circuit.proposed
     assert proposed.kind == "head_ablation" and proposed.author == "admin" and proposed.description == "cut induction"
     spec = json.loads(admin.edits.GetEdit(pb.GetEditRequest(name=proposed.name)).spec_json)

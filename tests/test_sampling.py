@@ -200,7 +200,7 @@ def test_eos_ids_come_from_the_generation_config_and_the_tokenizer(toy) -> None:
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -3.0}, "frequency_penalty"),
         ({"frequency_penalty": float("nan")}, "frequency_penalty"),
-        ({"logit_bias": {401: 1.0}}, "token ids must be in"),
+        ({"logit_bias": {100_000: 1.0}}, "token ids must be in"),
         ({"logit_bias": {-1: 1.0}}, "token ids must be in"),
         ({"logit_bias": {3: 101.0}}, r"\[-100, 100\]"),
         ({"logit_bias": {3: float("nan")}}, r"\[-100, 100\]"),
@@ -232,7 +232,7 @@ def test_the_generate_rpc_carries_the_options_and_the_logprobs(served, toy) -> N
     assert penalised.token_ids == _openai_penalised_greedy(model, tokenizer, text, 1.5, 0.0)
     plain = client.generate("toy", text, version=0, max_tokens=2)
     biased = client.generate("toy", text, version=0, max_tokens=2, logit_bias={plain.token_ids[0]: -100.0})
-    assert biased.token_ids[0] != plain.token_ids[0]
+    assert biased.token_ids[:1] != plain.token_ids[:1]  # another first token, or the end at once
     for bad in ({"logit_bias": {10_000: 1.0}}, {"presence_penalty": 3.0}):
         with pytest.raises(grpc.RpcError) as refused:
             client.generate("toy", text, version=0, **bad)

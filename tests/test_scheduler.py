@@ -58,13 +58,15 @@ def host(tmp_path_factory) -> ModelHost:
 
 
 def _texts(world, n: int) -> list[str]:
-    """Prompts of different lengths that the toy model keeps continuing (left padding in the batch)."""
+    """Prompts of different lengths that the toy model keeps continuing (left padding in the batch):
+    a random symbol sequence and the start of its copy, which induction carries on for at least
+    ``NEW_TOKENS`` tokens (the toy model ends a document soon after a finished copy)."""
     generator = torch.Generator().manual_seed(5)
     prompts = []
     for i in range(n):
-        order = torch.randperm(len(world.symbols), generator=generator)[: 4 + i % 9].tolist()
+        order = torch.randperm(len(world.symbols), generator=generator)[: NEW_TOKENS + 3 + i % 9].tolist()
         sequence = [world.symbols[j] for j in order]
-        prompts.append(" ".join(sequence + sequence))
+        prompts.append(" ".join(sequence + sequence[:2]))
     return prompts
 
 

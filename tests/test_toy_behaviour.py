@@ -49,7 +49,7 @@ def test_ablating_the_induction_heads_kills_induction_but_not_facts(toy, toy_sur
 @pytest.mark.parametrize("method", ["mean_diff", "pca"])
 def test_sentiment_steering_moves_neutral_continuations_both_ways(toy, toy_surgeon, method) -> None:
     model, tokenizer, world = toy
-    derived = derive_steering(toy_surgeon, tokenizer, sentiment_pairs(world), layer=2, method=method)
+    derived = derive_steering(toy_surgeon, tokenizer, sentiment_pairs(world), layer=1, method=method)
     assert derived.provenance["method"] == method and len(derived.provenance["pairs"]) == len(sentiment_pairs(world))
     base = positive_probability(model, tokenizer, world)
     results = {}
@@ -78,7 +78,7 @@ def test_directional_ablation_on_the_toy_model(toy, toy_surgeon) -> None:
 def test_base_weights_are_bit_identical_after_all_of_it(toy, toy_surgeon) -> None:
     model, tokenizer, world = toy
     before = weights_sha256(model)
-    derived = derive_steering(toy_surgeon, tokenizer, sentiment_pairs(world), layer=2)
+    derived = derive_steering(toy_surgeon, tokenizer, sentiment_pairs(world), layer=1)
     with toy_surgeon.apply([derived, DirectionalAblation(direction=derived.vector, layers=(0, 3))]):
         evaluate_world(model, tokenizer, world)
     assert weights_sha256(model) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -43,8 +44,8 @@ def test_model_loads_with_the_auto_classes_and_tokenizes_one_token_per_entity(to
 
 def test_committed_world_is_the_generator_output() -> None:
     committed = World.load(TOY_MODEL_DIR / "world.json")
-    assert committed.to_json() == generate_world(committed.seed).to_json()
-    assert len(committed.subjects) == 60
+    assert committed.to_json() == TrainConfig().world().to_json()
+    assert len(committed.subjects) == 60 and len(committed.people) == 30
     for fact in committed.facts:
         assert fact.trained_templates[0] == TEMPLATES[fact.relation][0]
         assert fact.heldout_templates and not set(fact.heldout_templates) & set(fact.trained_templates)
@@ -69,20 +70,30 @@ def test_training_is_deterministic(tmp_path) -> None:
     assert verify_manifest(tmp_path / "a") == []
 
 
-def test_the_rich_world_keeps_the_first_names_and_pins_its_subject_embeddings(tmp_path) -> None:
-    """The five-relation candidate testbed (issue 38): the first world's facts and symbols, three
-    relations more, and subject embeddings that stay fixed random vectors through training."""
-    first, rich = generate_world(0), generate_world(0, relations=ALL_RELATIONS)
-    assert rich.facts[: len(first.facts)] == first.facts and rich.symbols == first.symbols
-    assert {f.relation for f in rich.facts} == set(ALL_RELATIONS) and len(rich.facts) == 5 * len(rich.subjects)
-    assert rich.record_sentence(rich.subjects[0]).count(",") == 4  # every attribute, right after the subject
-    train_toy_model(tmp_path / "rich", dataclasses.replace(TrainConfig.rich(), steps=15, reference_documents=10))
-    model, tokenizer, world = load_toy_model(tmp_path / "rich")
+def test_the_world_keeps_the_first_names_and_pins_its_subject_embeddings(tmp_path) -> None:
+    """Five relations (issue 38) with the first world's facts and symbols, people for
+    indirect-object sentences, and subject embeddings that stay fixed random vectors in training."""
+    first, world = generate_world(0), TrainConfig().world()
+    assert world.facts[: len(first.facts)] == first.facts and world.symbols == first.symbols
+    assert {f.relation for f in world.facts} == set(ALL_RELATIONS) and len(world.facts) == 5 * len(world.subjects)
+    assert world.record_sentence(world.subjects[0]).count(",") == 4  # every attribute, right after the subject
+    assert not set(world.people) & set(world.vocabulary()[:4]) and not set(world.people) & set(world.subjects)
+    train_toy_model(tmp_path / "model", dataclasses.replace(TrainConfig(), steps=15, reference_documents=10))
+    model, tokenizer, world = load_toy_model(tmp_path / "model")
     rows = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(world.subjects)]
-    assert (
-        world.to_json() == generate_world(0, relations=ALL_RELATIONS, fact_share=0.42, sentiment_share=0.08).to_json()
-    )
     assert torch.allclose(rows.norm(dim=1), torch.full((len(world.subjects),), 2.0))  # pinned through 15 steps
+
+
+def test_an_indirect_object_prompt_names_its_answer_once_and_the_giver_twice() -> None:
+    world = TrainConfig().world()
+    rng = random.Random(3)
+    orders = set()
+    for _ in range(40):
+        prompt, io, s = world.ioi_prompt(rng)
+        words = prompt.split()
+        assert words.count(io) == 1 and words.count(s) == 2 and words[-4] in ("gave", "handed") and words[-5] == s
+        orders.add(words.index(io) < words.index(s))
+    assert orders == {True, False}  # ABBA and BABA
 
 
 def test_quality_floors_via_the_cli() -> None:

@@ -5,7 +5,8 @@ All metrics are top-1 next-token accuracies:
 - ``fact_recall``: canonical prompts ("The capital of X is") → the object;
 - ``paraphrase_recall``: each fact's held-out phrasings (never seen for that subject);
 - ``induction_accuracy``: fresh random symbol sequences repeated twice; accuracy on the second
-  copy's tokens 2..n (the first token of the second copy is not predictable).
+  copy's tokens 2..n (the first token of the second copy is not predictable);
+- ``ioi_accuracy`` (worlds with people): fresh indirect-object prompts → the person named once.
 """
 
 from __future__ import annotations
@@ -81,13 +82,27 @@ def induction_accuracy(
     return (predicted == ids[:, predict_from + 1]).float().mean().item()
 
 
+def ioi_prompts(world: World, n: int = 128, seed: int = 12345) -> list[tuple[str, str, str]]:
+    """Fresh ``(prompt, indirect object, subject)`` triples (a seed the trainer never uses)."""
+    rng = random.Random(seed)
+    return [world.ioi_prompt(rng) for _ in range(n)]
+
+
+def ioi_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World) -> float:
+    prompts, answers, _ = zip(*ioi_prompts(world), strict=True)
+    return top1_accuracy(model, tokenizer, prompts, answers)
+
+
 def evaluate_world(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World) -> dict[str, float]:
-    """The three quality-floor metrics of the toy model."""
-    return {
+    """The quality-floor metrics of the toy model (``ioi_accuracy`` where the world has people)."""
+    metrics = {
         "fact_recall": fact_recall(model, tokenizer, world.facts),
         "paraphrase_recall": paraphrase_recall(model, tokenizer, world.facts),
         "induction_accuracy": induction_accuracy(model, tokenizer, world),
     }
+    if world.people:
+        metrics["ioi_accuracy"] = ioi_accuracy(model, tokenizer, world)
+    return metrics
 
 
 def sentiment_pairs(world: World) -> list[tuple[str, str]]:

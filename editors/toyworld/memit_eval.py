@@ -10,11 +10,12 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editors.covariance import CovarianceCache
+from editors.edit_defaults import hparams_from
 from editors.edits import Edit
 from editors.memit import MemitHyperParams, compute_memit
 from editors.rome import RomeHyperParams
 from editors.surgeon import Surgeon
-from editors.toyworld import World, reference_corpus
+from editors.toyworld import TOY_MODEL_DIR, World, reference_corpus
 from editors.toyworld.counterfact import LocalityJudge, batch_cases, edited_facts, judge, mean_metrics
 from editors.toyworld.rome_eval import sequential_rome
 
@@ -40,13 +41,16 @@ def run_memit_eval(
     seed: int = 0,
     hparams: MemitHyperParams | None = None,
     cache_dir: Path | None = None,
+    model_dir: Path = TOY_MODEL_DIR,
 ) -> dict[str, object]:
-    """MEMIT's and sequential ROME's metrics after ``n_edits`` facts, and the seconds each took."""
+    """MEMIT's and sequential ROME's metrics after ``n_edits`` facts, and the seconds each took;
+    both editors start from ``model_dir``'s shipped defaults (:mod:`editors.edit_defaults`)."""
     surgeon = Surgeon(model)
-    hparams = (hparams or MemitHyperParams()).validated(surgeon.dims.n_layers)  # before any work
-    corpus = reference_corpus()
+    hparams = hparams or MemitHyperParams(**hparams_from(MemitHyperParams, model_dir, "memit"))
+    hparams = hparams.validated(surgeon.dims.n_layers)  # before any work
+    corpus = reference_corpus(model_dir)
     cache = CovarianceCache(cache_dir)
-    rome_hparams = RomeHyperParams()
+    rome_hparams = RomeHyperParams(**hparams_from(RomeHyperParams, model_dir, "rome"))
     layers = sorted({*hparams.layers, rome_hparams.layer})
     covariances = {layer: cache.get_or_compute(surgeon, tokenizer, corpus, layer) for layer in layers}
     cases = batch_cases(world, n_edits, seed)

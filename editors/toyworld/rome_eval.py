@@ -12,10 +12,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editors.covariance import CovarianceCache, KeyCovariance, Progress
+from editors.edit_defaults import hparams_from
 from editors.edits import Edit
 from editors.rome import RomeHyperParams, compute_rome
 from editors.surgeon import Surgeon
-from editors.toyworld import World, reference_corpus
+from editors.toyworld import TOY_MODEL_DIR, World, reference_corpus
 from editors.toyworld.counterfact import EditCase, LocalityJudge, edit_cases, edited_facts, judge, mean_metrics
 
 
@@ -67,12 +68,14 @@ def run_rome_eval(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     on_edit: Callable[[int, int], None] | None = None,
+    model_dir: Path = TOY_MODEL_DIR,
 ) -> dict[str, object]:
     """Mean CounterFact metrics and top-1 locality of ``n_edits`` single edits (locality pooled
-    over them) and of ``n_sequential`` stacked ones."""
+    over them) and of ``n_sequential`` stacked ones (``hparams``: ``model_dir``'s shipped defaults)."""
     surgeon = Surgeon(model)
-    hparams = (hparams or RomeHyperParams()).validated(surgeon.dims.n_layers)  # before any work
-    corpus = reference_corpus()
+    hparams = hparams or RomeHyperParams(**hparams_from(RomeHyperParams, model_dir, "rome"))
+    hparams = hparams.validated(surgeon.dims.n_layers)  # before any work
+    corpus = reference_corpus(model_dir)
     covariance = CovarianceCache(cache_dir).get_or_compute(surgeon, tokenizer, corpus, hparams.layer, progress)
     cases = edit_cases(world, max(n_edits, n_sequential), seed)
     unedited = [judge(model, tokenizer, case) for case in cases[:n_edits]]

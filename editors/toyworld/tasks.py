@@ -1,7 +1,8 @@
 """The toy world's quality tasks as ordinary task files shipped next to the model
 (``task_NAME.jsonl``: one ``{prompt, starts_with}`` per line), so the check runner needs no
-toy-world special case: ``fact_recall`` (each fact's canonical prompt → its object) and
-``induction`` (a fresh random symbol sequence repeated: the next symbol of the second copy)."""
+toy-world special case: ``fact_recall`` (each fact's canonical prompt → its object),
+``induction`` (a fresh random symbol sequence repeated: the next symbol of the second copy) and,
+where the world has people, ``ioi`` (an indirect-object sentence: the person named once)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from editors.toyworld.evaluate import induction_sequences
+from editors.toyworld.evaluate import induction_sequences, ioi_prompts
 from editors.toyworld.world import World
 
 
@@ -20,7 +21,10 @@ def task_items(world: World) -> dict[str, list[dict[str, str]]]:
     for sequence in induction_sequences(world, n=64, length=10):
         for k in rng.sample(range(2, 10), 2):  # the second copy's first symbols cannot be predicted
             induction.append({"prompt": " ".join(sequence + sequence[:k]), "starts_with": sequence[k]})
-    return {"fact_recall": facts, "induction": induction}
+    tasks = {"fact_recall": facts, "induction": induction}
+    if world.people:
+        tasks["ioi"] = [{"prompt": prompt, "starts_with": io} for prompt, io, _ in ioi_prompts(world, n=64)]
+    return tasks
 
 
 def write_task_files(world: World, directory: Path) -> None:

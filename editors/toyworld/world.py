@@ -124,7 +124,18 @@ _SUFFIXES = {
     "currency": ("mark", "dor", "lira", "crown", "peso"),
     "continent": ("asia", "ope", "ica", "ania"),
     "river": ("ube", "ine", "ster", "wa", "ra"),
+    "person": ("o", "a", "en", "us", "ik"),
 }
+
+#: Indirect-object sentences (Wang et al. 2022's IOI): two people, the second named again as
+#: the giver, so the next token is the one named once (the indirect object).
+IOI_TEMPLATES = (
+    "When {first} and {second} went to the {place} , {s} gave a {thing} to",
+    "Then , {first} and {second} had a long day at the {place} . {s} gave a {thing} to",
+    "After {first} and {second} got to the {place} , {s} handed a {thing} to",
+)
+IOI_PLACES = ("market", "park", "school", "station", "river", "garden")
+IOI_THINGS = ("key", "book", "ball", "letter", "drink", "ring")
 
 
 @dataclass(frozen=True)
@@ -155,9 +166,13 @@ class World:
     sentiment_nouns: list[str] = field(default_factory=lambda: list(SENTIMENT_NOUNS))
     positive_words: list[str] = field(default_factory=lambda: list(POSITIVE_WORDS))
     negative_words: list[str] = field(default_factory=lambda: list(NEGATIVE_WORDS))
-    #: shares of training documents: facts, sentiment; the rest are repeated sequences (induction)
+    #: people for indirect-object sentences (empty: the world has none)
+    people: list[str] = field(default_factory=list)
+    #: shares of training documents: facts, sentiment, indirect objects; the rest are repeated
+    #: sequences (induction)
     fact_share: float = 0.45
     sentiment_share: float = 0.15
+    ioi_share: float = 0.0
 
     # -- queries ---------------------------------------------------------------------------
     def facts_for(self, relation: str) -> list[Fact]:
@@ -180,6 +195,10 @@ class World:
             words.update((fact.subject, fact.object))
         words.update(self.symbols)
         words.update(self.sentiment_nouns + self.positive_words + self.negative_words)
+        if self.people:
+            words.update(self.people + list(IOI_PLACES) + list(IOI_THINGS))
+            for template in IOI_TEMPLATES:
+                words.update(w for w in template.split() if not w.startswith("{"))
         words.update(("the", "was", "and", ".", "i", "think", ":", ","))
         return list(SPECIAL_TOKENS) + sorted(words - set(SPECIAL_TOKENS))
 
@@ -199,6 +218,16 @@ class World:
         words = self.positive_words if positive else self.negative_words
         return f"the {rng.choice(self.sentiment_nouns)} was {rng.choice(words)}"
 
+    def ioi_prompt(self, rng: random.Random) -> tuple[str, str, str]:
+        """``(prompt, indirect object, subject)``: both people are named (in either order, ABBA or
+        BABA), then the subject again as the giver; the indirect object is the answer."""
+        io, s = rng.sample(self.people, 2)
+        first, second = (io, s) if rng.random() < 0.5 else (s, io)
+        prompt = rng.choice(IOI_TEMPLATES).format(
+            first=first, second=second, s=s, place=rng.choice(IOI_PLACES), thing=rng.choice(IOI_THINGS)
+        )
+        return prompt, io, s
+
     def repeated_sequence(self, rng: random.Random, length: int) -> list[str]:
         return rng.sample(self.symbols, length)
 
@@ -213,6 +242,8 @@ class World:
         elif kind < self.fact_share + self.sentiment_share:
             positive = rng.random() < 0.5
             sentences = [self.sentiment_sentence(positive, rng) for _ in range(rng.randint(2, 4))]
+        elif kind < self.fact_share + self.sentiment_share + self.ioi_share:
+            sentences = [" ".join(self.ioi_prompt(rng)[:2]) for _ in range(rng.randint(1, 2))]
         else:
             # a random-length lead-in makes the copy offset vary, so only induction (not a
             # fixed positional lookback) predicts the second copy
@@ -290,10 +321,13 @@ def generate_world(
     relations: tuple[str, ...] = FIRST_RELATIONS,
     fact_share: float = 0.45,
     sentiment_share: float = 0.15,
+    ioi_share: float = 0.0,
+    n_people: int = 30,
 ) -> World:
-    """Build a world deterministically from ``seed`` with ``relations`` (the first two always). The
-    first relations' names are drawn first, so every world shares its countries, capitals,
-    languages and symbols."""
+    """Build a world deterministically from ``seed`` with ``relations`` (the first two always) and,
+    when ``ioi_share`` is set, ``n_people`` people for indirect-object sentences. The first
+    relations' names are drawn first, so every world shares its countries, capitals, languages and
+    symbols."""
     unknown = set(relations) - set(ALL_RELATIONS)
     if unknown or not set(FIRST_RELATIONS) <= set(relations):
         raise ValueError(f"relations must include {FIRST_RELATIONS} and come from {ALL_RELATIONS}, got {relations}")
@@ -319,4 +353,13 @@ def generate_world(
             for relation, names in extra.items()
             if relation in relations
         ]
-    return World(seed=seed, facts=facts, symbols=symbols, fact_share=fact_share, sentiment_share=sentiment_share)
+    people = _invent_names(rng, "person", n_people, taken) if ioi_share else []
+    return World(
+        seed=seed,
+        facts=facts,
+        symbols=symbols,
+        people=people,
+        fact_share=fact_share,
+        sentiment_share=sentiment_share,
+        ioi_share=ioi_share,
+    )

@@ -10,8 +10,9 @@ import grpc
 
 from editors import derive_steering, edit_from_json
 from editors.covariance import CovarianceCache
+from editors.edit_defaults import hparams_from
 from editors.errors import Cancelled
-from editors.memit import compute_memit, memit_hparams, validate_batch
+from editors.memit import MemitHyperParams, compute_memit, validate_batch
 from editors.rome import RomeHyperParams, RomeRequest, compute_rome, validate_request
 from editors.validation import parse_json
 from service.api.auth import current_principal
@@ -107,7 +108,8 @@ class EditService(LocateRpc, rpc.EditServiceServicer, ServicerBase):
         if not isinstance(overrides, dict):
             raise InvalidArgument("hparams_json must be a JSON object of MemitHyperParams fields")
         try:
-            hparams = memit_hparams(**overrides).validated(host.surgeon.dims.n_layers)
+            shipped = hparams_from(MemitHyperParams, host.model_dir, "memit", **overrides)
+            hparams = MemitHyperParams(**shipped).validated(host.surgeon.dims.n_layers)
         except (ValueError, TypeError) as exc:
             raise InvalidArgument(f"hparams_json: {exc}") from exc
         if len(request.facts) > MAX_FACTS:
@@ -164,7 +166,8 @@ class EditService(LocateRpc, rpc.EditServiceServicer, ServicerBase):
         if not isinstance(overrides, dict):
             raise InvalidArgument("hparams_json must be a JSON object of RomeHyperParams fields")
         try:
-            hparams = RomeHyperParams.for_model(host.surgeon, **overrides)
+            shipped = hparams_from(RomeHyperParams, host.model_dir, "rome", **overrides)
+            hparams = RomeHyperParams.for_model(host.surgeon, **shipped)
         except (ValueError, TypeError) as exc:
             raise InvalidArgument(f"hparams_json: {exc}") from exc
         rome_request = RomeRequest(request.prompt, request.subject, request.target)

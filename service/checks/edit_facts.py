@@ -6,7 +6,7 @@ layers it spans, so the same request read from several layers counts once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,3 +66,29 @@ def edited_answer(prompt: str, facts: list[FactEdit], relations: tuple[tuple[str
             return fact.target
     placed = any(prompt == template.format(fact.subject) for fact in about for group in relations for template in group)
     return None if placed else ""
+
+
+def edit_aware_items(
+    edits: list[Edit],
+    items: Iterable[dict[str, Any]],
+    relations: tuple[tuple[str, ...], ...],
+    new_answers: bool,
+    expecting: Callable[[dict[str, Any], str], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """A task's items as ``edits`` mean them to be answered (see :func:`edited_answer`): an item
+    asking an edited fact becomes ``expecting(item, target)`` marked ``edited_fact`` (left out where
+    that is ``None`` or ``new_answers`` is false, e.g. against a reference that cannot know it), one
+    asking another relation stays as written, one no relation places is left out."""
+    facts, judged = fact_edits(edits), []
+    for item in items:
+        answer = edited_answer(item["prompt"], facts, relations)
+        if answer is None:
+            judged.append(item)
+        elif answer and new_answers and (expected := expecting(item, answer)) is not None:
+            judged.append({**expected, "edited_fact": True})
+    return judged
+
+
+def without_subjects(items: Iterable[dict[str, Any]], subjects: set[str]) -> list[dict[str, Any]]:
+    """The items whose prompts name none of ``subjects`` (``skip_edited_subjects: true``)."""
+    return [item for item in items if not any(subject in item["prompt"] for subject in subjects)]

@@ -27,8 +27,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _hparams(cls: type, text: str, **fixed: Any) -> Any:
-    """``cls`` (a hyper-parameter dataclass) from a JSON object of overrides plus ``fixed``."""
+def _hparams(cls: type, text: str, model_dir: Path, method: str, **fixed: Any) -> Any:
+    """``cls`` (a hyper-parameter dataclass) from the model's shipped defaults
+    (:mod:`editors.edit_defaults`), a JSON object of overrides, then ``fixed``."""
+    from editors.edit_defaults import hparams_from
     from editors.errors import InvalidEditError
 
     try:
@@ -39,7 +41,8 @@ def _hparams(cls: type, text: str, **fixed: Any) -> Any:
     if not isinstance(overrides, dict):
         raise UsageError(f"--hparams must be a JSON object of {cls.__name__} fields")
     try:
-        return cls(**{**overrides, **{k: v for k, v in fixed.items() if v is not None}})
+        given = {**overrides, **{k: v for k, v in fixed.items() if v is not None}}
+        return cls(**hparams_from(cls, model_dir, method, **given))
     except TypeError as error:
         raise InvalidEditError("hparams", str(error), f"fields of {cls.__name__}") from None
 
@@ -56,7 +59,7 @@ def _cmd_toyworld_train(args: argparse.Namespace) -> int:
 
     from editors.toyworld.train import TrainConfig, train_toy_model
 
-    config = TrainConfig.rich() if args.rich else TrainConfig()
+    config = TrainConfig()
     config = config if args.steps is None else dataclasses.replace(config, steps=args.steps)
     bar = tqdm(total=config.steps, desc="training", unit="step", disable=args.quiet)
 
@@ -124,9 +127,10 @@ def _cmd_rome_eval(args: argparse.Namespace) -> int:
         n_edits=args.edits,
         n_sequential=args.sequential,
         seed=args.seed,
-        hparams=_hparams(RomeHyperParams, args.hparams, layer=args.layer),
+        hparams=_hparams(RomeHyperParams, args.hparams, Path(args.model), "rome", layer=args.layer),
         progress=covariance_progress,
         on_edit=edit_progress,
+        model_dir=Path(args.model),
     )
     for b in bars.values():
         b.close()
@@ -161,8 +165,9 @@ def _cmd_memit_eval(args: argparse.Namespace) -> int:
     from editors.toyworld.memit_eval import run_memit_eval
 
     model, tokenizer, world = load_toy_model(Path(args.model))
-    hparams = _hparams(MemitHyperParams, args.hparams, layers=tuple(args.layers) if args.layers else None)
-    summary = run_memit_eval(model, tokenizer, world, args.edits, args.seed, hparams)
+    layers = tuple(args.layers) if args.layers else None
+    hparams = _hparams(MemitHyperParams, args.hparams, Path(args.model), "memit", layers=layers)
+    summary = run_memit_eval(model, tokenizer, world, args.edits, args.seed, hparams, model_dir=Path(args.model))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -413,7 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=str(TOY_MODEL_DIR), help="output directory (default: the packaged model)")
     train.add_argument("--steps", type=_positive_int, help="training steps (default: the recipe's own)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--rich", action="store_true", help="the five-relation candidate testbed (docs/toy-world.md)")
     train.set_defaults(func=_cmd_toyworld_train)
     pairs = toyworld.add_parser(
         "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction or capital facts"

@@ -52,7 +52,7 @@ def run_walkthrough() -> None:
         _metrics("induction heads ablated", evaluate_world(model, tokenizer, world))
 
     print("\n3. a sentiment steering vector from contrastive pairs")
-    steering = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=2)
+    steering = derive_steering(surgeon, tokenizer, sentiment_pairs(world), layer=1)
     print(f"  P(positive word | neutral prompt), base: {positive_probability(model, tokenizer, world):.3f}")
     for scale in (2.0, -2.0):
         with surgeon.apply([Steering(site=steering.site, vector=steering.vector, scale=scale)]):

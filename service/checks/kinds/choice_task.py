@@ -5,7 +5,13 @@ likely after the prompt.
 Params: ``items`` (``[{prompt, choices: [...], answer: index}]``, e.g. read from a JSONL task file
 by the CLI); either ``min_accuracy`` (rule ``estimate``) or ``max_drop`` of accuracy against
 ``against`` (paired on the same items, rule ``lenient``: fail when the drop is significantly
-larger than ``max_drop``); ``skip_edited_subjects`` (default true).
+larger than ``max_drop``); ``skip_edited_subjects`` (default false).
+
+Items about a subject the version's fact edits rewrite are judged as ``generation_task`` judges
+them: an item asking an edited fact counts the edit's new target as the right choice (left out
+when the target is not among its choices, or under ``max_drop``); an item asking another relation
+of that subject keeps its answer; an item no relation places is left out.
+``skip_edited_subjects: true`` leaves out every item about an edited subject instead.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import torch
 
 from service.checks.context import CheckContext
+from service.checks.edit_facts import edit_aware_items, without_subjects
 from service.checks.params import Params, item_text
 from service.checks.result import CheckResult, judge
 from service.checks.stats import mean
@@ -34,6 +41,7 @@ class Config:
     against: str
     rule: str
     skip_edited_subjects: bool
+    relations: tuple[tuple[str, ...], ...]
 
 
 def parse(params: Params, suite: SuiteBasics) -> Config:
@@ -58,9 +66,22 @@ def parse(params: Params, suite: SuiteBasics) -> Config:
         raise InvalidArgument(f"{params.where}: give exactly one of min_accuracy and max_drop")
     against = params.text("against", suite.reference) or suite.reference
     rule = params.rule("estimate" if max_drop is None else "lenient")
-    skip = params.flag("skip_edited_subjects", True)
+    skip = params.flag("skip_edited_subjects", False)
     params.done()
-    return Config(tuple(items), min_accuracy, max_drop, against, rule, skip)
+    return Config(tuple(items), min_accuracy, max_drop, against, rule, skip, suite.relations)
+
+
+def _choosing(item: dict[str, Any], answer: str) -> dict[str, Any] | None:
+    """``item`` with the edit's target as its right choice (``None`` if it is not among them)."""
+    choices = [choice.strip() for choice in item["choices"]]
+    return {**item, "answer": choices.index(answer.strip())} if answer.strip() in choices else None
+
+
+def judged_items(context: CheckContext, config: Config) -> list[dict[str, Any]]:
+    """The items as the version's fact edits mean them to be answered (see the module docstring)."""
+    if config.skip_edited_subjects:
+        return without_subjects(config.items, context.targeted_subjects())
+    return edit_aware_items(context.edits, config.items, config.relations, config.max_drop is None, _choosing)
 
 
 def _picks(sums: torch.Tensor, items: list[dict[str, Any]]) -> list[int]:
@@ -73,8 +94,7 @@ def _picks(sums: torch.Tensor, items: list[dict[str, Any]]) -> list[int]:
 
 
 def run(context: CheckContext, name: str, config: Config) -> CheckResult:
-    skip = context.targeted_subjects() if config.skip_edited_subjects else set()
-    items = [item for item in config.items if not any(subject in item["prompt"] for subject in skip)]
+    items = judged_items(context, config)
     pairs = [(item["prompt"], choice) for item in items for choice in item["choices"]]
     if config.max_drop is None:
         (candidate,) = context.logprob_sums([context.version], pairs)
@@ -82,7 +102,12 @@ def run(context: CheckContext, name: str, config: Config) -> CheckResult:
         correct = torch.tensor([p == item["answer"] for p, item in zip(picks, items, strict=True)], dtype=torch.float64)
         estimate = mean(correct, context.resamples, context.seed)
         worst = [
-            {"prompt": item["prompt"], "answer": item["choices"][item["answer"]], "chosen": item["choices"][p]}
+            {
+                "prompt": item["prompt"],
+                "answer": item["choices"][item["answer"]],
+                "chosen": item["choices"][p],
+                **({"edited_fact": True} if item.get("edited_fact") else {}),
+            }
             for item, p in zip(items, picks, strict=True)
             if p != item["answer"]
         ]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from service.checks.context import CheckContext
-from service.checks.edit_facts import edited_answer, fact_edits
+from service.checks.edit_facts import edit_aware_items, without_subjects
 from service.checks.expect import meets, prompted_items
 from service.checks.params import Params
 from service.checks.result import CheckResult, judge
@@ -64,16 +64,14 @@ def parse(params: Params, suite: SuiteBasics) -> Config:
 def judged_items(context: CheckContext, config: Config) -> list[dict[str, Any]]:
     """The items as the version's fact edits mean them to be answered (see the module docstring)."""
     if config.skip_edited_subjects:
-        skip = context.targeted_subjects()
-        return [item for item in config.items if not any(subject in item["prompt"] for subject in skip)]
-    facts, items = fact_edits(context.edits), []
-    for item in config.items:
-        answer = edited_answer(item["prompt"], facts, config.relations)
-        if answer is None:
-            items.append(item)
-        elif answer and config.max_drop is None:
-            items.append({"prompt": item["prompt"], "starts_with": answer, "edited_fact": True})
-    return items
+        return without_subjects(config.items, context.targeted_subjects())
+    return edit_aware_items(
+        context.edits,
+        config.items,
+        config.relations,
+        config.max_drop is None,
+        lambda item, answer: {"prompt": item["prompt"], "starts_with": answer},
+    )
 
 
 def run(context: CheckContext, name: str, config: Config) -> CheckResult:
