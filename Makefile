@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/overhead.py
 
-# Retrain the committed toy model from scratch (deterministic, a few minutes on 2 cores).
+# Retrain the committed toy model from scratch (deterministic, about 14 minutes on 2 cores).
 toymodel: $(STAMP)
 	$(BIN)/scalpel toyworld train
 

@@ -126,6 +126,37 @@ def _subject_pinning(
     return pin
 
 
+def train_steps(
+    model: GPT2LMHeadModel,
+    stream: _PackedStream,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    steps: int,
+    after_step: Callable[[], None] = lambda: None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> float:
+    """``steps`` optimiser steps on ``stream``'s packed rows (``after_step`` after each, e.g. the
+    subjects' embeddings put back); the model is left in eval mode. Returns the last loss."""
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        input_ids = stream.batch(config.batch_rows, config.row_length)
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        after_step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_value = loss.item()
+        if progress is not None:
+            progress(step + 1, steps, loss_value)
+    model.eval()
+    return loss_value
+
+
 def train_toy_model(
     out_dir: Path,
     config: TrainConfig = TrainConfig(),
@@ -163,21 +194,7 @@ def train_toy_model(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     stream = _PackedStream(world, tokenizer, random.Random(config.train_seed))
-    model.train()
-    loss_value = float("nan")
-    for step in range(config.steps):
-        input_ids = stream.batch(config.batch_rows, config.row_length)
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        pin_subjects()
-        scheduler.step()
-        loss_value = loss.item()
-        if progress is not None:
-            progress(step + 1, config.steps, loss_value)
-    model.eval()
+    loss_value = train_steps(model, stream, optimizer, config, config.steps, pin_subjects, scheduler, progress)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

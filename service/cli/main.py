@@ -73,6 +73,14 @@ def _cmd_toyworld_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toyworld_successor(args: argparse.Namespace) -> int:
+    from editors.toyworld.successor import train_successor
+
+    world = train_successor(Path(args.out), Path(args.base), moved=args.moved, steps=args.steps)
+    print(json.dumps({"out": args.out, "moved_capitals": args.moved, "facts": len(world.facts)}))
+    return 0
+
+
 def _cmd_toyworld_eval(args: argparse.Namespace) -> int:
     from editors.toyworld import load_toy_model
     from editors.toyworld.evaluate import evaluate_world
@@ -419,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_positive_int, help="training steps (default: the recipe's own)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toyworld_train)
+    successor = toyworld.add_parser(
+        "successor", help="a successor checkpoint: the toy model trained on with some capitals moved"
+    )
+    successor.add_argument("--out", required=True, help="output directory")
+    successor.add_argument("--base", default=str(TOY_MODEL_DIR), help="the base model (default: the toy model)")
+    successor.add_argument("--moved", type=_positive_int, default=6, help="capitals moved among countries")
+    successor.add_argument("--steps", type=_positive_int, default=150, help="training steps on the changed world")
+    successor.set_defaults(func=_cmd_toyworld_successor)
     pairs = toyworld.add_parser(
         "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction or capital facts"
     )
