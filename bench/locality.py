@@ -18,6 +18,10 @@ share of the facts the unedited model answered right that it still answers right
 (:mod:`editors.toyworld.counterfact`): the edited relation's other subjects, every other
 relation of every subject (edited ones included), and the edited subjects' own other facts.
 Figures are means over the seeds, which the tests do not use; ``per_seed`` has each.
+
+``--sweep [--seeds 21 22]``: issue 38's trade-off instead, :data:`SWEEP`'s rows (the shipped
+defaults plus overrides: keep factor, the old numerics, the key mix, the layers) on ROME-10 and
+MEMIT-20, each the mean over the seeds.
 """
 
 from __future__ import annotations
@@ -80,46 +84,100 @@ def _pooled_singles(
     return pooled
 
 
-def run_seed(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    world: World,
-    model_dir: Path,
-    seed: int,
-    alpha: float,
-) -> dict[str, dict[str, float | None]]:
-    """Every method's figures on one seed's facts."""
-    surgeon = Surgeon(model)
-    corpus = reference_corpus(model_dir)
-    rome = RomeHyperParams(**hparams_from(RomeHyperParams, model_dir, "rome"))
-    memit = MemitHyperParams(**hparams_from(MemitHyperParams, model_dir, "memit"))
-    cache = CovarianceCache()
-    layers = sorted({rome.layer, *memit.layers})
-    covariances = {layer: cache.get_or_compute(surgeon, tokenizer, corpus, layer) for layer in layers}
-    formulations = {  # prefix: (ROME, MEMIT) hyper-parameters
-        "": (rome, memit),
-        "alpha_": (replace(rome, null_space=alpha), replace(memit, null_space=alpha)),
-        "nokeep_": (replace(rome, keep_prompts=()), replace(memit, keep_prompts=())),
-    }
-    singles = edit_cases(world, 20, seed)
-    results = {}
-    for prefix, (rome_hparams, _) in formulations.items():
-        if prefix != "alpha_":
-            cov = covariances[rome.layer]
-            pooled = _pooled_singles(surgeon, tokenizer, world, singles, cov, corpus, rome_hparams, seed)
-            results[f"{prefix}rome_single"] = pooled
-        cases = singles[:10]
-        stack = sequential_rome(surgeon, tokenizer, cases, covariances[rome.layer], corpus, rome_hparams)
-        results[f"{prefix}rome_seq10"] = _figures(judged_edits(surgeon, tokenizer, world, stack, cases, seed))
-    for n in (20, 60):
-        cases = batch_cases(world, n, seed)
+#: issue 38's trade-off, on the shipped defaults plus these overrides (``bench/locality.py --sweep``)
+OLD_ROME = {"steps": 40, "early_stop_nll": 0.05, "clamp_norm_factor": 0.6}
+OLD_MEMIT = {"steps": 40, "early_stop_nll": 0.05, "clamp_norm_factor": 0.75, "covariance_weight": 300.0}
+SWEEP: tuple[tuple[str, str, dict[str, object]], ...] = (
+    ("rome_seq10", "old numerics, no keep prompts", {**OLD_ROME, "keep_prompts": ()}),
+    ("rome_seq10", "old numerics, keep factor 0.25", {**OLD_ROME, "keep_factor": 0.25}),
+    ("rome_seq10", "old numerics, keep factor 1", OLD_ROME),
+    ("rome_seq10", "keep factor 0.5", {"keep_factor": 0.5}),
+    ("rome_seq10", "the defaults (keep factor 1)", {}),
+    ("rome_seq10", "keep factor 2", {"keep_factor": 2.0}),
+    ("rome_seq10", "essence weight 0.7", {"essence_weight": 0.7}),
+    ("rome_seq10", "essence weight 1.0", {"essence_weight": 1.0}),
+    ("rome_seq10", "layer 1", {"layer": 1}),
+    ("memit20", "old defaults, no keep prompts", {**OLD_MEMIT, "keep_prompts": ()}),
+    ("memit20", "old defaults, keep factor 1", OLD_MEMIT),
+    ("memit20", "λ 300", {"covariance_weight": 300.0}),
+    ("memit20", "the defaults (λ 100, keep factor 1)", {}),
+    ("memit20", "keep factor 0.5", {"keep_factor": 0.5}),
+    ("memit20", "essence KL ÷ 4, keep factor 4", {"kl_factor": 0.015625, "keep_factor": 4.0}),
+    ("memit20", "old defaults, without the prompt's key", {**OLD_MEMIT, "prompt_key": False}),
+    ("memit20", "old defaults, without the essence key", {**OLD_MEMIT, "essence_key": False}),
+    ("memit20", "old defaults, layers (0, 1)", {**OLD_MEMIT, "layers": (0, 1)}),
+    ("memit20", "old defaults, layer 1", {**OLD_MEMIT, "layers": (1,)}),
+)
+
+
+class Bench:
+    """The model, its shipped defaults and its covariances, and one method run on one seed."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: World, model_dir: Path):
+        self.surgeon, self.tokenizer, self.world = Surgeon(model), tokenizer, world
+        self.corpus = reference_corpus(model_dir)
+        self.rome_hparams = RomeHyperParams(**hparams_from(RomeHyperParams, model_dir, "rome"))
+        self.memit_hparams = MemitHyperParams(**hparams_from(MemitHyperParams, model_dir, "memit"))
+        self.cache = CovarianceCache()
+
+    def covariance(self, layer: int) -> KeyCovariance:
+        return self.cache.get_or_compute(self.surgeon, self.tokenizer, self.corpus, layer)
+
+    def rome_single(self, hparams: RomeHyperParams, seed: int) -> dict[str, float | None]:
+        cases, cov = edit_cases(self.world, 20, seed), self.covariance(hparams.layer)
+        return _pooled_singles(self.surgeon, self.tokenizer, self.world, cases, cov, self.corpus, hparams, seed)
+
+    def rome_seq10(self, hparams: RomeHyperParams, seed: int) -> dict[str, float | None]:
+        cases = edit_cases(self.world, 20, seed)[:10]
+        stack = sequential_rome(
+            self.surgeon, self.tokenizer, cases, self.covariance(hparams.layer), self.corpus, hparams
+        )
+        return _figures(judged_edits(self.surgeon, self.tokenizer, self.world, stack, cases, seed))
+
+    def memit(self, n: int, hparams: MemitHyperParams, seed: int) -> dict[str, float | None]:
+        cases = batch_cases(self.world, n, seed)
+        covariances = {layer: self.covariance(layer) for layer in hparams.layers}
         requests = [case.request for case in cases]
-        variants = [(prefix, pair[1]) for prefix, pair in formulations.items()]
-        variants += [("ref_", MemitHyperParams.reference())] if n == 20 else []
-        for prefix, hparams in variants:
-            edits = compute_memit(surgeon, tokenizer, requests, covariances, corpus, hparams).edits
-            results[f"{prefix}memit{n}"] = _figures(judged_edits(surgeon, tokenizer, world, list(edits), cases, seed))
+        edits = compute_memit(self.surgeon, self.tokenizer, requests, covariances, self.corpus, hparams).edits
+        return _figures(judged_edits(self.surgeon, self.tokenizer, self.world, list(edits), cases, seed))
+
+    def run(self, method: str, overrides: dict[str, object], seed: int) -> dict[str, float | None]:
+        if method.startswith("rome"):
+            hparams = replace(self.rome_hparams, **overrides)
+            return self.rome_single(hparams, seed) if method == "rome_single" else self.rome_seq10(hparams, seed)
+        return self.memit(int(method.removeprefix("memit")), replace(self.memit_hparams, **overrides), seed)
+
+
+def run_seed(bench: Bench, seed: int, alpha: float) -> dict[str, dict[str, float | None]]:
+    """Every method's figures on one seed's facts."""
+    formulations = {"": {}, "alpha_": {"null_space": alpha}, "nokeep_": {"keep_prompts": ()}}
+    results = {}
+    for prefix, overrides in formulations.items():
+        if prefix != "alpha_":
+            results[f"{prefix}rome_single"] = bench.run("rome_single", overrides, seed)
+        results[f"{prefix}rome_seq10"] = bench.run("rome_seq10", overrides, seed)
+    for n in (20, 60):
+        for prefix, overrides in formulations.items():
+            results[f"{prefix}memit{n}"] = bench.run(f"memit{n}", overrides, seed)
+        if n == 20:
+            results["ref_memit20"] = bench.memit(20, MemitHyperParams.reference(), seed)
     return results
+
+
+def _means(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
+    means: dict[str, float | None] = {}
+    for figure in rows[0]:
+        values = [row[figure] for row in rows if row[figure] is not None]
+        means[figure] = round(statistics.fmean(values), 4) if values else None
+    return means
+
+
+def sweep(bench: Bench, seeds: list[int]) -> list[dict[str, object]]:
+    """:data:`SWEEP`'s rows, each the mean over ``seeds``."""
+    return [
+        {"method": method, "label": label, **_means([bench.run(method, overrides, seed) for seed in seeds])}
+        for method, label, overrides in SWEEP
+    ]
 
 
 def main() -> None:
@@ -128,18 +186,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
     parser.add_argument("--model", default=str(TOY_MODEL_DIR))
     parser.add_argument("--null-space", type=float, default=1e-4, help="the null-space threshold of alpha_*")
+    parser.add_argument("--sweep", action="store_true", help="the trade-off rows (SWEEP) instead, on --seeds")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer, world = load_toy_model(Path(args.model))
-    surgeon = Surgeon(model)
-    stats = {layer: key_statistics(subject_keys(surgeon, tokenizer, world, layer)) for layer in range(2)}
-    model_dir = Path(args.model)
-    per_seed = {seed: run_seed(model, tokenizer, world, model_dir, seed, args.null_space) for seed in args.seeds}
+    bench = Bench(model, tokenizer, world, Path(args.model))
+    if args.sweep:
+        rows = sweep(bench, args.seeds)
+        print(json.dumps({"seeds": args.seeds, "sweep": rows}) if args.json else "\n".join(map(str, rows)))
+        return
+    stats = {layer: key_statistics(subject_keys(bench.surgeon, tokenizer, world, layer)) for layer in range(2)}
+    per_seed = {seed: run_seed(bench, seed, args.null_space) for seed in args.seeds}
     out: dict[str, object] = {}
     for method in per_seed[args.seeds[0]]:
-        for figure in per_seed[args.seeds[0]][method]:
-            values = [per_seed[s][method][figure] for s in args.seeds if per_seed[s][method][figure] is not None]
-            out[f"{method}_{figure}"] = round(statistics.fmean(values), 4) if values else None
+        means = _means([per_seed[seed][method] for seed in args.seeds])
+        out.update({f"{method}_{figure}": value for figure, value in means.items()})
     out.update({"key_statistics": stats, "per_seed": per_seed, "seeds": args.seeds, "null_space": args.null_space})
     if args.json:
         print(json.dumps(out))
