@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editors.batching import encode_batch, last_token_index
 from editors.circuits import DiscoveryRequest, discover_circuit, propose_edit
+from editors.covariance import KeyCovariance
 from editors.edit_defaults import hparams_from
 from editors.edits import DirectionalAblation, Edit, HeadAblation, LowRank, NeuronAblation, Steering
 from editors.errors import InvalidEditError
@@ -40,7 +41,7 @@ from editors.validation import thaw_json
 ACTIONS = ("recomputed", "carried", "flagged")
 
 #: ``covariance(layer)``: the successor's key covariance at ``layer`` (e.g. a CovarianceCache's)
-Covariances = Callable[[int], torch.Tensor]
+Covariances = Callable[[int], torch.Tensor | KeyCovariance]
 
 
 @dataclass(frozen=True)
