@@ -9,7 +9,9 @@ a MEMIT batch of four more, two derived steering vectors (sentiment at layers 1 
 located induction cut, a zero head ablation and a low-rank delta without provenance. The
 successor is the toy model trained 150 steps on a world with six capitals moved
 (``scalpel toyworld successor``). ``edits_held``: fact edits whose requests are all still the
-successor's top-1 answer with the rebased edits in.
+successor's top-1 answer with the rebased edits in; ``fact_edits_working_unrebased``: those whose
+old edit, carried as it is, still gives every answer. ``--steps`` and ``--lr`` move the successor
+further from the base.
 """
 
 from __future__ import annotations
@@ -82,13 +84,15 @@ def version_edits(surgeon: Surgeon, tokenizer, world) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--steps", type=int, default=150, help="the successor's training steps")
+    parser.add_argument("--lr", type=float, default=3e-4, help="the successor's learning rate")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer, world = load_toy_model()
     surgeon = Surgeon(model)
     edits = version_edits(surgeon, tokenizer, world)
     with tempfile.TemporaryDirectory() as directory:
-        train_successor(Path(directory))
+        train_successor(Path(directory), steps=args.steps, lr=args.lr)
         new_model, _, _ = load_toy_model(Path(directory))
         successor, corpus, cache = Surgeon(new_model), reference_corpus(Path(directory)), CovarianceCache()
         for layer in (0,):  # computed before the clock starts, as a service caches them
@@ -111,6 +115,9 @@ def main() -> None:
         "steering_cosine_min": summary["steering_cosine_min"],
         "circuit_jaccard_min": summary["circuit_jaccard_min"],
         "rebase_seconds_per_edit": round(seconds / len(edits), 3),
+        "fact_edits_working_unrebased": sum(
+            d["metrics"].get("efficacy_carried", 0) == 1.0 for d in rebased.as_dict()["drift"]
+        ),
         "actions": {a: summary[a] for a in ("recomputed", "carried", "flagged")},
         "drift": rebased.as_dict()["drift"],
     }
