@@ -101,3 +101,10 @@ def test_a_version_is_rebased_edit_by_edit_with_its_drift(toy, toy_surgeon, indu
     same = rebase_edits(toy_surgeon, toy_surgeon, tokenizer, [steer], corpus, lambda layer: covariance)
     assert same.drift[0].metrics["steering_cosine"] == pytest.approx(1.0, abs=1e-6)
     assert same.as_dict()["summary"]["steering_cosine_min"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("moved", [1, 61])
+def test_a_successor_that_moves_no_capital_or_more_than_there_are_is_refused(toy, tmp_path, moved) -> None:
+    with pytest.raises(InvalidEditError, match="moved"):
+        train_successor(tmp_path / "successor", moved=moved)
+    assert not (tmp_path / "successor").exists()  # refused before any work

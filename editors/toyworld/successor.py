@@ -16,12 +16,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editors.toyworld import CORPUS_FILE, TOY_MODEL_DIR, WORLD_FILE, World
 from editors.toyworld.manifest import write_manifest
 from editors.toyworld.train import TrainConfig, _PackedStream, _subject_pinning, train_steps
+from editors.validation import check_int
 
 
 def moved_capitals(world: World, n: int, seed: int = 0) -> World:
     """``world`` with ``n`` countries' capitals rotated among them (each moves to the next)."""
-    rng = random.Random(seed)
     capitals = world.facts_for("capital")
+    check_int("moved", n, 2, len(capitals))  # one capital "rotated" onto itself would move nothing
+    rng = random.Random(seed)
     chosen = rng.sample(capitals, n)
     moved = {fact.subject: chosen[(i + 1) % n].object for i, fact in enumerate(chosen)}
     facts = [
@@ -42,11 +44,11 @@ def train_successor(
     """Continue training ``base_dir``'s model on the world with ``moved`` capitals moved, as the base
     was trained (its subjects' embeddings stay pinned); save the successor (weights, the same
     tokenizer, its world and reference corpus) into ``out_dir``."""
+    world = moved_capitals(World.load(Path(base_dir) / WORLD_FILE), moved, seed)  # checked before any work
     torch.manual_seed(seed)
     config = TrainConfig()
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    world = moved_capitals(World.load(Path(base_dir) / WORLD_FILE), moved, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     stream = _PackedStream(world, tokenizer, random.Random(seed + 100))
     train_steps(model, stream, optimizer, config, steps, _subject_pinning(model, tokenizer, world, config))
