@@ -84,6 +84,17 @@ class Rebase:
         return {"summary": self.summary(), "drift": [asdict(d) for d in self.drift]}
 
 
+class ReplayError(InvalidEditError):
+    """The edits at ``indices`` (made together) could not be made again on the successor from their
+    stored provenance (a hand-written or damaged record): the rebase stops there."""
+
+    def __init__(self, indices: tuple[int, ...], error: Exception) -> None:
+        self.indices = indices
+        super().__init__(
+            f"edits{list(indices)}", f"its stored provenance could not be replayed on the successor: {error}"
+        )
+
+
 def check_successor(base: Surgeon, successor: Surgeon, base_tokenizer: Any, successor_tokenizer: Any) -> None:
     """Refuse a successor whose edits could not mean the same: another architecture family, other
     shapes, or another vocabulary (naming what differs)."""
@@ -184,13 +195,12 @@ class _Rebaser:
             stored["method"],
             edit.scale,
         )
+        reason = f"re-derived from its {len(stored['pairs'])} stored pairs"
+        old_norm, new_norm = float(edit.vector.norm()), float(new.vector.norm())
+        if not old_norm or not new_norm:  # no direction to compare: say so instead of a NaN
+            return [new], f"{reason}; the {'old' if not old_norm else 'new'} vector is zero", {}
         cosine = torch.nn.functional.cosine_similarity(edit.vector.double(), new.vector.double(), dim=0)
-        ratio = float(new.vector.norm() / edit.vector.norm())
-        return (
-            [new],
-            f"re-derived from its {len(stored['pairs'])} stored pairs",
-            {"steering_cosine": float(cosine), "norm_ratio": ratio},
-        )
+        return [new], reason, {"steering_cosine": float(cosine), "norm_ratio": new_norm / old_norm}
 
     def located(self, originals: list[Edit], made: list[Edit]) -> tuple[list[Edit], str, dict[str, float]]:
         stored = _provenance(originals[0])
@@ -249,17 +259,18 @@ def rebase_edits(
         provenance = _provenance(first)
         method = provenance.get("method")
         metrics: dict[str, float] = {}
-        if isinstance(first, LowRank) and method in ("rome", "memit"):
-            new, reason, metrics = rebaser.fact_edits(originals, made)
-            action = "recomputed"
-        elif isinstance(first, Steering) and "pairs" in provenance:
-            new, reason, metrics = rebaser.steering(first)
-            action = "recomputed"
-        elif method == "locate" and "discovery" in provenance:
-            new, reason, metrics = rebaser.located(originals, made)
-            action = "recomputed"
-        else:
-            (action, reason), new = _carried(first), list(originals)
+        action = "recomputed"
+        try:
+            if isinstance(first, LowRank) and method in ("rome", "memit"):
+                new, reason, metrics = rebaser.fact_edits(originals, made)
+            elif isinstance(first, Steering) and "pairs" in provenance:
+                new, reason, metrics = rebaser.steering(first)
+            elif method == "locate" and "discovery" in provenance:
+                new, reason, metrics = rebaser.located(originals, made)
+            else:
+                (action, reason), new = _carried(first), list(originals)
+        except (InvalidEditError, KeyError, TypeError, ValueError) as error:
+            raise ReplayError(indices, error) from error
         made += new
         drift.append(
             EditDrift(indices, first.kind, action, reason, len(new), {k: round(v, 4) for k, v in metrics.items()})

@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,6 +193,39 @@ class ScalpelClient:
                 description=description,
                 request_id=request_id,
             )
+        )
+
+    def rebase_version(
+        self,
+        model: str,
+        version: int,
+        onto: str,
+        description: str = "",
+        request_id: str = "",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pb.Rebase:
+        """Rebase ``models/{model}/versions/{version}`` onto ``onto`` (a registered successor of
+        ``model``); ``progress(done, total)`` after each edit. ``request_id`` defaults to a fresh
+        one, as for :meth:`create_edit`: a retried call returns the first result."""
+        updates = self.versions.RebaseVersion(
+            pb.RebaseVersionRequest(
+                name=f"models/{model}/versions/{version}",
+                onto=f"models/{onto}",
+                description=description,
+                request_id=request_id,
+            )
+        )
+        for update in updates:
+            if update.HasField("rebase"):
+                return update.rebase
+            if progress is not None:
+                progress(update.done, update.total)
+        raise RuntimeError("the rebase stream ended without its result")
+
+    def register_successor(self, model: str, predecessor: str) -> pb.Model:
+        """Record ``model`` as a newer checkpoint of ``predecessor`` (admin; both served here)."""
+        return self.models.RegisterSuccessor(
+            pb.RegisterSuccessorRequest(name=f"models/{model}", predecessor=f"models/{predecessor}")
         )
 
     def load_model(self, name: str, source: str, device: str = "", dtype: str = "") -> pb.Model:

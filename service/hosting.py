@@ -292,7 +292,7 @@ class ModelHost:
         if cached is not None:
             return cached
         info = self.registry.verified_version(self.name, version)  # DATA_LOSS if its rows were rewritten
-        compiled = self.surgeon.compile([self._edit(edit_id) for edit_id in info.edit_ids])
+        compiled = self.surgeon.compile([self.edit(edit_id) for edit_id in info.edit_ids])
         with self._lock:
             return self._stacks.setdefault(version, compiled)
 
@@ -308,7 +308,8 @@ class ModelHost:
             raise InvalidArgument(f"model {self.name!r} has no reference corpus and no check suite") from exc
         return Suite.from_spec(spec, self.model_dir).reference_texts()
 
-    def _edit(self, edit_id: int) -> Edit:
+    def edit(self, edit_id: int) -> Edit:
+        """A stored edit of this model, loaded and hash-verified once per replica."""
         with self._lock:
             cached = self._edits.get(edit_id)
         if cached is None:
@@ -496,44 +497,59 @@ class ModelHost:
                 f"model {self.name!r} may hold {budget:,} (kv_cache_mb): fewer tokens fit ({budget // column} at most)"
             )
 
-    def compare(self, base: int, candidate: int, prompts: list[str]) -> list[tuple[str, float, str, str]]:
+    def compare(
+        self, base: int, candidate: int, prompts: list[str], candidate_host: ModelHost | None = None
+    ) -> list[tuple[str, float, str, str]]:
         """Per prompt: KL(base ‖ candidate) of the next token, and each side's top-1 token.
 
-        Each chunk is one forward: the base rows and the candidate rows side by side."""
+        ``candidate`` is a version of ``candidate_host`` (default: this model; another, a successor
+        or predecessor with the same vocabulary). On one model each chunk is one forward: the base
+        rows and the candidate rows side by side."""
+        other = candidate_host or self
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InvalidArgument("prompts must be non-empty strings")
         if len(prompts) > MAX_PROMPTS:
             raise InvalidArgument(f"at most {MAX_PROMPTS} prompts per comparison, got {len(prompts)}")
         for number, prompt in enumerate(prompts):
             self._check_length(f"prompts[{number}]", prompt)
-        base_stack, candidate_stack = self.stack(base), self.stack(candidate)
+        if other is not self and other.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise InvalidArgument(f"models {self.name!r} and {other.name!r} have different vocabularies")
+        base_stack, candidate_stack = self.stack(base), other.stack(candidate)
         rows = []
         for start in range(0, len(prompts), COMPARE_BATCH):
             chunk = prompts[start : start + COMPARE_BATCH]
-            encoded = self.tokenizer(chunk, return_tensors="pt", padding=True)
-            lengths = encoded["attention_mask"].sum(dim=1)
-            if int(lengths.max()) > self.context_length:
-                number = start + int(lengths.argmax())
-                raise InvalidArgument(
-                    f"prompts[{number}] is {int(lengths.max())} tokens; the model takes at most {self.context_length}"
-                )
-            encoded = {key: torch.cat([value, value]).to(self.device) for key, value in encoded.items()}
-            last = last_token_index(encoded["attention_mask"])
-            stacks = self.surgeon.rows([base_stack] * len(chunk) + [candidate_stack] * len(chunk))
-
-            # logits only at the positions some row ends on (not at every position of every row)
-            ends, where = torch.unique(last, return_inverse=True)
-
-            def run(encoded=encoded, stacks=stacks, ends=ends, where=where) -> torch.Tensor:
-                with self.surgeon.apply_rows(stacks):
-                    logits = self.model(**encoded, logits_to_keep=ends).logits
-                return logits[torch.arange(len(where), device=self.device), where].float()
-
-            p, q = self.forward(run).log_softmax(dim=-1).split(len(chunk))
+            if other is self:
+                p, q = self._next_token_logprobs(chunk, start, [base_stack, candidate_stack]).split(len(chunk))
+            else:
+                p = self._next_token_logprobs(chunk, start, [base_stack])
+                q = other._next_token_logprobs(chunk, start, [candidate_stack]).to(p.device)
             kl = (p.exp() * (p - q)).sum(dim=-1)
             tops = [self.tokenizer.convert_ids_to_tokens(lp.argmax(dim=-1).tolist()) for lp in (p, q)]
             rows += [(chunk[i], float(kl[i]), tops[0][i], tops[1][i]) for i in range(len(chunk))]
         return rows
+
+    def _next_token_logprobs(self, chunk: list[str], start: int, stacks: list[EditStack]) -> torch.Tensor:
+        """Next-token log-probabilities after each prompt of ``chunk`` under each of ``stacks`` (rows
+        stack by stack), in one forward; ``start`` numbers the prompts in errors."""
+        encoded = self.tokenizer(chunk, return_tensors="pt", padding=True)
+        lengths = encoded["attention_mask"].sum(dim=1)
+        if int(lengths.max()) > self.context_length:
+            number = start + int(lengths.argmax())
+            raise InvalidArgument(
+                f"prompts[{number}] is {int(lengths.max())} tokens; the model takes at most {self.context_length}"
+            )
+        encoded = {key: torch.cat([value] * len(stacks)).to(self.device) for key, value in encoded.items()}
+        last = last_token_index(encoded["attention_mask"])
+        rows = self.surgeon.rows([stack for stack in stacks for _ in chunk])
+        # logits only at the positions some row ends on (not at every position of every row)
+        ends, where = torch.unique(last, return_inverse=True)
+
+        def run() -> torch.Tensor:
+            with self.surgeon.apply_rows(rows):
+                logits = self.model(**encoded, logits_to_keep=ends).logits
+            return logits[torch.arange(len(where), device=self.device), where].float()
+
+        return self.forward(run).log_softmax(dim=-1)
 
     def prompt_logprobs(
         self, version: int, prompts: list[torch.Tensor], top: int, budget: int = LOGIT_BUDGET

@@ -78,8 +78,15 @@ def test_the_service_role_can_do_its_work_and_nothing_more(db_url) -> None:
     registry.promote("m", "production", version.number, "carol", registry.get_alias("m", "production").etag)
     registry.create_key("viewer", "reader", "alice")
     registry.revoke_key("viewer", "alice")
+    registry.register_model("m2", "hub/m2", "cd" * 32, "alice")
+    registry.register_successor("m2", "m", "alice")
+    report = {"summary": {}, "drift": [{"originals": [0], "made": 1}]}
+    rebased = registry.record_rebase("m", version.number, "m2", [registry.load_edit("m", edit.id)], report, "alice")
+    assert registry.get_rebase("m2", rebased.version.number).origin == f"models/m/versions/{version.number}"
     assert registry.verify_audit().ok
     for forbidden in (
+        "UPDATE rebases SET report_json = '{}'",
+        "DELETE FROM model_lineage",
         "DELETE FROM aliases",
         "UPDATE alias_history SET reason = 'x'",
         "TRUNCATE check_runs",

@@ -3,10 +3,12 @@ kind of edit made again, carried or flagged, with its drift."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from editors import HeadAblation, InvalidEditError, LowRank, Surgeon
 from editors.circuits import DiscoveryRequest, discover_circuit, propose_edit
@@ -14,19 +16,30 @@ from editors.covariance import CovarianceCache
 from editors.rebase import check_successor, efficacy, rebase_edits
 from editors.rome import RomeHyperParams, compute_rome
 from editors.steering import derive_steering
-from editors.toyworld import load_toy_model, reference_corpus
+from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR, load_toy_model, reference_corpus
 from editors.toyworld.counterfact import edit_cases, relation_prompts
 from editors.toyworld.evaluate import fact_recall, sentiment_pairs
 from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
-from editors.toyworld.successor import train_successor
+from editors.toyworld.manifest import file_sha256, verify_manifest
+from editors.toyworld.successor import LINEAGE_FILE, train_successor
 from tests.conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
-def successor(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("successor")
-    train_successor(directory)
-    return (*load_toy_model(directory), directory)
+def successor():
+    return (*load_toy_model(SUCCESSOR_MODEL_DIR), SUCCESSOR_MODEL_DIR)
+
+
+def test_the_committed_successor_is_what_its_recipe_makes_from_the_committed_toy_model(tmp_path) -> None:
+    assert verify_manifest(SUCCESSOR_MODEL_DIR) == []
+    lineage = json.loads((SUCCESSOR_MODEL_DIR / LINEAGE_FILE).read_text())
+    # retrained toy model, stale successor: `make toymodel` rebuilds both
+    assert lineage.pop("base_model_sha256") == file_sha256(TOY_MODEL_DIR / "model.safetensors")
+    train_successor(tmp_path, **lineage)
+    made, committed = load_file(tmp_path / "model.safetensors"), load_file(SUCCESSOR_MODEL_DIR / "model.safetensors")
+    assert made.keys() == committed.keys()
+    assert max(float((made[k] - committed[k]).abs().max()) for k in made) <= 1e-5
+    assert (tmp_path / "world.json").read_text() == (SUCCESSOR_MODEL_DIR / "world.json").read_text()
 
 
 def test_the_successor_learned_its_moved_capitals_and_kept_the_rest(toy, successor) -> None:

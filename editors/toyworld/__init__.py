@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TOY_MODEL_DIR = Path(__file__).parent / "model"
+#: The committed successor: the toy model trained on a world where six capitals moved (editors.toyworld.successor).
+SUCCESSOR_MODEL_DIR = Path(__file__).parent / "successor_model"
 WORLD_FILE = "world.json"
 CORPUS_FILE = "reference_corpus.txt"
 

@@ -7,16 +7,22 @@ vocabulary is refused by :func:`editors.rebase.check_successor`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from editors.edit_defaults import EDIT_HPARAMS_FILE
 from editors.toyworld import CORPUS_FILE, TOY_MODEL_DIR, WORLD_FILE, World
-from editors.toyworld.manifest import write_manifest
+from editors.toyworld.manifest import file_sha256, write_manifest
 from editors.toyworld.train import TrainConfig, _PackedStream, _subject_pinning, train_steps
 from editors.validation import check_int
+
+#: In a successor's directory: the weights it was trained from and how (``train_successor``'s arguments).
+LINEAGE_FILE = "lineage.json"
 
 
 def moved_capitals(world: World, n: int, seed: int = 0) -> World:
@@ -43,7 +49,8 @@ def train_successor(
 ) -> World:
     """Continue training ``base_dir``'s model on the world with ``moved`` capitals moved, as the base
     was trained (its subjects' embeddings stay pinned); save the successor (weights, the same
-    tokenizer, its world and reference corpus) into ``out_dir``."""
+    tokenizer, the base's editor defaults, its world and reference corpus, and ``lineage.json``
+    naming the base's weights and this recipe) into ``out_dir``."""
     world = moved_capitals(World.load(Path(base_dir) / WORLD_FILE), moved, seed)  # checked before any work
     torch.manual_seed(seed)
     config = TrainConfig()
@@ -59,5 +66,10 @@ def train_successor(
     (out_dir / WORLD_FILE).write_text(world.to_json() + "\n")
     corpus = world.corpus(config.reference_documents, seed=seed + 1)
     (out_dir / CORPUS_FILE).write_text("\n".join(corpus) + "\n")
+    if (Path(base_dir) / EDIT_HPARAMS_FILE).exists():
+        shutil.copyfile(Path(base_dir) / EDIT_HPARAMS_FILE, out_dir / EDIT_HPARAMS_FILE)
+    recipe = {"moved": moved, "steps": steps, "lr": lr, "seed": seed}
+    lineage = {"base_model_sha256": file_sha256(Path(base_dir) / "model.safetensors"), **recipe}
+    (out_dir / LINEAGE_FILE).write_text(json.dumps(lineage, indent=1, sort_keys=True) + "\n")
     write_manifest(out_dir)
     return world

@@ -5,13 +5,15 @@ from __future__ import annotations
 import grpc
 from google.protobuf import empty_pb2
 
+from editors.errors import InvalidEditError
+from editors.rebase import check_successor
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors
 from service.api.resources import model_pb, parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
-from service.registry import InvalidArgument
+from service.registry import FailedPrecondition, InvalidArgument
 from service.registry.infos import ModelInfo
 from service.server_config import ModelSpec
 
@@ -59,3 +61,27 @@ class ModelService(rpc.ModelServiceServicer, ServicerBase):
         assert self.loader is not None
         self.loader.unload_model(model, current_principal().name, request.force)
         return empty_pb2.Empty()
+
+    @abort_on_errors
+    def RegisterSuccessor(self, request: pb.RegisterSuccessorRequest, context: grpc.ServicerContext) -> pb.Model:
+        (model,) = parse("model", request.name)
+        (predecessor,) = parse("model", request.predecessor)
+        successor_host, predecessor_host = self.hosts.get(model), self.hosts.get(predecessor)
+        if successor_host is None or predecessor_host is None:
+            missing = " and ".join(
+                repr(n) for n, h in ((model, successor_host), (predecessor, predecessor_host)) if not h
+            )
+            raise FailedPrecondition(
+                f"model {missing} is not served by this replica: load both models here (LoadModel) so their "
+                "architecture, shapes and vocabulary can be compared"
+            )
+        try:
+            check_successor(
+                predecessor_host.surgeon, successor_host.surgeon, predecessor_host.tokenizer, successor_host.tokenizer
+            )
+        except InvalidEditError as error:
+            raise FailedPrecondition(f"model {model!r} cannot succeed {predecessor!r}: it {error.problem}") from None
+        info = self.registry.register_successor(
+            model, predecessor, current_principal().name, request.request_id or None
+        )
+        return self._model(info)

@@ -10,7 +10,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.registry import InvalidArgument
-from service.registry.registry import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
+from service.registry.registry import (
+    AliasInfo,
+    AliasMoveInfo,
+    EditInfo,
+    KeyInfo,
+    ModelInfo,
+    RebaseInfo,
+    RunInfo,
+    VersionInfo,
+)
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -56,6 +65,7 @@ def model_pb(info: ModelInfo) -> pb.Model:
         weights_sha256=info.weights_sha256,
         created_by=info.created_by,
         create_time=_ts(info.created_at),
+        predecessor=f"models/{info.predecessor}" if info.predecessor else "",
     )
 
 
@@ -83,6 +93,28 @@ def version_pb(info: VersionInfo) -> pb.Version:
         author=info.author,
         description=info.description,
         create_time=_ts(info.created_at),
+        origin=info.origin or "",
+    )
+
+
+def rebase_pb(info: RebaseInfo) -> pb.Rebase:
+    summary = info.report["summary"]
+    return pb.Rebase(
+        version=version_pb(info.version),
+        origin=info.origin,
+        summary=pb.RebaseSummary(**{key: value for key, value in summary.items() if value is not None}),
+        drift=[
+            pb.EditDrift(
+                originals=entry["originals"],
+                origin_edit_ids=entry["origin_edit_ids"],
+                kind=entry["kind"],
+                action=entry["action"],
+                reason=entry["reason"],
+                edit_ids=entry["edit_ids"],
+                metrics=entry["metrics"],
+            )
+            for entry in info.report["drift"]
+        ],
     )
 
 

@@ -13,8 +13,6 @@ from service.metrics import Metrics
 from service.registry import NotFound, Registry
 from service.server_config import ModelSpec
 
-#: Most passes (forwards and backwards over one batch of pairs) one DiscoverCircuit may run.
-
 
 class ModelLoader(Protocol):
     """Loading and unloading models while the server runs (the server itself)."""

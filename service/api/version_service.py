@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -12,14 +12,17 @@ import grpc
 from editors.choices import EXPORT_FORMATS
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors, abort_on_errors_stream
-from service.api.resources import parse, version_pb
+from service.api.resources import parse, rebase_pb, version_pb
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 from service.api.service_base import ServicerBase
+from service.api.worker_stream import reported
 from service.checks import Suite
 from service.db.engine import data_dir
 from service.export import export_version
+from service.rebasing import rebase_version
 from service.registry import InvalidArgument
+from service.registry.infos import RebaseInfo
 
 #: Most worst-affected prompts a CompareVersions reply lists.
 MAX_WORST = 100
@@ -65,16 +68,20 @@ class VersionService(rpc.VersionServiceServicer, ServicerBase):
     ) -> pb.CompareVersionsResponse:
         model, base = parse("version", request.base)
         other_model, candidate = parse("version", request.candidate)
-        if other_model != model:
-            raise InvalidArgument("both versions must belong to the same model")
-        host = self._host(model)
+        related = model == other_model or model == self.registry.predecessor(other_model)
+        if not related and other_model != self.registry.predecessor(model):
+            raise InvalidArgument(
+                f"models {model!r} and {other_model!r} are unrelated: compare versions of one model, or of a model "
+                "and its successor (RegisterSuccessor)"
+            )
+        host, other = self._host(model), self._host(other_model)
         prompts = (
             list(request.prompts)
             or Suite.from_spec(self.registry.get_suite(model)[1], host.model_dir).reference_texts()
         )
         if not 0 <= request.worst <= MAX_WORST:
             raise InvalidArgument(f"worst must be 0..{MAX_WORST} (0: the default, 5), got {request.worst}")
-        rows = host.compare(int(base), int(candidate), prompts)
+        rows = host.compare(int(base), int(candidate), prompts, other)
         worst = sorted(rows, key=lambda row: -row[1])[: request.worst or 5]
         return pb.CompareVersionsResponse(
             kl_mean=sum(r[1] for r in rows) / len(rows),
@@ -83,6 +90,38 @@ class VersionService(rpc.VersionServiceServicer, ServicerBase):
             prompts=len(rows),
             worst=[pb.PromptComparison(prompt=p, kl=k, base_top1=a, candidate_top1=b) for p, k, a, b in worst],
         )
+
+    @abort_on_errors_stream
+    def RebaseVersion(
+        self, request: pb.RebaseVersionRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RebaseProgress]:
+        model, number = parse("version", request.name)
+        (onto,) = parse("model", request.onto)
+        if onto == model:
+            raise InvalidArgument(f"onto names the version's own model {model!r}: name a successor of it")
+        origin, successor = self._host(model), self._host(onto)
+
+        def rebase(report: Callable[[pb.RebaseProgress], None]) -> RebaseInfo:
+            return rebase_version(
+                self.registry,
+                origin,
+                successor,
+                int(number),
+                current_principal().name,
+                request.description,
+                request.request_id or None,
+                lambda done, total: report(pb.RebaseProgress(done=done, total=total)),
+                lambda: not context.is_active(),  # the client hung up or its deadline passed
+            )
+
+        info = yield from reported(rebase, "rebase-version")
+        drift = len(info.report["drift"])
+        yield pb.RebaseProgress(done=drift, total=drift, rebase=rebase_pb(info))
+
+    @abort_on_errors
+    def GetRebase(self, request: pb.GetRebaseRequest, context: grpc.ServicerContext) -> pb.Rebase:
+        model, number = parse("version", request.name)
+        return rebase_pb(self.registry.get_rebase(model, int(number)))
 
     @abort_on_errors_stream
     def ExportVersion(

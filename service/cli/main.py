@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from editors.toyworld import TOY_MODEL_DIR
+from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR
 from service.cli.errors import UsageError, one_line, read_yaml, require_empty_directory
 from service.cli.remote import add_client_commands, add_export_arguments, print_export
 from service.engine.forkserver import start_early
@@ -430,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     successor = toyworld.add_parser(
         "successor", help="a successor checkpoint: the toy model trained on with some capitals moved"
     )
-    successor.add_argument("--out", required=True, help="output directory")
+    successor.add_argument(
+        "--out", default=str(SUCCESSOR_MODEL_DIR), help="output directory (default: the packaged successor)"
+    )
     successor.add_argument("--base", default=str(TOY_MODEL_DIR), help="the base model (default: the toy model)")
     successor.add_argument("--moved", type=_positive_int, default=6, help="capitals moved among countries")
     successor.add_argument("--steps", type=_positive_int, default=150, help="training steps on the changed world")
@@ -446,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_cmd_toyworld_eval)
-    verify = toyworld.add_parser("verify", help="check the model files against their SHA-256 manifest")
+    verify = toyworld.add_parser(
+        "verify", help="check the model files against their SHA-256 manifest (the packaged successor: --model)"
+    )
     verify.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
     verify.set_defaults(func=_cmd_toyworld_verify)
 

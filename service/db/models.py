@@ -45,6 +45,16 @@ class ModelRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ModelLineage(Base):
+    """A model's predecessor: the checkpoint it succeeds (insert-only, audited)."""
+
+    __tablename__ = "model_lineage"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    predecessor_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    created_by: Mapped[str] = mapped_column(NAME)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Artifact(Base):
     """A tensor blob (safetensors), content-addressed; its bytes live here so every replica sees them."""
 
@@ -98,6 +108,17 @@ class VersionEdit(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), index=True)
+
+
+class RebaseRow(Base):
+    """A version made by rebasing another onto its model's predecessor's successor: the origin and
+    the drift report (insert-only; the report's SHA-256 is in the version's audit event)."""
+
+    __tablename__ = "rebases"
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    origin_version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    report_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AliasRow(Base):

@@ -76,53 +76,53 @@ class EditStore(UnitOfWork):
             row.created_at,
         )
 
+    def _insert_edit(self, session: Session, model: str, edit: Edit, actor: str, description: str) -> int:
+        """Store ``edit`` in this transaction (same content → the existing row) and audit it."""
+        from editors import artifact_blobs_by_hash  # here: the registry alone needs no torch
+
+        model_row = self._model(session, model)
+        existing = session.execute(
+            select(EditRow.id).where(EditRow.model_id == model_row.id, EditRow.spec_sha256 == edit.id)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing
+        names = {name: ref["sha256"] for name, ref in edit.spec()["artifacts"].items()}
+        for blob in artifact_blobs_by_hash(edit).values():
+            self._store_artifact(session, blob)
+        row = EditRow(
+            model_id=model_row.id,
+            kind=edit.kind,
+            spec_json=edit.to_json(),
+            spec_sha256=edit.id,
+            author=actor,
+            description=description,
+            created_at=utc_now(),
+        )
+        session.add(row)
+        session.flush()
+        session.add_all(EditArtifact(edit_id=row.id, name=n, artifact_sha256=d) for n, d in names.items())
+        audit.append(
+            session,
+            actor,
+            "edit.created",
+            f"models/{model}/edits/{row.id}",
+            {"kind": edit.kind, "spec_sha256": edit.id, "artifacts": names},
+        )
+        return row.id
+
     def create_edit(
         self, model: str, edit: Edit, actor: str, description: str = "", request_id: str | None = None
     ) -> EditInfo:
         """Store an edit (same content → the same edit, no second row) with its artifacts."""
-        from editors import Edit, artifact_blobs_by_hash  # here: the registry alone needs no torch
+        from editors import Edit  # here: the registry alone needs no torch
 
         if not isinstance(edit, Edit):
             raise InvalidArgument("edit must be an editors.Edit value")
         check_text("description", description)
-        spec_json = edit.to_json()
-        names = {name: ref["sha256"] for name, ref in edit.spec()["artifacts"].items()}
-        blobs = artifact_blobs_by_hash(edit)
-
-        def create(session: Session) -> int:
-            model_row = self._model(session, model)
-            existing = session.execute(
-                select(EditRow.id).where(EditRow.model_id == model_row.id, EditRow.spec_sha256 == edit.id)
-            ).scalar_one_or_none()
-            if existing is not None:
-                return existing
-            for blob in blobs.values():
-                self._store_artifact(session, blob)
-            row = EditRow(
-                model_id=model_row.id,
-                kind=edit.kind,
-                spec_json=spec_json,
-                spec_sha256=edit.id,
-                author=actor,
-                description=description,
-                created_at=utc_now(),
-            )
-            session.add(row)
-            session.flush()
-            session.add_all(EditArtifact(edit_id=row.id, name=n, artifact_sha256=d) for n, d in names.items())
-            audit.append(
-                session,
-                actor,
-                "edit.created",
-                f"models/{model}/edits/{row.id}",
-                {"kind": edit.kind, "spec_sha256": edit.id, "artifacts": names},
-            )
-            return row.id
-
         return self._idempotent(
             request_id,
             "create_edit",
-            create,
+            lambda session: self._insert_edit(session, model, edit, actor, description),
             lambda s, i: self._edit_info(s, s.get(EditRow, i)),
             actor,
             [model, edit.id, description],

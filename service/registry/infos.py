@@ -14,6 +14,7 @@ class ModelInfo:
     weights_sha256: str
     created_by: str
     created_at: datetime
+    predecessor: str | None = None  # the model this one succeeds (a newer checkpoint of it)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class VersionInfo:
     author: str
     description: str
     created_at: datetime
+    origin: str | None = None  # models/{model}/versions/{n}: the version this one was rebased from
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,12 @@ class RunInfo:
     started_at: datetime
     finished_at: datetime | None
     claimed_by: str | None = None  # the replica executing it
+
+
+@dataclass(frozen=True)
+class RebaseInfo:
+    """A version rebased onto a successor: the new version, its origin, and the drift report."""
+
+    version: VersionInfo
+    origin: str  # models/{model}/versions/{n}
+    report: dict[str, Any]  # {"summary": {...}, "drift": [...]} (editors.rebase.Rebase.as_dict, with edit ids)

@@ -7,12 +7,15 @@ from sqlalchemy.orm import Session
 
 from service.db.models import (
     AliasRow,
+    ModelLineage,
     ModelRow,
     VersionRow,
 )
 from service.registry import audit
 from service.registry.errors import (
     AlreadyExists,
+    ArtifactIntegrityError,
+    FailedPrecondition,
     InvalidArgument,
 )
 from service.registry.infos import (
@@ -30,8 +33,10 @@ class ModelCatalog(UnitOfWork):
     """Registering and reading hosted base models."""
 
     @staticmethod
-    def _model_info(row: ModelRow) -> ModelInfo:
-        return ModelInfo(row.name, row.source, row.weights_sha256, row.created_by, row.created_at)
+    def _model_info(session: Session, row: ModelRow) -> ModelInfo:
+        lineage = session.get(ModelLineage, row.id)
+        predecessor = session.get(ModelRow, lineage.predecessor_id).name if lineage else None
+        return ModelInfo(row.name, row.source, row.weights_sha256, row.created_by, row.created_at, predecessor)
 
     def record_serving(self, model: str, action: str, actor: str, payload: dict[str, object]) -> None:
         """An audit event for a model this replica started or stopped serving (``model.loaded`` /
@@ -84,14 +89,75 @@ class ModelCatalog(UnitOfWork):
             request_id,
             "register_model",
             create,
-            lambda s, i: self._model_info(s.get(ModelRow, i)),
+            lambda s, i: self._model_info(s, s.get(ModelRow, i)),
             actor,
             [name, source, weights_sha256],
         )
 
     def get_model(self, name: str) -> ModelInfo:
         with self._read() as session:
-            return self._model_info(self._model(session, name))
+            return self._model_info(session, self._model(session, name))
 
     def list_models(self, page_size: int = 50, page_token: str = "") -> Page:
-        return self._page(select(ModelRow), ModelRow.id, page_size, page_token, lambda _, r: self._model_info(r))
+        return self._page(select(ModelRow), ModelRow.id, page_size, page_token, self._model_info)
+
+    def register_successor(self, model: str, predecessor: str, actor: str, request_id: str | None = None) -> ModelInfo:
+        """Record ``model`` as a newer checkpoint of ``predecessor`` (the caller has checked that
+        they share family, shapes and vocabulary): versions of ``predecessor`` may then be rebased
+        onto it. A model has one predecessor for good; naming the same one again changes nothing."""
+        if model == predecessor:
+            raise InvalidArgument(f"model {model!r} cannot succeed itself")
+
+        def create(session: Session) -> int:
+            successor_row, predecessor_row = self._model(session, model), self._model(session, predecessor)
+            known = session.get(ModelLineage, successor_row.id)
+            if known is not None:
+                if known.predecessor_id == predecessor_row.id:
+                    return successor_row.id
+                named = session.get(ModelRow, known.predecessor_id).name
+                raise FailedPrecondition(f"model {model!r} already succeeds {named!r}; a model has one predecessor")
+            ancestor = session.get(ModelLineage, predecessor_row.id)
+            while ancestor is not None:  # a cycle would make every rebase ambiguous
+                if ancestor.predecessor_id == successor_row.id:
+                    raise InvalidArgument(
+                        f"model {predecessor!r} already descends from {model!r}: lineage has no cycles"
+                    )
+                ancestor = session.get(ModelLineage, ancestor.predecessor_id)
+            session.add(
+                ModelLineage(
+                    model_id=successor_row.id, predecessor_id=predecessor_row.id, created_by=actor, created_at=utc_now()
+                )
+            )
+            audit.append(
+                session,
+                actor,
+                "model.successor_registered",
+                f"models/{model}",
+                {
+                    "predecessor": predecessor,
+                    "weights_sha256": successor_row.weights_sha256,
+                    "predecessor_weights_sha256": predecessor_row.weights_sha256,
+                },
+            )
+            return successor_row.id
+
+        return self._idempotent(
+            request_id,
+            "register_successor",
+            create,
+            lambda s, i: self._model_info(s, s.get(ModelRow, i)),
+            actor,
+            [model, predecessor],
+        )
+
+    def predecessor(self, model: str) -> str | None:
+        """The model ``model`` succeeds, checked against the audit log (DATA_LOSS where the lineage
+        row was written or changed outside Scalpel)."""
+        recorded = self.get_model(model).predecessor
+        logged = self._logged_payload("model.successor_registered", f"models/{model}")
+        if recorded != (logged or {}).get("predecessor"):
+            raise ArtifactIntegrityError(
+                f"models/{model}'s lineage names {recorded!r} but the audit log recorded "
+                f"{(logged or {}).get('predecessor')!r}: the row was changed outside Scalpel; refusing to use it"
+            )
+        return recorded

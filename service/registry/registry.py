@@ -1,5 +1,5 @@
 """The registry: one class over every resource, each in a module of its own
-(models, edits, versions, checks, aliases, keys, audit) over one shared unit of work."""
+(models and their lineage, edits, versions, rebases, checks, aliases, keys, audit) over one shared unit of work."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ from service.registry.alias_moves import ALIAS_CHANNEL, AliasMoves
 from service.registry.audit_views import AuditViews
 from service.registry.check_store import CheckStore
 from service.registry.edit_store import EditStore
-from service.registry.infos import AliasInfo, AliasMoveInfo, EditInfo, KeyInfo, ModelInfo, RunInfo, VersionInfo
+from service.registry.infos import (
+    AliasInfo,
+    AliasMoveInfo,
+    EditInfo,
+    KeyInfo,
+    ModelInfo,
+    RebaseInfo,
+    RunInfo,
+    VersionInfo,
+)
 from service.registry.key_store import KeyStore
 from service.registry.model_catalog import ModelCatalog
+from service.registry.rebase_store import RebaseStore
 from service.registry.unit_of_work import DEFAULT_MAX_ARTIFACT_BYTES, ROLES, RUN_STATES, Page, check_name
 from service.registry.version_store import VersionStore
 
@@ -24,6 +34,7 @@ __all__ = [
     "KeyInfo",
     "ModelInfo",
     "Page",
+    "RebaseInfo",
     "Registry",
     "RunInfo",
     "VersionInfo",
@@ -31,5 +42,5 @@ __all__ = [
 ]
 
 
-class Registry(ModelCatalog, EditStore, VersionStore, CheckStore, AliasMoves, KeyStore, AuditViews):
+class Registry(RebaseStore, ModelCatalog, EditStore, VersionStore, CheckStore, AliasMoves, KeyStore, AuditViews):
     """Domain operations over one database (SQLite or PostgreSQL)."""

@@ -154,6 +154,48 @@ class UnitOfWork:
         with self._read_engine.connect() as connection:
             yield connection
 
+    @staticmethod
+    def _check_request_id(request_id: str | None) -> None:
+        if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 200):
+            raise InvalidArgument("request_id must be a non-empty string of at most 200 characters")
+
+    @staticmethod
+    def _fingerprint(operation: str, request: object) -> str:
+        return hashlib.sha256(json.dumps([operation, request], sort_keys=True, default=str).encode()).hexdigest()
+
+    @staticmethod
+    def _prior(session: Session, request_id: str, operation: str, fingerprint: str, actor: str) -> int | None:
+        """The result id an earlier request with this key made (None: none did); a key used for
+        another operation or another request is refused, naming it."""
+        record = session.get(IdempotencyRecord, (actor, request_id))
+        if record is None:
+            return None
+        if record.operation != operation:
+            raise AlreadyExists(f"request_id {request_id!r} was already used for {record.operation}")
+        if record.request_sha256 not in (None, fingerprint):
+            raise InvalidArgument(
+                f"request_id {request_id!r} was already used for a different {operation} request; "
+                "use a new request_id for a new request"
+            )
+        return record.result_id
+
+    def _replayed(
+        self,
+        request_id: str | None,
+        operation: str,
+        load: Callable[[Session, int], T],
+        actor: str = "",
+        request: object = None,
+    ) -> T | None:
+        """What an earlier identical request with ``request_id`` made, or None: lets an operation
+        whose work comes before its transaction (a rebase) skip the work on a retry."""
+        self._check_request_id(request_id)
+        if not request_id:
+            return None
+        with self._read() as session:
+            prior = self._prior(session, request_id, operation, self._fingerprint(operation, request), actor)
+            return None if prior is None else load(session, prior)
+
     def _idempotent(
         self,
         request_id: str | None,
@@ -166,21 +208,13 @@ class UnitOfWork:
         """Run ``create`` once per (``actor``, ``request_id``); a repeat of the same ``request`` (any
         JSON value describing it) returns ``load`` of the first result; a repeat with a different
         request is refused, naming the key, rather than silently dropped."""
-        if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 200):
-            raise InvalidArgument("request_id must be a non-empty string of at most 200 characters")
-        fingerprint = hashlib.sha256(json.dumps([operation, request], sort_keys=True, default=str).encode()).hexdigest()
+        self._check_request_id(request_id)
+        fingerprint = self._fingerprint(operation, request)
         with self._write() as session:
             if request_id:
-                record = session.get(IdempotencyRecord, (actor, request_id))
-                if record is not None:
-                    if record.operation != operation:
-                        raise AlreadyExists(f"request_id {request_id!r} was already used for {record.operation}")
-                    if record.request_sha256 not in (None, fingerprint):
-                        raise InvalidArgument(
-                            f"request_id {request_id!r} was already used for a different {operation} request; "
-                            "use a new request_id for a new request"
-                        )
-                    return load(session, record.result_id)
+                prior = self._prior(session, request_id, operation, fingerprint, actor)
+                if prior is not None:
+                    return load(session, prior)
             result_id = create(session)
             if request_id:
                 session.add(

@@ -15,6 +15,7 @@ from service.db.models import (
     CurrentSuite,
     EditRow,
     ModelRow,
+    RebaseRow,
     VersionEdit,
     VersionRow,
 )
@@ -130,6 +131,11 @@ class VersionStore(UnitOfWork):
     def _version_info(self, session: Session, row: VersionRow) -> VersionInfo:
         model = session.get(ModelRow, row.model_id)
         parent = session.get(VersionRow, row.parent_id).number if row.parent_id else None
+        rebase = session.get(RebaseRow, row.id)
+        origin = None
+        if rebase is not None:
+            origin_row = session.get(VersionRow, rebase.origin_version_id)
+            origin = f"models/{session.get(ModelRow, origin_row.model_id).name}/versions/{origin_row.number}"
         return VersionInfo(
             model.name,
             row.number,
@@ -139,7 +145,41 @@ class VersionStore(UnitOfWork):
             row.author,
             row.description,
             row.created_at,
+            origin,
         )
+
+    def _insert_version(
+        self,
+        session: Session,
+        model: str,
+        parent: VersionRow,
+        edits: list[int],
+        actor: str,
+        description: str,
+        logged: dict[str, Any],
+    ) -> VersionRow:
+        """The model's next version: ``edits`` in order over ``parent``, audited with its edit
+        list (what serving checks the rows against) and ``logged``."""
+        number = (
+            session.execute(
+                select(func.max(VersionRow.number)).where(VersionRow.model_id == parent.model_id)
+            ).scalar_one()
+            + 1
+        )
+        row = VersionRow(
+            model_id=parent.model_id,
+            number=number,
+            parent_id=parent.id,
+            author=actor,
+            description=description,
+            created_at=utc_now(),
+        )
+        session.add(row)
+        session.flush()
+        session.add_all(VersionEdit(version_id=row.id, position=i, edit_id=e) for i, e in enumerate(edits))
+        payload = {"parent": parent.number, "edits": edits, **logged}
+        audit.append(session, actor, "version.created", f"models/{model}/versions/{number}", payload)
+        return row
 
     def create_version(
         self,
@@ -171,31 +211,8 @@ class VersionStore(UnitOfWork):
                 if edit_id in edits:
                     raise InvalidArgument(f"edit {edit_id} is already in the version")
                 edits.append(edit_id)
-            number = (
-                session.execute(
-                    select(func.max(VersionRow.number)).where(VersionRow.model_id == model_row.id)
-                ).scalar_one()
-                + 1
-            )
-            row = VersionRow(
-                model_id=model_row.id,
-                number=number,
-                parent_id=parent_row.id,
-                author=actor,
-                description=description,
-                created_at=utc_now(),
-            )
-            session.add(row)
-            session.flush()
-            session.add_all(VersionEdit(version_id=row.id, position=i, edit_id=e) for i, e in enumerate(edits))
-            audit.append(
-                session,
-                actor,
-                "version.created",
-                f"models/{model}/versions/{number}",
-                {"parent": parent, "edits": edits, "appended": list(append), "removed": remove},
-            )
-            return row.id
+            logged = {"appended": list(append), "removed": remove}
+            return self._insert_version(session, model, parent_row, edits, actor, description, logged).id
 
         return self._idempotent(
             request_id,

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "source", "weights_sha256", "created_by", "create_time", "served", "device", "dtype", "n_layers", "d_model")
+    __slots__ = ("name", "source", "weights_sha256", "created_by", "create_time", "served", "device", "dtype", "n_layers", "d_model", "predecessor")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class Model(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     N_LAYERS_FIELD_NUMBER: _ClassVar[int]
     D_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDECESSOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     weights_sha256: str
@@ -32,7 +33,8 @@ class Model(_message.Message):
     dtype: str
     n_layers: int
     d_model: int
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., served: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., n_layers: _Optional[int] = ..., d_model: _Optional[int] = ...) -> None: ...
+    predecessor: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., served: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., n_layers: _Optional[int] = ..., d_model: _Optional[int] = ..., predecessor: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -75,6 +77,16 @@ class UnloadModelRequest(_message.Message):
     name: str
     force: bool
     def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RegisterSuccessorRequest(_message.Message):
+    __slots__ = ("name", "predecessor", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREDECESSOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    predecessor: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., predecessor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Edit(_message.Message):
     __slots__ = ("name", "id", "kind", "spec_json", "spec_sha256", "artifacts", "author", "description", "create_time")
@@ -334,7 +346,7 @@ class CircuitProgress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., circuit: _Optional[_Union[Circuit, _Mapping]] = ...) -> None: ...
 
 class Version(_message.Message):
-    __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time")
+    __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +355,7 @@ class Version(_message.Message):
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     number: int
     parent: int
@@ -351,7 +364,8 @@ class Version(_message.Message):
     author: str
     description: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., number: _Optional[int] = ..., parent: _Optional[int] = ..., edit_ids: _Optional[_Iterable[int]] = ..., status: _Optional[str] = ..., author: _Optional[str] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    origin: str
+    def __init__(self, name: _Optional[str] = ..., number: _Optional[int] = ..., parent: _Optional[int] = ..., edit_ids: _Optional[_Iterable[int]] = ..., status: _Optional[str] = ..., author: _Optional[str] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class CreateVersionRequest(_message.Message):
     __slots__ = ("parent", "append_edit_ids", "remove_edit_id", "description", "request_id")
@@ -428,6 +442,89 @@ class CompareVersionsResponse(_message.Message):
     prompts: int
     worst: _containers.RepeatedCompositeFieldContainer[PromptComparison]
     def __init__(self, kl_mean: _Optional[float] = ..., kl_max: _Optional[float] = ..., changed_top1: _Optional[float] = ..., prompts: _Optional[int] = ..., worst: _Optional[_Iterable[_Union[PromptComparison, _Mapping]]] = ...) -> None: ...
+
+class RebaseVersionRequest(_message.Message):
+    __slots__ = ("name", "onto", "description", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ONTO_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    onto: str
+    description: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., onto: _Optional[str] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EditDrift(_message.Message):
+    __slots__ = ("originals", "origin_edit_ids", "kind", "action", "reason", "edit_ids", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ORIGINALS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_EDIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EDIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    originals: _containers.RepeatedScalarFieldContainer[int]
+    origin_edit_ids: _containers.RepeatedScalarFieldContainer[int]
+    kind: str
+    action: str
+    reason: str
+    edit_ids: _containers.RepeatedScalarFieldContainer[int]
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, originals: _Optional[_Iterable[int]] = ..., origin_edit_ids: _Optional[_Iterable[int]] = ..., kind: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., edit_ids: _Optional[_Iterable[int]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RebaseSummary(_message.Message):
+    __slots__ = ("recomputed", "carried", "flagged", "steering_cosine_min", "circuit_jaccard_min", "fact_edits", "fact_edits_held")
+    RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    STEERING_COSINE_MIN_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_JACCARD_MIN_FIELD_NUMBER: _ClassVar[int]
+    FACT_EDITS_FIELD_NUMBER: _ClassVar[int]
+    FACT_EDITS_HELD_FIELD_NUMBER: _ClassVar[int]
+    recomputed: int
+    carried: int
+    flagged: int
+    steering_cosine_min: float
+    circuit_jaccard_min: float
+    fact_edits: int
+    fact_edits_held: int
+    def __init__(self, recomputed: _Optional[int] = ..., carried: _Optional[int] = ..., flagged: _Optional[int] = ..., steering_cosine_min: _Optional[float] = ..., circuit_jaccard_min: _Optional[float] = ..., fact_edits: _Optional[int] = ..., fact_edits_held: _Optional[int] = ...) -> None: ...
+
+class Rebase(_message.Message):
+    __slots__ = ("version", "origin", "summary", "drift")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    version: Version
+    origin: str
+    summary: RebaseSummary
+    drift: _containers.RepeatedCompositeFieldContainer[EditDrift]
+    def __init__(self, version: _Optional[_Union[Version, _Mapping]] = ..., origin: _Optional[str] = ..., summary: _Optional[_Union[RebaseSummary, _Mapping]] = ..., drift: _Optional[_Iterable[_Union[EditDrift, _Mapping]]] = ...) -> None: ...
+
+class RebaseProgress(_message.Message):
+    __slots__ = ("done", "total", "rebase")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    REBASE_FIELD_NUMBER: _ClassVar[int]
+    done: int
+    total: int
+    rebase: Rebase
+    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., rebase: _Optional[_Union[Rebase, _Mapping]] = ...) -> None: ...
+
+class GetRebaseRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ExportVersionRequest(_message.Message):
     __slots__ = ("name", "format")

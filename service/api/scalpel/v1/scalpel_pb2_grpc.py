@@ -55,6 +55,11 @@ class ModelServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.RegisterSuccessor = channel.unary_unary(
+                '/scalpel.v1.ModelService/RegisterSuccessor',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.RegisterSuccessorRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -84,6 +89,12 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSuccessor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +117,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.UnloadModelRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'RegisterSuccessor': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSuccessor,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.RegisterSuccessorRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +232,33 @@ class ModelService:
             '/scalpel.v1.ModelService/UnloadModel',
             scalpel_dot_v1_dot_scalpel__pb2.UnloadModelRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSuccessor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.ModelService/RegisterSuccessor',
+            scalpel_dot_v1_dot_scalpel__pb2.RegisterSuccessorRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
@@ -632,6 +675,16 @@ class VersionServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.FromString,
                 _registered_method=True)
+        self.RebaseVersion = channel.unary_stream(
+                '/scalpel.v1.VersionService/RebaseVersion',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.RebaseVersionRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.RebaseProgress.FromString,
+                _registered_method=True)
+        self.GetRebase = channel.unary_unary(
+                '/scalpel.v1.VersionService/GetRebase',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetRebaseRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Rebase.FromString,
+                _registered_method=True)
         self.ExportVersion = channel.unary_stream(
                 '/scalpel.v1.VersionService/ExportVersion',
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ExportVersionRequest.SerializeToString,
@@ -661,6 +714,19 @@ class VersionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompareVersions(self, request, context):
+        """Either side may be a version of a successor of the other's model (same vocabulary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebaseVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRebase(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -696,6 +762,16 @@ def add_VersionServiceServicer_to_server(servicer, server):
                     servicer.CompareVersions,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.SerializeToString,
+            ),
+            'RebaseVersion': grpc.unary_stream_rpc_method_handler(
+                    servicer.RebaseVersion,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.RebaseVersionRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.RebaseProgress.SerializeToString,
+            ),
+            'GetRebase': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRebase,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetRebaseRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Rebase.SerializeToString,
             ),
             'ExportVersion': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportVersion,
@@ -811,6 +887,60 @@ class VersionService:
             '/scalpel.v1.VersionService/CompareVersions',
             scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.CompareVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebaseVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/scalpel.v1.VersionService/RebaseVersion',
+            scalpel_dot_v1_dot_scalpel__pb2.RebaseVersionRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.RebaseProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRebase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.VersionService/GetRebase',
+            scalpel_dot_v1_dot_scalpel__pb2.GetRebaseRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Rebase.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,62 @@
+"""A model may name the model it succeeds (``model_lineage``: a retrained or fine-tuned checkpoint
+of the same family, shapes and vocabulary), and a version rebased onto a successor records its
+origin version and its drift report (``rebases``). Both are insert-only: lineage and a rebase's
+report never change once written (the service role may read and insert them, nothing more).
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+ROLE = "scalpel_service"
+TABLES = ("model_lineage", "rebases")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "model_lineage",
+        sa.Column("model_id", sa.Integer(), sa.ForeignKey("models.id"), primary_key=True),
+        sa.Column("predecessor_id", sa.Integer(), sa.ForeignKey("models.id"), nullable=False, index=True),
+        sa.Column("created_by", sa.String(200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "rebases",
+        sa.Column("version_id", sa.Integer(), sa.ForeignKey("versions.id"), primary_key=True),
+        sa.Column("origin_version_id", sa.Integer(), sa.ForeignKey("versions.id"), nullable=False, index=True),
+        sa.Column("report_json", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        grants = "; ".join(f"GRANT SELECT, INSERT ON {table} TO {ROLE}" for table in TABLES)
+        op.execute(
+            f"""
+            DO $$
+            BEGIN
+                IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
+                    {grants};
+                END IF;
+            END
+            $$
+            """
+        )
+
+
+def downgrade() -> None:
+    rows = sum(op.get_bind().execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() for table in TABLES)
+    if rows:
+        raise RuntimeError(
+            f"{rows} lineage and rebase rows are recorded; the schema before 0009 cannot hold them "
+            "(restore a backup taken before the upgrade instead)"
+        )
+    op.drop_table("rebases")
+    op.drop_table("model_lineage")
