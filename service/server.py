@@ -14,7 +14,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
-from editors.toyworld import TOY_MODEL_DIR, WORLD_FILE, World, reference_corpus
+from editors.toyworld import WORLD_FILE, World, reference_corpus
 from service.aliases import AliasCache
 from service.api.auth import AuthInterceptor
 from service.api.health import Health
@@ -277,10 +277,11 @@ class ScalpelServer:
 
     @staticmethod
     def _default_suite(host: ModelHost) -> dict[str, Any]:
-        """A model's first suite: the toy model's own, else the generic one over the model's
-        ``reference_corpus.txt`` (a built-in English corpus when it ships none)."""
-        if host.model_dir.resolve() == TOY_MODEL_DIR.resolve():
-            return default_toy_suite(World.load(TOY_MODEL_DIR / WORLD_FILE), reference_corpus())
+        """A model's first suite: a toy-world model's own (the toy model, its successor: a directory
+        with a ``world.json``), else the generic one over the model's ``reference_corpus.txt`` (a
+        built-in English corpus when it ships none)."""
+        if (host.model_dir / WORLD_FILE).is_file():
+            return default_toy_suite(World.load(host.model_dir / WORLD_FILE), reference_corpus(host.model_dir))
         corpus = host.model_dir / "reference_corpus.txt"
         return default_suite(corpus.read_text().splitlines() if corpus.is_file() else None)
 

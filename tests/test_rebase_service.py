@@ -4,12 +4,17 @@ first result, a failure part-way that writes nothing, and the gate and compariso
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import grpc
 import pytest
 import torch
 from sqlalchemy import func, select
 
-from editors import HeadAblation, Steering
+from editors import HeadAblation, LowRank, Steering
 from editors.errors import Cancelled
 from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR, World
 from editors.toyworld.evaluate import sentiment_pairs
@@ -244,3 +249,40 @@ def test_a_successor_of_another_shape_is_refused_and_lineage_rows_are_verified(s
     version = admin.create_version("toy", 0, [admin.create_edit("toy", HeadAblation(layer=0, heads=(0,))).id])
     code, details = _code(lambda: admin.rebase_version("toy", version.number, "toy-v2"))
     assert code == grpc.StatusCode.DATA_LOSS and "lineage" in details
+
+
+def test_the_cli_rebases_and_writes_the_drift_page(served_pair, tmp_path) -> None:
+    server, admin, _ = served_pair
+    world = World.load(TOY_MODEL_DIR / "world.json")
+    steer = admin.edits.DeriveSteering(
+        pb.DeriveSteeringRequest(
+            parent="models/toy",
+            pairs=[pb.PromptPair(positive=p, negative=n) for p, n in sentiment_pairs(world)[:8]],
+            layer=1,
+        )
+    )
+    delta = admin.create_edit(
+        "toy", LowRank(site="blocks.3.mlp.W_out", U=torch.ones(128, 1) * 1e-3, V=torch.ones(512, 1))
+    )
+    version = admin.create_version("toy", 0, [steer.id, delta.id])
+    _, secret = server.registry.create_key("cli", "admin", "test")
+    env = {**os.environ, "SCALPEL_ADDRESS": f"127.0.0.1:{server.port}", "SCALPEL_API_KEY": secret}
+
+    def scalpel(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True)
+
+    registered = scalpel("models", "successor", "toy-v2", "--of", "toy")
+    assert registered.returncode == 0 and "models/toy" in registered.stdout, registered.stderr
+    page = tmp_path / "drift.html"
+    done = scalpel("rebase", str(version.number), "--onto", "toy-v2", "--html", str(page), "--json")
+    assert done.returncode == 1, done.stderr  # the delta has no stored derivation: flagged, look at it
+    report = json.loads(done.stdout)
+    assert [d["action"] for d in report["drift"]] == ["recomputed", "flagged"]
+    cosine = report["drift"][0]["metrics"]["steering_cosine"]
+    html = page.read_text()
+    assert "<script" not in html and "http" not in html.split("<body>")[1]  # self-contained
+    assert f'data-metric="steering_cosine">{cosine:.3f}<' in html
+    assert html.count('data-action="flagged"') == 1 and "low-rank delta without a stored request" in html
+    shown = scalpel("versions", "drift", "1", "--model", "toy-v2")
+    assert shown.returncode == 1 and "1 recomputed, 0 carried, 1 flagged" in shown.stdout
+    assert f"models/toy/versions/{version.number} → models/toy-v2/versions/1 (unchecked)" in shown.stdout

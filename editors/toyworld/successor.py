@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editors.edit_defaults import EDIT_HPARAMS_FILE
 from editors.toyworld import CORPUS_FILE, TOY_MODEL_DIR, WORLD_FILE, World
 from editors.toyworld.manifest import file_sha256, write_manifest
+from editors.toyworld.tasks import write_task_files
 from editors.toyworld.train import TrainConfig, _PackedStream, _subject_pinning, train_steps
 from editors.validation import check_int
 
@@ -49,7 +50,7 @@ def train_successor(
 ) -> World:
     """Continue training ``base_dir``'s model on the world with ``moved`` capitals moved, as the base
     was trained (its subjects' embeddings stay pinned); save the successor (weights, the same
-    tokenizer, the base's editor defaults, its world and reference corpus, and ``lineage.json``
+    tokenizer, the base's editor defaults, its world, task files and reference corpus, and ``lineage.json``
     naming the base's weights and this recipe) into ``out_dir``."""
     world = moved_capitals(World.load(Path(base_dir) / WORLD_FILE), moved, seed)  # checked before any work
     torch.manual_seed(seed)
@@ -66,6 +67,7 @@ def train_successor(
     (out_dir / WORLD_FILE).write_text(world.to_json() + "\n")
     corpus = world.corpus(config.reference_documents, seed=seed + 1)
     (out_dir / CORPUS_FILE).write_text("\n".join(corpus) + "\n")
+    write_task_files(world, out_dir)  # its own facts: six capitals moved
     if (Path(base_dir) / EDIT_HPARAMS_FILE).exists():
         shutil.copyfile(Path(base_dir) / EDIT_HPARAMS_FILE, out_dir / EDIT_HPARAMS_FILE)
     recipe = {"moved": moved, "steps": steps, "lr": lr, "seed": seed}

@@ -12,10 +12,11 @@ import json
 import grpc
 from tqdm import tqdm
 
-from editors.toyworld import load_toy_model
+from editors.toyworld import SUCCESSOR_MODEL_DIR, WORLD_FILE, World, load_toy_model
 from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import verdict_word
+from service.cli.drift_report import drift_lines, summary_line
 from service.client import ScalpelClient
 from service.db.engine import database_url
 from service.db.migrate import upgrade
@@ -35,8 +36,8 @@ def step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def run_checks(client: ScalpelClient, version: int) -> pb.CheckRun:
-    run = client.checks.StartRun(pb.StartRunRequest(version=f"models/toy/versions/{version}"))
+def run_checks(client: ScalpelClient, version: int, model: str = "toy") -> pb.CheckRun:
+    run = client.checks.StartRun(pb.StartRunRequest(version=f"models/{model}/versions/{version}"))
     bar = tqdm(total=1, desc=f"  checks on version {version}", unit="check", leave=False, disable=None)
     final = None
     for update in client.checks.WatchRun(pb.GetRunRequest(id=run.id)):
@@ -154,7 +155,30 @@ def _walk_through(client: ScalpelClient) -> None:
     print(f"  production → version {back.version}; {fact.canonical_prompt!r} → {again.text.strip()!r}")
     expect(back.version == production and again.text.strip() == fact.object, "rollback restores the old answer")
 
-    step("7. the audit history, and its hash chain verified")
+    step("7. a successor checkpoint arrives: rebase the fact edit's version onto it")
+    successor = client.load_model("toy-v2", str(SUCCESSOR_MODEL_DIR))
+    client.register_successor("toy-v2", "toy")
+    new_world = World.load(SUCCESSOR_MODEL_DIR / WORLD_FILE)
+    moved = sum(new.object != old.object for new, old in zip(new_world.facts, world.facts, strict=True))
+    print(f"  {successor.name} loaded: the toy model trained on with {moved} capitals moved; its predecessor: toy")
+    unrebased = client.generate("toy-v2", fact.canonical_prompt, version=0, max_tokens=1)
+    rebase = client.rebase_version("toy", version.number, "toy-v2", description="demo: the fact edit, rebased")
+    print(f"  {summary_line(rebase)}")
+    for line in drift_lines(rebase):
+        print(f"    {line}")
+    rebased = rebase.version.number
+    expect(rebase.summary.fact_edits_held == rebase.summary.fact_edits == 1, "the fact edit holds on the successor")
+    run = run_checks(client, rebased, "toy-v2")
+    expect(run.state == "passed", f"the rebased version's checks should pass, got {run.state}")
+    client.promote("toy-v2", rebased, reason="demo: the fact edit, rebased, passed its checks")
+    served = client.generate("toy-v2", fact.canonical_prompt, max_tokens=1)
+    print(
+        f"  toy-v2 {fact.canonical_prompt!r}: base → {unrebased.text.strip()!r}, "
+        f"production → {served.text.strip()!r}   [{served.version}]"
+    )
+    expect(served.text.strip() == new_capital, "the successor's production version serves the edited fact")
+
+    step("8. the audit history, and its hash chain verified")
     events = client.audit.ListAuditEvents(pb.ListAuditEventsRequest(page_size=8)).events
     for event in events:
         print(

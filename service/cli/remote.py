@@ -24,6 +24,7 @@ from editors.choices import DIRECTIONS, EXPORT_FORMATS, METRICS, NODE_KINDS, PRO
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser, render_html, screenshot
 from service.cli.checks import format_run, inline_item_files, run_dict
+from service.cli.drift_report import drift_lines, held, render_drift_html, summary_line
 from service.cli.errors import UsageError, read_yaml, require_empty_directory
 from service.cli.signing import audit_pubkey, audit_rotate_key, read_checkpoint, write_checkpoint
 from service.client import ScalpelClient
@@ -86,6 +87,45 @@ def _models_list(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 def _models_load(args: argparse.Namespace, c: ScalpelClient) -> None:
     _print(args, c.load_model(args.name, args.source, args.device or "", args.dtype or ""), ("name", "device", "dtype"))
+
+
+def _models_successor(args: argparse.Namespace, c: ScalpelClient) -> None:
+    _print(args, c.register_successor(args.name, args.of), ("name", "predecessor", "weights_sha256"))
+
+
+def _rebase(args: argparse.Namespace, c: ScalpelClient) -> int:
+    """Rebase a version onto a successor (a progress bar per edit), then its drift report."""
+    bar = tqdm(total=1, desc="rebase", unit="edit", disable=args.json or None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    rebase = c.rebase_version(args.model, args.version, args.onto, args.description, args.request_id, progress)
+    bar.close()
+    return _show_rebase(args, rebase)
+
+
+def _versions_drift(args: argparse.Namespace, c: ScalpelClient) -> int:
+    rebase = c.versions.GetRebase(pb.GetRebaseRequest(name=f"models/{args.model}/versions/{args.version}"))
+    return _show_rebase(args, rebase)
+
+
+def _show_rebase(args: argparse.Namespace, rebase: pb.Rebase) -> int:
+    """The drift report as JSON or lines, and as an HTML page with ``--html``; exit status 1 when an
+    edit was flagged or a fact edit lost efficacy (a person should look before promoting)."""
+    if args.html:
+        Path(args.html).write_text(render_drift_html(rebase))
+    if args.json:
+        print(json.dumps(MessageToDict(rebase, preserving_proto_field_name=True)))
+    else:
+        print(summary_line(rebase))
+        for line in drift_lines(rebase):
+            print(f"  {line}")
+        if args.html:
+            print(f"wrote {args.html}")
+    lost = any(held(drift) is False for drift in rebase.drift)
+    return 1 if rebase.summary.flagged or lost else 0
 
 
 def _models_unload(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -551,6 +591,28 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     unload.add_argument("--force", action="store_true", help="cancel its requests in flight instead of refusing")
     command(unload, _models_unload)
 
+    successor = models.add_parser(
+        "successor",
+        help="record a model as a newer checkpoint of another (admin; both served by this server, same "
+        "family, shapes and vocabulary): its predecessor's versions can then be rebased onto it",
+    )
+    successor.add_argument("name", help="the successor's short name")
+    successor.add_argument("--of", required=True, help="the model it succeeds")
+    command(successor, _models_successor)
+
+    rebase = commands.add_parser(
+        "rebase",
+        help="make a version again on a successor of its model, edit by edit, and report each edit's drift "
+        "(exit status 1 when an edit was flagged or a fact edit lost efficacy)",
+    )
+    rebase.add_argument("version", type=int, help="the version number to rebase")
+    rebase.add_argument("--onto", required=True, help="the successor model (see `scalpel models successor`)")
+    rebase.add_argument("--model", default="toy", help="the version's model (default: toy)")
+    rebase.add_argument("--description", default="")
+    rebase.add_argument("--request-id", default="", help="retry-safe key: a repeat returns the first result")
+    rebase.add_argument("--html", help="also write the drift report as one HTML page here")
+    command(rebase, _rebase)
+
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
     edit_list = edits.add_parser("list", help="the model's edits, newest first")
     edit_list.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
@@ -659,6 +721,12 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     )
     add_export_arguments(exported)
     command(exported, _versions_export)
+
+    drift = versions.add_parser("drift", help="the drift report of a version made by `scalpel rebase`")
+    drift.add_argument("version", type=int)
+    drift.add_argument("--model", default="toy", help="the successor model (default: toy)")
+    drift.add_argument("--html", help="also write it as one HTML page here")
+    command(drift, _versions_drift)
 
     checks = commands.add_parser("checks", help="regression checks").add_subparsers(dest="sub", required=True)
     run = checks.add_parser("run", help="run the suite on a version (progress bar; exit status 1 unless it passed)")
