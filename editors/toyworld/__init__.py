@@ -32,4 +32,12 @@ def reference_corpus(directory: Path = TOY_MODEL_DIR) -> list[str]:
     return (Path(directory) / CORPUS_FILE).read_text().splitlines()
 
 
-__all__ = ["SUCCESSOR_MODEL_DIR", "TOY_MODEL_DIR", "Fact", "World", "generate_world", "load_toy_model", "reference_corpus"]
+__all__ = [
+    "SUCCESSOR_MODEL_DIR",
+    "TOY_MODEL_DIR",
+    "Fact",
+    "World",
+    "generate_world",
+    "load_toy_model",
+    "reference_corpus",
+]
