@@ -29,7 +29,9 @@ if TYPE_CHECKING:
         edit_kinds,
     )
     from editors.errors import InvalidEditError, UnsupportedArchitectureError
+    from editors.feature_edits import FeatureAblation, FeatureClamp, FeatureSteering
     from editors.fingerprint import weights_sha256
+    from editors.sae import SparseAutoencoder, load_sae
     from editors.serialization import artifact_blobs_by_hash, edit_from_json, load_edit, save_edit
     from editors.sites import Site
     from editors.stats import ActivationStats, activation_stats, head_ablation, neuron_ablation
@@ -44,6 +46,9 @@ _HOMES = {
     "DirectionalAblation": "editors.edits",
     "Edit": "editors.edits",
     "EditStack": "editors.surgeon",
+    "FeatureAblation": "editors.feature_edits",
+    "FeatureClamp": "editors.feature_edits",
+    "FeatureSteering": "editors.feature_edits",
     "HeadAblation": "editors.edits",
     "InvalidEditError": "editors.errors",
     "LowRank": "editors.edits",
@@ -51,6 +56,7 @@ _HOMES = {
     "NeuronAblation": "editors.edits",
     "RowStacks": "editors.surgeon",
     "Site": "editors.sites",
+    "SparseAutoencoder": "editors.sae",
     "Steering": "editors.edits",
     "Surgeon": "editors.surgeon",
     "UnsupportedArchitectureError": "editors.errors",
@@ -63,6 +69,7 @@ _HOMES = {
     "edit_kinds": "editors.edits",
     "head_ablation": "editors.stats",
     "load_edit": "editors.serialization",
+    "load_sae": "editors.sae",
     "neuron_ablation": "editors.stats",
     "save_edit": "editors.serialization",
     "supported_model_types": "editors.adapters",
@@ -76,6 +83,9 @@ __all__ = [
     "DirectionalAblation",
     "Edit",
     "EditStack",
+    "FeatureAblation",
+    "FeatureClamp",
+    "FeatureSteering",
     "HeadAblation",
     "InvalidEditError",
     "LowRank",
@@ -83,6 +93,7 @@ __all__ = [
     "NeuronAblation",
     "RowStacks",
     "Site",
+    "SparseAutoencoder",
     "Steering",
     "Surgeon",
     "UnsupportedArchitectureError",
@@ -95,6 +106,7 @@ __all__ = [
     "edit_kinds",
     "head_ablation",
     "load_edit",
+    "load_sae",
     "neuron_ablation",
     "save_edit",
     "supported_model_types",

@@ -560,6 +560,8 @@ class LowRank(Edit):
 
 def edit_kinds() -> dict[str, type[Edit]]:
     """Public edit kinds by name."""
+    import editors.feature_edits  # noqa: F401 - registers the SAE feature kinds (it imports this module)
+
     return {k: v for k, v in Edit.registry.items() if not k.startswith("_")}
 
 

@@ -41,6 +41,7 @@ from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
 from editors.fingerprint import weights_sha256
 from editors.fusion import fused_op
+from editors.sae import SparseAutoencoder, split_sae_point
 from editors.sites import ACTIVATION_POINTS, QKV_POINTS, WEIGHT_POINTS, Site
 
 #: A place hooks are installed: (layer, unit) with unit one of the keys of ``_UNITS_BY_POINT``'s values.
@@ -254,18 +255,28 @@ class Surgeon:
         edits: EditStack | Sequence[Edit] = (),
         every_forward: bool = False,
         keep_grad: bool = False,
+        saes: Sequence[SparseAutoencoder] = (),
     ) -> Iterator[dict[str, Any]]:
         """Record the activations at ``sites`` (under ``edits``) into the yielded dict.
 
         By default each site holds its activation from the latest forward pass (detached). With
         ``every_forward`` each site holds a list with one activation per forward, in order (every
         step of a ``generate``, not only the last). With ``keep_grad`` the recorded tensors stay in
-        the autograd graph (run the forward with gradients enabled to use them)."""
-        for i, name in enumerate(sites):
-            self.site(name, f"sites[{i}]")
+        the autograd graph (run the forward with gradients enabled to use them). A site may name
+        an SAE's view of a residual site, for an SAE in ``saes`` there: ``{site}.sae.acts`` (its
+        feature activations), ``{site}.sae.error`` (what it does not reconstruct) or
+        ``{site}.sae.recons`` (its reconstruction)."""
+        by_site = {sae.site: sae for sae in saes}
+        recorders = []
         cache: dict[str, Any] = {name: [] for name in sites} if every_forward else dict.fromkeys(sites)
+        for i, name in enumerate(sites):
+            at, view = split_sae_point(name)
+            self.site(at, f"sites[{i}]")
+            if view is not None and at not in by_site:
+                raise InvalidEditError(f"sites[{i}]", f"names an SAE at {at} but none was given", "saes=[an SAE there]")
+            seen = None if view is None else by_site[at].view(view)
+            recorders.append((at, Op(_recorder(cache, name, every_forward, keep_grad, seen))))
         base = edits.edits if isinstance(edits, EditStack) else tuple(edits)
-        recorders = [(name, Op(_recorder(cache, name, every_forward, keep_grad))) for name in sites]
         with self.apply(self.compile(base, extra_ops=recorders)):
             yield cache
 
@@ -541,10 +552,17 @@ def _run_ops(
 
 
 def _recorder(
-    cache: dict[str, Any], name: str, every_forward: bool = False, keep_grad: bool = False
+    cache: dict[str, Any],
+    name: str,
+    every_forward: bool = False,
+    keep_grad: bool = False,
+    seen: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """An op that stores the activation (or ``seen`` of it: an SAE's view) under ``name``."""
+
     def record(x: torch.Tensor, positions: Any) -> torch.Tensor:
-        value = x if keep_grad else x.detach()
+        value = x if seen is None else seen(x)
+        value = value if keep_grad else value.detach()
         if every_forward:
             cache[name].append(value)
         else:

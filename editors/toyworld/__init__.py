@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 TOY_MODEL_DIR = Path(__file__).parent / "model"
 #: The committed successor: the toy model trained on a world where six capitals moved (editors.toyworld.successor).
 SUCCESSOR_MODEL_DIR = Path(__file__).parent / "successor_model"
+#: Where the committed SAE of the toy model reads and writes, and its folder (SAELens's format).
+TOY_SAE_SITE = "blocks.1.hook_resid_pre"
+TOY_SAE_DIR = Path(__file__).parent / "sae" / TOY_SAE_SITE
 WORLD_FILE = "world.json"
 CORPUS_FILE = "reference_corpus.txt"
 
@@ -35,6 +38,8 @@ def reference_corpus(directory: Path = TOY_MODEL_DIR) -> list[str]:
 __all__ = [
     "SUCCESSOR_MODEL_DIR",
     "TOY_MODEL_DIR",
+    "TOY_SAE_DIR",
+    "TOY_SAE_SITE",
     "Fact",
     "World",
     "generate_world",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR
+from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR, TOY_SAE_DIR, TOY_SAE_SITE
 from service.cli.errors import UsageError, one_line, read_yaml, require_empty_directory
 from service.cli.remote import add_client_commands, add_export_arguments, print_export
 from service.engine.forkserver import start_early
@@ -147,6 +147,38 @@ def _cmd_rome_eval(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:<26} {value}")
+    return 0
+
+
+def _cmd_sae_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from editors import Surgeon
+    from editors.sae_training import SaeTrainConfig, train_sae
+    from editors.toyworld import load_toy_model, reference_corpus
+    from editors.toyworld.manifest import write_manifest
+
+    model, tokenizer, _ = load_toy_model(Path(args.model))
+    texts = Path(args.corpus).read_text().splitlines() if args.corpus else reference_corpus(Path(args.model))
+    config = SaeTrainConfig(
+        site=args.site,
+        d_sae=args.d_sae,
+        architecture=args.architecture,
+        k=args.k,
+        l1_coefficient=args.l1,
+        tokens=args.tokens,
+        seed=args.seed,
+    )
+    bar = tqdm(total=config.steps, desc="training", unit="step", disable=args.quiet)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    trained = train_sae(Surgeon(model), tokenizer, [t for t in texts if t.strip()], config, progress=progress)
+    bar.close()
+    write_manifest(trained.sae.save(Path(args.out)))
+    print(json.dumps({"out": args.out, "site": trained.sae.site, "d_sae": trained.sae.d_sae, **trained.metrics}))
     return 0
 
 
@@ -616,6 +648,27 @@ def build_parser() -> argparse.ArgumentParser:
     memit_eval.add_argument("--hparams", default="", help="JSON object of MemitHyperParams overrides")
     memit_eval.add_argument("--json", action="store_true", help="print one JSON object")
     memit_eval.set_defaults(func=_cmd_memit_eval)
+
+    sae = commands.add_parser("sae", help="sparse autoencoders on a model's activations").add_subparsers(
+        dest="sae_command", required=True
+    )
+    sae_train = sae.add_parser(
+        "train",
+        help="train an SAE on a model's activations over its reference corpus, streamed in batches (deterministic); "
+        "writes SAELens's folder format and prints its metrics",
+    )
+    sae_train.add_argument("--site", default=TOY_SAE_SITE, help=f"a residual site (default: {TOY_SAE_SITE})")
+    sae_train.add_argument("--d-sae", type=_positive_int, default=1024, help="features (default: 1024)")
+    sae_train.add_argument("--architecture", choices=("topk", "relu"), default="topk")
+    sae_train.add_argument("--k", type=_positive_int, default=16, help="topk: features kept per token")
+    sae_train.add_argument("--l1", type=float, default=3e-3, help="relu: the sparsity coefficient")
+    sae_train.add_argument("--tokens", type=_positive_int, default=400_000, help="the training budget")
+    sae_train.add_argument("--seed", type=int, default=0)
+    sae_train.add_argument("--model", default=str(TOY_MODEL_DIR), help="model directory (default: the toy model)")
+    sae_train.add_argument("--corpus", help="one text per line (default: the model's reference_corpus.txt)")
+    sae_train.add_argument("--out", default=str(TOY_SAE_DIR), help="output folder (default: the packaged toy SAE)")
+    sae_train.add_argument("--quiet", action="store_true", help="no progress bar")
+    sae_train.set_defaults(func=_cmd_sae_train)
 
     trace = commands.add_parser("trace", help="causal tracing of one prompt on the toy model")
     trace.add_argument("--prompt", required=True, help="the prompt, subject filled in")

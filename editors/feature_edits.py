@@ -1,0 +1,185 @@
+"""Edits of SAE features (made by :class:`editors.sae.SparseAutoencoder`'s builders).
+
+Each keeps the SAE's error term: with ``f`` the features' activations and ``f'`` their edited
+values, the site's activation becomes ``decode(f') + error = x + (f' - f) W_dec``, so only the
+edited features move and nothing the SAE fails to reconstruct is lost. That needs only the edited
+features' decoder rows and, for ReLU and JumpReLU SAEs, their own encoder columns (one dot
+product per feature, no SAE forward); a TopK SAE's edit carries its whole encoder, since whether
+a feature is kept depends on every other. Every edit records the SAE it came from (``sae``: its
+SHA-256, architecture and width).
+
+* ``feature_ablation``: the features' activations times ``scale`` (0: zero ablation);
+* ``feature_clamp``: the features set to ``value`` wherever they fire, or at ``positions``
+  (absolute position ids) whether they fire or not;
+* ``feature_steering``: ``alpha`` times the sum of the features' decoder directions, everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from editors.adapters import ModelDims
+from editors.edits import AddVector, Edit, Op, _check_residual_site, _position_mask
+from editors.errors import InvalidEditError
+from editors.sites import RESIDUAL_POINTS, Site
+from editors.validation import check_indices, check_int, check_scale, check_tensor, freeze_json, thaw_json
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class _FeatureEdit(Edit):
+    kind: ClassVar[str] = "_feature"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("decoder",)
+    json_fields: ClassVar[tuple[str, ...]] = ("sae",)
+
+    site: str
+    features: tuple[int, ...]
+    decoder: torch.Tensor  # [len(features), d_model]: the features' rows of W_dec
+    sae: Any  # {sha256, architecture, d_sae[, name]}: the SAE the edit came from
+
+    def __post_init__(self) -> None:
+        Site.parse(self.site, "site", RESIDUAL_POINTS)
+        reference = freeze_json("sae", self.sae)
+        plain = thaw_json(reference)
+        if not isinstance(plain, dict) or not isinstance(plain.get("sha256"), str):
+            raise InvalidEditError("sae", "must name the SAE the edit came from", "{sha256, architecture, d_sae}")
+        d_sae = check_int("sae.d_sae", plain.get("d_sae"), 1, 1 << 26)
+        object.__setattr__(self, "sae", reference)
+        features = check_indices("features", self.features, d_sae - 1)
+        if features != tuple(self.features):
+            raise InvalidEditError(
+                "features", f"{list(self.features)} must be distinct and ascending", "sorted indices"
+            )
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "decoder", check_tensor("decoder", self.decoder, 2, (len(features), None)))
+
+    @property
+    def d_sae(self) -> int:
+        return int(thaw_json(self.sae)["d_sae"])
+
+    @property
+    def parsed_site(self) -> Site:
+        return Site.parse(self.site, "site", RESIDUAL_POINTS)
+
+    def validate_for(self, dims: ModelDims) -> None:
+        _check_residual_site("site", self.parsed_site, dims)
+        if self.decoder.shape[1] != dims.d_model:
+            raise InvalidEditError("decoder", f"width {self.decoder.shape[1]} != d_model", f"d_model = {dims.d_model}")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class _EncodingFeatureEdit(_FeatureEdit):
+    """A feature edit that reads the features' activations (ablation, clamp)."""
+
+    kind: ClassVar[str] = "_encoding_feature"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("decoder", "encoder", "encoder_bias", "threshold", "input_bias")
+
+    encoder: torch.Tensor  # [d_model, len(features)] columns of W_enc ([d_model, d_sae] for TopK)
+    encoder_bias: torch.Tensor  # b_enc at the features (all of it for TopK)
+    threshold: torch.Tensor  # JumpReLU's thresholds at the features (zeros for ReLU and TopK)
+    input_bias: torch.Tensor  # b_dec where the SAE subtracts it from its input, else zeros
+    top_k: int | None = None  # TopK SAEs: how many features are kept
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = len(self.features)
+        columns = n if self.top_k is None else self.d_sae
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, 1, self.d_sae)
+        object.__setattr__(self, "encoder", check_tensor("encoder", self.encoder, 2, (None, columns)))
+        object.__setattr__(self, "encoder_bias", check_tensor("encoder_bias", self.encoder_bias, 1, (columns,)))
+        object.__setattr__(self, "threshold", check_tensor("threshold", self.threshold, 1, (n,)))
+        width = self.decoder.shape[1]
+        object.__setattr__(self, "input_bias", check_tensor("input_bias", self.input_bias, 1, (width,)))
+        if self.encoder.shape[0] != width:
+            raise InvalidEditError("encoder", f"has {self.encoder.shape[0]} rows, the decoder {width} columns", "equal")
+
+    def _activations(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
+        """(the decoder rows on ``device``, ``acts(x)``: the features' activations ``[..., n]``)."""
+        encoder, bias = self.encoder.to(device, dtype), self.encoder_bias.to(device, dtype)
+        threshold, input_bias = self.threshold.to(device, dtype), self.input_bias.to(device, dtype)
+        index = torch.tensor(self.features, device=device)
+        top_k = self.top_k
+
+        def acts(x: torch.Tensor) -> torch.Tensor:
+            hidden = (x - input_bias) @ encoder + bias
+            if top_k is None:  # ReLU (threshold 0) and JumpReLU: relu(h) · [h > threshold]
+                return torch.relu(hidden) * (hidden > threshold)
+            top = hidden.topk(top_k, dim=-1)
+            kept = torch.zeros_like(hidden).scatter(-1, top.indices, torch.relu(top.values))
+            return kept.index_select(-1, index)
+
+        return self.decoder.to(device, dtype), acts
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class FeatureAblation(_EncodingFeatureEdit):
+    """Scale SAE features' activations by ``scale`` (0: zero ablation), keeping the error term."""
+
+    kind: ClassVar[str] = "feature_ablation"
+
+    scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "scale", check_scale("scale", self.scale))
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        decoder, acts = self._activations(device, dtype)
+        factor = self.scale - 1.0
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            return x + (factor * acts(x)) @ decoder
+
+        return [(self.parsed_site, Op(fn))]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class FeatureClamp(_EncodingFeatureEdit):
+    """Set SAE features to ``value`` wherever they fire (or at ``positions``), keeping the error term."""
+
+    kind: ClassVar[str] = "feature_clamp"
+
+    value: float
+    positions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "value", check_scale("value", self.value))
+        if self.positions is not None:
+            object.__setattr__(self, "positions", check_indices("positions", self.positions))
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        decoder, acts = self._activations(device, dtype)
+        value = self.value
+        wanted = None if self.positions is None else torch.tensor(self.positions, device=device)
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            current = acts(x)
+            where = current > 0 if wanted is None else _position_mask(positions, wanted)
+            return x + torch.where(where, value - current, torch.zeros_like(current)) @ decoder
+
+        return [(self.parsed_site, Op(fn, needs_positions=wanted is not None))]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class FeatureSteering(_FeatureEdit):
+    """Add ``alpha`` times the sum of SAE features' decoder directions at every position."""
+
+    kind: ClassVar[str] = "feature_steering"
+
+    alpha: float = field(default=1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "alpha", check_scale("alpha", self.alpha))
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        delta = (self.alpha * self.decoder.to(torch.float64).sum(dim=0)).to(device, dtype)
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+            return x + delta
+
+        return [(self.parsed_site, Op(fn, form=AddVector(delta)))]

@@ -1,0 +1,275 @@
+"""Sparse autoencoders in the surgery kit (issue 33): SAELens's and Gemma Scope's formats, the
+splice with its error term, feature edits that move only their features, per-row batches,
+training with its metrics, and a sentiment feature of the toy model found and clamped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from editors import (
+    FeatureAblation,
+    FeatureClamp,
+    InvalidEditError,
+    SparseAutoencoder,
+    artifact_blobs_by_hash,
+    edit_from_json,
+    load_sae,
+)
+from editors.sae_features import contrast_features
+from editors.sae_training import SaeTrainConfig, sae_metrics, train_sae
+from editors.toyworld import TOY_SAE_DIR, TOY_SAE_SITE, reference_corpus
+from editors.toyworld.evaluate import neutral_prompts, positive_probability, sentiment_pairs
+from editors.toyworld.manifest import verify_manifest
+
+SITE = "blocks.1.hook_resid_post"
+PROMPTS = ["The capital of Zapouova is", "the film was"]
+
+
+def random_sae(architecture: str, d_in: int = 128, d_sae: int = 512, seed: int = 0) -> SparseAutoencoder:
+    g = torch.Generator().manual_seed(seed)
+    return SparseAutoencoder(
+        W_enc=torch.randn(d_in, d_sae, generator=g) * 0.1,
+        W_dec=torch.randn(d_sae, d_in, generator=g) * 0.1,
+        b_enc=torch.randn(d_sae, generator=g) * 0.1,
+        b_dec=torch.randn(d_in, generator=g),
+        site=SITE,
+        architecture=architecture,
+        threshold=torch.rand(d_sae, generator=g) * 0.2 if architecture == "jumprelu" else None,
+        k=20 if architecture == "topk" else None,
+    )
+
+
+def _reference_encode(sae: SparseAutoencoder, x: np.ndarray) -> np.ndarray:
+    """SAELens's inference encode, written out in numpy from its documented definition."""
+    h = (x - sae.b_dec.numpy() * sae.apply_b_dec_to_input) @ sae.W_enc.numpy() + sae.b_enc.numpy()
+    if sae.architecture == "relu":
+        return np.maximum(h, 0)
+    if sae.architecture == "jumprelu":
+        return np.maximum(h, 0) * (h > sae.threshold.numpy())
+    out = np.zeros_like(h)
+    top = np.argsort(-h, axis=-1)[..., : sae.k]
+    np.put_along_axis(out, top, np.maximum(np.take_along_axis(h, top, axis=-1), 0), axis=-1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_sae() -> SparseAutoencoder:
+    return load_sae(TOY_SAE_DIR)
+
+
+def _encoded(tokenizer):
+    return tokenizer(PROMPTS, return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu", "topk"])
+def test_saelens_format_round_trips_and_encodes_as_saelens_does(architecture, tmp_path) -> None:
+    sae = random_sae(architecture)
+    back = load_sae(sae.save(tmp_path / "sae"))
+    assert back.sha256 == sae.sha256 and back.site == SITE and back.architecture == architecture
+    config = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert config["architecture"] == {"relu": "standard"}.get(architecture, architecture)
+    x = torch.randn(3, 5, 128, generator=torch.Generator().manual_seed(1)) * 3
+    features = back.encode(x)
+    assert np.abs(features.numpy() - _reference_encode(sae, x.numpy())).max() <= 1e-5
+    decoded = back.decode(features).numpy()
+    assert np.abs(decoded - (features.numpy() @ sae.W_dec.numpy() + sae.b_dec.numpy())).max() <= 1e-5
+    if architecture == "topk":
+        assert ((features > 0).sum(dim=-1) <= 20).all()
+
+
+def test_older_saelens_configs_and_gemma_scope_params_load(tmp_path) -> None:
+    sae = random_sae("topk")
+    weights = {"W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file(weights, old / "sae_weights.safetensors")
+    (old / "cfg.json").write_text(
+        json.dumps({"architecture": "topk", "hook_name": SITE, "activation_fn_kwargs": {"k": 20}, "d_in": 128})
+    )
+    assert load_sae(old).sha256 == sae.sha256  # hook_name at the top, k in activation_fn_kwargs
+    jump = random_sae("jumprelu")
+    scope = tmp_path / "scope"
+    scope.mkdir()
+    np.savez(scope / "params.npz", **{n: getattr(jump, n).numpy() for n in ("W_enc", "W_dec", "b_enc", "b_dec")},
+             threshold=jump.threshold.numpy())  # fmt: skip
+    with pytest.raises(InvalidEditError, match="pass site="):
+        load_sae(scope)
+    loaded = load_sae(scope, site=SITE)
+    assert loaded.architecture == "jumprelu" and not loaded.apply_b_dec_to_input  # Gemma Scope encodes x itself
+    x = torch.randn(4, 128)
+    pre = x @ jump.W_enc + jump.b_enc
+    assert torch.allclose(loaded.encode(x), torch.relu(pre) * (pre > jump.threshold), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "cfg.json").write_text("{not json"), "cfg.json does not read as JSON"),
+        (lambda d: (d / "sae_weights.safetensors").write_bytes(b"junk"), "sae_weights.safetensors does not load"),
+        (lambda d: (d / "cfg.json").write_text(json.dumps({"architecture": "gated", "hook_name": SITE})), "gated"),
+        (lambda d: (d / "cfg.json").write_text(json.dumps({"hook_name": SITE, "d_sae": 7})), "d_sae = 7"),
+        (lambda d: (d / "cfg.json").write_text(json.dumps({"hook_name": "blocks.1.attn.hook_z"})), "site"),
+        (lambda d: (d / "cfg.json").unlink(), "neither cfg.json nor params.npz"),
+    ],
+)
+def test_a_malformed_sae_folder_is_refused_naming_what_is_wrong(tmp_path, damage, message) -> None:
+    folder = random_sae("relu").save(tmp_path / "sae")
+    damage(folder)
+    with pytest.raises(InvalidEditError, match=message):
+        load_sae(folder)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu", "topk"])
+def test_splicing_an_sae_with_its_error_term_leaves_the_logits(toy, toy_surgeon, architecture) -> None:
+    model, tokenizer, _ = toy
+    sae = random_sae(architecture)
+    encoded = _encoded(tokenizer)
+    plain = model(**encoded).logits
+    spliced = toy_surgeon.run_with_hooks(**encoded, fwd_hooks=[(sae.site, sae.splice)]).logits
+    assert (plain - spliced).abs().max() <= 1e-5
+    replaced = toy_surgeon.run_with_hooks(**encoded, fwd_hooks=[(sae.site, lambda x: sae.decode(sae.encode(x)))])
+    assert (plain - replaced.logits).abs().max() > 1e-2  # without the error term the random SAE loses a lot
+
+
+def _spliced_with(sae: SparseAutoencoder, change):
+    """The explicit splice: encode, change the features, decode, add the error term."""
+    return lambda x: sae.splice(x, change(sae.encode(x)))
+
+
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu", "topk"])
+def test_feature_edits_move_only_their_features(toy, toy_surgeon, architecture) -> None:
+    model, tokenizer, _ = toy
+    sae = random_sae(architecture)
+    encoded = _encoded(tokenizer)
+    with toy_surgeon.trace([sae.site]) as cache:
+        plain = model(**encoded).logits
+    chosen = sorted(sae.encode(cache[sae.site])[0, -1].topk(3).indices.tolist())
+    index = torch.tensor(chosen)
+
+    def clamped(f: torch.Tensor) -> torch.Tensor:
+        kept = f.clone()
+        kept[..., index] = torch.where(f[..., index] > 0, torch.full_like(f[..., index], 4.0), f[..., index])
+        return kept
+
+    def at_position_2(f: torch.Tensor) -> torch.Tensor:
+        kept = f.clone()
+        kept[:, 2, index] = -1.5
+        return kept
+
+    def steered(f: torch.Tensor) -> torch.Tensor:
+        return f + torch.zeros(sae.d_sae).index_fill(0, index, 2.0)
+
+    cases = [
+        (sae.ablation(chosen), lambda f: f.index_fill(-1, index, 0.0)),
+        (sae.ablation(chosen, scale=0.5), lambda f: f.clone().index_copy_(-1, index, f[..., index] * 0.5)),
+        (sae.clamp(chosen, 4.0), clamped),
+        (sae.clamp(chosen, -1.5, positions=[2]), at_position_2),
+        (sae.steering(chosen, 2.0), steered),
+    ]
+    for edit, change in cases:
+        toy_surgeon.validate([edit])
+        expected = toy_surgeon.run_with_hooks(**encoded, fwd_hooks=[(sae.site, _spliced_with(sae, change))]).logits
+        with toy_surgeon.apply([edit]):
+            got = model(**encoded).logits
+        assert (got - expected).abs().max() <= 1e-4, edit.kind
+        assert (got - plain).abs().max() > 1e-3, edit.kind  # it did something
+        again = edit_from_json(edit.to_json(), artifact_blobs_by_hash(edit))
+        assert again == edit and again.sae["sha256"] == sae.sha256
+    relu_slice = random_sae("relu").ablation(chosen)
+    assert relu_slice.encoder.shape == (128, 3)  # ReLU: only the features' own encoder columns travel
+    assert sae.ablation(chosen).encoder.shape == ((128, 512) if architecture == "topk" else (128, 3))
+
+
+def test_feature_edits_refuse_what_does_not_fit(toy_surgeon) -> None:
+    sae = random_sae("relu")
+    with pytest.raises(InvalidEditError, match="features"):
+        sae.ablation([512])
+    with pytest.raises(InvalidEditError, match="features"):
+        sae.clamp([], 1.0)
+    with pytest.raises(InvalidEditError, match="features"):
+        FeatureAblation(**{**_fields(sae.ablation([3, 9])), "features": (9, 3)})
+    with pytest.raises(InvalidEditError, match="decoder"):
+        toy_surgeon.validate([random_sae("relu", d_in=64).ablation([1])])  # an SAE for another model
+    with pytest.raises(InvalidEditError, match="site"):
+        toy_surgeon.validate([SparseAutoencoder(**{**_fields(sae), "site": "blocks.9.hook_resid_post"}).ablation([1])])
+    with pytest.raises(InvalidEditError, match="site"):
+        SparseAutoencoder(**{**_fields(sae), "site": "blocks.1.attn.hook_z"})
+    with pytest.raises(InvalidEditError, match="value"):
+        sae.clamp([1], float("nan"))
+    with pytest.raises(InvalidEditError, match="sae"):
+        FeatureClamp(**{**_fields(sae.clamp([1], 1.0)), "sae": {"architecture": "relu"}})
+
+
+def _fields(value) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
+def test_rows_with_different_feature_edits_each_equal_their_solo_run(toy, toy_surgeon) -> None:
+    model, tokenizer, _ = toy
+    sae = random_sae("jumprelu")
+    stacks = [
+        toy_surgeon.compile([sae.ablation([1, 2, 3])]),
+        toy_surgeon.compile([sae.clamp([5], 3.0, positions=[1])]),
+        toy_surgeon.compile([]),
+        toy_surgeon.compile([sae.steering([7], -2.0), random_sae("topk", seed=2).ablation([4])]),
+    ]
+    encoded = tokenizer([PROMPTS[0]] * len(stacks), return_tensors="pt")
+    with toy_surgeon.apply_rows(toy_surgeon.rows(stacks)):
+        batched = model(**encoded).logits
+    for row, stack in enumerate(stacks):
+        with toy_surgeon.apply(stack):
+            solo = model(**{k: v[row : row + 1] for k, v in encoded.items()}).logits
+        assert (batched[row] - solo[0]).abs().max() <= 1e-4, row
+
+
+def test_training_streams_activations_and_is_deterministic(toy, toy_surgeon) -> None:
+    _, tokenizer, _ = toy
+    texts = reference_corpus()[:400]
+    config = SaeTrainConfig(site=SITE, d_sae=256, k=8, tokens=8192, batch_tokens=512, buffer_tokens=2048)
+    steps: list[int] = []
+    first = train_sae(toy_surgeon, tokenizer, texts, config, progress=lambda step, total, loss: steps.append(step))
+    assert steps == list(range(1, 17))
+    again = train_sae(toy_surgeon, tokenizer, texts, config)
+    assert again.sae.sha256 == first.sae.sha256  # same seed, same SAE
+    metrics = first.metrics
+    assert metrics["l0"] == 8.0 and 0 <= metrics["dead_fraction"] < 1
+    assert 0.3 < metrics["explained_variance"] <= 1 and 0.3 < metrics["ce_loss_recovered"] <= 1.01
+    assert first.sae.metadata["training"]["tokens"] == 8192 and first.sae.metadata["metrics"] == metrics
+
+
+def test_the_toy_sae_is_intact_and_its_recorded_metrics_are_its_own(toy, toy_surgeon, toy_sae) -> None:
+    assert verify_manifest(TOY_SAE_DIR) == []
+    assert toy_sae.site == TOY_SAE_SITE and toy_sae.architecture == "topk"
+    recorded = toy_sae.metadata["metrics"]
+    texts = reference_corpus()
+    cut = max(1, len(texts) // 10)
+    measured = sae_metrics(toy_surgeon, toy[1], toy_sae, texts[-cut:])  # on the texts training held out
+    assert measured.keys() == recorded.keys()
+    assert all(measured[k] == pytest.approx(recorded[k], rel=1e-3, abs=1e-3) for k in recorded)
+    assert recorded["ce_loss_recovered"] >= 0.9 and recorded["explained_variance"] >= 0.9
+
+
+def test_a_sentiment_feature_is_found_and_its_clamp_moves_sentiment(toy, toy_surgeon, toy_sae) -> None:
+    model, tokenizer, world = toy
+    ranked = contrast_features(toy_surgeon, tokenizer, toy_sae, sentiment_pairs(world))
+    positive, negative = ranked[0], ranked[-1]
+    assert positive.difference > 1.0 and positive.negative_mean == 0.0  # fires on positive words only
+    assert negative.difference < -1.0 and negative.positive_mean == 0.0
+    assert ranked[len(ranked) // 2].difference == 0.0  # most features do not care
+    # the toy world's sentiment documents keep one polarity: a clamped feature in the context
+    # moves the next sentiment word the feature's way (a neutral prompt's every position)
+    before = positive_probability(model, tokenizer, world)
+    lengths = {len(tokenizer(p)["input_ids"]) for p in neutral_prompts(world)}
+    everywhere = list(range(max(lengths)))
+    with toy_surgeon.apply([toy_sae.clamp([positive.feature], 4 * positive.positive_mean, positions=everywhere)]):
+        up = positive_probability(model, tokenizer, world)
+    with toy_surgeon.apply([toy_sae.clamp([negative.feature], 4 * negative.negative_mean, positions=everywhere)]):
+        down = positive_probability(model, tokenizer, world)
+    assert up > before + 0.05 and down < before - 0.05
