@@ -39,10 +39,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 # Retrain the committed toy model from scratch (deterministic, about 14 minutes on 2 cores), then
-# its committed successor from it (about 30 s).
+# its committed successor (about 30 s) and SAE (about 3 minutes) from it.
 toymodel: $(STAMP)
 	$(BIN)/scalpel toyworld train
 	$(BIN)/scalpel toyworld successor
+	$(BIN)/scalpel sae train
 
 # Regenerate the committed gRPC stubs (service/api/scalpel/v1) from protos/.
 protos: $(STAMP)

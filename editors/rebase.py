@@ -231,6 +231,8 @@ def _carried(edit: Edit) -> tuple[str, str]:
         return "flagged", "carried: its direction was read off the old base and has no stored derivation"
     if isinstance(edit, LowRank):
         return "flagged", "a low-rank delta without a stored request: carried as it is"
+    if edit.kind.startswith("feature_"):
+        return "flagged", "carried: its SAE was trained on the old base's activations (train one on the successor)"
     return "flagged", "carried as it is"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,8 @@ from editors.sae_training import SaeTrainConfig, sae_metrics, train_sae
 from editors.toyworld import TOY_SAE_DIR, TOY_SAE_SITE, reference_corpus
 from editors.toyworld.evaluate import neutral_prompts, positive_probability, sentiment_pairs
 from editors.toyworld.manifest import verify_manifest
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
 
 SITE = "blocks.1.hook_resid_post"
 PROMPTS = ["The capital of Zapouova is", "the film was"]
@@ -273,3 +276,37 @@ def test_a_sentiment_feature_is_found_and_its_clamp_moves_sentiment(toy, toy_sur
     with toy_surgeon.apply([toy_sae.clamp([negative.feature], 4 * negative.negative_mean, positions=everywhere)]):
         down = positive_probability(model, tokenizer, world)
     assert up > before + 0.05 and down < before - 0.05
+
+
+def test_feature_edits_are_stored_and_served_over_grpc(served_inline, toy, toy_surgeon, toy_sae) -> None:  # noqa: F811
+    server, admin, _, _ = served_inline
+    model, tokenizer, world = toy
+    positive = contrast_features(toy_surgeon, tokenizer, toy_sae, sentiment_pairs(world))[0]
+    clamp = toy_sae.clamp([positive.feature], 4 * positive.positive_mean, positions=[0, 1, 2, 3])
+    edit = admin.create_edit("toy", clamp, description="the positive-word feature, clamped")
+    assert edit.kind == "feature_clamp" and json.loads(edit.spec_json)["params"]["sae"]["sha256"] == toy_sae.sha256
+    version = admin.create_version("toy", 0, [edit.id])
+    prompt, words = neutral_prompts(world)[0], [" " + w for w in world.positive_words]
+    served = admin.inference.Score(
+        pb.ScoreRequest(
+            model="models/toy", selector=pb.VersionSelector(version=version.number), prompt=prompt, continuations=words
+        )
+    ).logprobs
+    encoded = tokenizer([prompt], return_tensors="pt")
+    with torch.inference_mode(), toy_surgeon.apply([clamp]):
+        local = model(**encoded).logits[0, -1].log_softmax(-1)
+    expected = local[tokenizer.convert_tokens_to_ids(world.positive_words)].tolist()
+    assert served == pytest.approx(expected, abs=1e-4)
+
+    # a feature the SAE does not have: refused, naming the field, nothing written
+    spec = json.loads(clamp.to_json())
+    spec["params"]["features"] = [toy_sae.d_sae]
+    edits_before = server.registry.list_edits("toy").items
+    with pytest.raises(grpc.RpcError) as caught:
+        admin.edits.CreateEdit(
+            pb.CreateEditRequest(
+                parent="models/toy", spec_json=json.dumps(spec), artifacts=list(clamp.artifact_blobs.values())
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in caught.value.details()
+    assert server.registry.list_edits("toy").items == edits_before
