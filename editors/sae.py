@@ -254,26 +254,35 @@ def _saelens_config(folder: Path) -> dict[str, Any]:
 
 def _load_saelens(folder: Path, site: str | None) -> SparseAutoencoder:
     config = _saelens_config(folder)
-    metadata = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
-    architecture = config.get("architecture", "standard")
-    if architecture not in SAELENS_ARCHITECTURES:
-        raise _malformed(folder, f"architecture {architecture!r} is not one of {', '.join(SAELENS_ARCHITECTURES)}")
-    if config.get("normalize_activations", "none") not in ("none", None):
-        raise _malformed(folder, f"normalize_activations {config['normalize_activations']!r} is not supported (none)")
-    hook = site or config.get("hook_name") or metadata.get("hook_name")
-    if not isinstance(hook, str):
-        raise _malformed(folder, "no hook_name in cfg.json: pass site=")
-    k = config.get("k", (config.get("activation_fn_kwargs") or {}).get("k"))
     try:
         weights = load_file(folder / WEIGHTS_FILE)
     except (OSError, ValueError, SafetensorError) as error:
         raise _malformed(folder, f"{WEIGHTS_FILE} does not load ({error})") from None
+    return sae_from_saelens(config, weights, site, str(folder))
+
+
+def sae_from_saelens(
+    config: Mapping[str, Any], weights: Mapping[str, torch.Tensor], site: str | None = None, source: str = "the SAE"
+) -> SparseAutoencoder:
+    """An SAE from SAELens's ``cfg.json`` (as a mapping) and its weights; ``site`` overrides the
+    config's ``hook_name``. Errors name ``source`` and what is wrong."""
+    where = Path(source)
+    metadata = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
+    architecture = config.get("architecture", "standard")
+    if architecture not in SAELENS_ARCHITECTURES:
+        raise _malformed(where, f"architecture {architecture!r} is not one of {', '.join(SAELENS_ARCHITECTURES)}")
+    if config.get("normalize_activations", "none") not in ("none", None):
+        raise _malformed(where, f"normalize_activations {config['normalize_activations']!r} is not supported (none)")
+    hook = site or config.get("hook_name") or metadata.get("hook_name")
+    if not isinstance(hook, str):
+        raise _malformed(where, "no hook_name in cfg.json: pass site=")
+    k = config.get("k", (config.get("activation_fn_kwargs") or {}).get("k"))
     missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec"} - weights.keys())
     if missing:
-        raise _malformed(folder, f"{WEIGHTS_FILE} lacks {', '.join(missing)}")
+        raise _malformed(where, f"{WEIGHTS_FILE} lacks {', '.join(missing)}")
     for name, expected in (("d_in", weights["W_enc"].shape[0]), ("d_sae", weights["W_enc"].shape[-1])):
         if name in config and config[name] != expected:
-            raise _malformed(folder, f"cfg.json says {name} = {config[name]} but W_enc has {expected}")
+            raise _malformed(where, f"cfg.json says {name} = {config[name]} but W_enc has {expected}")
     return SparseAutoencoder(
         W_enc=weights["W_enc"],
         W_dec=weights["W_dec"],
@@ -284,7 +293,7 @@ def _load_saelens(folder: Path, site: str | None) -> SparseAutoencoder:
         threshold=weights.get("threshold"),
         k=k if architecture == "topk" else None,
         apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
-        metadata={**metadata, "source": str(folder)},
+        metadata={**metadata, "source": source},
     )
 
 

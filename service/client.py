@@ -143,6 +143,7 @@ class ScalpelClient:
         self.channel = grpc.intercept_channel(self.channel, _RequestIds())
         self.models = rpc.ModelServiceStub(self.channel)
         self.edits = rpc.EditServiceStub(self.channel)
+        self.features = rpc.FeatureServiceStub(self.channel)
         self.versions = rpc.VersionServiceStub(self.channel)
         self.aliases = rpc.AliasServiceStub(self.channel)
         self.inference = rpc.InferenceServiceStub(self.channel)
@@ -221,6 +222,23 @@ class ScalpelClient:
             if progress is not None:
                 progress(update.done, update.total)
         raise RuntimeError("the rebase stream ended without its result")
+
+    def create_sae(
+        self, model: str, name: str, folder: Path | str, description: str = "", request_id: str = ""
+    ) -> pb.Sae:
+        """Register the SAE in ``folder`` (SAELens's format: cfg.json, sae_weights.safetensors) as
+        ``models/{model}/saes/{name}``; ``request_id`` defaults to a fresh one."""
+        folder = Path(folder)
+        return self.features.CreateSae(
+            pb.CreateSaeRequest(
+                parent=f"models/{model}",
+                name=name,
+                config_json=(folder / "cfg.json").read_text(),
+                weights=(folder / "sae_weights.safetensors").read_bytes(),
+                description=description,
+                request_id=request_id,
+            )
+        )
 
     def register_successor(self, model: str, predecessor: str) -> pb.Model:
         """Record ``model`` as a newer checkpoint of ``predecessor`` (admin; both served here)."""

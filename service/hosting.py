@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
+from editors.sae import SparseAutoencoder
 from service.aliases import AliasCache
 from service.checks.suite import Suite
 from service.defaults import DTYPE_NAMES, LOGIT_BUDGET
@@ -123,6 +124,7 @@ class ModelHost:
         )
         self._stacks: dict[int, EditStack] = {}
         self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
+        self._saes: dict[str, SparseAutoencoder] = {}
         self._lock = threading.Lock()
         try:
             known = registry.get_model(name)
@@ -307,6 +309,16 @@ class ModelHost:
         except NotFound as exc:
             raise InvalidArgument(f"model {self.name!r} has no reference corpus and no check suite") from exc
         return Suite.from_spec(spec, self.model_dir).reference_texts()
+
+    def sae(self, name: str) -> SparseAutoencoder:
+        """A stored SAE of this model, loaded and verified once per replica (SAEs never change)."""
+        with self._lock:
+            cached = self._saes.get(name)
+        if cached is None:
+            cached = self.registry.load_sae(self.name, name)
+            with self._lock:
+                self._saes[name] = cached
+        return cached
 
     def edit(self, edit_id: int) -> Edit:
         """A stored edit of this model, loaded and hash-verified once per replica."""

@@ -310,3 +310,67 @@ def test_feature_edits_are_stored_and_served_over_grpc(served_inline, toy, toy_s
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in caught.value.details()
     assert server.registry.list_edits("toy").items == edits_before
+
+
+def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
+    served_inline,  # noqa: F811
+    toy,
+    toy_surgeon,
+    toy_sae,
+    tmp_path,
+) -> None:
+    server, admin, reader, _ = served_inline
+    _, tokenizer, world = toy
+    created = admin.create_sae("toy", "resid1", TOY_SAE_DIR, description="the toy SAE")
+    assert created.name == "models/toy/saes/resid1" and created.sae_sha256 == toy_sae.sha256
+    assert created.site == TOY_SAE_SITE and created.d_sae == toy_sae.d_sae
+    assert json.loads(created.config_json)["metadata"]["metrics"] == toy_sae.metadata["metrics"]
+    assert reader.features.GetSae(pb.GetSaeRequest(name=created.name)) == created
+    assert [s.name for s in reader.features.ListSaes(pb.ListSaesRequest(parent="models/toy")).saes] == [created.name]
+    events = admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(action="sae.created")).events
+    assert [json.loads(e.payload_json)["sae_sha256"] for e in events] == [toy_sae.sha256]
+
+    # refused, each naming what is wrong, and nothing written
+    def code(call) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        return caught.value.code(), caught.value.details()
+
+    before = server.registry.verify_audit().events_checked
+    assert code(lambda: admin.create_sae("toy", "resid1", TOY_SAE_DIR))[0] == grpc.StatusCode.ALREADY_EXISTS
+    other = random_sae("relu", d_in=64).save(tmp_path / "other")
+    status, details = code(lambda: admin.create_sae("toy", "other", other))
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "d_model" in details
+    status, details = code(lambda: reader.create_sae("toy", "mine", TOY_SAE_DIR))
+    assert status == grpc.StatusCode.PERMISSION_DENIED
+    bad = pb.CreateSaeRequest(parent="models/toy", name="bad", config_json="{}", weights=b"junk")
+    status, details = code(lambda: admin.features.CreateSae(bad))
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "safetensors" in details
+    assert server.registry.verify_audit().events_checked == before
+
+    # inspected: the positive-word feature is among the strongest on a positive word, as in-process
+    positive = contrast_features(toy_surgeon, tokenizer, toy_sae, sentiment_pairs(world))[0]
+    prompt = sentiment_pairs(world)[0][0]
+    reply = reader.features.InspectFeatures(pb.InspectFeaturesRequest(sae=created.name, prompt=prompt, top=16))
+    assert reply.version == "models/toy/versions/0" and len(reply.tokens) == len(tokenizer(prompt)["input_ids"])
+    last = reply.tokens[-1]
+    assert last.active == toy_sae.k and positive.feature in [f.feature for f in last.features]
+    with toy_surgeon.trace([f"{toy_sae.site}.sae.acts"], saes=[toy_sae]) as cache:
+        toy[0](**tokenizer([prompt], return_tensors="pt"))
+    local = cache[f"{toy_sae.site}.sae.acts"][0, -1]
+    assert {f.feature: f.activation for f in last.features} == pytest.approx(
+        {f.feature: float(local[f.feature]) for f in last.features}, abs=1e-4
+    )
+    activations = [f.activation for f in last.features]
+    assert activations == sorted(activations, reverse=True)
+    status, _ = code(
+        lambda: reader.features.InspectFeatures(pb.InspectFeaturesRequest(sae=created.name, prompt="x", top=65))
+    )
+    assert status == grpc.StatusCode.INVALID_ARGUMENT
+
+    # weights changed in the database: refused on a replica that has not loaded the SAE yet
+    admin.create_sae("toy", "copy", TOY_SAE_DIR)
+    with server.registry.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE saes SET sae_sha256 = 'ab' WHERE name = 'copy'")
+    copy = pb.InspectFeaturesRequest(sae="models/toy/saes/copy", prompt=prompt)
+    assert code(lambda: reader.features.InspectFeatures(copy))[0] == grpc.StatusCode.DATA_LOSS

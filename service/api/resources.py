@@ -18,6 +18,7 @@ from service.registry.registry import (
     ModelInfo,
     RebaseInfo,
     RunInfo,
+    SaeInfo,
     VersionInfo,
 )
 
@@ -35,12 +36,16 @@ _NAME = {
     "version": "models/{model}/versions/{number}",
     "alias": "models/{model}/aliases/{alias}",
     "edit": "models/{model}/edits/{number}",
+    "sae": "models/{model}/saes/{name}",
 }
 
 
 _PATTERN = {
     kind: re.compile(
-        form.replace("{number}", "(0|[1-9][0-9]{0,8})").replace("{model}", "([^/]+)").replace("{alias}", "([^/]+)"),
+        form.replace("{number}", "(0|[1-9][0-9]{0,8})")
+        .replace("{model}", "([^/]+)")
+        .replace("{alias}", "([^/]+)")
+        .replace("{name}", "([^/]+)"),
         re.ASCII,
     )
     for kind, form in _NAME.items()
@@ -179,4 +184,19 @@ def run_pb(info: RunInfo) -> pb.CheckRun:
         results=results,
         start_time=_ts(info.started_at),
         finish_time=_ts(info.finished_at),
+    )
+
+
+def sae_pb(info: SaeInfo) -> pb.Sae:
+    return pb.Sae(
+        name=f"models/{info.model}/saes/{info.name}",
+        site=info.site,
+        architecture=info.architecture,
+        d_sae=info.d_sae,
+        sae_sha256=info.sae_sha256,
+        weights_sha256=info.weights_sha256,
+        config_json=json.dumps(info.config, sort_keys=True),
+        description=info.description,
+        created_by=info.created_by,
+        create_time=_ts(info.created_at),
     )

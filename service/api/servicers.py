@@ -9,6 +9,7 @@ from service.api.alias_service import AliasService
 from service.api.audit_service import AuditService
 from service.api.check_service import CheckService
 from service.api.edit_service import EditService
+from service.api.feature_service import FeatureService
 from service.api.inference_service import InferenceService
 from service.api.key_service import KeyService
 from service.api.model_service import ModelService
@@ -18,7 +19,15 @@ from service.api.version_service import VersionService
 
 
 class Servicers(
-    ModelService, EditService, VersionService, AliasService, InferenceService, AuditService, CheckService, KeyService
+    ModelService,
+    EditService,
+    FeatureService,
+    VersionService,
+    AliasService,
+    InferenceService,
+    AuditService,
+    CheckService,
+    KeyService,
 ):
     """All services over one registry and the hosted models."""
 
@@ -27,6 +36,7 @@ def add_to_server(servicers: Servicers, server: grpc.Server) -> list[str]:
     """Register every service; returns their full names (for reflection)."""
     rpc.add_ModelServiceServicer_to_server(servicers, server)
     rpc.add_EditServiceServicer_to_server(servicers, server)
+    rpc.add_FeatureServiceServicer_to_server(servicers, server)
     rpc.add_VersionServiceServicer_to_server(servicers, server)
     rpc.add_AliasServiceServicer_to_server(servicers, server)
     rpc.add_InferenceServiceServicer_to_server(servicers, server)

@@ -128,6 +128,34 @@ def _show_rebase(args: argparse.Namespace, rebase: pb.Rebase) -> int:
     return 1 if rebase.summary.flagged or lost else 0
 
 
+def _saes_create(args: argparse.Namespace, c: ScalpelClient) -> None:
+    if not (Path(args.folder) / "cfg.json").is_file() or not (Path(args.folder) / "sae_weights.safetensors").is_file():
+        raise UsageError(f"{args.folder} must hold SAELens's cfg.json and sae_weights.safetensors")
+    sae = c.create_sae(args.model, args.name, args.folder, args.description)
+    _print(args, sae, ("name", "site", "architecture", "d_sae", "sae_sha256"))
+
+
+def _saes_list(args: argparse.Namespace, c: ScalpelClient) -> None:
+    page = c.features.ListSaes(
+        pb.ListSaesRequest(parent=f"models/{args.model}", page_size=args.page_size, page_token=args.page_token)
+    )
+    _print(args, page, ("name", "site", "architecture", "d_sae"), "saes")
+
+
+def _features_inspect(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.InspectFeaturesRequest(
+        sae=f"models/{args.model}/saes/{args.sae}", prompt=args.prompt, top=args.top, version=args.version
+    )
+    reply = c.features.InspectFeatures(request)
+    if args.json:
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+        return
+    print(f"under {reply.version}:")
+    for token in reply.tokens:
+        fired = ", ".join(f"#{f.feature} {f.activation:.2f}" for f in token.features) or "none"
+        print(f"  {token.position:>3} {token.token!r:<16} L0 {token.active:<3} error {token.error_norm:6.2f}  {fired}")
+
+
 def _models_unload(args: argparse.Namespace, c: ScalpelClient) -> None:
     c.unload_model(args.name, args.force)
     print(json.dumps({"unloaded": f"models/{args.name}"}) if args.json else f"unloaded model {args.name!r}")
@@ -612,6 +640,25 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     rebase.add_argument("--request-id", default="", help="retry-safe key: a repeat returns the first result")
     rebase.add_argument("--html", help="also write the drift report as one HTML page here")
     command(rebase, _rebase)
+
+    saes = commands.add_parser("saes", help="a model's sparse autoencoders").add_subparsers(dest="sub", required=True)
+    sae_create = saes.add_parser("create", help="register an SAE in SAELens's folder format (editor)")
+    sae_create.add_argument("name", help="its name among the model's SAEs")
+    sae_create.add_argument("folder", help="a folder with cfg.json and sae_weights.safetensors")
+    sae_create.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    sae_create.add_argument("--description", default="")
+    command(sae_create, _saes_create)
+    sae_list = saes.add_parser("list", help="the model's SAEs, newest first")
+    sae_list.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    command(sae_list, _saes_list, paged=True)
+    features = commands.add_parser("features", help="SAE features").add_subparsers(dest="sub", required=True)
+    inspect = features.add_parser("inspect", help="which features fire on each token of a prompt")
+    inspect.add_argument("prompt")
+    inspect.add_argument("--sae", required=True, help="the SAE's name (see `scalpel saes list`)")
+    inspect.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    inspect.add_argument("--top", type=int, default=5, help="features per token (default 5)")
+    inspect.add_argument("--version", type=int, default=None, help="under this version's edits (default: the base)")
+    command(inspect, _features_inspect)
 
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
     edit_list = edits.add_parser("list", help="the model's edits, newest first")

@@ -121,6 +121,26 @@ class RebaseRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SaeRow(Base):
+    """A sparse autoencoder of a model, by name: its site, shape, identity and weights (an
+    artifact), insert-only and audited; feature edits and feature inspection read it."""
+
+    __tablename__ = "saes"
+    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_saes_model_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    site: Mapped[str] = mapped_column(String(100))
+    architecture: Mapped[str] = mapped_column(String(16))
+    d_sae: Mapped[int] = mapped_column(Integer)
+    sae_sha256: Mapped[str] = mapped_column(SHA)
+    weights_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"), index=True)
+    config_json: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(NAME)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class AliasRow(Base):
     """A movable name on a version; ``etag`` changes on every move (optimistic concurrency)."""
 

@@ -94,3 +94,20 @@ class RebaseInfo:
     version: VersionInfo
     origin: str  # models/{model}/versions/{n}
     report: dict[str, Any]  # {"summary": {...}, "drift": [...]} (editors.rebase.Rebase.as_dict, with edit ids)
+
+
+@dataclass(frozen=True)
+class SaeInfo:
+    """A model's sparse autoencoder, as the registry holds it."""
+
+    model: str
+    name: str
+    site: str
+    architecture: str
+    d_sae: int
+    sae_sha256: str  # the SAE's identity (editors.sae.SparseAutoencoder.sha256)
+    weights_sha256: str  # the artifact holding sae_weights.safetensors
+    config: dict[str, Any]  # SAELens's cfg.json
+    description: str
+    created_by: str
+    created_at: datetime

@@ -1,5 +1,5 @@
-"""The registry: one class over every resource, each in a module of its own
-(models and their lineage, edits, versions, rebases, checks, aliases, keys, audit) over one shared unit of work."""
+"""The registry: one class over every resource, each in a module of its own (models and their
+lineage, edits, versions, rebases, SAEs, checks, aliases, keys, audit) over one shared unit of work."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from service.registry.infos import (
     ModelInfo,
     RebaseInfo,
     RunInfo,
+    SaeInfo,
     VersionInfo,
 )
 from service.registry.key_store import KeyStore
 from service.registry.model_catalog import ModelCatalog
 from service.registry.rebase_store import RebaseStore
+from service.registry.sae_store import SaeStore
 from service.registry.unit_of_work import DEFAULT_MAX_ARTIFACT_BYTES, ROLES, RUN_STATES, Page, check_name
 from service.registry.version_store import VersionStore
 
@@ -37,10 +39,13 @@ __all__ = [
     "RebaseInfo",
     "Registry",
     "RunInfo",
+    "SaeInfo",
     "VersionInfo",
     "check_name",
 ]
 
 
-class Registry(RebaseStore, ModelCatalog, EditStore, VersionStore, CheckStore, AliasMoves, KeyStore, AuditViews):
+class Registry(
+    RebaseStore, SaeStore, ModelCatalog, EditStore, VersionStore, CheckStore, AliasMoves, KeyStore, AuditViews
+):
     """Domain operations over one database (SQLite or PostgreSQL)."""

@@ -345,6 +345,112 @@ class CircuitProgress(_message.Message):
     circuit: Circuit
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., circuit: _Optional[_Union[Circuit, _Mapping]] = ...) -> None: ...
 
+class Sae(_message.Message):
+    __slots__ = ("name", "site", "architecture", "d_sae", "sae_sha256", "weights_sha256", "config_json", "description", "created_by", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    D_SAE_FIELD_NUMBER: _ClassVar[int]
+    SAE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    site: str
+    architecture: str
+    d_sae: int
+    sae_sha256: str
+    weights_sha256: str
+    config_json: str
+    description: str
+    created_by: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., site: _Optional[str] = ..., architecture: _Optional[str] = ..., d_sae: _Optional[int] = ..., sae_sha256: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., config_json: _Optional[str] = ..., description: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateSaeRequest(_message.Message):
+    __slots__ = ("parent", "name", "config_json", "weights", "description", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    name: str
+    config_json: str
+    weights: bytes
+    description: str
+    request_id: str
+    def __init__(self, parent: _Optional[str] = ..., name: _Optional[str] = ..., config_json: _Optional[str] = ..., weights: _Optional[bytes] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetSaeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListSaesRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSaesResponse(_message.Message):
+    __slots__ = ("saes", "next_page_token")
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    saes: _containers.RepeatedCompositeFieldContainer[Sae]
+    next_page_token: str
+    def __init__(self, saes: _Optional[_Iterable[_Union[Sae, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class InspectFeaturesRequest(_message.Message):
+    __slots__ = ("sae", "prompt", "top", "version")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    prompt: str
+    top: int
+    version: int
+    def __init__(self, sae: _Optional[str] = ..., prompt: _Optional[str] = ..., top: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class FeatureActivation(_message.Message):
+    __slots__ = ("feature", "activation")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    activation: float
+    def __init__(self, feature: _Optional[int] = ..., activation: _Optional[float] = ...) -> None: ...
+
+class TokenFeatures(_message.Message):
+    __slots__ = ("position", "token", "features", "active", "error_norm")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_NORM_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token: str
+    features: _containers.RepeatedCompositeFieldContainer[FeatureActivation]
+    active: int
+    error_norm: float
+    def __init__(self, position: _Optional[int] = ..., token: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureActivation, _Mapping]]] = ..., active: _Optional[int] = ..., error_norm: _Optional[float] = ...) -> None: ...
+
+class InspectFeaturesResponse(_message.Message):
+    __slots__ = ("tokens", "version")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenFeatures]
+    version: str
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenFeatures, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -646,6 +646,207 @@ class EditService:
             _registered_method=True)
 
 
+class FeatureServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateSae = channel.unary_unary(
+                '/scalpel.v1.FeatureService/CreateSae',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.CreateSaeRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Sae.FromString,
+                _registered_method=True)
+        self.GetSae = channel.unary_unary(
+                '/scalpel.v1.FeatureService/GetSae',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetSaeRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Sae.FromString,
+                _registered_method=True)
+        self.ListSaes = channel.unary_unary(
+                '/scalpel.v1.FeatureService/ListSaes',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListSaesRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListSaesResponse.FromString,
+                _registered_method=True)
+        self.InspectFeatures = channel.unary_unary(
+                '/scalpel.v1.FeatureService/InspectFeatures',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesResponse.FromString,
+                _registered_method=True)
+
+
+class FeatureServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateSae(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSae(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSaes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectFeatures(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FeatureServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateSae': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSae,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CreateSaeRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Sae.SerializeToString,
+            ),
+            'GetSae': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSae,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetSaeRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Sae.SerializeToString,
+            ),
+            'ListSaes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSaes,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.ListSaesRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.ListSaesResponse.SerializeToString,
+            ),
+            'InspectFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectFeatures,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'scalpel.v1.FeatureService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('scalpel.v1.FeatureService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class FeatureService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateSae(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/CreateSae',
+            scalpel_dot_v1_dot_scalpel__pb2.CreateSaeRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Sae.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSae(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/GetSae',
+            scalpel_dot_v1_dot_scalpel__pb2.GetSaeRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Sae.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSaes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/ListSaes',
+            scalpel_dot_v1_dot_scalpel__pb2.ListSaesRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.ListSaesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/InspectFeatures',
+            scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class VersionServiceStub:
     """Missing associated documentation comment in .proto file."""
 

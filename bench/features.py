@@ -1,0 +1,142 @@
+"""Sparse autoencoders on the toy model (issue 33): training, the splice, a clamp in the batched
+decode step, and the sentiment feature, in one run.
+
+    python bench/features.py --json
+    → {"explained_variance", "l0", "ce_loss_recovered", "dead_fraction", "train_tokens_per_s",
+       "peak_rss_mib_small_budget", "peak_rss_mib", "splice_max_abs_diff",
+       "feature_clamp_decode_overhead", "sentiment_feature_found", "saelens"}
+
+Training: a TopK SAE (1024 features, k = 16) at ``blocks.1.hook_resid_pre`` on the toy model's
+reference corpus, ``--tokens`` of activations streamed through the shuffle buffer, metrics on the
+held-out tenth. Memory: the process's peak resident size after training on a budget of an eighth
+of ``--tokens`` and then on all of it (training happens in children, one per budget, so each peak
+is its own): equal peaks mean memory is bounded by the buffer, not the budget. The splice: the
+largest logit difference with the SAE spliced in with its error term, over the toy's reference
+texts. The clamp: one 64-row decode step on the toy model (one new token over a 32-token KV
+cache) with a different feature clamp on every row, over the plain step (medians, interleaved).
+``saelens``: SAELens's trainer side by side needs ``sae-lens`` installed in this environment; it
+is not a dependency, and the key says whether it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from editors import Surgeon, load_sae  # noqa: E402
+from editors.sae_features import contrast_features  # noqa: E402
+from editors.sae_training import SaeTrainConfig, train_sae  # noqa: E402
+from editors.toyworld import TOY_SAE_DIR, TOY_SAE_SITE, load_toy_model, reference_corpus  # noqa: E402
+from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
+
+ROWS, CONTEXT, REPEATS = 64, 32, 30
+
+
+def train(tokens: int) -> dict[str, float]:
+    """Train once (in this process) and report its metrics, speed and peak memory."""
+    model, tokenizer, _ = load_toy_model()
+    config = SaeTrainConfig(site=TOY_SAE_SITE, d_sae=1024, k=16, tokens=tokens)
+    started = time.perf_counter()
+    trained = train_sae(Surgeon(model), tokenizer, reference_corpus(), config)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**trained.metrics, "train_tokens_per_s": round(tokens / seconds), "peak_rss_mib": round(peak)}
+
+
+def in_child(tokens: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--train-only", str(tokens)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@torch.inference_mode()
+def splice_max_abs_diff(surgeon: Surgeon, tokenizer, sae) -> float:
+    texts = reference_corpus()[:64]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    plain = surgeon.model(**encoded).logits
+    spliced = surgeon.run_with_hooks(**encoded, fwd_hooks=[(sae.site, sae.splice)]).logits
+    mask = encoded["attention_mask"].bool()
+    return float((plain - spliced).abs()[mask].max())
+
+
+@torch.inference_mode()
+def clamp_decode_overhead(surgeon: Surgeon, tokenizer, sae) -> float:
+    """Median 64-row decode step with a different clamp per row over the plain step."""
+    model = surgeon.model
+    ids = torch.randint(5, tokenizer.vocab_size, (ROWS, CONTEXT), generator=torch.Generator().manual_seed(0))
+    cache = model(input_ids=ids, use_cache=True).past_key_values
+    step = ids[:, -1:]
+    positions = torch.full((ROWS, 1), CONTEXT)
+    stacks = [surgeon.compile([sae.clamp([row % sae.d_sae], 3.0)]) for row in range(ROWS)]
+    rows = surgeon.rows(stacks)
+
+    def plain() -> None:
+        model(input_ids=step, past_key_values=_copy(cache), position_ids=positions)
+
+    def clamped() -> None:
+        with surgeon.apply_rows(rows):
+            model(input_ids=step, past_key_values=_copy(cache), position_ids=positions)
+
+    times: dict[str, list[float]] = {"plain": [], "clamped": []}
+    for _ in range(REPEATS):
+        for name, run in (("plain", plain), ("clamped", clamped)):
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return round(statistics.median(times["clamped"]) / statistics.median(times["plain"]), 3)
+
+
+def _copy(cache):
+    import copy
+
+    return copy.deepcopy(cache)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--tokens", type=int, default=400_000)
+    parser.add_argument("--train-only", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_only:
+        print(json.dumps(train(args.train_only)))
+        return
+    torch.manual_seed(0)
+    small, full = in_child(args.tokens // 8), in_child(args.tokens)
+    model, tokenizer, world = load_toy_model()
+    surgeon, sae = Surgeon(model), load_sae(TOY_SAE_DIR)
+    ranked = contrast_features(surgeon, tokenizer, sae, sentiment_pairs(world))
+    try:
+        import sae_lens  # noqa: F401
+    except ImportError:
+        saelens = "not run: sae-lens is not installed in this environment"
+    else:
+        saelens = "installed, not yet wired into this bench"
+    result = {
+        **{k: full[k] for k in ("explained_variance", "l0", "ce_loss_recovered", "dead_fraction")},
+        "train_tokens": args.tokens,
+        "train_tokens_per_s": full["train_tokens_per_s"],
+        "peak_rss_mib_small_budget": small["peak_rss_mib"],
+        "peak_rss_mib": full["peak_rss_mib"],
+        "splice_max_abs_diff": splice_max_abs_diff(surgeon, tokenizer, sae),
+        "feature_clamp_decode_overhead": clamp_decode_overhead(surgeon, tokenizer, sae),
+        "sentiment_feature_found": int(ranked[0].difference > 1.0 and ranked[0].negative_mean == 0.0),
+        "saelens": saelens,
+    }
+    print(json.dumps(result) if args.json else "\n".join(f"{k:<30} {v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""FeatureService: a model's sparse autoencoders (registered, listed, read) and which of their
+features fire on a prompt."""
+
+from __future__ import annotations
+
+import grpc
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from editors.sae import SparseAutoencoder, sae_from_saelens
+from editors.validation import parse_json
+from service.api.auth import current_principal
+from service.api.errors import abort_on_errors
+from service.api.resources import parse, sae_pb
+from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
+from service.api.service_base import ServicerBase
+from service.hosting import ModelHost
+from service.registry import InvalidArgument
+
+#: Most features per token an InspectFeatures reply lists.
+MAX_TOP = 64
+
+
+class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
+    """FeatureService: SAEs as resources of a model, and feature inspection."""
+
+    @staticmethod
+    def _fits(host: ModelHost, sae: SparseAutoencoder) -> None:
+        host.surgeon.site(sae.site, "config_json.hook_name")
+        if sae.d_in != host.surgeon.dims.d_model:
+            raise InvalidArgument(f"the SAE reads {sae.d_in} dimensions; model {host.name!r} has d_model = "
+                                  f"{host.surgeon.dims.d_model}: an SAE for another model")  # fmt: skip
+
+    @abort_on_errors
+    def CreateSae(self, request: pb.CreateSaeRequest, context: grpc.ServicerContext) -> pb.Sae:
+        (model,) = parse("model", request.parent)
+        host = self._host(model)
+        config = parse_json("config_json", request.config_json)
+        if not isinstance(config, dict):
+            raise InvalidArgument("config_json must be a JSON object: SAELens's cfg.json")
+        try:
+            weights = load_safetensors(request.weights)
+        except (SafetensorError, ValueError) as error:
+            raise InvalidArgument(f"weights is not a safetensors file ({error})") from None
+        sae = sae_from_saelens(config, weights, None, "the request")
+        self._fits(host, sae)
+        info = self.registry.create_sae(
+            model,
+            request.name,
+            sae,
+            request.weights,
+            config,
+            current_principal().name,
+            request.description,
+            request.request_id or None,
+        )
+        return sae_pb(info)
+
+    @abort_on_errors
+    def GetSae(self, request: pb.GetSaeRequest, context: grpc.ServicerContext) -> pb.Sae:
+        model, name = parse("sae", request.name)
+        return sae_pb(self.registry.get_sae(model, name))
+
+    @abort_on_errors
+    def ListSaes(self, request: pb.ListSaesRequest, context: grpc.ServicerContext) -> pb.ListSaesResponse:
+        (model,) = parse("model", request.parent)
+        page = self.registry.list_saes(model, request.page_size or 50, request.page_token)
+        return pb.ListSaesResponse(saes=[sae_pb(s) for s in page.items], next_page_token=page.next_page_token)
+
+    @abort_on_errors
+    def InspectFeatures(
+        self, request: pb.InspectFeaturesRequest, context: grpc.ServicerContext
+    ) -> pb.InspectFeaturesResponse:
+        model, name = parse("sae", request.sae)
+        host = self._host(model)
+        top = request.top or 5
+        if not 1 <= top <= MAX_TOP:
+            raise InvalidArgument(f"top must be 1..{MAX_TOP} (0: the default, 5), got {request.top}")
+        sae = host.sae(name)
+        ids = host.prompt_ids(request.prompt)
+        version = request.version if request.HasField("version") else 0
+        stack = host.stack(version)
+        point = f"{sae.site}.sae.acts"
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode(), host.surgeon.trace([sae.site, point], stack.edits, saes=[sae]) as cache:
+                host.model(input_ids=ids.unsqueeze(0).to(host.device))
+            x = cache[sae.site][0].float()
+            return torch.cat([cache[point][0].float(), (x - sae.decode(sae.encode(x))).norm(dim=-1, keepdim=True)], -1)
+
+        out = host.forward(run).cpu()
+        features, errors = out[:, :-1], out[:, -1]
+        tokens = host.tokenizer.convert_ids_to_tokens(ids.tolist())
+        replies = []
+        for position, (row, token) in enumerate(zip(features, tokens, strict=True)):
+            firing = int((row > 0).sum())
+            values, indices = row.topk(min(top, firing)) if firing else (row[:0], row[:0].long())
+            replies.append(
+                pb.TokenFeatures(
+                    position=position,
+                    token=token,
+                    features=[
+                        pb.FeatureActivation(feature=int(i), activation=float(v))
+                        for v, i in zip(values, indices, strict=True)
+                    ],
+                    active=firing,
+                    error_norm=float(errors[position]),
+                )
+            )
+        return pb.InspectFeaturesResponse(tokens=replies, version=f"models/{model}/versions/{version}")
