@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, make_url
 from sqlalchemy.exc import ProgrammingError
 
-from editors import Steering
+from editors import SparseAutoencoder, Steering
 from service.db.engine import make_engine
 from service.db.migrate import downgrade, upgrade
 from service.db.models import Base
@@ -57,7 +58,7 @@ def test_db_cli_wraps_alembic(tmp_path) -> None:
     assert _tables(url) == set()
 
 
-def test_the_service_role_can_do_its_work_and_nothing_more(db_url) -> None:
+def test_the_service_role_can_do_its_work_and_nothing_more(db_url, tmp_path) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("PostgreSQL only: SQLite has no roles")
     owner = make_engine(db_url)
@@ -83,9 +84,21 @@ def test_the_service_role_can_do_its_work_and_nothing_more(db_url) -> None:
     report = {"summary": {}, "drift": [{"originals": [0], "made": 1}]}
     rebased = registry.record_rebase("m", version.number, "m2", [registry.load_edit("m", edit.id)], report, "alice")
     assert registry.get_rebase("m2", rebased.version.number).origin == f"models/m/versions/{version.number}"
+    sae = SparseAutoencoder(
+        W_enc=torch.ones(8, 4),
+        W_dec=torch.ones(4, 8),
+        b_enc=torch.zeros(4),
+        b_dec=torch.zeros(8),
+        site="blocks.0.hook_resid_post",
+    )
+    folder = sae.save(tmp_path / "sae")
+    config = json.loads((folder / "cfg.json").read_text())
+    registry.create_sae("m", "s", sae, (folder / "sae_weights.safetensors").read_bytes(), config, "alice")
+    assert registry.load_sae("m", "s").sha256 == sae.sha256
     assert registry.verify_audit().ok
     for forbidden in (
         "UPDATE rebases SET report_json = '{}'",
+        "UPDATE saes SET site = 'x'",
         "DELETE FROM model_lineage",
         "DELETE FROM aliases",
         "UPDATE alias_history SET reason = 'x'",
