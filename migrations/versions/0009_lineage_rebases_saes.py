@@ -55,7 +55,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("model_id", "name", name="uq_saes_model_name"),
     )
     if op.get_bind().dialect.name == "postgresql":
-        grants = "; ".join(f"GRANT SELECT, INSERT ON {table} TO {ROLE}" for table in TABLES)
+        grants = "; ".join(
+            [f"GRANT SELECT, INSERT ON {table} TO {ROLE}" for table in TABLES]
+            + [f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {ROLE}"]  # saes' id sequence
+        )
         op.execute(
             f"""
             DO $$
