@@ -13,7 +13,9 @@ of ``--tokens`` and then on all of it (training happens in children, one per bud
 is its own): equal peaks mean memory is bounded by the buffer, not the budget. The splice: the
 largest logit difference with the SAE spliced in with its error term, over the toy's reference
 texts. The clamp: one 64-row decode step on the toy model (one new token over a 32-token KV
-cache) with a different feature clamp on every row, over the plain step (medians, interleaved).
+cache) with a different feature clamp on every row, over the plain step (medians, interleaved):
+``feature_clamp_decode_overhead`` for a JumpReLU SAE (the toy SAE's weights with thresholds of
+0), whose rows fuse into one op; ``_topk`` for the toy SAE itself, whose rows run one by one.
 ``saelens``: SAELens's trainer side by side needs ``sae-lens`` installed in this environment; it
 is not a dependency, and the key says whether it ran.
 """
@@ -21,6 +23,7 @@ is not a dependency, and the key says whether it ran.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -34,13 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from editors import Surgeon, load_sae  # noqa: E402
+from editors import SparseAutoencoder, Surgeon, load_sae  # noqa: E402
 from editors.sae_features import contrast_features  # noqa: E402
 from editors.sae_training import SaeTrainConfig, train_sae  # noqa: E402
 from editors.toyworld import TOY_SAE_DIR, TOY_SAE_SITE, load_toy_model, reference_corpus  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 
-ROWS, CONTEXT, REPEATS = 64, 32, 30
+ROWS, CONTEXT, REPEATS = 64, 32, 200
 
 
 def train(tokens: int) -> dict[str, float]:
@@ -72,36 +75,30 @@ def splice_max_abs_diff(surgeon: Surgeon, tokenizer, sae) -> float:
 
 
 @torch.inference_mode()
-def clamp_decode_overhead(surgeon: Surgeon, tokenizer, sae) -> float:
-    """Median 64-row decode step with a different clamp per row over the plain step."""
+def clamp_decode_overheads(surgeon: Surgeon, tokenizer, saes: dict[str, SparseAutoencoder]) -> dict[str, float]:
+    """Per SAE: the median 64-row decode step with a different clamp per row over the plain step
+    (one new token over a ``CONTEXT``-token KV cache, cropped back after each step)."""
     model = surgeon.model
     ids = torch.randint(5, tokenizer.vocab_size, (ROWS, CONTEXT), generator=torch.Generator().manual_seed(0))
-    cache = model(input_ids=ids, use_cache=True).past_key_values
+    cache = model(input_ids=ids, use_cache=True).cache
     step = ids[:, -1:]
-    positions = torch.full((ROWS, 1), CONTEXT)
-    stacks = [surgeon.compile([sae.clamp([row % sae.d_sae], 3.0)]) for row in range(ROWS)]
-    rows = surgeon.rows(stacks)
-
-    def plain() -> None:
-        model(input_ids=step, past_key_values=_copy(cache), position_ids=positions)
-
-    def clamped() -> None:
-        with surgeon.apply_rows(rows):
-            model(input_ids=step, past_key_values=_copy(cache), position_ids=positions)
-
-    times: dict[str, list[float]] = {"plain": [], "clamped": []}
+    cases = {"plain": None} | {
+        name: surgeon.rows([surgeon.compile([sae.clamp([row % sae.d_sae], 3.0)]) for row in range(ROWS)])
+        for name, sae in saes.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(REPEATS):
-        for name, run in (("plain", plain), ("clamped", clamped)):
+        for name, rows in cases.items():
             started = time.perf_counter()
-            run()
+            if rows is None:
+                model(input_ids=step, cache=cache, use_cache=True)
+            else:
+                with surgeon.apply_rows(rows):
+                    model(input_ids=step, cache=cache, use_cache=True)
             times[name].append(time.perf_counter() - started)
-    return round(statistics.median(times["clamped"]) / statistics.median(times["plain"]), 3)
-
-
-def _copy(cache):
-    import copy
-
-    return copy.deepcopy(cache)
+            cache.crop(-1)
+    plain = statistics.median(times["plain"])
+    return {name: round(statistics.median(times[name]) / plain, 3) for name in saes}
 
 
 def main() -> None:
@@ -118,6 +115,10 @@ def main() -> None:
     model, tokenizer, world = load_toy_model()
     surgeon, sae = Surgeon(model), load_sae(TOY_SAE_DIR)
     ranked = contrast_features(surgeon, tokenizer, sae, sentiment_pairs(world))
+    # the toy SAE is TopK (its clamp needs the whole encoder); read as JumpReLU with thresholds of
+    # 0 its weights make an SAE whose clamp reads only the clamped feature's encoder column
+    as_jumprelu = dataclasses.replace(sae, architecture="jumprelu", k=None, threshold=torch.zeros(sae.d_sae))
+    saes = {"feature_clamp_decode_overhead": as_jumprelu, "feature_clamp_decode_overhead_topk": sae}
     try:
         import sae_lens  # noqa: F401
     except ImportError:
@@ -131,7 +132,7 @@ def main() -> None:
         "peak_rss_mib_small_budget": small["peak_rss_mib"],
         "peak_rss_mib": full["peak_rss_mib"],
         "splice_max_abs_diff": splice_max_abs_diff(surgeon, tokenizer, sae),
-        "feature_clamp_decode_overhead": clamp_decode_overhead(surgeon, tokenizer, sae),
+        **clamp_decode_overheads(surgeon, tokenizer, saes),
         "sentiment_feature_found": int(ranked[0].difference > 1.0 and ranked[0].negative_mean == 0.0),
         "saelens": saelens,
     }

@@ -63,7 +63,7 @@ class Op:
     fn: Callable[..., torch.Tensor]
     needs_positions: bool = False
     needs_rows: bool = False
-    form: AddVector | AddLowRank | ZeroUnits | None = None
+    form: Any = None  # AddVector | AddLowRank | ZeroUnits | editors.feature_edits.EditFeatures | None
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,6 +28,38 @@ from editors.sites import RESIDUAL_POINTS, Site
 from editors.validation import check_indices, check_int, check_scale, check_tensor, freeze_json, thaw_json
 
 
+@dataclass(frozen=True, eq=False)
+class EditFeatures:
+    """``fn(x) = x + c(a) W_dec`` with ``a = relu(h) · [h > threshold]``, ``h = x E + bias`` (the
+    input bias folded into ``bias``), and per feature ``c(a) = (scale - 1) a`` or, where
+    ``clamp``, ``value - a`` where it fires: rows of several ReLU or JumpReLU feature edits fuse
+    into two matmuls over every edit's features side by side, each row masked to its own."""
+
+    encoder: torch.Tensor  # [d, n]
+    bias: torch.Tensor  # [n]
+    threshold: torch.Tensor  # [n]
+    decoder: torch.Tensor  # [n, d]
+    scale: torch.Tensor  # [n]: the ablation's factor (1 where clamped)
+    value: torch.Tensor  # [n]: the clamp's value (unused where scaled)
+    clamp: torch.Tensor  # [n] bool
+
+
+def feature_change(form: EditFeatures, mask: torch.Tensor | None = None) -> Any:
+    """``fn(x, positions)`` of ``form``; ``mask`` ``[batch, n]`` limits each row to its columns."""
+
+    def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        hidden = x @ form.encoder + form.bias
+        acts = torch.relu(hidden) * (hidden > form.threshold)
+        coefficient = torch.where(
+            form.clamp, torch.where(acts > 0, form.value - acts, torch.zeros_like(acts)), (form.scale - 1) * acts
+        )
+        if mask is not None:
+            coefficient = coefficient * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
+        return x + coefficient @ form.decoder
+
+    return fn
+
+
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class _FeatureEdit(Edit):
     kind: ClassVar[str] = "_feature"
@@ -113,6 +145,19 @@ class _EncodingFeatureEdit(_FeatureEdit):
 
         return self.decoder.to(device, dtype), acts
 
+    def _form(self, device: torch.device, dtype: torch.dtype, scale: float, value: float, clamp: bool) -> EditFeatures:
+        n = len(self.features)
+        encoder = self.encoder.to(device, dtype)
+        return EditFeatures(
+            encoder=encoder,
+            bias=self.encoder_bias.to(device, dtype) - self.input_bias.to(device, dtype) @ encoder,
+            threshold=self.threshold.to(device, dtype),
+            decoder=self.decoder.to(device, dtype),
+            scale=torch.full((n,), scale, device=device, dtype=dtype),
+            value=torch.full((n,), value, device=device, dtype=dtype),
+            clamp=torch.full((n,), clamp, device=device),
+        )
+
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class FeatureAblation(_EncodingFeatureEdit):
@@ -127,6 +172,9 @@ class FeatureAblation(_EncodingFeatureEdit):
         object.__setattr__(self, "scale", check_scale("scale", self.scale))
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        if self.top_k is None:  # ReLU, JumpReLU: the plain form, which rows fuse
+            form = self._form(device, dtype, self.scale, 0.0, False)
+            return [(self.parsed_site, Op(feature_change(form), form=form))]
         decoder, acts = self._activations(device, dtype)
         factor = self.scale - 1.0
 
@@ -152,6 +200,9 @@ class FeatureClamp(_EncodingFeatureEdit):
             object.__setattr__(self, "positions", check_indices("positions", self.positions))
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        if self.top_k is None and self.positions is None:  # wherever it fires: the plain form
+            form = self._form(device, dtype, 1.0, self.value, True)
+            return [(self.parsed_site, Op(feature_change(form), form=form))]
         decoder, acts = self._activations(device, dtype)
         value = self.value
         wanted = None if self.positions is None else torch.tensor(self.positions, device=device)

@@ -1,11 +1,11 @@
 """Per-row stacks at one site as one op over the whole batch.
 
 Where every stack that acts at a site does so with one op of the same plain form (steering's
-add, a zero ablation, a low-rank weight delta), the rows need not be gathered, edited and
-scattered back stack by stack: a per-row table does it in one step, zero for rows whose stack
-leaves the site alone. On
-a GPU, where a small batch's decode step is bound by kernel launches, that is the difference
-between one launch and three or more per stack.
+add, a zero ablation, a low-rank weight delta, a ReLU or JumpReLU SAE's feature edit), the rows
+need not be gathered, edited and scattered back stack by stack: a per-row table does it in one
+step, zero for rows whose stack leaves the site alone. On a GPU, where a small batch's decode
+step is bound by kernel launches, that is the difference between one launch and three or more
+per stack.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from editors.edits import AddLowRank, AddVector, Op, ZeroUnits, add_product
+from editors.feature_edits import EditFeatures, feature_change
 
 
 def fused_op(ops: Sequence[Op], rows: Sequence[torch.Tensor], batch: int) -> Op | None:
@@ -28,6 +29,8 @@ def fused_op(ops: Sequence[Op], rows: Sequence[torch.Tensor], batch: int) -> Op 
         return _add_vectors(forms, rows, batch)  # type: ignore[arg-type]
     if isinstance(forms[0], ZeroUnits):
         return _zero_units(forms, rows, batch)  # type: ignore[arg-type]
+    if isinstance(forms[0], EditFeatures):
+        return _edit_features(forms, rows, batch)  # type: ignore[arg-type]
     return _add_low_ranks(forms, rows, batch)  # type: ignore[arg-type]
 
 
@@ -92,3 +95,28 @@ def _add_low_ranks(forms: Sequence[AddLowRank], rows: Sequence[torch.Tensor], ba
         return add_product(y, columns * mask.view(batch, *([1] * (columns.dim() - 2)), mask.shape[1]), Ut)
 
     return Op(fn)
+
+
+def _edit_features(forms: Sequence[EditFeatures], rows: Sequence[torch.Tensor], batch: int) -> Op:
+    """Every feature edit's features side by side and a per-row mask over them: the encoder and
+    decoder matmuls once for the batch, each row changed only by its own edit's features."""
+    joined = EditFeatures(*(torch.cat([getattr(form, name) for form in forms], dim=dim) for name, dim in _FEATURE_AXES))
+    mask = joined.bias.new_zeros(batch, joined.bias.shape[0])
+    start = 0
+    for form, where in zip(forms, rows, strict=True):
+        width = form.bias.shape[0]
+        mask[where, start : start + width] = 1
+        start += width
+    return Op(feature_change(joined, mask))
+
+
+#: EditFeatures' fields in order, and the axis their features run along
+_FEATURE_AXES = (
+    ("encoder", 1),
+    ("bias", 0),
+    ("threshold", 0),
+    ("decoder", 0),
+    ("scale", 0),
+    ("value", 0),
+    ("clamp", 0),
+)

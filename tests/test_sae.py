@@ -223,13 +223,27 @@ def test_rows_with_different_feature_edits_each_equal_their_solo_run(toy, toy_su
         toy_surgeon.compile([]),
         toy_surgeon.compile([sae.steering([7], -2.0), random_sae("topk", seed=2).ablation([4])]),
     ]
-    encoded = tokenizer([PROMPTS[0]] * len(stacks), return_tensors="pt")
-    with toy_surgeon.apply_rows(toy_surgeon.rows(stacks)):
-        batched = model(**encoded).logits
-    for row, stack in enumerate(stacks):
-        with toy_surgeon.apply(stack):
-            solo = model(**{k: v[row : row + 1] for k, v in encoded.items()}).logits
-        assert (batched[row] - solo[0]).abs().max() <= 1e-4, row
+    # ReLU and JumpReLU ablations and clamps wherever features fire share one plain form: their rows
+    # fuse into one op over the batch (each row masked to its own features)
+    fused = [
+        toy_surgeon.compile([sae.ablation([1, 2, 3])]),
+        toy_surgeon.compile([random_sae("relu", seed=4).clamp([5, 6], 3.0)]),
+        toy_surgeon.compile([]),
+        toy_surgeon.compile([random_sae("relu", seed=5).ablation([9], scale=0.5)]),
+    ]
+    assert len(toy_surgeon.rows(fused).groups[toy_surgeon.site(SITE)]) == 1
+    for case in (stacks, fused):
+        encoded = tokenizer([PROMPTS[0]] * len(case), return_tensors="pt")
+        with toy_surgeon.apply_rows(toy_surgeon.rows(case)):
+            batched = model(**encoded).logits
+        for row, stack in enumerate(case):
+            with toy_surgeon.apply(stack):
+                solo = model(**{k: v[row : row + 1] for k, v in encoded.items()}).logits
+            assert (batched[row] - solo[0]).abs().max() <= 1e-4, row
+            if stack.edits:
+                assert (
+                    solo[0] - model(**{k: v[row : row + 1] for k, v in encoded.items()}).logits[0]
+                ).abs().max() > 1e-4
 
 
 def test_training_streams_activations_and_is_deterministic(toy, toy_surgeon) -> None:
