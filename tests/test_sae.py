@@ -388,3 +388,21 @@ def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
         connection.exec_driver_sql("UPDATE saes SET sae_sha256 = 'ab' WHERE name = 'copy'")
     copy = pb.InspectFeaturesRequest(sae="models/toy/saes/copy", prompt=prompt)
     assert code(lambda: reader.features.InspectFeatures(copy))[0] == grpc.StatusCode.DATA_LOSS
+
+
+def test_a_feature_card_shows_where_it_fires_and_what_it_writes(toy, toy_surgeon, toy_sae) -> None:
+    from editors.sae_features import feature_card
+
+    _, tokenizer, world = toy
+    positive = contrast_features(toy_surgeon, tokenizer, toy_sae, sentiment_pairs(world))[0]
+    texts = reference_corpus()[:300]
+    card = feature_card(toy_surgeon, tokenizer, toy_sae, positive.feature, texts, top=5)
+    assert len(card.contexts) == 5 and all(c.token in world.positive_words for c in card.contexts)
+    activations = [c.activation for c in card.contexts]
+    assert activations == sorted(activations, reverse=True)
+    assert card.max_activation == pytest.approx(activations[0], abs=1e-4)
+    assert all(c.text.endswith(c.token) for c in card.contexts)
+    assert 0 < card.density < 0.1  # a word feature: rare
+    assert len(card.promoted) == len(card.suppressed) == 5 and card.promoted[0][1] > 0 > card.suppressed[0][1]
+    with pytest.raises(InvalidEditError, match="feature"):
+        feature_card(toy_surgeon, tokenizer, toy_sae, toy_sae.d_sae, texts)
