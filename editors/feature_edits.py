@@ -30,26 +30,40 @@ from editors.validation import check_indices, check_int, check_scale, check_tens
 
 @dataclass(frozen=True, eq=False)
 class EditFeatures:
-    """``fn(x) = x + c(a) W_dec`` with ``a = relu(h) · [h > threshold]``, ``h = x E + bias`` (the
-    input bias folded into ``bias``), and per feature ``c(a) = (scale - 1) a`` or, where
-    ``clamp``, ``value - a`` where it fires: rows of several ReLU or JumpReLU feature edits fuse
-    into two matmuls over every edit's features side by side, each row masked to its own."""
+    """``fn(x) = x + c(a) W_dec`` over edited features: ``h = x E + bias`` (the input bias folded
+    into ``bias``), ``a = relu(h) · [h > threshold]`` (ReLU, JumpReLU: ``E`` holds the features'
+    own columns) or the features' values after the SAE's top-k (TopK: ``E`` is the whole encoder
+    and ``index`` picks the features), and per feature ``c(a) = (scale - 1) a`` or, where
+    ``clamp``, ``value - a`` where it fires. Rows of several such edits fuse into one op: ReLU and
+    JumpReLU edits' features side by side; TopK edits of one SAE over its one encoder pass."""
 
-    encoder: torch.Tensor  # [d, n]
-    bias: torch.Tensor  # [n]
+    encoder: torch.Tensor  # [d, n] ([d, d_sae] for TopK)
+    bias: torch.Tensor  # [n] ([d_sae] for TopK)
     threshold: torch.Tensor  # [n]
     decoder: torch.Tensor  # [n, d]
     scale: torch.Tensor  # [n]: the ablation's factor (1 where clamped)
     value: torch.Tensor  # [n]: the clamp's value (unused where scaled)
     clamp: torch.Tensor  # [n] bool
+    top_k: int | None = None
+    index: torch.Tensor | None = None  # TopK: the edited features among the SAE's
+    sae: str = ""  # the SAE's identity: TopK rows fuse only over one SAE
+
+
+def feature_acts(form: EditFeatures, x: torch.Tensor) -> torch.Tensor:
+    """The edited features' activations ``[..., n]`` at ``x``."""
+    hidden = x @ form.encoder + form.bias
+    if form.top_k is None:
+        return torch.relu(hidden) * (hidden > form.threshold)
+    top = hidden.topk(form.top_k, dim=-1)
+    kept = torch.zeros_like(hidden).scatter(-1, top.indices, torch.relu(top.values))
+    return kept.index_select(-1, form.index)
 
 
 def feature_change(form: EditFeatures, mask: torch.Tensor | None = None) -> Any:
     """``fn(x, positions)`` of ``form``; ``mask`` ``[batch, n]`` limits each row to its columns."""
 
     def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        hidden = x @ form.encoder + form.bias
-        acts = torch.relu(hidden) * (hidden > form.threshold)
+        acts = feature_acts(form, x)
         coefficient = torch.where(
             form.clamp, torch.where(acts > 0, form.value - acts, torch.zeros_like(acts)), (form.scale - 1) * acts
         )
@@ -128,23 +142,6 @@ class _EncodingFeatureEdit(_FeatureEdit):
         if self.encoder.shape[0] != width:
             raise InvalidEditError("encoder", f"has {self.encoder.shape[0]} rows, the decoder {width} columns", "equal")
 
-    def _activations(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
-        """(the decoder rows on ``device``, ``acts(x)``: the features' activations ``[..., n]``)."""
-        encoder, bias = self.encoder.to(device, dtype), self.encoder_bias.to(device, dtype)
-        threshold, input_bias = self.threshold.to(device, dtype), self.input_bias.to(device, dtype)
-        index = torch.tensor(self.features, device=device)
-        top_k = self.top_k
-
-        def acts(x: torch.Tensor) -> torch.Tensor:
-            hidden = (x - input_bias) @ encoder + bias
-            if top_k is None:  # ReLU (threshold 0) and JumpReLU: relu(h) · [h > threshold]
-                return torch.relu(hidden) * (hidden > threshold)
-            top = hidden.topk(top_k, dim=-1)
-            kept = torch.zeros_like(hidden).scatter(-1, top.indices, torch.relu(top.values))
-            return kept.index_select(-1, index)
-
-        return self.decoder.to(device, dtype), acts
-
     def _form(self, device: torch.device, dtype: torch.dtype, scale: float, value: float, clamp: bool) -> EditFeatures:
         n = len(self.features)
         encoder = self.encoder.to(device, dtype)
@@ -156,6 +153,9 @@ class _EncodingFeatureEdit(_FeatureEdit):
             scale=torch.full((n,), scale, device=device, dtype=dtype),
             value=torch.full((n,), value, device=device, dtype=dtype),
             clamp=torch.full((n,), clamp, device=device),
+            top_k=self.top_k,
+            index=None if self.top_k is None else torch.tensor(self.features, device=device),
+            sae=str(thaw_json(self.sae)["sha256"]),
         )
 
 
@@ -172,16 +172,8 @@ class FeatureAblation(_EncodingFeatureEdit):
         object.__setattr__(self, "scale", check_scale("scale", self.scale))
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
-        if self.top_k is None:  # ReLU, JumpReLU: the plain form, which rows fuse
-            form = self._form(device, dtype, self.scale, 0.0, False)
-            return [(self.parsed_site, Op(feature_change(form), form=form))]
-        decoder, acts = self._activations(device, dtype)
-        factor = self.scale - 1.0
-
-        def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-            return x + (factor * acts(x)) @ decoder
-
-        return [(self.parsed_site, Op(fn))]
+        form = self._form(device, dtype, self.scale, 0.0, False)
+        return [(self.parsed_site, Op(feature_change(form), form=form))]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -200,19 +192,18 @@ class FeatureClamp(_EncodingFeatureEdit):
             object.__setattr__(self, "positions", check_indices("positions", self.positions))
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
-        if self.top_k is None and self.positions is None:  # wherever it fires: the plain form
+        if self.positions is None:  # wherever it fires: the plain form, which rows fuse
             form = self._form(device, dtype, 1.0, self.value, True)
             return [(self.parsed_site, Op(feature_change(form), form=form))]
-        decoder, acts = self._activations(device, dtype)
-        value = self.value
-        wanted = None if self.positions is None else torch.tensor(self.positions, device=device)
+        form = self._form(device, dtype, 1.0, self.value, True)
+        wanted = torch.tensor(self.positions, device=device)
 
         def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-            current = acts(x)
-            where = current > 0 if wanted is None else _position_mask(positions, wanted)
-            return x + torch.where(where, value - current, torch.zeros_like(current)) @ decoder
+            current = feature_acts(form, x)
+            change = torch.where(_position_mask(positions, wanted), form.value - current, torch.zeros_like(current))
+            return x + change @ form.decoder
 
-        return [(self.parsed_site, Op(fn, needs_positions=wanted is not None))]
+        return [(self.parsed_site, Op(fn, needs_positions=True))]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)

@@ -97,20 +97,31 @@ def _add_low_ranks(forms: Sequence[AddLowRank], rows: Sequence[torch.Tensor], ba
     return Op(fn)
 
 
-def _edit_features(forms: Sequence[EditFeatures], rows: Sequence[torch.Tensor], batch: int) -> Op:
+def _edit_features(forms: Sequence[EditFeatures], rows: Sequence[torch.Tensor], batch: int) -> Op | None:
     """Every feature edit's features side by side and a per-row mask over them: the encoder and
-    decoder matmuls once for the batch, each row changed only by its own edit's features."""
-    joined = EditFeatures(*(torch.cat([getattr(form, name) for form in forms], dim=dim) for name, dim in _FEATURE_AXES))
-    mask = joined.bias.new_zeros(batch, joined.bias.shape[0])
+    decoder matmuls once for the batch, each row changed only by its own edit's features. TopK
+    edits fuse only over one SAE (one encoder pass, its top-k read per feature)."""
+    top_k = {(form.top_k, form.sae if form.top_k is not None else "") for form in forms}
+    if len(top_k) != 1:
+        return None
+    shared = forms[0].top_k is not None
+    axes = _FEATURE_AXES[2:] if shared else _FEATURE_AXES
+    parts = {name: torch.cat([getattr(form, name) for form in forms], dim=dim) for name, dim in axes}
+    if shared:
+        parts |= {"encoder": forms[0].encoder, "bias": forms[0].bias}
+        parts |= {"index": torch.cat([form.index for form in forms]), "top_k": forms[0].top_k, "sae": forms[0].sae}
+    joined = EditFeatures(**parts)
+    mask = joined.decoder.new_zeros(batch, joined.decoder.shape[0])
     start = 0
     for form, where in zip(forms, rows, strict=True):
-        width = form.bias.shape[0]
+        width = form.decoder.shape[0]
         mask[where, start : start + width] = 1
         start += width
     return Op(feature_change(joined, mask))
 
 
-#: EditFeatures' fields in order, and the axis their features run along
+#: EditFeatures' per-feature fields and the axis their features run along (the first two are the
+#: encoder's, which TopK edits of one SAE share instead)
 _FEATURE_AXES = (
     ("encoder", 1),
     ("bias", 0),

@@ -232,7 +232,21 @@ def test_rows_with_different_feature_edits_each_equal_their_solo_run(toy, toy_su
         toy_surgeon.compile([random_sae("relu", seed=5).ablation([9], scale=0.5)]),
     ]
     assert len(toy_surgeon.rows(fused).groups[toy_surgeon.site(SITE)]) == 1
-    for case in (stacks, fused):
+    # TopK edits fuse over one SAE (one encoder pass); another TopK SAE's rows run apart
+    topk, other = random_sae("topk", seed=6), random_sae("topk", seed=7)
+    with toy_surgeon.trace([SITE]) as cache:
+        model(**tokenizer([PROMPTS[0]], return_tensors="pt"))
+    firing = [sorted(sae.encode(cache[SITE])[0].sum(0).topk(3).indices.tolist()) for sae in (topk, other)]
+    one_sae = [
+        toy_surgeon.compile([topk.ablation(firing[0][:2])]),
+        toy_surgeon.compile([topk.clamp(firing[0][2:], 3.0)]),
+        toy_surgeon.compile([]),
+        toy_surgeon.compile([topk.ablation(firing[0][1:], scale=0.5)]),
+    ]
+    assert len(toy_surgeon.rows(one_sae).groups[toy_surgeon.site(SITE)]) == 1
+    two_saes = [*one_sae[:3], toy_surgeon.compile([other.ablation(firing[1])])]
+    assert len(toy_surgeon.rows(two_saes).groups[toy_surgeon.site(SITE)]) == 3
+    for case in (stacks, fused, one_sae, two_saes):
         encoded = tokenizer([PROMPTS[0]] * len(case), return_tensors="pt")
         with toy_surgeon.apply_rows(toy_surgeon.rows(case)):
             batched = model(**encoded).logits
