@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,8 +89,11 @@ def feature_card(
     top: int = 10,
     window: int = 8,
     batch: int = 64,
+    run: Callable[[Callable[[], torch.Tensor]], torch.Tensor] = lambda forward: forward(),
 ) -> FeatureCard:
-    """``feature``'s card over ``texts`` (read in batches of ``batch``; memory holds one batch)."""
+    """``feature``'s card over ``texts`` (read in batches of ``batch``; memory holds one batch).
+    ``run(forward)`` runs each batch's forward (a server runs them at background priority, between
+    its decode steps)."""
     check_int("feature", feature, 0, sae.d_sae - 1)
     check_int("top", top, 1, 1000)
     if not texts:
@@ -100,9 +103,13 @@ def feature_card(
     fired = seen = 0
     for start in range(0, len(texts), batch):
         encoded = encode_batch(tokenizer, texts[start : start + batch], surgeon.device_dtype[0])
-        with surgeon.trace([point], saes=[sae]) as cache:
-            surgeon.model(**encoded)
-        acts = cache[point][..., feature].float().cpu() * encoded["attention_mask"].cpu()
+
+        def forward(encoded: dict[str, torch.Tensor] = encoded) -> torch.Tensor:
+            with torch.inference_mode(), surgeon.trace([point], saes=[sae]) as cache:
+                surgeon.model(**encoded)
+            return cache[point][..., feature].float().cpu()
+
+        acts = run(forward) * encoded["attention_mask"].cpu()
         fired += int((acts > 0).sum())
         seen += int(encoded["attention_mask"].sum())
         values, flat = acts.flatten().topk(min(top, acts.numel()))

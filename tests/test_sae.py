@@ -396,6 +396,19 @@ def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
     )
     assert status == grpc.StatusCode.INVALID_ARGUMENT
 
+    # the feature's card over the model's corpus, served as the library computes it
+    from editors.sae_features import feature_card
+
+    card = reader.features.GetFeature(
+        pb.GetFeatureRequest(sae=created.name, feature=positive.feature, top=5, max_texts=300)
+    )
+    local = feature_card(toy_surgeon, tokenizer, toy_sae, positive.feature, reference_corpus()[:300], top=5)
+    assert card.texts == 300 and card.density == pytest.approx(local.density)
+    assert [(c.token, c.text) for c in card.contexts] == [(c.token, c.text) for c in local.contexts]
+    assert [e.token for e in card.promoted] == [t for t, _ in local.promoted]
+    too_far = pb.GetFeatureRequest(sae=created.name, feature=toy_sae.d_sae)
+    assert code(lambda: reader.features.GetFeature(too_far))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
     # weights changed in the database: refused on a replica that has not loaded the SAE yet
     admin.create_sae("toy", "copy", TOY_SAE_DIR)
     with server.registry.engine.begin() as connection:

@@ -40,6 +40,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "GetSae": "reader",
     "ListSaes": "reader",
     "InspectFeatures": "reader",
+    "GetFeature": "reader",
     "GetVersion": "reader",
     "ListVersions": "reader",
     "CompareVersions": "reader",

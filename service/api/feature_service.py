@@ -9,6 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from editors.sae import SparseAutoencoder, sae_from_saelens
+from editors.sae_features import feature_card
 from editors.validation import parse_json
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors
@@ -21,6 +22,8 @@ from service.registry import InvalidArgument
 
 #: Most features per token an InspectFeatures reply lists.
 MAX_TOP = 64
+#: Most contexts and tokens a GetFeature reply lists.
+MAX_CARD = 100
 
 
 class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
@@ -110,3 +113,36 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
                 )
             )
         return pb.InspectFeaturesResponse(tokens=replies, version=f"models/{model}/versions/{version}")
+
+    @abort_on_errors
+    def GetFeature(self, request: pb.GetFeatureRequest, context: grpc.ServicerContext) -> pb.Feature:
+        model, name = parse("sae", request.sae)
+        host = self._host(model)
+        top = request.top or 10
+        if not 1 <= top <= MAX_CARD:
+            raise InvalidArgument(f"top must be 1..{MAX_CARD} (0: the default, 10), got {request.top}")
+        if request.max_texts < 0:
+            raise InvalidArgument(f"max_texts must be 0 (the whole corpus) or more, got {request.max_texts}")
+        sae = host.sae(name)
+        if not 0 <= request.feature < sae.d_sae:
+            raise InvalidArgument(f"feature must be 0..{sae.d_sae - 1}: the SAE's features, got {request.feature}")
+        texts = host.reference_texts()[: request.max_texts or None]
+        card = feature_card(
+            host.surgeon,
+            host.tokenizer,
+            sae,
+            request.feature,
+            texts,
+            top,
+            run=lambda forward: host.forward(forward, background=True),
+        )
+        return pb.Feature(
+            sae=request.sae,
+            feature=card.feature,
+            density=card.density,
+            max_activation=card.max_activation,
+            contexts=[pb.FeatureContext(text=c.text, token=c.token, activation=c.activation) for c in card.contexts],
+            promoted=[pb.TokenEffect(token=t, logit=v) for t, v in card.promoted],
+            suppressed=[pb.TokenEffect(token=t, logit=v) for t, v in card.suppressed],
+            texts=len(texts),
+        )

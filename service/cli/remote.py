@@ -156,6 +156,22 @@ def _features_inspect(args: argparse.Namespace, c: ScalpelClient) -> None:
         print(f"  {token.position:>3} {token.token!r:<16} L0 {token.active:<3} error {token.error_norm:6.2f}  {fired}")
 
 
+def _features_show(args: argparse.Namespace, c: ScalpelClient) -> None:
+    request = pb.GetFeatureRequest(
+        sae=f"models/{args.model}/saes/{args.sae}", feature=args.feature, top=args.top, max_texts=args.max_texts
+    )
+    card = c.features.GetFeature(request)
+    if args.json:
+        print(json.dumps(MessageToDict(card, preserving_proto_field_name=True)))
+        return
+    print(f"feature {card.feature} of {card.sae}: fires on {card.density:.2%} of tokens ({card.texts} texts), "
+          f"max {card.max_activation:.3f}")  # fmt: skip
+    for context in card.contexts:
+        print(f"  {context.activation:7.3f}  …{context.text}")
+    print("  raises: " + ", ".join(f"{e.token} {e.logit:+.3f}" for e in card.promoted))
+    print("  lowers: " + ", ".join(f"{e.token} {e.logit:+.3f}" for e in card.suppressed))
+
+
 def _models_unload(args: argparse.Namespace, c: ScalpelClient) -> None:
     c.unload_model(args.name, args.force)
     print(json.dumps({"unloaded": f"models/{args.name}"}) if args.json else f"unloaded model {args.name!r}")
@@ -659,6 +675,13 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     inspect.add_argument("--top", type=int, default=5, help="features per token (default 5)")
     inspect.add_argument("--version", type=int, default=None, help="under this version's edits (default: the base)")
     command(inspect, _features_inspect)
+    show = features.add_parser("show", help="a feature's card: density, strongest contexts, logit effects")
+    show.add_argument("feature", type=int)
+    show.add_argument("--sae", required=True, help="the SAE's name (see `scalpel saes list`)")
+    show.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    show.add_argument("--top", type=int, default=10, help="contexts and tokens listed (default 10)")
+    show.add_argument("--max-texts", type=int, default=0, help="read only the corpus's first texts (0: all)")
+    command(show, _features_show)
 
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
     edit_list = edits.add_parser("list", help="the model's edits, newest first")

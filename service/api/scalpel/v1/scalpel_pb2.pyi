@@ -451,6 +451,56 @@ class InspectFeaturesResponse(_message.Message):
     version: str
     def __init__(self, tokens: _Optional[_Iterable[_Union[TokenFeatures, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
 
+class GetFeatureRequest(_message.Message):
+    __slots__ = ("sae", "feature", "top", "max_texts")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    feature: int
+    top: int
+    max_texts: int
+    def __init__(self, sae: _Optional[str] = ..., feature: _Optional[int] = ..., top: _Optional[int] = ..., max_texts: _Optional[int] = ...) -> None: ...
+
+class FeatureContext(_message.Message):
+    __slots__ = ("text", "token", "activation")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token: str
+    activation: float
+    def __init__(self, text: _Optional[str] = ..., token: _Optional[str] = ..., activation: _Optional[float] = ...) -> None: ...
+
+class TokenEffect(_message.Message):
+    __slots__ = ("token", "logit")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    logit: float
+    def __init__(self, token: _Optional[str] = ..., logit: _Optional[float] = ...) -> None: ...
+
+class Feature(_message.Message):
+    __slots__ = ("sae", "feature", "density", "max_activation", "contexts", "promoted", "suppressed", "texts")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    feature: int
+    density: float
+    max_activation: float
+    contexts: _containers.RepeatedCompositeFieldContainer[FeatureContext]
+    promoted: _containers.RepeatedCompositeFieldContainer[TokenEffect]
+    suppressed: _containers.RepeatedCompositeFieldContainer[TokenEffect]
+    texts: int
+    def __init__(self, sae: _Optional[str] = ..., feature: _Optional[int] = ..., density: _Optional[float] = ..., max_activation: _Optional[float] = ..., contexts: _Optional[_Iterable[_Union[FeatureContext, _Mapping]]] = ..., promoted: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., suppressed: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., texts: _Optional[int] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]

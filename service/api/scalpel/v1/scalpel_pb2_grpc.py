@@ -675,6 +675,11 @@ class FeatureServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesResponse.FromString,
                 _registered_method=True)
+        self.GetFeature = channel.unary_unary(
+                '/scalpel.v1.FeatureService/GetFeature',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetFeatureRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Feature.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -704,6 +709,12 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFeature(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -726,6 +737,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.InspectFeatures,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesResponse.SerializeToString,
+            ),
+            'GetFeature': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFeature,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetFeatureRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Feature.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -836,6 +852,33 @@ class FeatureService:
             '/scalpel.v1.FeatureService/InspectFeatures',
             scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.InspectFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/GetFeature',
+            scalpel_dot_v1_dot_scalpel__pb2.GetFeatureRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.Feature.FromString,
             options,
             channel_credentials,
             insecure,
