@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editors.batching import encode_batch, last_token_index
+from editors.batching import encode_batch
 from editors.errors import InvalidEditError
 from editors.sae import SparseAutoencoder
+from editors.steering import last_token_activations
 from editors.surgeon import Surgeon
 from editors.validation import check_int
 
@@ -26,17 +27,11 @@ class FeatureContrast:
     negative_mean: float
 
 
-@torch.inference_mode()
 def last_token_features(
     surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, sae: SparseAutoencoder, texts: Sequence[str]
 ) -> torch.Tensor:
     """``[len(texts), d_sae]``: the SAE's feature activations at each text's last token."""
-    encoded = encode_batch(tokenizer, texts, surgeon.device_dtype[0])
-    point = f"{sae.site}.sae.acts"
-    with surgeon.trace([point], saes=[sae]) as cache:
-        surgeon.model(**encoded)
-    rows = torch.arange(len(texts), device=encoded["input_ids"].device)
-    return cache[point][rows, last_token_index(encoded["attention_mask"])].float().cpu()
+    return sae.encode(last_token_activations(surgeon, tokenizer, texts, sae.site))
 
 
 def contrast_features(

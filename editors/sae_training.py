@@ -148,14 +148,6 @@ def train_sae(
     optimiser = torch.optim.Adam(weights.values(), lr=config.lr)
     k = config.k if config.architecture == "topk" else None
 
-    def shape() -> SparseAutoencoder:
-        return SparseAutoencoder(
-            **{n: w.detach().clone() for n, w in weights.items()},
-            site=site.name,
-            architecture=config.architecture,
-            k=k,
-        )
-
     batch = first
     for step in range(1, config.steps + 1):
         with torch.enable_grad():
@@ -179,7 +171,8 @@ def train_sae(
             progress(step, config.steps, loss.item())
         if step < config.steps:
             batch = next(batches)
-    sae = shape()
+    trained = {n: w.detach().clone() for n, w in weights.items()}
+    sae = SparseAutoencoder(**trained, site=site.name, architecture=config.architecture, k=k)
     provenance = {"corpus_texts": len(texts), **asdict(config)}
     metrics = sae_metrics(surgeon, tokenizer, sae, eval_texts)
     sae = dataclasses.replace(sae, metadata={"training": provenance, "metrics": metrics})

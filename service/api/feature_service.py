@@ -85,13 +85,13 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
         ids = host.prompt_ids(request.prompt)
         version = request.version if request.HasField("version") else 0
         stack = host.stack(version)
-        point = f"{sae.site}.sae.acts"
 
         def run() -> torch.Tensor:
-            with torch.inference_mode(), host.surgeon.trace([sae.site, point], stack.edits, saes=[sae]) as cache:
+            with torch.inference_mode(), host.surgeon.trace([sae.site], stack.edits) as cache:
                 host.model(input_ids=ids.unsqueeze(0).to(host.device))
             x = cache[sae.site][0].float()
-            return torch.cat([cache[point][0].float(), (x - sae.decode(sae.encode(x))).norm(dim=-1, keepdim=True)], -1)
+            acts = sae.encode(x)  # once: the features and the error term both come from it
+            return torch.cat([acts, (x - sae.decode(acts)).norm(dim=-1, keepdim=True)], -1)
 
         out = host.forward(run).cpu()
         features, errors = out[:, :-1], out[:, -1]
