@@ -240,6 +240,28 @@ class ScalpelClient:
             )
         )
 
+    def inspect_features(
+        self, model: str, sae: str, prompt: str, top: int = 5, version: int | None = None
+    ) -> pb.InspectFeaturesResponse:
+        """Which of SAE ``sae``'s features fire on each token of ``prompt`` (under ``version``)."""
+        return self.features.InspectFeatures(
+            pb.InspectFeaturesRequest(sae=f"models/{model}/saes/{sae}", prompt=prompt, top=top, version=version)
+        )
+
+    def get_feature(self, model: str, sae: str, feature: int, top: int = 10, max_texts: int = 0) -> pb.Feature:
+        """A feature's dashboard card over the model's reference corpus (its first ``max_texts``)."""
+        return self.features.GetFeature(
+            pb.GetFeatureRequest(sae=f"models/{model}/saes/{sae}", feature=feature, top=top, max_texts=max_texts)
+        )
+
+    def search_features(
+        self, model: str, sae: str, query: str, top: int = 10, max_texts: int = 0
+    ) -> pb.SearchFeaturesResponse:
+        """The features of SAE ``sae`` whose strongest contexts or logit effects match ``query``."""
+        return self.features.SearchFeatures(
+            pb.SearchFeaturesRequest(sae=f"models/{model}/saes/{sae}", query=query, top=top, max_texts=max_texts)
+        )
+
     def register_successor(self, model: str, predecessor: str) -> pb.Model:
         """Record ``model`` as a newer checkpoint of ``predecessor`` (admin; both served here)."""
         return self.models.RegisterSuccessor(

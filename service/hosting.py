@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from editors import Edit, EditStack, Surgeon
 from editors.batching import last_token_index
 from editors.sae import SparseAutoencoder
+from editors.sae_features import FeatureIndex
 from service.aliases import AliasCache
 from service.checks.suite import Suite
 from service.defaults import DTYPE_NAMES, LOGIT_BUDGET
@@ -56,6 +58,10 @@ MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_TOKENS = 300
 #: A generous bound on characters per token, to refuse absurd inputs before tokenising them.
 CHARS_PER_TOKEN = 64
+#: Contexts kept per feature in a feature index: the most a GetFeature reply lists.
+FEATURE_DEPTH = 100
+#: Feature indexes (one SAE over one corpus span) a replica keeps.
+MAX_FEATURE_INDEXES = 4
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
@@ -125,7 +131,9 @@ class ModelHost:
         self._stacks: dict[int, EditStack] = {}
         self._edits: dict[int, Edit] = {}  # loaded (and hash-verified) once per replica; edits never change
         self._saes: dict[str, SparseAutoencoder] = {}
+        self._feature_indexes: dict[tuple[str, int], FeatureIndex] = {}
         self._lock = threading.Lock()
+        self._indexing = threading.Lock()  # one index built at a time: each reads the whole corpus
         try:
             known = registry.get_model(name)
         except NotFound:
@@ -319,6 +327,23 @@ class ModelHost:
             with self._lock:
                 self._saes[name] = cached
         return cached
+
+    def feature_index(self, name: str, max_texts: int = 0) -> FeatureIndex:
+        """SAE ``name``'s features over the reference corpus (its first ``max_texts`` texts; 0: all
+        of it), read once per replica at background priority, between decode steps; the
+        ``MAX_FEATURE_INDEXES`` most recent are kept."""
+        key = (name, max_texts)
+        with self._indexing:
+            index = self._feature_indexes.get(key)
+            if index is None:
+                texts = self.reference_texts()[: max_texts or None]
+                run = partial(self.forward, background=True)
+                index = FeatureIndex(self.surgeon, self.tokenizer, self.sae(name), texts, depth=FEATURE_DEPTH, run=run)
+            self._feature_indexes.pop(key, None)
+            self._feature_indexes[key] = index  # the most recently used last
+            while len(self._feature_indexes) > MAX_FEATURE_INDEXES:
+                self._feature_indexes.pop(next(iter(self._feature_indexes)))
+        return index
 
     def edit(self, edit_id: int) -> Edit:
         """A stored edit of this model, loaded and hash-verified once per replica."""

@@ -5,6 +5,10 @@ training with its metrics, and a sentiment feature of the toy model found and cl
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
 
 import grpc
 import numpy as np
@@ -21,12 +25,14 @@ from editors import (
     edit_from_json,
     load_sae,
 )
-from editors.sae_features import contrast_features
+from editors.batching import encode_batch
+from editors.sae_features import FeatureIndex, contrast_features, feature_card
 from editors.sae_training import SaeTrainConfig, sae_metrics, train_sae
 from editors.toyworld import TOY_SAE_DIR, TOY_SAE_SITE, reference_corpus
 from editors.toyworld.evaluate import neutral_prompts, positive_probability, sentiment_pairs
 from editors.toyworld.manifest import verify_manifest
 from service.api.scalpel.v1 import scalpel_pb2 as pb
+from service.cli.check_report import find_browser
 from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
 
 SITE = "blocks.1.hook_resid_post"
@@ -347,7 +353,7 @@ def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
     toy_sae,
     tmp_path,
 ) -> None:
-    server, admin, reader, _ = served_inline
+    server, admin, reader, address = served_inline
     _, tokenizer, world = toy
     created = admin.create_sae("toy", "resid1", TOY_SAE_DIR, description="the toy SAE")
     assert created.name == "models/toy/saes/resid1" and created.sae_sha256 == toy_sae.sha256
@@ -397,8 +403,6 @@ def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
     assert status == grpc.StatusCode.INVALID_ARGUMENT
 
     # the feature's card over the model's corpus, served as the library computes it
-    from editors.sae_features import feature_card
-
     card = reader.features.GetFeature(
         pb.GetFeatureRequest(sae=created.name, feature=positive.feature, top=5, max_texts=300)
     )
@@ -409,6 +413,22 @@ def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
     too_far = pb.GetFeatureRequest(sae=created.name, feature=toy_sae.d_sae)
     assert code(lambda: reader.features.GetFeature(too_far))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
+    # searched by words over the same index, as the library searches
+    query = " ".join(world.positive_words)
+    found = reader.search_features("toy", "resid1", query, top=5, max_texts=300)
+    local = FeatureIndex(toy_surgeon, tokenizer, toy_sae, reference_corpus()[:300]).search(query, top=5)
+    assert found.texts == 300 and [(m.feature, m.score, list(m.tokens)) for m in found.features] == [
+        (m.feature, pytest.approx(m.score), m.tokens) for m in local
+    ]
+    assert found.features[0].feature == positive.feature and found.features[0].density == pytest.approx(card.density)
+    for bad in (
+        pb.SearchFeaturesRequest(sae=created.name, query="  "),
+        pb.SearchFeaturesRequest(sae=created.name, query="x", top=101),
+        pb.SearchFeaturesRequest(sae=created.name, query="x", max_texts=-1),
+    ):
+        assert code(lambda bad=bad: reader.features.SearchFeatures(bad))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    _dashboard_shows_the_served_cards(server, reader, address, tmp_path, query, [m.feature for m in found.features])
+
     # weights changed in the database: refused on a replica that has not loaded the SAE yet
     admin.create_sae("toy", "copy", TOY_SAE_DIR)
     with server.registry.engine.begin() as connection:
@@ -417,9 +437,61 @@ def test_an_sae_is_a_registry_resource_and_its_features_are_inspected_over_grpc(
     assert code(lambda: reader.features.InspectFeatures(copy))[0] == grpc.StatusCode.DATA_LOSS
 
 
-def test_a_feature_card_shows_where_it_fires_and_what_it_writes(toy, toy_surgeon, toy_sae) -> None:
-    from editors.sae_features import feature_card
+class _Cards(HTMLParser):
+    """Each feature card's numbers as the page carries them (``data-…`` attributes)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.cards: dict[int, dict[str, list[float]]] = {}
+        self.current: dict[str, list[float]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if "data-feature" in found:
+            self.current = self.cards.setdefault(int(found["data-feature"] or -1), {})
+        for key in ("density", "max", "activation", "logit"):
+            if f"data-{key}" in found:
+                self.current.setdefault(key, []).append(float(found[f"data-{key}"] or "nan"))
+
+
+def _dashboard_shows_the_served_cards(server, reader, address: str, tmp_path, query: str, searched: list[int]) -> None:
+    """`scalpel features report`: one self-contained page whose numbers are the served cards',
+    the same once Chromium has rendered it."""
+    _, secret = server.registry.create_key("dashboards", "reader", "test")
+    env = {**os.environ, "SCALPEL_ADDRESS": address, "SCALPEL_API_KEY": secret}
+    page, png = tmp_path / "features.html", tmp_path / "features.png"
+    browser = find_browser()
+    command = [sys.executable, "-m", "service.cli", "features", "report", "3", "--search", query, "--sae", "resid1",
+               "--top", "5", "--max-texts", "300", "--html", str(page)]  # fmt: skip
+    command += ["--png", str(png)] if browser else []
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    html = page.read_text()
+    assert "<script" not in html and "http" not in html.split("<body>")[1]  # self-contained
+    cards = _Cards()
+    cards.feed(html)
+    assert list(cards.cards) == [3, *searched]
+    for feature, shown in cards.cards.items():
+        served = reader.get_feature("toy", "resid1", feature, top=5, max_texts=300)
+        assert shown == {
+            "density": [served.density],
+            "max": [served.max_activation],
+            **({"activation": [c.activation for c in served.contexts]} if served.contexts else {}),
+            "logit": [e.logit for e in (*served.promoted, *served.suppressed)],
+        }
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): the page was checked by parsing only")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    rendered = _Cards()
+    rendered.feed(dom)
+    assert rendered.cards == cards.cards and "<mark" in dom
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_feature_card_shows_where_it_fires_and_what_it_writes(toy, toy_surgeon, toy_sae) -> None:
     _, tokenizer, world = toy
     positive = contrast_features(toy_surgeon, tokenizer, toy_sae, sentiment_pairs(world))[0]
     texts = reference_corpus()[:300]
@@ -433,3 +505,39 @@ def test_a_feature_card_shows_where_it_fires_and_what_it_writes(toy, toy_surgeon
     assert len(card.promoted) == len(card.suppressed) == 5 and card.promoted[0][1] > 0 > card.suppressed[0][1]
     with pytest.raises(InvalidEditError, match="feature"):
         feature_card(toy_surgeon, tokenizer, toy_sae, toy_sae.d_sae, texts)
+
+
+def test_a_feature_index_holds_each_features_corpus_statistics_and_finds_features_by_words(
+    toy, toy_surgeon, toy_sae
+) -> None:
+    _, tokenizer, world = toy
+    texts = reference_corpus()[:300]
+    ranked = contrast_features(toy_surgeon, tokenizer, toy_sae, sentiment_pairs(world))
+    index = FeatureIndex(toy_surgeon, tokenizer, toy_sae, texts, depth=20, batch=48)
+    # every feature's statistics, gathered in one pass, are those of its activations read whole
+    encoded = encode_batch(tokenizer, texts)
+    with toy_surgeon.trace([f"{toy_sae.site}.sae.acts"], saes=[toy_sae]) as cache:
+        toy[0](**encoded)
+    acts = (cache[f"{toy_sae.site}.sae.acts"] * encoded["attention_mask"][..., None]).flatten(0, 1)
+    tokens = int(encoded["attention_mask"].sum())
+    for feature in (ranked[0].feature, ranked[-1].feature, int(acts.sum(0).argmax())):
+        card = index.card(feature, top=10)
+        assert card.density == pytest.approx(float((acts[:, feature] > 0).sum()) / tokens, abs=1e-6)
+        strongest = acts[:, feature].topk(10).values.tolist()
+        assert [c.activation for c in card.contexts] == pytest.approx(strongest, abs=1e-4)
+        assert card == feature_card(toy_surgeon, tokenizer, toy_sae, feature, texts, top=10)
+    # found by words: the positive-word feature fires on positive words in all its top contexts
+    found = index.search(" ".join(world.positive_words).upper(), top=5)
+    assert found[0].feature == ranked[0].feature and found[0].contexts_matched == found[0].contexts == 10
+    assert set(found[0].tokens) <= set(world.positive_words)
+    assert [m.score for m in found] == sorted((m.score for m in found), reverse=True)
+    by_effect = [m for m in found if m.promoted_matched]  # features that write the words, not read them
+    assert by_effect and all(m.score >= m.promoted_matched / m.promoted for m in by_effect)
+    assert index.search("qqqq zzzz") == []
+    with pytest.raises(InvalidEditError, match="query"):
+        index.search("   ")
+    one = FeatureIndex(toy_surgeon, tokenizer, toy_sae, texts, [ranked[0].feature], depth=5)
+    with pytest.raises(InvalidEditError, match="feature"):
+        one.card(ranked[-1].feature)
+    with pytest.raises(InvalidEditError, match="feature"):
+        FeatureIndex(toy_surgeon, tokenizer, toy_sae, texts, [toy_sae.d_sae])

@@ -41,6 +41,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "ListSaes": "reader",
     "InspectFeatures": "reader",
     "GetFeature": "reader",
+    "SearchFeatures": "reader",
     "GetVersion": "reader",
     "ListVersions": "reader",
     "CompareVersions": "reader",

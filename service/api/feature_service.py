@@ -9,7 +9,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from editors.sae import SparseAutoencoder, sae_from_saelens
-from editors.sae_features import feature_card
 from editors.validation import parse_json
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors
@@ -22,8 +21,10 @@ from service.registry import InvalidArgument
 
 #: Most features per token an InspectFeatures reply lists.
 MAX_TOP = 64
-#: Most contexts and tokens a GetFeature reply lists.
+#: Most contexts and tokens a GetFeature reply lists, and features a SearchFeatures reply lists.
 MAX_CARD = 100
+#: Longest SearchFeatures query.
+MAX_QUERY_CHARS = 1000
 
 
 class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
@@ -114,6 +115,12 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
             )
         return pb.InspectFeaturesResponse(tokens=replies, version=f"models/{model}/versions/{version}")
 
+    @staticmethod
+    def _index_span(max_texts: int) -> int:
+        if max_texts < 0:
+            raise InvalidArgument(f"max_texts must be 0 (the whole corpus) or more, got {max_texts}")
+        return max_texts
+
     @abort_on_errors
     def GetFeature(self, request: pb.GetFeatureRequest, context: grpc.ServicerContext) -> pb.Feature:
         model, name = parse("sae", request.sae)
@@ -121,21 +128,11 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
         top = request.top or 10
         if not 1 <= top <= MAX_CARD:
             raise InvalidArgument(f"top must be 1..{MAX_CARD} (0: the default, 10), got {request.top}")
-        if request.max_texts < 0:
-            raise InvalidArgument(f"max_texts must be 0 (the whole corpus) or more, got {request.max_texts}")
         sae = host.sae(name)
         if not 0 <= request.feature < sae.d_sae:
             raise InvalidArgument(f"feature must be 0..{sae.d_sae - 1}: the SAE's features, got {request.feature}")
-        texts = host.reference_texts()[: request.max_texts or None]
-        card = feature_card(
-            host.surgeon,
-            host.tokenizer,
-            sae,
-            request.feature,
-            texts,
-            top,
-            run=lambda forward: host.forward(forward, background=True),
-        )
+        index = host.feature_index(name, self._index_span(request.max_texts))
+        card = index.card(request.feature, top)
         return pb.Feature(
             sae=request.sae,
             feature=card.feature,
@@ -144,5 +141,38 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
             contexts=[pb.FeatureContext(text=c.text, token=c.token, activation=c.activation) for c in card.contexts],
             promoted=[pb.TokenEffect(token=t, logit=v) for t, v in card.promoted],
             suppressed=[pb.TokenEffect(token=t, logit=v) for t, v in card.suppressed],
-            texts=len(texts),
+            texts=len(index.texts),
+        )
+
+    @abort_on_errors
+    def SearchFeatures(
+        self, request: pb.SearchFeaturesRequest, context: grpc.ServicerContext
+    ) -> pb.SearchFeaturesResponse:
+        model, name = parse("sae", request.sae)
+        host = self._host(model)
+        top = request.top or 10
+        if not 1 <= top <= MAX_CARD:
+            raise InvalidArgument(f"top must be 1..{MAX_CARD} (0: the default, 10), got {request.top}")
+        if not request.query.split():
+            raise InvalidArgument("query has no words: give the words to look for (e.g. 'Paris capital')")
+        if len(request.query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"query is {len(request.query)} characters; at most {MAX_QUERY_CHARS}")
+        index = host.feature_index(name, self._index_span(request.max_texts))
+        matches = index.search(request.query, top)
+        return pb.SearchFeaturesResponse(
+            features=[
+                pb.FeatureMatch(
+                    feature=m.feature,
+                    score=m.score,
+                    contexts_matched=m.contexts_matched,
+                    contexts=m.contexts,
+                    promoted_matched=m.promoted_matched,
+                    promoted=m.promoted,
+                    tokens=m.tokens,
+                    density=index.density(m.feature),
+                    max_activation=index.max_activation(m.feature),
+                )
+                for m in matches
+            ],
+            texts=len(index.texts),
         )

@@ -26,6 +26,7 @@ from service.cli.check_report import find_browser, render_html, screenshot
 from service.cli.checks import format_run, inline_item_files, run_dict
 from service.cli.drift_report import drift_lines, held, render_drift_html, summary_line
 from service.cli.errors import UsageError, read_yaml, require_empty_directory
+from service.cli.feature_report import feature_dashboard
 from service.cli.signing import audit_pubkey, audit_rotate_key, read_checkpoint, write_checkpoint
 from service.client import ScalpelClient
 
@@ -143,10 +144,7 @@ def _saes_list(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _features_inspect(args: argparse.Namespace, c: ScalpelClient) -> None:
-    request = pb.InspectFeaturesRequest(
-        sae=f"models/{args.model}/saes/{args.sae}", prompt=args.prompt, top=args.top, version=args.version
-    )
-    reply = c.features.InspectFeatures(request)
+    reply = c.inspect_features(args.model, args.sae, args.prompt, args.top, args.version)
     if args.json:
         print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
         return
@@ -157,10 +155,7 @@ def _features_inspect(args: argparse.Namespace, c: ScalpelClient) -> None:
 
 
 def _features_show(args: argparse.Namespace, c: ScalpelClient) -> None:
-    request = pb.GetFeatureRequest(
-        sae=f"models/{args.model}/saes/{args.sae}", feature=args.feature, top=args.top, max_texts=args.max_texts
-    )
-    card = c.features.GetFeature(request)
+    card = c.get_feature(args.model, args.sae, args.feature, args.top, args.max_texts)
     if args.json:
         print(json.dumps(MessageToDict(card, preserving_proto_field_name=True)))
         return
@@ -170,6 +165,38 @@ def _features_show(args: argparse.Namespace, c: ScalpelClient) -> None:
         print(f"  {context.activation:7.3f}  …{context.text}")
     print("  raises: " + ", ".join(f"{e.token} {e.logit:+.3f}" for e in card.promoted))
     print("  lowers: " + ", ".join(f"{e.token} {e.logit:+.3f}" for e in card.suppressed))
+
+
+def _features_search(args: argparse.Namespace, c: ScalpelClient) -> None:
+    reply = c.search_features(args.model, args.sae, args.query, args.top, args.max_texts)
+    if args.json:
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+        return
+    print(f"{len(reply.features)} features match {args.query!r} ({reply.texts} texts indexed):")
+    for m in reply.features:
+        print(f"  #{m.feature:<6} score {m.score:.2f}  contexts {m.contexts_matched}/{m.contexts}  "
+              f"raises {m.promoted_matched}/{m.promoted}  on {', '.join(m.tokens)}  "
+              f"density {m.density:.2%}")  # fmt: skip
+
+
+def _features_report(args: argparse.Namespace, c: ScalpelClient) -> None:
+    features = list(args.features)
+    if args.search:
+        found = c.search_features(args.model, args.sae, args.search, args.top, args.max_texts)
+        features += [m.feature for m in found.features]
+    if not features:
+        raise UsageError("name features to show (scalpel features report 12 40 …) or --search WORDS that finds some")
+    sae = c.features.GetSae(pb.GetSaeRequest(name=f"models/{args.model}/saes/{args.sae}"))
+    cards = [c.get_feature(args.model, args.sae, f, args.top, args.max_texts) for f in dict.fromkeys(features)]
+    html = feature_dashboard(sae, cards, args.search)
+    Path(args.html).write_text(html)
+    if args.png:
+        browser = find_browser()
+        if browser is None:
+            raise SystemExit("scalpel: --png needs Chromium (apt-get install chromium); the HTML was written")
+        screenshot(html, Path(args.png), browser)
+    written = {"html": args.html, "png": args.png, "features": len(cards)}
+    print(json.dumps(written) if args.json else f"wrote {args.html}")
 
 
 def _models_unload(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -682,6 +709,23 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--top", type=int, default=10, help="contexts and tokens listed (default 10)")
     show.add_argument("--max-texts", type=int, default=0, help="read only the corpus's first texts (0: all)")
     command(show, _features_show)
+    search = features.add_parser("search", help="features whose strongest contexts or logit effects match words")
+    search.add_argument("query", help="the words to look for")
+    search.add_argument("--sae", required=True, help="the SAE's name (see `scalpel saes list`)")
+    search.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    search.add_argument("--top", type=int, default=10, help="features listed (default 10)")
+    search.add_argument("--max-texts", type=int, default=0, help="index only the corpus's first texts (0: all)")
+    command(search, _features_search)
+    report = features.add_parser("report", help="features' dashboards as one self-contained HTML page (and --png)")
+    report.add_argument("features", type=int, nargs="*", help="the features to show")
+    report.add_argument("--search", default="", help="also the features matching these words")
+    report.add_argument("--sae", required=True, help="the SAE's name (see `scalpel saes list`)")
+    report.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
+    report.add_argument("--top", type=int, default=10, help="contexts, tokens and searched features (default 10)")
+    report.add_argument("--max-texts", type=int, default=0, help="read only the corpus's first texts (0: all)")
+    report.add_argument("--html", required=True, help="write the page here")
+    report.add_argument("--png", help="also a screenshot of it (needs Chromium)")
+    command(report, _features_report)
 
     edits = commands.add_parser("edits", help="edits").add_subparsers(dest="sub", required=True)
     edit_list = edits.add_parser("list", help="the model's edits, newest first")

@@ -501,6 +501,48 @@ class Feature(_message.Message):
     texts: int
     def __init__(self, sae: _Optional[str] = ..., feature: _Optional[int] = ..., density: _Optional[float] = ..., max_activation: _Optional[float] = ..., contexts: _Optional[_Iterable[_Union[FeatureContext, _Mapping]]] = ..., promoted: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., suppressed: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., texts: _Optional[int] = ...) -> None: ...
 
+class SearchFeaturesRequest(_message.Message):
+    __slots__ = ("sae", "query", "top", "max_texts")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    query: str
+    top: int
+    max_texts: int
+    def __init__(self, sae: _Optional[str] = ..., query: _Optional[str] = ..., top: _Optional[int] = ..., max_texts: _Optional[int] = ...) -> None: ...
+
+class FeatureMatch(_message.Message):
+    __slots__ = ("feature", "score", "contexts_matched", "contexts", "promoted_matched", "promoted", "tokens", "density", "max_activation")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_MATCHED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_MATCHED_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    score: float
+    contexts_matched: int
+    contexts: int
+    promoted_matched: int
+    promoted: int
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    density: float
+    max_activation: float
+    def __init__(self, feature: _Optional[int] = ..., score: _Optional[float] = ..., contexts_matched: _Optional[int] = ..., contexts: _Optional[int] = ..., promoted_matched: _Optional[int] = ..., promoted: _Optional[int] = ..., tokens: _Optional[_Iterable[str]] = ..., density: _Optional[float] = ..., max_activation: _Optional[float] = ...) -> None: ...
+
+class SearchFeaturesResponse(_message.Message):
+    __slots__ = ("features", "texts")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureMatch]
+    texts: int
+    def __init__(self, features: _Optional[_Iterable[_Union[FeatureMatch, _Mapping]]] = ..., texts: _Optional[int] = ...) -> None: ...
+
 class Version(_message.Message):
     __slots__ = ("name", "number", "parent", "edit_ids", "status", "author", "description", "create_time", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -680,6 +680,11 @@ class FeatureServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetFeatureRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Feature.FromString,
                 _registered_method=True)
+        self.SearchFeatures = channel.unary_unary(
+                '/scalpel.v1.FeatureService/SearchFeatures',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.SearchFeaturesRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.SearchFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -715,6 +720,12 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchFeatures(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -742,6 +753,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetFeature,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.GetFeatureRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Feature.SerializeToString,
+            ),
+            'SearchFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchFeatures,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.SearchFeaturesRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.SearchFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -879,6 +895,33 @@ class FeatureService:
             '/scalpel.v1.FeatureService/GetFeature',
             scalpel_dot_v1_dot_scalpel__pb2.GetFeatureRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Feature.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/SearchFeatures',
+            scalpel_dot_v1_dot_scalpel__pb2.SearchFeaturesRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.SearchFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,
