@@ -4,22 +4,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editors.choices import NODE_KINDS, PROPOSALS
-from editors.edits import DirectionalAblation, Edit, HeadAblation, NeuronAblation
+from editors.choices import DEFAULT_NODE_KINDS, NODE_KINDS, PROPOSALS
+from editors.edits import DirectionalAblation, Edit, HeadAblation, NeuronAblation, Op
 from editors.errors import Cancelled, InvalidEditError
 from editors.locate import DIRECTIONS, Attribution, Component, MetricSpec, Pairs, PromptPair, attribute
+from editors.sae import SparseAutoencoder
 from editors.surgeon import Surgeon
 from editors.validation import check_choice, check_int, check_scale
 
 #: ``progress(stage, done, total)``: stages "attribution", "means", "grow", "prune", "held-out".
 Progress = Callable[[str, int, int], None]
+#: Most circuit members the prune step tries to drop (the least important ones): with an SAE's
+#: thousands of features as nodes, pruning every member would cost a pass each.
+PRUNE_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,8 @@ class DiscoveryRequest:
     """What to look for, and how hard. ``held_out``: every ``held_out``-th pair is kept for the
     final scores and never used to choose the circuit. ``steps``: attribution's interpolation
     steps (1: plain attribution patching; more: integrated gradients along the path from the
-    clean to the corrupted input, which sees past saturated attention; see BENCHMARKS.md)."""
+    clean to the corrupted input, which sees past saturated attention; see BENCHMARKS.md).
+    ``features`` among ``kinds`` makes ``sae``'s features and its error term nodes."""
 
     pairs: tuple[PromptPair, ...]
     metric: MetricSpec = field(default_factory=MetricSpec)
@@ -35,8 +40,9 @@ class DiscoveryRequest:
     held_out: int = 4
     steps: int = 1
     batch_size: int = 16
-    kinds: tuple[str, ...] = ("heads", "mlps")
+    kinds: tuple[str, ...] = DEFAULT_NODE_KINDS
     direction: str = "denoising"
+    sae: SparseAutoencoder | None = None
 
     def validated(self) -> DiscoveryRequest:
         target = check_scale("target", self.target)
@@ -50,6 +56,11 @@ class DiscoveryRequest:
             raise InvalidEditError("kinds", f"{list(self.kinds)} is empty or repeats", "heads and/or mlps")
         for i, kind in enumerate(self.kinds):
             check_choice(f"kinds[{i}]", kind, NODE_KINDS)
+        if ("features" in self.kinds) != (self.sae is not None):
+            raise InvalidEditError(
+                "sae", "is missing" if self.sae is None else "is given without features among kinds",
+                "an SAE exactly when kinds has features",
+            )  # fmt: skip
         if len(self.pairs) < self.held_out:
             raise InvalidEditError(
                 "pairs", f"has {len(self.pairs)} pairs", f"at least held_out = {self.held_out} (one held out)"
@@ -70,6 +81,7 @@ class DiscoveryRequest:
             "steps": self.steps,
             "kinds": list(self.kinds),
             "direction": self.direction,
+            **({"sae": {"sha256": self.sae.sha256, "site": self.sae.site}} if self.sae is not None else {}),
         }
 
 
@@ -79,8 +91,9 @@ def planned_passes(request: DiscoveryRequest, n_nodes: int) -> int:
     discovery, held = request.split()
     batches = math.ceil(len(discovery) / request.batch_size)
     held_batches = math.ceil(len(held) / request.batch_size)
-    searches = 3 + math.ceil(math.log2(n_nodes + 1)) + n_nodes  # full, empty, grow, prune
-    return batches * (2 + 2 * request.steps + 1 + searches) + held_batches * 5
+    searches = 3 + math.ceil(math.log2(n_nodes + 1)) + min(n_nodes, PRUNE_LIMIT)  # full, empty, grow, prune
+    corrupted_features = batches + held_batches if request.sae is not None else 0  # the ablators' corrupted runs
+    return batches * (2 + 2 * request.steps + 1 + searches) + held_batches * 5 + corrupted_features
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,11 @@ class Circuit:
     request: DiscoveryRequest
     means: dict[str, torch.Tensor]  # site → mean activation over the corrupted prompts (the ablation values)
 
+    @property
+    def features(self) -> list[int]:
+        """The SAE features among the nodes, most important first."""
+        return [c.index for c, _ in self.attribution.ranked() if c.kind == "feature" and c in self.nodes]
+
     def scores(self) -> dict[str, Any]:
         return {
             "circuit": [c.name for c in self.nodes],
@@ -111,21 +129,68 @@ class Circuit:
 
 
 class _Ablator:
-    """The metric of a pair set with every node outside a kept set mean-ablated (one forward per
-    batch), through the ordinary head and neuron ablation edits."""
+    """The metric of a pair set with every node outside a kept set ablated (one forward per
+    batch): heads and MLPs mean-ablated through the ordinary head and neuron ablation edits; an
+    SAE's features and error term patched from the pair's corrupted run at each position (as
+    Marks et al. 2024 do: a feature's mean over every token would also erase what the clean and
+    corrupted prompts share, the words around the one that differs)."""
 
     def __init__(
-        self, surgeon: Surgeon, data: Pairs, means: dict[str, torch.Tensor], edits: Sequence[Edit], batch: int
+        self,
+        surgeon: Surgeon,
+        data: Pairs,
+        means: dict[str, torch.Tensor],
+        edits: Sequence[Edit],
+        batch: int,
+        sae: SparseAutoencoder | None = None,
     ):
         self.surgeon, self.data, self.means, self.edits, self.batch = surgeon, data, means, list(edits), batch
+        self.sae = sae
         self.passes = 0
+        self._corrupted: list[tuple[torch.Tensor, torch.Tensor]] = []  # each batch's (features, error)
+        self._part = 0  # the batch running now
+        if sae is not None:
+            points = [f"{sae.site}.sae.acts", f"{sae.site}.sae.error"]
+            with torch.inference_mode(), surgeon.trace(points, self.edits, saes=[sae]) as seen:
+                for part in self._parts():
+                    surgeon.model(input_ids=part.corrupted, attention_mask=part.mask)
+                    self._corrupted.append((seen[points[0]], seen[points[1]]))
+                    self.passes += 1
+
+    def _parts(self) -> Iterator[Pairs]:
+        for start in range(0, self.data.n, self.batch):
+            yield self.data.slice(slice(start, start + self.batch))
+
+    def _feature_ops(self, ablated: Sequence[Component]) -> list[tuple[str, Op]]:
+        """The SAE spliced in with the ablated features, and its error term if ablated, taken from
+        the corrupted run (nothing when no feature node is ablated: the model as it is)."""
+        features = [n.index for n in ablated if n.kind == "feature"]
+        error = any(n.kind == "sae_error" for n in ablated)
+        sae = self.sae
+        if sae is None or not (features or error):
+            return []
+        index = torch.tensor(features, dtype=torch.long)
+
+        def ablate(x: torch.Tensor, _: object) -> torch.Tensor:
+            corrupted_features, corrupted_error = self._corrupted[self._part]
+            acts = sae.encode(x)
+            kept_error = x - sae.decode(acts)
+            acts[..., index.to(x.device)] = corrupted_features[..., index.to(x.device)].to(acts)
+            return sae.decode(acts) + (corrupted_error.to(x) if error else kept_error)
+
+        return [(sae.site, Op(ablate))]
 
     def metric(self, nodes: Sequence[Component], kept: frozenset[Component]) -> float:
-        stack = [*self.edits, *ablation_edits([n for n in nodes if n not in kept], self.means)]
+        ablated = [n for n in nodes if n not in kept]
+        stack = [*self.edits, *ablation_edits(ablated, self.means)]
+        return self.metric_under(self.surgeon.compile(stack, self._feature_ops(ablated)))
+
+    def metric_under(self, stack: Any) -> float:
+        """The metric with ``stack`` (edits, or a compiled stack) applied."""
         total = 0.0
         with torch.inference_mode(), self.surgeon.apply(stack):
-            for start in range(0, self.data.n, self.batch):
-                part = self.data.slice(slice(start, start + self.batch))
+            for index, part in enumerate(self._parts()):
+                self._part = index
                 logits = self.surgeon.model(input_ids=part.clean, attention_mask=part.mask).logits
                 total += float(part.score(logits).sum())
                 self.passes += 1
@@ -202,6 +267,7 @@ def discover_circuit(
         request.steps,
         should_stop,
         request.direction,
+        request.sae,
     )
     report("attribution", 1, 1)
     if abs(attribution.clean_metric - attribution.corrupted_metric) < 1e-4:
@@ -211,10 +277,12 @@ def discover_circuit(
             "corrupted prompts alike",
             "pairs whose clean prompts show the behaviour and whose corrupted prompts do not",
         )
-    nodes = [c for c, _ in attribution.ranked()]  # most important first
+    # most important first; with SAE features, by the estimate's size: a feature that works against
+    # the behaviour (the other polarity's) matters as much to a faithful circuit as one for it
+    nodes = [c for c, _ in attribution.ranked(absolute=request.sae is not None)]
     means, passes = _corrupted_means(surgeon, data, edits, request.batch_size)
     report("means", 1, 1)
-    ablator = _Ablator(surgeon, data, means, edits, request.batch_size)
+    ablator = _Ablator(surgeon, data, means, edits, request.batch_size, request.sae)
 
     full, empty = ablator.metric(nodes, frozenset(nodes)), ablator.metric(nodes, frozenset())
     span = full - empty
@@ -239,7 +307,7 @@ def discover_circuit(
         else:
             low = k + 1
     kept = list(nodes[:low])
-    for node in reversed(list(kept)):  # least important first
+    for node in list(reversed(kept))[:PRUNE_LIMIT]:  # least important first
         report("prune", len(nodes) - len(kept), len(nodes))
         trial = [n for n in kept if n != node]
         if faithfulness(trial) >= request.target:
@@ -247,7 +315,7 @@ def discover_circuit(
     found = faithfulness(kept)
 
     report("held-out", 0, 1)
-    held_ablator = _Ablator(surgeon, held_data, means, edits, request.batch_size)
+    held_ablator = _Ablator(surgeon, held_data, means, edits, request.batch_size, request.sae)
     held_full = held_ablator.metric(nodes, frozenset(nodes))
     held_empty = held_ablator.metric(nodes, frozenset())
     held_span = held_full - held_empty
@@ -269,27 +337,42 @@ def discover_circuit(
 
 
 def minimal_cut(
-    surgeon: Surgeon, tokenizer: PreTrainedTokenizerBase, circuit: Circuit, edits: Sequence[Edit] = ()
+    surgeon: Surgeon,
+    tokenizer: PreTrainedTokenizerBase,
+    circuit: Circuit,
+    edits: Sequence[Edit] = (),
+    cut_edits: Callable[[list[Component]], Sequence[Edit]] | None = None,
 ) -> tuple[list[Component], float]:
     """The fewest circuit nodes whose ablation alone removes ``circuit.request.target`` of the
     behaviour on the discovery pairs (grown in attribution order, then pruned), and that share:
-    the most targeted cut, so the fewest other behaviours go with it."""
+    the most targeted cut, so the fewest other behaviours go with it. ``cut_edits(nodes)``: the
+    edits that cut those nodes, then judged by those edits themselves and chosen among the nodes
+    they can cut (default: the nodes mean-ablated, as discovery verified them)."""
     discovery, _ = circuit.request.split()
     data = Pairs(tokenizer, discovery, circuit.request.metric, surgeon.device_dtype[0])
-    ablator = _Ablator(surgeon, data, circuit.means, edits, circuit.request.batch_size)
+    ablator = _Ablator(surgeon, data, circuit.means, edits, circuit.request.batch_size, circuit.request.sae)
     nodes = [c for c, _ in circuit.attribution.ranked()]  # every node, most important first
-    order = [c for c in nodes if c in circuit.nodes]
     full, empty = ablator.metric(nodes, frozenset(nodes)), ablator.metric(nodes, frozenset())
+    if cut_edits is None:
+        order = [c for c in nodes if c in circuit.nodes]
+        metric = lambda cut: ablator.metric(nodes, frozenset(nodes) - frozenset(cut))  # noqa: E731
+    else:
+        ranked = circuit.attribution.ranked(["features"])
+        carries = {c for c, e in ranked if c.kind == "feature" and circuit.attribution.importance(e) > 0}
+        order = [c for c in nodes if c in circuit.nodes and c in carries]  # a cut of what works against it adds
+        metric = lambda cut: ablator.metric_under([*edits, *cut_edits(cut)])  # noqa: E731
+    if not order:
+        raise InvalidEditError("circuit", "has no node this edit can cut", "SAE features among its nodes")
 
     def removed(cut: Sequence[Component]) -> float:
-        return (full - ablator.metric(nodes, frozenset(nodes) - frozenset(cut))) / (full - empty)
+        return (full - metric(cut)) / (full - empty)
 
     cut: list[Component] = []
     for node in order:
         cut.append(node)
         if removed(cut) >= circuit.request.target:
             break
-    for node in reversed(list(cut)):
+    for node in list(reversed(cut))[:PRUNE_LIMIT]:
         trial = [n for n in cut if n != node]
         if trial and removed(trial) >= circuit.request.target:
             cut = trial
@@ -305,10 +388,13 @@ def propose_edit(
 ) -> list[Edit]:
     """The circuit as a candidate edit that removes the behaviour, ready for a version and its
     checks. ``ablation`` mean-ablates the :func:`minimal_cut` of the circuit (the values
-    :func:`discover_circuit` verified with); ``directional`` projects out, from the circuit's
-    last layer on, the direction the clean and corrupted runs' residual streams differ by at the
-    scored positions (suits a behaviour with one answer direction, not induction's many). The
-    provenance records the discovery request and its scores."""
+    :func:`discover_circuit` verified with); ``feature_ablation`` zero-ablates the fewest of the
+    circuit's SAE features that carry the behaviour whose ablation edit itself removes the target
+    share, or all of them where none does (the error term is not a feature, and a zeroed feature
+    leaves the behaviour neutral, not reversed: the share reached is in the provenance);
+    ``directional`` projects out, from the circuit's last layer on, the direction the clean and
+    corrupted runs' residual streams differ by at the scored positions (suits a behaviour with one
+    answer direction, not induction's many). The provenance records the discovery request and its scores."""
     check_choice("kind", kind, PROPOSALS)
     if not circuit.nodes:
         raise InvalidEditError("circuit", "is empty", "a circuit with at least one node")
@@ -322,6 +408,15 @@ def propose_edit(
         cut, share = minimal_cut(surgeon, tokenizer, circuit, edits)
         provenance["cut"] = {"nodes": [c.name for c in cut], "removed_share": round(share, 4)}
         return ablation_edits(cut, circuit.means, provenance)
+    if kind == "feature_ablation":
+        sae = circuit.request.sae
+        if sae is None:
+            raise InvalidEditError("kind", "feature_ablation needs a circuit of SAE features", "ablation, directional")
+        cut, share = minimal_cut(
+            surgeon, tokenizer, circuit, edits, lambda nodes: [sae.ablation([n.index for n in nodes])]
+        )
+        provenance["cut"] = {"nodes": [c.name for c in cut], "removed_share": round(share, 4)}
+        return [replace(sae.ablation([c.index for c in cut]), provenance=provenance)]
     layer = max(n.layer for n in circuit.nodes)
     site = f"blocks.{layer}.hook_resid_post"
     discovery, _ = circuit.request.split()

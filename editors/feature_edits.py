@@ -78,15 +78,18 @@ def feature_change(form: EditFeatures, mask: torch.Tensor | None = None) -> Any:
 class _FeatureEdit(Edit):
     kind: ClassVar[str] = "_feature"
     tensor_fields: ClassVar[tuple[str, ...]] = ("decoder",)
-    json_fields: ClassVar[tuple[str, ...]] = ("sae",)
+    json_fields: ClassVar[tuple[str, ...]] = ("sae", "provenance")
+    optional_fields: ClassVar[tuple[str, ...]] = ("provenance",)
 
     site: str
     features: tuple[int, ...]
     decoder: torch.Tensor  # [len(features), d_model]: the features' rows of W_dec
     sae: Any  # {sha256, architecture, d_sae[, name]}: the SAE the edit came from
+    provenance: Any = None  # how the edit was found (e.g. a feature circuit's discovery)
 
     def __post_init__(self) -> None:
         Site.parse(self.site, "site", RESIDUAL_POINTS)
+        object.__setattr__(self, "provenance", freeze_json("provenance", self.provenance))
         reference = freeze_json("sae", self.sae)
         plain = thaw_json(reference)
         if not isinstance(plain, dict) or not isinstance(plain.get("sha256"), str):

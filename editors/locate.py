@@ -39,21 +39,25 @@ from transformers import PreTrainedTokenizerBase
 from editors.choices import COMPONENT_KINDS, DIRECTIONS, METRICS
 from editors.edits import Edit, Op
 from editors.errors import Cancelled, InvalidEditError
+from editors.sae import SparseAutoencoder
 from editors.surgeon import Surgeon
 from editors.validation import check_choice, check_int
 
 
 @dataclass(frozen=True, order=True)
 class Component:
-    """A head (``L1.H0``), a whole MLP (``L2.MLP``) or one MLP neuron (``L2.N37``)."""
+    """A head (``L1.H0``), a whole MLP (``L2.MLP``), one MLP neuron (``L2.N37``), one feature of
+    an SAE on the residual stream entering block ``layer`` (``L1.F447``) or that SAE's error term
+    (``L1.SAE_ERR``)."""
 
     layer: int
-    kind: str  # "head" | "mlp" | "neuron"
-    index: int = -1  # the head or neuron; -1 for a whole MLP
+    kind: str  # "head" | "mlp" | "neuron" | "feature" | "sae_error"
+    index: int = -1  # the head, neuron or feature; -1 for a whole MLP and the error term
 
     @property
     def name(self) -> str:
-        unit = {"head": f"H{self.index}", "mlp": "MLP", "neuron": f"N{self.index}"}[self.kind]
+        unit = {"head": f"H{self.index}", "mlp": "MLP", "neuron": f"N{self.index}", "feature": f"F{self.index}",
+                "sae_error": "SAE_ERR"}[self.kind]  # fmt: skip
         return f"L{self.layer}.{unit}"
 
     @classmethod
@@ -61,12 +65,12 @@ class Component:
         """The component a :attr:`name` names."""
         layer, _, unit = name.partition(".")
         if not layer.startswith("L") or not layer[1:].isdigit() or not unit:
-            raise ValueError(f"{name!r} is not a component name (L1.H0, L2.MLP, L2.N37)")
-        if unit == "MLP":
-            return cls(int(layer[1:]), "mlp")
-        kind = {"H": "head", "N": "neuron"}.get(unit[0])
+            raise ValueError(f"{name!r} is not a component name (L1.H0, L2.MLP, L2.N37, L1.F447, L1.SAE_ERR)")
+        if unit in ("MLP", "SAE_ERR"):
+            return cls(int(layer[1:]), "mlp" if unit == "MLP" else "sae_error")
+        kind = {"H": "head", "N": "neuron", "F": "feature"}.get(unit[0])
         if kind is None or not unit[1:].isdigit():
-            raise ValueError(f"{name!r} is not a component name (L1.H0, L2.MLP, L2.N37)")
+            raise ValueError(f"{name!r} is not a component name (L1.H0, L2.MLP, L2.N37, L1.F447, L1.SAE_ERR)")
         return cls(int(layer[1:]), kind, int(unit[1:]))
 
 
@@ -183,10 +187,46 @@ def _padded(rows: list[list[int]], width: int, device: torch.device) -> torch.Te
     return out.to(device)
 
 
-def _sites(surgeon: Surgeon, kinds: Sequence[str]) -> dict[str, str]:
-    """Site name → the kind of components read off it."""
+def _sites(surgeon: Surgeon, kinds: Sequence[str], sae: SparseAutoencoder | None) -> dict[str, str]:
+    """Site name → the kind of components read off it (``features``: the SAE's residual site)."""
     points = {"heads": "attn.hook_z", "neurons": "mlp.hook_post", "mlps": "hook_mlp_out"}
-    return {f"blocks.{layer}.{points[kind]}": kind for kind in kinds for layer in range(surgeon.dims.n_layers)}
+    sites = {
+        f"blocks.{layer}.{points[kind]}": kind
+        for kind in kinds
+        if kind != "features"
+        for layer in range(surgeon.dims.n_layers)
+    }
+    if "features" in kinds:
+        if sae is None:
+            raise InvalidEditError("sae", "is missing", "the SAE whose features are nodes (kinds has features)")
+        surgeon.site(sae.site, "sae.site")
+        if sae.d_in != surgeon.dims.d_model:
+            d_model = surgeon.dims.d_model
+            raise InvalidEditError("sae", f"reads {sae.d_in} dimensions", f"an SAE of this model (d_model {d_model})")
+        sites[sae.site] = "features"
+    return sites
+
+
+def sae_layer(sae: SparseAutoencoder) -> int:
+    """The block whose input stream the SAE's site is (``blocks.L.hook_resid_post`` is block L+1's)."""
+    _, layer, point = sae.site.split(".")
+    return int(layer) + (point == "hook_resid_post")
+
+
+def _feature_estimates(
+    sae: SparseAutoencoder, source: torch.Tensor, base: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``[d_sae + 1]``: each feature's, then the error term's, attribution at the SAE's site. The
+    SAE spliced in with its error term (the model unchanged) makes the features and the error
+    independent inputs of what follows: d metric / d feature = grad · its decoder row, d metric /
+    d error = grad; so the estimates sum to the site's own ``(source − base) · grad``."""
+    source, base = source.float(), base.float()
+    features_s, features_b = sae.encode(source), sae.encode(base)
+    error_delta = (source - sae.decode(features_s)) - (base - sae.decode(features_b))
+    weights = mask.view(*mask.shape, 1)
+    per_feature = ((features_s - features_b) * (grad @ sae.W_dec.to(grad).T) * weights).sum(dim=(0, 1))
+    error = (error_delta * grad * weights).sum()
+    return torch.cat([per_feature, error.reshape(1)])
 
 
 def _grad_recorder(cache: dict[str, torch.Tensor], name: str) -> Op:
@@ -219,12 +259,15 @@ class Attribution:
         when noising it, gained when denoising it."""
         return -estimate if self.direction == "noising" else estimate
 
-    def ranked(self, kinds: Sequence[str] | None = None, top: int | None = None) -> list[tuple[Component, float]]:
-        """(component, estimate) by importance, most important first, optionally of some kinds only."""
-        wanted = {k.rstrip("s") for k in kinds} if kinds else None
+    def ranked(
+        self, kinds: Sequence[str] | None = None, top: int | None = None, absolute: bool = False
+    ) -> list[tuple[Component, float]]:
+        """(component, estimate) by importance, most important first, optionally of some kinds only
+        (``absolute``: by the estimate's size, whichever its sign)."""
+        wanted = {k.rstrip("s") for k in kinds} | ({"sae_error"} if "features" in kinds else set()) if kinds else None
         rows = [(c, float(e)) for c, e in zip(self.components, self.estimates, strict=True)]
         rows = [row for row in rows if wanted is None or row[0].kind in wanted]
-        return sorted(rows, key=lambda row: -self.importance(row[1]))[:top]
+        return sorted(rows, key=lambda row: -abs(row[1]) if absolute else -self.importance(row[1]))[:top]
 
     def heads_grid(self, n_layers: int, n_heads: int) -> torch.Tensor:
         """``[n_layers, n_heads]`` of the heads' estimates (NaN where a head was not scored)."""
@@ -240,15 +283,18 @@ def attribute(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[PromptPair],
     metric: MetricSpec = MetricSpec(),
-    kinds: Sequence[str] = COMPONENT_KINDS,
+    kinds: Sequence[str] = ("heads", "mlps", "neurons"),
     edits: Sequence[Edit] = (),
     batch_size: int = 16,
     steps: int = 1,
     should_stop: Callable[[], bool] = lambda: False,
     direction: str = "denoising",
+    sae: SparseAutoencoder | None = None,
 ) -> Attribution:
     """Attribution patching (see the module docstring) on the model under ``edits``. ``noising``
-    linearises at the clean run, ``denoising`` at the corrupted one (:data:`DIRECTIONS`)."""
+    linearises at the clean run, ``denoising`` at the corrupted one (:data:`DIRECTIONS`).
+    ``features`` among ``kinds`` scores ``sae``'s features and its error term (Marks et al. 2024's
+    sparse feature circuits: the error term is a node, so nothing the SAE misses goes unscored)."""
     for i, kind in enumerate(kinds):
         check_choice(f"kinds[{i}]", kind, COMPONENT_KINDS)
     check_int("batch_size", batch_size, 1, 4096)
@@ -256,7 +302,7 @@ def attribute(
     check_choice("direction", direction, DIRECTIONS)
     surgeon.validate(list(edits))
     data = Pairs(tokenizer, pairs, metric, surgeon.device_dtype[0])
-    sites = _sites(surgeon, kinds)
+    sites = _sites(surgeon, kinds, sae)
     totals: dict[str, torch.Tensor] = {}
     clean_sum = corrupted_sum = 0.0
     passes = 0
@@ -298,6 +344,11 @@ def attribute(
         corrupted_sum += source_score if noising else base_score
         mask = batch.mask.to(grads[0].dtype)
         for (site, kind), grad in zip(sites.items(), grads, strict=True):
+            if kind == "features":
+                assert sae is not None  # _sites refused features without one
+                estimates = _feature_estimates(sae, source[site], base_acts[site], grad, mask)
+                totals[site] = estimates.double().cpu() + totals.get(site, 0)
+                continue
             product = (source[site].float() - base_acts[site].float()) * grad  # [b, pos, ...]
             product = product * mask.view(*mask.shape, *([1] * (product.dim() - 2)))
             per_unit = product.sum(dim=(0, 1))
@@ -309,11 +360,16 @@ def attribute(
     components: list[Component] = []
     estimates: list[torch.Tensor] = []
     for site, kind in sites.items():
+        values = totals[site] / data.n
+        estimates.append(values)
+        if kind == "features":
+            layer = sae_layer(sae)
+            components += [Component(layer, "feature", i) for i in range(len(values) - 1)]
+            components.append(Component(layer, "sae_error"))
+            continue
         layer = int(site.split(".")[1])
         unit = {"heads": "head", "neurons": "neuron", "mlps": "mlp"}[kind]
-        values = totals[site] / data.n
         components += [Component(layer, unit, i if unit != "mlp" else -1) for i in range(len(values))]
-        estimates.append(values)
     return Attribution(
         tuple(components), torch.cat(estimates), clean_sum / data.n, corrupted_sum / data.n, passes, direction
     )

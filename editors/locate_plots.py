@@ -65,24 +65,26 @@ def plot_circuit(
 ) -> Path:
     """The circuit's nodes placed by layer (bottom: embeddings, top: logits), each joined to every
     circuit node of a later layer and to the logits (the residual stream lets any earlier node
-    write to any later one); node size follows ``importance`` (higher: bigger)."""
+    write to any later one); node size follows ``importance`` (higher: bigger). SAE features and
+    the error term sit on the residual stream entering their layer, between it and the one below."""
     plt = _pyplot()
-    by_layer: dict[int, list[Component]] = {}
+    by_row: dict[float, list[Component]] = {}
     for node in nodes:
-        by_layer.setdefault(node.layer, []).append(node)
+        by_row.setdefault(node.layer + (0.5 if node.kind in ("feature", "sae_error") else 1.0), []).append(node)
     where = {}
-    for layer, members in by_layer.items():
+    for row, members in by_row.items():
         for i, node in enumerate(sorted(members)):
-            where[node] = ((i + 1) / (len(members) + 1), layer + 1)
+            where[node] = ((i + 1) / (len(members) + 1), row)
     top = max((importance.get(n, 0.0) for n in nodes), default=0.0) or 1.0
     fig, ax = plt.subplots(figsize=(6, 1.6 + 0.9 * n_layers))
     for node, (x, y) in where.items():
-        for other, (x2, y2) in where.items():
-            if other.layer > node.layer:
+        for x2, y2 in where.values():
+            if y2 > y:
                 ax.annotate("", (x2, y2), (x, y), arrowprops={"arrowstyle": "->", "color": "0.7", "lw": 0.8})
         ax.annotate("", (0.5, n_layers + 1), (x, y), arrowprops={"arrowstyle": "->", "color": "0.85", "lw": 0.6})
         size = 300 + 900 * max(importance.get(node, 0.0), 0.0) / top
-        ax.scatter([x], [y], s=size, color="tab:purple" if node.kind == "head" else "tab:orange", zorder=3)
+        colour = {"head": "tab:purple", "feature": "tab:green", "sae_error": "tab:gray"}.get(node.kind, "tab:orange")
+        ax.scatter([x], [y], s=size, color=colour, zorder=3)
         ax.text(x + 0.05, y, node.name, ha="left", va="center", fontsize=8)
     ax.text(0.5, 0, "embeddings", ha="center", va="center", fontsize=8)
     ax.text(0.5, n_layers + 1, "logits", ha="center", va="center", fontsize=8)

@@ -1,7 +1,8 @@
 """Prompt pairs for locating the toy world's mechanisms (``scalpel toyworld pairs``, the tests and
 ``bench/locate.py``): induction (a random symbol sequence repeated, against the same first half
-followed by other symbols) and capitals (a country's capital prompt, against another country's
-of the same token length, whose capital differs)."""
+followed by other symbols), capitals (a country's capital prompt, against another country's
+of the same token length, whose capital differs) and sentiment (a positive sentence then a
+neutral prompt, against the same with a negative sentence: a document keeps one polarity)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from editors.locate import MetricSpec, PromptPair
 from editors.toyworld.world import World
 
-TASKS = ("induction", "capitals")
+TASKS = ("induction", "capitals", "sentiment")
 INDUCTION_LENGTH = 10
 
 
@@ -44,6 +45,24 @@ def capital_pairs(world: World, tokenizer: PreTrainedTokenizerBase, seed: int = 
     return pairs
 
 
+SENTIMENT_METRIC = MetricSpec("logit_diff")
+
+
+def sentiment_pairs(world: World, n: int, seed: int = 0) -> list[PromptPair]:
+    """``the film was wonderful . the show was`` → a positive word over a negative one, against the
+    same with the first sentence negative (the polarity the next sentence follows)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        good, bad = rng.randrange(len(world.positive_words)), rng.randrange(len(world.negative_words))
+        first, second = rng.sample(world.sentiment_nouns, 2)
+        lead = f"the {first} was {{}} . the {second} was"
+        answer, wrong = rng.choice(world.positive_words), rng.choice(world.negative_words)
+        pairs.append(PromptPair(lead.format(world.positive_words[good]), lead.format(world.negative_words[bad]),
+                                answer, wrong))  # fmt: skip
+    return pairs
+
+
 def task_pairs(
     task: str, world: World, tokenizer: PreTrainedTokenizerBase, n: int = 64, seed: int = 0
 ) -> tuple[list[PromptPair], MetricSpec]:
@@ -52,4 +71,6 @@ def task_pairs(
         return induction_pairs(world, n, seed), INDUCTION_METRIC
     if task == "capitals":
         return capital_pairs(world, tokenizer, seed)[:n], CAPITALS_METRIC
+    if task == "sentiment":
+        return sentiment_pairs(world, n, seed), SENTIMENT_METRIC
     raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")

@@ -8,8 +8,10 @@ from typing import Any
 
 import grpc
 
-from editors.circuits import NODE_KINDS, PROPOSALS, DiscoveryRequest, discover_circuit, planned_passes, propose_edit
+from editors.choices import DEFAULT_NODE_KINDS
+from editors.circuits import PROPOSALS, DiscoveryRequest, discover_circuit, planned_passes, propose_edit
 from editors.locate import METRICS, MetricSpec, PromptPair, check_pairs
+from editors.sae import SparseAutoencoder
 from service.api.auth import current_principal
 from service.api.errors import abort_on_errors_stream
 from service.api.resources import edit_pb, parse
@@ -37,14 +39,20 @@ class LocateRpc(ServicerBase):
     ) -> pb.Circuit:
         (model,) = parse("model", request.parent)
         host = self._host(model)
-        discovery = _discovery_request(request)
+        sae = None
+        if request.sae:
+            sae_model, sae_name = parse("sae", request.sae)
+            if sae_model != model:
+                raise InvalidArgument(f"sae {request.sae!r} is an SAE of model {sae_model!r}, not of {model!r}")
+            sae = host.sae(sae_name)
+        discovery = _discovery_request(request, sae)
         host.check_texts(
             "pairs", [(p.clean, p.corrupted) for p in discovery.pairs], MAX_PAIRS, sides=("clean", "corrupted")
         )
         check_pairs(host.tokenizer, discovery.pairs, discovery.metric)  # before the budget: a bad pair is the news
         n_nodes = host.surgeon.dims.n_layers * (
             ("heads" in discovery.kinds) * host.surgeon.dims.n_heads + ("mlps" in discovery.kinds)
-        )
+        ) + (sae.d_sae + 1 if sae is not None else 0)
         needed = planned_passes(discovery, n_nodes)
         if needed > self.locate_max_passes:
             raise ResourceExhausted(
@@ -98,12 +106,12 @@ class LocateRpc(ServicerBase):
         )
 
 
-def _discovery_request(request: pb.DiscoverCircuitRequest) -> DiscoveryRequest:
+def _discovery_request(request: pb.DiscoverCircuitRequest, sae: SparseAutoencoder | None) -> DiscoveryRequest:
     """The request's fields with their defaults, checked (every refusal names the field)."""
     metric = request.metric or "logit_diff"
     if metric not in METRICS:
         raise InvalidArgument(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    kinds = tuple(request.kinds) or NODE_KINDS
+    kinds = tuple(request.kinds) or DEFAULT_NODE_KINDS
     pairs = tuple(PromptPair(p.clean, p.corrupted, p.answer, p.wrong) for p in request.pairs)
     return DiscoveryRequest(
         pairs,
@@ -113,4 +121,5 @@ def _discovery_request(request: pb.DiscoverCircuitRequest) -> DiscoveryRequest:
         steps=request.steps or 1,
         kinds=kinds,
         direction=request.direction or "denoising",
+        sae=sae,
     ).validated()

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from editors.choices import DIRECTIONS, EXPORT_FORMATS, METRICS, NODE_KINDS, PROPOSALS
+from editors.choices import DEFAULT_NODE_KINDS, DIRECTIONS, EXPORT_FORMATS, METRICS, NODE_KINDS, PROPOSALS
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser, render_html, screenshot
 from service.cli.checks import format_run, inline_item_files, run_dict
@@ -305,6 +305,7 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
         on_version=args.on_version,
         propose=args.propose or "",
         description=args.description,
+        sae=f"models/{args.model}/saes/{args.sae}" if args.sae else "",
     )
     final = _follow(c.edits.DiscoverCircuit(request), args.json)
     assert final is not None, "the stream ended without the circuit"
@@ -781,7 +782,8 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     locate.add_argument("--metric", default="logit_diff", choices=METRICS)
     locate.add_argument("--score-from", type=int, default=1, help="tokens_logprob: the first token scored")
     locate.add_argument("--target", type=float, default=0.9, help="share of the behaviour the circuit must keep")
-    locate.add_argument("--kinds", nargs="+", default=list(NODE_KINDS), choices=NODE_KINDS, help="node kinds")
+    locate.add_argument("--kinds", nargs="+", default=list(DEFAULT_NODE_KINDS), choices=NODE_KINDS, help="node kinds")
+    locate.add_argument("--sae", help="with --kinds features: the SAE whose features are nodes (`scalpel saes list`)")
     locate.add_argument("--steps", type=int, default=1, help="attribution's interpolation steps (1: plain)")
     locate.add_argument("--direction", default="denoising", choices=DIRECTIONS, help="which run is patched")
     locate.add_argument("--on-version", type=int, default=None, help="locate in this version")

@@ -270,7 +270,7 @@ class LocatePair(_message.Message):
     def __init__(self, clean: _Optional[str] = ..., corrupted: _Optional[str] = ..., answer: _Optional[str] = ..., wrong: _Optional[str] = ...) -> None: ...
 
 class DiscoverCircuitRequest(_message.Message):
-    __slots__ = ("parent", "pairs", "metric", "score_from", "target", "kinds", "steps", "held_out", "on_version", "propose", "description", "request_id", "direction")
+    __slots__ = ("parent", "pairs", "metric", "score_from", "target", "kinds", "steps", "held_out", "on_version", "propose", "description", "request_id", "direction", "sae")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class DiscoverCircuitRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SAE_FIELD_NUMBER: _ClassVar[int]
     parent: str
     pairs: _containers.RepeatedCompositeFieldContainer[LocatePair]
     metric: str
@@ -297,7 +298,8 @@ class DiscoverCircuitRequest(_message.Message):
     description: str
     request_id: str
     direction: str
-    def __init__(self, parent: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[LocatePair, _Mapping]]] = ..., metric: _Optional[str] = ..., score_from: _Optional[int] = ..., target: _Optional[float] = ..., kinds: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., held_out: _Optional[int] = ..., on_version: _Optional[int] = ..., propose: _Optional[str] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ..., direction: _Optional[str] = ...) -> None: ...
+    sae: str
+    def __init__(self, parent: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[LocatePair, _Mapping]]] = ..., metric: _Optional[str] = ..., score_from: _Optional[int] = ..., target: _Optional[float] = ..., kinds: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., held_out: _Optional[int] = ..., on_version: _Optional[int] = ..., propose: _Optional[str] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ..., direction: _Optional[str] = ..., sae: _Optional[str] = ...) -> None: ...
 
 class ComponentScore(_message.Message):
     __slots__ = ("name", "estimate")
