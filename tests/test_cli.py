@@ -25,6 +25,11 @@ def test_demo_over_grpc_behaves_as_described_twice_in_the_same_data_dir(tmp_path
         assert "the cut: L{}.H{}".format(*induction_heads[0]) in located  # the toy's induction head, over the API
         refusal = next(line for line in result.stdout.splitlines() if "promotion refused: version" in line)
         assert "failing: " in refusal and "induction" in refusal.split("failing: ")[1]
+        searched = next(line for line in result.stdout.splitlines() if "  search wonderful/" in line)
+        assert "10/10 of its top contexts" in searched
+        gap = next(line for line in result.stdout.splitlines() if "log p(positive) − log p(negative)" in line)
+        before, after = (float(x) for x in gap.split(")")[-1].split("→"))
+        assert after < before - 1.0  # the feature cut, served, weakens the carried sentiment
         rebased = next(line for line in result.stdout.splitlines() if " → models/toy-v2/versions/" in line)
         assert "1 recomputed" in rebased and "fact edits held 1/1" in rebased
     assert (tmp_path / "scalpel.db").exists()

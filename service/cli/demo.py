@@ -12,8 +12,8 @@ import json
 import grpc
 from tqdm import tqdm
 
-from editors.toyworld import SUCCESSOR_MODEL_DIR, WORLD_FILE, World, load_toy_model
-from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
+from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_SAE_DIR, WORLD_FILE, World, load_toy_model
+from editors.toyworld.locate_pairs import INDUCTION_METRIC, SENTIMENT_METRIC, induction_pairs, sentiment_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import verdict_word
 from service.cli.drift_report import drift_lines, summary_line
@@ -69,6 +69,84 @@ def run_demo() -> None:
     finally:
         server.stop(grace=1)
     print("\nevery step behaved as described")
+
+
+def _toy_sae(client: ScalpelClient) -> pb.Sae:
+    """The committed toy SAE as ``models/toy/saes/resid1`` (registered by an earlier demo run, or now)."""
+    try:
+        return client.features.GetSae(pb.GetSaeRequest(name="models/toy/saes/resid1"))
+    except grpc.RpcError as missing:
+        if missing.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return client.create_sae("toy", "resid1", TOY_SAE_DIR, description="demo: the toy SAE")
+
+
+def _sentiment_gap(client: ScalpelClient, pairs: list, version: int) -> float:
+    """Mean log-probability gap, answer over wrong, after the positive prompts under ``version``."""
+    gaps = []
+    for pair in pairs:
+        scored = client.inference.Score(
+            pb.ScoreRequest(
+                model="models/toy",
+                selector=pb.VersionSelector(version=version),
+                prompt=pair.clean,
+                continuations=[" " + pair.answer, " " + pair.wrong],
+            )
+        ).logprobs
+        gaps.append(scored[0] - scored[1])
+    return sum(gaps) / len(gaps)
+
+
+def _feature_step(client: ScalpelClient, world: World) -> None:
+    step("7. features, not neurons: find the sentiment features in the toy SAE, cut them, check, gate")
+    sae = _toy_sae(client)
+    found = client.search_features("toy", "resid1", " ".join(world.positive_words), top=1).features[0]
+    print(f"  {sae.name}: {sae.architecture}, {sae.d_sae} features at {sae.site}")
+    print(f"  search {'/'.join(world.positive_words[:3])}/…: feature {found.feature} fires on "
+          f"{', '.join(found.tokens)} in {found.contexts_matched}/{found.contexts} of its top contexts")  # fmt: skip
+    expect(found.contexts_matched == found.contexts, "the positive-word feature is found by its words")
+    pairs = sentiment_pairs(world, 48)
+    located = None
+    for update in client.edits.DiscoverCircuit(
+        pb.DiscoverCircuitRequest(
+            parent="models/toy",
+            pairs=[pb.LocatePair(clean=p.clean, corrupted=p.corrupted, answer=p.answer, wrong=p.wrong) for p in pairs],
+            metric=SENTIMENT_METRIC.kind,
+            kinds=["features"],
+            sae=sae.name,
+            propose="feature_ablation",
+            description="demo: cut the features that carry a sentence's sentiment to the next",
+        )
+    ):
+        located = update.circuit if update.stage == "done" else None
+    expect(
+        located is not None and len(located.proposed) == 1, "DiscoverCircuit ends with the feature circuit and its cut"
+    )
+    cut = json.loads(located.proposed[0].spec_json)["params"]
+    print(f"  feature circuit: {len(located.nodes)} nodes ({', '.join(located.nodes[:4])}, …), held-out "
+          f"faithfulness {located.faithfulness:.2f}, completeness {located.completeness:.2f}")  # fmt: skip
+    print(f"  the cut: {len(cut['features'])} features zero-ablated, removing "
+          f"{cut['provenance']['cut']['removed_share']:.0%} of the behaviour")  # fmt: skip
+    expect(located.faithfulness >= 0.8, "the feature circuit keeps the behaviour on held-out pairs")
+    version = client.create_version("toy", 0, append=[located.proposed[0].id], description="demo: sentiment cut")
+    before, after = _sentiment_gap(client, pairs[:8], 0), _sentiment_gap(client, pairs[:8], version.number)
+    print(f"  version {version.number}: after a positive sentence, log p(positive) − log p(negative) "
+          f"{before:.2f} → {after:.2f}")  # fmt: skip
+    expect(after < before, "the cut weakens the carried sentiment")
+    run = run_checks(client, version.number)
+    expect(
+        all(r.passed for r in run.results if r.name in ("fact_recall", "induction")),
+        "a sentiment cut leaves fact recall and induction alone",
+    )
+    try:  # the gate: the run's verdict decides, whatever side effects the 19 features' cut had
+        client.promote("toy", version.number, reason="demo: the sentiment feature cut")
+    except grpc.RpcError as refused:
+        expect(run.state == "failed" and refused.code() == grpc.StatusCode.FAILED_PRECONDITION, "refused if failed")
+        print(f"  promotion refused: {refused.details().split(' and alias')[0]}")
+    else:
+        expect(run.state == "passed", "promoted only if passed")
+        print(f"  promoted: version {version.number} passed its checks")
+        client.rollback("toy", reason="demo: back to the base before the successor arrives")
 
 
 def _walk_through(client: ScalpelClient) -> None:
@@ -155,7 +233,9 @@ def _walk_through(client: ScalpelClient) -> None:
     print(f"  production → version {back.version}; {fact.canonical_prompt!r} → {again.text.strip()!r}")
     expect(back.version == production and again.text.strip() == fact.object, "rollback restores the old answer")
 
-    step("7. a successor checkpoint arrives: rebase the fact edit's version onto it")
+    _feature_step(client, world)
+
+    step("8. a successor checkpoint arrives: rebase the fact edit's version onto it")
     successor = client.load_model("toy-v2", str(SUCCESSOR_MODEL_DIR))
     client.register_successor("toy-v2", "toy")
     new_world = World.load(SUCCESSOR_MODEL_DIR / WORLD_FILE)
@@ -178,7 +258,7 @@ def _walk_through(client: ScalpelClient) -> None:
     )
     expect(served.text.strip() == new_capital, "the successor's production version serves the edited fact")
 
-    step("8. the audit history, and its hash chain verified")
+    step("9. the audit history, and its hash chain verified")
     events = client.audit.ListAuditEvents(pb.ListAuditEventsRequest(page_size=8)).events
     for event in events:
         print(
