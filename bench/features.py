@@ -4,7 +4,8 @@ decode step, and the sentiment feature, in one run.
     python bench/features.py --json
     → {"explained_variance", "l0", "ce_loss_recovered", "dead_fraction", "train_tokens_per_s",
        "peak_rss_mib_small_budget", "peak_rss_mib", "splice_max_abs_diff",
-       "feature_clamp_decode_overhead", "sentiment_feature_found", "saelens"}
+       "feature_clamp_decode_overhead", "sentiment_feature_found", "ours_over_saelens_ce_recovered",
+       "train_tokens_per_s_over_saelens", …}
 
 Training: a TopK SAE (1024 features, k = 16) at ``blocks.1.hook_resid_pre`` on the toy model's
 reference corpus, ``--tokens`` of activations streamed through the shuffle buffer, metrics on the
@@ -16,8 +17,10 @@ texts. The clamp: one 64-row decode step on the toy model (one new token over a 
 cache) with a different feature clamp on every row, over the plain step (medians, interleaved):
 ``feature_clamp_decode_overhead`` for a JumpReLU SAE (the toy SAE's weights with thresholds of
 0), whose rows fuse into one op; ``_topk`` for the toy SAE itself, whose rows run one by one.
-``saelens``: SAELens's trainer side by side needs ``sae-lens`` installed in this environment; it
-is not a dependency, and the key says whether it ran.
+SAELens side by side (:func:`side_by_side`; needs the ``saelens`` extra, ``pip install -e
+'.[saelens]'``, else ``saelens`` says it did not run): half of ``--tokens`` of activations cached
+once, then fitted by ours and by SAELens's ``SAETrainer`` (its TopK SAE, default options), timed
+over the fit alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from editors import SparseAutoencoder, Surgeon, load_sae  # noqa: E402
 from editors.sae_features import contrast_features  # noqa: E402
-from editors.sae_training import SaeTrainConfig, train_sae  # noqa: E402
+from editors.sae_training import SaeTrainConfig, activation_batches, fit_sae, sae_metrics, train_sae  # noqa: E402
 from editors.toyworld import TOY_SAE_DIR, TOY_SAE_SITE, load_toy_model, reference_corpus  # noqa: E402
 from editors.toyworld.evaluate import sentiment_pairs  # noqa: E402
 
@@ -55,6 +59,64 @@ def train(tokens: int) -> dict[str, float]:
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**trained.metrics, "train_tokens_per_s": round(tokens / seconds), "peak_rss_mib": round(peak)}
+
+
+def side_by_side(tokens: int) -> dict[str, float]:
+    """Ours and SAELens's trainer on the same cached activations (the toy's site, 1,024 TopK
+    features, k = 16 for both: L0 matched), the same batches in the same order, the same Adam
+    learning rate; both scored by :func:`sae_metrics` on the held-out tenth of the corpus."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    model, tokenizer, _ = load_toy_model()
+    surgeon, texts = Surgeon(model), reference_corpus()
+    train_texts, eval_texts = texts[: -len(texts) // 10], texts[-len(texts) // 10 :]
+    config = SaeTrainConfig(site=TOY_SAE_SITE, d_sae=1024, k=16, tokens=tokens)
+    torch.manual_seed(config.seed)
+    stream = activation_batches(surgeon, tokenizer, train_texts, config)
+    cached = [next(stream) for _ in range(config.steps)]
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    ours = fit_sae(iter(cached), config, TOY_SAE_SITE)
+    ours_seconds = time.perf_counter() - started
+    theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=model.config.n_embd, d_sae=config.d_sae, k=config.k))
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=config.steps * config.batch_tokens,
+            train_batch_size_samples=config.batch_tokens,
+            lr=config.lr,
+            lr_end=config.lr,  # constant, as ours
+        ),
+        theirs,
+        iter(cached),
+    )
+    started = time.perf_counter()
+    trainer.fit()
+    theirs_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:
+        theirs.save_inference_model(folder)
+        config_file = Path(folder) / "cfg.json"
+        written = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps(written | {"metadata": {"hook_name": TOY_SAE_SITE}}))
+        loaded = load_sae(folder)
+    ours_metrics = sae_metrics(surgeon, tokenizer, ours, eval_texts)
+    theirs_metrics = sae_metrics(surgeon, tokenizer, loaded, eval_texts)
+    return {
+        "side_by_side_tokens": config.steps * config.batch_tokens,
+        "ours_ce_loss_recovered": ours_metrics["ce_loss_recovered"],
+        "saelens_ce_loss_recovered": theirs_metrics["ce_loss_recovered"],
+        "ours_explained_variance": ours_metrics["explained_variance"],
+        "saelens_explained_variance": theirs_metrics["explained_variance"],
+        "ours_l0": ours_metrics["l0"],
+        "saelens_l0": theirs_metrics["l0"],
+        "ours_dead_fraction": ours_metrics["dead_fraction"],
+        "saelens_dead_fraction": theirs_metrics["dead_fraction"],
+        "ours_over_saelens_ce_recovered": round(
+            ours_metrics["ce_loss_recovered"] / theirs_metrics["ce_loss_recovered"], 3
+        ),
+        "train_tokens_per_s_over_saelens": round(theirs_seconds / ours_seconds, 3),
+    }
 
 
 def in_child(tokens: int) -> dict[str, float]:
@@ -122,9 +184,9 @@ def main() -> None:
     try:
         import sae_lens  # noqa: F401
     except ImportError:
-        saelens = "not run: sae-lens is not installed in this environment"
+        saelens: dict[str, float | str] = {"saelens": "not run: pip install -e '.[saelens]' (sae-lens)"}
     else:
-        saelens = "installed, not yet wired into this bench"
+        saelens = side_by_side(args.tokens // 2)
     result = {
         **{k: full[k] for k in ("explained_variance", "l0", "ce_loss_recovered", "dead_fraction")},
         "train_tokens": args.tokens,
@@ -134,7 +196,7 @@ def main() -> None:
         "splice_max_abs_diff": splice_max_abs_diff(surgeon, tokenizer, sae),
         **clamp_decode_overheads(surgeon, tokenizer, saes),
         "sentiment_feature_found": int(ranked[0].difference > 1.0 and ranked[0].negative_mean == 0.0),
-        "saelens": saelens,
+        **saelens,
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k:<30} {v}" for k, v in result.items()))
 

@@ -142,7 +142,19 @@ def train_sae(
         cut = max(1, len(texts) // 10)
         texts, eval_texts = texts[:-cut] or texts, texts[-cut:]
     torch.manual_seed(config.seed)
-    batches = activation_batches(surgeon, tokenizer, texts, config)
+    sae = fit_sae(activation_batches(surgeon, tokenizer, texts, config), config, site.name, progress)
+    provenance = {"corpus_texts": len(texts), **asdict(config)}
+    metrics = sae_metrics(surgeon, tokenizer, sae, eval_texts)
+    sae = dataclasses.replace(sae, metadata={"training": provenance, "metrics": metrics})
+    return TrainedSae(sae, metrics)
+
+
+def fit_sae(
+    batches: Iterator[torch.Tensor], config: SaeTrainConfig, site: str, progress: Progress | None = None
+) -> SparseAutoencoder:
+    """An SAE fitted to ``config.steps`` batches of ``[batch_tokens, d_in]`` activations (Adam on
+    reconstruction MSE, plus the L1 penalty for ReLU SAEs; decoder rows kept at unit norm): the
+    loop under :func:`train_sae`, for activations from anywhere (a cache, another trainer's)."""
     first = next(batches)
     weights = {name: torch.nn.Parameter(t) for name, t in _initial_sae(first, config, first.shape[1]).items()}
     optimiser = torch.optim.Adam(weights.values(), lr=config.lr)
@@ -172,11 +184,7 @@ def train_sae(
         if step < config.steps:
             batch = next(batches)
     trained = {n: w.detach().clone() for n, w in weights.items()}
-    sae = SparseAutoencoder(**trained, site=site.name, architecture=config.architecture, k=k)
-    provenance = {"corpus_texts": len(texts), **asdict(config)}
-    metrics = sae_metrics(surgeon, tokenizer, sae, eval_texts)
-    sae = dataclasses.replace(sae, metadata={"training": provenance, "metrics": metrics})
-    return TrainedSae(sae, metrics)
+    return SparseAutoencoder(**trained, site=site, architecture=config.architecture, k=k)
 
 
 def _next_token_loss(surgeon: Surgeon, encoded: dict[str, torch.Tensor], hooks: list[tuple[str, Any]]) -> float:

@@ -200,23 +200,24 @@ def test_sequential_edits_see_the_earlier_ones(toy, toy_surgeon, covariance) -> 
 
 def test_rome_eval_cli_meets_the_floors(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "rome", "eval", "--edits", "20", "--seed", "0", "--json", "--quiet"],
+        [sys.executable, "-m", "service.cli", "rome", "eval", "--edits", "10", "--seed", "0", "--json", "--quiet"],
         capture_output=True,
         text=True,
         check=True,
         env={**__import__("os").environ, "SCALPEL_DATA_DIR": str(tmp_path)},
     )
     summary = json.loads(result.stdout)
-    # the shipped defaults (keep prompts, issue 38) on seed 0 read paraphrase 0.90 at neighbourhood
-    # 1.00, other relations 0.995 kept and the edited subjects' own other facts 0.675 (issue 13's
-    # paraphrase bar of 0.95 was the first toy model's, where an edit took those facts with it)
+    # the shipped defaults (keep prompts, issue 38) on seed 0 read, over 10 edits (20 take twice as
+    # long and read paraphrase 0.90, edited subjects 0.675), paraphrase 0.95 at neighbourhood 1.00,
+    # other relations 0.997 kept and the edited subjects' own other facts 0.80; `bench/rome.py`
+    # measures the full set (issue 13's paraphrase bar of 0.95 was the first toy model's)
     assert summary["efficacy"] >= 0.95 and summary["paraphrase"] >= 0.85 and summary["neighbourhood"] >= 0.98
     assert summary["other_relation_kept"] >= 0.95 and summary["edited_subject_kept"] >= 0.6
     assert summary["unedited_efficacy"] <= 0.05
     sequential = summary["sequential"]
     assert len(sequential["per_edit_efficacy"]) == 10
     assert sequential["efficacy"] >= 0.80 and round(sequential["neighbourhood"], 4) >= 0.95  # 95 of 100 (float32 mean)
-    assert sequential["edited_subject_kept"] >= 0.7  # 0.775 measured
+    assert sequential["edited_subject_kept"] >= 0.7  # 0.80 measured (0.775 over 20 edits)
     assert {"score", "seconds_per_edit_median", "paraphrase"} <= summary.keys() | sequential.keys()
     for report in (summary, sequential):  # top-1 locality beside the CounterFact metrics, with intervals
         for pool in ("same_relation", "other_relation"):
