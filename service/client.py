@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ from service.api.scalpel.v1 import scalpel_pb2_grpc as rpc
 
 if TYPE_CHECKING:
     from editors import Edit  # a caller with an edit has torch loaded; the client itself needs none
+
+#: Bytes per UploadChunk (an SAE larger than this travels in chunks; the server takes up to 16 MiB).
+UPLOAD_CHUNK_BYTES = 8 << 20
+#: Tries per chunk when the server is UNAVAILABLE.
+UPLOAD_RETRIES = 4
 
 
 @dataclass(frozen=True)
@@ -224,21 +230,49 @@ class ScalpelClient:
         raise RuntimeError("the rebase stream ended without its result")
 
     def create_sae(
-        self, model: str, name: str, folder: Path | str, description: str = "", request_id: str = ""
+        self,
+        model: str,
+        name: str,
+        folder: Path | str,
+        description: str = "",
+        request_id: str = "",
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
     ) -> pb.Sae:
         """Register the SAE in ``folder`` (SAELens's format: cfg.json, sae_weights.safetensors) as
-        ``models/{model}/saes/{name}``; ``request_id`` defaults to a fresh one."""
+        ``models/{model}/saes/{name}``; ``request_id`` defaults to a fresh one. Weights larger
+        than ``chunk_bytes`` travel in chunks (:meth:`upload`), not in one message."""
         folder = Path(folder)
+        weights = (folder / "sae_weights.safetensors").read_bytes()
+        chunked = len(weights) > chunk_bytes
         return self.features.CreateSae(
             pb.CreateSaeRequest(
                 parent=f"models/{model}",
                 name=name,
                 config_json=(folder / "cfg.json").read_text(),
-                weights=(folder / "sae_weights.safetensors").read_bytes(),
+                weights=b"" if chunked else weights,
+                upload_id=self.upload(weights, chunk_bytes) if chunked else "",
                 description=description,
                 request_id=request_id,
             )
         )
+
+    def upload(self, blob: bytes, chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> str:
+        """Send ``blob`` in chunks (UploadChunk) and return its upload id; a chunk that fails with
+        UNAVAILABLE is sent again (a retry of a chunk the server holds is harmless)."""
+        upload_id = uuid.uuid4().hex
+        for offset in range(0, len(blob), chunk_bytes):
+            request = pb.UploadChunkRequest(
+                upload_id=upload_id, offset=offset, data=blob[offset : offset + chunk_bytes]
+            )
+            for attempt in range(UPLOAD_RETRIES):
+                try:
+                    self.features.UploadChunk(request)
+                    break
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == UPLOAD_RETRIES - 1:
+                        raise
+                    time.sleep(0.2 * 2**attempt)
+        return upload_id
 
     def inspect_features(
         self, model: str, sae: str, prompt: str, top: int = 5, version: int | None = None

@@ -4,6 +4,7 @@ training with its metrics, and a sentiment feature of the toy model found and cl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +34,7 @@ from editors.toyworld.evaluate import neutral_prompts, positive_probability, sen
 from editors.toyworld.manifest import verify_manifest
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser
+from service.client import ScalpelClient
 from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
 
 SITE = "blocks.1.hook_resid_post"
@@ -541,3 +543,57 @@ def test_a_feature_index_holds_each_features_corpus_statistics_and_finds_feature
         one.card(ranked[-1].feature)
     with pytest.raises(InvalidEditError, match="feature"):
         FeatureIndex(toy_surgeon, tokenizer, toy_sae, texts, [toy_sae.d_sae])
+
+
+def test_a_large_sae_arrives_in_chunks_and_its_upload_is_consumed(served_inline, toy_sae) -> None:  # noqa: F811
+    server, admin, reader, address = served_inline
+    blob = (TOY_SAE_DIR / "sae_weights.safetensors").read_bytes()
+
+    def chunks_held() -> int:
+        with server.registry.engine.connect() as connection:
+            return connection.exec_driver_sql("SELECT count(*) FROM upload_chunks").scalar_one()
+
+    def code(call) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        return caught.value.code(), caught.value.details()
+
+    created = admin.create_sae("toy", "chunked", TOY_SAE_DIR, chunk_bytes=len(blob) // 4 + 1)  # four chunks
+    assert created.sae_sha256 == toy_sae.sha256 and created.weights_sha256 == hashlib.sha256(blob).hexdigest()
+    assert chunks_held() == 0  # consumed in the transaction that created the SAE
+
+    # resumable and retry-safe: a chunk sent again is a no-op, a gap or other bytes name the offset
+    def chunk(client, offset: int, data: bytes, upload: str = "upload-0001") -> pb.UploadStatus:
+        return client.features.UploadChunk(pb.UploadChunkRequest(upload_id=upload, offset=offset, data=data))
+
+    assert chunk(admin, 0, blob[:1000]).received_bytes == 1000
+    assert chunk(admin, 0, blob[:1000]).received_bytes == 1000
+    status, details = code(lambda: chunk(admin, 2000, blob[2000:3000]))
+    assert status == grpc.StatusCode.FAILED_PRECONDITION and "offset 1000" in details
+    status, details = code(lambda: chunk(admin, 0, b"x" * 1000))
+    assert status == grpc.StatusCode.FAILED_PRECONDITION and "other bytes" in details
+    assert code(lambda: chunk(admin, 0, b"x", upload="bad id"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(lambda: chunk(reader, 0, b"x", upload="upload-0002"))[0] == grpc.StatusCode.PERMISSION_DENIED
+
+    config = (TOY_SAE_DIR / "cfg.json").read_text()
+
+    def create(client, name: str, upload: str = "upload-0001", **extra) -> pb.Sae:
+        return client.features.CreateSae(
+            pb.CreateSaeRequest(parent="models/toy", name=name, config_json=config, upload_id=upload, **extra)
+        )
+
+    _, secret = server.registry.create_key("another-editor", "editor", "test")
+    events = server.registry.verify_audit().events_checked
+    status, details = code(lambda: create(admin, "partial"))  # a thousand bytes of a safetensors file
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "upload 'upload-0001'" in details
+    with ScalpelClient(address, secret) as other:  # another principal's upload is not there for it
+        assert code(lambda: create(other, "theirs"))[0] == grpc.StatusCode.NOT_FOUND
+        status, details = code(lambda: chunk(other, 1000, blob[1000:]))
+        assert status == grpc.StatusCode.FAILED_PRECONDITION and "another principal" in details
+    both = {"weights": blob}
+    assert code(lambda: create(admin, "both", **both))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(lambda: create(admin, "none", upload="upload-9999"))[0] == grpc.StatusCode.NOT_FOUND
+    assert server.registry.verify_audit().events_checked == events and chunks_held() == 1  # nothing written
+
+    assert chunk(admin, 1000, blob[1000:]).received_bytes == len(blob)
+    assert create(admin, "resumed").sae_sha256 == toy_sae.sha256 and chunks_held() == 0

@@ -37,6 +37,7 @@ REQUIRED_ROLES: dict[str, str] = {
     "ComputeMemit": "editor",
     "DiscoverCircuit": "editor",
     "CreateSae": "editor",
+    "UploadChunk": "editor",
     "GetSae": "reader",
     "ListSaes": "reader",
     "InspectFeatures": "reader",

@@ -23,6 +23,8 @@ from service.registry import InvalidArgument
 MAX_TOP = 64
 #: Most contexts and tokens a GetFeature reply lists, and features a SearchFeatures reply lists.
 MAX_CARD = 100
+#: Largest chunk of an upload.
+MAX_CHUNK_BYTES = 16 << 20
 #: Longest SearchFeatures query.
 MAX_QUERY_CHARS = 1000
 
@@ -44,23 +46,40 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
         config = parse_json("config_json", request.config_json)
         if not isinstance(config, dict):
             raise InvalidArgument("config_json must be a JSON object: SAELens's cfg.json")
+        actor = current_principal().name
+        if request.upload_id and request.weights:
+            raise InvalidArgument("give weights or upload_id, not both")
+        blob = self.registry.upload_bytes(request.upload_id, actor) if request.upload_id else request.weights
         try:
-            weights = load_safetensors(request.weights)
+            weights = load_safetensors(blob)
         except (SafetensorError, ValueError) as error:
-            raise InvalidArgument(f"weights is not a safetensors file ({error})") from None
+            source = f"upload {request.upload_id!r}" if request.upload_id else "weights"
+            raise InvalidArgument(f"{source} is not a safetensors file ({error})") from None
         sae = sae_from_saelens(config, weights, None, "the request")
         self._fits(host, sae)
         info = self.registry.create_sae(
             model,
             request.name,
             sae,
-            request.weights,
+            blob,
             config,
-            current_principal().name,
+            actor,
             request.description,
             request.request_id or None,
+            request.upload_id or None,
         )
         return sae_pb(info)
+
+    @abort_on_errors
+    def UploadChunk(self, request: pb.UploadChunkRequest, context: grpc.ServicerContext) -> pb.UploadStatus:
+        if len(request.data) > MAX_CHUNK_BYTES:
+            raise InvalidArgument(f"data is {len(request.data)} bytes; a chunk holds at most {MAX_CHUNK_BYTES}")
+        if request.offset < 0:
+            raise InvalidArgument(f"offset must be 0 or more, got {request.offset}")
+        received = self.registry.append_upload_chunk(
+            request.upload_id, request.offset, request.data, current_principal().name
+        )
+        return pb.UploadStatus(upload_id=request.upload_id, received_bytes=received)
 
     @abort_on_errors
     def GetSae(self, request: pb.GetSaeRequest, context: grpc.ServicerContext) -> pb.Sae:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -62,6 +63,18 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(SHA, primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UploadChunkRow(Base):
+    """One chunk of an upload too large for one message, at its byte offset; deleted when the
+    resource that uses the upload is created."""
+
+    __tablename__ = "upload_chunks"
+    upload_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_by: Mapped[str] = mapped_column(NAME)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -11,16 +11,16 @@ from sqlalchemy.orm import Session
 
 from service.db.models import ModelRow, SaeRow
 from service.registry import audit
-from service.registry.edit_store import EditStore
 from service.registry.errors import AlreadyExists, ArtifactIntegrityError, NotFound
 from service.registry.infos import SaeInfo
 from service.registry.unit_of_work import Page, check_name, check_text, utc_now
+from service.registry.upload_store import UploadStore
 
 if TYPE_CHECKING:
     from editors.sae import SparseAutoencoder
 
 
-class SaeStore(EditStore):
+class SaeStore(UploadStore):
     """A model's sparse autoencoders, by name."""
 
     @staticmethod
@@ -58,9 +58,11 @@ class SaeStore(EditStore):
         actor: str,
         description: str = "",
         request_id: str | None = None,
+        upload_id: str | None = None,
     ) -> SaeInfo:
         """Store ``sae`` (parsed from ``config`` and the safetensors bytes ``weights``) as
-        ``models/{model}/saes/{name}``; a name is taken for good."""
+        ``models/{model}/saes/{name}``; a name is taken for good. ``upload_id``: ``weights`` came
+        from that upload, consumed in the same transaction."""
         check_name("SAE", name)
         check_text("description", description)
         config_json = json.dumps(config, sort_keys=True)
@@ -73,6 +75,8 @@ class SaeStore(EditStore):
             if taken is not None:
                 raise AlreadyExists(f"SAE {name!r} of model {model!r} already exists; SAEs are never replaced")
             digest = self._store_artifact(session, weights)
+            if upload_id is not None:
+                self._consume_upload(session, upload_id, len(weights))
             row = SaeRow(
                 model_id=model_row.id,
                 name=name,

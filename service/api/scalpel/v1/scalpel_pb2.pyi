@@ -372,20 +372,40 @@ class Sae(_message.Message):
     def __init__(self, name: _Optional[str] = ..., site: _Optional[str] = ..., architecture: _Optional[str] = ..., d_sae: _Optional[int] = ..., sae_sha256: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., config_json: _Optional[str] = ..., description: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSaeRequest(_message.Message):
-    __slots__ = ("parent", "name", "config_json", "weights", "description", "request_id")
+    __slots__ = ("parent", "name", "config_json", "weights", "description", "request_id", "upload_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     parent: str
     name: str
     config_json: str
     weights: bytes
     description: str
     request_id: str
-    def __init__(self, parent: _Optional[str] = ..., name: _Optional[str] = ..., config_json: _Optional[str] = ..., weights: _Optional[bytes] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    upload_id: str
+    def __init__(self, parent: _Optional[str] = ..., name: _Optional[str] = ..., config_json: _Optional[str] = ..., weights: _Optional[bytes] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
+
+class UploadChunkRequest(_message.Message):
+    __slots__ = ("upload_id", "offset", "data")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    offset: int
+    data: bytes
+    def __init__(self, upload_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadStatus(_message.Message):
+    __slots__ = ("upload_id", "received_bytes")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    received_bytes: int
+    def __init__(self, upload_id: _Optional[str] = ..., received_bytes: _Optional[int] = ...) -> None: ...
 
 class GetSaeRequest(_message.Message):
     __slots__ = ("name",)

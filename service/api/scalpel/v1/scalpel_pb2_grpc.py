@@ -660,6 +660,11 @@ class FeatureServiceStub:
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.CreateSaeRequest.SerializeToString,
                 response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.Sae.FromString,
                 _registered_method=True)
+        self.UploadChunk = channel.unary_unary(
+                '/scalpel.v1.FeatureService/UploadChunk',
+                request_serializer=scalpel_dot_v1_dot_scalpel__pb2.UploadChunkRequest.SerializeToString,
+                response_deserializer=scalpel_dot_v1_dot_scalpel__pb2.UploadStatus.FromString,
+                _registered_method=True)
         self.GetSae = channel.unary_unary(
                 '/scalpel.v1.FeatureService/GetSae',
                 request_serializer=scalpel_dot_v1_dot_scalpel__pb2.GetSaeRequest.SerializeToString,
@@ -691,6 +696,12 @@ class FeatureServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateSae(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadChunk(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -733,6 +744,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.CreateSae,
                     request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.CreateSaeRequest.FromString,
                     response_serializer=scalpel_dot_v1_dot_scalpel__pb2.Sae.SerializeToString,
+            ),
+            'UploadChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadChunk,
+                    request_deserializer=scalpel_dot_v1_dot_scalpel__pb2.UploadChunkRequest.FromString,
+                    response_serializer=scalpel_dot_v1_dot_scalpel__pb2.UploadStatus.SerializeToString,
             ),
             'GetSae': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSae,
@@ -787,6 +803,33 @@ class FeatureService:
             '/scalpel.v1.FeatureService/CreateSae',
             scalpel_dot_v1_dot_scalpel__pb2.CreateSaeRequest.SerializeToString,
             scalpel_dot_v1_dot_scalpel__pb2.Sae.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalpel.v1.FeatureService/UploadChunk',
+            scalpel_dot_v1_dot_scalpel__pb2.UploadChunkRequest.SerializeToString,
+            scalpel_dot_v1_dot_scalpel__pb2.UploadStatus.FromString,
             options,
             channel_credentials,
             insecure,
