@@ -3,6 +3,9 @@ verified on held-out pairs, and the feature edit that cuts it, in the kit and ov
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import grpc
 import pytest
 import torch
@@ -15,7 +18,7 @@ from editors.toyworld import TOY_SAE_DIR
 from editors.toyworld.locate_pairs import task_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from tests.test_sae import random_sae
-from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
+from tests.test_service import run_checks, served_inline  # noqa: F401  (the gRPC server fixture)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def test_a_feature_circuit_holds_on_held_out_pairs_and_its_feature_cut_removes_t
         propose_edit(toy_surgeon, tokenizer, heads_only, "feature_ablation")
 
 
-def test_a_feature_circuit_is_found_and_cut_over_grpc(served_inline, toy) -> None:  # noqa: F811
+def test_a_feature_circuit_is_found_and_cut_over_grpc(served_inline, toy, toy_sae) -> None:  # noqa: F811
     server, admin, _, _ = served_inline
     _, tokenizer, world = toy
     admin.create_sae("toy", "resid1", TOY_SAE_DIR)
@@ -126,6 +129,19 @@ def test_a_feature_circuit_is_found_and_cut_over_grpc(served_inline, toy) -> Non
         pb.ScoreRequest(model="models/toy", prompt=prompt, continuations=[" " + pairs[0].answer, " " + pairs[0].wrong])
     ).logprobs
     assert served[0] - served[1] < base[0] - base[1]  # the cut weakens the carried sentiment
+
+    # the gate's edit_intent holds the cut to its claim on the discovery's held-out pairs: the
+    # real cut meets it; the same claim on a feature that never fires there does not
+    run = run_checks(admin, version.number)
+    (intent,) = [r for r in run.results if r.name == "edit_intent"]
+    assert not intent.not_applicable and intent.passed, intent.reason
+    real = json.loads(proposed.spec_json)["params"]["provenance"]
+    idle = int(toy_sae.W_enc.norm(dim=0).argmin())  # not a feature of the cut
+    claimed = dataclasses.replace(toy_sae.ablation([idle]), provenance=real)
+    forged = admin.create_version("toy", 0, [admin.create_edit("toy", claimed).id])
+    run = run_checks(admin, forged.number)
+    (intent,) = [r for r in run.results if r.name == "edit_intent"]
+    assert not intent.passed and json.loads(intent.worst_json)[0]["case"] == "located"
 
     edits_before = server.registry.list_edits("toy").items
     for bad, code in (

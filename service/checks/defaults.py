@@ -25,7 +25,7 @@ def default_suite(reference_texts: list[str] | None = None) -> dict[str, Any]:
             {"kind": "kl", "name": "kl_vs_production", "params": {"max": 0.05, "against": "production"}},
             {"kind": "top1_agreement", "params": {"min": 0.9}},
             {"kind": "perplexity_ratio", "params": {"max": 1.1}},
-            {"kind": "edit_intent", "params": {"include": ["efficacy", "stated", "steering"]}},
+            {"kind": "edit_intent", "params": {"include": ["efficacy", "stated", "steering", "located"]}},
             {"kind": "edit_locality"},
         ],
     }

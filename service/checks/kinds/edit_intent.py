@@ -9,10 +9,14 @@
   ablation must remove and what it must keep) holds;
 - a steering edit moves its declared property: on its derivation pairs, or on the held-out
   ``steering_pairs`` given here, log P(positive) − log P(negative) moves (against the base) in
-  the direction of its scale by at least ``steering_margin`` (default 0) per pair.
+  the direction of its scale by at least ``steering_margin`` (default 0) per pair;
+- a located cut (an edit ``propose`` made from a discovered circuit, heads or SAE features, with a
+  ``logit_diff`` or ``answer_logprob`` metric) removes, on the discovery's held-out pairs, at
+  least ``LOCATED_SHARE`` of the share of the behaviour it claimed on the discovery pairs: the
+  behaviour is each pair's metric on the clean prompt less the corrupted one, under the base.
 
 Params: ``include`` (which of ``efficacy``, ``generalisation``, ``portability``, ``stated``,
-``steering`` to count;
+``steering``, ``located`` to count;
 default all: list the kind twice to hold generalisation to a lower bar), ``steering_pairs``,
 ``steering_margin``, ``max_tokens`` (default 4), ``min_pass_rate`` (default 1.0, rule
 ``estimate``). A version whose edits claim nothing of what is included has nothing to check (not
@@ -36,9 +40,14 @@ from service.checks.suite_basics import SuiteBasics
 from service.registry import InvalidArgument
 
 KIND = "edit_intent"
+#: The locate metrics a located cut's claim is checked under (one-token answers).
+METRICS = ("logit_diff", "answer_logprob")
 
 
-CASES = ("efficacy", "generalisation", "portability", "stated", "steering")
+CASES = ("efficacy", "generalisation", "portability", "stated", "steering", "located")
+#: The share of its claimed removal a located cut must reach on held-out pairs (generalising from
+#: the discovery pairs to new ones loses some: half is the floor).
+LOCATED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -128,12 +137,52 @@ def run(context: CheckContext, name: str, config: Config) -> CheckResult:
                 worst.append(
                     {"case": "steering", "prompt": prompt, "toward": good, "away_from": bad, "shift": round(moved, 4)}
                 )
+    for kind, claimed, share in _located_shares(context) if "located" in config.include else []:
+        outcomes.append(share >= LOCATED_SHARE * claimed)
+        if not outcomes[-1]:
+            worst.append({"case": "located", "edit": kind, "claimed_share": claimed, "held_out_share": round(share, 4)})
     if not outcomes:
         return nothing_to_check(
-            name, KIND, "the version's edits claim nothing to check (no fact edit, stated intent or steering)"
+            name,
+            KIND,
+            "the version's edits claim nothing to check (no fact edit, stated intent, steering or located cut)",
         )
     estimate = mean(torch.tensor(outcomes, dtype=torch.float64), context.resamples, context.seed)
     return judge(name, KIND, estimate, config.min_pass_rate, ">=", config.rule, "intent pass rate", "base", worst)
+
+
+def _pair_scores(values: torch.Tensor, pairs: int, answers: int) -> torch.Tensor:
+    """``[pairs, 2]``: each pair's metric on its clean and its corrupted prompt, from the log-probs
+    of its answer (and wrong answer: their difference) after each."""
+    grouped = values.reshape(pairs, 2, answers)
+    return grouped[..., 0] - grouped[..., 1] if answers == 2 else grouped[..., 0]
+
+
+def _located_shares(context: CheckContext) -> list[tuple[str, float, float]]:
+    """(edit kind, claimed share removed, held-out share removed) for each located cut whose
+    metric compares one-token answers (logit_diff: a log-probability difference is the logit
+    difference; answer_logprob)."""
+    found = []
+    for edit in context.edits:
+        provenance = getattr(edit, "provenance", None) or {}
+        discovery, cut = provenance.get("discovery") or {}, provenance.get("cut") or {}
+        metric = (discovery.get("metric") or {}).get("kind")
+        if provenance.get("method") != "locate" or "removed_share" not in cut or metric not in METRICS:
+            continue
+        every = int(discovery.get("held_out") or 4)
+        held = [p for i, p in enumerate(discovery.get("pairs") or []) if i % every == every - 1]
+        answers = ("answer", "wrong") if metric == "logit_diff" else ("answer",)
+        rows = [(p[side], " " + p[a].strip()) for p in held for side in ("clean", "corrupted") for a in answers]
+        if not rows:
+            continue
+        candidate, base = (
+            _pair_scores(v, len(held), len(answers)) for v in context.logprob_sums([context.version, 0], rows)
+        )
+        behaviour = float((base[:, 0] - base[:, 1]).sum())
+        removed = float((base[:, 0] - candidate[:, 0]).sum())
+        if abs(behaviour) > 1e-9:
+            found.append((edit.kind, float(cut["removed_share"]), removed / behaviour))
+    return found
 
 
 def _steering_cases(context: CheckContext, config: Config) -> list[tuple[str, str, str, float]]:
