@@ -49,7 +49,7 @@ def edit_aware_note(run: pb.CheckRun) -> str | None:
     aware = [r for r in run.results if r.kind in EDIT_AWARE_KINDS]
     if aware and all(r.not_applicable for r in aware):
         return (
-            "no edit-aware check had anything to judge (the version's edits carry no fact request, "
+            "no edit-aware check had anything to judge (the version's edits carry no fact request, located cut, "
             "stated intent or steering pairs): the verdict rests on the generic checks alone"
         )
     return None
