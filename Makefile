@@ -23,8 +23,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# Two workers (one per core; each its own PostgreSQL database), then what needs the machine alone.
 test: lint docs browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not exclusive"
+	$(BIN)/python -m pytest -m exclusive
 
 # Headless Chromium for the check-report rendering test (best effort: without it that test checks
 # the page by parsing only, and says so).

@@ -21,11 +21,31 @@ from transformers import (
 from editors import HeadAblation, Surgeon
 from editors.induction import induction_head_scores, repeated_token_batch, top_heads
 from editors.toyworld import load_toy_model
+from tests.replicas import create_shared_roles, worker_database
 
 VOCAB = 64
 #: where the device-aware tests (batched rows, scheduler, engine process) put their models:
 #: ``SCALPEL_TEST_DEVICE=cuda pytest tests/test_batched_rows.py …`` runs them on a GPU
 TEST_DEVICE = os.environ.get("SCALPEL_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` each worker gets a PostgreSQL database of its own (``test_gw0``, …):
+    the cases reset theirs to empty. What the workers would share is made once, first, by the
+    controller: the cluster-wide roles the migrations and the role test create, and the audit key
+    in the data directory, so no two workers race to create them."""
+    config.addinivalue_line("markers", "exclusive: needs the machine alone (it restarts PostgreSQL)")
+    url = os.environ.get("SCALPEL_TEST_POSTGRES_URL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is not None:
+        if url:
+            os.environ["SCALPEL_TEST_POSTGRES_URL"] = worker_database(url, worker)
+        return
+    from service.registry.audit_keys import load_keyring
+
+    load_keyring()
+    if url and getattr(config.option, "numprocesses", None):
+        create_shared_roles(url)
 
 
 def tiny_model(family: str, vocab: int = VOCAB) -> torch.nn.Module:

@@ -73,6 +73,37 @@ def replicas(
             log.close()
 
 
+def worker_database(url: str, worker: str) -> str:
+    """``url`` with its database replaced by one for xdist worker ``worker``, created if absent."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    name = f"{parsed.database}_{worker}"
+    engine = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            if not connection.exec_driver_sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").first():
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        engine.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+def create_shared_roles(url: str) -> None:
+    """The cluster-wide roles the migrations (``scalpel_service``) and the role test
+    (``scalpel_app_test``) create, made before any worker runs."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            for role, login in (("scalpel_service", "NOLOGIN"), ("scalpel_app_test", "LOGIN")):
+                connection.exec_driver_sql(
+                    f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+                    f"CREATE ROLE {role} {login}; END IF; END $$"
+                )
+    finally:
+        engine.dispose()
+
+
 def reset_postgres(url: str) -> None:
     """Empty the PostgreSQL test database whatever state (or revision) an earlier run left it in."""
     engine = make_engine(url)

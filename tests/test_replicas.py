@@ -55,6 +55,7 @@ def _postgres_ctl(action: str) -> None:
     )
 
 
+@pytest.mark.exclusive  # every other worker's connections would drop with the restart
 @pytest.mark.skipif(
     not os.environ.get("SCALPEL_TEST_POSTGRES_URL") or not shutil.which("pg_ctlcluster") or os.geteuid() != 0,
     reason="needs the local PostgreSQL cluster, pg_ctlcluster and root",
