@@ -19,3 +19,5 @@ NODE_KINDS = ("heads", "mlps", "features")
 DEFAULT_NODE_KINDS = ("heads", "mlps")
 #: What a version exports as (``service.export``).
 EXPORT_FORMATS = ("merged", "lora", "gguf", "steering")
+#: The toy world's locate tasks (``editors.toyworld.locate_pairs``).
+LOCATE_TASKS = ("induction", "capitals", "sentiment")

@@ -76,16 +76,21 @@ def plot_circuit(
         for i, node in enumerate(sorted(members)):
             where[node] = ((i + 1) / (len(members) + 1), row)
     top = max((importance.get(n, 0.0) for n in nodes), default=0.0) or 1.0
-    fig, ax = plt.subplots(figsize=(6, 1.6 + 0.9 * n_layers))
+    widest = max((len(members) for members in by_row.values()), default=1)
+    crowded = widest > 8  # a feature circuit's row: names stand upright, markers shrink
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * widest), 1.6 + 0.9 * n_layers + (0.8 if crowded else 0)))
     for node, (x, y) in where.items():
         for x2, y2 in where.values():
             if y2 > y:
                 ax.annotate("", (x2, y2), (x, y), arrowprops={"arrowstyle": "->", "color": "0.7", "lw": 0.8})
         ax.annotate("", (0.5, n_layers + 1), (x, y), arrowprops={"arrowstyle": "->", "color": "0.85", "lw": 0.6})
-        size = 300 + 900 * max(importance.get(node, 0.0), 0.0) / top
+        size = (60 if crowded else 300) + (240 if crowded else 900) * max(importance.get(node, 0.0), 0.0) / top
         colour = {"head": "tab:purple", "feature": "tab:green", "sae_error": "tab:gray"}.get(node.kind, "tab:orange")
         ax.scatter([x], [y], s=size, color=colour, zorder=3)
-        ax.text(x + 0.05, y, node.name, ha="left", va="center", fontsize=8)
+        if crowded:
+            ax.text(x, y - 0.12, node.name, ha="center", va="top", rotation=90, fontsize=6)
+        else:
+            ax.text(x + 0.05, y, node.name, ha="left", va="center", fontsize=8)
     ax.text(0.5, 0, "embeddings", ha="center", va="center", fontsize=8)
     ax.text(0.5, n_layers + 1, "logits", ha="center", va="center", fontsize=8)
     ax.set_xlim(0, 1)

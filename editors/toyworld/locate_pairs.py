@@ -10,10 +10,11 @@ import random
 
 from transformers import PreTrainedTokenizerBase
 
+from editors.choices import LOCATE_TASKS
 from editors.locate import MetricSpec, PromptPair
 from editors.toyworld.world import World
 
-TASKS = ("induction", "capitals", "sentiment")
+TASKS = LOCATE_TASKS
 INDUCTION_LENGTH = 10
 
 

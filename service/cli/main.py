@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from editors.choices import LOCATE_TASKS
 from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR, TOY_SAE_DIR, TOY_SAE_SITE
 from service.cli.errors import UsageError, one_line, read_yaml, require_empty_directory
 from service.cli.remote import add_client_commands, add_export_arguments, print_export
@@ -470,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     successor.add_argument("--steps", type=_positive_int, default=150, help="training steps on the changed world")
     successor.set_defaults(func=_cmd_toyworld_successor)
     pairs = toyworld.add_parser(
-        "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction or capital facts"
+        "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction, capital facts or sentiment"
     )
-    pairs.add_argument("task", choices=("induction", "capitals"))
+    pairs.add_argument("task", choices=LOCATE_TASKS)
     pairs.add_argument("--n", type=_positive_int, default=64, help="pairs (capitals: at most the pairs there are)")
     pairs.add_argument("--seed", type=int, default=0)
     pairs.set_defaults(func=_cmd_toyworld_pairs)
