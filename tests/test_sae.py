@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from html.parser import HTMLParser
 
 import grpc
@@ -35,6 +36,7 @@ from editors.toyworld.manifest import verify_manifest
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser
 from service.client import ScalpelClient
+from service.registry.unit_of_work import utc_now
 from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
 
 SITE = "blocks.1.hook_resid_post"
@@ -597,3 +599,15 @@ def test_a_large_sae_arrives_in_chunks_and_its_upload_is_consumed(served_inline,
 
     assert chunk(admin, 1000, blob[1000:]).received_bytes == len(blob)
     assert create(admin, "resumed").sae_sha256 == toy_sae.sha256 and chunks_held() == 0
+
+    # an upload left past its time goes when the next one begins; a fresh one stays
+    from service.db.models import UploadChunkRow
+    from service.registry.upload_store import UPLOAD_TTL
+
+    with server.registry._sessions.begin() as session:
+        old = utc_now() - UPLOAD_TTL - timedelta(minutes=1)
+        session.add(UploadChunkRow(upload_id="abandoned", offset=0, data=b"x", created_by="admin", created_at=old))
+    chunk(admin, 0, b"y", upload="upload-0003")
+    assert chunks_held() == 1
+    chunk(admin, 0, b"z", upload="upload-0004")
+    assert chunks_held() == 2  # upload-0003 is young: kept

@@ -2,11 +2,13 @@
 arrives (any replica may take any chunk), and consumed whole by the request that creates the
 resource, in that request's transaction. A chunk sent again at an offset already held is
 accepted only if its bytes are the same (a retry); a chunk past the end is refused, naming the
-offset expected, so a client resumes where the upload stands."""
+offset expected, so a client resumes where the upload stands. An upload left unused for
+``UPLOAD_TTL`` is deleted when the next upload begins."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +21,8 @@ from service.registry.unit_of_work import utc_now
 
 #: An upload id: what the client names its upload by (a UUID's hex, or any 8-64 such characters).
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+#: How long an unused upload is kept after its last chunk.
+UPLOAD_TTL = timedelta(hours=24)
 
 
 class UploadStore(EditStore):
@@ -67,6 +71,13 @@ class UploadStore(EditStore):
                     f"again or resume at offset {held}"
                 )
             return held
+        if offset == 0:  # a new upload: the abandoned ones go (any whose newest chunk is past the TTL)
+            stale = (
+                select(UploadChunkRow.upload_id)
+                .group_by(UploadChunkRow.upload_id)
+                .having(func.max(UploadChunkRow.created_at) < utc_now() - UPLOAD_TTL)
+            )
+            session.execute(delete(UploadChunkRow).where(UploadChunkRow.upload_id.in_(stale)))
         if offset != held:
             raise FailedPrecondition(f"upload {upload_id!r} holds {held} bytes: the next chunk goes at offset {held}")
         if held + len(data) > self.max_artifact_bytes:
