@@ -251,3 +251,43 @@ def edge_faithfulness(
     empty = float(data.score(graph.run(data.clean, corrupted_out, graph.absent([]))[0]).mean())
     inside = float(data.score(graph.run(data.clean, corrupted_out, graph.absent(kept))[0]).mean())
     return (inside - empty) / (full - empty)
+
+
+@torch.inference_mode()
+def acdc(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PromptPair],
+    metric: MetricSpec,
+    threshold: float = 0.01,
+) -> tuple[list[Edge], int]:
+    """ACDC (Conmy et al. 2023), the exact and slow reference: from the whole graph, each edge
+    is tried out in turn (readers from the logits back, each one's writers from the latest) and
+    left out for good when the metric moves by less than ``threshold`` of the behaviour (clean
+    less corrupted) without it. Returns the edges kept and the forwards run."""
+    if not 0 < threshold < 1:
+        raise InvalidEditError("threshold", f"{threshold} is outside (0, 1)", "a share of the behaviour, e.g. 0.01")
+    graph = ResidualGraph(model)
+    data = Pairs(tokenizer, pairs, metric, next(model.parameters()).device)
+    _, corrupted_out, _ = graph.run(data.corrupted)
+    absent = graph.absent(graph.edges)  # every edge in
+
+    def measured() -> float:
+        return float(data.score(graph.run(data.clean, corrupted_out, absent)[0]).mean())
+
+    current = measured()
+    span = abs(current - float(data.score(graph.run(data.clean, corrupted_out, graph.absent([]))[0]).mean()))
+    passes = 3
+    for reader in reversed(range(len(graph.readers))):
+        for writer in reversed(range(len(graph.writers))):
+            if not graph.feeds[writer, reader]:
+                continue
+            absent[writer, reader] = 1.0
+            trial = measured()
+            passes += 1
+            if abs(trial - current) < threshold * span:
+                current = trial
+            else:
+                absent[writer, reader] = 0.0
+    kept = [e for e in graph.edges if absent[graph.writer_index[e.writer], graph.reader_index[e.reader]] == 0]
+    return kept, passes

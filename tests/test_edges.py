@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from editors import InvalidEditError
-from editors.edges import ResidualGraph, edge_attribution, edge_faithfulness
+from editors.edges import ResidualGraph, acdc, edge_attribution, edge_faithfulness
 from editors.locate import Pairs, PromptPair
 from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
 from tests.conftest import tiny_model
@@ -64,3 +64,20 @@ def test_eap_ig_finds_the_k_composition_edge_and_a_faithful_circuit_where_eap_do
     ig_faithful = edge_faithfulness(model, tokenizer, pairs, ig_circuit, INDUCTION_METRIC)
     eap_faithful = edge_faithfulness(model, tokenizer, pairs, eap_circuit, INDUCTION_METRIC)
     assert ig_faithful >= 0.9 and eap_faithful < 0.5  # 40 of 479 edges: 0.97 against 0.04 here
+
+
+def test_acdc_keeps_the_edges_the_behaviour_needs_and_only_those(toy) -> None:
+    """ACDC, the exact reference (a forward per edge, so a few pairs): the edges it keeps hold the
+    behaviour and include the K-composition edge; a threshold of nothing leaves out only edges
+    whose removal changes nothing."""
+    model, tokenizer, world = toy
+    pairs = _previous_token_pairs(world, 6)
+    graph = ResidualGraph(model)
+    kept, passes = acdc(model, tokenizer, pairs, INDUCTION_METRIC, threshold=0.02)
+    assert passes == len(graph.edges) + 3 and 10 < len(kept) < 60 and set(kept) <= set(graph.edges)
+    assert "L0.MLP->L1.H3.k" in {edge.name for edge in kept}
+    assert edge_faithfulness(model, tokenizer, pairs, kept, INDUCTION_METRIC) > 0.8  # 0.88 here, 32 edges
+    everything, _ = acdc(model, tokenizer, pairs, INDUCTION_METRIC, threshold=1e-9)
+    assert edge_faithfulness(model, tokenizer, pairs, everything, INDUCTION_METRIC) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(InvalidEditError, match="threshold"):
+        acdc(model, tokenizer, pairs, INDUCTION_METRIC, threshold=1.5)
