@@ -17,6 +17,8 @@ PROPOSALS = ("ablation", "directional", "feature_ablation")
 NODE_KINDS = ("heads", "mlps", "features")
 #: The node kinds a discovery looks at unless told otherwise.
 DEFAULT_NODE_KINDS = ("heads", "mlps")
+#: What DiscoverCircuit's kinds may name: node kinds, or ``edges`` alone (``editors.edges``).
+CIRCUIT_KINDS = (*NODE_KINDS, "edges")
 #: What a version exports as (``service.export``).
 EXPORT_FORMATS = ("merged", "lora", "gguf", "steering")
 #: The toy world's locate tasks (``editors.toyworld.locate_pairs``).

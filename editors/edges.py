@@ -33,6 +33,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editors.errors import InvalidEditError
+from editors.intervals import Estimate, ratio_of_sums
 from editors.locate import MetricSpec, Pairs, PromptPair
 from editors.validation import check_int
 
@@ -291,3 +292,83 @@ def acdc(
                 absent[writer, reader] = 0.0
     kept = [e for e in graph.edges if absent[graph.writer_index[e.writer], graph.reader_index[e.reader]] == 0]
     return kept, passes
+
+
+@dataclass(frozen=True)
+class EdgeCircuit:
+    """A circuit of edges, chosen on the discovery pairs and scored on the held-out ones (every
+    ``held_out``-th pair), with 95% bootstrap intervals over the held-out pairs."""
+
+    edges: tuple[Edge, ...]
+    faithfulness: Estimate
+    completeness: Estimate
+    discovery_faithfulness: float
+    metric_full: float  # held out, every edge in (the model)
+    metric_empty: float  # held out, every edge patched (the corrupted run)
+    scores: EdgeScores
+    passes: int
+
+
+def _per_pair(graph: ResidualGraph, data: Pairs, corrupted: torch.Tensor, absent: torch.Tensor) -> torch.Tensor:
+    return data.score(graph.run(data.clean, corrupted, absent)[0]).double()
+
+
+@torch.inference_mode()
+def _faithfulness(graph: ResidualGraph, data: Pairs, corrupted: torch.Tensor, kept: Sequence[Edge]) -> float:
+    full, empty = (_per_pair(graph, data, corrupted, graph.absent(e)).mean() for e in (graph.edges, []))
+    return float((_per_pair(graph, data, corrupted, graph.absent(kept)).mean() - empty) / (full - empty))
+
+
+def discover_edges(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PromptPair],
+    metric: MetricSpec,
+    target: float = 0.9,
+    held_out: int = 4,
+    steps: int = 4,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> EdgeCircuit:
+    """The fewest top edges by EAP-IG (EAP at ``steps`` = 1) whose faithfulness on the discovery
+    pairs reaches ``target`` (binary search over how many), scored on the held-out pairs."""
+    if not 0 < target <= 1:
+        raise InvalidEditError("target", f"{target} is outside (0, 1]", "a share of the behaviour, e.g. 0.9")
+    check_int("held_out", held_out, 2, 1000)
+    if len(pairs) < held_out:
+        raise InvalidEditError("pairs", f"has {len(pairs)} pairs", f"at least held_out = {held_out}")
+    held = [p for i, p in enumerate(pairs) if i % held_out == held_out - 1]
+    chosen = [p for i, p in enumerate(pairs) if i % held_out != held_out - 1]
+    scores = edge_attribution(model, tokenizer, chosen, metric, steps)
+    graph = ResidualGraph(model)
+    device = next(model.parameters()).device
+    data, held_data = Pairs(tokenizer, chosen, metric, device), Pairs(tokenizer, held, metric, device)
+    with torch.inference_mode():
+        corrupted, held_corrupted = graph.run(data.corrupted)[1], graph.run(held_data.corrupted)[1]
+    order = [edge for edge, _ in scores.ranked()]
+    low, high, passes = 1, len(order), scores.passes + 2
+    while low < high:
+        middle = (low + high) // 2
+        passes += 3
+        if _faithfulness(graph, data, corrupted, order[:middle]) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    kept = order[:low]
+    found = _faithfulness(graph, data, corrupted, kept)
+    with torch.inference_mode():
+        full = _per_pair(graph, held_data, held_corrupted, graph.absent(graph.edges))
+        empty = _per_pair(graph, held_data, held_corrupted, graph.absent([]))
+        inside = _per_pair(graph, held_data, held_corrupted, graph.absent(kept))
+        outside = _per_pair(graph, held_data, held_corrupted, graph.absent([e for e in graph.edges if e not in kept]))
+    span = full - empty
+    return EdgeCircuit(
+        tuple(kept),
+        ratio_of_sums(inside - empty, span, resamples, seed),
+        ratio_of_sums(full - outside, span, resamples, seed),
+        found,
+        float(full.mean()),
+        float(empty.mean()),
+        scores,
+        passes + 7,
+    )

@@ -5,16 +5,23 @@ K-composition edge where plain EAP does not."""
 from __future__ import annotations
 
 import copy
+import os
 import random
+import subprocess
+import sys
 
+import grpc
 import pytest
 import torch
+import yaml
 
 from editors import InvalidEditError
-from editors.edges import ResidualGraph, acdc, edge_attribution, edge_faithfulness
+from editors.edges import ResidualGraph, acdc, discover_edges, edge_attribution, edge_faithfulness
 from editors.locate import Pairs, PromptPair
 from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
+from service.api.scalpel.v1 import scalpel_pb2 as pb
 from tests.conftest import tiny_model
+from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
 
 
 def _previous_token_pairs(world, n: int) -> list[PromptPair]:
@@ -81,3 +88,46 @@ def test_acdc_keeps_the_edges_the_behaviour_needs_and_only_those(toy) -> None:
     assert edge_faithfulness(model, tokenizer, pairs, everything, INDUCTION_METRIC) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(InvalidEditError, match="threshold"):
         acdc(model, tokenizer, pairs, INDUCTION_METRIC, threshold=1.5)
+
+
+def test_a_circuit_of_edges_is_found_over_grpc_with_intervals(served_inline, toy, tmp_path) -> None:  # noqa: F811
+    server, admin, _, address = served_inline
+    _, tokenizer, world = toy
+    pairs = _previous_token_pairs(world, 32)
+    request = pb.DiscoverCircuitRequest(
+        parent="models/toy",
+        pairs=[pb.LocatePair(clean=p.clean, corrupted=p.corrupted) for p in pairs],
+        metric=INDUCTION_METRIC.kind,
+        score_from=INDUCTION_METRIC.score_from,
+        kinds=["edges"],
+    )
+    circuit = list(admin.edits.DiscoverCircuit(request))[-1].circuit
+    local = discover_edges(toy[0], tokenizer, pairs, INDUCTION_METRIC)
+    assert list(circuit.nodes) == [edge.name for edge in local.edges] and "L0.MLP->L1.H3.k" in circuit.nodes
+    assert circuit.faithfulness == pytest.approx(local.faithfulness.value) and circuit.faithfulness >= 0.85
+    assert circuit.faithfulness_low <= circuit.faithfulness <= circuit.faithfulness_high
+    assert circuit.completeness_low <= circuit.completeness <= circuit.completeness_high
+    assert len(circuit.ranked) == 479
+    edits_before = server.registry.list_edits("toy").items
+    for field, value in (("propose", "ablation"), ("on_version", 0), ("kinds", ["edges", "heads"])):
+        bad = pb.DiscoverCircuitRequest()
+        bad.CopyFrom(request)
+        if field == "kinds":
+            del bad.kinds[:]
+            bad.kinds.extend(value)
+        else:
+            setattr(bad, field, value)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(admin.edits.DiscoverCircuit(bad))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in caught.value.details()
+    assert server.registry.list_edits("toy").items == edits_before
+    # the CLI lists it, with the intervals
+    _, secret = server.registry.create_key("edges", "editor", "test")
+    yaml_pairs = tmp_path / "pairs.yaml"
+    yaml_pairs.write_text(yaml.safe_dump([{"clean": p.clean, "corrupted": p.corrupted} for p in pairs]))
+    command = [sys.executable, "-m", "service.cli", "locate", "-f", str(yaml_pairs), "--kinds", "edges",
+               "--metric", INDUCTION_METRIC.kind, "--score-from", str(INDUCTION_METRIC.score_from)]  # fmt: skip
+    env = {**os.environ, "SCALPEL_ADDRESS": address, "SCALPEL_API_KEY": secret}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"circuit: {len(circuit.nodes)} edges: " in done.stdout and "held out: faithfulness" in done.stdout

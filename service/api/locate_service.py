@@ -10,6 +10,7 @@ import grpc
 
 from editors.choices import DEFAULT_NODE_KINDS
 from editors.circuits import PROPOSALS, DiscoveryRequest, discover_circuit, planned_passes, propose_edit
+from editors.edges import discover_edges
 from editors.locate import METRICS, MetricSpec, PromptPair, check_pairs
 from editors.sae import SparseAutoencoder
 from service.api.auth import current_principal
@@ -18,10 +19,13 @@ from service.api.resources import edit_pb, parse
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.api.service_base import ServicerBase
 from service.api.worker_stream import reported
+from service.hosting import ModelHost
 from service.registry import InvalidArgument, ResourceExhausted
 
 #: Most prompt pairs one DiscoverCircuit call takes.
 MAX_PAIRS = 4096
+#: Most prompt pairs an edge discovery takes (its graph runs every pair in one batch).
+MAX_EDGE_PAIRS = 512
 
 
 class LocateRpc(ServicerBase):
@@ -39,6 +43,8 @@ class LocateRpc(ServicerBase):
     ) -> pb.Circuit:
         (model,) = parse("model", request.parent)
         host = self._host(model)
+        if "edges" in request.kinds:
+            return self._discover_edges(request, host, report)
         sae = None
         if request.sae:
             sae_model, sae_name = parse("sae", request.sae)
@@ -104,6 +110,62 @@ class LocateRpc(ServicerBase):
             ranked=[pb.ComponentScore(name=c.name, estimate=e) for c, e in attribution.ranked()],
             proposed=proposed,
         )
+
+    def _discover_edges(
+        self, request: pb.DiscoverCircuitRequest, host: ModelHost, report: Callable[[Any], None]
+    ) -> pb.Circuit:
+        refusal = _edge_request_refusal(request)
+        if refusal:
+            raise InvalidArgument(refusal)
+        metric = MetricSpec(request.metric or "logit_diff", request.score_from or 1)
+        if metric.kind not in METRICS:
+            raise InvalidArgument(f"metric must be one of {', '.join(METRICS)}, got {metric.kind!r}")
+        pairs = [PromptPair(p.clean, p.corrupted, p.answer, p.wrong) for p in request.pairs]
+        host.check_texts("pairs", [(p.clean, p.corrupted) for p in pairs], MAX_PAIRS, sides=("clean", "corrupted"))
+        check_pairs(host.tokenizer, pairs, metric)
+        report(pb.CircuitProgress(stage="attribution", done=0, total=1))
+        circuit = discover_edges(
+            host.model,
+            host.tokenizer,
+            pairs,
+            metric,
+            target=request.target or 0.9,
+            held_out=request.held_out or 4,
+            steps=request.steps or 4,
+        )
+        report(pb.CircuitProgress(stage="held-out", done=1, total=1))
+        scores = circuit.scores
+        return pb.Circuit(
+            nodes=[edge.name for edge in circuit.edges],
+            faithfulness=circuit.faithfulness.value,
+            completeness=circuit.completeness.value,
+            discovery_faithfulness=circuit.discovery_faithfulness,
+            metric_full=circuit.metric_full,
+            metric_empty=circuit.metric_empty,
+            clean_metric=scores.clean_metric,
+            corrupted_metric=scores.corrupted_metric,
+            passes=circuit.passes,
+            ranked=[pb.ComponentScore(name=edge.name, estimate=score) for edge, score in scores.ranked()],
+            faithfulness_low=circuit.faithfulness.low,
+            faithfulness_high=circuit.faithfulness.high,
+            completeness_low=circuit.completeness.low,
+            completeness_high=circuit.completeness.high,
+        )
+
+
+def _edge_request_refusal(request: pb.DiscoverCircuitRequest) -> str | None:
+    """Why an edge discovery request cannot run (None: it can)."""
+    if list(request.kinds) != ["edges"]:
+        return f"kinds {list(request.kinds)}: edges stand alone (a circuit of edges, or one of nodes)"
+    if request.propose:
+        return "propose: edge cuts are not built yet; discover the edges, or cut nodes"
+    if request.HasField("on_version"):
+        return "on_version: edges are found in the base model only (its graph runs without the edits)"
+    if request.sae:
+        return "sae: a circuit of edges has no SAE features"
+    if len(request.pairs) > MAX_EDGE_PAIRS:
+        return f"pairs: {len(request.pairs)} pairs; an edge discovery takes at most {MAX_EDGE_PAIRS} (one batch)"
+    return None
 
 
 def _discovery_request(request: pb.DiscoverCircuitRequest, sae: SparseAutoencoder | None) -> DiscoveryRequest:

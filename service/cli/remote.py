@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from editors.choices import DEFAULT_NODE_KINDS, DIRECTIONS, EXPORT_FORMATS, METRICS, NODE_KINDS, PROPOSALS
+from editors.choices import CIRCUIT_KINDS, DEFAULT_NODE_KINDS, DIRECTIONS, EXPORT_FORMATS, METRICS, PROPOSALS
 from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser, render_html, screenshot
 from service.cli.checks import format_run, inline_item_files, run_dict
@@ -307,9 +307,25 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
         description=args.description,
         sae=f"models/{args.model}/saes/{args.sae}" if args.sae else "",
     )
+    edges = args.kinds == ["edges"]
+    if edges and (args.png or args.graph):
+        raise UsageError("--png and --graph draw nodes: an edge circuit is listed, not drawn, yet")
     final = _follow(c.edits.DiscoverCircuit(request), args.json)
     assert final is not None, "the stream ended without the circuit"
     circuit = final.circuit
+    if edges and args.json:
+        _print(args, circuit)
+        return
+    if edges:
+        print(f"circuit: {len(circuit.nodes)} edges: {', '.join(circuit.nodes)}")
+        print(
+            f"held out: faithfulness {circuit.faithfulness:.3f} [{circuit.faithfulness_low:.3f}, "
+            f"{circuit.faithfulness_high:.3f}], completeness {circuit.completeness:.3f} "
+            f"[{circuit.completeness_low:.3f}, {circuit.completeness_high:.3f}]; {circuit.passes} passes"
+        )
+        for score in circuit.ranked[: args.top]:
+            print(f"  {score.name:<22} {score.estimate:+.4f}")
+        return
     from editors.locate import Component
     from editors.locate_plots import plot_circuit, plot_head_attribution
 
@@ -782,9 +798,13 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     locate.add_argument("--metric", default="logit_diff", choices=METRICS)
     locate.add_argument("--score-from", type=int, default=1, help="tokens_logprob: the first token scored")
     locate.add_argument("--target", type=float, default=0.9, help="share of the behaviour the circuit must keep")
-    locate.add_argument("--kinds", nargs="+", default=list(DEFAULT_NODE_KINDS), choices=NODE_KINDS, help="node kinds")
+    locate.add_argument(
+        "--kinds", nargs="+", default=list(DEFAULT_NODE_KINDS), choices=CIRCUIT_KINDS, help="node kinds, or edges"
+    )
     locate.add_argument("--sae", help="with --kinds features: the SAE whose features are nodes (`scalpel saes list`)")
-    locate.add_argument("--steps", type=int, default=1, help="attribution's interpolation steps (1: plain)")
+    locate.add_argument(
+        "--steps", type=int, default=0, help="attribution's interpolation steps (default: 1 for nodes, 4 for edges)"
+    )
     locate.add_argument("--direction", default="denoising", choices=DIRECTIONS, help="which run is patched")
     locate.add_argument("--on-version", type=int, default=None, help="locate in this version")
     locate.add_argument("--propose", choices=PROPOSALS, help="also create the edit that cuts the circuit")

@@ -310,7 +310,7 @@ class ComponentScore(_message.Message):
     def __init__(self, name: _Optional[str] = ..., estimate: _Optional[float] = ...) -> None: ...
 
 class Circuit(_message.Message):
-    __slots__ = ("nodes", "faithfulness", "completeness", "discovery_faithfulness", "metric_full", "metric_empty", "clean_metric", "corrupted_metric", "passes", "ranked", "proposed")
+    __slots__ = ("nodes", "faithfulness", "completeness", "discovery_faithfulness", "metric_full", "metric_empty", "clean_metric", "corrupted_metric", "passes", "ranked", "proposed", "faithfulness_low", "faithfulness_high", "completeness_low", "completeness_high")
     NODES_FIELD_NUMBER: _ClassVar[int]
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
     COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +322,10 @@ class Circuit(_message.Message):
     PASSES_FIELD_NUMBER: _ClassVar[int]
     RANKED_FIELD_NUMBER: _ClassVar[int]
     PROPOSED_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_LOW_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_HIGH_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_LOW_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_HIGH_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedScalarFieldContainer[str]
     faithfulness: float
     completeness: float
@@ -333,7 +337,11 @@ class Circuit(_message.Message):
     passes: int
     ranked: _containers.RepeatedCompositeFieldContainer[ComponentScore]
     proposed: _containers.RepeatedCompositeFieldContainer[Edit]
-    def __init__(self, nodes: _Optional[_Iterable[str]] = ..., faithfulness: _Optional[float] = ..., completeness: _Optional[float] = ..., discovery_faithfulness: _Optional[float] = ..., metric_full: _Optional[float] = ..., metric_empty: _Optional[float] = ..., clean_metric: _Optional[float] = ..., corrupted_metric: _Optional[float] = ..., passes: _Optional[int] = ..., ranked: _Optional[_Iterable[_Union[ComponentScore, _Mapping]]] = ..., proposed: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ...) -> None: ...
+    faithfulness_low: float
+    faithfulness_high: float
+    completeness_low: float
+    completeness_high: float
+    def __init__(self, nodes: _Optional[_Iterable[str]] = ..., faithfulness: _Optional[float] = ..., completeness: _Optional[float] = ..., discovery_faithfulness: _Optional[float] = ..., metric_full: _Optional[float] = ..., metric_empty: _Optional[float] = ..., clean_metric: _Optional[float] = ..., corrupted_metric: _Optional[float] = ..., passes: _Optional[int] = ..., ranked: _Optional[_Iterable[_Union[ComponentScore, _Mapping]]] = ..., proposed: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., faithfulness_low: _Optional[float] = ..., faithfulness_high: _Optional[float] = ..., completeness_low: _Optional[float] = ..., completeness_high: _Optional[float] = ...) -> None: ...
 
 class CircuitProgress(_message.Message):
     __slots__ = ("stage", "done", "total", "circuit")
