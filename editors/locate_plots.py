@@ -99,3 +99,41 @@ def plot_circuit(
     ax.set_xticks([])
     ax.set_title(title or "circuit", fontsize=9)
     return _save(plt, fig, path)
+
+
+def plot_edge_circuit(
+    edges: Sequence[tuple[str, str, float]], n_layers: int, n_heads: int, path: str | Path, title: str = ""
+) -> Path:
+    """A circuit of edges (writer, reader, score): the embeddings at the bottom, each layer's heads
+    then its MLP above, the logits on top; an edge into a head's query, key or value drawn blue,
+    green or orange, its width following its score's size (every edge with its score's label)."""
+    plt = _pyplot()
+    where: dict[str, tuple[float, float]] = {"embed": (0.5, 0.0), "logits": (0.5, 2 * n_layers + 1)}
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            where[f"L{layer}.H{head}"] = ((head + 1) / (n_heads + 1), 2 * layer + 1)
+        where[f"L{layer}.MLP"] = (0.5, 2 * layer + 2)
+    colours = {"q": "tab:blue", "k": "tab:green", "v": "tab:orange"}
+    largest = max((abs(score) for _, _, score in edges), default=1.0) or 1.0
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * (2 * n_layers + 1)))
+    used: set[str] = set()
+    for writer, reader, score in edges:
+        node, _, port = reader.rpartition(".") if reader.count(".") == 2 else (reader, "", "")
+        (x, y), (x2, y2) = where[writer], where[node]
+        x2 += {"q": -0.025, "k": 0.0, "v": 0.025}.get(port, 0.0)  # a head's three inputs side by side
+        ax.annotate(
+            "", (x2, y2 - 0.12), (x, y + 0.12),
+            arrowprops={"arrowstyle": "->", "color": colours.get(port, "0.35"), "lw": 0.6 + 3.4 * abs(score) / largest,
+                        "alpha": 0.8, "connectionstyle": "arc3,rad=0.08"},
+        )  # fmt: skip
+        used.update((writer, node))
+    for name, (x, y) in where.items():
+        active = name in used
+        ax.scatter([x], [y], s=260 if active else 60, color="tab:purple" if ".H" in name else "tab:gray",
+                   alpha=1.0 if active else 0.25, zorder=3)  # fmt: skip
+        ax.text(x, y - 0.32, name, ha="center", va="top", fontsize=7, alpha=1.0 if active else 0.4)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.8, 2 * n_layers + 1.6)
+    ax.axis("off")
+    ax.set_title(title or f"{len(edges)} edges (into q: blue, k: green, v: orange)", fontsize=9)
+    return _save(plt, fig, path)

@@ -126,8 +126,11 @@ def test_a_circuit_of_edges_is_found_over_grpc_with_intervals(served_inline, toy
     yaml_pairs = tmp_path / "pairs.yaml"
     yaml_pairs.write_text(yaml.safe_dump([{"clean": p.clean, "corrupted": p.corrupted} for p in pairs]))
     command = [sys.executable, "-m", "service.cli", "locate", "-f", str(yaml_pairs), "--kinds", "edges",
-               "--metric", INDUCTION_METRIC.kind, "--score-from", str(INDUCTION_METRIC.score_from)]  # fmt: skip
+               "--metric", INDUCTION_METRIC.kind, "--score-from", str(INDUCTION_METRIC.score_from),
+               "--graph", str(tmp_path / "edges.png")]  # fmt: skip
     env = {**os.environ, "SCALPEL_ADDRESS": address, "SCALPEL_API_KEY": secret}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"circuit: {len(circuit.nodes)} edges: " in done.stdout and "held out: faithfulness" in done.stdout
+    picture = (tmp_path / "edges.png").read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 10_000

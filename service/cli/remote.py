@@ -308,14 +308,16 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
         sae=f"models/{args.model}/saes/{args.sae}" if args.sae else "",
     )
     edges = args.kinds == ["edges"]
-    if edges and (args.png or args.graph):
-        raise UsageError("--png and --graph draw nodes: an edge circuit is listed, not drawn, yet")
+    if edges and args.png:
+        raise UsageError("--png draws the heads' attribution: for edges, use --graph")
     final = _follow(c.edits.DiscoverCircuit(request), args.json)
     assert final is not None, "the stream ended without the circuit"
     circuit = final.circuit
     if edges and args.json:
         _print(args, circuit)
         return
+    if edges and args.graph:
+        _plot_edges(circuit, args.graph)
     if edges:
         print(f"circuit: {len(circuit.nodes)} edges: {', '.join(circuit.nodes)}")
         print(
@@ -352,6 +354,20 @@ def _locate(args: argparse.Namespace, c: ScalpelClient) -> None:
         print(f"  {score.name:<10} {score.estimate:+.4f}")
     for edit in circuit.proposed:
         print(f"proposed edit {edit.id} ({edit.kind}): add it to a version and run the checks")
+
+
+def _plot_edges(circuit: pb.Circuit, path: str) -> None:
+    """The circuit's edges drawn with their scores, the model's shape read off the edge names."""
+    from editors.locate_plots import plot_edge_circuit
+
+    score = {s.name: s.estimate for s in circuit.ranked}
+    units = [unit for name in score for unit in name.replace("->", ".").split(".") if unit[1:].isdigit()]
+    n_layers = 1 + max(int(u[1:]) for u in units if u.startswith("L"))
+    n_heads = 1 + max((int(u[1:]) for u in units if u.startswith("H")), default=0)
+    edges = [(*name.split("->"), score[name]) for name in circuit.nodes]
+    title = (f"{len(edges)} edges: held-out faithfulness {circuit.faithfulness:.2f} "
+             f"[{circuit.faithfulness_low:.2f}, {circuit.faithfulness_high:.2f}]")  # fmt: skip
+    plot_edge_circuit(edges, n_layers, n_heads, path, title)
 
 
 def _edits_steer(args: argparse.Namespace, c: ScalpelClient) -> None:
@@ -810,7 +826,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     locate.add_argument("--propose", choices=PROPOSALS, help="also create the edit that cuts the circuit")
     locate.add_argument("--description", default="", help="of the proposed edit")
     locate.add_argument("--png", help="write the heads' attribution heatmap here")
-    locate.add_argument("--graph", help="write the circuit graph here")
+    locate.add_argument("--graph", help="write the circuit graph here (nodes, or the edges with their scores)")
     locate.add_argument("--top", type=int, default=10, help="components listed")
     locate.add_argument("--model", default="toy", help="the hosted model's name (default: toy)")
     command(locate, _locate)
