@@ -16,7 +16,15 @@ import torch
 import yaml
 
 from editors import InvalidEditError
-from editors.edges import ResidualGraph, acdc, discover_edges, edge_attribution, edge_faithfulness
+from editors.edges import (
+    Edge,
+    ResidualGraph,
+    acdc,
+    compare_hypotheses,
+    discover_edges,
+    edge_attribution,
+    edge_faithfulness,
+)
 from editors.locate import Pairs, PromptPair
 from editors.toyworld.locate_pairs import INDUCTION_METRIC, induction_pairs
 from service.api.scalpel.v1 import scalpel_pb2 as pb
@@ -134,3 +142,21 @@ def test_a_circuit_of_edges_is_found_over_grpc_with_intervals(served_inline, toy
     assert f"circuit: {len(circuit.nodes)} edges: " in done.stdout and "held out: faithfulness" in done.stdout
     picture = (tmp_path / "edges.png").read_bytes()
     assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 10_000
+
+
+def test_two_hypotheses_of_the_k_composition_are_told_apart_on_held_out_pairs(toy) -> None:
+    """Does the previous token reach the induction head's keys through L0's MLP, or straight
+    from the previous-token head? The circuit with the MLP path keeps the behaviour; the same
+    circuit with that edge swapped for the direct one does not, and the paired interval says so."""
+    model, tokenizer, world = toy
+    pairs = _previous_token_pairs(world, 64)
+    found = discover_edges(model, tokenizer, pairs, INDUCTION_METRIC)
+    held = [pair for i, pair in enumerate(pairs) if i % 4 == 3]  # the pairs discovery did not see
+    via_mlp = list(found.edges)
+    direct = [e for e in via_mlp if e.name != "L0.MLP->L1.H3.k"] + [Edge("L0.H1", "L1.H3.k")]
+    result = compare_hypotheses(model, tokenizer, held, INDUCTION_METRIC, via_mlp, direct)
+    assert result.a.value == pytest.approx(found.faithfulness.value)
+    assert result.a.value > 0.9 > 0.2 > result.b.value  # 0.95 against 0.05 here
+    assert result.difference.low > 0.5 and result.difference.n == len(held)
+    same = compare_hypotheses(model, tokenizer, held, INDUCTION_METRIC, via_mlp, via_mlp)
+    assert same.difference.value == 0.0 and same.difference.low == same.difference.high == 0.0
