@@ -121,6 +121,7 @@ class FeatureIndex:
             check_int("feature", feature, 0, sae.d_sae - 1)
         self.surgeon, self.tokenizer, self.sae, self.texts = surgeon, tokenizer, sae, list(texts)
         self.column = {feature: i for i, feature in enumerate(chosen)}
+        self._words: dict[tuple[int, int], list[tuple[list[str], list[str]]]] = {}
         self._gather(torch.tensor(chosen, dtype=torch.long), depth, batch, run)
 
     @torch.inference_mode()
@@ -175,6 +176,32 @@ class FeatureIndex:
         unembed = self.surgeon.model.get_output_embeddings().weight
         return (unembed.float() @ self.sae.W_dec[feature].to(device).float()).cpu()
 
+    def _search_words(self, contexts: int, promoted: int) -> list[tuple[list[str], list[str]]]:
+        """Per indexed feature: the words its ``contexts`` strongest contexts fire on and its
+        ``promoted`` most-raised tokens, as a search compares them; worked out once per replica
+        and kept (the unembedding over every decoder row is the costly part)."""
+        key = (contexts, promoted)
+        if key not in self._words:
+            check_int("contexts", contexts, 1, len(self.values) or 1)
+            fired = self.values[:contexts] > 0
+            read = self.where[:contexts][fired][:, 0].tolist()
+            ids = {text: self.tokenizer(self.texts[text])["input_ids"] for text in read}
+            raised_ids = self._promoted(promoted)
+            self._words[key] = [
+                (
+                    [
+                        _word(self.tokenizer, ids[text][position])
+                        for value, (text, position) in zip(
+                            self.values[:contexts, column].tolist(), self.where[:contexts, column].tolist(), strict=True
+                        )
+                        if value > 0
+                    ],
+                    [_word(self.tokenizer, t) for t in raised_ids[column].tolist()],
+                )
+                for column in self.column.values()
+            ]
+        return self._words[key]
+
     @torch.inference_mode()
     def _promoted(self, count: int, chunk: int = 256) -> torch.Tensor:
         """``[features, count]``: each indexed feature's most-raised token ids, the unembedding
@@ -226,21 +253,8 @@ class FeatureIndex:
         words = {w for w in query.lower().split() if w}
         if not words:
             raise InvalidEditError("query", "has no words", "a text to match features against")
-        check_int("contexts", contexts, 1, len(self.values) or 1)
-        fired = self.values[:contexts] > 0
-        read = self.where[:contexts][fired][:, 0].tolist()
-        ids = {text: self.tokenizer(self.texts[text])["input_ids"] for text in read}
-        raised_ids = self._promoted(promoted)
         matches = []
-        for feature, column in self.column.items():
-            firing = [
-                _word(self.tokenizer, ids[text][position])
-                for value, (text, position) in zip(
-                    self.values[:contexts, column].tolist(), self.where[:contexts, column].tolist(), strict=True
-                )
-                if value > 0
-            ]
-            raised = [_word(self.tokenizer, t) for t in raised_ids[column].tolist()]
+        for feature, (firing, raised) in zip(self.column, self._search_words(contexts, promoted), strict=True):
             hits_c, hits_p = [w for w in firing if w in words], [w for w in raised if w in words]
             if not hits_c and not hits_p:
                 continue

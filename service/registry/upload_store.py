@@ -35,6 +35,7 @@ class UploadStore(EditStore):
 
     @staticmethod
     def _chunks(session: Session, upload_id: str, actor: str) -> list[UploadChunkRow]:
+        """The upload's chunks in order, bytes and all (none: no upload of ``actor``'s)."""
         rows = list(
             session.execute(
                 select(UploadChunkRow).where(UploadChunkRow.upload_id == upload_id).order_by(UploadChunkRow.offset)
@@ -43,6 +44,14 @@ class UploadStore(EditStore):
         if any(row.created_by != actor for row in rows):  # another principal's upload: not there for this one
             return []
         return rows
+
+    @staticmethod
+    def _held(session: Session, upload_id: str) -> tuple[int, set[str]]:
+        """(bytes the upload holds, who sent its chunks), read without reading the chunks."""
+        where = UploadChunkRow.upload_id == upload_id
+        size = session.execute(select(func.coalesce(func.sum(func.length(UploadChunkRow.data)), 0)).where(where))
+        senders = session.execute(select(UploadChunkRow.created_by).where(where).distinct()).scalars()
+        return int(size.scalar_one()), set(senders)
 
     def append_upload_chunk(self, upload_id: str, offset: int, data: bytes, actor: str) -> int:
         """Store ``data`` at ``offset`` of upload ``upload_id`` (started by its first chunk, at 0)
@@ -59,11 +68,10 @@ class UploadStore(EditStore):
                                      "send it again") from None  # fmt: skip
 
     def _append(self, session: Session, upload_id: str, offset: int, data: bytes, actor: str) -> int:
-        rows = self._chunks(session, upload_id, actor)
-        held = sum(len(row.data) for row in rows)
-        if not rows and session.get(UploadChunkRow, (upload_id, 0)) is not None:
+        held, senders = self._held(session, upload_id)  # the held chunks' bytes stay in the database
+        if senders - {actor}:
             raise FailedPrecondition(f"upload {upload_id!r} was started by another principal")
-        same = next((row for row in rows if row.offset == offset), None)
+        same = session.get(UploadChunkRow, (upload_id, offset)) if offset < held else None
         if same is not None:
             if bytes(same.data) != data:
                 raise FailedPrecondition(
@@ -102,11 +110,6 @@ class UploadStore(EditStore):
     def _consume_upload(session: Session, upload_id: str, size: int) -> None:
         """Delete the upload's chunks (in the transaction that used them), checking it still holds
         the ``size`` bytes that were read."""
-        held = session.execute(
-            select(func.coalesce(func.sum(func.length(UploadChunkRow.data)), 0)).where(
-                UploadChunkRow.upload_id == upload_id
-            )
-        ).scalar_one()
-        if held != size:
+        if UploadStore._held(session, upload_id)[0] != size:
             raise FailedPrecondition(f"upload {upload_id!r} changed while it was being used; create again")
         session.execute(delete(UploadChunkRow).where(UploadChunkRow.upload_id == upload_id))
