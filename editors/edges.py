@@ -235,7 +235,42 @@ def edge_attribution(
     return EdgeScores(tuple(graph.edges), scores, clean_metric, corrupted_metric, 2 + 2 * len(alphas))
 
 
-@torch.inference_mode()
+class EdgePatcher:
+    """The pairs' clean runs with chosen edges patched from their corrupted runs (one forward
+    each), beside the two ends every measure is relative to, per pair: every edge kept (``full``,
+    the model) and none (``empty``, the corrupted run)."""
+
+    @torch.inference_mode()
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        pairs: Sequence[PromptPair],
+        metric: MetricSpec,
+    ) -> None:
+        self.graph = ResidualGraph(model)
+        self.data = Pairs(tokenizer, pairs, metric, next(model.parameters()).device)
+        self.corrupted = self.graph.run(self.data.corrupted)[1]
+        self.passes = 1
+        self.full = self.with_absent(self.graph.absent(self.graph.edges))
+        self.empty = self.with_absent(self.graph.absent([]))
+
+    @torch.inference_mode()
+    def with_absent(self, absent: torch.Tensor) -> torch.Tensor:
+        """``[pairs]``: the metric with the edges ``absent`` marks patched."""
+        self.passes += 1
+        return self.data.score(self.graph.run(self.data.clean, self.corrupted, absent)[0]).double()
+
+    def kept(self, edges: Sequence[Edge]) -> torch.Tensor:
+        """``[pairs]``: the metric with only ``edges`` kept."""
+        return self.with_absent(self.graph.absent(edges))
+
+    def faithfulness(self, edges: Sequence[Edge]) -> float:
+        """``(m(C) − m(∅)) / (m(M) − m(∅))`` for the circuit ``edges``, over all the pairs."""
+        empty = self.empty.mean()
+        return float((self.kept(edges).mean() - empty) / (self.full.mean() - empty))
+
+
 def edge_faithfulness(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -245,16 +280,9 @@ def edge_faithfulness(
 ) -> float:
     """``(m(C) − m(∅)) / (m(M) − m(∅))`` for the circuit of edges ``kept``, every other edge
     patched from the corrupted run (``m(∅)``: every edge patched, the corrupted run itself)."""
-    graph = ResidualGraph(model)
-    data = Pairs(tokenizer, pairs, metric, next(model.parameters()).device)
-    _, corrupted_out, _ = graph.run(data.corrupted)
-    full = float(data.score(graph.run(data.clean)[0]).mean())
-    empty = float(data.score(graph.run(data.clean, corrupted_out, graph.absent([]))[0]).mean())
-    inside = float(data.score(graph.run(data.clean, corrupted_out, graph.absent(kept))[0]).mean())
-    return (inside - empty) / (full - empty)
+    return EdgePatcher(model, tokenizer, pairs, metric).faithfulness(kept)
 
 
-@torch.inference_mode()
 def acdc(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -268,30 +296,23 @@ def acdc(
     less corrupted) without it. Returns the edges kept and the forwards run."""
     if not 0 < threshold < 1:
         raise InvalidEditError("threshold", f"{threshold} is outside (0, 1)", "a share of the behaviour, e.g. 0.01")
-    graph = ResidualGraph(model)
-    data = Pairs(tokenizer, pairs, metric, next(model.parameters()).device)
-    _, corrupted_out, _ = graph.run(data.corrupted)
+    patcher = EdgePatcher(model, tokenizer, pairs, metric)
+    graph = patcher.graph
     absent = graph.absent(graph.edges)  # every edge in
-
-    def measured() -> float:
-        return float(data.score(graph.run(data.clean, corrupted_out, absent)[0]).mean())
-
-    current = measured()
-    span = abs(current - float(data.score(graph.run(data.clean, corrupted_out, graph.absent([]))[0]).mean()))
-    passes = 3
+    current = float(patcher.full.mean())
+    span = abs(current - float(patcher.empty.mean()))
     for reader in reversed(range(len(graph.readers))):
         for writer in reversed(range(len(graph.writers))):
             if not graph.feeds[writer, reader]:
                 continue
             absent[writer, reader] = 1.0
-            trial = measured()
-            passes += 1
+            trial = float(patcher.with_absent(absent).mean())
             if abs(trial - current) < threshold * span:
                 current = trial
             else:
                 absent[writer, reader] = 0.0
     kept = [e for e in graph.edges if absent[graph.writer_index[e.writer], graph.reader_index[e.reader]] == 0]
-    return kept, passes
+    return kept, patcher.passes
 
 
 @dataclass(frozen=True)
@@ -307,16 +328,6 @@ class EdgeCircuit:
     metric_empty: float  # held out, every edge patched (the corrupted run)
     scores: EdgeScores
     passes: int
-
-
-def _per_pair(graph: ResidualGraph, data: Pairs, corrupted: torch.Tensor, absent: torch.Tensor) -> torch.Tensor:
-    return data.score(graph.run(data.clean, corrupted, absent)[0]).double()
-
-
-@torch.inference_mode()
-def _faithfulness(graph: ResidualGraph, data: Pairs, corrupted: torch.Tensor, kept: Sequence[Edge]) -> float:
-    full, empty = (_per_pair(graph, data, corrupted, graph.absent(e)).mean() for e in (graph.edges, []))
-    return float((_per_pair(graph, data, corrupted, graph.absent(kept)).mean() - empty) / (full - empty))
 
 
 def discover_edges(
@@ -340,27 +351,19 @@ def discover_edges(
     held = [p for i, p in enumerate(pairs) if i % held_out == held_out - 1]
     chosen = [p for i, p in enumerate(pairs) if i % held_out != held_out - 1]
     scores = edge_attribution(model, tokenizer, chosen, metric, steps)
-    graph = ResidualGraph(model)
-    device = next(model.parameters()).device
-    data, held_data = Pairs(tokenizer, chosen, metric, device), Pairs(tokenizer, held, metric, device)
-    with torch.inference_mode():
-        corrupted, held_corrupted = graph.run(data.corrupted)[1], graph.run(held_data.corrupted)[1]
+    discovery, scoring = EdgePatcher(model, tokenizer, chosen, metric), EdgePatcher(model, tokenizer, held, metric)
     order = [edge for edge, _ in scores.ranked()]
-    low, high, passes = 1, len(order), scores.passes + 2
+    low, high = 1, len(order)
     while low < high:
         middle = (low + high) // 2
-        passes += 3
-        if _faithfulness(graph, data, corrupted, order[:middle]) >= target:
+        if discovery.faithfulness(order[:middle]) >= target:
             high = middle
         else:
             low = middle + 1
     kept = order[:low]
-    found = _faithfulness(graph, data, corrupted, kept)
-    with torch.inference_mode():
-        full = _per_pair(graph, held_data, held_corrupted, graph.absent(graph.edges))
-        empty = _per_pair(graph, held_data, held_corrupted, graph.absent([]))
-        inside = _per_pair(graph, held_data, held_corrupted, graph.absent(kept))
-        outside = _per_pair(graph, held_data, held_corrupted, graph.absent([e for e in graph.edges if e not in kept]))
+    found = discovery.faithfulness(kept)
+    full, empty = scoring.full, scoring.empty
+    inside, outside = scoring.kept(kept), scoring.kept([e for e in scoring.graph.edges if e not in kept])
     span = full - empty
     return EdgeCircuit(
         tuple(kept),
@@ -370,7 +373,7 @@ def discover_edges(
         float(full.mean()),
         float(empty.mean()),
         scores,
-        passes + 7,
+        scores.passes + discovery.passes + scoring.passes,
     )
 
 
@@ -385,7 +388,6 @@ class HypothesisComparison:
     difference: Estimate
 
 
-@torch.inference_mode()
 def compare_hypotheses(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -399,13 +401,9 @@ def compare_hypotheses(
     """Score hypotheses ``a`` and ``b`` on the same pairs (held-out ones, for a fair test) and
     their difference, paired pair by pair: an interval that excludes 0 says one explains the
     behaviour better than the other."""
-    graph = ResidualGraph(model)
-    data = Pairs(tokenizer, pairs, metric, next(model.parameters()).device)
-    corrupted = graph.run(data.corrupted)[1]
-    full = _per_pair(graph, data, corrupted, graph.absent(graph.edges))
-    empty = _per_pair(graph, data, corrupted, graph.absent([]))
-    kept_a, kept_b = (_per_pair(graph, data, corrupted, graph.absent(h)) for h in (a, b))
-    span = full - empty
+    patcher = EdgePatcher(model, tokenizer, pairs, metric)
+    empty, kept_a, kept_b = patcher.empty, patcher.kept(a), patcher.kept(b)
+    span = patcher.full - empty
     return HypothesisComparison(
         ratio_of_sums(kept_a - empty, span, resamples, seed),
         ratio_of_sums(kept_b - empty, span, resamples, seed),

@@ -437,6 +437,14 @@ class _Cells(HTMLParser):
             self.estimates[self.row] = float(found["data-estimate"] or "nan")
 
 
+def rendered_dom(browser: str, page) -> str:
+    """The page as headless Chromium renders it (its DOM after layout)."""
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+
+
 def test_a_run_report_is_one_page_whose_numbers_are_the_runs(served, tmp_path) -> None:  # noqa: F811
     server, admin, _, address = served
     direction = torch.randn(128, generator=torch.Generator().manual_seed(3))
@@ -466,10 +474,7 @@ def test_a_run_report_is_one_page_whose_numbers_are_the_runs(served, tmp_path) -
     assert text.count("\n  n/a  ") == unjudged and "no edit-aware check had anything to judge" in text
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium): the page was checked by parsing only")
-    dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+    dom = rendered_dom(browser, page)
     rendered = _Cells()
     rendered.feed(dom)
     assert rendered.estimates == cells.estimates and 'id="verdict">FAILED<' in dom

@@ -37,6 +37,7 @@ from service.api.scalpel.v1 import scalpel_pb2 as pb
 from service.cli.check_report import find_browser
 from service.client import ScalpelClient
 from service.registry.unit_of_work import utc_now
+from tests.test_checks import rendered_dom
 from tests.test_service import served_inline  # noqa: F401  (the gRPC server fixture)
 
 SITE = "blocks.1.hook_resid_post"
@@ -485,10 +486,7 @@ def _dashboard_shows_the_served_cards(server, reader, address: str, tmp_path, qu
         }
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium): the page was checked by parsing only")
-    dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+    dom = rendered_dom(browser, page)
     rendered = _Cards()
     rendered.feed(dom)
     assert rendered.cards == cards.cards and "<mark" in dom

@@ -29,6 +29,14 @@ MAX_CHUNK_BYTES = 16 << 20
 MAX_QUERY_CHARS = 1000
 
 
+def _bounded_top(requested: int, default: int, most: int) -> int:
+    """A request's ``top`` (0: ``default``), refused outside 1..``most``."""
+    top = requested or default
+    if not 1 <= top <= most:
+        raise InvalidArgument(f"top must be 1..{most} (0: the default, {default}), got {requested}")
+    return top
+
+
 class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
     """FeatureService: SAEs as resources of a model, and feature inspection."""
 
@@ -98,9 +106,7 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
     ) -> pb.InspectFeaturesResponse:
         model, name = parse("sae", request.sae)
         host = self._host(model)
-        top = request.top or 5
-        if not 1 <= top <= MAX_TOP:
-            raise InvalidArgument(f"top must be 1..{MAX_TOP} (0: the default, 5), got {request.top}")
+        top = _bounded_top(request.top, 5, MAX_TOP)
         sae = host.sae(name)
         ids = host.prompt_ids(request.prompt)
         version = request.version if request.HasField("version") else 0
@@ -144,9 +150,7 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
     def GetFeature(self, request: pb.GetFeatureRequest, context: grpc.ServicerContext) -> pb.Feature:
         model, name = parse("sae", request.sae)
         host = self._host(model)
-        top = request.top or 10
-        if not 1 <= top <= MAX_CARD:
-            raise InvalidArgument(f"top must be 1..{MAX_CARD} (0: the default, 10), got {request.top}")
+        top = _bounded_top(request.top, 10, MAX_CARD)
         sae = host.sae(name)
         if not 0 <= request.feature < sae.d_sae:
             raise InvalidArgument(f"feature must be 0..{sae.d_sae - 1}: the SAE's features, got {request.feature}")
@@ -169,9 +173,7 @@ class FeatureService(rpc.FeatureServiceServicer, ServicerBase):
     ) -> pb.SearchFeaturesResponse:
         model, name = parse("sae", request.sae)
         host = self._host(model)
-        top = request.top or 10
-        if not 1 <= top <= MAX_CARD:
-            raise InvalidArgument(f"top must be 1..{MAX_CARD} (0: the default, 10), got {request.top}")
+        top = _bounded_top(request.top, 10, MAX_CARD)
         if not request.query.split():
             raise InvalidArgument("query has no words: give the words to look for (e.g. 'Paris capital')")
         if len(request.query) > MAX_QUERY_CHARS:
