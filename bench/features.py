@@ -61,26 +61,41 @@ def train(tokens: int) -> dict[str, float]:
     return {**trained.metrics, "train_tokens_per_s": round(tokens / seconds), "peak_rss_mib": round(peak)}
 
 
-def side_by_side(tokens: int) -> dict[str, float]:
+def side_by_side(tokens: int, lrs: tuple[float, ...] = (1e-3,), seeds: tuple[int, ...] = (0,)) -> dict[str, float]:
     """Ours and SAELens's trainer on the same cached activations (the toy's site, 1,024 TopK
     features, k = 16 for both: L0 matched), the same batches in the same order, the same Adam
-    learning rate; both scored by :func:`sae_metrics` on the held-out tenth of the corpus."""
-    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
+    learning rate; both scored by :func:`sae_metrics` on the held-out tenth of the corpus. The
+    headline keys are the first learning rate and seed; every other pair adds ``…_lr{lr}_seed{seed}``
+    keys (the ``--sweep`` table in BENCHMARKS.md)."""
 
     model, tokenizer, _ = load_toy_model()
     surgeon, texts = Surgeon(model), reference_corpus()
     train_texts, eval_texts = texts[: -len(texts) // 10], texts[-len(texts) // 10 :]
-    config = SaeTrainConfig(site=TOY_SAE_SITE, d_sae=1024, k=16, tokens=tokens)
-    torch.manual_seed(config.seed)
-    stream = activation_batches(surgeon, tokenizer, train_texts, config)
-    cached = [next(stream) for _ in range(config.steps)]
+    base = SaeTrainConfig(site=TOY_SAE_SITE, d_sae=1024, k=16, tokens=tokens)
+    torch.manual_seed(base.seed)
+    stream = activation_batches(surgeon, tokenizer, train_texts, base)
+    cached = [next(stream) for _ in range(base.steps)]
+    result: dict[str, float] = {"side_by_side_tokens": base.steps * base.batch_tokens}
+    for lr in lrs:
+        for seed in seeds:
+            config = dataclasses.replace(base, lr=lr, seed=seed)
+            pair = _fit_both(surgeon, tokenizer, cached, eval_texts, config)
+            headline = lr == lrs[0] and seed == seeds[0]
+            result |= pair if headline else {f"{key}_lr{lr:g}_seed{seed}": value for key, value in pair.items()}
+    return result
+
+
+def _fit_both(surgeon: Surgeon, tokenizer, cached: list[torch.Tensor], eval_texts, config: SaeTrainConfig):
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     ours = fit_sae(iter(cached), config, TOY_SAE_SITE)
     ours_seconds = time.perf_counter() - started
-    theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=model.config.n_embd, d_sae=config.d_sae, k=config.k))
+    torch.manual_seed(config.seed)
+    theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=cached[0].shape[1], d_sae=config.d_sae, k=config.k))
     trainer = SAETrainer(
         SAETrainerConfig(
             total_training_samples=config.steps * config.batch_tokens,
@@ -103,7 +118,6 @@ def side_by_side(tokens: int) -> dict[str, float]:
     ours_metrics = sae_metrics(surgeon, tokenizer, ours, eval_texts)
     theirs_metrics = sae_metrics(surgeon, tokenizer, loaded, eval_texts)
     return {
-        "side_by_side_tokens": config.steps * config.batch_tokens,
         "ours_ce_loss_recovered": ours_metrics["ce_loss_recovered"],
         "saelens_ce_loss_recovered": theirs_metrics["ce_loss_recovered"],
         "ours_explained_variance": ours_metrics["explained_variance"],
@@ -168,6 +182,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--tokens", type=int, default=400_000)
     parser.add_argument("--train-only", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sweep", action="store_true", help="SAELens side by side at lr 1e-3, 5e-3, 1e-2 and seeds 0-2 as well"
+    )
     args = parser.parse_args()
     if args.train_only:
         print(json.dumps(train(args.train_only)))
@@ -186,7 +203,8 @@ def main() -> None:
     except ImportError:
         saelens: dict[str, float | str] = {"saelens": "not run: pip install -e '.[saelens]' (sae-lens)"}
     else:
-        saelens = side_by_side(args.tokens // 2)
+        sweep = {"lrs": (1e-3, 5e-3, 1e-2), "seeds": (0, 1, 2)} if args.sweep else {}
+        saelens = side_by_side(args.tokens // 2, **sweep)
     result = {
         **{k: full[k] for k in ("explained_variance", "l0", "ce_loss_recovered", "dead_fraction")},
         "train_tokens": args.tokens,
