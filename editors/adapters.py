@@ -25,12 +25,13 @@ says so).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from editors.errors import UnsupportedArchitectureError
+from editors.errors import InvalidEditError, UnsupportedArchitectureError
 from editors.sites import RESIDUAL_POINTS, Site
 
 
@@ -44,6 +45,21 @@ class ModelDims:
     d_head: int
     d_mlp: int
     parallel_residual: bool = False
+    #: the other towers' dims (a vision-language model's vision encoder: ``(("vision", dims),)``)
+    towers: tuple[tuple[str, ModelDims], ...] = ()
+    #: whether the model has ``hook_image_embeds`` (a projector feeding image tokens to the language model)
+    image_embeds: bool = False
+    image_token_id: int = -1  # the input id of an image token (-1: no images)
+    image_grid: int = 0  # image tokens per row (and per column) of one image's patch grid
+
+    def at(self, site: Site) -> ModelDims:
+        """The dims of the tower ``site`` is in (these, for the language model's sites)."""
+        if not site.tower:
+            return self
+        towers = dict(self.towers)
+        if site.tower not in towers:
+            raise InvalidEditError("site", f"{site.name}: this model has no {site.tower} tower", "its own sites")
+        return towers[site.tower]
 
     def residual_points(self) -> tuple[str, ...]:
         """Residual sites this model has (a parallel-attention block has no ``resid_mid``)."""
@@ -89,6 +105,10 @@ class ArchitectureAdapter:
     final_norm: str = ""
     qkv: tuple[str, ...] = ()  # q, k, v projections relative to a block; or one fused projection
     qkv_layout: str = "separate"  # separate | gpt2 (q|k|v blocks) | neox (per head q|k|v)
+    config: str = ""  # where the tower's config hangs off the model's (a VLM's ``text_config``)
+    image_embeds: str = ""  # a VLM's projector, whose output is ``hook_image_embeds``
+    #: a VLM's vision encoder, as an adapter of its own (paths from the model's root)
+    vision: ArchitectureAdapter | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return module_at(model, self.layers)
@@ -101,8 +121,16 @@ class ArchitectureAdapter:
         role = {"attn.W_O": "attn_out", "mlp.W_in": "mlp_in", "mlp.W_out": "mlp_out"}[site.point]
         return self.module(model, site.layer, role)
 
+    def tower(self, name: str) -> ArchitectureAdapter:
+        """The adapter of the tower ``name`` (``""``: this one)."""
+        if not name:
+            return self
+        if name == "vision" and self.vision is not None:
+            return self.vision
+        raise InvalidEditError("site", f"this model has no {name} tower", "its language model's sites")
+
     def dims(self, model: nn.Module) -> ModelDims:
-        config = model.config
+        config = getattr(model.config, self.config) if self.config else model.config
         d_model = int(config.hidden_size)
         n_heads = int(config.num_attention_heads)
         d_head = int(getattr(config, "head_dim", None) or d_model // n_heads)
@@ -114,6 +142,8 @@ class ArchitectureAdapter:
             d_head=d_head,
             d_mlp=d_mlp,
             parallel_residual=bool(getattr(config, "use_parallel_residual", False)),
+            towers=(("vision", self.vision.dims(model)),) if self.vision is not None else (),
+            **(_image_dims(model.config) if self.image_embeds else {}),
         )
 
 
@@ -162,13 +192,67 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
 )
 
 
+def _image_dims(config: object) -> dict[str, object]:
+    """A LLaVA config's image facts: its image token id and its patch grid's side."""
+    vision = config.vision_config  # type: ignore[attr-defined]
+    if getattr(config, "vision_feature_select_strategy", "default") != "default":
+        raise UnsupportedArchitectureError("LLaVA with vision_feature_select_strategy 'full' (the class token kept)")
+    token = getattr(config, "image_token_id", None)
+    token = getattr(config, "image_token_index", None) if token is None else token
+    return {"image_embeds": True, "image_token_id": int(token), "image_grid": vision.image_size // vision.patch_size}
+
+
+#: A CLIP (or SigLIP) vision encoder inside a LLaVA model: pre-norm blocks, separate q/k/v.
+CLIP_VISION = ArchitectureAdapter(
+    "clip_vision",
+    ("clip_vision_model", "siglip_vision_model"),
+    "model.vision_tower.encoder.layers",
+    "self_attn.out_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+    "layer_norm2",
+    "mlp",
+    "self_attn",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    config="vision_config",
+)
+#: Vision-language families: the language model's adapter, its paths under LLaVA's language model.
+VLM_TYPES = ("llava",)
+
+
 def supported_model_types() -> list[str]:
-    return sorted(t for adapter in ADAPTERS for t in adapter.model_types)
+    return sorted([*(t for adapter in ADAPTERS for t in adapter.model_types), *VLM_TYPES])
+
+
+def _llava_adapter(model: nn.Module) -> ArchitectureAdapter:
+    """LLaVA (``LlavaForConditionalGeneration``): its language model's own adapter with paths under
+    ``model.language_model``, the CLIP vision encoder as the ``vision`` tower, and the projector."""
+    text_type = model.config.text_config.model_type
+    vision_type = model.config.vision_config.model_type
+    text = next((a for a in ADAPTERS if text_type in a.model_types), None)
+    if text is None or text.family != "llama" or vision_type not in CLIP_VISION.model_types:
+        raise UnsupportedArchitectureError(
+            f"LLaVA with a {text_type!r} language model and a {vision_type!r} vision encoder: Scalpel's LLaVA "
+            "adapter takes a Llama-family language model (llama, mistral, qwen2) "
+            "and a CLIP or SigLIP encoder"
+        )
+    return dataclasses.replace(
+        text,
+        family="llava",
+        model_types=VLM_TYPES,
+        layers="model.language_model.layers",
+        final_norm="model.language_model.norm",
+        config="text_config",
+        image_embeds="model.multi_modal_projector",
+        vision=CLIP_VISION,
+    )
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter for ``model`` (a ``transformers`` causal LM), by ``config.model_type``."""
+    """The adapter for ``model`` (a ``transformers`` causal LM or LLaVA), by ``config.model_type``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in VLM_TYPES:
+        return _llava_adapter(model)
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter

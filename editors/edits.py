@@ -53,7 +53,9 @@ class Op:
     and ``positions`` the model's position ids ``[batch|1, seq]`` (only computed when
     ``needs_positions``); with ``needs_rows`` it is ``fn(x, positions, rows)`` where ``rows``
     ``[batch]`` are the rows' sample keys (their batch row numbers, unless a batch of per-row
-    stacks says otherwise). For weight sites ``fn(module_input, module_output) -> module_output``.
+    stacks says otherwise); with ``needs_tokens`` it is ``fn(x, positions, tokens)`` where
+    ``tokens`` ``[batch, seq]`` are the input ids of the forward's own tokens (what a VLM's image
+    positions are read from). For weight sites ``fn(module_input, module_output) -> module_output``.
 
     ``form`` states what ``fn`` computes when it is one of the kit's plain algebraic forms, so a
     batch whose rows run different stacks can do it for every row in one step
@@ -63,6 +65,7 @@ class Op:
     fn: Callable[..., torch.Tensor]
     needs_positions: bool = False
     needs_rows: bool = False
+    needs_tokens: bool = False
     form: Any = None  # AddVector | AddLowRank | ZeroUnits | editors.feature_edits.EditFeatures | None
 
 
@@ -200,6 +203,11 @@ def _check_layer(field_name: str, layer: int, dims: ModelDims) -> None:
 
 
 def _check_residual_site(field_name: str, site: Site, dims: ModelDims) -> None:
+    """``site`` is a residual point of a layer of its tower (a VLM's vision encoder or the language model)."""
+    try:
+        dims = dims.at(site)
+    except InvalidEditError as exc:
+        raise InvalidEditError(field_name, exc.problem, exc.allowed) from None
     _check_layer(field_name, site.layer, dims)
     if site.point not in dims.residual_points():
         raise InvalidEditError(
@@ -471,8 +479,9 @@ class Steering(Edit):
 
     def validate_for(self, dims: ModelDims) -> None:
         _check_residual_site("site", self.parsed_site, dims)
-        if self.vector.shape[0] != dims.d_model:
-            raise InvalidEditError("vector", f"length {self.vector.shape[0]} != d_model", f"d_model = {dims.d_model}")
+        d_model = dims.at(self.parsed_site).d_model
+        if self.vector.shape[0] != d_model:
+            raise InvalidEditError("vector", f"length {self.vector.shape[0]} != d_model", f"d_model = {d_model}")
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
         delta = (self.scale * self.vector.to(torch.float64)).to(device, dtype)
@@ -560,7 +569,9 @@ class LowRank(Edit):
 
 def edit_kinds() -> dict[str, type[Edit]]:
     """Public edit kinds by name."""
-    import editors.feature_edits  # noqa: F401 - registers the SAE feature kinds (it imports this module)
+    # each registers its kinds (and imports this module, so neither can be imported at its top)
+    import editors.feature_edits
+    import editors.vision  # noqa: F401
 
     return {k: v for k, v in Edit.registry.items() if not k.startswith("_")}
 

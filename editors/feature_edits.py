@@ -114,8 +114,9 @@ class _FeatureEdit(Edit):
 
     def validate_for(self, dims: ModelDims) -> None:
         _check_residual_site("site", self.parsed_site, dims)
-        if self.decoder.shape[1] != dims.d_model:
-            raise InvalidEditError("decoder", f"width {self.decoder.shape[1]} != d_model", f"d_model = {dims.d_model}")
+        d_model = dims.at(self.parsed_site).d_model
+        if self.decoder.shape[1] != d_model:
+            raise InvalidEditError("decoder", f"width {self.decoder.shape[1]} != d_model", f"d_model = {d_model}")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)

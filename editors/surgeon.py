@@ -42,9 +42,10 @@ from editors.errors import InvalidEditError
 from editors.fingerprint import weights_sha256
 from editors.fusion import fused_op
 from editors.sae import SparseAutoencoder, split_sae_point
-from editors.sites import ACTIVATION_POINTS, QKV_POINTS, WEIGHT_POINTS, Site
+from editors.sites import ACTIVATION_POINTS, QKV_POINTS, TOWERS, WEIGHT_POINTS, Site
 
-#: A place hooks are installed: (layer, unit) with unit one of the keys of ``_UNITS_BY_POINT``'s values.
+#: A place hooks are installed: (layer, unit) with unit one of ``_UNITS_BY_POINT``'s values, prefixed
+#: with ``{tower}.`` for a block of another tower (a VLM's vision encoder: ``vision.block_post``).
 Unit = tuple[int, str]
 
 _UNITS_BY_POINT: dict[str, tuple[str, ...]] = {
@@ -60,6 +61,7 @@ _UNITS_BY_POINT: dict[str, tuple[str, ...]] = {
     "attn.hook_v": ("v_post",),
     "hook_embed": ("embed_post",),
     "ln_final.hook_normalized": ("final_norm_post",),
+    "hook_image_embeds": ("image_embeds_post",),
     "attn.W_O": ("attn.W_O",),
     "mlp.W_in": ("mlp.W_in",),
     "mlp.W_out": ("mlp.W_out",),
@@ -88,6 +90,7 @@ class EditStack:
     ops: dict[Site, tuple[Op, ...]]
     position_layers: frozenset[int]
     units: frozenset[Unit]
+    needs_tokens: bool = False  # some op reads the forward's input ids (recorded at the embeddings)
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -109,6 +112,7 @@ class RowStacks:
     stacks: tuple[EditStack, ...]
     groups: dict[Site, tuple[RowGroup, ...]]
     position_layers: frozenset[int]
+    needs_tokens: bool = False
 
 
 class Surgeon:
@@ -168,11 +172,16 @@ class Surgeon:
         for name, op in extra_ops:
             ops.setdefault(self.site(name, "extra_ops"), []).append(op)
         position_layers = frozenset(
-            s.layer for s, site_ops in ops.items() if s.layer >= 0 and any(o.needs_positions for o in site_ops)
+            s.layer
+            for s, site_ops in ops.items()
+            if s.layer >= 0 and not s.tower and any(o.needs_positions for o in site_ops)
         )
-        units = {(s.layer, unit) for s in ops for unit in _UNITS_BY_POINT[s.point]}
+        units = {(s.layer, f"{s.tower}.{unit}" if s.tower else unit) for s in ops for unit in _UNITS_BY_POINT[s.point]}
         units |= {(layer, "block_pre") for layer in position_layers}
-        stack = EditStack(edits, {s: tuple(o) for s, o in ops.items()}, position_layers, frozenset(units))
+        needs_tokens = any(o.needs_tokens for site_ops in ops.values() for o in site_ops)
+        if needs_tokens:
+            units.add((-1, "embed_post"))
+        stack = EditStack(edits, {s: tuple(o) for s, o in ops.items()}, position_layers, frozenset(units), needs_tokens)
         self._acquire(stack.units)
         weakref.finalize(stack, self._release_later, stack.units)
         return stack
@@ -208,15 +217,22 @@ class Surgeon:
                 row_group = RowGroup(ops, rows_of.get(group), keys_of.get(group, every_key))
                 groups.setdefault(site, []).append(row_group)
         position_layers = frozenset().union(*(stack.position_layers for stack in stacks))
-        return RowStacks(stacks, {site: _fuse(g, len(stacks)) for site, g in groups.items()}, position_layers)
+        fused = {site: _fuse(g, len(stacks)) for site, g in groups.items()}
+        return RowStacks(stacks, fused, position_layers, any(stack.needs_tokens for stack in stacks))
 
     def site(self, name: str, field: str = "site") -> Site:
         """Parse an activation site name and check that this model has it."""
         site = Site.parse(name, field, ACTIVATION_POINTS)
-        if site.layer >= self.dims.n_layers or (site.is_residual and site.point not in self.dims.residual_points()):
-            raise InvalidEditError(field, f"{name} does not exist in this model", f"layers 0..{self.dims.n_layers - 1}")
-        missing = (site.point in QKV_POINTS and not self.adapter.qkv) or (
-            site.point == "ln_final.hook_normalized" and not self.adapter.final_norm
+        try:
+            dims, adapter = self.dims.at(site), self.adapter.tower(site.tower)
+        except InvalidEditError as exc:
+            raise InvalidEditError(field, exc.problem, exc.allowed) from None
+        if site.layer >= dims.n_layers or (site.is_residual and site.point not in dims.residual_points()):
+            raise InvalidEditError(field, f"{name} does not exist in this model", f"layers 0..{dims.n_layers - 1}")
+        missing = (
+            (site.point in QKV_POINTS and not adapter.qkv)
+            or (site.point == "ln_final.hook_normalized" and not adapter.final_norm)
+            or (site.point == "hook_image_embeds" and not adapter.image_embeds)
         )
         if missing:
             raise InvalidEditError(
@@ -340,19 +356,31 @@ class Surgeon:
 
     def _install(self, unit: Unit) -> Any:
         layer, name = unit
+        tower, _, name = name.rpartition(".") if name.startswith(TOWERS) else ("", "", name)
+        if tower:
+            return self._install_block_unit(layer, name, tower)
         if name in WEIGHT_POINTS:
             site = Site(layer, name)
-            return self.adapter.weight_module(self.model, site).register_forward_hook(self._hook_weight(site))
+            return self.adapter.weight_module(self.model, site).register_forward_hook(
+                self._hook_weight(site), prepend=True
+            )
         if name == "embed_post":
-            return self.model.get_input_embeddings().register_forward_hook(self._output_hook(Site(-1, "hook_embed")))
+            return self.model.get_input_embeddings().register_forward_hook(self._hook_embed(), prepend=True)
         if name == "final_norm_post":
             norm = module_at(self.model, self.adapter.final_norm)
-            return norm.register_forward_hook(self._output_hook(Site(-1, "ln_final.hook_normalized")))
+            return norm.register_forward_hook(self._output_hook(Site(-1, "ln_final.hook_normalized")), prepend=True)
+        if name == "image_embeds_post":
+            projector = module_at(self.model, self.adapter.image_embeds)
+            return projector.register_forward_hook(self._output_hook(Site(-1, "hook_image_embeds")), prepend=True)
+        return self._install_block_unit(layer, name, "")
+
+    def _install_block_unit(self, layer: int, name: str, tower: str) -> Any:
+        adapter = self.adapter.tower(tower)
         if name in ("q_post", "k_post", "v_post"):
             which = "qkv".index(name[0])
-            path = self.adapter.qkv[which if len(self.adapter.qkv) == 3 else 0]
-            module = module_at(self.adapter.blocks(self.model)[layer], path)
-            return module.register_forward_hook(self._hook_qkv(layer, which))
+            path = adapter.qkv[which if len(adapter.qkv) == 3 else 0]
+            module = module_at(adapter.blocks(self.model)[layer], path)
+            return module.register_forward_hook(self._hook_qkv(layer, which, tower), prepend=True)
         role, factory = {
             "block_pre": (None, self._hook_block_pre),
             "block_post": (None, self._hook_block_post),
@@ -362,14 +390,12 @@ class Surgeon:
             "z_pre": ("attn_out", self._hook_z_pre),
             "neurons_pre": ("mlp_out", self._hook_neurons_pre),
         }[name]
-        module = (
-            self.adapter.blocks(self.model)[layer] if role is None else self.adapter.module(self.model, layer, role)
-        )
+        module = adapter.blocks(self.model)[layer] if role is None else adapter.module(self.model, layer, role)
         if name == "block_pre":
-            return module.register_forward_pre_hook(factory(layer), with_kwargs=True)
+            return module.register_forward_pre_hook(factory(layer, tower), with_kwargs=True, prepend=True)
         if name.endswith("_pre"):
-            return module.register_forward_pre_hook(factory(layer))
-        return module.register_forward_hook(factory(layer))
+            return module.register_forward_pre_hook(factory(layer, tower), prepend=True)
+        return module.register_forward_hook(factory(layer, tower), prepend=True)
 
     def _positions(self, x: torch.Tensor) -> torch.Tensor:
         positions = getattr(self._scratch, "positions", None)
@@ -377,27 +403,37 @@ class Surgeon:
             return torch.arange(x.shape[1], device=x.device).unsqueeze(0)
         return positions
 
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = getattr(self._scratch, "tokens", None)
+        if tokens is None or tuple(tokens.shape) != tuple(x.shape[:2]):
+            raise InvalidEditError(
+                "edits", "an edit that reads the input ids ran where they are not known", "a forward given input_ids"
+            )
+        return tokens
+
     def _run(self, groups: tuple[RowGroup, ...], x: torch.Tensor) -> torch.Tensor:
         """Each group's ops on its rows of ``x`` (activation layout ``[batch, pos, ...]``)."""
         positions = self._positions(x) if any(op.needs_positions for g in groups for op in g.ops) else None
+        tokens = self._tokens(x) if any(op.needs_tokens for g in groups for op in g.ops) else None
         for group in groups:
             if group.rows is None:
-                x = _run_ops(group.ops, x, positions, group.keys)
+                x = _run_ops(group.ops, x, positions, group.keys, tokens)
                 continue
             part = x.index_select(0, group.rows)
             here = positions if positions is None or positions.shape[0] == 1 else positions[group.rows]
-            x = x.index_copy(0, group.rows, _run_ops(group.ops, part, here, group.keys))
+            row_tokens = None if tokens is None else tokens[group.rows]
+            x = x.index_copy(0, group.rows, _run_ops(group.ops, part, here, group.keys, row_tokens))
         return x
 
     # -- hook factories (one per unit kind) ---------------------------------------------------
-    def _hook_block_pre(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "hook_resid_pre")
+    def _hook_block_pre(self, layer: int, tower: str) -> Callable[..., Any]:
+        site = Site(layer, "hook_resid_pre", tower)
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             stack = self._active.get()
             if stack is None:
                 return None
-            if layer in stack.position_layers:
+            if not tower and layer in stack.position_layers:
                 self._scratch.positions = kwargs.get("position_ids")
             ops = stack.groups.get(site)
             if not ops:
@@ -408,8 +444,20 @@ class Surgeon:
 
         return hook
 
-    def _hook_block_post(self, layer: int) -> Callable[..., Any]:
-        return self._output_hook(Site(layer, "hook_resid_post"))
+    def _hook_embed(self) -> Callable[..., Any]:
+        """Records the input ids for ops that read them, then runs ``hook_embed``'s ops."""
+        edit = self._output_hook(Site(-1, "hook_embed"))
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            stack = self._active.get()
+            if stack is not None and stack.needs_tokens:
+                self._scratch.tokens = args[0]
+            return edit(module, args, output)
+
+        return hook
+
+    def _hook_block_post(self, layer: int, tower: str) -> Callable[..., Any]:
+        return self._output_hook(Site(layer, "hook_resid_post", tower))
 
     def _output_hook(self, site: Site) -> Callable[..., Any]:
         """Edits a module's output (the first element when it returns a tuple)."""
@@ -425,8 +473,8 @@ class Surgeon:
 
         return hook
 
-    def _hook_mid_pre(self, layer: int) -> Callable[..., Any]:
-        site = Site(layer, "hook_resid_mid")
+    def _hook_mid_pre(self, layer: int, tower: str) -> Callable[..., Any]:
+        site = Site(layer, "hook_resid_mid", tower)
 
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
             stack = self._active.get()
@@ -435,15 +483,15 @@ class Surgeon:
                 return None
             edited = self._run(ops, args[0])
             # the residual carried past the MLP is the unedited input; the MLP hook adds the change
-            self._scratch.__dict__[f"mid{layer}"] = edited - args[0]
+            self._scratch.__dict__[f"{tower}mid{layer}"] = edited - args[0]
             return (edited, *args[1:])
 
         return hook
 
-    def _hook_mlp_post(self, layer: int) -> Callable[..., Any]:
-        mid = Site(layer, "hook_resid_mid")
-        out = Site(layer, "hook_mlp_out")
-        key = f"mid{layer}"
+    def _hook_mlp_post(self, layer: int, tower: str) -> Callable[..., Any]:
+        mid = Site(layer, "hook_resid_mid", tower)
+        out = Site(layer, "hook_mlp_out", tower)
+        key = f"{tower}mid{layer}"
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
             stack = self._active.get()
@@ -458,14 +506,16 @@ class Surgeon:
 
         return hook
 
-    def _hook_attn_post(self, layer: int) -> Callable[..., Any]:
-        return self._output_hook(Site(layer, "hook_attn_out"))
+    def _hook_attn_post(self, layer: int, tower: str) -> Callable[..., Any]:
+        return self._output_hook(Site(layer, "hook_attn_out", tower))
 
-    def _hook_z_pre(self, layer: int) -> Callable[..., Any]:
-        return self._activation_pre_hook(Site(layer, "attn.hook_z"), (self.dims.n_heads, self.dims.d_head))
+    def _hook_z_pre(self, layer: int, tower: str) -> Callable[..., Any]:
+        site = Site(layer, "attn.hook_z", tower)
+        dims = self.dims.at(site)
+        return self._activation_pre_hook(site, (dims.n_heads, dims.d_head))
 
-    def _hook_neurons_pre(self, layer: int) -> Callable[..., Any]:
-        return self._activation_pre_hook(Site(layer, "mlp.hook_post"))
+    def _hook_neurons_pre(self, layer: int, tower: str) -> Callable[..., Any]:
+        return self._activation_pre_hook(Site(layer, "mlp.hook_post", tower))
 
     def _activation_pre_hook(self, site: Site, split_last: tuple[int, int] | None = None) -> Callable[..., Any]:
         """Edits a module's input; ``split_last`` views its last dimension as ``(heads, d_head)``."""
@@ -483,10 +533,10 @@ class Surgeon:
 
         return hook
 
-    def _hook_qkv(self, layer: int, which: int) -> Callable[..., Any]:
+    def _hook_qkv(self, layer: int, which: int, tower: str) -> Callable[..., Any]:
         """Edits the queries (0), keys (1) or values (2) in the projection's output, per head."""
-        site = Site(layer, QKV_POINTS[which])
-        layout, d_head = self.adapter.qkv_layout, self.dims.d_head
+        site = Site(layer, QKV_POINTS[which], tower)
+        layout, d_head = self.adapter.tower(tower).qkv_layout, self.dims.at(site).d_head
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
             stack = self._active.get()
@@ -541,10 +591,16 @@ def _fuse(groups: list[RowGroup], batch: int) -> tuple[RowGroup, ...]:
 
 
 def _run_ops(
-    ops: tuple[Op, ...], x: torch.Tensor, positions: torch.Tensor | None, keys: torch.Tensor | None
+    ops: tuple[Op, ...],
+    x: torch.Tensor,
+    positions: torch.Tensor | None,
+    keys: torch.Tensor | None,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     for op in ops:
-        if op.needs_rows:
+        if op.needs_tokens:
+            x = op.fn(x, positions, tokens)
+        elif op.needs_rows:
             x = op.fn(x, positions, keys if keys is not None else torch.arange(x.shape[0], device=x.device))
         else:
             x = op.fn(x, positions)

@@ -1,0 +1,206 @@
+"""Surgery on a vision-language model's image tokens (issue 34), in the kit.
+
+A LLaVA model reads each image as ``image_grid²`` image tokens: the projector's outputs, put in
+place of the ``<image>`` placeholders of the prompt, one per patch, row by row. This module names
+them and cuts at them:
+
+- :func:`image_token_index` finds each token's image and patch from the input ids alone, so left
+  padding, text between images and several images per prompt never shift a patch;
+- :class:`ImageTokenAblation` (edit kind ``image_token_ablation``) replaces image tokens (all of
+  them, or a region's patches) at the language model's input with the mean image token (Neo et
+  al. 2025's mean ablation) or zero; per row in the batched engine, like every kind;
+- :func:`region_patches` maps a box of patch rows and columns to patch indices;
+- :func:`mean_image_token` is the mean of the projector's outputs over a set of images;
+- :func:`attention_knockout` blocks attention from chosen query positions to image tokens at
+  chosen layers (Geva et al. 2023's knockout), for one forward;
+- :func:`image_logit_lens` decodes every image token at every layer through the final norm and
+  the unembedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from editors.adapters import ModelDims, module_at
+from editors.edits import Edit, Op
+from editors.errors import InvalidEditError
+from editors.sites import Site
+from editors.validation import check_choice, check_indices, check_int, check_tensor
+
+IMAGE_ABLATION_MODES = ("mean", "zero")
+QUERY_SETS = ("last", "text", "image", "all")
+
+
+def image_token_index(tokens: torch.Tensor, image_token_id: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(patch, image)`` for every position of ``tokens`` ``[batch, seq]``: the patch index (row
+    major) and the image number within its row of each image token, ``-1`` at other tokens."""
+    is_image = tokens == image_token_id
+    order = is_image.long().cumsum(dim=1) - 1  # the k-th image token of its row
+    per_image = grid * grid
+    patch = torch.where(is_image, order % per_image, -1)
+    image = torch.where(is_image, order // per_image, -1)
+    return patch, image
+
+
+def region_patches(rows: tuple[int, int], columns: tuple[int, int], grid: int) -> tuple[int, ...]:
+    """The patch indices of the box ``rows`` × ``columns`` (inclusive start, exclusive end) of a
+    ``grid`` × ``grid`` patch grid."""
+    (top, bottom), (left, right) = rows, columns
+    if not (0 <= top < bottom <= grid and 0 <= left < right <= grid):
+        raise InvalidEditError("region", f"rows {rows} × columns {columns} is not a box of the grid", f"0..{grid}")
+    return tuple(r * grid + c for r in range(top, bottom) for c in range(left, right))
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, repr=False)
+class ImageTokenAblation(Edit):
+    """Replace image tokens at the language model's input (``blocks.0.hook_resid_pre``).
+
+    ``patches`` are patch indices within an image (row major; ``None``: every patch); ``images``
+    which images of a prompt (``None``: every one). ``mode="mean"`` writes ``mean`` (the mean
+    image token, :func:`mean_image_token`), ``"zero"`` writes zeros. Positions come from the
+    input ids, so the same patch is cut whatever the padding or the text around it; a forward
+    without image tokens (a decode step) is untouched.
+    """
+
+    kind: ClassVar[str] = "image_token_ablation"
+    tensor_fields: ClassVar[tuple[str, ...]] = ("mean",)
+    optional_fields: ClassVar[tuple[str, ...]] = ("patches", "images")
+
+    mode: str = "mean"
+    mean: torch.Tensor | None = None
+    patches: tuple[int, ...] | None = None
+    images: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, IMAGE_ABLATION_MODES)
+        if (self.mode == "mean") != (self.mean is not None):
+            raise InvalidEditError(
+                "mean", "is needed by mode 'mean' and by no other", "a [d_model] tensor with mode mean"
+            )
+        if self.mean is not None:
+            object.__setattr__(self, "mean", check_tensor("mean", self.mean, 1))
+        for name in ("patches", "images"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_indices(name, value))
+
+    def validate_for(self, dims: ModelDims) -> None:
+        if dims.image_token_id < 0:
+            raise InvalidEditError("kind", "image_token_ablation needs a vision-language model", "a LLaVA model")
+        if self.mean is not None and self.mean.shape[0] != dims.d_model:
+            raise InvalidEditError("mean", f"length {self.mean.shape[0]} != d_model", f"d_model = {dims.d_model}")
+        for i, patch in enumerate(self.patches or ()):
+            check_int(f"patches[{i}]", patch, 0, dims.image_grid**2 - 1)
+
+    def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
+        zero = torch.zeros(dims.d_model, device=device, dtype=dtype)
+        value = zero if self.mean is None else self.mean.to(device, dtype)
+        patches = None if self.patches is None else torch.tensor(self.patches, device=device)
+        images = None if self.images is None else torch.tensor(self.images, device=device)
+        token_id, grid = dims.image_token_id, dims.image_grid
+
+        def fn(x: torch.Tensor, positions: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+            patch, image = image_token_index(tokens, token_id, grid)
+            cut = patch >= 0
+            if patches is not None:
+                cut &= torch.isin(patch, patches)
+            if images is not None:
+                cut &= torch.isin(image, images)
+            return torch.where(cut.unsqueeze(-1), value, x)
+
+        return [(Site(0, "hook_resid_pre"), Op(fn, needs_tokens=True))]
+
+
+@torch.inference_mode()
+def mean_image_token(surgeon: Any, pixel_values: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The mean of the projector's outputs (``hook_image_embeds``) over ``pixel_values``'s images
+    and all their patches: ``[d_model]``, float32 (the value Neo et al. 2025 ablate with)."""
+    device, dtype = surgeon.device_dtype
+    parts = []
+    with surgeon.trace(["hook_image_embeds"]) as cache:
+        for start in range(0, pixel_values.shape[0], batch):
+            surgeon.model.model.get_image_features(pixel_values=pixel_values[start : start + batch].to(device, dtype))
+            parts.append(cache["hook_image_embeds"].float().flatten(0, -2))
+    return torch.cat(parts).mean(dim=0)
+
+
+def _query_mask(sets: str, tokens: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    is_image = tokens == image_token_id
+    if sets == "image":
+        return is_image
+    if sets == "text":
+        return ~is_image
+    if sets == "all":
+        return torch.ones_like(is_image)
+    last = torch.zeros_like(is_image)
+    last[:, -1] = True
+    return last
+
+
+@contextmanager
+def attention_knockout(
+    surgeon: Any,
+    tokens: torch.Tensor,
+    layers: Sequence[int],
+    queries: str = "last",
+    patches: Sequence[int] | None = None,
+) -> Iterator[None]:
+    """In the body's forwards over ``tokens`` (``[batch, seq]``, no KV cache), positions in
+    ``queries`` (``last``: the final position; ``text``, ``image`` or ``all``) cannot attend to
+    the image tokens (or only those of ``patches``) at the language model's ``layers``."""
+    check_choice("queries", queries, QUERY_SETS)
+    dims: ModelDims = surgeon.dims
+    if dims.image_token_id < 0:
+        raise InvalidEditError("model", "attention knockout of image tokens needs a vision-language model", "LLaVA")
+    for i, layer in enumerate(layers):
+        check_int(f"layers[{i}]", layer, 0, dims.n_layers - 1)
+    patch, _ = image_token_index(tokens, dims.image_token_id, dims.image_grid)
+    keys = patch >= 0 if patches is None else torch.isin(patch, torch.tensor(list(patches), device=patch.device))
+    query = _query_mask(queries, tokens, dims.image_token_id)
+    blocked = (query.unsqueeze(2) & keys.unsqueeze(1)).unsqueeze(1)  # [batch, 1, q, k]
+    seq = tokens.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=tokens.device).tril()
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            allowed = causal.expand(tokens.shape[0], 1, seq, seq)
+        elif mask.dtype == torch.bool:
+            allowed = mask
+        else:
+            allowed = mask == 0
+        if allowed.shape[-2:] != (seq, seq):
+            raise InvalidEditError("tokens", "the forward is not the one the knockout was set up for", "its tokens")
+        return args, {**kwargs, "attention_mask": allowed & ~blocked}
+
+    adapter = surgeon.adapter
+    handles = [
+        module_at(adapter.blocks(surgeon.model)[layer], adapter.attn).register_forward_pre_hook(hook, with_kwargs=True)
+        for layer in layers
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.inference_mode()
+def image_logit_lens(surgeon: Any, inputs: dict[str, torch.Tensor], top_k: int = 5) -> torch.Tensor:
+    """The ``top_k`` vocabulary ids that each image token of ``inputs``'s first row decodes to
+    after each language-model layer (final norm, then the unembedding): ``[layers, patches, top_k]``."""
+    dims: ModelDims = surgeon.dims
+    sites = [f"blocks.{layer}.hook_resid_post" for layer in range(dims.n_layers)]
+    with surgeon.trace(sites) as cache:
+        surgeon.model(**inputs)
+    patch, _ = image_token_index(inputs["input_ids"][:1], dims.image_token_id, dims.image_grid)
+    where = (patch[0] >= 0).nonzero().squeeze(-1)[: dims.image_grid**2]
+    norm = module_at(surgeon.model, surgeon.adapter.final_norm)
+    unembed = surgeon.model.get_output_embeddings()
+    return torch.stack([unembed(norm(cache[site][0, where])).topk(top_k, dim=-1).indices for site in sites])

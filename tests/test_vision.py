@@ -1,0 +1,235 @@
+"""Vision-language models in the kit (issue 34): LLaVA's sites (its vision encoder under
+``vision.``, the projector's ``hook_image_embeds``), image tokens found from the input ids,
+their mean ablation per row, attention knockout and the image logit lens, on a small randomly
+initialised LLaVA (the toy VLM's shapes)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from editors import InvalidEditError, Steering, Surgeon
+from editors.edits import edit_from_parts
+from editors.serialization import artifact_blobs_by_hash, edit_from_json
+from editors.toyworld.vision.scenes import PATCH_GRID, random_scene
+from editors.toyworld.vision.train import VisionTrainConfig, build_model, build_processor, encode_questions, pixels
+from editors.toyworld.vision.train import sample as sample_questions
+from editors.vision import (
+    ImageTokenAblation,
+    attention_knockout,
+    image_logit_lens,
+    image_token_index,
+    mean_image_token,
+    region_patches,
+)
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    torch.manual_seed(0)
+    processor = build_processor()
+    model = build_model(VisionTrainConfig(), processor).eval()
+    return model, processor, Surgeon(model)
+
+
+def _batch(processor, count: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    scenes, asked = sample_questions(random.Random(seed), count)
+    encoded = encode_questions(processor, asked)
+    return {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "pixel_values": pixels(scenes),
+    }
+
+
+def _left_padded(processor, row: dict[str, torch.Tensor], pad: int) -> dict[str, torch.Tensor]:
+    """``row`` (one unpadded row) with ``pad`` pad tokens in front of it."""
+    ids, mask = row["input_ids"], row["attention_mask"]
+    pad_ids = torch.full((1, pad), processor.tokenizer.pad_token_id)
+    return {
+        "input_ids": torch.cat([pad_ids, ids], dim=1),
+        "attention_mask": torch.cat([torch.zeros(1, pad, dtype=mask.dtype), mask], dim=1),
+        "pixel_values": row["pixel_values"],
+    }
+
+
+def test_llava_sites_name_both_towers_and_tracing_changes_nothing(vlm) -> None:
+    model, processor, surgeon = vlm
+    assert surgeon.adapter.family == "llava"
+    vision = surgeon.dims.at(surgeon.site("vision.blocks.0.hook_resid_post"))
+    assert (vision.n_layers, vision.d_model, surgeon.dims.d_model) == (2, 64, 128)
+    batch = _batch(processor, 3)
+    sites = [
+        "vision.blocks.0.hook_resid_pre",
+        "vision.blocks.1.hook_resid_mid",
+        "vision.blocks.1.attn.hook_z",
+        "vision.blocks.0.mlp.hook_post",
+        "vision.blocks.0.attn.hook_k",
+        "hook_image_embeds",
+        "blocks.3.hook_resid_post",
+    ]
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with surgeon.trace(sites) as cache:
+            traced = model(**batch).logits
+    assert torch.equal(plain, traced)
+    assert cache["vision.blocks.1.attn.hook_z"].shape == (3, 1 + PATCH_GRID**2, 4, 16)  # class token + patches
+    assert cache["hook_image_embeds"].shape == (3, PATCH_GRID**2, 128)
+    seq = batch["input_ids"].shape[1]
+    assert cache["blocks.3.hook_resid_post"].shape == (3, seq, 128)
+
+
+def test_steering_in_the_vision_encoder_reaches_the_image_tokens(vlm) -> None:
+    """A vector added after the encoder's last block (the layer LLaVA reads) arrives at the
+    projector exactly: the projector of (the encoder's output + v)."""
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 2)
+    vector = torch.randn(64)
+    with torch.no_grad():
+        encoded = model.model.vision_tower(batch["pixel_values"]).last_hidden_state[:, 1:]
+        expected = model.model.multi_modal_projector(encoded + 3.0 * vector)
+        steering = Steering(site="vision.blocks.1.hook_resid_post", vector=vector, scale=3.0)
+        with surgeon.trace(["hook_image_embeds"], edits=[steering]) as cache:
+            steered = model(**batch).logits
+        plain = model(**batch).logits
+    torch.testing.assert_close(cache["hook_image_embeds"], expected, atol=1e-5, rtol=1e-5)
+    assert (steered - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("site", "width", "problem"),
+    [
+        ("vision.blocks.2.hook_resid_post", 64, "out of range"),
+        ("vision.blocks.0.hook_resid_post", 128, "length 128 != d_model"),
+        ("vision.blocks.0.hook_resid_post", 63, "length 63 != d_model"),
+    ],
+)
+def test_bad_vision_sites_are_refused_naming_the_field(vlm, site, width, problem) -> None:
+    _, _, surgeon = vlm
+    with pytest.raises(InvalidEditError, match=problem):
+        surgeon.compile([Steering(site=site, vector=torch.randn(width))])
+
+
+def test_a_text_model_has_no_vision_sites(toy_surgeon) -> None:
+    with pytest.raises(InvalidEditError, match="no vision tower"):
+        toy_surgeon.compile([Steering(site="vision.blocks.0.hook_resid_post", vector=torch.randn(128))])
+    with pytest.raises(InvalidEditError, match="hook_image_embeds"):
+        toy_surgeon.site("hook_image_embeds")
+    with pytest.raises(InvalidEditError, match="vision-language model"):
+        toy_surgeon.compile([ImageTokenAblation(mode="zero")])
+
+
+def test_image_tokens_are_found_from_the_ids_whatever_the_padding() -> None:
+    grid, image = 2, 9
+    tokens = torch.tensor([[0, 0, 5, 9, 9, 9, 9, 7], [5, 9, 9, 9, 9, 6, 9, 9]])  # row 1: an image split by text
+    patch, which = image_token_index(tokens, image, grid)
+    assert patch.tolist() == [[-1, -1, -1, 0, 1, 2, 3, -1], [-1, 0, 1, 2, 3, -1, 0, 1]]
+    assert which.tolist() == [[-1, -1, -1, 0, 0, 0, 0, -1], [-1, 0, 0, 0, 0, -1, 1, 1]]
+    assert region_patches((0, 2), (1, 3), 4) == (1, 2, 5, 6)
+    with pytest.raises(InvalidEditError, match="region"):
+        region_patches((0, 5), (0, 1), 4)
+
+
+def test_mean_ablation_writes_the_mean_image_token_at_the_named_patches_only(vlm) -> None:
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 4, seed=1)
+    mean = mean_image_token(surgeon, batch["pixel_values"])
+    with surgeon.trace(["hook_image_embeds"]):
+        model.model.get_image_features(pixel_values=batch["pixel_values"])
+    patches = region_patches((1, 3), (0, 2), PATCH_GRID)
+    edit = ImageTokenAblation(mean=mean, patches=patches)
+    with torch.no_grad():
+        with surgeon.trace(["blocks.0.hook_resid_pre"]) as plain:
+            model(**batch)
+        with surgeon.trace(["blocks.0.hook_resid_pre"], edits=[edit]) as cut:
+            model(**batch)
+    before, after = plain["blocks.0.hook_resid_pre"], cut["blocks.0.hook_resid_pre"]
+    patch, _ = image_token_index(batch["input_ids"], surgeon.dims.image_token_id, PATCH_GRID)
+    hit = torch.isin(patch, torch.tensor(patches))
+    assert int(hit.sum()) == 4 * len(patches)
+    torch.testing.assert_close(after[hit], mean.expand(int(hit.sum()), -1))
+    assert torch.equal(after[~hit], before[~hit])
+
+
+def test_rows_with_different_image_cuts_each_equal_their_solo_run_under_left_padding(vlm) -> None:
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 3, seed=2)
+    mean = mean_image_token(surgeon, batch["pixel_values"])
+    edits = [
+        ImageTokenAblation(mean=mean, patches=(0, 5)),
+        ImageTokenAblation(mode="zero"),
+        None,
+    ]
+    rows = []
+    for i in range(3):
+        width = int(batch["attention_mask"][i].sum())
+        rows.append({k: v[i : i + 1, :width] if k != "pixel_values" else v[i : i + 1] for k, v in batch.items()})
+    width = max(r["input_ids"].shape[1] for r in rows) + 2
+    padded = [_left_padded(processor, r, width - r["input_ids"].shape[1]) for r in rows]
+    together = {k: torch.cat([p[k] for p in padded]) for k in padded[0]}
+    positions = (together["attention_mask"].cumsum(1) - 1).clamp_min(0)
+    stacks = [surgeon.compile([] if e is None else [e]) for e in edits]
+    with torch.no_grad(), surgeon.apply_rows(surgeon.rows(stacks)):
+        batched = model(**together, position_ids=positions).logits[:, -1]
+    for i, edit in enumerate(edits):
+        with torch.no_grad(), surgeon.apply([] if edit is None else [edit]):
+            solo = model(**rows[i]).logits[0, -1]
+        torch.testing.assert_close(batched[i], solo, atol=1e-4, rtol=1e-4)
+
+
+def test_image_token_ablation_round_trips_and_validates(vlm) -> None:
+    _, _, surgeon = vlm
+    edit = ImageTokenAblation(mean=torch.randn(128), patches=(3, 1), images=(0,))
+    assert edit_from_json(edit.to_json(), artifact_blobs_by_hash(edit)).id == edit.id
+    assert edit_from_parts("image_token_ablation", {"mode": "zero"}, {}).mode == "zero"
+    cases = [
+        ({"mode": "mean"}, "mean"),  # mean mode with no mean
+        ({"mode": "zero", "mean": torch.zeros(128)}, "mean"),
+        ({"mode": "blur"}, "mode"),
+    ]
+    for fields, field in cases:
+        with pytest.raises(InvalidEditError) as caught:
+            ImageTokenAblation(**fields)
+        assert caught.value.field == field
+    with pytest.raises(InvalidEditError, match=r"patches\[0\]"):
+        surgeon.compile([ImageTokenAblation(mode="zero", patches=(16,))])
+    with pytest.raises(InvalidEditError, match="length 64 != d_model"):
+        surgeon.compile([ImageTokenAblation(mean=torch.zeros(64))])
+
+
+def test_knockout_of_every_image_token_at_every_layer_makes_the_answer_blind(vlm) -> None:
+    """With every text position cut off from the image tokens at every layer, the last position's
+    logits no longer depend on the picture; with the last position alone cut off, the picture
+    still reaches it through the text between (so the knockout is of attention, not of the
+    image); cut at no layer, they do."""
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 1, seed=3)
+    other = pixels([random_scene(random.Random(99))])
+    layers = range(surgeon.dims.n_layers)
+    with torch.no_grad():
+        seen = [model(**{**batch, "pixel_values": px}).logits[0, -1] for px in (batch["pixel_values"], other)]
+        with attention_knockout(surgeon, batch["input_ids"], layers, queries="text"):
+            blind = [model(**{**batch, "pixel_values": px}).logits[0, -1] for px in (batch["pixel_values"], other)]
+        with attention_knockout(surgeon, batch["input_ids"], layers, queries="last"):
+            last_only = [model(**{**batch, "pixel_values": px}).logits[0, -1] for px in (batch["pixel_values"], other)]
+        again = model(**batch).logits[0, -1]
+    assert (seen[0] - seen[1]).abs().max() > 1e-4
+    torch.testing.assert_close(blind[0], blind[1], atol=1e-6, rtol=0)
+    assert (last_only[0] - last_only[1]).abs().max() > 1e-4
+    torch.testing.assert_close(again, seen[0], atol=0, rtol=0)  # the knockout is gone after the block
+    with pytest.raises(InvalidEditError, match="queries"):
+        attention_knockout(surgeon, batch["input_ids"], [0], queries="first").__enter__()
+
+
+def test_image_logit_lens_decodes_every_patch_at_every_layer(vlm) -> None:
+    """Its last layer is the model's own prediction at each image token."""
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 1, seed=4)
+    lens = image_logit_lens(surgeon, batch, top_k=3)
+    assert lens.shape == (surgeon.dims.n_layers, PATCH_GRID**2, 3)
+    with torch.no_grad():
+        logits = model(**batch).logits[0]
+    image = batch["input_ids"][0] == surgeon.dims.image_token_id
+    assert torch.equal(lens[-1], logits[image].topk(3, dim=-1).indices)
