@@ -119,7 +119,7 @@ class ArchitectureAdapter:
 
     def weight_module(self, model: nn.Module, site: Site) -> nn.Module:
         role = {"attn.W_O": "attn_out", "mlp.W_in": "mlp_in", "mlp.W_out": "mlp_out"}[site.point]
-        return self.module(model, site.layer, role)
+        return self.tower(site.tower).module(model, site.layer, role)
 
     def tower(self, name: str) -> ArchitectureAdapter:
         """The adapter of the tower ``name`` (``""``: this one)."""

@@ -533,7 +533,8 @@ class LowRank(Edit):
         return Site.parse(self.site, "site", WEIGHT_POINTS)
 
     def shape_for(self, dims: ModelDims) -> tuple[int, int]:
-        """``(d_in, d_out)`` of the module at this site."""
+        """``(d_in, d_out)`` of the module at this site (in its tower)."""
+        dims = dims.at(self.parsed_site)
         return {
             "attn.W_O": (dims.n_heads * dims.d_head, dims.d_model),
             "mlp.W_in": (dims.d_model, dims.d_mlp),
@@ -541,7 +542,10 @@ class LowRank(Edit):
         }[self.parsed_site.point]
 
     def validate_for(self, dims: ModelDims) -> None:
-        _check_layer("site", self.parsed_site.layer, dims)
+        try:
+            _check_layer("site", self.parsed_site.layer, dims.at(self.parsed_site))
+        except InvalidEditError as exc:
+            raise InvalidEditError("site", exc.problem, exc.allowed) from None
         d_in, d_out = self.shape_for(dims)
         rank_limit = min(d_in, d_out)
         if self.U.shape[0] != d_out:

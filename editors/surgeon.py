@@ -356,14 +356,9 @@ class Surgeon:
 
     def _install(self, unit: Unit) -> Any:
         layer, name = unit
-        tower, _, name = name.rpartition(".") if name.startswith(TOWERS) else ("", "", name)
+        tower, _, name = name.partition(".") if name.startswith(TOWERS) else ("", "", name)
         if tower:
             return self._install_block_unit(layer, name, tower)
-        if name in WEIGHT_POINTS:
-            site = Site(layer, name)
-            return self.adapter.weight_module(self.model, site).register_forward_hook(
-                self._hook_weight(site), prepend=True
-            )
         if name == "embed_post":
             return self.model.get_input_embeddings().register_forward_hook(self._hook_embed(), prepend=True)
         if name == "final_norm_post":
@@ -376,6 +371,11 @@ class Surgeon:
 
     def _install_block_unit(self, layer: int, name: str, tower: str) -> Any:
         adapter = self.adapter.tower(tower)
+        if name in WEIGHT_POINTS:
+            site = Site(layer, name, tower)
+            return self.adapter.weight_module(self.model, site).register_forward_hook(
+                self._hook_weight(site), prepend=True
+            )
         if name in ("q_post", "k_post", "v_post"):
             which = "qkv".index(name[0])
             path = adapter.qkv[which if len(adapter.qkv) == 3 else 0]

@@ -5,16 +5,32 @@ initialised LLaVA (the toy VLM's shapes)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 
 import pytest
 import torch
+from PIL import Image
 
-from editors import InvalidEditError, Steering, Surgeon
+from editors import InvalidEditError, LowRank, Steering, Surgeon
 from editors.edits import edit_from_parts
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
-from editors.toyworld.vision.scenes import PATCH_GRID, random_scene
-from editors.toyworld.vision.train import VisionTrainConfig, build_model, build_processor, encode_questions, pixels
+from editors.toyworld.manifest import verify_manifest
+from editors.toyworld.vision import TOY_VLM_DIR, load_toy_vlm
+from editors.toyworld.vision.findings import image_token_findings
+from editors.toyworld.vision.scenes import PATCH_GRID, draw, random_scene
+from editors.toyworld.vision.train import (
+    EVALUATION_FILE,
+    VisionTrainConfig,
+    build_model,
+    build_processor,
+    encode_questions,
+    evaluate,
+    pixels,
+    prompt,
+    train_toy_vlm,
+)
 from editors.toyworld.vision.train import sample as sample_questions
 from editors.vision import (
     ImageTokenAblation,
@@ -24,6 +40,9 @@ from editors.vision import (
     mean_image_token,
     region_patches,
 )
+
+#: accuracy floors of the committed toy VLM (measured: see BENCHMARKS.md, the toy VLM)
+VLM_FLOORS = {"colour_of_accuracy": 0.8, "shape_of_accuracy": 0.8, "is_there_accuracy": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +115,26 @@ def test_steering_in_the_vision_encoder_reaches_the_image_tokens(vlm) -> None:
         plain = model(**batch).logits
     torch.testing.assert_close(cache["hook_image_embeds"], expected, atol=1e-5, rtol=1e-5)
     assert (steered - plain).abs().max() > 1e-3
+
+
+def test_a_weight_edit_in_the_vision_encoder_equals_the_changed_weight(vlm) -> None:
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 2, seed=6)
+    U, V = torch.randn(64, 2) * 0.1, torch.randn(256, 2) * 0.1  # fc2: 256 -> 64
+    edit = LowRank(site="vision.blocks.0.mlp.W_out", U=U, V=V)
+    fc2 = model.model.vision_tower.encoder.layers[0].mlp.fc2
+    with torch.no_grad():
+        with surgeon.apply([edit]):
+            edited = model(**batch).logits
+        original = fc2.weight.clone()
+        fc2.weight += U @ V.T
+        try:
+            merged = model(**batch).logits
+        finally:
+            fc2.weight.copy_(original)
+    torch.testing.assert_close(edited, merged, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InvalidEditError, match=r"\[256, r\]"):
+        surgeon.compile([LowRank(site="vision.blocks.0.mlp.W_out", U=U, V=torch.randn(512, 2))])
 
 
 @pytest.mark.parametrize(
@@ -233,3 +272,52 @@ def test_image_logit_lens_decodes_every_patch_at_every_layer(vlm) -> None:
         logits = model(**batch).logits[0]
     image = batch["input_ids"][0] == surgeon.dims.image_token_id
     assert torch.equal(lens[-1], logits[image].topk(3, dim=-1).indices)
+
+
+# -- the toy VLM: committed weights, loaded as transformers loads them -----------------------
+
+
+@pytest.fixture(scope="module")
+def toy_vlm():
+    return load_toy_vlm()
+
+
+def test_the_toy_vlm_loads_as_llava_and_its_processor_reads_what_it_was_trained_on(toy_vlm) -> None:
+    model, processor = toy_vlm
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and not verify_manifest(TOY_VLM_DIR)
+    scenes, asked = sample_questions(random.Random(5), 4)
+    ours = encode_questions(processor, asked)
+    for i, (scene, question) in enumerate(zip(scenes, asked, strict=True)):
+        theirs = processor(images=[Image.fromarray(draw(scene))], text=[prompt(question)], return_tensors="pt")
+        width = int(ours["attention_mask"][i].sum())
+        assert torch.equal(theirs["input_ids"][0], ours["input_ids"][i, :width])
+        torch.testing.assert_close(theirs["pixel_values"][0], pixels([scene])[0])
+
+
+def test_the_toy_vlm_answers_questions_about_its_pictures(toy_vlm) -> None:
+    model, processor = toy_vlm
+    measured = evaluate(model, processor, scenes=60, seed=11)
+    recorded = json.loads((TOY_VLM_DIR / EVALUATION_FILE).read_text())["evaluation"]
+    for kind, floor in VLM_FLOORS.items():
+        assert measured[kind] >= floor and recorded[kind] >= floor, (kind, measured, recorded)
+
+
+def test_neo_et_al_findings_hold_on_the_toy_vlm(toy_vlm) -> None:
+    """The object's own image tokens carry it (ablating them costs far more than as many other
+    tokens); the last position reads them in the language model's later layers, not its first."""
+    model, processor = toy_vlm
+    found = image_token_findings(model, processor, scenes=40, seed=3)
+    assert found["cases"] >= 60 and found["identification_accuracy"] >= 0.8
+    assert found["object_ablation_drop"] >= 2 * found["random_ablation_drop"] and found["object_ablation_drop"] >= 0.3
+    assert found["knockout_mid_late_drop"] >= found["knockout_early_drop"] + 0.15
+    assert found["logit_lens_object_top5_rate"] > found["logit_lens_background_top5_rate"]
+
+
+def test_toy_vlm_training_is_deterministic(tmp_path) -> None:
+    config = dataclasses.replace(VisionTrainConfig(), steps=4, eval_scenes=8)
+    first = train_toy_vlm(tmp_path / "a", config)
+    again = train_toy_vlm(tmp_path / "b", config)
+    assert first["final_loss"] == again["final_loss"]
+    weights = "model.safetensors"
+    assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
+    assert not verify_manifest(tmp_path / "a")

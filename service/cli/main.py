@@ -15,6 +15,7 @@ from typing import Any
 
 from editors.choices import LOCATE_TASKS
 from editors.toyworld import SUCCESSOR_MODEL_DIR, TOY_MODEL_DIR, TOY_SAE_DIR, TOY_SAE_SITE
+from editors.toyworld.vision import TOY_VLM_DIR
 from service.cli.errors import UsageError, one_line, read_yaml, require_empty_directory
 from service.cli.remote import add_client_commands, add_export_arguments, print_export
 from service.engine.forkserver import start_early
@@ -69,6 +70,25 @@ def _cmd_toyworld_train(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     result = train_toy_model(Path(args.out), config, progress)
+    bar.close()
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_toyworld_vlm(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from editors.toyworld.vision.train import VisionTrainConfig, train_toy_vlm
+
+    config = VisionTrainConfig()
+    config = config if args.steps is None else dataclasses.replace(config, steps=args.steps)
+    bar = tqdm(total=config.steps, desc="training the toy VLM", unit="step", disable=args.quiet)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    result = train_toy_vlm(Path(args.out), config, progress)
     bar.close()
     print(json.dumps(result))
     return 0
@@ -470,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     successor.add_argument("--moved", type=_positive_int, default=6, help="capitals moved among countries")
     successor.add_argument("--steps", type=_positive_int, default=150, help="training steps on the changed world")
     successor.set_defaults(func=_cmd_toyworld_successor)
+    vlm = toyworld.add_parser(
+        "vlm", help="train the toy vision-language model (a small LLaVA on pictures of shapes) from scratch"
+    )
+    vlm.add_argument("--out", default=str(TOY_VLM_DIR), help="output directory (default: the packaged toy VLM)")
+    vlm.add_argument("--steps", type=_positive_int, help="training steps (default: the recipe's own)")
+    vlm.add_argument("--quiet", action="store_true", help="no progress bar")
+    vlm.set_defaults(func=_cmd_toyworld_vlm)
     pairs = toyworld.add_parser(
         "pairs", help="prompt pairs (YAML) for `scalpel locate`: the toy's induction, capital facts or sentiment"
     )

@@ -55,7 +55,7 @@ class VisionTrainConfig:
     """Hyper-parameters; the defaults are the committed model's."""
 
     seed: int = 0
-    steps: int = 4000
+    steps: int = 8000
     batch: int = 64
     lr: float = 8e-4
     warmup_steps: int = 200
