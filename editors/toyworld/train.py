@@ -68,6 +68,20 @@ class TrainConfig:
         )
 
 
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: int, steps: int, floor: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warm-up over ``warmup`` steps, then a cosine down to ``floor`` times the rate."""
+
+    def scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = (step - warmup) / max(1, steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
+
+
 def build_tokenizer(world: World) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the world's vocabulary that prepends ``<bos>``."""
     vocab = {token: i for i, token in enumerate(world.vocabulary())}
@@ -186,13 +200,7 @@ def train_toy_model(
     pin_subjects = _subject_pinning(model, tokenizer, world, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress_frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_frac))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps, floor=0.1)
     stream = _PackedStream(world, tokenizer, random.Random(config.train_seed))
     loss_value = train_steps(model, stream, optimizer, config, config.steps, pin_subjects, scheduler, progress)
 

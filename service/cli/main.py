@@ -56,42 +56,33 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _cmd_toyworld_train(args: argparse.Namespace) -> int:
+def _train_with_bar(args: argparse.Namespace, config: Any, train: Any, desc: str) -> int:
+    """Run a toy trainer (``train(out, config, progress)``) with a progress bar; print its result."""
     from tqdm import tqdm
 
-    from editors.toyworld.train import TrainConfig, train_toy_model
-
-    config = TrainConfig()
     config = config if args.steps is None else dataclasses.replace(config, steps=args.steps)
-    bar = tqdm(total=config.steps, desc="training", unit="step", disable=args.quiet)
+    bar = tqdm(total=config.steps, desc=desc, unit="step", disable=args.quiet)
 
     def progress(step: int, total: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    result = train_toy_model(Path(args.out), config, progress)
+    result = train(Path(args.out), config, progress)
     bar.close()
     print(json.dumps(result))
     return 0
+
+
+def _cmd_toyworld_train(args: argparse.Namespace) -> int:
+    from editors.toyworld.train import TrainConfig, train_toy_model
+
+    return _train_with_bar(args, TrainConfig(), train_toy_model, "training")
 
 
 def _cmd_toyworld_vlm(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from editors.toyworld.vision.train import VisionTrainConfig, train_toy_vlm
 
-    config = VisionTrainConfig()
-    config = config if args.steps is None else dataclasses.replace(config, steps=args.steps)
-    bar = tqdm(total=config.steps, desc="training the toy VLM", unit="step", disable=args.quiet)
-
-    def progress(step: int, total: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    result = train_toy_vlm(Path(args.out), config, progress)
-    bar.close()
-    print(json.dumps(result))
-    return 0
+    return _train_with_bar(args, VisionTrainConfig(), train_toy_vlm, "training the toy VLM")
 
 
 def _cmd_toyworld_successor(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ processor), an evaluation and a manifest.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from transformers import (
 )
 
 from editors.toyworld.manifest import write_manifest
+from editors.toyworld.train import warmup_cosine
 from editors.toyworld.vision.scenes import (
     IMAGE_SIZE,
     PATCH,
@@ -55,7 +55,7 @@ class VisionTrainConfig:
     """Hyper-parameters; the defaults are the committed model's."""
 
     seed: int = 0
-    steps: int = 8000
+    steps: int = 4000
     batch: int = 64
     lr: float = 8e-4
     warmup_steps: int = 200
@@ -65,6 +65,8 @@ class VisionTrainConfig:
     vision_width: int = 64
     text_layers: int = 4
     text_width: int = 128
+    #: the encoder block whose output the projector reads (LLaVA's own reads the one before last)
+    vision_feature_layer: int = -1
     eval_scenes: int = 400
 
 
@@ -126,7 +128,7 @@ def build_model(config: VisionTrainConfig, processor: LlavaProcessor) -> LlavaFo
             vision_config=vision,
             text_config=text,
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-1,
+            vision_feature_layer=config.vision_feature_layer,
             vision_feature_select_strategy="default",
         )
     )
@@ -216,13 +218,7 @@ def train_toy_vlm(
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps, floor=0.05)
     rng = random.Random(config.seed)
     loss_value = float("nan")
     for step in range(config.steps):
