@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from editors.stats import ActivationStats, activation_stats, head_ablation, neuron_ablation
     from editors.steering import derive_steering
     from editors.surgeon import EditStack, RowStacks, Surgeon
+    from editors.vision import ImageTokenAblation
 
 #: public name → the module that defines it
 _HOMES = {
@@ -50,6 +51,7 @@ _HOMES = {
     "FeatureClamp": "editors.feature_edits",
     "FeatureSteering": "editors.feature_edits",
     "HeadAblation": "editors.edits",
+    "ImageTokenAblation": "editors.vision",
     "InvalidEditError": "editors.errors",
     "LowRank": "editors.edits",
     "ModelDims": "editors.adapters",
@@ -87,6 +89,7 @@ __all__ = [
     "FeatureClamp",
     "FeatureSteering",
     "HeadAblation",
+    "ImageTokenAblation",
     "InvalidEditError",
     "LowRank",
     "ModelDims",

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from editors.adapters import ModelDims
 from editors.blobs import tensor_to_blob
 from editors.errors import InvalidEditError
+from editors.position_sets import PositionSet, check_positions
 from editors.sites import RESIDUAL_POINTS, WEIGHT_POINTS, Site
 from editors.validation import (
     check_choice,
@@ -213,6 +214,25 @@ def _check_residual_site(field_name: str, site: Site, dims: ModelDims) -> None:
         raise InvalidEditError(
             field_name, f"{site.name} does not exist in this architecture", " | ".join(dims.residual_points())
         )
+
+
+def validate_position_set(field_name: str, positions: object, site: Site, dims: ModelDims) -> None:
+    """A named position set (``positions`` a string) fits the model and a language-model site."""
+    if not isinstance(positions, str):
+        return
+    if site.tower:
+        raise InvalidEditError(field_name, f"a position set names language-model tokens, not {site.name}'s", "ids")
+    PositionSet.parse(field_name, positions).validate_for(field_name, dims)
+
+
+def position_set_op(positions: str, dims: ModelDims, change: Callable[[torch.Tensor], torch.Tensor]) -> Op:
+    """``change`` at the positions of a named set, resolved per row from the input ids."""
+    chosen = PositionSet.parse("positions", positions)
+
+    def fn(x: torch.Tensor, ids: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.where(chosen.mask(tokens, dims).unsqueeze(-1), change(x), x)
+
+    return Op(fn, needs_tokens=True)
 
 
 def add_product(y: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -445,7 +465,9 @@ class Steering(Edit):
 
     ``mode="ablate_then_add"`` first projects the vector's direction out, then adds, so the
     component along the vector is set to ``scale * |vector|`` whatever it was. ``positions``
-    are the model's absolute position ids (``None``: every position, including generated ones).
+    are the model's absolute position ids, or a named set of a language-model site's tokens
+    (``image``, ``image[r0:r1,c0:c1]``, ``text``, ``last``: :mod:`editors.position_sets`);
+    ``None``: every position, including generated ones.
     ``provenance`` records how a derived vector was computed (prompt pairs, method).
     """
 
@@ -457,7 +479,7 @@ class Steering(Edit):
     vector: torch.Tensor
     scale: float = 1.0
     mode: str = "add"
-    positions: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | str | None = None
     provenance: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -470,7 +492,7 @@ class Steering(Edit):
                 "vector", "is the zero vector, which has no direction to ablate", "a non-zero vector"
             )
         if self.positions is not None:
-            object.__setattr__(self, "positions", check_indices("positions", self.positions))
+            object.__setattr__(self, "positions", check_positions("positions", self.positions))
         object.__setattr__(self, "provenance", freeze_json("provenance", self.provenance))
 
     @property
@@ -482,16 +504,20 @@ class Steering(Edit):
         d_model = dims.at(self.parsed_site).d_model
         if self.vector.shape[0] != d_model:
             raise InvalidEditError("vector", f"length {self.vector.shape[0]} != d_model", f"d_model = {d_model}")
+        validate_position_set("positions", self.positions, self.parsed_site, dims)
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
         delta = (self.scale * self.vector.to(torch.float64)).to(device, dtype)
         direction = _unit(self.vector, device, dtype) if self.mode == "ablate_then_add" else None
-        wanted = None if self.positions is None else torch.tensor(self.positions, device=device)
 
         def change(x: torch.Tensor) -> torch.Tensor:
             if direction is not None:
                 x = x - (x @ direction).unsqueeze(-1) * direction
             return x + delta
+
+        if isinstance(self.positions, str):
+            return [(self.parsed_site, position_set_op(self.positions, dims, change))]
+        wanted = None if self.positions is None else torch.tensor(self.positions, device=device)
 
         def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
             if wanted is None:

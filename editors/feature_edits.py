@@ -22,8 +22,17 @@ from typing import Any, ClassVar
 import torch
 
 from editors.adapters import ModelDims
-from editors.edits import AddVector, Edit, Op, _check_residual_site, _position_mask
+from editors.edits import (
+    AddVector,
+    Edit,
+    Op,
+    _check_residual_site,
+    _position_mask,
+    position_set_op,
+    validate_position_set,
+)
 from editors.errors import InvalidEditError
+from editors.position_sets import check_positions
 from editors.sites import RESIDUAL_POINTS, Site
 from editors.validation import check_indices, check_int, check_scale, check_tensor, freeze_json, thaw_json
 
@@ -182,24 +191,34 @@ class FeatureAblation(_EncodingFeatureEdit):
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class FeatureClamp(_EncodingFeatureEdit):
-    """Set SAE features to ``value`` wherever they fire (or at ``positions``), keeping the error term."""
+    """Set SAE features to ``value`` wherever they fire (or at ``positions``: position ids or a
+    named set, :mod:`editors.position_sets`), keeping the error term."""
 
     kind: ClassVar[str] = "feature_clamp"
 
     value: float
-    positions: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "value", check_scale("value", self.value))
         if self.positions is not None:
-            object.__setattr__(self, "positions", check_indices("positions", self.positions))
+            object.__setattr__(self, "positions", check_positions("positions", self.positions))
+
+    def validate_for(self, dims: ModelDims) -> None:
+        super().validate_for(dims)
+        validate_position_set("positions", self.positions, self.parsed_site, dims)
 
     def compile(self, dims: ModelDims, device: torch.device, dtype: torch.dtype) -> list[tuple[Site, Op]]:
-        if self.positions is None:  # wherever it fires: the plain form, which rows fuse
-            form = self._form(device, dtype, 1.0, self.value, True)
-            return [(self.parsed_site, Op(feature_change(form), form=form))]
         form = self._form(device, dtype, 1.0, self.value, True)
+        if self.positions is None:  # wherever it fires: the plain form, which rows fuse
+            return [(self.parsed_site, Op(feature_change(form), form=form))]
+        if isinstance(self.positions, str):
+
+            def clamp(x: torch.Tensor) -> torch.Tensor:
+                return x + (form.value - feature_acts(form, x)) @ form.decoder
+
+            return [(self.parsed_site, position_set_op(self.positions, dims, clamp))]
         wanted = torch.tensor(self.positions, device=device)
 
         def fn(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:

@@ -30,22 +30,12 @@ from torch import nn
 from editors.adapters import ModelDims, module_at
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
+from editors.position_sets import image_token_index
 from editors.sites import Site
 from editors.validation import check_choice, check_indices, check_int, check_tensor
 
 IMAGE_ABLATION_MODES = ("mean", "zero")
 QUERY_SETS = ("last", "text", "image", "all")
-
-
-def image_token_index(tokens: torch.Tensor, image_token_id: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(patch, image)`` for every position of ``tokens`` ``[batch, seq]``: the patch index (row
-    major) and the image number within its row of each image token, ``-1`` at other tokens."""
-    is_image = tokens == image_token_id
-    order = is_image.long().cumsum(dim=1) - 1  # the k-th image token of its row
-    per_image = grid * grid
-    patch = torch.where(is_image, order % per_image, -1)
-    image = torch.where(is_image, order // per_image, -1)
-    return patch, image
 
 
 def region_patches(rows: tuple[int, int], columns: tuple[int, int], grid: int) -> tuple[int, ...]:

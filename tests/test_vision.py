@@ -321,3 +321,92 @@ def test_toy_vlm_training_is_deterministic(tmp_path) -> None:
     weights = "model.safetensors"
     assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
     assert not verify_manifest(tmp_path / "a")
+
+
+# -- named position sets: image, a region of it, text, last ------------------------------------
+
+
+def test_steering_at_a_region_of_the_image_moves_those_tokens_only_whatever_the_padding(vlm) -> None:
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 2, seed=8)
+    row = {
+        k: v[:1, : int(batch["attention_mask"][0].sum())] if k != "pixel_values" else v[:1] for k, v in batch.items()
+    }
+    padded = _left_padded(processor, row, 3)
+    vector = torch.randn(128)
+    edit = Steering(site="blocks.1.hook_resid_pre", vector=vector, scale=2.0, positions="image[0:2,2:4]")
+    site = "blocks.1.hook_resid_pre"
+    for inputs, pad in ((row, 0), (padded, 3)):
+        positions = (inputs["attention_mask"].cumsum(1) - 1).clamp_min(0)
+        with torch.no_grad():
+            with surgeon.trace([site]) as plain:
+                model(**inputs, position_ids=positions)
+            with surgeon.trace([site], edits=[edit]) as steered:
+                model(**inputs, position_ids=positions)
+        moved = (steered[site] - plain[site]).abs().amax(dim=-1)[0] > 1e-6
+        expected = pad + 1 + torch.tensor([2, 3, 6, 7])  # after <bos>, the patches row-major on a 4-wide grid
+        assert moved.nonzero().flatten().tolist() == expected.tolist()
+    everything = Steering(site=site, vector=vector, positions="image")
+    with torch.no_grad():
+        with surgeon.trace([site]) as plain:
+            model(**row)
+        with surgeon.trace([site], edits=[everything]) as steered:
+            model(**row)
+    changed = (steered[site] - plain[site]).abs().amax(dim=-1)[0] > 1e-6
+    assert changed.tolist() == (row["input_ids"][0] == surgeon.dims.image_token_id).tolist()
+
+
+def test_rows_with_different_position_sets_each_equal_their_solo_run(vlm) -> None:
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 3, seed=9)
+    vector = torch.randn(128)
+    sets = ["image", "text", "last"]
+    rows = []
+    for i in range(3):
+        width = int(batch["attention_mask"][i].sum())
+        rows.append({k: v[i : i + 1, :width] if k != "pixel_values" else v[i : i + 1] for k, v in batch.items()})
+    width = max(r["input_ids"].shape[1] for r in rows)
+    padded = [_left_padded(processor, r, width - r["input_ids"].shape[1]) for r in rows]
+    together = {k: torch.cat([p[k] for p in padded]) for k in padded[0]}
+    positions = (together["attention_mask"].cumsum(1) - 1).clamp_min(0)
+    edits = [Steering(site="blocks.2.hook_resid_pre", vector=vector, scale=3.0, positions=s) for s in sets]
+    with torch.no_grad(), surgeon.apply_rows(surgeon.rows([surgeon.compile([e]) for e in edits])):
+        batched = model(**together, position_ids=positions).logits[:, -1]
+    for i, edit in enumerate(edits):
+        with torch.no_grad(), surgeon.apply([edit]):
+            solo = model(**rows[i]).logits[0, -1]
+        torch.testing.assert_close(batched[i], solo, atol=1e-4, rtol=1e-4)
+
+
+def test_position_sets_are_checked_against_the_model_and_round_trip(vlm, toy_surgeon) -> None:
+    _, _, surgeon = vlm
+    steering = Steering(site="blocks.0.hook_resid_pre", vector=torch.randn(128), positions="image[1:3,0:4]")
+    assert edit_from_json(steering.to_json(), artifact_blobs_by_hash(steering)).positions == "image[1:3,0:4]"
+    assert Steering(site="blocks.0.hook_resid_pre", vector=torch.randn(128), positions=[3, 1]).positions == (1, 3)
+    for bad in ("images", "image[2:1,0:1]", "image[0:1]", "last "):
+        with pytest.raises(InvalidEditError) as caught:
+            Steering(site="blocks.0.hook_resid_pre", vector=torch.randn(128), positions=bad)
+        assert caught.value.field == "positions"
+    with pytest.raises(InvalidEditError, match="leaves the 4-patch grid"):
+        surgeon.compile([Steering(site="blocks.0.hook_resid_pre", vector=torch.randn(128), positions="image[0:5,0:1]")])
+    with pytest.raises(InvalidEditError, match="language-model tokens"):
+        surgeon.compile([Steering(site="vision.blocks.0.hook_resid_pre", vector=torch.randn(64), positions="last")])
+    with pytest.raises(InvalidEditError, match="need a vision-language model"):
+        toy_surgeon.compile([Steering(site="blocks.0.hook_resid_pre", vector=torch.randn(128), positions="image")])
+
+
+def test_last_and_text_on_a_text_model_equal_their_position_ids(toy, toy_surgeon) -> None:
+    model, tokenizer, _ = toy
+    inputs = tokenizer(["the capital of Riia is"], return_tensors="pt")
+    last = inputs["input_ids"].shape[1] - 1
+    vector = torch.randn(128)
+    cases = [("last", [last]), ("text", list(range(last + 1)))]
+    with torch.no_grad():
+        for named, ids in cases:
+            by_name = Steering(site="blocks.1.hook_resid_pre", vector=vector, scale=2.0, positions=named)
+            by_ids = Steering(site="blocks.1.hook_resid_pre", vector=vector, scale=2.0, positions=ids)
+            with toy_surgeon.apply([by_name]):
+                named_logits = model(**inputs).logits
+            with toy_surgeon.apply([by_ids]):
+                id_logits = model(**inputs).logits
+            torch.testing.assert_close(named_logits, id_logits, atol=1e-6, rtol=0)
