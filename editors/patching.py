@@ -73,7 +73,8 @@ def patch_grid(
 ) -> tuple[dict[str, torch.Tensor], float, float]:
     """Restore each (layer, position) of each kind from the clean run into the corrupted one.
 
-    ``clean_ids``: ``[1, P]`` token ids. ``corrupted``: ``[S, P]`` token ids or ``[S, P, d_model]``
+    ``clean_ids``: ``[1, P]`` token ids (or ``[1, P, d_model]`` input embeddings: a VLM's prompt
+    with its image tokens in place). ``corrupted``: ``[S, P]`` token ids or ``[S, P, d_model]``
     input embeddings (S corrupted variants; scores are averaged over them). ``window``: restore
     that many consecutive layers centred on the layer (the paper uses 10 for attention and MLP
     in large models). Runs under ``edits``. Returns ``({kind: [n_layers, P] metric}, clean
@@ -83,14 +84,18 @@ def patch_grid(
         check_choice(f"kinds[{i}]", kind, tuple(PATCH_KINDS))
     n_layers = surgeon.dims.n_layers
     check_int("window", window, 1, n_layers)
-    if clean_ids.ndim != 2 or clean_ids.shape[0] != 1 or corrupted.shape[1] != clean_ids.shape[1]:
+    if (
+        clean_ids.ndim != 2 + clean_ids.is_floating_point()
+        or clean_ids.shape[0] != 1
+        or corrupted.shape[1] != clean_ids.shape[1]
+    ):
         raise InvalidEditError("corrupted", "clean must be [1, P] and corrupted [S, P, ...]", "matching lengths")
     length, samples = clean_ids.shape[1], corrupted.shape[0]
     device = surgeon.device_dtype[0]
     clean_ids, corrupted = clean_ids.to(device), corrupted.to(device)
     names = [f"blocks.{layer}.{PATCH_KINDS[kind]}" for kind in kinds for layer in range(n_layers)]
     with surgeon.trace(names, edits) as cache:
-        clean_score = metric(surgeon.model(input_ids=clean_ids).logits[:, -1]).item()
+        clean_score = metric(_forward_last_logits(surgeon, clean_ids)).item()
     clean = {name: cache[name] for name in names}
     with surgeon.apply(edits):
         corrupted_score = metric(_forward_last_logits(surgeon, corrupted)).mean().item()

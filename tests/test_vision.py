@@ -19,7 +19,7 @@ from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from editors.toyworld.manifest import verify_manifest
 from editors.toyworld.vision import TOY_VLM_DIR, load_toy_vlm
 from editors.toyworld.vision.findings import image_token_findings
-from editors.toyworld.vision.scenes import PATCH_GRID, draw, random_scene
+from editors.toyworld.vision.scenes import PATCH_GRID, Scene, Thing, draw, object_patches, questions, random_scene
 from editors.toyworld.vision.train import (
     EVALUATION_FILE,
     VisionTrainConfig,
@@ -39,6 +39,7 @@ from editors.vision import (
     image_token_index,
     mean_image_token,
     region_patches,
+    trace_image_region,
 )
 
 #: accuracy floors of the committed toy VLM (measured: see BENCHMARKS.md, the toy VLM)
@@ -410,3 +411,30 @@ def test_last_and_text_on_a_text_model_equal_their_position_ids(toy, toy_surgeon
             with toy_surgeon.apply([by_ids]):
                 id_logits = model(**inputs).logits
             torch.testing.assert_close(named_logits, id_logits, atol=1e-6, rtol=0)
+
+
+def test_causal_tracing_over_the_objects_patch_finds_where_the_answer_lives(toy_vlm) -> None:
+    """Noising the red object's image token loses "what shape is red"; restoring that token's
+    state after layer 0 or 1 gives the answer back, after layer 2 no longer (the last position
+    has read it by then, as the knockout finding says); an empty cell's state gives nothing back,
+    and the final state at the last position gives the clean answer back exactly."""
+    model, processor = toy_vlm
+    surgeon = Surgeon(model)
+    things = (Thing("triangle", "red", 1, 2), Thing("square", "green", 3, 3), Thing("cross", "yellow", 0, 0))
+    scene = Scene(things, seed=4)
+    question = next(q for q in questions(scene) if q.text == "what shape is red")
+    encoded = encode_questions(processor, [question])
+    inputs = {"input_ids": encoded["input_ids"], "pixel_values": pixels([scene])}
+    answer_id = processor.tokenizer.convert_tokens_to_ids(question.answer)
+    trace = trace_image_region(surgeon, inputs, object_patches(things[0]), answer_id, samples=4, kinds=("resid",))
+    clean, corrupted = trace.clean_probability, trace.corrupted_probability
+    assert clean > 0.9 and corrupted < 0.1
+    resid = trace.grids["resid"]
+    assert resid.shape == (surgeon.dims.n_layers, inputs["input_ids"].shape[1])
+    at_object = resid[:, trace.positions[0]]
+    assert at_object[0] > clean - 0.05 and at_object[1] > clean - 0.05 and at_object[3] < corrupted + 0.05
+    empty_cell = 1 + 2  # after <bos>: patch 2, the top row's third cell, holds nothing
+    assert resid[0, empty_cell] < corrupted + 0.05
+    assert abs(float(resid[-1, -1]) - clean) < 1e-5
+    with pytest.raises(InvalidEditError, match=r"patches\[0\]"):
+        trace_image_region(surgeon, inputs, [16], answer_id)
