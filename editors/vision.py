@@ -15,6 +15,7 @@ them and cuts at them:
   chosen layers (Geva et al. 2023's knockout), for one forward;
 - :func:`image_logit_lens` decodes every image token at every layer through the final norm and
   the unembedding;
+- :func:`image_attribution` is attribution patching over image tokens and vision heads;
 - :func:`trace_image_region` is causal tracing over a region of the picture: the region's image
   tokens noised, each (layer, position) state restored in turn.
 """
@@ -32,6 +33,7 @@ from torch import nn
 from editors.adapters import ModelDims, module_at
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
+from editors.locate import _grad_recorder
 from editors.position_sets import image_token_index
 from editors.sites import Site
 from editors.validation import check_choice, check_indices, check_int, check_tensor
@@ -249,3 +251,65 @@ def trace_image_region(
         surgeon, clean, corrupted, answer_probability(answer_id), kinds, show_progress=False
     )
     return ImageRegionTrace(tuple(where.tolist()), clean_p, corrupted_p, grids)
+
+
+@dataclass(frozen=True)
+class ImageAttribution:
+    """Result of :func:`image_attribution`: attribution-patching estimates of how much the metric
+    moves from the corrupted picture toward the clean one when a component is restored."""
+
+    patches: torch.Tensor  # [grid²]: each image token at the language model's input
+    vision_heads: torch.Tensor  # [vision layers, vision heads]: each head's output, over every position
+    clean_metric: float
+    corrupted_metric: float
+
+
+def image_attribution(
+    surgeon: Any,
+    clean: dict[str, torch.Tensor],
+    corrupted: dict[str, torch.Tensor],
+    metric: Any,
+    steps: int = 8,
+) -> ImageAttribution:
+    """Attribution patching over a VLM's image tokens and its vision encoder's heads, with
+    integrated gradients along the path between the two pictures (as EAP-IG, Hanna et al. 2024):
+    ``metric(last-position logits)`` (a scalar per row) is differentiated at ``steps`` points from
+    the corrupted picture toward the clean one, and each component's estimate is its clean minus
+    corrupted activation times the mean gradient, summed over its positions. ``steps=1`` is plain
+    attribution patching at the corrupted run (Nanda 2023), which a large change defeats: on the
+    toy VLM it gives the object's token the wrong sign. ``clean`` and ``corrupted`` are the same
+    prompt (one row) with two pictures (``input_ids``, ``pixel_values``)."""
+    dims: ModelDims = surgeon.dims
+    check_int("steps", steps, 1, 64)
+    for name, inputs in (("clean", clean), ("corrupted", corrupted)):
+        if inputs["input_ids"].shape[0] != 1 or "pixel_values" not in inputs:
+            raise InvalidEditError(name, "is not one prompt with its picture", "input_ids [1, P] and pixel_values")
+    if not torch.equal(clean["input_ids"], corrupted["input_ids"]):
+        raise InvalidEditError("corrupted", "has other tokens than clean", "the same prompt, another picture")
+    vision_layers = dims.towers[0][1].n_layers if dims.towers else 0
+    sites = ["blocks.0.hook_resid_pre", *(f"vision.blocks.{layer}.attn.hook_z" for layer in range(vision_layers))]
+    ends = {}
+    for name, inputs in (("clean", clean), ("corrupted", corrupted)):
+        with torch.inference_mode(), surgeon.trace(sites) as cache:
+            score = float(metric(surgeon.model(**inputs).logits[:, -1]).sum())
+        ends[name] = (score, {site: cache[site].clone() for site in sites})
+    grads: dict[str, torch.Tensor] = {}
+    for k in range(steps):
+        pixels = torch.lerp(corrupted["pixel_values"], clean["pixel_values"], k / steps)
+        recorded: dict[str, torch.Tensor] = {}
+        recorders = [(site, _grad_recorder(recorded, site)) for site in sites]
+        with torch.enable_grad(), surgeon.apply(surgeon.compile([], extra_ops=recorders)):
+            value = metric(surgeon.model(input_ids=corrupted["input_ids"], pixel_values=pixels).logits[:, -1]).sum()
+            step = torch.autograd.grad(value, [recorded[site] for site in sites])
+        for site, grad in zip(sites, step, strict=True):
+            grads[site] = grads.get(site, 0) + grad.float() / steps
+    clean_acts, corrupted_acts = ends["clean"][1], ends["corrupted"][1]
+    estimates = {site: (clean_acts[site] - corrupted_acts[site]).float() * grads[site] for site in sites}
+    patch, _ = image_token_index(clean["input_ids"], dims.image_token_id, dims.image_grid)
+    at_input = estimates["blocks.0.hook_resid_pre"][0].sum(dim=-1)
+    per_patch = torch.zeros(dims.image_grid**2, dtype=at_input.dtype, device=at_input.device)
+    per_patch.index_add_(0, patch[0][patch[0] >= 0], at_input[patch[0] >= 0])
+    heads = [estimates[site][0].sum(dim=(0, 2)) for site in sites[1:]]  # [heads] each
+    return ImageAttribution(
+        per_patch.cpu(), torch.stack(heads).cpu() if heads else torch.zeros(0), ends["clean"][0], ends["corrupted"][0]
+    )

@@ -35,6 +35,7 @@ from editors.toyworld.vision.train import sample as sample_questions
 from editors.vision import (
     ImageTokenAblation,
     attention_knockout,
+    image_attribution,
     image_logit_lens,
     image_token_index,
     mean_image_token,
@@ -438,3 +439,59 @@ def test_causal_tracing_over_the_objects_patch_finds_where_the_answer_lives(toy_
     assert abs(float(resid[-1, -1]) - clean) < 1e-5
     with pytest.raises(InvalidEditError, match=r"patches\[0\]"):
         trace_image_region(surgeon, inputs, [16], answer_id)
+
+
+def test_attribution_over_image_tokens_and_vision_heads_agrees_with_patching(toy_vlm) -> None:
+    """The red object changes shape: integrated-gradient attribution names its token, and the
+    vision head it ranks first is the one whose patching moves the answer most; plain
+    attribution at the corrupted run (steps=1) gets the token's sign wrong (why IG is the default)."""
+    model, processor = toy_vlm
+    surgeon = Surgeon(model)
+    things = (Thing("triangle", "red", 1, 2), Thing("square", "green", 3, 3), Thing("cross", "yellow", 0, 0))
+    clean_scene, corrupted_scene = Scene(things, seed=4), Scene((Thing("circle", "red", 1, 2), *things[1:]), seed=4)
+    question = next(q for q in questions(clean_scene) if q.text == "what shape is red")
+    ids = encode_questions(processor, [question])["input_ids"]
+    clean, corrupted = ({"input_ids": ids, "pixel_values": pixels([scene])} for scene in (clean_scene, corrupted_scene))
+    triangle, circle = processor.tokenizer.convert_tokens_to_ids(["triangle", "circle"])
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, triangle] - logits[:, circle]
+
+    found = image_attribution(surgeon, clean, corrupted, metric)
+    red = object_patches(things[0])[0]
+    assert int(found.patches.argmax()) == red and found.clean_metric > 0 > found.corrupted_metric
+    with torch.no_grad(), surgeon.trace(["blocks.0.hook_resid_pre"]) as cache:
+        model(**clean)
+    clean_input = cache["blocks.0.hook_resid_pre"]
+
+    def restore_token(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[:, 1 + red] = clean_input[:, 1 + red]
+        return x
+
+    with torch.no_grad():
+        patched = metric(
+            surgeon.run_with_hooks(**corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", restore_token)]).logits[:, -1]
+        )
+    actual = float(patched) - found.corrupted_metric
+    assert 0.6 * actual < float(found.patches[red]) < 1.4 * actual
+    layer, head = divmod(int(found.vision_heads.argmax()), found.vision_heads.shape[1])
+    effects = []
+    for candidate in range(found.vision_heads.numel()):
+        at, h = divmod(candidate, found.vision_heads.shape[1])
+        site = f"vision.blocks.{at}.attn.hook_z"
+        with torch.no_grad(), surgeon.trace([site]) as cache:
+            model(**clean)
+        source = cache[site]
+
+        def restore_head(z: torch.Tensor, h: int = h, source: torch.Tensor = source) -> torch.Tensor:
+            z = z.clone()
+            z[:, :, h] = source[:, :, h]
+            return z
+
+        with torch.no_grad():
+            logits = surgeon.run_with_hooks(**corrupted, fwd_hooks=[(site, restore_head)]).logits[:, -1]
+        effects.append(float(metric(logits)) - found.corrupted_metric)
+    assert max(range(len(effects)), key=effects.__getitem__) == layer * found.vision_heads.shape[1] + head
+    plain = image_attribution(surgeon, clean, corrupted, metric, steps=1)
+    assert float(plain.patches[red]) < 0 < actual
