@@ -195,8 +195,16 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
 def _image_dims(config: object) -> dict[str, object]:
     """A LLaVA config's image facts: its image token id and its patch grid's side."""
     vision = config.vision_config  # type: ignore[attr-defined]
-    if getattr(config, "vision_feature_select_strategy", "default") != "default":
-        raise UnsupportedArchitectureError("LLaVA with vision_feature_select_strategy 'full' (the class token kept)")
+    # CLIP puts a class token first, which the "default" strategy drops; SigLIP has none, so its
+    # LLaVAs keep every token ("full"). Either way an image is then its patch grid, nothing more.
+    class_token = vision.model_type == "clip_vision_model"
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    if class_token != (strategy == "default"):
+        raise UnsupportedArchitectureError(
+            f"LLaVA with a {vision.model_type} encoder and vision_feature_select_strategy {strategy!r}: "
+            "Scalpel maps image tokens to patches where an image is exactly its patch grid "
+            "(CLIP with 'default', SigLIP with 'full')"
+        )
     token = getattr(config, "image_token_id", None)
     token = getattr(config, "image_token_index", None) if token is None else token
     return {"image_embeds": True, "image_token_id": int(token), "image_grid": vision.image_size // vision.patch_size}

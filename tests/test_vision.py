@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editors import InvalidEditError, LowRank, Steering, Surgeon
+from editors import InvalidEditError, LowRank, Steering, Surgeon, UnsupportedArchitectureError
 from editors.edits import edit_from_parts
 from editors.serialization import artifact_blobs_by_hash, edit_from_json
 from editors.toyworld.manifest import verify_manifest
@@ -495,3 +495,56 @@ def test_attribution_over_image_tokens_and_vision_heads_agrees_with_patching(toy
     assert max(range(len(effects)), key=effects.__getitem__) == layer * found.vision_heads.shape[1] + head
     plain = image_attribution(surgeon, clean, corrupted, metric, steps=1)
     assert float(plain.patches[red]) < 0 < actual
+
+
+def test_a_siglip_encoder_and_a_qwen2_language_model_work_the_same_way() -> None:
+    """The second LLaVA shape: SigLIP (no class token, so every token is kept) and a grouped-query
+    Qwen2 language model."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+
+    torch.manual_seed(1)
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4
+    )
+    text = Qwen2Config(
+        vocab_size=40,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=39,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
+    ).eval()
+    surgeon = Surgeon(model)
+    assert (surgeon.dims.image_grid, surgeon.dims.at(surgeon.site("vision.blocks.0.hook_resid_post")).d_model) == (
+        4,
+        32,
+    )
+    ids = torch.tensor([[1, *[39] * 16, 5, 6, 7]])
+    inputs = {"input_ids": ids, "pixel_values": torch.randn(1, 3, 16, 16)}
+    mean = torch.randn(64)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with surgeon.trace(
+            ["blocks.0.hook_resid_pre", "hook_image_embeds"], edits=[ImageTokenAblation(mean=mean, patches=(5,))]
+        ) as cache:
+            cut = model(**inputs).logits
+        with surgeon.apply([Steering(site="vision.blocks.1.hook_resid_post", vector=torch.randn(32), scale=4.0)]):
+            steered = model(**inputs).logits
+    assert cache["hook_image_embeds"].shape == (1, 16, 64)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"][0, 1 + 5], mean)
+    assert (cut - plain).abs().max() > 1e-5 and (steered - plain).abs().max() > 1e-5
+    refused = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=39, vision_feature_select_strategy="default"
+    )
+    with pytest.raises(UnsupportedArchitectureError, match="SigLIP with 'full'"):
+        Surgeon(LlavaForConditionalGeneration(refused))
