@@ -180,7 +180,7 @@ class Surgeon:
         units |= {(layer, "block_pre") for layer in position_layers}
         needs_tokens = any(o.needs_tokens for site_ops in ops.values() for o in site_ops)
         if needs_tokens:
-            units.add((-1, "embed_post"))
+            units |= {(-1, "embed_post"), (-1, "forward_post")}
         stack = EditStack(edits, {s: tuple(o) for s, o in ops.items()}, position_layers, frozenset(units), needs_tokens)
         self._acquire(stack.units)
         weakref.finalize(stack, self._release_later, stack.units)
@@ -359,6 +359,8 @@ class Surgeon:
         tower, _, name = name.partition(".") if name.startswith(TOWERS) else ("", "", name)
         if tower:
             return self._install_block_unit(layer, name, tower)
+        if name == "forward_post":  # the forward's input ids are its own: forget them when it ends
+            return self.model.register_forward_hook(self._forget_tokens)
         if name == "embed_post":
             return self.model.get_input_embeddings().register_forward_hook(self._hook_embed(), prepend=True)
         if name == "final_norm_post":
@@ -443,6 +445,9 @@ class Surgeon:
             return args, {**kwargs, "hidden_states": self._run(ops, kwargs["hidden_states"])}
 
         return hook
+
+    def _forget_tokens(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._scratch.tokens = None
 
     def _hook_embed(self) -> Callable[..., Any]:
         """Records the input ids for ops that read them, then runs ``hook_embed``'s ops."""

@@ -220,6 +220,19 @@ def test_rows_with_different_image_cuts_each_equal_their_solo_run_under_left_pad
         torch.testing.assert_close(batched[i], solo, atol=1e-4, rtol=1e-4)
 
 
+def test_an_edit_that_reads_the_ids_refuses_a_forward_given_embeddings(vlm) -> None:
+    """A forward from ``inputs_embeds`` has no ids: an image cut must not read the last forward's."""
+    model, processor, surgeon = vlm
+    batch = _batch(processor, 1, seed=10)
+    edit = ImageTokenAblation(mode="zero")
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+    with torch.no_grad(), surgeon.apply([edit]):
+        model(**batch)  # reads its own ids
+        with pytest.raises(InvalidEditError, match="input ids"):
+            model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+
+
 def test_image_token_ablation_round_trips_and_validates(vlm) -> None:
     _, _, surgeon = vlm
     edit = ImageTokenAblation(mean=torch.randn(128), patches=(3, 1), images=(0,))
