@@ -47,9 +47,7 @@ class ModelDims:
     parallel_residual: bool = False
     #: the other towers' dims (a vision-language model's vision encoder: ``(("vision", dims),)``)
     towers: tuple[tuple[str, ModelDims], ...] = ()
-    #: whether the model has ``hook_image_embeds`` (a projector feeding image tokens to the language model)
-    image_embeds: bool = False
-    image_token_id: int = -1  # the input id of an image token (-1: no images)
+    image_token_id: int = -1  # the input id of an image token (-1: not a vision-language model)
     image_grid: int = 0  # image tokens per row (and per column) of one image's patch grid
 
     def at(self, site: Site) -> ModelDims:
@@ -207,7 +205,7 @@ def _image_dims(config: object) -> dict[str, object]:
         )
     token = getattr(config, "image_token_id", None)
     token = getattr(config, "image_token_index", None) if token is None else token
-    return {"image_embeds": True, "image_token_id": int(token), "image_grid": vision.image_size // vision.patch_size}
+    return {"image_token_id": int(token), "image_grid": vision.image_size // vision.patch_size}
 
 
 #: A CLIP (or SigLIP) vision encoder inside a LLaVA model: pre-norm blocks, separate q/k/v.

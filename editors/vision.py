@@ -34,7 +34,8 @@ from editors.adapters import ModelDims, module_at
 from editors.edits import Edit, Op
 from editors.errors import InvalidEditError
 from editors.locate import _grad_recorder
-from editors.position_sets import image_token_index
+from editors.patching import answer_probability, patch_grid
+from editors.position_sets import PositionSet, image_token_index
 from editors.sites import Site
 from editors.validation import check_choice, check_indices, check_int, check_tensor
 
@@ -124,19 +125,6 @@ def mean_image_token(surgeon: Any, pixel_values: torch.Tensor, batch: int = 64) 
     return torch.cat(parts).mean(dim=0)
 
 
-def _query_mask(sets: str, tokens: torch.Tensor, image_token_id: int) -> torch.Tensor:
-    is_image = tokens == image_token_id
-    if sets == "image":
-        return is_image
-    if sets == "text":
-        return ~is_image
-    if sets == "all":
-        return torch.ones_like(is_image)
-    last = torch.zeros_like(is_image)
-    last[:, -1] = True
-    return last
-
-
 @contextmanager
 def attention_knockout(
     surgeon: Any,
@@ -154,9 +142,11 @@ def attention_knockout(
         raise InvalidEditError("model", "attention knockout of image tokens needs a vision-language model", "LLaVA")
     for i, layer in enumerate(layers):
         check_int(f"layers[{i}]", layer, 0, dims.n_layers - 1)
+    for i, chosen in enumerate(patches or ()):
+        check_int(f"patches[{i}]", chosen, 0, dims.image_grid**2 - 1)
     patch, _ = image_token_index(tokens, dims.image_token_id, dims.image_grid)
     keys = patch >= 0 if patches is None else torch.isin(patch, torch.tensor(list(patches), device=patch.device))
-    query = _query_mask(queries, tokens, dims.image_token_id)
+    query = torch.ones_like(keys) if queries == "all" else PositionSet(queries).mask(tokens, dims)
     blocked = (query.unsqueeze(2) & keys.unsqueeze(1)).unsqueeze(1)  # [batch, 1, q, k]
     seq = tokens.shape[1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=tokens.device).tril()
@@ -226,8 +216,6 @@ def trace_image_region(
     defaults to three times the image tokens' standard deviation), and each (layer, position)
     state of each kind is restored from the clean run in turn; the grids hold ``answer_id``'s
     probability at the last position."""
-    from editors.patching import answer_probability, patch_grid
-
     dims: ModelDims = surgeon.dims
     if inputs["input_ids"].shape[0] != 1:
         raise InvalidEditError("inputs", "holds several prompts", "one prompt with its picture")
@@ -288,22 +276,22 @@ def image_attribution(
         raise InvalidEditError("corrupted", "has other tokens than clean", "the same prompt, another picture")
     vision_layers = dims.towers[0][1].n_layers if dims.towers else 0
     sites = ["blocks.0.hook_resid_pre", *(f"vision.blocks.{layer}.attn.hook_z" for layer in range(vision_layers))]
-    ends = {}
-    for name, inputs in (("clean", clean), ("corrupted", corrupted)):
-        with torch.inference_mode(), surgeon.trace(sites) as cache:
-            score = float(metric(surgeon.model(**inputs).logits[:, -1]).sum())
-        ends[name] = (score, {site: cache[site].clone() for site in sites})
+    with torch.inference_mode(), surgeon.trace(sites) as cache:
+        clean_metric = float(metric(surgeon.model(**clean).logits[:, -1]).sum())
+    clean_acts = {site: cache[site].clone() for site in sites}
     grads: dict[str, torch.Tensor] = {}
-    for k in range(steps):
+    for k in range(steps):  # step 0 is the corrupted run itself: its activations and metric too
         pixels = torch.lerp(corrupted["pixel_values"], clean["pixel_values"], k / steps)
         recorded: dict[str, torch.Tensor] = {}
         recorders = [(site, _grad_recorder(recorded, site)) for site in sites]
         with torch.enable_grad(), surgeon.apply(surgeon.compile([], extra_ops=recorders)):
             value = metric(surgeon.model(input_ids=corrupted["input_ids"], pixel_values=pixels).logits[:, -1]).sum()
             step = torch.autograd.grad(value, [recorded[site] for site in sites])
+        if k == 0:
+            corrupted_metric = float(value.detach())
+            corrupted_acts = {site: recorded[site].detach() for site in sites}
         for site, grad in zip(sites, step, strict=True):
             grads[site] = grads.get(site, 0) + grad.float() / steps
-    clean_acts, corrupted_acts = ends["clean"][1], ends["corrupted"][1]
     estimates = {site: (clean_acts[site] - corrupted_acts[site]).float() * grads[site] for site in sites}
     patch, _ = image_token_index(clean["input_ids"], dims.image_token_id, dims.image_grid)
     at_input = estimates["blocks.0.hook_resid_pre"][0].sum(dim=-1)
@@ -311,5 +299,5 @@ def image_attribution(
     per_patch.index_add_(0, patch[0][patch[0] >= 0], at_input[patch[0] >= 0])
     heads = [estimates[site][0].sum(dim=(0, 2)) for site in sites[1:]]  # [heads] each
     return ImageAttribution(
-        per_patch.cpu(), torch.stack(heads).cpu() if heads else torch.zeros(0), ends["clean"][0], ends["corrupted"][0]
+        per_patch.cpu(), torch.stack(heads).cpu() if heads else torch.zeros(0), clean_metric, corrupted_metric
     )

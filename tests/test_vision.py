@@ -275,6 +275,8 @@ def test_knockout_of_every_image_token_at_every_layer_makes_the_answer_blind(vlm
     torch.testing.assert_close(again, seen[0], atol=0, rtol=0)  # the knockout is gone after the block
     with pytest.raises(InvalidEditError, match="queries"):
         attention_knockout(surgeon, batch["input_ids"], [0], queries="first").__enter__()
+    with pytest.raises(InvalidEditError, match=r"patches\[0\]"):
+        attention_knockout(surgeon, batch["input_ids"], [0], patches=[16]).__enter__()
 
 
 def test_image_logit_lens_decodes_every_patch_at_every_layer(vlm) -> None:
